@@ -1,0 +1,60 @@
+"""The ``action-images`` command.
+
+    action-images collect --task all --episodes 100 --out data/demos
+    action-images train   --data data/demos --out runs/tiny --preset cpu-small --minutes 30
+    action-images eval    --checkpoint runs/tiny --tasks reach,push --episodes 100 --out runs/tiny/eval
+    action-images demo
+    action-images bench codec --json bench/results/codec.json
+
+Each sub-command lives in its own module exposing ``add_arguments(parser)`` and ``run(args) -> int``; this file only
+routes, so importing the CLI stays fast and one broken extra does not take the others down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "collect": ("action_images.data.collect", "run scripted experts in the built-in sim and write a LeRobot v3 dataset"),
+    "train": ("action_images.train", "train the world action model"),
+    "eval": ("action_images.evaluate", "closed-loop evaluation with an HTML report"),
+    "demo": ("action_images.demo", "closed-loop demo of the shipped checkpoint"),
+    "bench": ("action_images.benchmarks", "benchmarks writing JSON (codec, sim, train, policy)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="action-images", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            if not e.name or not module_name.startswith(e.name):
+                raise
+            p.set_defaults(_missing=module_name)
+            continue
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    if getattr(args, "_missing", None):
+        print(f"action-images {args.command}: not available in this build ({args._missing} is missing)",
+              file=sys.stderr)
+        return 2
+    return int(args._run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
