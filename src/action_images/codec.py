@@ -1,0 +1,425 @@
+"""Action images: a 7-DoF action drawn as pixels in every calibrated view, and decoded back (paper §3.1).
+
+Three 3D points of the gripper frame (ℓ = 0.1 m), each an isotropic 2D Gaussian (σ = 0.05·min(H, W) px, peak 1):
+
+    R = Gaussian at q_pos = p
+    G = Gaussian at q_nrm = p + ℓ·R(−e_z)
+    B = Gaussian at q_up  = p + ℓ·R(e_x)   where it exceeds 0.25, else the pedestal 0.25·g (open → 0.25, closed → 0)
+
+The official code swaps which axis point goes to G and B; we follow the paper (docs/conventions.md).
+
+Decoding (ours, measured in docs/codec.md): per view and channel a sub-pixel peak (a weighted log-Gaussian fit around
+the arg-max, exact for clean blobs, also at image borders), its height as confidence; each point triangulated from
+all views that see it (weighted linear least squares, Gauss-Newton on the reprojection error, leave-one-view-out
+rejection of a view that disagrees); the rotation from a weighted Kabsch fit of the three points; g from the
+pedestal (median of B). The paper's decoder (main-view peak + depth sweep scored by the other views) is
+``method="depth_sweep"``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from action_images.geometry import Camera, matrix_to_pose, pose_to_matrix, project_points, stack_cameras
+
+PEDESTAL = 0.25
+CHANNELS = ("pos", "nrm", "up")  # R, G, B
+
+
+@dataclass
+class DecodeResult:
+    """What :meth:`ActionImageCodec.decode` returns. T frames, V views, 3 points (pos, nrm, up)."""
+
+    poses: np.ndarray          # [T, 8]   decoded actions; NaN rows where not ``valid``
+    points: np.ndarray         # [T, 3, 3] triangulated q_pos, q_nrm, q_up (world, m); NaN where unseen
+    uv: np.ndarray             # [V, T, 3, 2] sub-pixel peaks per view
+    confidence: np.ndarray     # [T, 3]   per-point confidence in [0, 1] (mean peak height over used views)
+    reproj_error: np.ndarray   # [T, 3]   RMS reprojection error (px) over the views used
+    view_error: np.ndarray     # [T, 3, V] per-view reprojection error (px); NaN where the view does not see the point
+    n_views: np.ndarray        # [T, 3]   views used per point
+    rejected: np.ndarray       # [T, 3, V] views rejected as outliers
+    disagree: np.ndarray       # [T]      views disagree (a rejection happened or a residual is above threshold)
+    valid: np.ndarray          # [T]      every point seen by >= 2 views
+    gripper_per_view: np.ndarray  # [T, V]
+
+
+class ActionImageCodec:
+    """Encode 7-DoF poses into action images and decode them back.
+
+    >>> codec = ActionImageCodec()
+    >>> images = codec.encode(poses, cameras)          # [V, T, H, W, 3] float32 in [0, 1]
+    >>> result = codec.decode(images, cameras)         # result.poses [T, 8]
+    """
+
+    def __init__(self, ell: float = 0.1, sigma_frac: float = 0.05, pedestal: float = PEDESTAL,
+                 min_confidence: float = 0.3, reject_px: float | None = None, refine_iters: int = 2):
+        if ell <= 0 or sigma_frac <= 0 or not 0 < pedestal < 1:
+            raise ValueError("ell and sigma_frac must be > 0 and pedestal in (0, 1)")
+        self.ell = float(ell)
+        self.sigma_frac = float(sigma_frac)
+        self.pedestal = float(pedestal)
+        self.min_confidence = float(min_confidence)
+        self.reject_px = reject_px          # None -> 0.5·σ (scales with the image)
+        self.refine_iters = int(refine_iters)
+
+    # ------------------------------------------------------------------------------------------------------------------
+    def sigma(self, height: int, width: int) -> float:
+        return self.sigma_frac * min(height, width)
+
+    def points(self, poses: np.ndarray) -> np.ndarray:
+        """``[..., 8]`` poses -> ``[..., 3, 3]`` the three points (pos, nrm, up) in the world frame."""
+        p, R, _ = pose_to_matrix(poses)
+        q_nrm = p - self.ell * R[..., :, 2]
+        q_up = p + self.ell * R[..., :, 0]
+        return np.stack([p, q_nrm, q_up], axis=-2)
+
+    def _local_points(self) -> np.ndarray:
+        return np.array([[0.0, 0.0, 0.0], [0.0, 0.0, -self.ell], [self.ell, 0.0, 0.0]])
+
+    @staticmethod
+    def _check_cameras(cameras: Sequence[Camera]) -> tuple[int, int]:
+        if len(cameras) == 0:
+            raise ValueError("need at least one camera")
+        sizes = {(c.height, c.width) for c in cameras}
+        if len(sizes) != 1:
+            raise ValueError(f"all cameras must share one image size; got {sorted(sizes)} (resize them first)")
+        return sizes.pop()
+
+    # ------------------------------------------------------------------------------------------------------------------
+    def encode(self, poses: np.ndarray, cameras: Sequence[Camera], dtype=np.float32) -> np.ndarray:
+        """``poses [T, 8]`` (or ``[8]``) -> action images ``[V, T, H, W, 3]`` in [0, 1] (``uint8`` dtype: 0..255).
+
+        Points behind a camera draw nothing; points outside the image draw the part of the blob that falls inside.
+        """
+        poses = np.asarray(poses, dtype=np.float64)
+        single = poses.ndim == 1
+        if single:
+            poses = poses[None]
+        if poses.ndim != 2:
+            raise ValueError(f"poses must have shape [T, 8]; got {poses.shape}")
+        H, W = self._check_cameras(cameras)
+        K, T_cw = stack_cameras(cameras)
+        pts = self.points(poses)                                  # [T, 3, 3]
+        g = poses[:, 7]                                           # [T]
+        uv, depth = project_points(pts, K, T_cw)                  # [V, T, 3, 2], [V, T, 3]
+        sigma = self.sigma(H, W)
+        visible = (depth > 1e-6) & np.isfinite(uv).all(-1)        # [V, T, 3]
+        uv = np.where(visible[..., None], uv, -1e6)
+        inv = -0.5 / sigma**2
+        # separable Gaussian: gx [V, T, W, 3], gy [V, T, H, 3]; the outer product runs in torch (threaded, C order)
+        gx = np.exp(inv * (np.arange(W)[:, None] - uv[:, :, None, :, 0]) ** 2).astype(np.float32)
+        gy = np.exp(inv * (np.arange(H)[:, None] - uv[:, :, None, :, 1]) ** 2).astype(np.float32)
+        img_t = torch.from_numpy(gy)[:, :, :, None, :] * torch.from_numpy(gx)[:, :, None, :, :]   # [V, T, H, W, 3]
+        b = img_t[..., 2]
+        ped = torch.from_numpy((self.pedestal * g).astype(np.float32))[None, :, None, None]
+        torch.where(b > self.pedestal, b, ped, out=b)
+        img = img_t.numpy()
+        if single:
+            img = img[:, 0]
+        if np.dtype(dtype) == np.uint8:
+            return np.round(img * 255.0).astype(np.uint8)
+        return img.astype(dtype, copy=False)
+
+    # ------------------------------------------------------------------------------------------------------------------
+    def _prepare(self, images: np.ndarray, cameras: Sequence[Camera]) -> np.ndarray:
+        images = np.asarray(images)
+        if images.ndim == 4:
+            images = images[:, None]
+        if images.ndim != 5 or images.shape[-1] != 3:
+            raise ValueError(f"images must have shape [V, T, H, W, 3]; got {images.shape}")
+        if len(cameras) != images.shape[0]:
+            raise ValueError(f"got {images.shape[0]} views of images but {len(cameras)} cameras")
+        H, W = self._check_cameras(cameras)
+        if images.shape[2:4] != (H, W):
+            raise ValueError(f"images are {images.shape[3]}x{images.shape[2]} but cameras are {W}x{H}")
+        if images.dtype == np.uint8:
+            return images.astype(np.float32) / 255.0
+        images = images.astype(np.float32, copy=False)
+        if not np.isfinite(images.min() + images.max()):
+            raise ValueError("action images contain NaN or inf")
+        return images
+
+    def peaks(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Sub-pixel peak ``[V, T, 3, 2]`` (u, v) and peak height ``[V, T, 3]`` of each channel.
+
+        Weighted least squares of log I = c0 + c1·u + c2·v + c3·(u² + v²) over the pixels around the arg-max that
+        exceed 35 % of the peak (weights I²; Guo 2011). Exact for an isotropic Gaussian, unbiased at image borders.
+        """
+        V, T, H, W, _ = images.shape
+        sigma = self.sigma(H, W)
+        r = max(2, int(np.ceil(1.6 * sigma)))
+        flat = images.reshape(V, T, H * W, 3)
+        idx = flat.argmax(axis=2)                                  # [V, T, 3]
+        peak = np.take_along_axis(flat, idx[:, :, None, :], axis=2)[:, :, 0, :]
+        r0, c0 = np.divmod(idx, W)
+        d = np.arange(-r, r + 1)
+        dv, du = (x.ravel() for x in np.meshgrid(d, d, indexing="ij"))   # [k²] window offsets
+        rows = r0[..., None] + dv                                  # [V, T, 3, k²]
+        cols = c0[..., None] + du
+        inside = (rows >= 0) & (rows < H) & (cols >= 0) & (cols < W)
+        base = ((np.arange(V)[:, None] * T + np.arange(T)[None, :]) * (H * W * 3))[..., None, None]
+        lin = base + (np.clip(rows, 0, H - 1) * W + np.clip(cols, 0, W - 1)) * 3 + np.arange(3)[:, None]
+        win = images.reshape(-1).take(lin)                         # [V, T, 3, k²]
+        thr = 0.35 * peak[..., None]
+        use = inside & (win > thr) & (win > 1e-4)
+        w = np.where(use, win, 0.0).astype(np.float64) ** 2
+        # weighted LS via moments: M = Σ w a aᵀ, rhs = Σ w y a with a = (1, du, dv, du² + dv²)
+        a = np.stack([np.ones_like(du), du, dv, du**2 + dv**2], axis=-1).astype(np.float64)   # [k², 4]
+        outer = (a[:, :, None] * a[:, None, :]).reshape(len(du), 16)
+        M = (w @ outer).reshape(V, T, 3, 4, 4)
+        y = np.log(np.maximum(win, 1e-6)).astype(np.float64)
+        rhs = (w * y) @ a                                          # [V, T, 3, 4]
+        M = M + np.eye(4) * (1e-9 * (M[..., 0, 0, None, None] + 1e-12))
+        coef = np.linalg.solve(M, rhs[..., None])[..., 0]
+        c3 = coef[..., 3]
+        ok = (c3 < -1e-6) & (use.sum(-1) >= 4)
+        safe_c3 = np.where(ok, c3, -1.0)
+        off_u = -coef[..., 1] / (2 * safe_c3)
+        off_v = -coef[..., 2] / (2 * safe_c3)
+        # fall back to a thresholded centroid where the fit is degenerate or runs away
+        wc = np.where(use, win - thr, 0.0)
+        s = wc.sum(-1) + 1e-12
+        cu = (wc @ du.astype(np.float32)) / s
+        cv = (wc @ dv.astype(np.float32)) / s
+        ok &= (np.abs(off_u) <= r) & (np.abs(off_v) <= r)
+        u = c0 + np.where(ok, off_u, cu)
+        v = r0 + np.where(ok, off_v, cv)
+        return np.stack([u, v], axis=-1), peak
+
+    def gripper(self, images: np.ndarray) -> np.ndarray:
+        """``[V, T]`` gripper openness per view: median of B (the pedestal dominates the image) / 0.25."""
+        V, T, H, W, _ = images.shape
+        step = max(1, int(np.sqrt(H * W / 1024)))
+        b = images[:, :, ::step, ::step, 2].reshape(V, T, -1)
+        return np.clip(np.median(b, axis=-1) / self.pedestal, 0.0, 1.0)
+
+    # ------------------------------------------------------------------------------------------------------------------
+    def decode(self, images: np.ndarray, cameras: Sequence[Camera], method: str = "triangulate") -> DecodeResult:
+        """Action images ``[V, T, H, W, 3]`` (float in [0, 1] or uint8) -> :class:`DecodeResult`.
+
+        ``method``: ``"triangulate"`` (ours, default) or ``"depth_sweep"`` (the paper's main-view depth sweep).
+        """
+        if method not in ("triangulate", "depth_sweep"):
+            raise ValueError(f"unknown decode method {method!r}; use 'triangulate' or 'depth_sweep'")
+        if len(cameras) < 2:
+            raise ValueError(f"decoding needs at least 2 views to triangulate; got {len(cameras)}")
+        images = self._prepare(images, cameras)
+        V, T, H, W, _ = images.shape
+        uv, peak = self.peaks(images)
+        margin = 2.0 * self.sigma(H, W)
+        seen = ((peak >= self.min_confidence)
+                & (uv[..., 0] > -margin) & (uv[..., 0] < W - 1 + margin)
+                & (uv[..., 1] > -margin) & (uv[..., 1] < H - 1 + margin))       # [V, T, 3]
+        K, T_cw = stack_cameras(cameras)
+        P = K @ T_cw[:, :3, :]                                                  # [V, 3, 4]
+        uv_t = np.moveaxis(uv, 0, 2)                                            # [T, 3, V, 2]
+        w = np.moveaxis(np.where(seen, peak, 0.0), 0, 2).astype(np.float64)     # [T, 3, V]
+        if method == "triangulate":
+            X, used = self._triangulate_robust(uv_t, w, P, K, T_cw, self.reject_px or 0.5 * self.sigma(H, W))
+        else:
+            X, used = self._depth_sweep(images, uv_t, w, cameras, P)
+        err = self._view_errors(X, uv_t, P)                                     # [T, 3, V]
+        seen_t = w > 0
+        n_views = used.sum(-1)
+        point_ok = n_views >= 2
+        X = np.where(point_ok[..., None], X, np.nan)
+        view_error = np.where(seen_t, err, np.nan)
+        with np.errstate(invalid="ignore"):
+            rms = np.sqrt((np.where(used, err, 0.0) ** 2).sum(-1) / np.maximum(n_views, 1))
+        rms = np.where(point_ok, rms, np.nan)
+        conf = np.where(point_ok, (w * used).sum(-1) / np.maximum(n_views, 1), 0.0)
+        rejected = seen_t & ~used
+        g_view = self.gripper(images).T                                          # [T, V]
+        valid = point_ok.all(-1)
+        poses = np.full((T, 8), np.nan)
+        if valid.any():
+            R, t = self._kabsch(X[valid], conf[valid])
+            poses[valid] = matrix_to_pose(t, R, g_view[valid].mean(-1))
+        thr = self.reject_px or 0.5 * self.sigma(H, W)
+        with np.errstate(invalid="ignore"):
+            disagree = rejected.any(axis=(-1, -2)) | (np.nan_to_num(rms, nan=0.0) > thr).any(-1)
+        return DecodeResult(poses=poses, points=X, uv=uv, confidence=conf, reproj_error=rms, view_error=view_error,
+                            n_views=n_views, rejected=rejected, disagree=disagree, valid=valid,
+                            gripper_per_view=g_view)
+
+    # ---- triangulation -----------------------------------------------------------------------------------------------
+    @staticmethod
+    def _view_errors(X: np.ndarray, uv_t: np.ndarray, P: np.ndarray) -> np.ndarray:
+        """Reprojection error ``[T, 3, V]`` of points ``[T, 3, 3]`` against peaks ``[T, 3, V, 2]``."""
+        Xh = np.concatenate([X, np.ones(X.shape[:-1] + (1,))], -1)             # [T, 3, 4]
+        x = np.einsum("vij,tcj->tcvi", P, Xh)                                   # [T, 3, V, 3]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            proj = x[..., :2] / x[..., 2:3]
+        return np.linalg.norm(proj - uv_t, axis=-1)
+
+    @staticmethod
+    def _solve_linear(uv_t: np.ndarray, w: np.ndarray, P: np.ndarray, depth_w: np.ndarray | None) -> np.ndarray:
+        """Weighted DLT (inhomogeneous): rows u·P3 − P1, v·P3 − P2 per view. ``w [..., V]`` (0 = unused)."""
+        a1 = uv_t[..., 0:1] * P[:, 2] - P[:, 0]                                # [..., V, 4]
+        a2 = uv_t[..., 1:2] * P[:, 2] - P[:, 1]
+        A = np.stack([a1, a2], axis=-2)                                         # [..., V, 2, 4]
+        ww = w if depth_w is None else w / np.maximum(depth_w, 1e-6) ** 2
+        ww = np.nan_to_num(ww)[..., None, None]
+        A = np.nan_to_num(A)
+        M = np.einsum("...vri,...vrj->...ij", A[..., :3] * ww, A[..., :3])
+        b = -np.einsum("...vri,...vr->...i", A[..., :3] * ww, A[..., 3])
+        M = M + np.eye(3) * 1e-12
+        return np.linalg.solve(M, b[..., None])[..., 0]
+
+    def _refine(self, X: np.ndarray, uv_t: np.ndarray, w: np.ndarray, K: np.ndarray, T_cw: np.ndarray) -> np.ndarray:
+        """Gauss-Newton on the weighted reprojection error (a couple of iterations from the DLT start)."""
+        R = T_cw[:, :3, :3]
+        tr = T_cw[:, :3, 3]
+        for _ in range(self.refine_iters):
+            pc = np.einsum("vij,...j->...vi", R, X) + tr                        # [..., V, 3]
+            z = np.where(np.abs(pc[..., 2]) > 1e-9, pc[..., 2], 1e-9)
+            fx, fy = K[:, 0, 0], K[:, 1, 1]
+            u = fx * pc[..., 0] / z + K[:, 0, 1] * pc[..., 1] / z + K[:, 0, 2]
+            v = fy * pc[..., 1] / z + K[:, 1, 2]
+            r = np.stack([u - uv_t[..., 0], v - uv_t[..., 1]], -1)             # [..., V, 2]
+            # d(u,v)/d(pc), then chain through R
+            J_pc = np.zeros(pc.shape[:-1] + (2, 3))
+            J_pc[..., 0, 0] = fx / z
+            J_pc[..., 0, 1] = K[:, 0, 1] / z
+            J_pc[..., 0, 2] = -(u - K[:, 0, 2]) / z
+            J_pc[..., 1, 1] = fy / z
+            J_pc[..., 1, 2] = -(v - K[:, 1, 2]) / z
+            J = J_pc @ R                                                        # [..., V, 2, 3]
+            ww = np.nan_to_num(w)[..., None, None]
+            r = np.nan_to_num(r)
+            H = np.einsum("...vri,...vrj->...ij", J * ww, J) + np.eye(3) * 1e-9
+            g = np.einsum("...vri,...vr->...i", J * ww, r)
+            X = X - np.linalg.solve(H, g[..., None])[..., 0]
+        return X
+
+    def _triangulate(self, uv_t, w, P, K, T_cw):
+        X = self._solve_linear(uv_t, w, P, None)
+        depth = np.einsum("vj,...j->...v", P[:, 2, :3], X) + P[:, 2, 3]         # rows rescaled by 1/depth
+        X = self._solve_linear(uv_t, w, P, depth)
+        return self._refine(X, uv_t, w, K, T_cw)
+
+    def _triangulate_robust(self, uv_t, w, P, K, T_cw, reject_px):
+        """Triangulate every point from all views that see it; if a residual exceeds ``reject_px`` and the point has
+        >= 3 views, drop the one view whose removal leaves the smallest worst residual."""
+        V = P.shape[0]
+        X = self._triangulate(uv_t, w, P, K, T_cw)
+        used = w > 0
+        if V < 3:
+            return X, used
+        err = np.where(used, self._view_errors(X, uv_t, P), 0.0)
+        bad = (np.nan_to_num(err).max(-1) > reject_px) & (used.sum(-1) >= 3)
+        if not bad.any():
+            return X, used
+        best_X, best_err, best_v = X.copy(), np.full(X.shape[:-1], np.inf), np.full(X.shape[:-1], -1)
+        for v in range(V):
+            w_v = w.copy()
+            w_v[..., v] = 0.0
+            X_v = self._triangulate(uv_t, w_v, P, K, T_cw)
+            e_v = np.where(w_v > 0, self._view_errors(X_v, uv_t, P), 0.0)
+            worst = np.nan_to_num(e_v, nan=np.inf).max(-1)
+            better = bad & used[..., v] & (worst < best_err)
+            best_err = np.where(better, worst, best_err)
+            best_X = np.where(better[..., None], X_v, best_X)
+            best_v = np.where(better, v, best_v)
+        take = bad & (best_v >= 0) & (best_err <= reject_px)
+        X = np.where(take[..., None], best_X, X)
+        drop = take[..., None] & (np.arange(V) == best_v[..., None])
+        return X, used & ~drop
+
+    # ---- the paper's decoder ------------------------------------------------------------------------------------------
+    def _depth_sweep(self, images, uv_t, w, cameras, P, n_depth: int = 192, near: float = 0.05, far: float = 4.0):
+        """Main view = the most confident view of each point; sweep depth along its ray, score by the other views'
+        bilinearly sampled heatmaps; parabolic refinement around the best sample."""
+        V, T, H, W, _ = images.shape
+        main = w.argmax(-1)                                                     # [T, 3]
+        K, T_cw = stack_cameras(cameras)
+        Kinv = np.linalg.inv(K)
+        T_wc = np.stack([c.T_world_cam for c in cameras])
+        uv_main = np.take_along_axis(uv_t, main[..., None, None], axis=2)[..., 0, :]   # [T, 3, 2]
+        hom = np.concatenate([uv_main, np.ones(uv_main.shape[:-1] + (1,))], -1)
+        d_cam = np.einsum("tcij,tcj->tci", Kinv[main], hom)                    # z = 1 direction in camera frame
+        origin = T_wc[main][..., :3, 3]
+        d_world = np.einsum("tcij,tcj->tci", T_wc[main][..., :3, :3], d_cam)
+        depths = np.geomspace(near, far, n_depth)
+        cand = origin[..., None, :] + depths[:, None] * d_world[..., None, :]   # [T, 3, D, 3]
+        score = np.zeros(cand.shape[:-1])
+        Xh = np.concatenate([cand, np.ones(cand.shape[:-1] + (1,))], -1)
+        for v in range(V):
+            x = np.einsum("ij,tcdj->tcdi", P[v], Xh)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                uv = x[..., :2] / x[..., 2:3]
+            val = _bilinear(images[v], uv)                                      # [T, 3, D]
+            val = np.where(x[..., 2] > 0, val, 0.0)
+            other = (main != v) & (w[..., v] > 0)
+            score += np.where(other[..., None], val, 0.0)
+        best = score.argmax(-1)
+        b0 = np.clip(best, 1, n_depth - 2)
+        s_m, s_0, s_p = (np.take_along_axis(score, (b0 + k)[..., None], -1)[..., 0] for k in (-1, 0, 1))
+        denom = s_m - 2 * s_0 + s_p
+        off = np.where(np.abs(denom) > 1e-12, 0.5 * (s_m - s_p) / denom, 0.0).clip(-1, 1)
+        log_d = np.log(depths)
+        step = log_d[1] - log_d[0]
+        depth = np.exp(log_d[b0] + off * step)
+        X = origin + depth[..., None] * d_world
+        used = w > 0
+        return X, used
+
+    def _kabsch(self, X: np.ndarray, conf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Weighted rigid fit of the tool-frame points onto the triangulated ones: ``X [N, 3, 3]`` -> (R, t)."""
+        L = self._local_points()                                                # [3, 3] tool frame
+        w = np.maximum(conf, 1e-3)[..., None]                                  # [N, 3, 1]
+        cL = (w * L).sum(-2) / w.sum(-2)                                        # [N, 3]
+        cX = (w * X).sum(-2) / w.sum(-2)
+        Hm = np.einsum("npi,npj->nij", w * (L - cL[:, None]), X - cX[:, None])  # [N, 3, 3]
+        U, _, Vt = np.linalg.svd(Hm)
+        d = np.sign(np.linalg.det(np.swapaxes(Vt, -1, -2) @ np.swapaxes(U, -1, -2)))
+        D = np.zeros_like(Hm)
+        D[:, 0, 0] = D[:, 1, 1] = 1.0
+        D[:, 2, 2] = d
+        R = np.swapaxes(Vt, -1, -2) @ D @ np.swapaxes(U, -1, -2)
+        t = cX - np.einsum("nij,nj->ni", R, cL)
+        return R, t
+
+
+def _bilinear(img: np.ndarray, uv: np.ndarray) -> np.ndarray:
+    """Sample ``img [T, H, W, 3]`` at ``uv [T, 3, D, 2]`` for each point's own channel -> ``[T, 3, D]`` (0 outside)."""
+    T, H, W, _ = img.shape
+    u, v = uv[..., 0], uv[..., 1]
+    finite = np.isfinite(u) & np.isfinite(v)
+    u = np.where(finite, u, -10.0)
+    v = np.where(finite, v, -10.0)
+    u0, v0 = np.floor(u).astype(int), np.floor(v).astype(int)
+    fu, fv = u - u0, v - v0
+    ti = np.arange(T)[:, None, None]
+    ci = np.arange(3)[None, :, None]
+    out = np.zeros(u.shape)
+    for dv, dw in ((0, 1 - fv), (1, fv)):
+        for du, uw in ((0, 1 - fu), (1, fu)):
+            rr, cc = v0 + dv, u0 + du
+            ok = (rr >= 0) & (rr < H) & (cc >= 0) & (cc < W)
+            val = img[ti, np.clip(rr, 0, H - 1), np.clip(cc, 0, W - 1), ci]
+            out += np.where(ok, val * dw * uw, 0.0)
+    return out
+
+
+def overlay(rgb: np.ndarray, action_image: np.ndarray, alpha: float = 0.8) -> np.ndarray:
+    """Blend an action image ``[..., H, W, 3]`` (float [0, 1] or uint8) onto an RGB frame (uint8) for display.
+
+    The pedestal is hidden so the camera frame stays visible; each blob shows in its own colour.
+    """
+    rgb = np.asarray(rgb)
+    a = np.asarray(action_image)
+    if a.dtype == np.uint8:
+        a = a.astype(np.float32) / 255.0
+    if rgb.shape != a.shape:
+        raise ValueError(f"rgb {rgb.shape} and action image {a.shape} must have the same shape")
+    blobs = a.copy()
+    blobs[..., 2] = np.where(a[..., 2] > PEDESTAL + 1e-3, a[..., 2], 0.0)
+    strength = np.clip(blobs.max(-1, keepdims=True) * alpha, 0.0, 1.0)
+    colour = blobs / np.maximum(blobs.max(-1, keepdims=True), 1e-6)
+    out = rgb.astype(np.float32) / 255.0 * (1 - strength) + colour * strength
+    return np.round(np.clip(out, 0, 1) * 255).astype(np.uint8)
