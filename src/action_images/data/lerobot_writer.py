@@ -1,0 +1,314 @@
+"""Crash-safe writer of LeRobot v3.0 datasets with calibration (one file per episode).
+
+Commit protocol per episode (why: a ``kill -9`` at any instant must leave a loadable dataset of complete episodes):
+videos and the data file are written under ``*.partial`` names, then renamed into place; the task table is updated;
+the episode's metadata row (``meta/episodes/...``) is renamed into place LAST: that rename is the commit. ``info.json``
+and ``stats.json`` are refreshed afterwards by write-temp-then-rename. The reader only follows committed metadata, so
+files of an episode cut short are invisible; ``resume=True`` deletes them and continues with the next index.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from ..geometry import POSE_DIM, Camera, validate_poses
+from .lerobot import EXTRA_PREFIX, LeRobotDataset
+from .lerobot_format import (ACTION_KEY, CAMERAS_PATH, CHUNKS_SIZE, DEFAULT_CRF, INFO_PATH, PARTIAL_SUFFIX,
+                             STATE_KEY, STATS_PATH, TASKS_PATH, aggregate_stats, array_stats, atomic_write_json,
+                             atomic_write_parquet, build_features, build_info, calib_keys, cameras_to_json,
+                             commit_file, data_schema, episode_paths, fixed_list, image_key, image_stats, partial_path,
+                             stats_from_row, stats_to_columns, stats_to_json, tasks_table, write_parquet)
+from .video import encode_video
+
+CamerasArg = Sequence[Camera] | Mapping[str, Camera | Sequence[Camera]] | None
+
+
+class DatasetWriter:
+    """Append episodes to a dataset directory. ``per_frame_cameras=True`` stores calibration per frame (cameras
+    perturbed per episode or moving); otherwise every episode must use the ``cameras`` given here."""
+
+    def __init__(self, root: str | Path, fps: int, cameras: Sequence[Camera], image_size: tuple[int, int],
+                 resume: bool = False, per_frame_cameras: bool = False, crf: int = DEFAULT_CRF,
+                 robot_type: str | None = "action-images-sim", chunks_size: int = CHUNKS_SIZE) -> None:
+        self.root = Path(root)
+        self.fps = int(fps)
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.cameras = list(cameras)
+        self.camera_names = [c.name for c in self.cameras]
+        self.per_frame_cameras = bool(per_frame_cameras)
+        self.crf = int(crf)
+        self._closed = False
+        self._fault_hook: Callable[[str], None] | None = None  # tests: called between commit steps
+        if self.fps <= 0:
+            raise ValueError(f"fps must be positive; got {fps}")
+        if not self.cameras or len(set(self.camera_names)) != len(self.camera_names) or not all(self.camera_names):
+            raise ValueError(f"cameras need unique, non-empty names; got {self.camera_names}")
+        H, W = self.image_size
+        for c in self.cameras:
+            if (c.height, c.width) != (H, W):
+                raise ValueError(f"camera {c.name!r} is calibrated for {c.width}x{c.height}, image_size is {W}x{H}")
+        features = build_features(self.fps, self.camera_names, self.image_size, self.per_frame_cameras)
+        self.info = build_info(self.fps, features, robot_type, chunks_size)
+        self.tasks: list[str] = []
+        self.num_episodes = 0
+        self.num_frames = 0
+        self._episode_stats: list[dict[str, dict[str, np.ndarray]]] = []
+        self._extra_keys: list[str] | None = None
+        if (self.root / INFO_PATH).exists():
+            if not resume:
+                raise FileExistsError(f"{self.root} already holds a dataset; pass resume=True (--resume) to continue "
+                                      "it, or choose another directory")
+            self._resume()
+        else:
+            if self.root.exists() and any(p.name != "meta" for p in self.root.iterdir()):
+                if not resume:
+                    raise FileExistsError(f"{self.root} exists and is not empty; choose another directory")
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._clean_leftovers(keep_episodes=0)
+            atomic_write_json(self.root / CAMERAS_PATH, cameras_to_json(self.cameras, self.per_frame_cameras))
+            self._write_info()  # info.json last: its presence marks an initialised dataset
+
+    # ---- resume ------------------------------------------------------------------------------------------------------
+    def _resume(self) -> None:
+        ds = LeRobotDataset(self.root, check_files=True, cache_size=0)
+        if ds.fps != self.fps or ds.image_size != self.image_size or ds.camera_names != self.camera_names:
+            raise ValueError(f"{self.root}: cannot resume: it has fps={ds.fps}, image_size={ds.image_size}, cameras="
+                             f"{ds.camera_names}; asked for fps={self.fps}, image_size={self.image_size}, cameras="
+                             f"{self.camera_names}")
+        if ds.per_frame_cameras != self.per_frame_cameras:
+            raise ValueError(f"{self.root / CAMERAS_PATH}: cannot resume: per-frame calibration is "
+                             f"{ds.per_frame_cameras} there but {self.per_frame_cameras} was asked for")
+        if not self.per_frame_cameras:
+            for c in self.cameras:
+                if not _same_camera(c, ds.cameras[c.name]):
+                    raise ValueError(f"{self.root / CAMERAS_PATH}: cannot resume: camera {c.name!r} calibration "
+                                     "differs from the one given")
+        self.info = ds.info
+        self.tasks = list(ds.tasks)
+        self.num_episodes = ds.num_episodes
+        self.num_frames = ds.num_frames
+        self._episode_stats = [stats_from_row(r) for r in ds._rows]
+        if ds.num_episodes:
+            self._extra_keys = sorted(k[len(EXTRA_PREFIX):] for k in ds._rows[0] if k.startswith(EXTRA_PREFIX))
+        self._clean_leftovers(keep_episodes=ds.num_episodes)
+        self._write_info()
+        self._write_stats()
+
+    def _clean_leftovers(self, keep_episodes: int) -> None:
+        """Delete ``*.partial`` files and episode files with no committed metadata row (index >= keep_episodes)."""
+        keep: set[Path] = set()
+        for i in range(keep_episodes):
+            keep |= {self.root / p for p in episode_paths(self.info, i, self.camera_names).values()}
+        for sub in ("data", "videos", "meta/episodes"):
+            base = self.root / sub
+            if not base.is_dir():
+                continue
+            for p in base.rglob("*"):
+                if p.is_file() and (p.name.endswith(PARTIAL_SUFFIX) or
+                                    (p.suffix in (".parquet", ".mp4") and p not in keep)):
+                    p.unlink()
+        for p in (self.root / "meta").glob("*" + PARTIAL_SUFFIX):
+            p.unlink()
+
+    # ---- writing -----------------------------------------------------------------------------------------------------
+    def add_episode(self, instruction: str, actions: np.ndarray, states: np.ndarray, images: Mapping[str, np.ndarray],
+                    cameras: CamerasArg = None, extra: Mapping[str, Any] | None = None) -> int:
+        """Append one episode and commit it; returns its index.
+
+        ``cameras``: ``None`` (the writer's cameras), or for per-frame datasets a list of Camera (one per view, fixed
+        for the episode) or ``{name: Camera | [Camera] * T}``. ``extra``: scalar per-episode values stored as
+        ``extra/<key>`` columns of the episode metadata; every episode must use the same keys.
+        """
+        if self._closed:
+            raise ValueError("DatasetWriter is closed")
+        if not isinstance(instruction, str) or not instruction:
+            raise ValueError("instruction must be a non-empty string")
+        actions = validate_poses(actions, "actions")
+        states = validate_poses(states, "states")
+        if actions.ndim != 2 or states.shape != actions.shape or actions.shape[0] == 0:
+            raise ValueError(f"actions and states must both be [T, {POSE_DIM}] with T >= 1; got {actions.shape} and "
+                             f"{states.shape}")
+        T = actions.shape[0]
+        H, W = self.image_size
+        if set(images) != set(self.camera_names):
+            raise ValueError(f"images must have exactly the cameras {self.camera_names}; got {sorted(images)}")
+        for cam in self.camera_names:
+            im = images[cam]
+            if not isinstance(im, np.ndarray) or im.dtype != np.uint8 or im.shape != (T, H, W, 3):
+                raise ValueError(f"images[{cam!r}] must be uint8 [T={T}, H={H}, W={W}, 3]; got "
+                                 f"{getattr(im, 'dtype', type(im))} {getattr(im, 'shape', None)}")
+        frame_cams = self._frame_cameras(cameras, T)
+        extra = dict(extra or {})
+        keys = sorted(extra)
+        if self._extra_keys is not None and keys != self._extra_keys:
+            raise ValueError(f"extra keys must match earlier episodes: {self._extra_keys}; got {keys}")
+
+        i = self.num_episodes
+        paths = {k: self.root / p for k, p in episode_paths(self.info, i, self.camera_names).items()}
+        new_tasks = self.tasks + ([instruction] if instruction not in self.tasks else [])
+        task_index = new_tasks.index(instruction)
+        written: list[Path] = []
+        try:
+            for cam in self.camera_names:  # 1. videos
+                path = paths[image_key(cam)]
+                path.parent.mkdir(parents=True, exist_ok=True)
+                written.append(partial_path(path))
+                encode_video(partial_path(path), images[cam], self.fps, self.crf)
+            table = self._data_table(i, task_index, actions, states, frame_cams)  # 2. data
+            written.append(partial_path(paths["data"]))
+            write_parquet(paths["data"], table)
+            stats = self._stats(table, actions, states, images)
+            meta = self._meta_table(i, T, instruction, stats, extra)
+            written.append(partial_path(paths["meta"]))
+            write_parquet(paths["meta"], meta)
+            self._hook("files_written")
+            for cam in self.camera_names:
+                commit_file(partial_path(paths[image_key(cam)]), paths[image_key(cam)])
+            self._hook("videos_committed")
+            commit_file(partial_path(paths["data"]), paths["data"])
+            self._hook("data_committed")
+            if len(new_tasks) != len(self.tasks):  # 3. task table (an unused task is harmless)
+                atomic_write_parquet(self.root / TASKS_PATH, tasks_table(new_tasks))
+            self._hook("tasks_committed")
+            commit_file(partial_path(paths["meta"]), paths["meta"])  # 4. THE COMMIT
+        except BaseException:
+            for p in written:
+                if p.exists():
+                    p.unlink()
+            raise
+        self._hook("committed")
+        self.tasks = new_tasks
+        self._extra_keys = keys
+        self._episode_stats.append(stats)
+        self.num_episodes += 1
+        self.num_frames += T
+        self._write_info()
+        self._write_stats()
+        self._hook("info_written")
+        return i
+
+    def _frame_cameras(self, cameras: CamerasArg, T: int) -> dict[str, list[Camera]] | None:
+        if cameras is None:
+            if self.per_frame_cameras:
+                return {c.name: [c] * T for c in self.cameras}
+            return None
+        if isinstance(cameras, Mapping):
+            by_name = dict(cameras)
+        else:
+            by_name = {c.name: c for c in cameras}
+        if set(by_name) != set(self.camera_names):
+            raise ValueError(f"cameras must cover exactly {self.camera_names}; got {sorted(by_name)}")
+        out: dict[str, list[Camera]] = {}
+        H, W = self.image_size
+        for name in self.camera_names:
+            v = by_name[name]
+            seq = [v] * T if isinstance(v, Camera) else list(v)
+            if len(seq) != T:
+                raise ValueError(f"cameras[{name!r}] has {len(seq)} entries for an episode of {T} frames")
+            for c in seq:
+                if (c.height, c.width) != (H, W):
+                    raise ValueError(f"camera {name!r} is calibrated for {c.width}x{c.height}, images are {W}x{H}")
+            out[name] = seq
+        if not self.per_frame_cameras:
+            ref = {c.name: c for c in self.cameras}
+            for name, seq in out.items():
+                if not all(_same_camera(c, ref[name]) for c in seq):
+                    raise ValueError(f"camera {name!r} differs from the dataset's static calibration; create the "
+                                     "writer with per_frame_cameras=True to store moving or perturbed cameras")
+            return None
+        return out
+
+    def _data_table(self, i: int, task_index: int, actions: np.ndarray, states: np.ndarray,
+                    frame_cams: dict[str, list[Camera]] | None) -> pa.Table:
+        T = actions.shape[0]
+        cols: dict[str, pa.Array] = {ACTION_KEY: fixed_list(actions), STATE_KEY: fixed_list(states)}
+        if frame_cams is not None:
+            for cam in self.camera_names:
+                kk, tk = calib_keys(cam)
+                cols[kk] = fixed_list(np.stack([c.K.reshape(9) for c in frame_cams[cam]]))
+                cols[tk] = fixed_list(np.stack([c.T_cam_world.reshape(16) for c in frame_cams[cam]]))
+        frame_index = np.arange(T, dtype=np.int64)
+        cols["timestamp"] = pa.array((frame_index / self.fps).astype(np.float32))
+        cols["frame_index"] = pa.array(frame_index)
+        cols["episode_index"] = pa.array(np.full(T, i, dtype=np.int64))
+        cols["index"] = pa.array(self.num_frames + frame_index)
+        cols["task_index"] = pa.array(np.full(T, task_index, dtype=np.int64))
+        return pa.table(cols, schema=data_schema(self.camera_names, self.per_frame_cameras))
+
+    def _stats(self, table: pa.Table, actions: np.ndarray, states: np.ndarray,
+               images: Mapping[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+        stats = {ACTION_KEY: array_stats(actions), STATE_KEY: array_stats(states)}
+        for cam in self.camera_names:
+            stats[image_key(cam)] = image_stats(images[cam])
+        for key in ("timestamp", "frame_index", "episode_index", "index", "task_index"):
+            stats[key] = array_stats(table.column(key).to_numpy()[:, None])
+        return stats
+
+    def _meta_table(self, i: int, T: int, instruction: str, stats: dict, extra: dict[str, Any]) -> pa.Table:
+        cf = {"chunk_index": i // int(self.info["chunks_size"]), "file_index": i % int(self.info["chunks_size"])}
+        cols: dict[str, pa.Array] = {
+            "episode_index": pa.array([i], pa.int64()), "tasks": pa.array([[instruction]], pa.list_(pa.string())),
+            "length": pa.array([T], pa.int64()),
+            "data/chunk_index": pa.array([cf["chunk_index"]], pa.int64()),
+            "data/file_index": pa.array([cf["file_index"]], pa.int64()),
+            "dataset_from_index": pa.array([self.num_frames], pa.int64()),
+            "dataset_to_index": pa.array([self.num_frames + T], pa.int64())}
+        for cam in self.camera_names:
+            key = image_key(cam)
+            cols[f"videos/{key}/chunk_index"] = pa.array([cf["chunk_index"]], pa.int64())
+            cols[f"videos/{key}/file_index"] = pa.array([cf["file_index"]], pa.int64())
+            cols[f"videos/{key}/from_timestamp"] = pa.array([0.0], pa.float64())
+            cols[f"videos/{key}/to_timestamp"] = pa.array([T / self.fps], pa.float64())
+        cols["meta/episodes/chunk_index"] = pa.array([cf["chunk_index"]], pa.int64())
+        cols["meta/episodes/file_index"] = pa.array([cf["file_index"]], pa.int64())
+        cols.update(stats_to_columns(stats))
+        for k in sorted(extra):
+            v = extra[k]
+            if isinstance(v, np.generic):
+                v = v.item()
+            if not isinstance(v, (bool, int, float, str)):
+                raise ValueError(f"extra[{k!r}] must be a bool, int, float or str; got {type(v).__name__}")
+            cols[EXTRA_PREFIX + k] = pa.array([v])
+        return pa.table(cols)
+
+    def _hook(self, phase: str) -> None:
+        if self._fault_hook is not None:
+            self._fault_hook(phase)
+
+    def _write_info(self) -> None:
+        self.info["total_episodes"] = self.num_episodes
+        self.info["total_frames"] = self.num_frames
+        self.info["total_tasks"] = len(self.tasks)
+        self.info["splits"] = {"train": f"0:{self.num_episodes}"} if self.num_episodes else {}
+        atomic_write_json(self.root / INFO_PATH, self.info)
+
+    def _write_stats(self) -> None:
+        if self._episode_stats:
+            atomic_write_json(self.root / STATS_PATH, stats_to_json(aggregate_stats(self._episode_stats)))
+
+    # ---- lifecycle ---------------------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Finalise ``info.json`` / ``stats.json`` (idempotent; both are also kept current after every episode)."""
+        if self._closed:
+            return
+        self._write_info()
+        self._write_stats()
+        self._closed = True
+
+    def __enter__(self) -> "DatasetWriter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _same_camera(a: Camera, b: Camera, tol: float = 1e-9) -> bool:
+    return ((a.width, a.height) == (b.width, b.height) and np.allclose(a.K, b.K, atol=tol, rtol=0)
+            and np.allclose(a.T_cam_world, b.T_cam_world, atol=tol, rtol=0))
+
+
+__all__ = ["DatasetWriter"]
