@@ -233,8 +233,7 @@ class Camera:
     # ---- projection --------------------------------------------------------------------------------------------------
     def project(self, points_world: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """World points ``[..., 3]`` -> pixels ``[..., 2]`` (u, v) and depth ``[...]`` (z in the camera frame)."""
-        uv, depth = project_points(np.asarray(points_world, dtype=np.float64)[None], self.K[None],
-                                   self.T_cam_world[None])
+        uv, depth = project_points(points_world, self.K[None], self.T_cam_world[None])
         return uv[0], depth[0]
 
     def in_image(self, uv: np.ndarray, depth: np.ndarray) -> np.ndarray:
@@ -317,11 +316,12 @@ def stack_cameras(cameras: Sequence[Camera]) -> tuple[np.ndarray, np.ndarray]:
 # Batched projection (numpy and torch share the same maths)
 # ----------------------------------------------------------------------------------------------------------------------
 
-def project_points(points: np.ndarray, K: np.ndarray, T_cam_world: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def project_points(points: np.ndarray, K: np.ndarray, T_cam_world: np.ndarray, per_view: bool = False
+                   ) -> tuple[np.ndarray, np.ndarray]:
     """Project world points into V views.
 
-    points ``[N..., 3]`` (shared by all views) or ``[V, N..., 3]``; K ``[V, 3, 3]``; T_cam_world ``[V, 4, 4]``.
-    Returns uv ``[V, N..., 2]`` and depth ``[V, N..., ]``. Points with depth <= 0 get uv = NaN.
+    points ``[N..., 3]`` shared by all views (or ``[V, N..., 3]`` with ``per_view=True``); K ``[V, 3, 3]``;
+    T_cam_world ``[V, 4, 4]``. Returns uv ``[V, N..., 2]`` and depth ``[V, N...]``. Points with depth <= 0 get NaN uv.
     """
     K = np.asarray(K, dtype=np.float64)
     T = np.asarray(T_cam_world, dtype=np.float64)
@@ -329,7 +329,10 @@ def project_points(points: np.ndarray, K: np.ndarray, T_cam_world: np.ndarray) -
     points = np.asarray(points, dtype=np.float64)
     if points.shape[-1] != 3:
         raise ValueError(f"points must have shape [..., 3]; got {points.shape}")
-    if points.ndim == 1 or points.shape[0] != V or points.ndim < 2:
+    if per_view:
+        if points.shape[0] != V:
+            raise ValueError(f"per_view points must have {V} rows (one per view); got shape {points.shape}")
+    else:
         points = np.broadcast_to(points, (V,) + points.shape)
     flat = points.reshape(V, -1, 3)
     p_cam = np.einsum("vij,vnj->vni", T[:, :3, :3], flat) + T[:, None, :3, 3]
