@@ -1,0 +1,241 @@
+"""Training windows: V views x (current frame + H future keyframes) of RGB and action images, rendered on the fly.
+
+A window is drawn *from an integer key*: everything random about it (episode, start frame, view subset, crop) comes
+from ``numpy.random.default_rng([seed, key])``. The trainer asks for keys derived from (step, rank), so a resumed run
+sees exactly the batches an uninterrupted one would, with no data-loader state to checkpoint.
+
+Frame alignment: frame 0 is the current frame t0 and its action image is the current state ``states[t0]``; keyframe
+k (1..H) is image frame t_k = t0 + k*stride (clipped to the episode) and its action image the commanded target that
+led there, ``actions[t_k - 1]`` -- so a decoded keyframe is an absolute target the policy can execute.
+
+Augmentation keeps calibration consistent: a random square crop (side ``crop_scale`` of the short side) then a
+resize to ``image_size``, with ``Camera.cropped(...).resized(...)`` updating K; action images and Plücker maps are
+rendered with the final camera, so they line up with the augmented pixels exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from action_images.codec import ActionImageCodec
+from action_images.geometry import Camera, euler_to_quat
+
+
+@dataclass
+class WindowConfig:
+    image_size: int = 48
+    num_views: int = 2               # random subset of the dataset's cameras per window (paper: 2 of 4)
+    horizon: int = 4                 # H future keyframes
+    stride: int = 4                  # control steps between keyframes
+    crop_scale: tuple[float, float] = (0.85, 1.0)   # side of the random square crop / short image side
+    views: tuple[str, ...] | None = None            # restrict to these cameras (None: all)
+
+
+def augment_camera(cam: Camera, rng: np.random.Generator, cfg: WindowConfig) -> tuple[tuple[int, int, int], Camera]:
+    """Random square crop (x0, y0, side) of ``cam``'s image and the camera of the crop resized to ``image_size``."""
+    short = min(cam.width, cam.height)
+    lo, hi = cfg.crop_scale
+    side = int(round(short * rng.uniform(lo, hi)))
+    side = max(1, min(short, side))
+    x0 = int(rng.integers(0, cam.width - side + 1))
+    y0 = int(rng.integers(0, cam.height - side + 1))
+    return (x0, y0, side), cam.cropped(x0, y0, side, side).resized(cfg.image_size, cfg.image_size)
+
+
+def keyframe_times(t0: int, T: int, horizon: int, stride: int) -> np.ndarray:
+    """[1 + H] image frame indices: t0, t0 + stride, ... clipped to the last frame."""
+    return np.minimum(t0 + stride * np.arange(horizon + 1), T - 1)
+
+
+def window_poses(states: np.ndarray, actions: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """[1 + H, 8] poses drawn as action images: the current state, then the targets that led to each keyframe."""
+    poses = actions[np.maximum(times - 1, 0)].copy()
+    poses[0] = states[times[0]]
+    return poses
+
+
+def finish_window(rgb_u8: np.ndarray | torch.Tensor, cams: Sequence[Camera], poses: np.ndarray, instruction: str,
+                  codec: ActionImageCodec, **extra: Any) -> dict[str, Any]:
+    """rgb uint8 [V, F, R, R, 3] (already at the cameras' size) -> the window dict the model trains on."""
+    rgb = torch.as_tensor(rgb_u8).permute(0, 1, 4, 2, 3).float() / 127.5 - 1.0          # [V, F, 3, R, R]
+    act = torch.from_numpy(codec.encode(poses, cams)).permute(0, 1, 4, 2, 3) * 2.0 - 1.0  # [V, F, 3, R, R]
+    plucker = torch.from_numpy(np.stack([c.plucker() for c in cams])).permute(0, 3, 1, 2)  # [V, 6, R, R]
+    return {"rgb": rgb.contiguous(), "act": act.contiguous(), "plucker": plucker.contiguous(),
+            "poses": torch.from_numpy(poses.astype(np.float64)),
+            "K": torch.from_numpy(np.stack([c.K for c in cams])),
+            "T_cam_world": torch.from_numpy(np.stack([c.T_cam_world for c in cams])),
+            "instruction": instruction, **extra}
+
+
+class Windows(Dataset):
+    """Windows from one or more LeRobot v3 datasets (``action_images.data.LeRobotDataset``); index = key."""
+
+    def __init__(self, roots: Sequence[str], cfg: WindowConfig, seed: int = 0, cache_episodes: int = 64):
+        from action_images.data import LeRobotDataset  # the reader is another module; import late
+        self.cfg, self.seed = cfg, int(seed)
+        self.datasets = [LeRobotDataset(r, cache_size=cache_episodes) for r in roots]
+        self.index = [(d, i) for d, ds in enumerate(self.datasets) for i in range(ds.num_episodes)]
+        if not self.index:
+            raise ValueError(f"no episodes in {list(roots)}")
+        for ds in self.datasets:
+            names = [c for c in ds.camera_names if cfg.views is None or c in cfg.views]
+            if len(names) < cfg.num_views:
+                raise ValueError(f"{ds.root}: needs {cfg.num_views} cameras, has {names}")
+        self.codec = ActionImageCodec()
+
+    def __len__(self) -> int:
+        return sum(int(sum(ds.episode_lengths)) for ds in self.datasets)
+
+    def episode_keys(self) -> list[tuple[int, int]]:
+        return list(self.index)
+
+    def __getitem__(self, key: int) -> dict[str, Any]:
+        rng = np.random.default_rng([self.seed, int(key)])
+        d, i = self.index[int(rng.integers(len(self.index)))]
+        return self.window(d, i, int(rng.integers(1 << 30)), rng)
+
+    def window(self, d: int, i: int, t0: int | None, rng: np.random.Generator,
+               views: Sequence[str] | None = None, augment: bool = True) -> dict[str, Any]:
+        """The window of episode ``i`` of dataset ``d`` starting at ``t0`` (taken modulo the episode length)."""
+        cfg, ds = self.cfg, self.datasets[d]
+        ep = ds.episode(i)
+        T = len(ep)
+        t0 = int(t0 % T) if t0 is not None else int(rng.integers(T))
+        names = [c for c in ds.camera_names if cfg.views is None or c in cfg.views]
+        if views is None:
+            views = [names[j] for j in rng.permutation(len(names))[:cfg.num_views]]
+        times = keyframe_times(t0, T, cfg.horizon, cfg.stride)
+        cams, frames = [], []
+        for name in views:
+            cam = ep.frame_cameras[name][t0] if ep.frame_cameras else ep.cameras[name]
+            if augment:
+                (x0, y0, side), cam_out = augment_camera(cam, rng, cfg)
+            else:
+                side = min(cam.width, cam.height)
+                x0, y0 = (cam.width - side) // 2, (cam.height - side) // 2
+                cam_out = cam.cropped(x0, y0, side, side).resized(cfg.image_size, cfg.image_size)
+            img = torch.from_numpy(ep.images[name][times, y0:y0 + side, x0:x0 + side])   # [F, s, s, 3] uint8
+            if side != cfg.image_size:
+                img = F.interpolate(img.permute(0, 3, 1, 2).float(), size=(cfg.image_size,) * 2, mode="bilinear",
+                                    antialias=True, align_corners=False)
+                img = img.round().clamp(0, 255).permute(0, 2, 3, 1)
+            frames.append(img)
+            cams.append(cam_out)
+        poses = window_poses(ep.states, ep.actions, times)
+        return finish_window(torch.stack(frames), cams, poses, ep.instruction, self.codec,
+                             episode=i, dataset=d, t0=t0)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# synthetic windows (tests, benchmarks, smoke runs): a coloured cube and an end-effector moving to it
+# ----------------------------------------------------------------------------------------------------------------------
+
+COLORS = {"red": (200, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 200)}
+
+
+class SyntheticWindows(Dataset):
+    """Random calibrated cameras around a table; the end-effector reaches, grasps and lifts a coloured cube.
+
+    Scenes are cheap numpy drawings (discs), but the cameras, poses and action images are real, so every geometric
+    code path (crop/resize of K, Plücker maps, codec) is exercised. ``num_scenes`` > 0 limits the distinct episodes
+    (an overfit set); ``num_cameras`` fixed cameras per dataset, or ``random_cameras`` for a new rig per episode.
+    """
+
+    def __init__(self, cfg: WindowConfig, seed: int = 0, num_scenes: int = 0, num_cameras: int = 4,
+                 episode_len: int = 40, random_cameras: bool = False, native_size: int = 64):
+        self.cfg, self.seed, self.num_scenes = cfg, int(seed), int(num_scenes)
+        self.T, self.random_cameras, self.native = episode_len, random_cameras, native_size
+        self.num_cameras = num_cameras
+        self.cameras = self._rig(np.random.default_rng([self.seed, 7]))
+        self.codec = ActionImageCodec()
+
+    def __len__(self) -> int:
+        return (self.num_scenes or 1000) * self.T
+
+    def _rig(self, rng: np.random.Generator) -> list[Camera]:
+        cams = []
+        for k in range(self.num_cameras):
+            az = 2 * np.pi * (k + rng.uniform(-0.15, 0.15)) / self.num_cameras
+            el, r = rng.uniform(0.5, 0.9), rng.uniform(0.9, 1.2)
+            eye = np.array([0.5 + r * np.cos(az) * np.cos(el), r * np.sin(az) * np.cos(el), r * np.sin(el)])
+            cams.append(Camera.look_at(eye, [0.5, 0.0, 0.1], 50.0, self.native, self.native, name=f"cam{k}"))
+        return cams
+
+    def episode(self, scene: int) -> dict[str, Any]:
+        """Poses [T, 8] (states; actions = next states), cube position and colour, cameras of one scene."""
+        rng = np.random.default_rng([self.seed, 1, scene])
+        color = list(COLORS)[int(rng.integers(len(COLORS)))]
+        cube = np.array([rng.uniform(0.35, 0.65), rng.uniform(-0.2, 0.2), 0.02])
+        start = np.array([rng.uniform(0.35, 0.65), rng.uniform(-0.2, 0.2), rng.uniform(0.25, 0.35)])
+        yaw0, yaw1 = rng.uniform(-0.6, 0.6, size=2)
+        T = self.T
+        s = np.clip(np.arange(T) / (0.45 * T), 0, 1)[:, None]          # reach above the cube
+        d = np.clip((np.arange(T) - 0.45 * T) / (0.2 * T), 0, 1)[:, None]  # descend
+        lift = np.clip((np.arange(T) - 0.75 * T) / (0.2 * T), 0, 1)[:, None]
+        above = cube + [0, 0, 0.15]
+        pos = (1 - s) * start + s * above + d * (cube + [0, 0, 0.03] - above) + lift * [0, 0, 0.15]
+        yaw = yaw0 + (yaw1 - yaw0) * s[:, 0]
+        quat = euler_to_quat(np.stack([np.full(T, np.pi), np.zeros(T), yaw], -1))   # tool z points down
+        g = np.where(np.arange(T) >= 0.7 * T, 0.0, 1.0)
+        states = np.concatenate([pos, quat, g[:, None]], axis=-1)
+        cams = self._rig(rng) if self.random_cameras else self.cameras
+        return {"states": states, "actions": np.concatenate([states[1:], states[-1:]]), "cube": cube,
+                "color": color, "cameras": cams, "instruction": f"pick up the {color} cube"}
+
+    def render(self, cam: Camera, pose: np.ndarray, cube: np.ndarray, color: str, cube_lift: float) -> np.ndarray:
+        """uint8 [H, W, 3]: table, cube disc and end-effector discs (body + "up" marker), far to near."""
+        H, W = cam.height, cam.width
+        v, u = np.mgrid[0:H, 0:W].astype(np.float32)
+        img = np.empty((H, W, 3), np.float32)
+        img[:] = (150, 140, 120)
+        c = cube + [0, 0, cube_lift]
+        p, R = pose[:3], None
+        from scipy.spatial.transform import Rotation
+        R = Rotation.from_quat(pose[3:7]).as_matrix()
+        blobs = [(c, 0.03, COLORS[color]), (p, 0.025, (30, 30, 30)), (p + 0.05 * R[:, 0], 0.012, (240, 240, 240))]
+        uvd = [(cam.project(x)[0], cam.project(x)[1], r, col) for x, r, col in blobs]
+        for uv, depth, r, col in sorted(uvd, key=lambda b: -float(b[1])):
+            if depth <= 1e-3:
+                continue
+            rad = cam.K[0, 0] * r / depth
+            img[(u - uv[0]) ** 2 + (v - uv[1]) ** 2 <= rad ** 2] = col
+        return img.astype(np.uint8)
+
+    def __getitem__(self, key: int) -> dict[str, Any]:
+        rng = np.random.default_rng([self.seed, int(key)])
+        scene = int(rng.integers(self.num_scenes or (1 << 30)))
+        return self.window(scene, int(rng.integers(self.T)), rng)
+
+    def window(self, scene: int, t0: int, rng: np.random.Generator, augment: bool = True) -> dict[str, Any]:
+        cfg, ep = self.cfg, self.episode(scene)
+        times = keyframe_times(t0, self.T, cfg.horizon, cfg.stride)
+        order = rng.permutation(len(ep["cameras"]))[:cfg.num_views]
+        cams = []
+        for j in order:
+            cam = ep["cameras"][j]
+            if augment:
+                cams.append(augment_camera(cam, rng, cfg)[1])
+            else:
+                cams.append(cam.resized(cfg.image_size, cfg.image_size))
+        grasp = int(0.75 * self.T)
+        frames = np.stack([[self.render(c, ep["states"][t], ep["cube"], ep["color"],
+                                        max(0.0, ep["states"][t, 2] - 0.05) if t > grasp else 0.0)
+                            for t in times] for c in cams])                       # [V, F, R, R, 3]
+        poses = window_poses(ep["states"], ep["actions"], times)
+        return finish_window(frames, cams, poses, ep["instruction"], self.codec, episode=scene, dataset=-1, t0=t0)
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack tensors, keep strings as lists."""
+    out: dict[str, Any] = {}
+    for k in items[0]:
+        vals = [it[k] for it in items]
+        out[k] = torch.stack(vals) if torch.is_tensor(vals[0]) else torch.tensor(vals) if isinstance(
+            vals[0], (int, float)) else vals
+    return out

@@ -1,0 +1,62 @@
+"""Video backbones behind one small interface, and the size registry (like DiT's ``DiT_models``).
+
+A preset fixes the backbone *and* the data shape it was sized for (image size, views, keyframes), because on a CPU the
+token count (views x frames x (res/patch)^2) is what decides speed (design §5). Override any field when training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, Callable
+
+from action_images.models.dit import DiT, DiTConfig, VideoBackbone, patchify, unpatchify
+
+# name -> backbone config + data defaults. Tokens per sample = num_views * (1 + horizon) * (image_size / patch)^2.
+PRESETS: dict[str, dict[str, Any]] = {
+    # tests: ~0.1 M parameters, 2 x 3 x 16 = 96 tokens
+    "cpu-tiny": dict(backbone=DiTConfig(width=32, depth=2, heads=2, patch=8, text_dim=32),
+                     image_size=32, num_views=2, horizon=2, stride=4, batch_size=4, text_vocab=512),
+    # the default CPU preset: ~1.4 M parameters, 2 views x 5 frames x 36 patches = 360 tokens
+    "cpu-small": dict(backbone=DiTConfig(width=128, depth=4, heads=4, patch=8, text_dim=128),
+                      image_size=48, num_views=2, horizon=4, stride=4, batch_size=8),
+    # bigger CPU model: ~7.5 M parameters, same tokens; ~3x slower per step
+    "cpu-base": dict(backbone=DiTConfig(width=256, depth=6, heads=8, patch=8, text_dim=256),
+                     image_size=48, num_views=2, horizon=4, stride=4, batch_size=8),
+    # GPU sizes (not exercised on CPU): 4 views at 128 px, patch 8 -> 4 x 9 x 256 = 9216 tokens
+    "gpu-s": dict(backbone=DiTConfig(width=384, depth=12, heads=6, patch=8, text_dim=384, max_frames=32),
+                  image_size=128, num_views=4, horizon=8, stride=2, batch_size=32),
+    "gpu-b": dict(backbone=DiTConfig(width=768, depth=12, heads=12, patch=8, text_dim=768, max_frames=32,
+                                     text_conditioning="cross"),
+                  image_size=128, num_views=4, horizon=8, stride=2, batch_size=32),
+    "gpu-l": dict(backbone=DiTConfig(width=1024, depth=24, heads=16, patch=8, text_dim=1024, max_frames=32,
+                                     text_conditioning="cross"),
+                  image_size=256, num_views=4, horizon=8, stride=2, batch_size=16),
+}
+CPU_PRESETS = tuple(k for k in PRESETS if k.startswith("cpu-"))
+
+
+def _factory(name: str) -> Callable[..., DiT]:
+    def make(**overrides: Any) -> DiT:
+        return DiT(replace(PRESETS[name]["backbone"], **overrides))
+    make.__name__ = f"DiT_{name.replace('-', '_')}"
+    return make
+
+
+DiT_models: dict[str, Callable[..., DiT]] = {name: _factory(name) for name in PRESETS}
+
+
+def build_backbone(kind: str, config: dict[str, Any]) -> VideoBackbone:
+    """Build a backbone from its serialised config (``kind`` leaves room for e.g. a ``"wan2.2"`` adapter)."""
+    if kind == "dit":
+        return DiT(DiTConfig(**config))
+    raise ValueError(f"unknown backbone kind {kind!r}; known: 'dit'")
+
+
+def preset(name: str) -> dict[str, Any]:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return dict(PRESETS[name])
+
+
+__all__ = ["DiT", "DiTConfig", "VideoBackbone", "DiT_models", "PRESETS", "CPU_PRESETS", "build_backbone", "preset",
+           "patchify", "unpatchify"]

@@ -1,0 +1,112 @@
+"""Language conditioning: an offline instruction encoder, CFG dropout, and a hook for a pretrained encoder.
+
+Offline by default (no downloads): words are lower-cased, split on non-alphanumerics and hashed (crc32, stable across
+processes, unlike Python's ``hash``) into a fixed vocabulary with a learned embedding + position embedding. Token 0 is
+padding, token 1 is the learned *null* instruction used for the empty string -- classifier-free guidance trains on
+it by dropping the instruction with probability ``p_drop``; sampling mixes ``uncond + s * (cond - uncond)``.
+
+A pretrained encoder plugs in through :class:`ExternalTextEncoder`: give it a callable mapping a list of strings to
+``(features [B, L, Dp], mask [B, L])``; it stays frozen and a learned projection maps it to the model width. The
+empty instruction still maps to the learned null token, so CFG behaves the same with either encoder.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+PAD, NULL = 0, 1
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    kind: str = "hash"          # "hash" (offline) or "external" (user-supplied callable, see ExternalTextEncoder)
+    dim: int = 128              # output width (= the backbone's text_dim)
+    vocab_size: int = 4096
+    max_tokens: int = 16
+    external_dim: int = 0       # feature width of the external encoder
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def tokenize(texts: Sequence[str], vocab_size: int = 4096, max_tokens: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Strings -> (ids [B, L] long, mask [B, L] bool); the empty string becomes the single NULL token."""
+    rows = []
+    for s in texts:
+        words = _WORD.findall(str(s).lower())[:max_tokens]
+        rows.append([2 + zlib.crc32(w.encode()) % (vocab_size - 2) for w in words] or [NULL])
+    L = max(len(r) for r in rows)
+    ids = torch.full((len(rows), L), PAD, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = torch.tensor(r)
+    return ids, ids != PAD
+
+
+def drop_instructions(texts: Sequence[str], p_drop: float, generator: torch.Generator | None = None) -> list[str]:
+    """Replace each instruction by "" with probability ``p_drop`` (classifier-free guidance training)."""
+    keep = torch.rand(len(texts), generator=generator) >= p_drop
+    return [s if k else "" for s, k in zip(texts, keep.tolist())]
+
+
+class HashTextEncoder(nn.Module):
+    """Offline encoder: hashed words -> learned embeddings + positions -> tokens [B, L, dim]."""
+
+    def __init__(self, cfg: TextConfig):
+        super().__init__()
+        self.config = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.dim, padding_idx=PAD)
+        self.pos = nn.Embedding(cfg.max_tokens, cfg.dim)
+        nn.init.normal_(self.embed.weight, std=0.02)
+        nn.init.normal_(self.pos.weight, std=0.02)
+        with torch.no_grad():
+            self.embed.weight[PAD].zero_()
+
+    def forward(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids, mask = tokenize(texts, self.config.vocab_size, self.config.max_tokens)
+        ids, mask = ids.to(self.embed.weight.device), mask.to(self.embed.weight.device)
+        pos = torch.arange(ids.shape[1], device=ids.device)
+        return self.embed(ids) + self.pos(pos)[None], mask                     # [B, L, dim], [B, L]
+
+
+class ExternalTextEncoder(nn.Module):
+    """Frozen user-supplied encoder + learned projection; "" -> the learned null token."""
+
+    def __init__(self, cfg: TextConfig, fn: Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]] | None):
+        super().__init__()
+        if cfg.external_dim <= 0:
+            raise ValueError("TextConfig.external_dim must be the feature width of the external encoder")
+        self.config = cfg
+        self.fn = fn
+        self.proj = nn.Linear(cfg.external_dim, cfg.dim)
+        self.null = nn.Embedding(1, cfg.dim)  # an Embedding (not a Parameter) so DDP always sees a gradient path
+        nn.init.normal_(self.null.weight, std=0.02)
+
+    def forward(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.fn is None:
+            raise RuntimeError("this model uses an external text encoder: pass text_fn=... when loading it")
+        dev = self.proj.weight.device
+        with torch.no_grad():
+            feats, mask = self.fn([s if s else " " for s in texts])             # [B, L, Dp], [B, L]
+        tok = self.proj(feats.to(dev).float())
+        empty = torch.tensor([not s for s in texts], device=dev)
+        null = self.null(torch.zeros_like(mask[:, :1], dtype=torch.long, device=dev)).expand_as(tok)
+        tok = torch.where(empty[:, None, None], null, tok)
+        mask = mask.to(dev).bool().clone()
+        mask[empty] = False
+        mask[empty, 0] = True
+        return tok, mask
+
+
+def build_text_encoder(cfg: TextConfig, text_fn: Callable | None = None) -> nn.Module:
+    if cfg.kind == "hash":
+        return HashTextEncoder(cfg)
+    if cfg.kind == "external":
+        return ExternalTextEncoder(cfg, text_fn)
+    raise ValueError(f"unknown text encoder kind {cfg.kind!r}; known: 'hash', 'external'")
