@@ -160,6 +160,12 @@ class LeRobotDataset:
                                  f"{self.root / TASKS_PATH}")
             start += n
         self._rows = rows
+        refs: dict[tuple, int] = {}
+        for r in rows:
+            for k in self.video_keys:
+                ref = (k, int(r[f"videos/{k}/chunk_index"]), int(r[f"videos/{k}/file_index"]))
+                refs[ref] = refs.get(ref, 0) + 1
+        self._shared_videos = {ref for ref, n in refs.items() if n > 1}  # multi-episode files (LeRobot's own writer)
         self.num_episodes = len(rows)
         self.episode_lengths: list[int] = [int(r["length"]) for r in rows]
         self.num_frames = int(sum(self.episode_lengths))
@@ -190,10 +196,15 @@ class LeRobotDataset:
         for cam in self.camera_names:
             vpath = self._video_path(i, cam)
             n, h, w = probe_video(vpath)
-            start = self._video_start(i, cam)
-            if (h, w) != (H, W) or (n and n < start + self.episode_lengths[i]):
+            start, T = self._video_start(i, cam), self.episode_lengths[i]
+            if (h, w) != (H, W) or (n and (n < start + T if self._video_shared(i, cam) else n != T)):
                 raise ValueError(f"{vpath}: video is {w}x{h} with {n} frames; episode {i} needs {W}x{H} and frames "
                                  f"[{start}, {start + self.episode_lengths[i]})")
+
+    def _video_shared(self, i: int, cam: str) -> bool:
+        key = IMAGE_PREFIX + cam
+        r = self._rows[i]
+        return (key, int(r[f"videos/{key}/chunk_index"]), int(r[f"videos/{key}/file_index"])) in self._shared_videos
 
     def _video_start(self, i: int, cam: str) -> int:
         return int(round(float(self._rows[i][f"videos/{IMAGE_PREFIX + cam}/from_timestamp"]) * self.fps))
@@ -277,7 +288,7 @@ class LeRobotDataset:
         imgs = {}
         for cam in self.camera_names:
             start = self._video_start(i, cam)
-            frames = decode_video(self._video_path(i, cam), start + T, H, W, exact=start == 0)
+            frames = decode_video(self._video_path(i, cam), start + T, H, W, exact=not self._video_shared(i, cam))
             imgs[cam] = frames[start:start + T]
         if self._cache_size > 0:
             self._cache[i] = imgs

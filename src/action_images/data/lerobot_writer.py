@@ -58,15 +58,14 @@ class DatasetWriter:
         self.num_frames = 0
         self._episode_stats: list[dict[str, dict[str, np.ndarray]]] = []
         self._extra_keys: list[str] | None = None
-        if (self.root / INFO_PATH).exists():
-            if not resume:
-                raise FileExistsError(f"{self.root} already holds a dataset; pass resume=True (--resume) to continue "
-                                      "it, or choose another directory")
+        if (self.root / INFO_PATH).exists() and not resume:
+            raise FileExistsError(f"{self.root} already holds a dataset; pass resume=True (--resume) to continue it, "
+                                  "or choose another directory")
+        if (self.root / INFO_PATH).exists() and _has_episodes(self.root):
             self._resume()
-        else:
-            if self.root.exists() and any(p.name != "meta" for p in self.root.iterdir()):
-                if not resume:
-                    raise FileExistsError(f"{self.root} exists and is not empty; choose another directory")
+        else:  # new dataset (resuming one killed before its first episode starts it afresh)
+            if not resume and self.root.exists() and any(p.name != "meta" for p in self.root.iterdir()):
+                raise FileExistsError(f"{self.root} exists and is not empty; choose another directory")
             self.root.mkdir(parents=True, exist_ok=True)
             self._clean_leftovers(keep_episodes=0)
             atomic_write_json(self.root / CAMERAS_PATH, cameras_to_json(self.cameras, self.per_frame_cameras))
@@ -304,6 +303,10 @@ class DatasetWriter:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _has_episodes(root: Path) -> bool:
+    return any((root / "meta" / "episodes").glob("chunk-*/file-*.parquet"))
 
 
 def _same_camera(a: Camera, b: Camera, tol: float = 1e-9) -> bool:

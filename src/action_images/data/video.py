@@ -58,10 +58,10 @@ def decode_video(path: Path, num_frames: int, height: int, width: int, exact: bo
             stream.thread_type = "AUTO"
             for frame in container.decode(stream):
                 if n >= num_frames:
-                    n += 1
                     if not exact:
-                        n = num_frames
-                    break
+                        break
+                    n += 1  # keep counting to report the true length
+                    continue
                 img = frame.to_ndarray(format="rgb24")
                 if img.shape != (height, width, 3):
                     raise ValueError(f"frame {n} is {img.shape[1]}x{img.shape[0]}, expected {width}x{height}")
@@ -70,6 +70,6 @@ def decode_video(path: Path, num_frames: int, height: int, width: int, exact: bo
     except (av.FFmpegError, ValueError, OSError, IndexError) as e:
         raise ValueError(f"{path}: cannot decode video (truncated or corrupt mp4: {e})") from e
     if n != num_frames:
-        raise ValueError(f"{path}: video holds {'more than ' if n > num_frames else ''}{n} frames but the episode "
-                         f"metadata says {num_frames} (truncated or mismatched video)")
+        raise ValueError(f"{path}: video holds {n} frames but the episode metadata says {num_frames} (truncated or "
+                         "mismatched video)")
     return out

@@ -1,0 +1,237 @@
+"""``action-images collect``: run the scripted experts in the built-in sim and write a LeRobot v3.0 dataset.
+
+    action-images collect --task pick_cube --episodes 100 --out data/pick_cube
+
+``--episodes`` is per task; one dataset holds every task (``task_index`` per episode). Attempt ``k`` of task ``t`` uses
+the seed ``episode_seed(--seed, t, k)`` whatever else is collected, and attempts run in the order (k, task position),
+so a run killed at any point and continued with ``--resume`` produces the same dataset as an uninterrupted run
+(failed attempts after the last stored episode are simply replayed). Only successful episodes are kept unless
+``--keep-failed``; each stored episode records ``extra/task_name``, ``extra/attempt``, ``extra/seed``, ``extra/success``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..geometry import Camera
+from .lerobot import LeRobotDataset
+from .lerobot_format import COLLECT_PATH, DEFAULT_CRF, INFO_PATH, atomic_write_json, read_json
+from .lerobot_writer import DatasetWriter
+
+DEFAULT_CAMERAS = "front,left,right,top"
+RESUME_KEYS = ("seed", "cameras", "image_size", "perturb_cameras", "keep_failed")  # must match to continue a run
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", default="all", help="task name, comma-separated names, or 'all' (default)")
+    p.add_argument("--episodes", type=int, default=100, help="episodes to store per task (default 100)")
+    p.add_argument("--out", required=True, help="output dataset directory")
+    p.add_argument("--cameras", default=DEFAULT_CAMERAS, help=f"comma-separated views (default {DEFAULT_CAMERAS})")
+    p.add_argument("--image-size", type=int, default=64, help="square image size in pixels (default 64)")
+    p.add_argument("--seed", type=int, default=0, help="base seed; episode seeds derive from it (default 0)")
+    p.add_argument("--perturb-cameras", action="store_true",
+                   help="jitter camera poses per episode; calibration is then stored per frame")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted collection in --out")
+    p.add_argument("--keep-failed", action="store_true", help="also store episodes where the expert failed")
+    p.add_argument("--max-attempts", type=int, default=None,
+                   help="give up on a task after this many attempts (default 3 x episodes + 10)")
+    p.add_argument("--video-crf", type=int, default=DEFAULT_CRF, help="H.264 crf (0 = lossless YUV, default)")
+
+
+def episode_seed(base_seed: int, task: str, attempt: int) -> int:
+    """Deterministic 32-bit seed of attempt ``attempt`` of ``task`` (independent of the other tasks collected)."""
+    ss = np.random.SeedSequence(entropy=int(base_seed), spawn_key=(zlib.crc32(task.encode()), int(attempt)))
+    return int(ss.generate_state(1)[0])
+
+
+def _load_sim() -> tuple[Callable[..., Any], tuple[str, ...]]:
+    """The sim's ``make_env`` and ``TASKS`` (a function so tests can substitute a fake simulator)."""
+    from ..sim import TASKS, make_env
+    return make_env, tuple(TASKS)
+
+
+@dataclass
+class Recorded:
+    instruction: str
+    actions: np.ndarray
+    states: np.ndarray
+    images: dict[str, np.ndarray]
+    cameras: dict[str, list[Camera]]
+    success: bool
+
+    def cameras_move(self) -> bool:
+        return any(not (np.array_equal(c.K, seq[0].K) and np.array_equal(c.T_cam_world, seq[0].T_cam_world))
+                   for seq in self.cameras.values() for c in seq)
+
+
+def run_episode(env: Any, seed: int, camera_names: list[str]) -> Recorded:
+    """Roll the expert out from ``reset(seed)``; frame t = (images_t, ee_pose_t, calibration_t, expert action_t)."""
+    obs, info = env.reset(seed=seed)
+    instruction = str(obs["instruction"])
+    imgs: dict[str, list[np.ndarray]] = {c: [] for c in camera_names}
+    cams: dict[str, list[Camera]] = {c: [] for c in camera_names}
+    states, actions = [], []
+    success = bool(info.get("success", False))
+    for _ in range(int(env.max_steps)):
+        for c in camera_names:
+            imgs[c].append(np.array(obs["images"][c], dtype=np.uint8, copy=True))
+        for c, cam in zip(camera_names, env.cameras):
+            cams[c].append(cam)
+        states.append(np.asarray(obs["ee_pose"], dtype=np.float64).copy())
+        a = np.asarray(env.expert_action(), dtype=np.float64).copy()
+        actions.append(a)
+        obs, _, terminated, truncated, info = env.step(a)
+        success = success or bool(info.get("success", False))
+        if terminated or truncated:
+            break
+    return Recorded(instruction, np.stack(actions), np.stack(states), {c: np.stack(v) for c, v in imgs.items()},
+                    cams, success)
+
+
+@dataclass
+class Progress:
+    """Per-task counts recovered from the dataset (so a resumed run knows where each task stopped)."""
+
+    stored: dict[str, int] = field(default_factory=dict)
+    next_attempt: dict[str, int] = field(default_factory=dict)
+    failed_stored: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_dataset(cls, ds: LeRobotDataset | None, tasks: list[str]) -> "Progress":
+        p = cls({t: 0 for t in tasks}, {t: 0 for t in tasks}, {t: 0 for t in tasks})
+        if ds is None:
+            return p
+        for i in range(ds.num_episodes):
+            info = ds.episode_info(i)
+            name, k = info.get("extra/task_name"), info.get("extra/attempt")
+            if name is None or k is None:
+                raise ValueError(f"{ds.root}: episode {i} has no extra/task_name / extra/attempt; it was not written "
+                                 "by `action-images collect` and cannot be resumed")
+            for d in (p.stored, p.next_attempt, p.failed_stored):
+                d.setdefault(name, 0)
+            p.stored[name] += 1
+            p.next_attempt[name] = max(p.next_attempt[name], int(k) + 1)
+            p.failed_stored[name] += 0 if info.get("extra/success", True) else 1
+        return p
+
+    def failed(self, task: str, keep_failed: bool) -> int:
+        """Failed attempts so far: exact even after a resume (attempts < next_attempt that were not stored)."""
+        if keep_failed:
+            return self.failed_stored[task]
+        return self.next_attempt[task] - self.stored[task]
+
+
+def _fail(msg: str) -> int:
+    print(f"action-images collect: {msg}", file=sys.stderr)
+    return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        make_env, all_tasks = _load_sim()
+    except ImportError as e:
+        return _fail(f"the simulator is not available ({e})")
+    tasks = list(all_tasks) if args.task == "all" else [t.strip() for t in args.task.split(",") if t.strip()]
+    unknown = [t for t in tasks if t not in all_tasks]
+    if unknown or not tasks or len(set(tasks)) != len(tasks):
+        return _fail(f"unknown or repeated task(s) {unknown or tasks}; choose from {', '.join(all_tasks)} or 'all'")
+    cameras = [c.strip() for c in args.cameras.split(",") if c.strip()]
+    if not cameras or len(set(cameras)) != len(cameras):
+        return _fail(f"--cameras needs distinct names; got {args.cameras!r}")
+    if args.episodes < 1 or args.image_size < 8 or args.seed < 0:
+        return _fail("--episodes must be >= 1, --image-size >= 8 and --seed >= 0")
+    out = Path(args.out)
+    config = {"seed": int(args.seed), "cameras": cameras, "image_size": int(args.image_size),
+              "perturb_cameras": bool(args.perturb_cameras), "keep_failed": bool(args.keep_failed)}
+    ds = None
+    if (out / INFO_PATH).exists():
+        if not args.resume:
+            return _fail(f"{out} already holds a dataset; pass --resume to continue it or choose another --out")
+        prev = read_json(out / COLLECT_PATH, "collection record") if (out / COLLECT_PATH).exists() else {}
+        diff = {k: (prev.get("config", {}).get(k), config[k]) for k in RESUME_KEYS
+                if prev.get("config", {}).get(k) != config[k]}
+        if diff:
+            return _fail(f"--resume with different settings than {out / COLLECT_PATH}: "
+                         + ", ".join(f"{k}: was {a!r}, now {b!r}" for k, (a, b) in diff.items()))
+        ds = LeRobotDataset(out)
+    progress = Progress.from_dataset(ds, tasks)
+    max_attempts = args.max_attempts if args.max_attempts is not None else 3 * args.episodes + 10
+    record = {"command": "collect", "args": {k: v for k, v in vars(args).items() if not k.startswith("_")},
+              "seed": int(args.seed), "config": config}
+
+    envs: dict[str, Any] = {}
+    writer: DatasetWriter | None = None
+    # per-frame calibration when cameras are perturbed or move (e.g. a wrist camera); decided on the first episode
+    per_frame = bool(args.perturb_cameras) or (ds is not None and ds.num_episodes > 0 and ds.per_frame_cameras)
+    t0, new_frames, new_eps = time.time(), 0, 0
+    try:
+        from tqdm import tqdm
+        target_total = args.episodes * len(tasks)
+        bar = tqdm(total=target_total, initial=min(target_total, sum(progress.stored[t] for t in tasks)),
+                   desc=f"collect {','.join(tasks) if len(tasks) <= 3 else f'{len(tasks)} tasks'}", unit="ep",
+                   dynamic_ncols=True)
+        while True:
+            pending = [t for t in tasks if progress.stored[t] < args.episodes and progress.next_attempt[t] < max_attempts]
+            if not pending:
+                break
+            task = min(pending, key=lambda t: (progress.next_attempt[t], tasks.index(t)))
+            if task not in envs:
+                envs[task] = make_env(task, cameras=tuple(cameras), image_size=args.image_size,
+                                      perturb_cameras=args.perturb_cameras, camera_seed=None, render=True)
+            env = envs[task]
+            k = progress.next_attempt[task]
+            seed = episode_seed(args.seed, task, k)
+            rec = run_episode(env, seed, cameras)
+            progress.next_attempt[task] = k + 1
+            if rec.success or args.keep_failed:
+                if writer is None:
+                    per_frame = per_frame or rec.cameras_move()
+                    writer = DatasetWriter(out, fps=int(env.fps), cameras=[seq[0] for seq in rec.cameras.values()],
+                                           image_size=(args.image_size, args.image_size), resume=ds is not None,
+                                           per_frame_cameras=per_frame, crf=args.video_crf)
+                    atomic_write_json(out / COLLECT_PATH, {**record, "status": "running"})
+                writer.add_episode(instruction=rec.instruction, actions=rec.actions, states=rec.states,
+                                   images=rec.images, cameras=rec.cameras,
+                                   extra={"task_name": task, "attempt": k, "seed": seed, "success": rec.success})
+                progress.stored[task] += 1
+                progress.failed_stored[task] += 0 if rec.success else 1
+                new_frames += len(rec.actions)
+                new_eps += 1
+                bar.update(1)
+            bar.set_postfix(failed=sum(progress.failed(t, args.keep_failed) for t in tasks))
+        bar.close()
+    finally:
+        if writer is not None:
+            writer.close()
+        for env in envs.values():
+            getattr(env, "close", lambda: None)()
+
+    wall = time.time() - t0
+    summary = {t: {"stored": progress.stored[t], "failed_attempts": progress.failed(t, args.keep_failed),
+                   "attempts": progress.next_attempt[t]} for t in tasks}
+    short = [t for t in tasks if progress.stored[t] < args.episodes]
+    if writer is not None or ds is not None:
+        atomic_write_json(out / COLLECT_PATH, {**record, "status": "incomplete" if short else "complete",
+                                               "tasks": summary, "new_episodes": new_eps, "new_frames": new_frames,
+                                               "wall_s": round(wall, 2)})
+    failed = sum(v["failed_attempts"] for v in summary.values())
+    stored = sum(v["stored"] for v in summary.values())
+    print(f"collect: {stored} episodes stored in {out} ({new_eps} new, {new_frames} frames, {wall:.1f} s, "
+          f"{new_frames / max(wall, 1e-9):.1f} frames/s); {failed} failed attempt(s) "
+          f"{'stored (--keep-failed)' if args.keep_failed else 'dropped'}")
+    for t, v in summary.items():
+        print(f"  {t}: {v['stored']} stored, {v['failed_attempts']} failed of {v['attempts']} attempts")
+    if short:
+        print(f"action-images collect: gave up after {max_attempts} attempts on {', '.join(short)} (the dataset "
+              "holds every episode collected so far; raise --max-attempts and --resume to continue)", file=sys.stderr)
+        return 1
+    return 0
+
