@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 from scipy.spatial.transform import Rotation
@@ -75,6 +76,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="write results here")
+    p.add_argument("--markdown", default=None, help="also write the tables as markdown (for docs/codec.md)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -119,7 +121,26 @@ def run(args: argparse.Namespace) -> int:
         print(f"{r['views']}v {r['size']:>3}px encode {r['encode_view_frames_per_s']:.0f} view-frames/s  "
               f"decode {r['decode_frames_per_s']:.0f} frames/s")
     write_json(args.json, payload)
+    if args.markdown:
+        Path(args.markdown).write_text(to_markdown(payload))
+        print(f"wrote {args.markdown}")
     return 0
+
+
+def to_markdown(payload: dict) -> str:
+    """Accuracy and throughput tables as markdown (median / 95th percentile)."""
+    lines = ["| views | px | noise | decoder | position mm (med / p95) | rotation ° (med / p95) | gripper acc. | valid |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in payload["accuracy"]:
+        lines.append(f"| {r['views']} | {r['size']} | {r['noise_std']:.2f} | {r['method']} | "
+                     f"{r['position_mm_median']:.2f} / {r['position_mm_p95']:.2f} | "
+                     f"{r['rotation_deg_median']:.2f} / {r['rotation_deg_p95']:.2f} | "
+                     f"{100 * r['gripper_accuracy']:.1f} % | {100 * r['valid_fraction']:.1f} % |")
+    lines += ["", "| views | px | encode view-frames/s | decode frames/s |", "|---|---|---|---|"]
+    for r in payload["throughput"]:
+        lines.append(f"| {r['views']} | {r['size']} | {r['encode_view_frames_per_s']:,.0f} | "
+                     f"{r['decode_frames_per_s']:,.0f} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
