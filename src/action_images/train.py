@@ -2,7 +2,10 @@
 
     action-images train --data data/pick_cube --out runs/pick --preset cpu-small --minutes 30 --seed 0
     action-images train --data data/pick_cube --out runs/pick --preset cpu-small --minutes 30 --seed 0 --resume
-    accelerate launch --cpu --num_processes 2 -m action_images.train --data synthetic --out runs/ddp --steps 20
+    accelerate launch --multi_gpu --num_processes 2 -m action_images.train --data synthetic --out runs/ddp --steps 20
+
+(on a machine without CUDA ``--multi_gpu`` starts 2 CPU processes over gloo; ``accelerate launch --cpu`` alone
+starts only one, and ``python -m torch.distributed.run --nproc_per_node 2 -m action_images.train ...`` works too.)
 
 Reproducibility by construction: batch b of step s on rank r is made of dataset keys ``(s * world + r) * B + j``
 and all noise/task/dropout draws come from a generator seeded by (seed, step, rank). A checkpoint therefore only
@@ -319,7 +322,7 @@ def run(args: argparse.Namespace) -> int:
                 n, dt = step - last_logged, now - t_last
                 row = {"step": step, **{k: v / n for k, v in sums.items()}, "lr": lr,
                        "samples_per_s": n * args.batch_size * world / dt, "tokens_per_s": n * tokens_per_step / dt,
-                       "elapsed_s": now - t_begin}
+                       "elapsed_s": now - t_begin, "world_size": world}
                 if main:
                     log_f.write(json.dumps(row) + "\n")
                     log_f.flush()

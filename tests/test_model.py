@@ -1,0 +1,198 @@
+"""World action model: masks of the four tasks, sampler, loss, CFG, save/load (tiny models, CPU)."""
+
+import json
+
+import pytest
+import torch
+
+from action_images.data.windows import SyntheticWindows, WindowConfig, collate
+from action_images.models import DiT_models, patchify, unpatchify
+from action_images.text import NULL, TextConfig, drop_instructions, tokenize
+from action_images.wam import ABSENT, GEN, GIVEN, TASKS, WAMConfig, WorldActionModel
+
+torch.set_num_threads(1)
+
+
+def tiny(**kw) -> WorldActionModel:
+    torch.manual_seed(0)
+    return WorldActionModel(WAMConfig.from_preset("cpu-tiny", **kw))
+
+
+def randomize_output(m: WorldActionModel) -> WorldActionModel:
+    """The output layer starts at zero (= copy the current frame); perturb it so generation visibly changes."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for blk in m.backbone.blocks:
+            blk.ada[-1].weight.normal_(std=0.05)
+        m.backbone.ada_out[-1].weight.normal_(std=0.05)
+        m.backbone.out.weight.normal_(std=0.05)
+    return m
+
+
+def batch(cfg: WAMConfig, B: int = 2, instruction: str = "pick up the red cube") -> dict:
+    g = torch.Generator().manual_seed(3)
+    V, F, R = cfg.num_views, cfg.frames, cfg.image_size
+    return {"rgb": torch.rand(B, V, F, 3, R, R, generator=g) * 2 - 1,
+            "act": torch.rand(B, V, F, 3, R, R, generator=g) * 2 - 1,
+            "plucker": torch.randn(B, V, 6, R, R, generator=g), "instruction": [instruction] * B}
+
+
+def test_patchify_roundtrip():
+    x = torch.randn(2, 3, 4, 6, 16, 24)
+    p = patchify(x, 8)
+    assert p.shape == (2, 3, 4, 2, 3, 6 * 64)
+    assert torch.equal(unpatchify(p, 8, 6), x)
+    assert torch.equal(p[0, 1, 2, 1, 2].reshape(6, 8, 8), x[0, 1, 2, :, 8:16, 16:24])
+
+
+def test_presets_build_and_tiny_size():
+    m = DiT_models["cpu-tiny"]()
+    assert sum(p.numel() for p in m.parameters()) < 100_000
+    assert tiny().num_parameters() < 150_000
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+@pytest.mark.parametrize("method", ["euler", "heun"])
+def test_sample_masks(task, method):
+    m = randomize_output(tiny()).eval()
+    b = batch(m.config)
+    out = m.sample(b, task=task, steps=3, method=method, generator=torch.Generator().manual_seed(0))
+    assert out.rgb.shape == b["rgb"].shape and out.act.shape == b["act"].shape
+    for s, (name, x_in, x_out) in enumerate([("rgb", b["rgb"], out.rgb), ("act", b["act"], out.act)]):
+        for f in range(m.config.frames):
+            st = TASKS[task][name][0 if f == 0 else 1]
+            assert (out.state[:, :, f, s] == st).all()
+            if st == GIVEN:
+                assert torch.equal(x_out[:, :, f], x_in[:, :, f]), (task, name, f)
+            elif st == GEN:
+                assert not torch.allclose(x_out[:, :, f], x_in[:, :, f], atol=1e-3), (task, name, f)
+                assert torch.isfinite(x_out[:, :, f]).all()
+            else:
+                assert st == ABSENT and (x_out[:, :, f] == 0).all()
+
+
+def test_sampler_is_seeded_and_generated_parts_ignore_inputs():
+    m = randomize_output(tiny()).eval()
+    b = batch(m.config)
+    b2 = dict(b, rgb=b["rgb"].clone(), act=b["act"].clone())
+    b2["rgb"][:, :, 1:] = 0.0  # future frames are not inputs of the policy
+    b2["act"][:, :, 1:] = 0.0
+    o1 = m.sample(b, "policy", steps=4, generator=torch.Generator().manual_seed(5))
+    o2 = m.sample(b2, "policy", steps=4, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(o1.rgb, o2.rgb) and torch.equal(o1.act, o2.act)
+    o3 = m.sample(b, "policy", steps=4, generator=torch.Generator().manual_seed(6))
+    assert not torch.equal(o1.act, o3.act)
+
+
+def test_fresh_model_predicts_no_motion():
+    """Zero-initialised output + prediction relative to the current frame: the untrained policy copies frame 0."""
+    m = tiny().eval()
+    b = batch(m.config)
+    out = m.sample(b, "policy", steps=2)
+    ref = b["rgb"][:, :, :1].expand_as(out.rgb)
+    assert torch.allclose(out.rgb, ref, atol=1e-5)
+
+
+def test_loss_only_on_generated_parts():
+    m = tiny()
+    b = batch(m.config)
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    base = m(b, generator=g(), tasks=["world_model"] * 2)
+    # world_model: the action stream is given, so the action loss is zero, RGB loss is not
+    assert float(base["loss_act"]) == 0.0 and float(base["loss_rgb"]) > 0.0
+    lab = m(b, generator=g(), tasks=["labeler"] * 2)
+    assert float(lab["loss_rgb"]) == 0.0 and float(lab["loss_act"]) > 0.0
+    vid = m(b, generator=g(), tasks=["video"] * 2)
+    assert float(vid["loss_act"]) == 0.0
+    # the loss is a deterministic function of (batch, generator)
+    with torch.no_grad():
+        assert float(m(b, generator=g())["loss"]) == float(m(b, generator=g())["loss"])
+
+
+def test_loss_decreases_on_tiny_overfit_set():
+    torch.manual_seed(0)
+    ds = SyntheticWindows(WindowConfig(image_size=32, num_views=2, horizon=2, stride=4), seed=0, num_scenes=2)
+    b = collate([ds[i] for i in range(4)])
+    m = tiny()
+    opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
+    losses = []
+    for step in range(40):
+        out = m(b, generator=torch.Generator().manual_seed(step % 4))  # a fixed set of noise draws
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        losses.append(float(out["loss"]))
+    first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
+    assert last < 0.5 * first, (first, last)
+
+
+def test_cfg_with_empty_instruction():
+    ids, mask = tokenize(["", "Pick up the RED cube!"])
+    assert ids[0, 0] == NULL and mask[0].sum() == 1 and mask[1].sum() == 5
+    assert drop_instructions(["a", "b"], 1.0) == ["", ""] and drop_instructions(["a"], 0.0) == ["a"]
+    m = randomize_output(tiny()).eval()
+    b = batch(m.config, instruction="")
+    plain = m.sample(b, "policy", steps=3, generator=torch.Generator().manual_seed(0))
+    guided = m.sample(b, "policy", steps=3, cfg_scale=3.0, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(plain.act, guided.act, atol=1e-5)  # cond == uncond when the prompt is empty
+    b = batch(m.config, instruction="pick up the red cube")
+    with torch.no_grad():  # a trained-in language signal: make the text projection matter
+        m.backbone.text_proj.weight.normal_(std=1.0)
+    g1 = m.sample(b, "policy", steps=3, cfg_scale=3.0, generator=torch.Generator().manual_seed(0))
+    g0 = m.sample(b, "policy", steps=3, cfg_scale=1.0, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(g1.act).all() and not torch.allclose(g1.act, g0.act, atol=1e-4)
+
+
+def test_camera_conditioning_changes_prediction():
+    m = randomize_output(tiny()).eval()
+    b = batch(m.config)
+    o1 = m.sample(b, "policy", steps=2, generator=torch.Generator().manual_seed(0))
+    o2 = m.sample(dict(b, plucker=b["plucker"] + 1.0), "policy", steps=2, generator=torch.Generator().manual_seed(0))
+    assert not torch.allclose(o1.act, o2.act, atol=1e-4)
+
+
+def test_save_load_roundtrip(tmp_path):
+    m = randomize_output(tiny()).eval()
+    m.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["config"]["preset"] == "cpu-tiny"
+    m2 = WorldActionModel.from_pretrained(tmp_path).eval()
+    for (k, v), (k2, v2) in zip(m.state_dict().items(), m2.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2)
+    b = batch(m.config)
+    o1 = m.sample(b, "policy", steps=2, generator=torch.Generator().manual_seed(0))
+    o2 = m2.sample(b, "policy", steps=2, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(o1.act, o2.act)
+
+
+def test_config_mismatch_is_refused(tmp_path):
+    tiny().save_pretrained(tmp_path)
+    meta = json.loads((tmp_path / "config.json").read_text())
+    bad = dict(meta, config=dict(meta["config"], unknown_option=1))
+    (tmp_path / "config.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match="unknown keys"):
+        WorldActionModel.from_pretrained(tmp_path)
+    wider = dict(meta, config=dict(meta["config"], backbone=dict(meta["config"]["backbone"], width=64)))
+    (tmp_path / "config.json").write_text(json.dumps(wider))
+    with pytest.raises(ValueError, match="shape mismatches"):
+        WorldActionModel.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps(dict(meta, format_version=99)))
+    with pytest.raises(ValueError, match="format"):
+        WorldActionModel.from_pretrained(tmp_path)
+
+
+def test_external_text_encoder_hook(tmp_path):
+    def fn(texts):  # a stand-in "pretrained" encoder: 3 tokens of 10 features
+        feats = torch.stack([torch.full((3, 10), float(len(t))) for t in texts])
+        return feats, torch.ones(len(texts), 3, dtype=torch.bool)
+    torch.manual_seed(0)
+    cfg = WAMConfig.from_preset("cpu-tiny")
+    cfg.text = TextConfig(kind="external", dim=32, external_dim=10).to_dict()
+    m = WorldActionModel(cfg, text_fn=fn)
+    b = batch(cfg)
+    assert torch.isfinite(m(b)["loss"])
+    tok, mask = m.encode_text(["", "abc"])
+    assert mask[0].tolist() == [True, False, False] and torch.equal(tok[0, 0], m.text_encoder.null.weight[0])
+    m.save_pretrained(tmp_path)
+    with pytest.raises(RuntimeError, match="text_fn"):
+        WorldActionModel.from_pretrained(tmp_path).encode_text(["x"])
+    assert WorldActionModel.from_pretrained(tmp_path, text_fn=fn).encode_text(["x"])[0].shape == (1, 3, 32)
