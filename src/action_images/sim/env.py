@@ -1,0 +1,160 @@
+"""The gymnasium environment: one tabletop task, absolute 7-DoF + gripper targets, calibrated multi-view images."""
+
+from __future__ import annotations
+
+import string
+from typing import Any, Sequence
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+from gymnasium import spaces
+
+from action_images.geometry import Camera, stack_cameras
+from action_images.sim import cameras as simcam
+from action_images.sim import scene
+from action_images.sim.robot import Arm
+from action_images.sim.tasks import TASK_CLASSES
+
+FPS = 10                     # control rate (Hz)
+TIMESTEP = 0.002             # physics step (s); set in scene.scene_xml
+SUBSTEPS = round(1.0 / (FPS * TIMESTEP))
+INSTRUCTION_CHARSET = string.ascii_letters + string.digits + " .,'-"
+RESET_SETTLE_STEPS = 25      # physics steps after reset so objects rest on the table
+
+
+class SimEnv(gym.Env):
+    """See :func:`action_images.sim.make_env` for the arguments and docs/benchmark.md for the tasks."""
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": FPS}
+
+    def __init__(self, task: str = "pick_cube", cameras: Sequence[str] = ("front", "left", "right", "top"),
+                 image_size: int = 64, perturb_cameras: bool = False, camera_seed: int | None = None,
+                 render: bool = True, render_mode: str | None = None):
+        if task not in TASK_CLASSES:
+            raise ValueError(f"unknown task {task!r}; choose from {sorted(TASK_CLASSES)}")
+        cameras = tuple(cameras)
+        bad = [c for c in cameras if c not in scene.CAMERA_NAMES]
+        if bad or len(set(cameras)) != len(cameras):
+            raise ValueError(f"cameras must be distinct names from {scene.CAMERA_NAMES}; got {cameras}")
+        if int(image_size) < 8:
+            raise ValueError(f"image_size must be >= 8; got {image_size}")
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode must be None or 'rgb_array'; got {render_mode!r}")
+        self.task_name, self.camera_names, self.image_size = task, cameras, int(image_size)
+        self.render_images, self.render_mode = bool(render), render_mode
+        self.perturb_cameras, self.camera_seed = bool(perturb_cameras), camera_seed
+        self.fps, self.dt = FPS, 1.0 / FPS
+
+        self.task = TASK_CLASSES[task]()
+        xml = scene.scene_xml(self.task.worldbody_xml(), self.task.extra_xml(), max_image_size=self.image_size)
+        self.model = mujoco.MjModel.from_xml_string(xml)
+        self.data = mujoco.MjData(self.model)
+        self.arm = Arm(self.model, self.data)
+        self.task.bind(self.model, self.data)
+        self.max_steps = self.task.max_steps
+        self._rgba0 = self.model.geom_rgba.copy()
+        self._body_pos0 = self.model.body_pos.copy()
+
+        self._cam_ids = [self.model.camera(c).id for c in cameras]
+        self._cam_pos0 = self.model.cam_pos[self._cam_ids].copy()
+        self._cam_quat0 = self.model.cam_quat[self._cam_ids].copy()
+        self._renderer = simcam.MultiViewRenderer(self.model, self.image_size) if self.render_images and cameras \
+            else None
+
+        V, S = len(cameras), self.image_size
+        self.observation_space = spaces.Dict({
+            "images": spaces.Dict({c: spaces.Box(0, 255, (S, S, 3), np.uint8) for c in (cameras if render else ())}),
+            "ee_pose": spaces.Box(-np.inf, np.inf, (8,), np.float64),
+            "instruction": spaces.Text(max_length=256, charset=INSTRUCTION_CHARSET),
+            "camera_K": spaces.Box(-np.inf, np.inf, (V, 3, 3), np.float64),
+            "camera_T_cam_world": spaces.Box(-np.inf, np.inf, (V, 4, 4), np.float64),
+        })
+        low = np.concatenate([scene.WORKSPACE_LOW, -np.ones(4), [0.0]])
+        high = np.concatenate([scene.WORKSPACE_HIGH, np.ones(4), [1.0]])
+        self.action_space = spaces.Box(low, high, dtype=np.float64)
+
+        self.step_count, self.instruction, self._success = 0, "", False
+        self._last_images: dict[str, np.ndarray] = {}
+        if camera_seed is not None and self.perturb_cameras:
+            simcam.perturb(self.model, self._cam_ids, self._cam_pos0, self._cam_quat0,
+                           np.random.default_rng(camera_seed))
+        mujoco.mj_forward(self.model, self.data)
+
+    # ---- cameras -----------------------------------------------------------------------------------------------------
+    @property
+    def cameras(self) -> list[Camera]:
+        """Calibrated cameras for the current state, in the order of ``cameras`` (the wrist camera moves)."""
+        return [simcam.camera_from_mujoco(self.model, self.data, cid, self.image_size, self.image_size, name)
+                for cid, name in zip(self._cam_ids, self.camera_names)]
+
+    def segmentation(self, camera: str) -> np.ndarray:
+        """``[H, W]`` geom ids seen by one camera (-1 = background); for calibration checks."""
+        if self._renderer is None:
+            raise RuntimeError("segmentation needs render=True and at least one camera")
+        return self._renderer.segmentation(self.data, self.model.camera(camera).id)
+
+    # ---- gymnasium API -----------------------------------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        rng = self.np_random
+        m, d = self.model, self.data
+        mujoco.mj_resetData(m, d)
+        m.geom_rgba[:] = self._rgba0
+        m.body_pos[:] = self._body_pos0
+        if self.perturb_cameras and self.camera_seed is None:
+            simcam.perturb(m, self._cam_ids, self._cam_pos0, self._cam_quat0,
+                           np.random.default_rng(rng.integers(2**63)))
+        self.arm.reset()
+        self.instruction = self.task.reset(self, rng)
+        mujoco.mj_forward(m, d)
+        mujoco.mj_step(m, d, nstep=RESET_SETTLE_STEPS)
+        d.time = 0.0
+        mujoco.mj_forward(m, d)
+        self.step_count, self._success = 0, False
+        self.task.expert_reset()
+        return self._obs(), self._info()
+
+    def step(self, action):
+        target = self.arm.apply(action)
+        mujoco.mj_step(self.model, self.data, nstep=SUBSTEPS)
+        mujoco.mj_forward(self.model, self.data)
+        self.step_count += 1
+        self._success = bool(self.task.success(self))
+        terminated = self._success
+        truncated = (not terminated) and self.step_count >= self.max_steps
+        info = self._info()
+        info["target"] = target
+        return self._obs(), float(self._success), terminated, truncated, info
+
+    def expert_action(self) -> np.ndarray:
+        """The scripted expert's absolute ``[x,y,z,qx,qy,qz,qw,g]`` target for the current state."""
+        return self.task.expert(self).astype(np.float64)
+
+    def render(self):
+        if not self._last_images:
+            raise RuntimeError("render() needs render=True, at least one camera and a reset()")
+        return np.concatenate([self._last_images[c] for c in self.camera_names], axis=1)
+
+    def close(self) -> None:
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
+
+    # ---- internals ---------------------------------------------------------------------------------------------------
+    def _obs(self) -> dict[str, Any]:
+        images: dict[str, np.ndarray] = {}
+        if self._renderer is not None:
+            images = dict(zip(self.camera_names, self._renderer.render(self.data, self._cam_ids)))
+        self._last_images = images
+        V = len(self.camera_names)
+        if V:
+            K, T = stack_cameras(self.cameras)
+        else:
+            K, T = np.zeros((0, 3, 3)), np.zeros((0, 4, 4))
+        return {"images": images, "ee_pose": self.arm.ee_pose(), "instruction": self.instruction,
+                "camera_K": K, "camera_T_cam_world": T}
+
+    def _info(self) -> dict[str, Any]:
+        return {"success": self._success, "is_success": self._success, "step": self.step_count,
+                "task": self.task_name}

@@ -1,0 +1,83 @@
+"""push_cube: push a cube across the table onto a flat goal marker (non-prehensile, needs closed-loop re-aiming)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from action_images.sim.tasks.base import Phase, Task, down, reached, sample_xy
+from action_images.sim.tasks.pick_cube import cube_xml
+
+TOL = 0.035             # success: cube centre within this xy distance of the goal
+PUSH_G = 0.35           # half-open jaw: two finger tips touch the cube face, so it does not spin
+PUSH_Z = 0.03           # TCP height while pushing (finger pads span 2-9 cm above the table)
+STANDOFF = 0.045        # TCP distance behind the cube centre before contact
+
+
+class PushCube(Task):
+    name = "push_cube"
+    templates = ("push the {color} cube onto the {goal} mark", "slide the {color} block to the {goal} target",
+                 "move the {color} cube onto the {goal} circle by pushing it")
+    max_steps = 80
+
+    def worldbody_xml(self) -> str:
+        return (cube_xml("cube", half=0.025, mass=0.08) +
+                '<body name="goal" pos="0 0 0.0005"><geom name="goal" type="cylinder" size="0.04 0.0005" '
+                'contype="0" conaffinity="0" rgba="0 1 0 1"/></body>')
+
+    def reset(self, env, rng):
+        cube = sample_xy(rng, (-0.1, -0.15), (0.15, 0.15))
+        for _ in range(200):
+            ang, dist = rng.uniform(-np.pi, np.pi), rng.uniform(0.1, 0.18)
+            goal = cube + dist * np.array([np.cos(ang), np.sin(ang)])
+            # keep the goal on the table region the arm reaches, and the hand's approach side reachable
+            behind = cube - (STANDOFF + 0.02) * (goal - cube) / dist
+            if (np.all(goal >= (-0.15, -0.22)) and np.all(goal <= (0.2, 0.22))
+                    and np.all(behind >= (-0.22, -0.3)) and np.all(behind <= (0.28, 0.3))):
+                break
+        self.half = 0.025
+        self.set_free_body("cube", [cube[0], cube[1], self.half], rng.uniform(-np.pi / 4, np.pi / 4))
+        self.model.body_pos[self.model.body("goal").id, :2] = goal
+        color = self.color("cube", rng)
+        return self.template(rng, color=color, goal=self.color("goal", rng, exclude=(color,)))
+
+    def goal_xy(self) -> np.ndarray:
+        return self.body_pos("goal")[:2]
+
+    def success(self, env) -> bool:
+        return bool(np.linalg.norm(self.body_pos("cube")[:2] - self.goal_xy()) < TOL)
+
+    def _dir(self) -> np.ndarray:
+        d = self.goal_xy() - self.body_pos("cube")[:2]
+        return d / max(np.linalg.norm(d), 1e-6)
+
+    def _behind(self, z: float, extra: float = 0.0):
+        d = self._dir()
+        xy = self.body_pos("cube")[:2] - (STANDOFF + extra) * d
+        # tool +x along the push so the finger axis (tool y) lies across it; the jaw is symmetric under a half
+        # turn, so take the yaw within ±90° (less wrist rotation)
+        yaw = float((np.arctan2(d[1], d[0]) + np.pi / 2) % np.pi - np.pi / 2)
+        return np.array([xy[0], xy[1], z]), down(yaw), PUSH_G
+
+    def _off_line(self, env) -> bool:
+        """Hand no longer behind the cube on the push line (cube slipped sideways): re-approach."""
+        d = self._dir()
+        rel = env.arm.tcp_pos()[:2] - self.body_pos("cube")[:2]
+        lateral = abs(rel[0] * d[1] - rel[1] * d[0])
+        return lateral > 0.02 or float(rel @ d) > -0.02
+
+    def phases(self):
+        above = lambda env: self._behind(0.1, 0.01)                                    # noqa: E731
+        low = lambda env: self._behind(PUSH_Z, 0.01)                                   # noqa: E731
+
+        def push(env):
+            pos, quat, g = self._behind(PUSH_Z)
+            d = self._dir()
+            dist = np.linalg.norm(self.goal_xy() - self.body_pos("cube")[:2])
+            pos[:2] += d * min(0.03, dist + 0.005)
+            return pos, quat, g
+
+        return [
+            Phase("above", above, lambda env, n: reached(env, above(env), 0.012, 6.0)),
+            Phase("descend", low, lambda env, n: reached(env, low(env), 0.008, 6.0), step_pos=0.03),
+            Phase("push", push, lambda env, n: False, step_pos=0.03, abort=self._off_line),
+        ]

@@ -1,0 +1,57 @@
+"""stack_cube: pick the small cube (random yaw) and set it on the big one, turning it to match the big one's yaw."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from action_images.sim.robot import wrap_yaw_90
+from action_images.sim.tasks.base import CLOSED, OPEN, Phase, Task, down, reached, sample_xy
+from action_images.sim.tasks.pick_cube import cube_xml, dropped, grasp_phases
+
+TOP_HALF, BASE_HALF = 0.02, 0.026
+XY_TOL, Z_TOL = 0.02, 0.01
+
+
+class StackCube(Task):
+    name = "stack_cube"
+    templates = ("stack the {top} cube on the {base} cube", "put the {top} block on top of the {base} block",
+                 "place the {top} cube onto the {base} one")
+    max_steps = 80
+
+    def worldbody_xml(self) -> str:
+        return cube_xml("small", half=TOP_HALF, mass=0.04) + cube_xml("big", half=BASE_HALF, mass=0.2)
+
+    def reset(self, env, rng):
+        base = sample_xy(rng, (-0.1, -0.18), (0.16, 0.18))
+        top = sample_xy(rng, (-0.12, -0.2), (0.18, 0.2), avoid=[base], min_dist=0.12)
+        self.set_free_body("big", [base[0], base[1], BASE_HALF], rng.uniform(-np.pi / 4, np.pi / 4))
+        self.set_free_body("small", [top[0], top[1], TOP_HALF], rng.uniform(-np.pi / 4, np.pi / 4))
+        top_color = self.color("small", rng)
+        return self.template(rng, top=top_color, base=self.color("big", rng, exclude=(top_color,)))
+
+    def stacked(self) -> bool:
+        rel = self.body_pos("small") - self.body_pos("big")
+        return bool(np.linalg.norm(rel[:2]) < XY_TOL and abs(rel[2] - TOP_HALF - BASE_HALF) < Z_TOL)
+
+    def success(self, env) -> bool:
+        return self.stacked() and env.arm.opening() > 0.7
+
+    def phases(self):
+        grasp = grasp_phases(self, "small", lift_z=0.15)
+        held = lambda env: dropped(self, "small")                                        # noqa: E731
+
+        def over(dz, g):
+            def goal(env):
+                b = self.body_pos("big")
+                return np.array([b[0], b[1], b[2] + dz]), down(wrap_yaw_90(self.body_yaw("big"))), g
+            return goal
+
+        place_dz = BASE_HALF + TOP_HALF + 0.006
+        carry, lower, release = over(0.12, CLOSED), over(place_dz, CLOSED), over(place_dz, OPEN)
+        retreat = over(0.12, OPEN)
+        return grasp + [
+            Phase("carry", carry, lambda env, n: reached(env, carry(env), 0.012, 4.0), abort=held),
+            Phase("lower", lower, lambda env, n: reached(env, lower(env), 0.005, 4.0), abort=held, step_pos=0.025),
+            Phase("release", release, lambda env, n: n >= 2),
+            Phase("retreat", retreat, lambda env, n: False),
+        ]
