@@ -15,12 +15,13 @@ from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from ..geometry import POSE_DIM, Camera, validate_poses
 from .lerobot_format import (ACTION_KEY, CAMERAS_PATH, CODEBASE_VERSION, EPISODES_PATH, IMAGE_PREFIX, INFO_PATH,
                              STATE_KEY, STATS_PATH, TASKS_PATH, calib_keys, cameras_from_json, column_to_numpy,
-                             read_json, read_parquet, read_tasks)
+                             read_json, read_parquet, read_tasks, stats_from_row)
 from .video import decode_video, probe_video
 
 EXTRA_PREFIX = "extra/"  # our per-episode columns in meta/episodes (e.g. extra/seed, extra/success)
@@ -53,6 +54,18 @@ class Episode:
 
     def __len__(self) -> int:
         return int(self.actions.shape[0])
+
+
+def _read_episode_rows(files: list[Path]) -> pa.Table:
+    """All episode-metadata files in one scan, without the (large) stats columns; a bad file is named."""
+    try:
+        names = pq.read_schema(files[0]).names
+        cols = [c for c in names if not c.startswith("stats/")]
+        return pads.dataset([str(f) for f in files], format="parquet").to_table(columns=cols)
+    except (pa.ArrowException, OSError) as e:
+        for f in files:  # find the culprit so the error names it
+            read_parquet(f, "episode metadata")
+        raise ValueError(f"{files[0].parent.parent}: cannot read episode metadata ({e})") from e
 
 
 class LeRobotDataset:
@@ -123,12 +136,10 @@ class LeRobotDataset:
     def _load_episodes(self) -> None:
         ep_dir = self.root / "meta" / "episodes"
         files = sorted(ep_dir.glob("chunk-*/file-*.parquet")) if ep_dir.is_dir() else []
-        rows: list[dict[str, Any]] = []
-        for f in files:
-            table = read_parquet(f, "episode metadata")
-            for r in table.to_pylist():
-                r["_file"] = f
-                rows.append(r)
+        rows = _read_episode_rows(files).to_pylist() if files else []
+        for r in rows:
+            r["_file"] = ep_dir / "chunk-{:03d}/file-{:03d}.parquet".format(
+                int(r.get("meta/episodes/chunk_index", -1)), int(r.get("meta/episodes/file_index", -1)))
         required = {"episode_index", "tasks", "length", "data/chunk_index", "data/file_index", "dataset_from_index",
                     "dataset_to_index"}
         for k in self.video_keys:
@@ -169,6 +180,14 @@ class LeRobotDataset:
         self.num_episodes = len(rows)
         self.episode_lengths: list[int] = [int(r["length"]) for r in rows]
         self.num_frames = int(sum(self.episode_lengths))
+
+    def episode_stats(self, i: int) -> dict[str, dict[str, np.ndarray]]:
+        """Per-episode statistics (LeRobot's ``stats/<feature>/<stat>`` columns of the episode metadata)."""
+        self._check_index(i)
+        path = self._rows[i]["_file"]
+        table = read_parquet(path, "episode metadata")
+        table = table.filter(pa.array(table.column("episode_index").to_numpy() == i))
+        return stats_from_row({k: v for k, v in table.to_pylist()[0].items() if k.startswith("stats/")})
 
     def _data_path(self, i: int) -> Path:
         r = self._rows[i]

@@ -21,7 +21,7 @@ from .lerobot_format import (ACTION_KEY, CAMERAS_PATH, CHUNKS_SIZE, DEFAULT_CRF,
                              STATE_KEY, STATS_PATH, TASKS_PATH, aggregate_stats, array_stats, atomic_write_json,
                              atomic_write_parquet, build_features, build_info, calib_keys, cameras_to_json,
                              commit_file, data_schema, episode_paths, fixed_list, image_key, image_stats, partial_path,
-                             stats_from_row, stats_to_columns, stats_to_json, tasks_table, write_parquet)
+                             stats_to_columns, stats_to_json, tasks_table, write_parquet)
 from .video import encode_video
 
 CamerasArg = Sequence[Camera] | Mapping[str, Camera | Sequence[Camera]] | None
@@ -90,7 +90,7 @@ class DatasetWriter:
         self.tasks = list(ds.tasks)
         self.num_episodes = ds.num_episodes
         self.num_frames = ds.num_frames
-        self._episode_stats = [stats_from_row(r) for r in ds._rows]
+        self._episode_stats = [ds.episode_stats(i) for i in range(ds.num_episodes)]
         if ds.num_episodes:
             self._extra_keys = sorted(k[len(EXTRA_PREFIX):] for k in ds._rows[0] if k.startswith(EXTRA_PREFIX))
         self._clean_leftovers(keep_episodes=ds.num_episodes)
