@@ -1,0 +1,274 @@
+"""Closed-loop policy (design §1 "Policy loop (ours)"): observe -> generate -> decode -> action chunk -> replan.
+
+Why this shape. The world action model predicts *pictures* of future actions, so the policy is a thin loop around
+three existing pieces: the training-window builder (``data.windows.finish_window``, so the model sees exactly what it
+was trained on), ``WorldActionModel.sample(task="policy")`` and ``ActionImageCodec.decode``. Because decoding
+triangulates from several views it returns an uncertainty signal (view disagreement, reprojection error, invalid
+frames) that the policy acts on: ``on_disagree="replan"`` executes only the agreeing prefix of a chunk and resamples
+at once; ``"hold"`` keeps the current pose and replans. A chunk that decodes to nothing holds the current pose, so
+the env never receives NaN.
+
+Timing. Keyframe k (1..H) is drawn from the target commanded at control step ``k*stride - 1`` after "now" (see
+``data.windows``), so the interpolated action at step j is the pose at time tau = j + 1 on the line from the current
+pose (tau = 0) through the keyframes (tau = k*stride): position linear, rotation slerp, gripper linear or step.
+
+    policy = ActionImagesPolicy(WorldActionModel.from_pretrained("runs/pick"), execute_k=8, steps=10)
+    policy.reset(seed=0)
+    obs, info = env.reset(seed=0)
+    while True:
+        obs, r, term, trunc, info = env.step(policy.act(obs, env.cameras))
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.spatial.transform import Rotation, Slerp
+
+from action_images.codec import ActionImageCodec, DecodeResult
+from action_images.data.windows import collate, finish_window
+from action_images.geometry import Camera
+
+DISAGREE_CHOICES = ("replan", "hold")
+GRIPPER_MODES = ("linear", "step")
+
+
+@dataclass
+class Chunk:
+    """One replanning step: what was generated, decoded and decided. V views, H keyframes, R model resolution."""
+
+    actions: np.ndarray              # [k, 8] targets to execute (k may be < execute_k; never NaN)
+    keyframes: np.ndarray            # [H, 8] decoded absolute targets; NaN rows where invalid
+    valid: np.ndarray                # [H] bool, every point triangulated from >= 2 views
+    disagree: np.ndarray             # [H] bool, views disagree (codec outlier rejection / residual threshold)
+    reproj_error: np.ndarray         # [H, 3] RMS reprojection error (px at model resolution) per point
+    decision: str                    # "execute" | "replan" (agreeing prefix only) | "hold" | "hold_invalid"
+    current: np.ndarray              # [8] the pose the chunk starts from (gripper = last command)
+    future_rgb: np.ndarray           # [V, H, R, R, 3] uint8 generated future frames
+    future_act: np.ndarray           # [V, H, R, R, 3] float32 generated action images in [0, 1]
+    input_rgb: np.ndarray            # [V, R, R, 3] uint8 the observed frame as the model saw it
+    cameras: list[Camera]            # the V cameras at model resolution (calibration of the model input)
+    view_names: list[str]
+    samples: int = 1                 # model samples drawn for this step (> 1 after immediate replans)
+    timings: dict[str, float] = field(default_factory=dict)   # seconds: observe, generate, decode, chunk, total
+
+    @property
+    def latency_s(self) -> float:
+        return float(self.timings.get("total", 0.0))
+
+    def uncertainty(self) -> dict[str, Any]:
+        """JSON-friendly summary of the decode uncertainty of this chunk."""
+        err = self.reproj_error[self.valid] if self.valid.any() else np.zeros((0, 3))
+        return {"decision": self.decision, "samples": self.samples,
+                "invalid_keyframes": int((~self.valid).sum()), "disagree_keyframes": int(self.disagree.sum()),
+                "reproj_error_px_mean": float(np.nanmean(err)) if np.isfinite(err).any() else None,
+                "reproj_error_px_max": float(np.nanmax(err)) if np.isfinite(err).any() else None}
+
+
+def prepare_view(image: np.ndarray, cam: Camera, size: int) -> tuple[np.ndarray, Camera]:
+    """Centre square crop + resize of one view, camera updated to match.
+
+    Mirrors ``Windows.window(..., augment=False)`` (same crop, same antialiased bilinear resize, same rounding) so a
+    live observation is preprocessed exactly like an evaluation window. image uint8 [H, W, 3] -> uint8 [S, S, 3].
+    """
+    side = min(cam.width, cam.height)
+    x0, y0 = (cam.width - side) // 2, (cam.height - side) // 2
+    cam_out = cam.cropped(x0, y0, side, side).resized(size, size)
+    img = torch.from_numpy(np.ascontiguousarray(image[y0:y0 + side, x0:x0 + side]))[None]     # [1, s, s, 3]
+    if side != size:
+        img = F.interpolate(img.permute(0, 3, 1, 2).float(), size=(size, size), mode="bilinear", antialias=True,
+                            align_corners=False)
+        img = img.round().clamp(0, 255).permute(0, 2, 3, 1)
+    return img[0].to(torch.uint8).numpy(), cam_out
+
+
+def interpolate_chunk(current: np.ndarray, keyframes: np.ndarray, valid: np.ndarray, stride: int,
+                      gripper: str = "linear") -> np.ndarray:
+    """Control-rate targets ``[H*stride, 8]`` from ``current [8]`` through the valid ``keyframes [H, 8]``.
+
+    Keyframe k sits at tau = (k+1)*stride; step j is the pose at tau = j + 1. Invalid keyframes are skipped (the line
+    runs to the next valid one); after the last valid keyframe the pose is held. No valid keyframe -> hold ``current``.
+    """
+    H = len(keyframes)
+    n = H * stride
+    taus = np.arange(1, n + 1, dtype=np.float64)
+    idx = np.flatnonzero(valid)
+    if len(idx) == 0:
+        return np.repeat(current[None], n, axis=0)
+    knots_t = np.concatenate([[0.0], (idx + 1.0) * stride])                 # [M+1]
+    knots = np.concatenate([current[None], keyframes[idx]], axis=0)          # [M+1, 8]
+    t = np.clip(taus, 0.0, knots_t[-1])
+    out = np.empty((n, 8))
+    for c in range(3):
+        out[:, c] = np.interp(t, knots_t, knots[:, c])
+    rots = Rotation.from_quat(knots[:, 3:7])
+    out[:, 3:7] = Slerp(knots_t, rots)(t).as_quat(canonical=True)
+    if gripper == "linear":
+        out[:, 7] = np.interp(t, knots_t, knots[:, 7])
+    else:  # step: take the gripper of the keyframe being approached
+        seg = np.searchsorted(knots_t, t, side="left").clip(1, len(knots_t) - 1)
+        out[:, 7] = knots[seg, 7]
+    out[:, 7] = np.clip(out[:, 7], 0.0, 1.0)
+    return out
+
+
+class ActionImagesPolicy:
+    """Closed-loop policy around a :class:`~action_images.wam.WorldActionModel`.
+
+    ``camera_names``: which of the env's views the model sees (default: the first ``config.num_views``; at least 2,
+    decoding triangulates). ``horizon``: keyframes H to generate (default the model's). ``execute_k``: control steps
+    executed per chunk before replanning (default ``stride * H // 2``). ``steps`` / ``cfg_scale``: sampler settings.
+    ``on_disagree``: "replan" or "hold" (see module docstring). ``max_resamples``: immediate replans per step before
+    falling back to holding. ``gripper``: "linear" or "step" interpolation.
+    """
+
+    def __init__(self, model: Any, camera_names: Sequence[str] | None = None, horizon: int | None = None,
+                 execute_k: int | None = None, steps: int = 10, cfg_scale: float = 1.0, on_disagree: str = "replan",
+                 gripper: str = "linear", max_resamples: int = 2, codec: ActionImageCodec | None = None,
+                 seed: int = 0, method: str = "euler"):
+        if on_disagree not in DISAGREE_CHOICES:
+            raise ValueError(f"on_disagree must be one of {DISAGREE_CHOICES}; got {on_disagree!r}")
+        if gripper not in GRIPPER_MODES:
+            raise ValueError(f"gripper must be one of {GRIPPER_MODES}; got {gripper!r}")
+        cfg = model.config
+        self.model = model.eval()
+        self.image_size, self.stride = int(cfg.image_size), int(cfg.stride)
+        self.horizon = int(horizon or cfg.horizon)
+        max_frames = getattr(getattr(model.backbone, "config", None), "max_frames", 1 + self.horizon)
+        if self.horizon < 1 or 1 + self.horizon > max_frames:
+            raise ValueError(f"horizon must be in [1, {max_frames - 1}] for this model; got {self.horizon}")
+        self.execute_k = int(execute_k or max(1, self.stride * self.horizon // 2))
+        if not 1 <= self.execute_k <= self.stride * self.horizon:
+            raise ValueError(f"execute_k must be in [1, {self.stride * self.horizon}]; got {self.execute_k}")
+        self.num_views = int(cfg.num_views)
+        self.camera_names = list(camera_names) if camera_names else None
+        if self.camera_names is not None and len(self.camera_names) < 2:
+            raise ValueError("the policy needs at least 2 views (decoding triangulates)")
+        self.steps, self.cfg_scale, self.method = int(steps), float(cfg_scale), method
+        self.on_disagree, self.gripper, self.max_resamples = on_disagree, gripper, int(max_resamples)
+        self.codec = codec or ActionImageCodec()
+        self.seed = int(seed)
+        self.reset(seed)
+
+    # ---- episode state -------------------------------------------------------------------------------------------------
+    def reset(self, seed: int | None = None) -> None:
+        """Forget the queued actions; reseed the sampler noise (``seed`` defaults to the constructor's)."""
+        self.generator = torch.Generator().manual_seed(self.seed if seed is None else int(seed))
+        self.queue: list[np.ndarray] = []
+        self.last_command: np.ndarray | None = None
+        self.last_chunk: Chunk | None = None
+        self.chunks: list[Chunk] = []
+
+    def _views(self, obs: dict[str, Any], cameras: Sequence[Camera]) -> list[int]:
+        names = [c.name for c in cameras]
+        if self.camera_names is None:
+            avail = [i for i, c in enumerate(cameras) if c.name in obs["images"]]
+            if len(avail) < 2:
+                raise ValueError(f"the policy needs >= 2 rendered views; got {sorted(obs['images'])}")
+            return avail[:max(2, self.num_views)]
+        missing = [n for n in self.camera_names if n not in names or n not in obs["images"]]
+        if missing:
+            raise ValueError(f"cameras {missing} are not in the observation (have {sorted(obs['images'])})")
+        return [names.index(n) for n in self.camera_names]
+
+    def current_pose(self, obs: dict[str, Any]) -> np.ndarray:
+        """The measured pose with the gripper of the last command (holding must not loosen a grasp)."""
+        pose = np.asarray(obs["ee_pose"], dtype=np.float64).copy()
+        if self.last_command is not None:
+            pose[7] = self.last_command[7]
+        return pose
+
+    # ---- observe -> generate -> decode -> chunk ------------------------------------------------------------------------
+    def build_batch(self, obs: dict[str, Any], cameras: Sequence[Camera]) -> tuple[dict[str, Any], list[Camera],
+                                                                                     list[str]]:
+        """The model input for one observation, built by the training-window code path (batch of 1)."""
+        views = self._views(obs, cameras)
+        imgs, cams = [], []
+        for i in views:
+            img, cam = prepare_view(obs["images"][cameras[i].name], cameras[i], self.image_size)
+            imgs.append(img)
+            cams.append(cam)
+        F_ = 1 + self.horizon
+        rgb = np.repeat(np.stack(imgs)[:, None], F_, axis=1)                  # [V, F, R, R, 3]; futures unused
+        pose = np.asarray(obs["ee_pose"], dtype=np.float64)
+        poses = np.repeat(pose[None], F_, axis=0)                              # [F, 8]; only frame 0 is given
+        window = finish_window(rgb, cams, poses, str(obs.get("instruction", "")), self.codec)
+        return collate([window]), cams, [cameras[i].name for i in views]
+
+    def _generate(self, batch: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        out = self.model.sample(batch, task="policy", steps=self.steps, cfg_scale=self.cfg_scale,
+                                generator=self.generator, method=self.method)
+        rgb = ((out.rgb[0, :, 1:].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)      # [V, H, 3, R, R]
+        act = ((out.act[0, :, 1:].clamp(-1, 1) + 1) * 0.5).float()                         # [V, H, 3, R, R]
+        return rgb.permute(0, 1, 3, 4, 2).cpu().numpy(), act.permute(0, 1, 3, 4, 2).cpu().numpy()
+
+    def _decide(self, dec: DecodeResult) -> tuple[str, int]:
+        """(decision, steps to execute) from the decode of the keyframes that the first ``execute_k`` steps use."""
+        used = min(self.horizon, -(-self.execute_k // self.stride))          # keyframes reached by step k
+        if not dec.valid.any():
+            return "hold_invalid", 0
+        bad = dec.disagree[:used] & dec.valid[:used]
+        if not bad.any():
+            return "execute", self.execute_k
+        if self.on_disagree == "hold":
+            return "hold", 0
+        first = int(np.argmax(bad))                                            # segment to keyframe `first` is out
+        return "replan", min(self.execute_k, first * self.stride)
+
+    def plan(self, obs: dict[str, Any], cameras: Sequence[Camera]) -> Chunk:
+        """One replanning step; with "replan", resamples at once (up to ``max_resamples``) while nothing executes."""
+        t0 = time.perf_counter()
+        batch, cams, names = self.build_batch(obs, cameras)
+        current = self.current_pose(obs)
+        t_obs = time.perf_counter() - t0
+        t_gen = t_dec = 0.0
+        for attempt in range(1 + self.max_resamples):
+            t1 = time.perf_counter()
+            future_rgb, future_act = self._generate(batch)
+            t2 = time.perf_counter()
+            dec = self.codec.decode(future_act, cams)
+            t3 = time.perf_counter()
+            t_gen, t_dec = t_gen + t2 - t1, t_dec + t3 - t2
+            decision, n_exec = self._decide(dec)
+            if n_exec > 0 or decision != "replan":
+                break
+        t4 = time.perf_counter()
+        if n_exec == 0:
+            # hold the current pose for one step (replan/resamples exhausted) or the execution window ("hold")
+            n_hold = 1 if decision == "replan" else self.execute_k
+            decision = "hold" if decision == "replan" else decision
+            actions = np.repeat(current[None], n_hold, axis=0)
+        else:
+            poses = np.where(dec.valid[:, None], dec.poses, np.nan)
+            actions = interpolate_chunk(current, poses, dec.valid, self.stride, self.gripper)[:n_exec]
+        if not np.isfinite(actions).all():                                    # belt and braces: never send NaN
+            actions = np.repeat(current[None], max(1, len(actions)), axis=0)
+            decision = "hold_invalid"
+        t5 = time.perf_counter()
+        timings = {"observe": t_obs, "generate": t_gen, "decode": t_dec, "chunk": t5 - t4, "total": t5 - t0}
+        chunk = Chunk(actions=actions, keyframes=dec.poses, valid=dec.valid.copy(), disagree=dec.disagree.copy(),
+                      reproj_error=dec.reproj_error, decision=decision, current=current, future_rgb=future_rgb,
+                      future_act=future_act, input_rgb=((batch["rgb"][0, :, 0].permute(0, 2, 3, 1) + 1) * 127.5)
+                      .round().clamp(0, 255).to(torch.uint8).numpy(), cameras=cams, view_names=names,
+                      samples=attempt + 1, timings=timings)
+        self.last_chunk = chunk
+        self.chunks.append(chunk)
+        return chunk
+
+    def act(self, obs: dict[str, Any], cameras: Sequence[Camera]) -> np.ndarray:
+        """The next ``[8]`` target; replans when the queued chunk is used up."""
+        if not self.queue:
+            self.queue = list(self.plan(obs, cameras).actions)
+        action = np.asarray(self.queue.pop(0), dtype=np.float64)
+        self.last_command = action
+        return action
+
+    @property
+    def replanning(self) -> bool:
+        """Whether the next :meth:`act` call generates a new chunk."""
+        return not self.queue
