@@ -29,7 +29,8 @@ def make_env(task: str, cameras: Sequence[str] = DEFAULT_CAMERAS, image_size: in
     ``cameras``: names from ``CAMERA_NAMES`` (static front/left/right/top, plus "wrist" on the hand), images are
     ``image_size`` square. ``perturb_cameras``: jitter the camera poses (cameras.PERTURB_POS / PERTURB_ROT); with
     ``camera_seed`` the jitter is fixed for the env's lifetime, without it a new jitter is drawn at every reset from
-    the episode seed. ``render=False`` skips images (fast; calibration is still reported).
+    the episode seed. ``render=False`` skips rendering (fast): the observation then has no "images" key (gymnasium forbids an empty
+    Dict space); calibration is still reported.
     """
     return SimEnv(task, cameras=cameras, image_size=image_size, perturb_cameras=perturb_cameras,
                   camera_seed=camera_seed, render=render, render_mode=render_mode)

@@ -71,11 +71,15 @@ class MultiViewRenderer:
             out.append(self.renderer.render())
         return out
 
-    def segmentation(self, data: mujoco.MjData, cam_id: int) -> np.ndarray:
-        """``[H, W]`` int32 geom id per pixel (-1 for background)."""
+    def segmentation(self, data: mujoco.MjData, cam_id: int, groups: tuple[int, ...] = (0, 1, 2, 3)) -> np.ndarray:
+        """``[H, W]`` int32 geom id per pixel (-1 for background), rendering only geoms in ``groups``."""
+        option = mujoco.MjvOption()
+        option.geomgroup[:] = 0
+        option.geomgroup[list(groups)] = 1
+        option.sitegroup[:] = 0
         self.renderer.enable_segmentation_rendering()
         try:
-            self.renderer.update_scene(data, camera=cam_id, scene_option=self.option)
+            self.renderer.update_scene(data, camera=cam_id, scene_option=option)
             seg = self.renderer.render()
         finally:
             self.renderer.disable_segmentation_rendering()

@@ -63,8 +63,11 @@ class SimEnv(gym.Env):
             else None
 
         V, S = len(cameras), self.image_size
+        obs_spaces: dict[str, spaces.Space] = {}
+        if self._renderer is not None:  # gymnasium forbids an empty Dict, so render=False has no "images" key
+            obs_spaces["images"] = spaces.Dict({c: spaces.Box(0, 255, (S, S, 3), np.uint8) for c in cameras})
         self.observation_space = spaces.Dict({
-            "images": spaces.Dict({c: spaces.Box(0, 255, (S, S, 3), np.uint8) for c in (cameras if render else ())}),
+            **obs_spaces,
             "ee_pose": spaces.Box(-np.inf, np.inf, (8,), np.float64),
             "instruction": spaces.Text(max_length=256, charset=INSTRUCTION_CHARSET),
             "camera_K": spaces.Box(-np.inf, np.inf, (V, 3, 3), np.float64),
@@ -88,11 +91,12 @@ class SimEnv(gym.Env):
         return [simcam.camera_from_mujoco(self.model, self.data, cid, self.image_size, self.image_size, name)
                 for cid, name in zip(self._cam_ids, self.camera_names)]
 
-    def segmentation(self, camera: str) -> np.ndarray:
-        """``[H, W]`` geom ids seen by one camera (-1 = background); for calibration checks."""
+    def segmentation(self, camera: str, groups: tuple[int, ...] = (0, 1, 2, 3)) -> np.ndarray:
+        """``[H, W]`` geom ids seen by one camera (-1 = background), only geoms in ``groups`` drawn; group 5 holds
+        ``tcp_marker``, a sphere at the TCP that is never drawn in observations (for calibration checks)."""
         if self._renderer is None:
             raise RuntimeError("segmentation needs render=True and at least one camera")
-        return self._renderer.segmentation(self.data, self.model.camera(camera).id)
+        return self._renderer.segmentation(self.data, self.model.camera(camera).id, groups)
 
     # ---- gymnasium API -----------------------------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
@@ -143,17 +147,16 @@ class SimEnv(gym.Env):
 
     # ---- internals ---------------------------------------------------------------------------------------------------
     def _obs(self) -> dict[str, Any]:
-        images: dict[str, np.ndarray] = {}
+        obs: dict[str, Any] = {}
         if self._renderer is not None:
-            images = dict(zip(self.camera_names, self._renderer.render(self.data, self._cam_ids)))
-        self._last_images = images
-        V = len(self.camera_names)
-        if V:
+            self._last_images = dict(zip(self.camera_names, self._renderer.render(self.data, self._cam_ids)))
+            obs["images"] = self._last_images
+        if self.camera_names:
             K, T = stack_cameras(self.cameras)
         else:
             K, T = np.zeros((0, 3, 3)), np.zeros((0, 4, 4))
-        return {"images": images, "ee_pose": self.arm.ee_pose(), "instruction": self.instruction,
-                "camera_K": K, "camera_T_cam_world": T}
+        obs.update(ee_pose=self.arm.ee_pose(), instruction=self.instruction, camera_K=K, camera_T_cam_world=T)
+        return obs
 
     def _info(self) -> dict[str, Any]:
         return {"success": self._success, "is_success": self._success, "step": self.step_count,

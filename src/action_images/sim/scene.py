@@ -78,6 +78,8 @@ def robot_xml() -> str:
                     <geom type="cylinder" fromto="0 0 0 0 0 0.06" size="0.035" {link}/>
                     <body name="hand" pos="0 0 0.15" gravcomp="1">
                       <site name="tcp" size="0.004" rgba="1 0 0 0" group="4"/>
+                      <geom name="tcp_marker" type="sphere" size="0.012" group="5" contype="0" conaffinity="0"
+                            density="0" rgba="1 0 0 1"/>
                       {camera_xml("wrist", *WRIST_CAMERA, up=(1.0, 0.0, 0.0))}
                       <geom name="palm" type="box" pos="0 0 -0.075" size="0.025 0.065 0.015" material="hand"/>
                       <geom name="up_marker" type="box" pos="0.028 0 -0.075" size="0.004 0.02 0.008"

@@ -1,0 +1,151 @@
+"""The gymnasium env: API shape, determinism, control convention, bad input."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from action_images.geometry import Camera, matrix_to_pose, rotation_angle_deg
+from action_images.sim import GYM_IDS, TASKS, make_env
+from action_images.sim.robot import quat_down
+
+
+@pytest.fixture(scope="module")
+def env():
+    e = make_env("pick_cube", cameras=("front", "left", "right", "top"), image_size=32)
+    yield e
+    e.close()
+
+
+@pytest.fixture(scope="module")
+def blind():
+    return make_env("reach_target", render=False)
+
+
+def pose(p, yaw=0.0, g=1.0):
+    return np.concatenate([p, quat_down(yaw), [g]])
+
+
+def test_observation_layout(env):
+    obs, info = env.reset(seed=0)
+    assert set(obs) == {"images", "ee_pose", "instruction", "camera_K", "camera_T_cam_world"}
+    assert list(obs["images"]) == ["front", "left", "right", "top"]
+    for img in obs["images"].values():
+        assert img.shape == (32, 32, 3) and img.dtype == np.uint8
+    assert obs["ee_pose"].shape == (8,) and obs["ee_pose"].dtype == np.float64
+    assert obs["camera_K"].shape == (4, 3, 3) and obs["camera_T_cam_world"].shape == (4, 4, 4)
+    assert isinstance(obs["instruction"], str) and obs["instruction"] == env.instruction != ""
+    assert [c.name for c in env.cameras] == ["front", "left", "right", "top"]
+    assert all(isinstance(c, Camera) and c.width == c.height == 32 for c in env.cameras)
+    np.testing.assert_array_equal(obs["camera_K"][2], env.cameras[2].K)
+    assert env.observation_space.contains(obs)
+    assert env.task_name == "pick_cube" and env.fps == 10 and env.max_steps > 0
+    assert info["success"] is False
+
+
+def test_step_contract(env):
+    env.reset(seed=1)
+    a = env.expert_action()
+    assert a.shape == (8,) and a.dtype == np.float64 and env.action_space.contains(a)
+    obs, reward, terminated, truncated, info = env.step(a)
+    assert isinstance(reward, float) and isinstance(terminated, bool) and isinstance(truncated, bool)
+    assert isinstance(info["success"], bool) and info["step"] == 1
+    assert env.render().shape == (32, 4 * 32, 3)
+
+
+def test_render_false_has_no_images_but_calibration(blind):
+    obs, _ = blind.reset(seed=0)
+    assert "images" not in obs and obs["camera_K"].shape == (4, 3, 3)
+    assert blind.observation_space.contains(obs)
+
+
+def test_same_seed_same_first_frame_and_expert_trajectory():
+    a, b = (make_env("stack_cube", cameras=("front", "top"), image_size=24) for _ in range(2))
+    oa, _ = a.reset(seed=7)
+    ob, _ = b.reset(seed=7)
+    for c in ("front", "top"):
+        np.testing.assert_array_equal(oa["images"][c], ob["images"][c])
+    assert oa["instruction"] == ob["instruction"]
+    for _ in range(12):
+        xa, xb = a.expert_action(), b.expert_action()
+        np.testing.assert_array_equal(xa, xb)
+        oa, *_ = a.step(xa)
+        ob, *_ = b.step(xb)
+    np.testing.assert_array_equal(oa["ee_pose"], ob["ee_pose"])
+    np.testing.assert_array_equal(oa["images"]["front"], ob["images"]["front"])
+    oc, _ = a.reset(seed=8)
+    assert not np.array_equal(oc["images"]["front"], ob["images"]["front"])
+    a.close(), b.close()
+
+
+def test_reset_after_other_steps_is_reproducible(blind):
+    first = blind.reset(seed=3)[0]["ee_pose"], blind.expert_action()
+    for _ in range(5):
+        blind.step(pose([0.1, 0.2, 0.1], g=0.0))
+    again = blind.reset(seed=3)[0]["ee_pose"], blind.expert_action()
+    np.testing.assert_array_equal(first[0], again[0])
+    np.testing.assert_array_equal(first[1], again[1])
+
+
+def test_tracks_absolute_targets_in_tool_convention(blind):
+    blind.reset(seed=0)
+    target = pose([0.1, -0.1, 0.15], yaw=0.6, g=0.0)
+    for _ in range(8):
+        obs, *_ = blind.step(target)
+    ee = obs["ee_pose"]
+    assert np.linalg.norm(ee[:3] - target[:3]) < 0.004
+    R_ee = Rotation.from_quat(ee[3:7]).as_matrix()
+    assert rotation_angle_deg(R_ee, Rotation.from_quat(target[3:7]).as_matrix()) < 1.5
+    assert ee[7] < 0.05  # closed, nothing in between
+    # design §2: +z from the wrist toward the fingertips, fingers along ±y of the tool
+    m, d = blind.model, blind.data
+    palm = d.geom_xpos[m.geom("palm").id] - ee[:3]
+    assert np.dot(palm, R_ee[:, 2]) < -0.05
+    for _ in range(4):
+        obs, *_ = blind.step(pose([0.1, -0.1, 0.15], yaw=0.6, g=1.0))
+    fingers = d.geom_xpos[m.geom("finger_l").id] - d.geom_xpos[m.geom("finger_r").id]
+    assert abs(np.dot(fingers / np.linalg.norm(fingers), R_ee[:, 1])) > 0.99
+    assert obs["ee_pose"][7] > 0.95
+
+
+def test_targets_are_clipped_to_the_workspace(blind):
+    blind.reset(seed=0)
+    for _ in range(15):
+        obs, *_ = blind.step(pose([2.0, 0.0, -1.0]))
+    from action_images.sim.scene import WORKSPACE_HIGH, WORKSPACE_LOW
+    p = obs["ee_pose"][:3]
+    assert np.all(p > WORKSPACE_LOW - 0.01) and np.all(p < WORKSPACE_HIGH + 0.01)
+
+
+@pytest.mark.parametrize("bad", [np.zeros(7), np.zeros((1, 8)), pose([0, 0, 0.1]) * np.nan,
+                                 np.r_[0, 0, 0.1, 0, 0, 0, 2.0, 1.0], np.r_[0, 0, 0.1, 1, 0, 0, 0, 1.5]])
+def test_bad_actions_raise(blind, bad):
+    blind.reset(seed=0)
+    with pytest.raises(ValueError):
+        blind.step(bad)
+
+
+def test_bad_arguments_raise():
+    with pytest.raises(ValueError, match="unknown task"):
+        make_env("fly_to_moon")
+    with pytest.raises(ValueError, match="cameras"):
+        make_env("pick_cube", cameras=("front", "back"))
+
+
+def test_gymnasium_registration():
+    assert set(GYM_IDS) == set(TASKS) and GYM_IDS["pick_cube"] == "ActionImages/PickCube-v0"
+    env = gym.make("ActionImages/PickCube-v0", render=False)
+    obs, info = env.reset(seed=0)
+    obs, r, term, trunc, info = env.step(env.unwrapped.expert_action())
+    assert obs["ee_pose"].shape == (8,)
+    env.close()
+
+
+def test_ee_pose_matches_site(blind):
+    obs, _ = blind.reset(seed=2)
+    m, d = blind.model, blind.data
+    sid = m.site("tcp").id
+    ref = matrix_to_pose(d.site_xpos[sid], d.site_xmat[sid].reshape(3, 3), obs["ee_pose"][7])
+    np.testing.assert_allclose(obs["ee_pose"], ref)

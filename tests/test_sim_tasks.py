@@ -1,0 +1,90 @@
+"""Each task: seeded reset, instructions, a failing start, and an expert that succeeds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from action_images.sim import TASKS, make_env
+from action_images.sim.tasks import TASK_CLASSES
+
+
+def rollout(env, seed: int) -> tuple[bool, list[np.ndarray]]:
+    obs, info = env.reset(seed=seed)
+    assert not info["success"], "task already solved at reset"
+    actions = []
+    for _ in range(env.max_steps):
+        actions.append(env.expert_action())
+        obs, reward, terminated, truncated, info = env.step(actions[-1])
+        if terminated or truncated:
+            break
+    assert terminated == info["success"] and reward == float(info["success"])
+    return info["success"], actions
+
+
+def test_at_least_eight_tasks():
+    assert len(TASKS) >= 8 and set(TASKS) == set(TASK_CLASSES)
+    for name in ("reach_target", "push_cube", "pick_cube", "place_in_bin", "stack_cube", "open_drawer",
+                 "close_drawer", "press_button"):
+        assert name in TASKS
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_expert_succeeds(task):
+    env = make_env(task, render=False)
+    for seed in range(3):
+        ok, actions = rollout(env, seed)
+        assert ok, f"{task} expert failed on seed {seed}"
+        assert len(actions) < env.max_steps
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_reset_randomises_scene_and_instruction(task):
+    env = make_env(task, render=False)
+    states, texts, colors = [], set(), []
+    for seed in range(6):
+        obs, _ = env.reset(seed=seed)
+        states.append(np.concatenate([env.data.qpos, env.model.body_pos.ravel()]))
+        texts.add(obs["instruction"])
+        colors.append(env.model.geom_rgba.copy())
+    assert not all(np.allclose(states[0], s) for s in states[1:])
+    assert not all(np.allclose(colors[0], c) for c in colors[1:])
+    assert len(texts) >= 2 and all(t and t.isascii() for t in texts)
+
+
+@pytest.mark.parametrize("task", ["pick_cube", "stack_cube"])
+def test_expert_rotates_the_gripper(task):
+    env = make_env(task, render=False)
+    yaws = []
+    for seed in range(4):
+        ok, actions = rollout(env, seed)
+        assert ok
+        z_yaw = Rotation.from_quat(np.stack(actions)[:, 3:7]).as_euler("ZYX")[:, 0]
+        yaws.append(np.ptp(np.unwrap(z_yaw)))
+    assert max(yaws) > np.radians(15)
+
+
+def test_expert_recovers_from_a_perturbation():
+    """The expert is closed-loop: after random actions it still finishes the task."""
+    env = make_env("pick_cube", render=False)
+    env.reset(seed=11)
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        env.step(env.expert_action())
+    for _ in range(3):
+        a = env.expert_action()
+        a[:3] += rng.uniform(-0.06, 0.06, 3)
+        env.step(a)
+    for _ in range(env.max_steps - env.step_count):
+        obs, r, term, trunc, info = env.step(env.expert_action())
+        if term or trunc:
+            break
+    assert info["success"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", TASKS)
+def test_expert_success_rate_20_seeds(task):
+    env = make_env(task, render=False)
+    assert sum(rollout(env, 1000 + s)[0] for s in range(20)) >= 19
