@@ -141,3 +141,10 @@ def test_real_sim_smoke(tmp_path, monkeypatch):
     if ds.num_episodes:
         ep = ds.episode(0)
         assert ep.images["front"].shape[1:] == (32, 32, 3) and ep.actions.shape[1] == 8
+
+
+def test_cli_routes_collect(capsys):
+    from action_images.cli import main
+    with pytest.raises(SystemExit) as e:
+        main(["collect", "--help"])
+    assert e.value.code == 0 and "--perturb-cameras" in capsys.readouterr().out
