@@ -7,38 +7,15 @@ import pytest
 
 from action_images.geometry import Camera
 from action_images.sim import make_env
+from action_images.sim import cameras as simcam
 from action_images.sim.cameras import PERTURB_POS, PERTURB_ROT
 
 CAMS = ("front", "left", "right", "top", "wrist")
 
 
 def centroid_errors(env, principal_shift: float = 0.0, states: int = 4) -> list[float]:
-    """Pixel distance between projections of the TCP marker / cube centre and their mask centroids.
-
-    Each geom is rendered alone (moved to group 5, the only group drawn), so nothing occludes it.
-    """
-    m, d = env.model, env.data
-    geoms = (m.geom("cube").id, m.geom("tcp_marker").id)
-    groups0 = m.geom_group[list(geoms)].copy()
-    errs = []
-    for seed in range(states):
-        env.reset(seed=seed)
-        for _ in range(3 * seed):  # different arm poses: approach, descend, grasp
-            env.step(env.expert_action())
-        for cam in env.cameras:
-            K = cam.K.copy()
-            K[:2, 2] += principal_shift
-            cam = Camera(K, cam.T_cam_world, cam.width, cam.height, cam.name)
-            for gid in geoms:
-                m.geom_group[list(geoms)] = 4
-                m.geom_group[gid] = 5
-                v, u = np.nonzero(env.segmentation(cam.name, groups=(5,)) == gid)
-                if len(u) < 3:
-                    continue
-                uv, depth = cam.project(d.geom_xpos[gid])
-                errs.append(float(np.hypot(uv[0] - u.mean(), uv[1] - v.mean())))
-    m.geom_group[list(geoms)] = groups0
-    return errs
+    """TCP marker and cube: projected centre vs. mask centroid, over several arm poses and all cameras."""
+    return simcam.centroid_errors(env, ("cube", "tcp_marker"), seeds=range(states), principal_shift=principal_shift)
 
 
 @pytest.fixture(scope="module")

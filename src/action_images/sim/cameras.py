@@ -8,11 +8,16 @@ against segmentation masks (W/2 is measurably worse).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Sequence
+
 import mujoco
 import numpy as np
 from scipy.spatial.transform import Rotation
 
 from action_images.geometry import Camera
+
+if TYPE_CHECKING:  # pragma: no cover
+    from action_images.sim.env import SimEnv
 
 # perturb_cameras: uniform jitter per axis of the camera position (metres) and of its orientation (rotation vector
 # components, radians, applied about the camera centre in its parent frame). fovy is not changed.
@@ -90,3 +95,37 @@ class MultiViewRenderer:
 
     def close(self) -> None:
         self.renderer.close()
+
+
+def centroid_errors(env: "SimEnv", geoms: Sequence[str] = ("tcp_marker",), seeds: Sequence[int] = (0, 1, 2, 3),
+                    steps_per_seed: int = 3, principal_shift: float = 0.0, min_pixels: int = 3) -> list[float]:
+    """Calibration check: pixel distances between each geom's projected centre and its mask centroid.
+
+    For every seed, the expert runs ``seed * steps_per_seed`` steps (different arm poses), then each geom is rendered
+    alone in segmentation mode (moved to group 5, the only one drawn) so occlusion cannot bias the centroid.
+    ``principal_shift`` moves the principal point (to show that (W-1)/2 fits better than W/2).
+    """
+    m, d = env.model, env.data
+    ids = [m.geom(g).id for g in geoms]
+    groups0 = m.geom_group[ids].copy()
+    errs: list[float] = []
+    try:
+        for seed in seeds:
+            env.reset(seed=int(seed))
+            for _ in range(int(seed) * steps_per_seed):
+                env.step(env.expert_action())
+            for cam in env.cameras:
+                K = cam.K.copy()
+                K[:2, 2] += principal_shift
+                cam = Camera(K, cam.T_cam_world, cam.width, cam.height, cam.name)
+                for gid in ids:
+                    m.geom_group[ids] = 4
+                    m.geom_group[gid] = 5
+                    v, u = np.nonzero(env.segmentation(cam.name, groups=(5,)) == gid)
+                    if len(u) < min_pixels:
+                        continue
+                    uv, _ = cam.project(d.geom_xpos[gid])
+                    errs.append(float(np.hypot(uv[0] - u.mean(), uv[1] - v.mean())))
+    finally:
+        m.geom_group[ids] = groups0
+    return errs

@@ -76,7 +76,12 @@ class PushCube(Task):
             pos[:2] += d * min(0.03, dist + 0.005)
             return pos, quat, g
 
+        def up(env):  # after an abort the jaw is beside the cube: rise first, never sweep across it
+            p = env.arm.tcp_pos()
+            return np.array([p[0], p[1], 0.1]), env.arm.tcp_quat(), PUSH_G
+
         return [
+            Phase("rise", up, lambda env, n: env.arm.tcp_pos()[2] > 0.08),
             Phase("above", above, lambda env, n: reached(env, above(env), 0.012, 6.0)),
             Phase("descend", low, lambda env, n: reached(env, low(env), 0.008, 6.0), step_pos=0.03),
             Phase("push", push, lambda env, n: False, step_pos=0.03, abort=self._off_line),
