@@ -86,3 +86,6 @@ def test_per_episode_jitter_without_camera_seed():
     t0b = (e.reset(seed=0), e.cameras[0].T_cam_world)[1]
     assert not np.allclose(t0, t1)
     np.testing.assert_array_equal(t0, t0b)
+    plain = make_env("reach_target", cameras=("front",), render=False)
+    assert plain.reset(seed=0)[0]["instruction"] == e.reset(seed=0)[0]["instruction"]
+    np.testing.assert_array_equal(plain.model.body_pos, e.model.body_pos)  # same layout, only the camera moved

@@ -149,3 +149,34 @@ def test_ee_pose_matches_site(blind):
     sid = m.site("tcp").id
     ref = matrix_to_pose(d.site_xpos[sid], d.site_xmat[sid].reshape(3, 3), obs["ee_pose"][7])
     np.testing.assert_allclose(obs["ee_pose"], ref)
+
+
+def test_benchmark_quick_run_writes_json(tmp_path):
+    import argparse
+    import json
+    import re
+
+    from action_images.benchmarks import sim as bench
+
+    p = argparse.ArgumentParser()
+    bench.add_arguments(p)
+    out = tmp_path / "sim.json"
+    args = p.parse_args(["--episodes", "2", "--tasks", "reach_target,press_button", "--sizes", "16",
+                         "--camera-counts", "0,1", "--speed-steps", "5", "--repeats", "1", "--json", str(out)])
+    assert bench.run(args) == 0
+    res = json.loads(out.read_text())
+    assert res["seed"] == 0 and res["arguments"]["episodes"] == 2
+    assert [r["cameras"] for r in res["speed"]] == [0, 1] and all(r["steps_per_s"] > 0 for r in res["speed"])
+    assert res["expert"]["press_button"]["successes"] == 2 and res["calibration"]["mean_px"] < 1.0
+
+    def keys(x):
+        if isinstance(x, dict):
+            for k, v in x.items():
+                yield k
+                yield from keys(v)
+        elif isinstance(x, list):
+            for v in x:
+                yield from keys(v)
+
+    assert all(re.fullmatch(r"[a-z0-9_]+", k) for k in keys(res) if k not in res["expert"])
+    assert bench.run(p.parse_args(["--tasks", "nope"])) == 2

@@ -108,9 +108,13 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         print(f"unknown task(s) {unknown}; choose from {list(TASKS)}")
         return 2
+    counts = [int(c) for c in args.camera_counts.split(",")]
+    if any(not 0 <= n <= len(SPEED_CAMERAS) for n in counts):
+        print(f"--camera-counts must lie in 0..{len(SPEED_CAMERAS)} ({', '.join(SPEED_CAMERAS)})")
+        return 2
     speed = []
     for size in [int(s) for s in args.sizes.split(",")]:
-        for n in [int(c) for c in args.camera_counts.split(",")]:
+        for n in counts:
             if n == 0 and any(r["cameras"] == 0 for r in speed):
                 continue  # image size is irrelevant without cameras
             r = measure_speed(n, size, args.speed_steps, args.repeats)

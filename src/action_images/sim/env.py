@@ -107,8 +107,8 @@ class SimEnv(gym.Env):
         m.geom_rgba[:] = self._rgba0
         m.body_pos[:] = self._body_pos0
         if self.perturb_cameras and self.camera_seed is None:
-            simcam.perturb(m, self._cam_ids, self._cam_pos0, self._cam_quat0,
-                           np.random.default_rng(rng.integers(2**63)))
+            # a spawned child stream: the task's draws (object layout) stay the same with or without jitter
+            simcam.perturb(m, self._cam_ids, self._cam_pos0, self._cam_quat0, rng.spawn(1)[0])
         self.arm.reset()
         self.instruction = self.task.reset(self, rng)
         mujoco.mj_forward(m, d)
