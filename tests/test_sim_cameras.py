@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from action_images.geometry import Camera
 from action_images.sim import make_env
 from action_images.sim import cameras as simcam
 from action_images.sim.cameras import PERTURB_POS, PERTURB_ROT

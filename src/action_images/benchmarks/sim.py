@@ -13,14 +13,11 @@ centroids, five cameras, 64 px.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import numpy as np
 
 from action_images.benchmarks import args_dict, environment, write_json
-
-os.environ.setdefault("MUJOCO_GL", "egl")
 
 SPEED_CAMERAS = ("front", "left", "right", "top")
 TARGET_STEPS_PER_S = 100.0  # with 3 cameras at 64 px

@@ -9,13 +9,18 @@ calibrated static cameras and eight tasks with scripted experts (docs/benchmark.
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Sequence
 
-import gymnasium as gym
+if sys.platform.startswith("linux"):  # headless offscreen rendering (design §5); must precede `import mujoco`
+    os.environ.setdefault("MUJOCO_GL", "egl")
 
-from action_images.sim.env import FPS, SimEnv
-from action_images.sim.scene import CAMERA_NAMES
-from action_images.sim.tasks import TASKS
+import gymnasium as gym  # noqa: E402
+
+from action_images.sim.env import FPS, SimEnv  # noqa: E402
+from action_images.sim.scene import CAMERA_NAMES  # noqa: E402
+from action_images.sim.tasks import TASKS  # noqa: E402
 
 DEFAULT_CAMERAS = ("front", "left", "right", "top")
 GYM_IDS = {t: "ActionImages/" + "".join(w.capitalize() for w in t.split("_")) + "-v0" for t in TASKS}

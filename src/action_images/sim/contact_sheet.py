@@ -7,12 +7,9 @@ episode (rows).
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import numpy as np
-
-os.environ.setdefault("MUJOCO_GL", "egl")
 
 VIEWS = ("front", "left", "right", "top")
 
