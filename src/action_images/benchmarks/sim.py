@@ -20,6 +20,7 @@ import numpy as np
 from action_images.benchmarks import args_dict, environment, write_json
 
 SPEED_CAMERAS = ("front", "left", "right", "top")
+TARGET_COLLECT_S = 120.0
 TARGET_STEPS_PER_S = 100.0  # with 3 cameras at 64 px
 
 
@@ -86,6 +87,23 @@ def measure_calibration() -> dict:
             "mean_px_if_principal_point_were_w_over_2": float(np.mean(shifted))}
 
 
+def measure_collect(task: str, episodes: int, seed: int) -> dict:
+    """Wall time of ``action-images collect`` (4 cameras, 64 px, video encoding and all) into a temporary folder."""
+    import tempfile
+
+    from action_images.cli import main as cli_main
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        rc = cli_main(["collect", "--task", task, "--episodes", str(episodes), "--out", f"{tmp}/ds", "--seed", str(seed)])
+        seconds = time.perf_counter() - t0
+    if rc != 0:
+        raise RuntimeError(f"collect failed with exit code {rc}")
+    r = {"task": task, "episodes": episodes, "seconds": seconds, "seconds_per_100_demos": seconds * 100 / episodes}
+    print(f"collect {episodes} {task} demos: {seconds:.1f} s", flush=True)
+    return r
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--episodes", type=int, default=100, help="expert episodes per task")
     p.add_argument("--tasks", default="all", help="comma-separated task names or 'all'")
@@ -94,6 +112,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--speed-steps", type=int, default=200, help="timed env steps per block")
     p.add_argument("--repeats", type=int, default=3, help="timed blocks per configuration (median reported)")
     p.add_argument("--seed", type=int, default=0, help="first episode seed")
+    p.add_argument("--collect-task", default="pick_cube", help="task timed for dataset collection")
+    p.add_argument("--collect-episodes", type=int, default=100, help="demos to collect for the timing (0: skip)")
     p.add_argument("--json", default=None, help="write results here")
 
 
@@ -127,11 +147,14 @@ def run(args: argparse.Namespace) -> int:
         expert[task] = r = measure_expert(task, args.episodes, args.seed)
         print(f"expert {task:<13} {r['successes']:>4}/{r['episodes']}  mean {r['mean_steps_successful'] or 0:5.1f} "
               f"steps (limit {r['max_steps']})  {r['seconds']:.1f} s", flush=True)
+    collect = measure_collect(args.collect_task, args.collect_episodes, args.seed) if args.collect_episodes else None
     three = [r for r in speed if r["cameras"] == 3 and r["image_size"] == 64]
     payload = {
         "benchmark": "sim", "arguments": args_dict(args), "seed": args.seed, "environment": environment(),
-        "speed": speed, "calibration": calibration, "expert": expert,
-        "targets": {"steps_per_s_3_cameras_64px": TARGET_STEPS_PER_S,
+        "speed": speed, "calibration": calibration, "expert": expert, "collect": collect,
+        "targets": {"collect_100_demos_seconds": TARGET_COLLECT_S,
+                    "collect_100_demos_met": bool(collect and collect["seconds_per_100_demos"] <= TARGET_COLLECT_S),
+                    "steps_per_s_3_cameras_64px": TARGET_STEPS_PER_S,
                     "steps_per_s_3_cameras_64px_met": bool(three and three[0]["steps_per_s"] >= TARGET_STEPS_PER_S),
                     "expert_success_rate": 0.95,
                     "expert_success_rate_met": all(r["success_rate"] >= 0.95 for r in expert.values())},
