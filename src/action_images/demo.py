@@ -1,0 +1,111 @@
+"""``action-images demo``: closed-loop episodes of the shipped checkpoint on the core tasks, a summary and a report.
+
+    action-images demo                       # checkpoints/cpu-small, 3 core tasks x 3 episodes (1-3 min)
+    action-images demo --quick               # CI smoke: 1 task, 1 episode, a few control steps
+    action-images demo --checkpoint runs/pick --tasks pick_cube --episodes 10 --out runs/demo
+
+It is ``action-images eval`` with fixed, fast settings; the shipped checkpoint is looked up in the current directory
+and in the repository that holds this package. Without it the demo says how to make one and exits with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from action_images.evaluate import evaluate, parse_tasks, write_outputs
+
+SHIPPED = Path("checkpoints") / "cpu-small"
+CORE_TASKS = ("reach_target", "push_cube", "pick_cube")
+HOW_TO = """no checkpoint at {where}.
+Create the shipped CPU checkpoint with (about an hour on 2 cores):
+    action-images collect --task {tasks} --episodes 100 --out data/demos
+    action-images train --data data/demos --out checkpoints/cpu-small --preset cpu-small --minutes 60
+or point the demo at any run directory: action-images demo --checkpoint runs/NAME"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", default=None, help=f"run directory (default: {SHIPPED} in the repository)")
+    p.add_argument("--tasks", default=",".join(CORE_TASKS), help="task names, comma separated, or 'all'")
+    p.add_argument("--episodes", type=int, default=3, help="episodes per task (default 3)")
+    p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=6, help="sampler steps per chunk (default 6)")
+    p.add_argument("--quick", action="store_true", help="CI mode: 1 task, 1 episode, 12 control steps, 2 sampler steps")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def find_checkpoint(given: str | None) -> Path | None:
+    """The checkpoint to use: ``given``, else ./checkpoints/cpu-small, else <repo>/checkpoints/cpu-small."""
+    if given:
+        return Path(given)
+    repo = Path(__file__).resolve().parents[2]
+    for cand in (Path.cwd() / SHIPPED, repo / SHIPPED):
+        if (cand / "config.json").exists():
+            return cand
+    return None
+
+
+def summary_table(metrics: dict) -> str:
+    lines = [f"{'task':<16}{'success':>10}{'95% CI':>14}{'length':>9}{'latency ms':>12}",
+             "-" * 61]
+    for t, m in metrics["tasks"].items():
+        lo, hi = m["success_ci95"]
+        lines.append(f"{t:<16}{m['successes']:>4}/{m['episodes']:<5}{f'{lo:.0%}-{hi:.0%}':>14}"
+                     f"{m['mean_episode_length']:>9.1f}{(m['latency']['mean_ms'] or 0):>12.0f}")
+    ov = metrics["overall"]
+    lo, hi = ov["success_ci95"]
+    lines.append("-" * 61)
+    lines.append(f"{'all':<16}{ov['successes']:>4}/{ov['episodes']:<5}{f'{lo:.0%}-{hi:.0%}':>14}"
+                 f"{ov['mean_episode_length']:>9.1f}{(ov['latency']['mean_ms'] or 0):>12.0f}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from action_images.benchmarks import args_dict, environment
+    from action_images.wam import WorldActionModel
+
+    ckpt = find_checkpoint(args.checkpoint)
+    tasks_spec = args.tasks.split(",")[0] if args.quick else args.tasks
+    if ckpt is None or not (ckpt / "config.json").exists():
+        print("action-images demo: " + HOW_TO.format(where=ckpt or SHIPPED, tasks=",".join(CORE_TASKS)),
+              file=sys.stderr)
+        return 1
+    try:
+        tasks = parse_tasks(tasks_spec)
+        model = WorldActionModel.from_pretrained(ckpt)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"action-images demo: {e}", file=sys.stderr)
+        return 1
+    episodes = 1 if args.quick else args.episodes
+    steps = 2 if args.quick else args.steps
+    t0 = time.perf_counter()
+    print(f"demo: {ckpt} ({model.config.preset}, {model.num_parameters() / 1e6:.2f} M parameters), tasks "
+          f"{', '.join(tasks)}, {episodes} episode(s) each{' (quick mode)' if args.quick else ''}")
+    metrics = {"command": "demo", "arguments": args_dict(args), "seed": args.seed, "checkpoint": str(ckpt),
+               "perturb_cameras": False}
+    metrics.update(evaluate(model, tasks, episodes, args.out, seed=args.seed, steps=steps,
+                            max_steps=12 if args.quick else None, videos=1 if args.quick else 2,
+                            progress=not args.no_progress))
+    metrics["open_loop"] = None
+    metrics["wall_s"] = time.perf_counter() - t0
+    metrics["environment"] = environment()
+    report = write_outputs(Path(args.out), metrics)
+    print(summary_table(metrics))
+    print(f"took {metrics['wall_s']:.0f} s; report: {report.resolve()}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    torch.set_num_threads(torch.get_num_threads())
+    parser = argparse.ArgumentParser(prog="action-images demo", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
