@@ -139,7 +139,7 @@ class ActionImagesPolicy:
         self.model = model.eval()
         self.image_size, self.stride = int(cfg.image_size), int(cfg.stride)
         self.horizon = int(horizon or cfg.horizon)
-        max_frames = getattr(getattr(model.backbone, "config", None), "max_frames", 1 + self.horizon)
+        max_frames = getattr(getattr(getattr(model, "backbone", None), "config", None), "max_frames", 1 + self.horizon)
         if self.horizon < 1 or 1 + self.horizon > max_frames:
             raise ValueError(f"horizon must be in [1, {max_frames - 1}] for this model; got {self.horizon}")
         self.execute_k = int(execute_k or max(1, self.stride * self.horizon // 2))

@@ -1,0 +1,203 @@
+"""Closed-loop policy: interpolation, an end-to-end episode in the real sim, hold vs replan on view disagreement."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.transform import Rotation
+
+from action_images.codec import ActionImageCodec
+from action_images.geometry import Camera, euler_to_quat
+from action_images.policy import ActionImagesPolicy, interpolate_chunk, prepare_view
+from action_images.wam import WAMConfig, WorldActionModel
+
+torch.set_num_threads(1)
+
+
+def pose(x, y, z, yaw=0.0, g=1.0):
+    return np.concatenate([[x, y, z], euler_to_quat([np.pi, 0.0, yaw]), [g]])
+
+
+# ---- interpolation ---------------------------------------------------------------------------------------------------
+def test_interpolation_hits_keyframes_and_slerps():
+    cur = pose(0.0, 0.0, 0.2, 0.0, 1.0)
+    keys = np.stack([pose(0.1, 0.0, 0.2, 0.4, 1.0), pose(0.1, 0.2, 0.2, 0.8, 0.0)])
+    out = interpolate_chunk(cur, keys, np.array([True, True]), stride=4)
+    assert out.shape == (8, 8) and np.isfinite(out).all()
+    np.testing.assert_allclose(out[3], keys[0], atol=1e-9)          # keyframe 1 at step stride - 1
+    np.testing.assert_allclose(out[7], keys[1], atol=1e-9)
+    np.testing.assert_allclose(out[1, :3], [0.05, 0.0, 0.2], atol=1e-9)   # halfway to keyframe 1
+    yaw_mid = Rotation.from_quat(out[1, 3:7]).as_euler("xyz")[2]
+    assert abs(yaw_mid - 0.2) < 1e-6                                 # slerp halfway
+    np.testing.assert_allclose(np.linalg.norm(out[:, 3:7], axis=1), 1.0, atol=1e-9)
+    assert out[5, 7] == pytest.approx(0.5)                           # gripper linear between keyframes
+    step = interpolate_chunk(cur, keys, np.array([True, True]), stride=4, gripper="step")
+    assert step[4, 7] == 0.0 and step[3, 7] == 1.0                   # switches right after keyframe 1
+
+
+def test_interpolation_skips_invalid_and_holds_when_nothing_decodes():
+    cur = pose(0.0, 0.0, 0.2)
+    keys = np.stack([np.full(8, np.nan), pose(0.2, 0.0, 0.2)])
+    out = interpolate_chunk(cur, keys, np.array([False, True]), stride=2)
+    np.testing.assert_allclose(out[:, 0], [0.05, 0.1, 0.15, 0.2], atol=1e-9)
+    held = interpolate_chunk(cur, np.full((2, 8), np.nan), np.array([False, False]), stride=2)
+    assert np.isfinite(held).all() and np.allclose(held, cur)
+
+
+def test_prepare_view_matches_camera():
+    cam = Camera.look_at((1.0, 0.0, 0.8), (0.3, 0.0, 0.1), 50, 64, 64, name="front")
+    img = np.zeros((64, 64, 3), np.uint8)
+    out, cam2 = prepare_view(img, cam, 32)
+    assert out.shape == (32, 32, 3) and out.dtype == np.uint8 and cam2.width == 32
+    p = np.array([0.4, 0.05, 0.1])
+    np.testing.assert_allclose(cam2.project(p)[0], (cam.project(p)[0] + 0.5) / 2 - 0.5, atol=1e-9)
+
+
+# ---- end to end in the real sim ------------------------------------------------------------------------------------------
+def tiny_model() -> WorldActionModel:
+    torch.manual_seed(0)
+    return WorldActionModel(WAMConfig.from_preset("cpu-tiny"))
+
+
+def test_episode_end_to_end_in_real_sim():
+    from action_images.sim import make_env
+
+    env = make_env("reach_target", cameras=("front", "left", "right"), image_size=32)
+    try:
+        obs, _ = env.reset(seed=3)
+        policy = ActionImagesPolicy(tiny_model(), steps=2, execute_k=2)
+        for _ in range(5):
+            a = policy.act(obs, env.cameras)
+            assert a.shape == (8,) and np.isfinite(a).all()
+            obs, _, term, trunc, info = env.step(a)
+            assert "success" in info
+        ch = policy.last_chunk
+        V, H, R = 2, policy.horizon, policy.image_size
+        assert len(policy.chunks) == 3 and ch.view_names == ["front", "left"]
+        assert ch.future_rgb.shape == (V, H, R, R, 3) and ch.future_rgb.dtype == np.uint8
+        assert ch.future_act.shape == (V, H, R, R, 3) and 0 <= ch.future_act.min() <= ch.future_act.max() <= 1
+        assert ch.input_rgb.shape == (V, R, R, 3)
+        assert set(ch.timings) == {"observe", "generate", "decode", "chunk", "total"}
+        u = ch.uncertainty()
+        assert json.dumps(u) and u["decision"] == "execute" and u["invalid_keyframes"] == 0
+        # untrained = "nothing moves": the zero-initialised output copies the current frame, so the plan holds still
+        np.testing.assert_allclose(ch.actions[:, :3], np.broadcast_to(ch.current[:3], (2, 3)), atol=2e-3)
+    finally:
+        env.close()
+
+
+# ---- forced disagreement -------------------------------------------------------------------------------------------------
+@dataclass
+class StubModel:
+    """Returns action images of given keyframe poses; view 1 can see a shifted pose (the views then disagree)."""
+
+    targets: np.ndarray            # [H, 8]
+    shift: np.ndarray              # [H] metres added to z in view 1 only (not along an epipolar line)
+    config: SimpleNamespace = None
+    calls: int = 0
+
+    def __post_init__(self):
+        self.config = SimpleNamespace(image_size=32, stride=2, horizon=len(self.targets), num_views=2)
+
+    def eval(self):
+        return self
+
+    def sample(self, batch, task="policy", steps=1, cfg_scale=1.0, generator=None, method="euler"):
+        self.calls += 1
+        R = self.config.image_size
+        cams = [Camera(K=K, T_cam_world=T, width=R, height=R) for K, T in
+                zip(batch["K"][0].numpy(), batch["T_cam_world"][0].numpy())]
+        codec = ActionImageCodec()
+        act = batch["act"].clone()
+        for v, cam in enumerate(cams):
+            poses = self.targets.copy()
+            if v == 1:
+                poses[:, 2] += self.shift
+            img = torch.from_numpy(codec.encode(poses, [cam])[0]).permute(0, 3, 1, 2) * 2 - 1   # [H, 3, R, R]
+            act[0, v, 1:] = img
+        return SimpleNamespace(rgb=batch["rgb"].clone(), act=act)
+
+
+def fake_obs_and_cameras():
+    cams = [Camera.look_at(e, (0.45, 0.0, 0.15), 55, 32, 32, name=n)
+            for n, e in (("front", (1.3, 0.0, 0.7)), ("left", (0.5, 0.9, 0.7)))]
+    obs = {"images": {c.name: np.zeros((32, 32, 3), np.uint8) for c in cams}, "ee_pose": pose(0.45, 0.0, 0.15),
+           "instruction": "reach the red ball"}
+    return obs, cams
+
+
+TARGETS = np.stack([pose(0.47, 0.0, 0.15), pose(0.49, 0.0, 0.15), pose(0.51, 0.0, 0.15)])
+
+
+def test_agreeing_views_execute_the_chunk():
+    obs, cams = fake_obs_and_cameras()
+    pol = ActionImagesPolicy(StubModel(TARGETS, np.zeros(3)), execute_k=4)
+    ch = pol.plan(obs, cams)
+    assert ch.decision == "execute" and not ch.disagree.any() and ch.valid.all()
+    assert len(ch.actions) == 4
+    np.testing.assert_allclose(ch.actions[1, :3], TARGETS[0, :3], atol=2e-3)
+
+
+@pytest.mark.parametrize("mode", ["replan", "hold"])
+def test_disagreement_replan_executes_agreeing_prefix_hold_stays(mode):
+    obs, cams = fake_obs_and_cameras()
+    model = StubModel(TARGETS, np.array([0.0, 0.06, 0.06]))     # keyframe 1 agrees, 2 and 3 do not
+    pol = ActionImagesPolicy(model, execute_k=6, on_disagree=mode)
+    ch = pol.plan(obs, cams)
+    assert list(ch.disagree) == [False, True, True]
+    if mode == "replan":
+        assert ch.decision == "replan" and len(ch.actions) == 2     # only the segment to keyframe 1
+        np.testing.assert_allclose(ch.actions[-1, :3], TARGETS[0, :3], atol=2e-3)
+    else:
+        assert ch.decision == "hold" and len(ch.actions) == 6
+        np.testing.assert_allclose(ch.actions, np.repeat(ch.current[None], 6, 0))
+    assert model.calls == 1 and np.isfinite(ch.actions).all()
+
+
+def test_disagreement_on_first_keyframe_resamples_then_holds():
+    obs, cams = fake_obs_and_cameras()
+    model = StubModel(TARGETS, np.full(3, 0.06))
+    pol = ActionImagesPolicy(model, execute_k=4, on_disagree="replan", max_resamples=2)
+    ch = pol.plan(obs, cams)
+    assert model.calls == 3 and ch.samples == 3
+    assert ch.decision == "hold" and len(ch.actions) == 1 and np.allclose(ch.actions[0], ch.current)
+
+
+def test_nothing_decodes_holds_current_pose_never_nan():
+    obs, cams = fake_obs_and_cameras()
+    model = StubModel(TARGETS, np.zeros(3))
+    model.sample = lambda batch, **kw: SimpleNamespace(rgb=batch["rgb"], act=torch.full_like(batch["act"], -1.0))
+    pol = ActionImagesPolicy(model, execute_k=3)
+    pol.last_command = pose(0.4, 0.0, 0.2, g=0.0)
+    ch = pol.plan(obs, cams)
+    assert ch.decision == "hold_invalid" and not ch.valid.any()
+    assert np.isfinite(ch.actions).all() and len(ch.actions) == 3
+    assert ch.actions[0, 7] == 0.0                                   # holds the commanded gripper, not the measured
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="on_disagree"):
+        ActionImagesPolicy(StubModel(TARGETS, np.zeros(3)), on_disagree="panic")
+    with pytest.raises(ValueError, match="execute_k"):
+        ActionImagesPolicy(StubModel(TARGETS, np.zeros(3)), execute_k=100)
+
+
+def test_bench_policy_json(tmp_path):
+    from action_images.benchmarks import policy as bench
+
+    p = argparse.ArgumentParser()
+    bench.add_arguments(p)
+    out = tmp_path / "p.json"
+    args = p.parse_args(["--preset", "cpu-tiny", "--task", "reach_target", "--image-size", "32", "--steps", "1,2",
+                         "--replans", "1", "--threads", "1", "--json", str(out)])
+    assert bench.run(args) == 0
+    res = json.loads(out.read_text())
+    assert res["benchmark"] == "policy" and res["arguments"]["preset"] == "cpu-tiny" and res["seed"] == 0
+    assert [r["steps"] for r in res["results"]] == [1, 2]
+    assert all(r["latency"]["mean_ms"] > 0 for r in res["results"])
