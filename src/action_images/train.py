@@ -68,7 +68,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--compile", action="store_true", help="torch.compile the model (~1.3x on CPU after ~1 min)")
     o.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"], help="GPU only; fp32 on CPU")
     r = p.add_argument_group("running")
-    r.add_argument("--threads", type=int, default=None, help="torch threads per process (default: cores/procs)")
+    r.add_argument("--threads", type=int, default=None, help="torch threads per process (default: cores/procs, 1 if the machine is busy)")
     r.add_argument("--workers", type=int, default=0, help="data loader processes")
     r.add_argument("--log-every", type=int, default=10)
     r.add_argument("--checkpoint-every", type=int, default=500, help="steps")
@@ -114,6 +114,14 @@ class StepBatches(torch.utils.data.Sampler):
             base = (s * self.world + self.rank) * self.B
             yield list(range(base, base + self.B))
             s += 1
+
+
+def default_threads(processes: int = 1) -> int:
+    """Cores per process, but 1 when the machine is already busy: on a shared 2-core box two OpenMP threads that
+    get descheduled wait on each other at every barrier (measured 4x *slower* than one thread at load 7)."""
+    cores = os.cpu_count() or 1
+    busy = os.getloadavg()[0] > 0.5 * cores if hasattr(os, "getloadavg") else False
+    return 1 if busy else max(1, cores // processes)
 
 
 def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
@@ -243,7 +251,7 @@ def run(args: argparse.Namespace) -> int:
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=args.mixed_precision)
     world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
     if accelerator.device.type == "cpu":
-        torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 2) // world))
+        torch.set_num_threads(args.threads or default_threads(world))
     out = Path(args.out)
     cfg = build_config(args)
     args.batch_size = args.batch_size or PRESETS[args.preset]["batch_size"]

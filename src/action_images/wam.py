@@ -61,7 +61,7 @@ class WAMConfig:
     image_size: int = 48
     num_views: int = 2
     horizon: int = 4                               # future keyframes H; F = 1 + H frames
-    stride: int = 4                                # control steps between keyframes
+    stride: int = 2                                # control steps between keyframes
     task_mix: dict = field(default_factory=lambda: {"policy": 0.85, "world_model": 0.05, "labeler": 0.05,
                                                     "video": 0.05})
     p_drop_text: float = 0.1

@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup-steps", type=int, default=3)
     p.add_argument("--sample-steps", type=int, default=10, help="Euler steps per sampled chunk")
     p.add_argument("--sample-repeats", type=int, default=5)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=None, help="default: 2, or 1 when the machine is busy")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="write results here")
     p.add_argument("--in-process", action="store_true", help="measure in this process (peak memory is shared)")
@@ -101,6 +101,8 @@ def _child(q, kwargs):  # runs in a spawned process
 
 
 def run(args: argparse.Namespace) -> int:
+    from action_images.train import default_threads
+    args.threads = args.threads or default_threads()
     results = []
     for preset in [p for p in args.presets.split(",") if p]:
         kw = dict(preset=preset, batch_size=args.batch_size, steps=args.steps, warmup_steps=args.warmup_steps,

@@ -18,10 +18,10 @@ PRESETS: dict[str, dict[str, Any]] = {
                      image_size=32, num_views=2, horizon=2, stride=4, batch_size=4, text_vocab=512),
     # the default CPU preset: ~1.4 M parameters, 2 views x 5 frames x 36 patches = 360 tokens
     "cpu-small": dict(backbone=DiTConfig(width=128, depth=4, heads=4, patch=8, text_dim=128),
-                      image_size=48, num_views=2, horizon=4, stride=4, batch_size=8),
+                      image_size=48, num_views=2, horizon=4, stride=2, batch_size=8),
     # bigger CPU model: ~7.5 M parameters, same tokens; ~3x slower per step
     "cpu-base": dict(backbone=DiTConfig(width=256, depth=6, heads=8, patch=8, text_dim=256),
-                     image_size=48, num_views=2, horizon=4, stride=4, batch_size=8),
+                     image_size=48, num_views=2, horizon=4, stride=2, batch_size=8),
     # GPU sizes (not exercised on CPU): 4 views at 128 px, patch 8 -> 4 x 9 x 256 = 9216 tokens
     "gpu-s": dict(backbone=DiTConfig(width=384, depth=12, heads=6, patch=8, text_dim=384, max_frames=32),
                   image_size=128, num_views=4, horizon=8, stride=2, batch_size=32),
