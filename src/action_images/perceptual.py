@@ -65,7 +65,7 @@ class LPIPS(nn.Module):
         if missing:
             raise ValueError(f"{path}: not an LPIPS-AlexNet file (missing {missing[:4]}...); see action_images."
                              "perceptual for the expected keys")
-        net.load_state_dict(own)
+        net.load_state_dict(own, strict=False)          # shift/scale are constants, not in the file
         return net.eval()
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -102,7 +102,7 @@ def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
     """Fréchet distance between Gaussians fitted to ``[N, D]`` feature sets (as in FID/FVD)."""
     mu_a, mu_b = feats_a.mean(0), feats_b.mean(0)
     ca, cb = np.cov(feats_a, rowvar=False), np.cov(feats_b, rowvar=False)
-    covmean, _ = linalg.sqrtm(np.atleast_2d(ca) @ np.atleast_2d(cb), disp=False)
+    covmean = linalg.sqrtm(np.atleast_2d(ca) @ np.atleast_2d(cb))
     covmean = np.real(covmean)
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(np.atleast_2d(ca) + np.atleast_2d(cb) - 2 * covmean))
 
