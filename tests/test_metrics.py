@@ -98,6 +98,7 @@ def test_wilson_interval_and_json_safe():
     assert wilson_interval(0, 10) == pytest.approx((0.0, 0.27753), abs=1e-4)
     assert wilson_interval(10, 10) == pytest.approx((0.72247, 1.0), abs=1e-4)
     assert wilson_interval(5, 10) == pytest.approx((0.23659, 0.76341), abs=1e-4)
+    assert all(wilson_interval(0, n)[0] == 0.0 and wilson_interval(n, n)[1] == 1.0 for n in range(1, 40))
     safe = json_safe({"a": math.inf, "b": [np.float32(1.5), np.nan], "c": np.int64(3), "d": np.bool_(True)})
     assert json.loads(json.dumps(safe, allow_nan=False)) == {"a": None, "b": [1.5, None], "c": 3, "d": True}
 

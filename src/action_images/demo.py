@@ -36,6 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=6, help="sampler steps per chunk (default 6)")
     p.add_argument("--quick", action="store_true", help="CI mode: 1 task, 1 episode, 12 control steps, 2 sampler steps")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1, see action-images eval)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -69,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
     from action_images.benchmarks import args_dict, environment
     from action_images.wam import WorldActionModel
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     ckpt = find_checkpoint(args.checkpoint)
     tasks_spec = args.tasks.split(",")[0] if args.quick else args.tasks
     if ckpt is None or not (ckpt / "config.json").exists():
@@ -101,7 +104,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    torch.set_num_threads(torch.get_num_threads())
     parser = argparse.ArgumentParser(prog="action-images demo", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
     return run(parser.parse_args(argv))

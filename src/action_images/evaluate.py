@@ -61,7 +61,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--video-format", default="gif", choices=["gif", "mp4"])
     o.add_argument("--lpips-weights", default=None, help="local LPIPS weights (open-loop); else reported null")
     o.add_argument("--i3d-weights", default=None, help="local TorchScript I3D (open-loop FVD); else null")
-    o.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    o.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: on a shared 2-core machine 2 threads oversubscribe, ~10x slower)")
     o.add_argument("--no-progress", action="store_true")
 
 

@@ -135,7 +135,9 @@ def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tup
     den = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / den
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return max(0.0, centre - half), min(1.0, centre + half)
+    lo = 0.0 if successes == 0 else max(0.0, centre - half)        # exact ends (no float dust below 0 / above 1)
+    hi = 1.0 if successes == n else min(1.0, centre + half)
+    return lo, hi
 
 
 def json_safe(x: Any) -> Any:

@@ -43,8 +43,8 @@ def success_chart(path: Path, tasks: dict[str, dict[str, Any]], title: str = "cl
 
     names = list(tasks)
     rates = [100 * (tasks[t]["success_rate"] or 0.0) for t in names]
-    lo = [r - 100 * tasks[t]["success_ci95"][0] for r, t in zip(rates, names)]
-    hi = [100 * tasks[t]["success_ci95"][1] - r for r, t in zip(rates, names)]
+    lo = [max(0.0, r - 100 * tasks[t]["success_ci95"][0]) for r, t in zip(rates, names)]   # clip float dust
+    hi = [max(0.0, 100 * tasks[t]["success_ci95"][1] - r) for r, t in zip(rates, names)]
     fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(names) + 1.5), 3.6))
     ax.bar(range(len(names)), rates, yerr=[lo, hi], capsize=4, color="#4c72b0")
     ax.set_xticks(range(len(names)), names, rotation=30, ha="right")

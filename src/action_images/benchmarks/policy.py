@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", default="10", help="sampler steps, comma separated (e.g. 4,10)")
     p.add_argument("--cfg-scale", type=float, default=1.0)
     p.add_argument("--replans", type=int, default=20, help="timed replanning steps per setting (after 2 warm-up)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1; 0 = torch's default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="write results here")
 
