@@ -104,7 +104,8 @@ def compose_frame(obs: dict[str, Any], cameras: Sequence[Any], action: np.ndarra
         if chunk is not None and cam.name in chunk.view_names:
             j = chunk.view_names.index(cam.name)
             k = min(chunk.future_rgb.shape[1] - 1, step_in_chunk // stride)
-            gen = overlay(chunk.future_rgb[j, k], chunk.future_act[j, k])
+            act = chunk.future_act[j, k]
+            gen = overlay(chunk.future_rgb[j, k], np.where(act > 0.35, act, 0.0))   # hide the generated pedestal's noise
             tile = _upscale(gen, S)
         bottom.append(tile)
     return np.concatenate([np.concatenate(top, 1), np.concatenate(bottom, 1)], 0)

@@ -180,12 +180,14 @@ def _video_scores(gen: np.ndarray, real: np.ndarray, lpips_net: Any) -> dict[str
 
 
 def _summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean of each numeric leaf over windows (PSNR averaged over finite values; inf counted separately)."""
+    """Mean of each numeric leaf over windows (counts summed; PSNR over finite values, inf counted separately)."""
     out: dict[str, Any] = {}
     for k in rows[0]:
         vals = [r[k] for r in rows]
         if isinstance(vals[0], dict):
             out[k] = _summarise(vals)
+        elif k == "count":
+            out[k] = int(sum(v for v in vals if v is not None))
         elif k == "psnr":
             fin = [v for v in vals if v is not None and math.isfinite(v)]
             out[k] = float(np.mean(fin)) if fin else (math.inf if vals else None)
