@@ -241,7 +241,8 @@ def evaluate(model: Any, tasks: Sequence[str], episodes: int, out: str | Path, s
                                                       if any(r["latency_parts_s"][k] is not None for r in records)
                                                       else None)
                                                   for k in ("observe", "generate", "decode", "chunk")}},
-            "policy": {"views": policy_views or "first num_views of cameras", "horizon": policy.horizon,
+            "policy": {"views": list(policy.chunks[0].view_names) if policy.chunks else policy_views,
+                       "horizon": policy.horizon,
                        "execute_k": policy.execute_k, "stride": policy.stride, "steps": steps,
                        "cfg_scale": cfg_scale, "on_disagree": on_disagree, "gripper": gripper,
                        "model_image_size": cfg.image_size, "model_preset": cfg.preset,
