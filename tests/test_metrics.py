@@ -126,7 +126,7 @@ def test_lpips_and_frechet_distance_maths(tmp_path):
     assert frechet_distance(f, f + [1.0, 0, 0]) == pytest.approx(1.0, abs=1e-6)
 
 
-# ---- open loop on a tiny dataset ---------------------------------------------------------------------------------------
+# ---- open loop on a tiny dataset -------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_dataset(tmp_path_factory):
     import collect_fake_env as fake

@@ -59,7 +59,7 @@ def test_prepare_view_matches_camera():
     np.testing.assert_allclose(cam2.project(p)[0], (cam.project(p)[0] + 0.5) / 2 - 0.5, atol=1e-9)
 
 
-# ---- end to end in the real sim ------------------------------------------------------------------------------------------
+# ---- end to end in the real sim --------------------------------------------------------------------------------------
 def tiny_model() -> WorldActionModel:
     torch.manual_seed(0)
     return WorldActionModel(WAMConfig.from_preset("cpu-tiny"))
@@ -92,7 +92,7 @@ def test_episode_end_to_end_in_real_sim():
         env.close()
 
 
-# ---- forced disagreement -------------------------------------------------------------------------------------------------
+# ---- forced disagreement ---------------------------------------------------------------------------------------------
 @dataclass
 class StubModel:
     """Returns action images of given keyframe poses; view 1 can see a shifted pose (the views then disagree)."""

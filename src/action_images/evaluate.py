@@ -105,7 +105,7 @@ def compose_frame(obs: dict[str, Any], cameras: Sequence[Any], action: np.ndarra
             j = chunk.view_names.index(cam.name)
             k = min(chunk.future_rgb.shape[1] - 1, step_in_chunk // stride)
             act = chunk.future_act[j, k]
-            gen = overlay(chunk.future_rgb[j, k], np.where(act > 0.35, act, 0.0))   # hide the generated pedestal's noise
+            gen = overlay(chunk.future_rgb[j, k], np.where(act > 0.35, act, 0.0))   # hide generated pedestal noise
             tile = _upscale(gen, S)
         bottom.append(tile)
     return np.concatenate([np.concatenate(top, 1), np.concatenate(bottom, 1)], 0)

@@ -8,7 +8,8 @@ Definitions (ours, so numbers are comparable across runs):
   correction, per channel, mean over the interior (5 px border cropped, as scikit-image does), averaged over frames.
 * **Action 2D error** (px, model resolution): sub-pixel peak of each channel of a generated action image
   (``ActionImageCodec.peaks``) vs the true projection of that point (pos / nrm / up), over points whose true projection
-  is inside the image. **3D error**: decoded position vs truth (m), rotation (deg), gripper |Δg|, over decodable frames.
+  is inside the image. **3D error**: decoded position vs truth (m), rotation (deg), gripper |Δg|, over decodable
+  frames.
 * **Labeling** (video -> action): trajectory error = mean 3D position error over the clip's frames; 2D tracks are the
   (view, point) peak sequences. **Jaccard at δ px** follows TAP-Vid: a point is *predicted visible* if its peak height
   is >= the codec's ``min_confidence`` and *truly visible* if its projection is inside the image;

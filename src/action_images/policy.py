@@ -155,7 +155,7 @@ class ActionImagesPolicy:
         self.seed = int(seed)
         self.reset(seed)
 
-    # ---- episode state -------------------------------------------------------------------------------------------------
+    # ---- episode state -----------------------------------------------------------------------------------------------
     def reset(self, seed: int | None = None) -> None:
         """Forget the queued actions; reseed the sampler noise (``seed`` defaults to the constructor's)."""
         self.generator = torch.Generator().manual_seed(self.seed if seed is None else int(seed))
@@ -183,7 +183,7 @@ class ActionImagesPolicy:
             pose[7] = self.last_command[7]
         return pose
 
-    # ---- observe -> generate -> decode -> chunk ------------------------------------------------------------------------
+    # ---- observe -> generate -> decode -> chunk ----------------------------------------------------------------------
     def build_batch(self, obs: dict[str, Any], cameras: Sequence[Camera]) -> tuple[dict[str, Any], list[Camera],
                                                                                      list[str]]:
         """The model input for one observation, built by the training-window code path (batch of 1)."""
