@@ -27,11 +27,10 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy.spatial.transform import Rotation, Slerp
 
 from action_images.codec import ActionImageCodec, DecodeResult
-from action_images.data.windows import collate, finish_window
+from action_images.data.windows import center_box, collate, crop_resize, finish_window
 from action_images.geometry import Camera
 
 DISAGREE_CHOICES = ("replan", "hold")
@@ -71,20 +70,10 @@ class Chunk:
 
 
 def prepare_view(image: np.ndarray, cam: Camera, size: int) -> tuple[np.ndarray, Camera]:
-    """Centre square crop + resize of one view, camera updated to match.
-
-    Mirrors ``Windows.window(..., augment=False)`` (same crop, same antialiased bilinear resize, same rounding) so a
-    live observation is preprocessed exactly like an evaluation window. image uint8 [H, W, 3] -> uint8 [S, S, 3].
-    """
-    side = min(cam.width, cam.height)
-    x0, y0 = (cam.width - side) // 2, (cam.height - side) // 2
-    cam_out = cam.cropped(x0, y0, side, side).resized(size, size)
-    img = torch.from_numpy(np.ascontiguousarray(image[y0:y0 + side, x0:x0 + side]))[None]     # [1, s, s, 3]
-    if side != size:
-        img = F.interpolate(img.permute(0, 3, 1, 2).float(), size=(size, size), mode="bilinear", antialias=True,
-                            align_corners=False)
-        img = img.round().clamp(0, 255).permute(0, 2, 3, 1)
-    return img[0].to(torch.uint8).numpy(), cam_out
+    """Centre square crop + resize of one view, camera updated to match: exactly ``Windows.window(augment=False)``.
+    image uint8 [H, W, 3] -> uint8 [S, S, 3]."""
+    img, cam_out = crop_resize(image[None], cam, center_box(cam), size)
+    return img[0].numpy(), cam_out
 
 
 def interpolate_chunk(current: np.ndarray, keyframes: np.ndarray, valid: np.ndarray, stride: int,

@@ -53,6 +53,25 @@ def keyframe_times(t0: int, T: int, horizon: int, stride: int) -> np.ndarray:
     return np.minimum(t0 + stride * np.arange(horizon + 1), T - 1)
 
 
+def center_box(cam: Camera) -> tuple[int, int, int]:
+    """The centred square crop (x0, y0, side) of ``cam``'s image (the no-augmentation crop)."""
+    side = min(cam.width, cam.height)
+    return (cam.width - side) // 2, (cam.height - side) // 2, side
+
+
+def crop_resize(frames: np.ndarray, cam: Camera, box: tuple[int, int, int], size: int) -> tuple[torch.Tensor, Camera]:
+    """Crop ``frames [F, H, W, 3]`` uint8 to the square ``box`` and resize to ``size`` (antialiased bilinear, rounded),
+    with the camera updated to match. The one image path shared by training windows and the live policy."""
+    x0, y0, side = box
+    cam_out = cam.cropped(x0, y0, side, side).resized(size, size)
+    img = torch.from_numpy(np.ascontiguousarray(frames[:, y0:y0 + side, x0:x0 + side]))     # [F, s, s, 3] uint8
+    if side != size:
+        img = F.interpolate(img.permute(0, 3, 1, 2).float(), size=(size, size), mode="bilinear", antialias=True,
+                            align_corners=False)
+        img = img.round().clamp(0, 255).permute(0, 2, 3, 1).to(torch.uint8)
+    return img, cam_out
+
+
 def window_poses(states: np.ndarray, actions: np.ndarray, times: np.ndarray) -> np.ndarray:
     """[1 + H, 8] poses drawn as action images: the current state, then the targets that led to each keyframe."""
     poses = actions[np.maximum(times - 1, 0)].copy()
@@ -121,17 +140,8 @@ class Windows(Dataset):
         cams, frames = [], []
         for name in views:
             cam = ep.frame_cameras[name][t0] if ep.frame_cameras else ep.cameras[name]
-            if augment:
-                (x0, y0, side), cam_out = augment_camera(cam, rng, cfg)
-            else:
-                side = min(cam.width, cam.height)
-                x0, y0 = (cam.width - side) // 2, (cam.height - side) // 2
-                cam_out = cam.cropped(x0, y0, side, side).resized(cfg.image_size, cfg.image_size)
-            img = torch.from_numpy(ep.images[name][times, y0:y0 + side, x0:x0 + side])   # [F, s, s, 3] uint8
-            if side != cfg.image_size:
-                img = F.interpolate(img.permute(0, 3, 1, 2).float(), size=(cfg.image_size,) * 2, mode="bilinear",
-                                    antialias=True, align_corners=False)
-                img = img.round().clamp(0, 255).permute(0, 2, 3, 1)
+            box = augment_camera(cam, rng, cfg)[0] if augment else center_box(cam)
+            img, cam_out = crop_resize(ep.images[name][times], cam, box, cfg.image_size)       # [F, S, S, 3] uint8
             frames.append(img)
             cams.append(cam_out)
         poses = window_poses(ep.states, ep.actions, times)
