@@ -67,12 +67,16 @@ def evaluate(model: WorldActionModel, windows: Windows, episodes: list[int], sta
             grip_ok.extend(((np.nan_to_num(dec.poses[:, 7], nan=now[7]) > 0.5) == (truth[:, 7] > 0.5)).tolist())
             ps_model.append(psnr(out.rgb[j, :, 1:], b["rgb"][j, :, 1:]))
             ps_copy.append(psnr(b["rgb"][j, :, :1].expand_as(b["rgb"][j, :, 1:]), b["rgb"][j, :, 1:]))
+    by_k = np.asarray(err_model).reshape(-1, cfg.horizon)
+    still_k = np.asarray(err_still).reshape(-1, cfg.horizon)
     return {"windows": len(items), "keyframes": len(err_model), "views": names, "steps": steps,
             "cfg_scale": cfg_scale, "decode_valid_rate": float(np.mean(valid)),
             "pos_err_cm_median": 100 * float(np.median(err_model)),
             "pos_err_cm_mean": 100 * float(np.mean(err_model)),
             "still_baseline_cm_median": 100 * float(np.median(err_still)),
             "still_baseline_cm_mean": 100 * float(np.mean(err_still)),
+            "pos_err_cm_median_by_keyframe": (100 * np.median(by_k, axis=0)).round(3).tolist(),
+            "still_baseline_cm_median_by_keyframe": (100 * np.median(still_k, axis=0)).round(3).tolist(),
             "gripper_accuracy": float(np.mean(grip_ok)),
             "rgb_psnr_db": float(np.mean(ps_model)), "copy_frame_psnr_db": float(np.mean(ps_copy)),
             "seconds": time.perf_counter() - t_start}
