@@ -121,7 +121,7 @@ def test_loss_decreases_on_tiny_overfit_set():
         opt.zero_grad()
         out["loss"].backward()
         opt.step()
-        losses.append(float(out["loss"]))
+        losses.append(out["loss"].item())
     first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
     assert last < 0.5 * first, (first, last)
 
