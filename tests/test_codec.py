@@ -185,3 +185,20 @@ def test_overlay():
     assert (out != 100).any()
     with pytest.raises(ValueError, match="same shape"):
         overlay(rgb[:16], act)
+
+
+def test_decode_never_raises_on_degenerate_generated_images(rng):
+    """Generated images can be anything: blank, constant, pure noise, a blob in one view only."""
+    cams = tabletop_cameras(2, 48)
+    base = codec.encode(random_poses(3, seed=4), cams)
+    one_view = base.copy()
+    one_view[1, ..., 0] = 0.0                                   # q_pos seen by view 0 only
+    cases = {"zeros": np.zeros_like(base), "pedestal": np.full_like(base, 0.25), "one_view": one_view,
+             "noise": rng.uniform(0, 1, base.shape).astype(np.float32)}
+    for name, img in cases.items():
+        res = codec.decode(img, cams)
+        assert res.poses.shape == (3, 8), name
+        assert np.isfinite(res.poses[res.valid]).all(), name
+        assert np.isnan(res.poses[~res.valid]).all(), name
+    assert not codec.decode(one_view, cams).valid.any()
+    assert not codec.decode(cases["zeros"], cams).valid.any()

@@ -173,8 +173,7 @@ class ActionImageCodec:
         M = (w @ outer).reshape(V, T, 3, 4, 4)
         y = np.log(np.maximum(win, 1e-6)).astype(np.float64)
         rhs = (w * y) @ a                                          # [V, T, 3, 4]
-        M = M + np.eye(4) * (1e-9 * (M[..., 0, 0, None, None] + 1e-12))
-        coef = np.linalg.solve(M, rhs[..., None])[..., 0]
+        coef = _solve(M, rhs)
         c3 = coef[..., 3]
         ok = (c3 < -1e-6) & (use.sum(-1) >= 4)
         safe_c3 = np.where(ok, c3, -1.0)
@@ -267,8 +266,7 @@ class ActionImageCodec:
         A = np.nan_to_num(A)
         M = np.einsum("...vri,...vrj->...ij", A[..., :3] * ww, A[..., :3])
         b = -np.einsum("...vri,...vr->...i", A[..., :3] * ww, A[..., 3])
-        M = M + np.eye(3) * 1e-12
-        return np.linalg.solve(M, b[..., None])[..., 0]
+        return _solve(M, b)
 
     def _refine(self, X: np.ndarray, uv_t: np.ndarray, w: np.ndarray, K: np.ndarray, T_cw: np.ndarray) -> np.ndarray:
         """Gauss-Newton on the weighted reprojection error (a couple of iterations from the DLT start)."""
@@ -291,9 +289,9 @@ class ActionImageCodec:
             J = J_pc @ R                                                        # [..., V, 2, 3]
             ww = np.nan_to_num(w)[..., None, None]
             r = np.nan_to_num(r)
-            H = np.einsum("...vri,...vrj->...ij", J * ww, J) + np.eye(3) * 1e-9
+            H = np.einsum("...vri,...vrj->...ij", J * ww, J)
             g = np.einsum("...vri,...vr->...i", J * ww, r)
-            X = X - np.linalg.solve(H, g[..., None])[..., 0]
+            X = X - _solve(H, g)
         return X
 
     def _triangulate(self, uv_t, w, P, K, T_cw):
@@ -374,7 +372,7 @@ class ActionImageCodec:
         w = np.maximum(conf, 1e-3)[..., None]                                  # [N, 3, 1]
         cL = (w * L).sum(-2) / w.sum(-2)                                        # [N, 3]
         cX = (w * X).sum(-2) / w.sum(-2)
-        Hm = np.einsum("npi,npj->nij", w * (L - cL[:, None]), X - cX[:, None])  # [N, 3, 3]
+        Hm = np.nan_to_num(np.einsum("npi,npj->nij", w * (L - cL[:, None]), X - cX[:, None]))  # [N, 3, 3]
         U, _, Vt = np.linalg.svd(Hm)
         d = np.sign(np.linalg.det(np.swapaxes(Vt, -1, -2) @ np.swapaxes(U, -1, -2)))
         D = np.zeros_like(Hm)
@@ -383,6 +381,24 @@ class ActionImageCodec:
         R = np.swapaxes(Vt, -1, -2) @ D @ np.swapaxes(U, -1, -2)
         t = cX - np.einsum("nij,nj->ni", R, cL)
         return R, t
+
+
+def _solve(M: np.ndarray, b: np.ndarray, rel_eps: float = 1e-9) -> np.ndarray:
+    """Batched ``M x = b`` (``M [..., n, n]``, ``b [..., n]``) that never raises on degenerate systems.
+
+    A ridge of ``rel_eps`` times the mean diagonal keeps well-posed systems exact to ~1e-9; systems that are still
+    singular (e.g. a point seen by one view, or an all-zero generated image) get the least-squares (pseudo-inverse)
+    answer, which callers then mark invalid through their own checks (views used, fit quality).
+    """
+    n = M.shape[-1]
+    M = np.nan_to_num(M)
+    b = np.nan_to_num(b)
+    scale = np.abs(np.trace(M, axis1=-2, axis2=-1))[..., None, None] / n
+    M = M + np.eye(n) * (rel_eps * scale + 1e-300)
+    try:
+        return np.linalg.solve(M, b[..., None])[..., 0]
+    except np.linalg.LinAlgError:
+        return (np.linalg.pinv(M) @ b[..., None])[..., 0]
 
 
 def _bilinear(img: np.ndarray, uv: np.ndarray) -> np.ndarray:
