@@ -149,7 +149,11 @@ def test_real_dataset_windows_train_and_openloop(lerobot_root, tmp_path):
     with torch.no_grad():  # a fresh output layer = "nothing moves": the check must then equal its baseline
         model.backbone.out.weight.zero_()
         model.backbone.out.bias.zero_()
-    r = evaluate(model, ev, [0, 1], starts_per_episode=2, steps=2)
+    fig = tmp_path / "streams.png"
+    r = evaluate(model, ev, [0, 1], starts_per_episode=2, steps=2, figure=str(fig))
     assert r["decode_valid_rate"] == 1.0
+    import imageio.v3 as iio
+    grid = iio.imread(fig)                      # views x 4 rows (real/generated RGB, real/generated action) x F frames
+    assert grid.shape == (c.num_views * 4 * c.image_size * 3, c.frames * c.image_size * 3, 3)
     assert abs(r["pos_err_cm_median"] - r["still_baseline_cm_median"]) < 1e-3
     assert abs(r["rgb_psnr_db"] - r["copy_frame_psnr_db"]) < 1e-3

@@ -35,7 +35,8 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def evaluate(model: WorldActionModel, windows: Windows, episodes: list[int], starts_per_episode: int = 3,
              views: list[str] | None = None, steps: int = 10, cfg_scale: float = 1.0, seed: int = 0,
-             batch_size: int = 8) -> dict[str, Any]:
+             batch_size: int = 8, figure: str | None = None) -> dict[str, Any]:
+    """Scores over the windows; ``figure``: also save real vs generated streams of the first window there."""
     codec = ActionImageCodec()
     cfg = windows.cfg
     ds = windows.datasets[0]
@@ -52,6 +53,8 @@ def evaluate(model: WorldActionModel, windows: Windows, episodes: list[int], sta
     for k in range(0, len(items), batch_size):
         b = collate(items[k:k + batch_size])
         out = model.sample(b, "policy", steps=steps, cfg_scale=cfg_scale, generator=g)
+        if figure and k == 0:
+            save_figure(b, out, figure)
         for j in range(out.act.shape[0]):
             cams = [Camera(K=b["K"][j, v].numpy(), T_cam_world=b["T_cam_world"][j, v].numpy(),
                            width=cfg.image_size, height=cfg.image_size) for v in range(len(names))]
@@ -82,6 +85,30 @@ def evaluate(model: WorldActionModel, windows: Windows, episodes: list[int], sta
             "seconds": time.perf_counter() - t_start}
 
 
+def _to_uint8(x: torch.Tensor) -> np.ndarray:
+    """[..., 3, H, W] in [-1, 1] -> uint8 [..., H, W, 3]."""
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).movedim(-3, -1).numpy()
+
+
+def save_figure(batch: dict[str, Any], out: Any, path: str, item: int = 0, zoom: int = 3) -> None:
+    """Real vs generated streams of one window: per view, rows = real RGB, generated RGB, real action image over
+    the real frame, generated action image over the generated frame; columns = current frame + H keyframes."""
+    import imageio.v3 as iio
+
+    from action_images.codec import overlay
+
+    rows = []
+    real_rgb, gen_rgb = _to_uint8(batch["rgb"][item]), _to_uint8(out.rgb[item])          # [V, F, H, W, 3]
+    real_act, gen_act = _to_uint8(batch["act"][item]), _to_uint8(out.act[item])
+    for v in range(real_rgb.shape[0]):
+        for img in (real_rgb[v], gen_rgb[v], overlay(real_rgb[v], real_act[v]), overlay(gen_rgb[v], gen_act[v])):
+            rows.append(np.concatenate(list(img), axis=1))                                   # [H, F*W, 3]
+    grid = np.concatenate(rows, axis=0)
+    grid = grid.repeat(zoom, axis=0).repeat(zoom, axis=1)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    iio.imwrite(path, grid)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m action_images.openloop", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="run dir or save_pretrained dir")
@@ -94,15 +121,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=None)
+    p.add_argument("--figure", default=None, help="PNG of real vs generated streams of the first window")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = WorldActionModel.from_pretrained(args.checkpoint).eval()
     c = model.config
     windows = Windows([args.data], WindowConfig(image_size=c.image_size, num_views=c.num_views, horizon=c.horizon,
                                                 stride=c.stride), seed=args.seed)
-    n = min(args.episodes, windows.datasets[0].num_episodes)
-    res = evaluate(model, windows, list(range(n)), args.starts, args.views.split(",") if args.views else None,
-                   args.steps, args.cfg_scale, args.seed)
+    total = windows.datasets[0].num_episodes
+    n = min(args.episodes, total)
+    episodes = sorted({int(i) for i in np.linspace(0, total - 1, n).round()})   # spread over tasks and seeds
+    res = evaluate(model, windows, episodes, args.starts, args.views.split(",") if args.views else None,
+                   args.steps, args.cfg_scale, args.seed, figure=args.figure)
     res = {"command": "python -m action_images.openloop " + " ".join(argv or sys.argv[1:]), "args": vars(args),
            "seed": args.seed, **res}
     print(json.dumps(res, indent=2))
