@@ -28,6 +28,9 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/action-images bench codec --json bench/results/codec.json
+	$(BIN)/action-images bench sim --json bench/results/sim.json
+	$(BIN)/action-images bench train --json bench/results/train.json
+	$(BIN)/action-images bench policy --json bench/results/policy.json
 
 # The shipped checkpoint's recipe (docs/results.md): 6 tasks x 150 expert demos, then cpu-small for CKPT_STEPS steps
 # (the step count its 60-minute run reached; a fixed step count makes the run reproducible bit-for-bit).
