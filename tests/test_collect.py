@@ -117,6 +117,21 @@ def test_resume_with_other_settings_is_refused(tmp_path, capsys):
     assert LeRobotDataset(out).num_episodes == 2
 
 
+def test_hold_steps_record_frames_after_success(tmp_path, capsys):
+    """--hold-steps N: successful episodes go on for N more expert frames; the count is stored per episode."""
+    assert collect.run(args_for(tmp_path / "a", "--task", "reach_fake", "--episodes", "3")) == 0
+    assert collect.run(args_for(tmp_path / "b", "--task", "reach_fake", "--episodes", "3", "--hold-steps", "3")) == 0
+    a, b = LeRobotDataset(tmp_path / "a"), LeRobotDataset(tmp_path / "b")
+    for i in range(3):
+        assert b.episode_info(i)["extra/hold_steps"] == 3 and a.episode_info(i)["extra/hold_steps"] == 0
+        ea, eb = a.episode(i), b.episode(i)
+        assert len(eb) == len(ea) + 3
+        np.testing.assert_array_equal(eb.actions[:len(ea)], ea.actions)   # same rollout, then the hold
+    assert collect.run(args_for(tmp_path / "b", "--task", "reach_fake", "--episodes", "4", "--resume")) == 2
+    assert "hold_steps: was 3, now 0" in capsys.readouterr().err
+    assert collect.run(args_for(tmp_path / "c", "--hold-steps", "-1")) == 2
+
+
 def test_bad_arguments(tmp_path, capsys):
     assert collect.run(args_for(tmp_path / "d", "--task", "nope")) == 2
     assert "choose from" in capsys.readouterr().err

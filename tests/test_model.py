@@ -196,3 +196,27 @@ def test_external_text_encoder_hook(tmp_path):
     with pytest.raises(RuntimeError, match="text_fn"):
         WorldActionModel.from_pretrained(tmp_path).encode_text(["x"])
     assert WorldActionModel.from_pretrained(tmp_path, text_fn=fn).encode_text(["x"])[0].shape == (1, 3, 32)
+
+
+def test_act_peak_weight_scores_blob_pixels_more():
+    """The blob weight raises the loss only where the target action image has a blob; 0 is the uniform loss."""
+    ds = SyntheticWindows(WindowConfig(image_size=32, num_views=2, horizon=2, stride=4), seed=0, num_scenes=2)
+    batch = collate([ds[0], ds[1]])
+    torch.manual_seed(0)
+    m = WorldActionModel(WAMConfig.from_preset("cpu-tiny", act_peak_weight=0.0))
+    with torch.no_grad():
+        m.backbone.out.bias.fill_(0.1)          # a nonzero error everywhere
+    loss = lambda: m(batch, torch.Generator().manual_seed(3), tasks=["labeler"] * 2)["loss"].item()  # noqa: E731
+    uniform = loss()
+    m.config.act_peak_weight = 10.0
+    weighted = loss()
+    assert weighted > uniform * 1.05
+
+
+def test_old_checkpoint_config_without_new_keys_loads(tmp_path):
+    m = tiny()
+    m.save_pretrained(tmp_path)
+    meta = json.loads((tmp_path / "config.json").read_text())
+    del meta["config"]["act_peak_weight"]
+    (tmp_path / "config.json").write_text(json.dumps(meta))
+    assert WorldActionModel.from_pretrained(tmp_path).config.act_peak_weight == 0.0

@@ -157,3 +157,22 @@ def test_real_dataset_windows_train_and_openloop(lerobot_root, tmp_path):
     assert grid.shape == (c.num_views * 4 * c.image_size * 3, c.frames * c.image_size * 3, 3)
     assert abs(r["pos_err_cm_median"] - r["still_baseline_cm_median"]) < 1e-3
     assert abs(r["rgb_psnr_db"] - r["copy_frame_psnr_db"]) < 1e-3
+
+
+def test_windows_start_before_the_hold(tmp_path):
+    """Frames recorded after success (``extra/hold_steps``) are only ever future keyframes, never start frames."""
+    from action_images.data import DatasetWriter
+    from action_images.data.windows import Windows
+    syn = SyntheticWindows(WindowConfig(), seed=1, num_cameras=2, episode_len=10, native_size=32)
+    ep = syn.episode(0)
+    images = {c.name: np.stack([syn.render(c, s, ep["cube"], ep["color"], 0.0) for s in ep["states"]])
+              for c in syn.cameras}
+    with DatasetWriter(tmp_path / "d", fps=10, cameras=syn.cameras, image_size=(32, 32)) as w:
+        w.add_episode(instruction=ep["instruction"], actions=ep["actions"], states=ep["states"], images=images,
+                      extra={"hold_steps": 6})
+    ds = Windows([str(tmp_path / "d")], WindowConfig(image_size=32, num_views=2, horizon=2, stride=2), seed=0)
+    assert ds.num_starts(0, 0) == 4
+    starts = {int(ds[k]["t0"]) for k in range(60)}
+    assert starts == {0, 1, 2, 3}
+    w = ds.window(0, 0, 3, np.random.default_rng(0), augment=False)       # keyframes 5 and 7 lie in the hold
+    np.testing.assert_allclose(w["poses"][1:].numpy(), ep["actions"][[4, 6]])

@@ -224,8 +224,7 @@ def evaluate_open_loop(model: Any, data_root: str, episodes: Sequence[int] | Non
     rng = np.random.default_rng(seed)
     windows = []
     for i in episodes:
-        T = ds.episode_lengths[i]
-        last = max(0, T - 1 - cfg.stride)
+        last = max(0, data.num_starts(0, int(i)) - 1 - cfg.stride)
         for t0 in np.unique(np.linspace(0, last, windows_per_episode).round().astype(int)):
             windows.append(data.window(0, int(i), int(t0), rng, views=names, augment=False))
     codec = data.codec

@@ -43,8 +43,8 @@ def evaluate(model: WorldActionModel, windows: Windows, episodes: list[int], sta
     names = views or list(ds.camera_names[:cfg.num_views])
     items = []
     for i in episodes:
-        T = ds.episode_lengths[i]
-        for t0 in np.linspace(0, max(0, T - 2), starts_per_episode).round().astype(int):
+        n0 = windows.num_starts(0, i)
+        for t0 in np.linspace(0, max(0, n0 - 2), starts_per_episode).round().astype(int):
             items.append(windows.window(0, i, int(t0), np.random.default_rng([seed, i, int(t0)]), views=names,
                                         augment=False))
     err_model, err_still, grip_ok, ps_model, ps_copy, valid = [], [], [], [], [], []

@@ -59,6 +59,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--p-drop-text", type=float, default=None, help="instruction dropout for CFG (default 0.1)")
     g.add_argument("--t-mean", type=float, default=None,
                    help="mean of the logit-normal training t (default 0; > 0 trains more at high noise)")
+    g.add_argument("--act-peak-weight", type=float, default=None,
+                   help="extra loss weight on the action images' blob pixels (default 10; 0 = uniform)")
     g.add_argument("--camera-names", default=None, help="restrict to these cameras (comma separated)")
     o = p.add_argument_group("optimisation")
     o.add_argument("--batch-size", type=int, default=None, help="per process (default: the preset's)")
@@ -92,7 +94,8 @@ def build_config(args: argparse.Namespace) -> WAMConfig:
             raise ValueError(f"--task-mix: unknown tasks {sorted(bad)}; known {TASK_NAMES}")
     return WAMConfig.from_preset(args.preset, image_size=args.image_size, num_views=args.views,
                                  horizon=args.horizon, stride=args.stride, task_mix=mix,
-                                 p_drop_text=args.p_drop_text, t_mean=getattr(args, "t_mean", None))
+                                 p_drop_text=args.p_drop_text, t_mean=getattr(args, "t_mean", None),
+                                 act_peak_weight=getattr(args, "act_peak_weight", None))
 
 
 def build_dataset(args: argparse.Namespace, cfg: WAMConfig):

@@ -18,7 +18,8 @@ Flow matching: x_t = (1 - t) x0 + t eps. The network predicts the clean clip *re
 same view and stream (x0_hat = x0[frame 0] + out where frame 0 of that stream is given, else out): the zero output
 is "nothing moves", the baseline every lesson in design §5 says to start from. Velocity for the loss and the ODE:
 v_hat = (x_t - x0_hat) / max(t, t_eps), target eps - x0; the loss is over generated elements only, with the action
-stream weighted ``action_loss_weight`` (x4).
+stream weighted ``action_loss_weight`` (x4), and within it the pixels of the target's Gaussian blobs weighted up to
+``1 + act_peak_weight`` more (the blobs are ~6 % of an action image, yet they are all the decoder reads).
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ TASKS: dict[str, dict[str, tuple[int, int]]] = {
 TASK_NAMES = tuple(TASKS)
 FORMAT = "action-images-wam"
 FORMAT_VERSION = 1
+# config keys added after format v1 shipped -> the value that reproduces the older behaviour
+ADDED_KEYS: dict[str, Any] = {"act_peak_weight": 0.0}
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 
@@ -70,6 +73,7 @@ class WAMConfig:
     t_mean: float = 0.0                            # logit-normal training timesteps
     t_std: float = 1.0
     predict: str = "x_rel"                         # "x_rel" (clean clip relative to the current frame) or "x"
+    act_peak_weight: float = 10.0                  # extra loss weight on action-image blob pixels (0: uniform)
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "WAMConfig":
@@ -95,6 +99,7 @@ class WAMConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "WAMConfig":
+        d = {**ADDED_KEYS, **d}   # checkpoints from before a key existed trained with its "off" value
         names = {f.name for f in fields(cls)}
         unknown, missing = sorted(set(d) - names), sorted(names - set(d))
         if unknown or missing:
@@ -192,6 +197,11 @@ class WorldActionModel(nn.Module):
 
         gen = (cs == GEN).float()
         w = torch.tensor([1.0] * 3 + [cfg.action_loss_weight] * 3, device=dev).view(1, 1, 1, 6, 1, 1)
+        if cfg.act_peak_weight:
+            heat = (act + 1.0) / 2.0                                          # [B, V, F, 3, H, W] in [0, 1]
+            blob = ((heat - 0.25) / 0.75).clamp(0.0, 1.0).amax(dim=3, keepdim=True)   # [B, V, F, 1, H, W]
+            w_act = (1.0 + cfg.act_peak_weight * blob).expand(-1, -1, -1, 3, -1, -1)
+            w = w * torch.cat([torch.ones_like(w_act), w_act], dim=3)         # [B, V, F, 6, H, W]
         hw = x0.shape[-1] * x0.shape[-2]
         n_gen = (gen.sum() * hw).clamp_min(1.0)
         loss = (err * gen * w).sum() / n_gen

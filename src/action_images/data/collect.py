@@ -27,7 +27,7 @@ from .lerobot_format import COLLECT_PATH, DEFAULT_CRF, INFO_PATH, atomic_write_j
 from .lerobot_writer import DatasetWriter
 
 DEFAULT_CAMERAS = "front,left,right,top"
-RESUME_KEYS = ("seed", "cameras", "image_size", "perturb_cameras", "keep_failed")  # must match to continue a run
+RESUME_KEYS = ("seed", "cameras", "image_size", "perturb_cameras", "keep_failed", "hold_steps")  # must match to continue a run
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -44,6 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-attempts", type=int, default=None,
                    help="give up on a task after this many attempts (default 3 x episodes + 10)")
     p.add_argument("--video-crf", type=int, default=DEFAULT_CRF, help="H.264 crf (0 = lossless YUV, default)")
+    p.add_argument("--hold-steps", type=int, default=0,
+                   help="keep recording this many expert steps after success (default 0: stop at success); "
+                        "they give training windows real future keyframes instead of the clipped last frame")
 
 
 def episode_seed(base_seed: int, task: str, attempt: int) -> int:
@@ -66,21 +69,26 @@ class Recorded:
     images: dict[str, np.ndarray]
     cameras: dict[str, list[Camera]]
     success: bool
+    hold_steps: int = 0   # frames recorded after the first success (at the end of the episode)
 
     def cameras_move(self) -> bool:
         return any(not (np.array_equal(c.K, seq[0].K) and np.array_equal(c.T_cam_world, seq[0].T_cam_world))
                    for seq in self.cameras.values() for c in seq)
 
 
-def run_episode(env: Any, seed: int, camera_names: list[str]) -> Recorded:
-    """Roll the expert out from ``reset(seed)``; frame t = (images_t, ee_pose_t, calibration_t, expert action_t)."""
+def run_episode(env: Any, seed: int, camera_names: list[str], hold_steps: int = 0) -> Recorded:
+    """Roll the expert out from ``reset(seed)``; frame t = (images_t, ee_pose_t, calibration_t, expert action_t).
+
+    The episode ends at success (or the task's step limit); with ``hold_steps`` > 0 the expert goes on for that many
+    more recorded steps after the first success (the env keeps stepping past ``terminated``)."""
     obs, info = env.reset(seed=seed)
     instruction = str(obs["instruction"])
     imgs: dict[str, list[np.ndarray]] = {c: [] for c in camera_names}
     cams: dict[str, list[Camera]] = {c: [] for c in camera_names}
     states, actions = [], []
     success = bool(info.get("success", False))
-    for _ in range(int(env.max_steps)):
+    held = 0
+    for _ in range(int(env.max_steps) + int(hold_steps)):
         for c in camera_names:
             imgs[c].append(np.array(obs["images"][c], dtype=np.uint8, copy=True))
         for c, cam in zip(camera_names, env.cameras):
@@ -88,12 +96,14 @@ def run_episode(env: Any, seed: int, camera_names: list[str]) -> Recorded:
         states.append(np.asarray(obs["ee_pose"], dtype=np.float64).copy())
         a = np.asarray(env.expert_action(), dtype=np.float64).copy()
         actions.append(a)
+        if success:
+            held += 1
         obs, _, terminated, truncated, info = env.step(a)
         success = success or bool(info.get("success", False))
-        if terminated or truncated:
+        if (success and held >= hold_steps) or (truncated and not success):
             break
     return Recorded(instruction, np.stack(actions), np.stack(states), {c: np.stack(v) for c, v in imgs.items()},
-                    cams, success)
+                    cams, success, held)
 
 
 @dataclass
@@ -146,18 +156,19 @@ def run(args: argparse.Namespace) -> int:
     cameras = [c.strip() for c in args.cameras.split(",") if c.strip()]
     if not cameras or len(set(cameras)) != len(cameras):
         return _fail(f"--cameras needs distinct names; got {args.cameras!r}")
-    if args.episodes < 1 or args.image_size < 8 or args.seed < 0:
-        return _fail("--episodes must be >= 1, --image-size >= 8 and --seed >= 0")
+    if args.episodes < 1 or args.image_size < 8 or args.seed < 0 or args.hold_steps < 0:
+        return _fail("--episodes must be >= 1, --image-size >= 8, --seed >= 0 and --hold-steps >= 0")
     out = Path(args.out)
     config = {"seed": int(args.seed), "cameras": cameras, "image_size": int(args.image_size),
-              "perturb_cameras": bool(args.perturb_cameras), "keep_failed": bool(args.keep_failed)}
+              "perturb_cameras": bool(args.perturb_cameras), "keep_failed": bool(args.keep_failed),
+              "hold_steps": int(args.hold_steps)}
     ds = None
     if (out / INFO_PATH).exists():
         if not args.resume:
             return _fail(f"{out} already holds a dataset; pass --resume to continue it or choose another --out")
         prev = read_json(out / COLLECT_PATH, "collection record") if (out / COLLECT_PATH).exists() else {}
-        diff = {k: (prev.get("config", {}).get(k), config[k]) for k in RESUME_KEYS
-                if prev.get("config", {}).get(k) != config[k]}
+        before = {"hold_steps": 0, **prev.get("config", {})}   # datasets from before --hold-steps held 0
+        diff = {k: (before.get(k), config[k]) for k in RESUME_KEYS if before.get(k) != config[k]}
         if diff:
             return _fail(f"--resume with different settings than {out / COLLECT_PATH}: "
                          + ", ".join(f"{k}: was {a!r}, now {b!r}" for k, (a, b) in diff.items()))
@@ -189,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
             env = envs[task]
             k = progress.next_attempt[task]
             seed = episode_seed(args.seed, task, k)
-            rec = run_episode(env, seed, cameras)
+            rec = run_episode(env, seed, cameras, args.hold_steps)
             progress.next_attempt[task] = k + 1
             if rec.success or args.keep_failed:
                 if writer is None:
@@ -200,7 +211,8 @@ def run(args: argparse.Namespace) -> int:
                     atomic_write_json(out / COLLECT_PATH, {**record, "status": "running"})
                 writer.add_episode(instruction=rec.instruction, actions=rec.actions, states=rec.states,
                                    images=rec.images, cameras=rec.cameras,
-                                   extra={"task_name": task, "attempt": k, "seed": seed, "success": rec.success})
+                                   extra={"task_name": task, "attempt": k, "seed": seed, "success": rec.success,
+                                          "hold_steps": rec.hold_steps})
                 progress.stored[task] += 1
                 progress.failed_stored[task] += 0 if rec.success else 1
                 new_frames += len(rec.actions)

@@ -101,6 +101,7 @@ class Windows(Dataset):
         self.datasets = [LeRobotDataset(r, cache_size=cache_episodes) for r in roots]
         self._episodes: dict[tuple[int, int], Any] = {}   # decoded episodes (64 px x 4 views x 13 frames ~ 0.6 MB)
         self.cache_episodes = int(cache_episodes)
+        self._n_starts: dict[tuple[int, int], int] = {}
         self.index = [(d, i) for d, ds in enumerate(self.datasets) for i in range(ds.num_episodes)]
         if not self.index:
             raise ValueError(f"no episodes in {list(roots)}")
@@ -121,9 +122,23 @@ class Windows(Dataset):
         d, i = self.index[int(rng.integers(len(self.index)))]
         return self.window(d, i, int(rng.integers(1 << 30)), rng)
 
+    def _starts(self, d: int, i: int) -> int:
+        key = (d, i)
+        if key not in self._n_starts:
+            self._n_starts[key] = self.num_starts(d, i)
+        return self._n_starts[key]
+
+    def num_starts(self, d: int, i: int) -> int:
+        """Start frames of episode ``i`` of dataset ``d``: every frame up to the first success. Frames recorded
+        after it (``collect --hold-steps``, stored as ``extra/hold_steps``) only ever serve as future keyframes."""
+        ds = self.datasets[d]
+        T = int(ds.episode_lengths[i])
+        hold = int(ds.episode_info(i).get("extra/hold_steps") or 0)
+        return max(1, T - hold)
+
     def window(self, d: int, i: int, t0: int | None, rng: np.random.Generator,
                views: Sequence[str] | None = None, augment: bool = True) -> dict[str, Any]:
-        """The window of episode ``i`` of dataset ``d`` starting at ``t0`` (taken modulo the episode length)."""
+        """The window of episode ``i`` of dataset ``d`` starting at ``t0`` (taken modulo :meth:`num_starts`)."""
         cfg, ds = self.cfg, self.datasets[d]
         ep = self._episodes.get((d, i))
         if ep is None:
@@ -131,8 +146,8 @@ class Windows(Dataset):
             if len(self._episodes) >= self.cache_episodes:
                 self._episodes.pop(next(iter(self._episodes)))
             self._episodes[(d, i)] = ep
-        T = len(ep)
-        t0 = int(t0 % T) if t0 is not None else int(rng.integers(T))
+        T, n0 = len(ep), self._starts(d, i)
+        t0 = int(t0 % n0) if t0 is not None else int(rng.integers(n0))
         names = [c for c in ds.camera_names if cfg.views is None or c in cfg.views]
         if views is None:
             views = [names[j] for j in rng.permutation(len(names))[:cfg.num_views]]
