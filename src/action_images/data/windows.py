@@ -122,19 +122,14 @@ class Windows(Dataset):
         d, i = self.index[int(rng.integers(len(self.index)))]
         return self.window(d, i, int(rng.integers(1 << 30)), rng)
 
-    def _starts(self, d: int, i: int) -> int:
-        key = (d, i)
-        if key not in self._n_starts:
-            self._n_starts[key] = self.num_starts(d, i)
-        return self._n_starts[key]
-
     def num_starts(self, d: int, i: int) -> int:
         """Start frames of episode ``i`` of dataset ``d``: every frame up to the first success. Frames recorded
         after it (``collect --hold-steps``, stored as ``extra/hold_steps``) only ever serve as future keyframes."""
-        ds = self.datasets[d]
-        T = int(ds.episode_lengths[i])
-        hold = int(ds.episode_info(i).get("extra/hold_steps") or 0)
-        return max(1, T - hold)
+        if (d, i) not in self._n_starts:
+            ds = self.datasets[d]
+            hold = int(ds.episode_info(i).get("extra/hold_steps") or 0)
+            self._n_starts[(d, i)] = max(1, int(ds.episode_lengths[i]) - hold)
+        return self._n_starts[(d, i)]
 
     def window(self, d: int, i: int, t0: int | None, rng: np.random.Generator,
                views: Sequence[str] | None = None, augment: bool = True) -> dict[str, Any]:
@@ -146,7 +141,7 @@ class Windows(Dataset):
             if len(self._episodes) >= self.cache_episodes:
                 self._episodes.pop(next(iter(self._episodes)))
             self._episodes[(d, i)] = ep
-        T, n0 = len(ep), self._starts(d, i)
+        T, n0 = len(ep), self.num_starts(d, i)
         t0 = int(t0 % n0) if t0 is not None else int(rng.integers(n0))
         names = [c for c in ds.camera_names if cfg.views is None or c in cfg.views]
         if views is None:
