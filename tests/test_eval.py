@@ -59,7 +59,8 @@ def eval_run(checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval") / "out"
     args = parse(evaluate, ["--checkpoint", str(checkpoint), "--tasks", "reach_target,press_button", "--episodes",
                             "2", "--out", str(out), "--image-size", "32", "--steps", "1", "--max-steps", "4",
-                            "--videos", "1", "--seed", "7", "--no-progress", "--threads", "1"])
+                            "--videos", "1", "--seed", "7", "--no-progress", "--threads", "1",
+                            "--disagree-px", "2.5"])
     assert evaluate.run(args) == 0
     return out
 
@@ -73,6 +74,7 @@ def test_eval_writes_valid_metrics_and_report(eval_run):
         assert m["latency"]["count"] >= 2 and m["latency"]["p95_ms"] >= m["latency"]["p50_ms"] > 0
         assert m["mean_episode_length"] <= 4
     assert metrics["overall"]["episodes"] == 4 and metrics["open_loop"] is None
+    assert metrics["policy"]["disagree_px"] == 2.5
     seeds = [e["seed"] for e in metrics["episodes"]]
     assert len(set(seeds)) == 4
     assert seeds[:2] == [evaluate.episode_seed(7, "reach_target", k) for k in range(2)]
@@ -93,6 +95,9 @@ def test_eval_rejects_bad_input(checkpoint, tmp_path, capsys):
                                          str(tmp_path)])) == 2
     assert "unknown task" in capsys.readouterr().err
     assert evaluate.run(parse(evaluate, ["--checkpoint", str(tmp_path / "none"), "--out", str(tmp_path)])) == 2
+    assert evaluate.run(parse(evaluate, ["--checkpoint", str(checkpoint), "--out", str(tmp_path),
+                                         "--disagree-px", "0"])) == 2
+    assert "--disagree-px" in capsys.readouterr().err
 
 
 def test_perturbed_cameras_episode_seeds_are_reproducible(checkpoint, tmp_path):

@@ -54,6 +54,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--horizon", type=int, default=None, help="keyframes per chunk (default: the model's)")
     g.add_argument("--execute-k", type=int, default=None, help="control steps executed per chunk")
     g.add_argument("--on-disagree", default="replan", choices=DISAGREE_CHOICES)
+    g.add_argument("--disagree-px", type=float, default=None,
+                   help="views disagree above this RMS reprojection error, in model pixels (default 0.5 sigma)")
     g.add_argument("--gripper", default="linear", choices=GRIPPER_MODES)
     g.add_argument("--max-steps", type=int, default=None, help="cap on episode length (default: the task's)")
     o = p.add_argument_group("output")
@@ -185,7 +187,7 @@ def evaluate(model: Any, tasks: Sequence[str], episodes: int, out: str | Path, s
              image_size: int = 64, perturb_cameras: bool = False, steps: int = 10, cfg_scale: float = 1.0,
              horizon: int | None = None, execute_k: int | None = None, on_disagree: str = "replan",
              gripper: str = "linear", max_steps: int | None = None, videos: int = 2, video_format: str = "gif",
-             progress: bool = True) -> dict[str, Any]:
+             progress: bool = True, disagree_px: float | None = None) -> dict[str, Any]:
     """Closed-loop rollouts of every task; writes videos under ``out/videos``; returns the metrics dict."""
     from tqdm import tqdm
 
@@ -193,9 +195,12 @@ def evaluate(model: Any, tasks: Sequence[str], episodes: int, out: str | Path, s
 
     out = Path(out)
     (out / "videos").mkdir(parents=True, exist_ok=True)
+    if disagree_px is not None and not disagree_px > 0:
+        raise ValueError(f"disagree_px must be > 0; got {disagree_px}")
     codec = ActionImageCodec()
     policy = ActionImagesPolicy(model, camera_names=policy_views, horizon=horizon, execute_k=execute_k, steps=steps,
-                                cfg_scale=cfg_scale, on_disagree=on_disagree, gripper=gripper, seed=seed)
+                                cfg_scale=cfg_scale, on_disagree=on_disagree, gripper=gripper, seed=seed,
+                                codec=ActionImageCodec(reject_px=disagree_px))
     per_task: dict[str, Any] = {}
     records: list[dict[str, Any]] = []
     video_paths: dict[str, list[str]] = {}
@@ -245,6 +250,8 @@ def evaluate(model: Any, tasks: Sequence[str], episodes: int, out: str | Path, s
                        "horizon": policy.horizon,
                        "execute_k": policy.execute_k, "stride": policy.stride, "steps": steps,
                        "cfg_scale": cfg_scale, "on_disagree": on_disagree, "gripper": gripper,
+                       "disagree_px": policy.codec.reject_px or 0.5 * policy.codec.sigma(cfg.image_size,
+                                                                                          cfg.image_size),
                        "model_image_size": cfg.image_size, "model_preset": cfg.preset,
                        "model_parameters": int(sum(p.numel() for p in model.parameters()))},
             "episodes": [{k: v for k, v in r.items() if k != "latency_s"} for r in records],
@@ -273,8 +280,8 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"action-images eval: {e}", file=sys.stderr)
         return 2
-    if args.episodes < 1:
-        print("action-images eval: --episodes must be >= 1", file=sys.stderr)
+    if args.episodes < 1 or (args.disagree_px is not None and not args.disagree_px > 0):
+        print("action-images eval: --episodes must be >= 1 and --disagree-px > 0", file=sys.stderr)
         return 2
     out = Path(args.out)
     t0 = time.perf_counter()
@@ -285,7 +292,8 @@ def run(args: argparse.Namespace) -> int:
         policy_views=args.policy_views.split(",") if args.policy_views else None, image_size=args.image_size,
         perturb_cameras=args.perturb_cameras, steps=args.steps, cfg_scale=args.cfg_scale, horizon=args.horizon,
         execute_k=args.execute_k, on_disagree=args.on_disagree, gripper=args.gripper, max_steps=args.max_steps,
-        videos=args.videos, video_format=args.video_format, progress=not args.no_progress))
+        videos=args.videos, video_format=args.video_format, progress=not args.no_progress,
+        disagree_px=args.disagree_px))
     metrics["open_loop"] = None
     if args.open_loop_data:
         from action_images.metrics import evaluate_open_loop
