@@ -131,7 +131,7 @@ def lerobot_root(tmp_path_factory):
 
 def test_real_dataset_windows_train_and_openloop(lerobot_root, tmp_path):
     from action_images.data.windows import Windows
-    from action_images.openloop import evaluate
+    from action_images.metrics import evaluate_open_loop
     ds = Windows([str(lerobot_root)], WindowConfig(image_size=32, num_views=2, horizon=2, stride=2), seed=0)
     w = ds[3]
     assert w["rgb"].shape == (2, 3, 3, 32, 32) and w["plucker"].shape == (2, 6, 32, 32)
@@ -144,14 +144,13 @@ def test_real_dataset_windows_train_and_openloop(lerobot_root, tmp_path):
                       "--batch-size", "2", "--no-progress", "--threads", "1") == 0
     model = WorldActionModel.from_pretrained(run).eval()
     c = model.config
-    ev = Windows([str(lerobot_root)], WindowConfig(image_size=c.image_size, num_views=c.num_views,
-                                                   horizon=c.horizon, stride=c.stride))
     with torch.no_grad():  # a fresh output layer = "nothing moves": the check must then equal its baseline
         model.backbone.out.weight.zero_()
         model.backbone.out.bias.zero_()
     fig = tmp_path / "streams.png"
-    r = evaluate(model, ev, [0, 1], starts_per_episode=2, steps=2, figure=str(fig))
-    assert r["decode_valid_rate"] == 1.0
+    r = evaluate_open_loop(model, str(lerobot_root), episodes=[0, 1], windows_per_episode=2, steps=2,
+                           tasks=("policy",), figure=str(fig))["learning_check"]
+    assert r["decode_valid_rate"] == 1.0 and r["keyframes"] == 2 * 2 * c.horizon
     import imageio.v3 as iio
     grid = iio.imread(fig)                      # views x 4 rows (real/generated RGB, real/generated action) x F frames
     assert grid.shape == (c.num_views * 4 * c.image_size * 3, c.frames * c.image_size * 3, 3)
@@ -176,3 +175,18 @@ def test_windows_start_before_the_hold(tmp_path):
     assert starts == {0, 1, 2, 3}
     w = ds.window(0, 0, 3, np.random.default_rng(0), augment=False)       # keyframes 5 and 7 lie in the hold
     np.testing.assert_allclose(w["poses"][1:].numpy(), ep["actions"][[4, 6]])
+
+
+def test_openloop_cli_writes_the_learning_check(lerobot_root, tmp_path):
+    from action_images import openloop
+    run = tmp_path / "run"
+    assert train_main("--preset", "cpu-tiny", "--data", str(lerobot_root), "--out", str(run), "--steps", "1",
+                      "--batch-size", "2", "--no-progress", "--threads", "1") == 0
+    out = tmp_path / "ol.json"
+    assert openloop.main(["--checkpoint", str(run), "--data", str(lerobot_root), "--episodes", "2", "--starts", "1",
+                          "--steps", "1", "--threads", "1", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["windows"] == 2 and res["seed"] == 0 and res["keyframes"] == 2 * 2
+    for k in ("pos_err_cm_median", "still_baseline_cm_median", "gripper_accuracy", "rgb_psnr_db",
+              "copy_frame_psnr_db"):
+        assert isinstance(res[k], float), k

@@ -202,12 +202,17 @@ def evaluate_open_loop(model: Any, data_root: str, episodes: Sequence[int] | Non
                        windows_per_episode: int = 4, steps: int = 10, cfg_scale: float = 1.0, seed: int = 0,
                        views: Sequence[str] | None = None, tasks: Sequence[str] = OPEN_LOOP_TASKS,
                        lpips_weights: str | None = None, i3d_weights: str | None = None,
-                       thresholds: Sequence[float] = JACCARD_THRESHOLDS, batch_size: int = 8) -> dict[str, Any]:
+                       thresholds: Sequence[float] = JACCARD_THRESHOLDS, batch_size: int = 8,
+                       figure: str | None = None) -> dict[str, Any]:
     """Open-loop scores of ``model`` on held-out episodes (default: the last ``held_out`` of the dataset).
 
-    Windows are built by ``data.windows.Windows.window(augment=False)`` (the training code path), starting at evenly
-    spaced frames; every task samples with the same seed. Also reports the trivial baselines (copy the current frame;
-    hold the current pose) so a number can be read against "nothing moves".
+    Windows are built by ``data.windows.Windows.window(augment=False)`` (the training code path), starting at
+    ``windows_per_episode`` evenly spaced frames before the episode's success (``Windows.num_starts``); every task
+    samples with the same seed. Also reports the trivial baselines (copy the current frame; hold the current pose) so
+    a number can be read against "nothing moves". With the ``policy`` task, ``learning_check`` holds the issue's
+    learning-check numbers: keyframe position error (cm; an undecodable keyframe counts as "did not move") against
+    the hold-pose baseline, per keyframe, gripper accuracy and the decodable fraction. ``figure``: a PNG of real vs
+    generated streams of the first window.
     """
     from action_images.data.windows import WindowConfig, Windows, collate
 
@@ -224,7 +229,7 @@ def evaluate_open_loop(model: Any, data_root: str, episodes: Sequence[int] | Non
     rng = np.random.default_rng(seed)
     windows = []
     for i in episodes:
-        last = max(0, data.num_starts(0, int(i)) - 1 - cfg.stride)
+        last = max(0, data.num_starts(0, int(i)) - 1)
         for t0 in np.unique(np.linspace(0, last, windows_per_episode).round().astype(int)):
             windows.append(data.window(0, int(i), int(t0), rng, views=names, augment=False))
     codec = data.codec
@@ -244,11 +249,15 @@ def evaluate_open_loop(model: Any, data_root: str, episodes: Sequence[int] | Non
     rows: dict[str, list[dict[str, Any]]] = {t: [] for t in tasks}
     base_rows: list[dict[str, Any]] = []
     clips: dict[str, list[np.ndarray]] = {"real": [], **{t: [] for t in tasks if t != "labeler"}}
+    check: dict[str, list[np.ndarray]] = {"model_m": [], "still_m": [], "gripper_ok": [], "valid": []}
     for s in range(0, len(windows), batch_size):
         items = windows[s:s + batch_size]
         batch = collate(items)
         outs = {t: model.sample(batch, task=t, steps=steps, cfg_scale=cfg_scale,
                                 generator=torch.Generator().manual_seed(seed + s)) for t in tasks}
+        if figure and s == 0:
+            from action_images.report import save_streams_figure
+            save_streams_figure(batch, outs[tasks[0]], figure)
         for b, w in enumerate(items):
             R = cfg.image_size
             cams = [Camera(K=K, T_cam_world=Tc, width=R, height=R) for K, Tc in
@@ -281,11 +290,31 @@ def evaluate_open_loop(model: Any, data_root: str, episodes: Sequence[int] | Non
                     if t == "labeler":
                         row["tracks"] = jaccard(uv, peak >= codec.min_confidence, true_uv, true_vis, thresholds)
                         row["trajectory_error_m"] = row["action_3d"]["position_m_mean"]
+                    else:
+                        now, truth = poses[0], poses[1:]
+                        moved = np.where(dec.valid[:, None], dec.poses[:, :3], now[:3])   # undecodable = stay
+                        check["model_m"].append(np.linalg.norm(moved - truth[:, :3], axis=-1))
+                        check["still_m"].append(np.linalg.norm(truth[:, :3] - now[:3], axis=-1))
+                        g = np.nan_to_num(dec.poses[:, 7], nan=now[7])
+                        check["gripper_ok"].append((g > 0.5) == (truth[:, 7] > 0.5))
+                        check["valid"].append(dec.valid.copy())
                 rows[t].append(row)
     result: dict[str, Any] = {"windows": len(windows), "episodes": [int(i) for i in episodes], "views": names,
                               "steps": steps, "cfg_scale": cfg_scale, "jaccard_thresholds_px": list(thresholds),
                               "tasks": {t: _summarise(r) for t, r in rows.items() if r},
                               "baselines": _summarise(base_rows) if base_rows else {}, "notes": notes}
+    if check["model_m"]:
+        m, st = 100 * np.stack(check["model_m"]), 100 * np.stack(check["still_m"])       # [N, H] cm
+        result["learning_check"] = {
+            "keyframes": int(m.size),
+            "pos_err_cm_median": float(np.median(m)), "pos_err_cm_mean": float(m.mean()),
+            "still_baseline_cm_median": float(np.median(st)), "still_baseline_cm_mean": float(st.mean()),
+            "pos_err_cm_median_by_keyframe": np.median(m, axis=0).round(3).tolist(),
+            "still_baseline_cm_median_by_keyframe": np.median(st, axis=0).round(3).tolist(),
+            "gripper_accuracy": float(np.mean(check["gripper_ok"])),
+            "decode_valid_rate": float(np.mean(check["valid"])),
+            "rgb_psnr_db": result["tasks"]["policy"]["video"]["psnr"],
+            "copy_frame_psnr_db": result["baselines"]["copy_frame"]["psnr"]}
     fvd_scores: dict[str, Any] = {}
     for t in (t for t in tasks if t != "labeler"):
         fvd_scores[t] = None

@@ -151,3 +151,25 @@ def write_report(out: str | Path, metrics: dict[str, Any]) -> Path:
     tmp.write_text("\n".join(parts), encoding="utf-8")
     os.replace(tmp, path)
     return path
+
+
+def save_streams_figure(batch: dict[str, Any], out: Any, path: str | Path, item: int = 0, zoom: int = 3) -> None:
+    """Real vs generated streams of one window (``out``: a ``wam.Sample``): per view, rows = real RGB, generated RGB,
+    real action image over the real frame, generated action image over the generated frame; columns = current frame
+    + H keyframes."""
+    import imageio.v3 as iio
+    import numpy as np
+
+    from action_images.codec import overlay
+
+    from action_images.metrics import _u8
+
+    rows = []
+    real_rgb, gen_rgb = _u8(batch["rgb"][item]), _u8(out.rgb[item])        # [V, F, H, W, 3]
+    real_act, gen_act = _u8(batch["act"][item]), _u8(out.act[item])
+    for v in range(real_rgb.shape[0]):
+        for img in (real_rgb[v], gen_rgb[v], overlay(real_rgb[v], real_act[v]), overlay(gen_rgb[v], gen_act[v])):
+            rows.append(np.concatenate(list(img), axis=1))                  # [H, F*W, 3]
+    grid = np.concatenate(rows, axis=0).repeat(zoom, axis=0).repeat(zoom, axis=1)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    iio.imwrite(path, grid)
