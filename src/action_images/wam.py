@@ -79,7 +79,7 @@ class WAMConfig:
     def from_preset(cls, name: str, **overrides: Any) -> "WAMConfig":
         p = get_preset(name)
         bb = p["backbone"].to_dict()
-        cfg = cls(preset=name, backbone=bb, text=TextConfig(dim=bb["text_dim"], vocab_size=p.get("text_vocab", 4096)).to_dict(),
+        cfg = cls(preset=name, backbone_kind=p.get("kind", "dit"), backbone=bb, text=TextConfig(dim=bb["text_dim"], vocab_size=p.get("text_vocab", 4096)).to_dict(),
                   image_size=p["image_size"], num_views=p["num_views"], horizon=p["horizon"], stride=p["stride"])
         for k, v in overrides.items():
             if v is not None:
@@ -296,7 +296,10 @@ class WorldActionModel(nn.Module):
         if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{path}: format {meta.get('format')!r} v{meta.get('format_version')} is not "
                              f"{FORMAT!r} v{FORMAT_VERSION}")
-        model = cls(WAMConfig.from_dict(meta["config"]), text_fn=text_fn)
+        config = WAMConfig.from_dict(meta["config"])
+        if config.backbone.get("pretrained"):   # the weights below replace it: never re-read the original folder
+            config.backbone = {**config.backbone, "pretrained": None}
+        model = cls(config, text_fn=text_fn)
         sd = load_file(str(path / WEIGHTS_NAME), device=map_location)
         own = model.state_dict()
         missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))

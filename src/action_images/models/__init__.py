@@ -2,6 +2,7 @@
 
 A preset fixes the backbone *and* the data shape it was sized for (image size, views, keyframes), because on a CPU the
 token count (views x frames x (res/patch)^2) is what decides speed (design §5). Override any field when training.
+``kind`` names the backbone (:func:`build_backbone`); presets without it are DiTs.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from dataclasses import replace
 from typing import Any, Callable
 
 from action_images.models.dit import DiT, DiTConfig, VideoBackbone, patchify, unpatchify
+from action_images.models.wan import WanBackboneConfig  # importable without diffusers (imported when a model is built)
 
 # name -> backbone config + data defaults. Tokens per sample = num_views * (1 + horizon) * (image_size / patch)^2.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -31,6 +33,18 @@ PRESETS: dict[str, dict[str, Any]] = {
     "gpu-l": dict(backbone=DiTConfig(width=1024, depth=24, heads=16, patch=8, text_dim=1024, max_frames=32,
                                      text_conditioning="cross"),
                   image_size=256, num_views=4, horizon=8, stride=2, batch_size=16),
+    # diffusers Wan2.2 transformer (models/wan.py, needs the `wan` extra). Tests: ~86 k parameters, 96 tokens.
+    "wan-tiny": dict(kind="wan",
+                     backbone=WanBackboneConfig(num_layers=2, num_attention_heads=2, attention_head_dim=16, ffn_dim=64,
+                                                patch=8, text_dim=32, freq_dim=32),
+                     image_size=32, num_views=2, horizon=2, stride=4, batch_size=4, text_vocab=512),
+    # the Wan2.2-TI2V-5B transformer dims (dim 3072 = 24 x 128, 30 layers, ffn 14336, umT5-XXL text 4096, freq 256);
+    # GPU only, never built on CPU. Load the weights with backbone=WanBackboneConfig.from_pretrained(<local folder>)
+    # .to_dict(). Pixel space (no VAE yet): patch 16 at 256 px -> 4 views x 9 frames x 256 = 9216 tokens.
+    "wan2.2-5b": dict(kind="wan",
+                      backbone=WanBackboneConfig(num_layers=30, num_attention_heads=24, attention_head_dim=128,
+                                                 ffn_dim=14336, patch=16, text_dim=4096, freq_dim=256),
+                      image_size=256, num_views=4, horizon=8, stride=2, batch_size=2),
 }
 CPU_PRESETS = tuple(k for k in PRESETS if k.startswith("cpu-"))
 
@@ -42,14 +56,19 @@ def _factory(name: str) -> Callable[..., DiT]:
     return make
 
 
-DiT_models: dict[str, Callable[..., DiT]] = {name: _factory(name) for name in PRESETS}
+DiT_models: dict[str, Callable[..., DiT]] = {name: _factory(name) for name in PRESETS
+                                             if PRESETS[name].get("kind", "dit") == "dit"}
 
 
 def build_backbone(kind: str, config: dict[str, Any]) -> VideoBackbone:
-    """Build a backbone from its serialised config (``kind`` leaves room for e.g. a ``"wan2.2"`` adapter)."""
+    """Build a backbone from its serialised config: ``"dit"`` (:class:`DiT`) or ``"wan"`` (diffusers Wan2.2
+    transformer, :class:`~action_images.models.wan.WanBackbone`; needs the ``wan`` extra)."""
     if kind == "dit":
         return DiT(DiTConfig(**config))
-    raise ValueError(f"unknown backbone kind {kind!r}; known: 'dit'")
+    if kind == "wan":
+        from action_images.models.wan import WanBackbone
+        return WanBackbone(WanBackboneConfig(**config))
+    raise ValueError(f"unknown backbone kind {kind!r}; known: 'dit', 'wan'")
 
 
 def preset(name: str) -> dict[str, Any]:
@@ -58,5 +77,5 @@ def preset(name: str) -> dict[str, Any]:
     return dict(PRESETS[name])
 
 
-__all__ = ["DiT", "DiTConfig", "VideoBackbone", "DiT_models", "PRESETS", "CPU_PRESETS", "build_backbone", "preset",
-           "patchify", "unpatchify"]
+__all__ = ["DiT", "DiTConfig", "WanBackboneConfig", "VideoBackbone", "DiT_models", "PRESETS", "CPU_PRESETS",
+           "build_backbone", "preset", "patchify", "unpatchify"]
