@@ -217,6 +217,24 @@ def test_old_checkpoint_config_without_new_keys_loads(tmp_path):
     m = tiny()
     m.save_pretrained(tmp_path)
     meta = json.loads((tmp_path / "config.json").read_text())
-    del meta["config"]["act_peak_weight"]
+    del meta["config"]["act_peak_weight"], meta["config"]["loss_target"]
     (tmp_path / "config.json").write_text(json.dumps(meta))
-    assert WorldActionModel.from_pretrained(tmp_path).config.act_peak_weight == 0.0
+    cfg = WorldActionModel.from_pretrained(tmp_path).config
+    assert cfg.act_peak_weight == 0.0 and cfg.loss_target == "velocity"
+
+
+def test_loss_target_x0_and_velocity():
+    """x0: the per-stream loss is the clean-clip MSE; velocity: that MSE over t^2 (larger, since t < 1)."""
+    ds = SyntheticWindows(WindowConfig(image_size=32, num_views=2, horizon=2, stride=4), seed=0, num_scenes=2)
+    batch = collate([ds[0], ds[1]])
+    torch.manual_seed(0)
+    m = WorldActionModel(WAMConfig.from_preset("cpu-tiny", loss_target="x0"))
+    with torch.no_grad():
+        m.backbone.out.bias.fill_(0.1)
+    out = m(batch, torch.Generator().manual_seed(3))
+    assert torch.allclose(out["loss_act"], out["x0_mse_act"]) and torch.allclose(out["loss_rgb"], out["x0_mse_rgb"])
+    m.config.loss_target = "velocity"
+    vel = m(batch, torch.Generator().manual_seed(3))
+    assert vel["loss_act"] > out["loss_act"] and torch.allclose(vel["x0_mse_act"], out["x0_mse_act"])
+    with pytest.raises(ValueError, match="loss_target"):
+        WorldActionModel(WAMConfig.from_preset("cpu-tiny", loss_target="eps"))

@@ -61,6 +61,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="mean of the logit-normal training t (default 0; > 0 trains more at high noise)")
     g.add_argument("--act-peak-weight", type=float, default=None,
                    help="extra loss weight on the action images' blob pixels (default 10; 0 = uniform)")
+    g.add_argument("--loss-target", default=None, choices=["x0", "velocity"],
+                   help="x0 (default): clean-clip error, every noise level weighted alike; velocity: the flow-matching "
+                        "velocity error (= x0 error / t^2, dominated by nearly clean inputs)")
     g.add_argument("--camera-names", default=None, help="restrict to these cameras (comma separated)")
     o = p.add_argument_group("optimisation")
     o.add_argument("--batch-size", type=int, default=None, help="per process (default: the preset's)")
@@ -95,7 +98,8 @@ def build_config(args: argparse.Namespace) -> WAMConfig:
     return WAMConfig.from_preset(args.preset, image_size=args.image_size, num_views=args.views,
                                  horizon=args.horizon, stride=args.stride, task_mix=mix,
                                  p_drop_text=args.p_drop_text, t_mean=getattr(args, "t_mean", None),
-                                 act_peak_weight=getattr(args, "act_peak_weight", None))
+                                 act_peak_weight=getattr(args, "act_peak_weight", None),
+                                 loss_target=getattr(args, "loss_target", None))
 
 
 def build_dataset(args: argparse.Namespace, cfg: WAMConfig):

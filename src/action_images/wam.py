@@ -50,7 +50,7 @@ TASK_NAMES = tuple(TASKS)
 FORMAT = "action-images-wam"
 FORMAT_VERSION = 1
 # config keys added after format v1 shipped -> the value that reproduces the older behaviour
-ADDED_KEYS: dict[str, Any] = {"act_peak_weight": 0.0}
+ADDED_KEYS: dict[str, Any] = {"act_peak_weight": 0.0, "loss_target": "velocity"}
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 
@@ -74,6 +74,7 @@ class WAMConfig:
     t_std: float = 1.0
     predict: str = "x_rel"                         # "x_rel" (clean clip relative to the current frame) or "x"
     act_peak_weight: float = 10.0                  # extra loss weight on action-image blob pixels (0: uniform)
+    loss_target: str = "x0"                        # "x0": |x0_hat - x0|^2; "velocity": |v_hat - (eps - x0)|^2
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "WAMConfig":
@@ -142,6 +143,8 @@ class WorldActionModel(nn.Module):
         super().__init__()
         if config.predict not in ("x_rel", "x"):
             raise ValueError(f"predict must be 'x_rel' or 'x'; got {config.predict!r}")
+        if config.loss_target not in ("x0", "velocity"):
+            raise ValueError(f"loss_target must be 'x0' or 'velocity'; got {config.loss_target!r}")
         unknown = set(config.task_mix) - set(TASKS)
         if unknown:
             raise ValueError(f"task_mix names unknown tasks {sorted(unknown)}; known: {TASK_NAMES}")
@@ -193,7 +196,10 @@ class WorldActionModel(nn.Module):
         x_in = torch.where(cs == GIVEN, x0, torch.where(cs == GEN, x_t, torch.zeros_like(x0)))
         text, text_mask = self.encode_text(instructions)
         x0_hat = self.predict_x0(x_in, t, state, plucker, text, text_mask)
-        err = (self.velocity(x0_hat, x_in, t) - (eps - x0)).square()          # [B, V, F, 6, H, W]
+        if cfg.loss_target == "x0":
+            err = (x0_hat - x0).square()                                      # [B, V, F, 6, H, W]
+        else:   # = |x0_hat - x0|^2 / max(t, t_eps)^2: most of the weight on nearly clean inputs
+            err = (self.velocity(x0_hat, x_in, t) - (eps - x0)).square()
 
         gen = (cs == GEN).float()
         w = torch.tensor([1.0] * 3 + [cfg.action_loss_weight] * 3, device=dev).view(1, 1, 1, 6, 1, 1)
