@@ -238,3 +238,23 @@ def test_loss_target_x0_and_velocity():
     assert vel["loss_act"] > out["loss_act"] and torch.allclose(vel["x0_mse_act"], out["x0_mse_act"])
     with pytest.raises(ValueError, match="loss_target"):
         WorldActionModel(WAMConfig.from_preset("cpu-tiny", loss_target="eps"))
+
+
+def test_refine_head_starts_as_identity_and_learns():
+    """refine_channels > 0: same output as without it at init (zero last conv); its weights get gradients."""
+    torch.manual_seed(0)
+    a = WorldActionModel(WAMConfig.from_preset("cpu-tiny"))
+    cfg = WAMConfig.from_preset("cpu-tiny")
+    cfg.backbone = {**cfg.backbone, "refine_channels": 4}
+    torch.manual_seed(0)
+    b = WorldActionModel(cfg)
+    ds = SyntheticWindows(WindowConfig(image_size=32, num_views=2, horizon=2, stride=4), seed=0, num_scenes=2)
+    batch = collate([ds[0], ds[1]])
+    with torch.no_grad():
+        for m in (a, b):
+            m.backbone.out.bias.fill_(0.1)
+    la = a(batch, torch.Generator().manual_seed(1))["loss"]
+    lb = b(batch, torch.Generator().manual_seed(1))["loss"]
+    assert torch.allclose(la, lb)
+    lb.backward()
+    assert b.backbone.refine[-1].weight.grad.abs().sum() > 0

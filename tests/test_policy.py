@@ -148,7 +148,7 @@ def test_agreeing_views_execute_the_chunk():
 def test_disagreement_replan_executes_agreeing_prefix_hold_stays(mode):
     obs, cams = fake_obs_and_cameras()
     model = StubModel(TARGETS, np.array([0.0, 0.06, 0.06]))     # keyframe 1 agrees, 2 and 3 do not
-    pol = ActionImagesPolicy(model, execute_k=6, on_disagree=mode)
+    pol = ActionImagesPolicy(model, execute_k=6, on_disagree=mode, disagree_px=0.8)
     ch = pol.plan(obs, cams)
     assert list(ch.disagree) == [False, True, True]
     if mode == "replan":
@@ -163,7 +163,7 @@ def test_disagreement_replan_executes_agreeing_prefix_hold_stays(mode):
 def test_disagreement_on_first_keyframe_resamples_then_holds():
     obs, cams = fake_obs_and_cameras()
     model = StubModel(TARGETS, np.full(3, 0.06))
-    pol = ActionImagesPolicy(model, execute_k=4, on_disagree="replan", max_resamples=2)
+    pol = ActionImagesPolicy(model, execute_k=4, on_disagree="replan", max_resamples=2, disagree_px=0.8)
     ch = pol.plan(obs, cams)
     assert model.calls == 3 and ch.samples == 3
     assert ch.decision == "hold" and len(ch.actions) == 1 and np.allclose(ch.actions[0], ch.current)
@@ -186,6 +186,18 @@ def test_bad_arguments():
         ActionImagesPolicy(StubModel(TARGETS, np.zeros(3)), on_disagree="panic")
     with pytest.raises(ValueError, match="execute_k"):
         ActionImagesPolicy(StubModel(TARGETS, np.zeros(3)), execute_k=100)
+    with pytest.raises(ValueError, match="disagree_px"):
+        ActionImagesPolicy(StubModel(TARGETS, np.zeros(3)), disagree_px=0)
+
+
+def test_default_disagreement_threshold_is_two_sigma():
+    """2 sigma of the blob at model resolution (0.1 x image size); the 6 cm shift of the stub (~2 px) passes it."""
+    model = StubModel(TARGETS, np.array([0.0, 0.06, 0.06]))
+    pol = ActionImagesPolicy(model, execute_k=6)
+    assert pol.codec.reject_px == pytest.approx(0.1 * 32)
+    obs, cams = fake_obs_and_cameras()
+    ch = pol.plan(obs, cams)
+    assert ch.decision == "execute" and not ch.disagree.any()
 
 
 def test_bench_policy_json(tmp_path):

@@ -55,7 +55,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--execute-k", type=int, default=None, help="control steps executed per chunk")
     g.add_argument("--on-disagree", default="replan", choices=DISAGREE_CHOICES)
     g.add_argument("--disagree-px", type=float, default=None,
-                   help="views disagree above this RMS reprojection error, in model pixels (default 0.5 sigma)")
+                   help="views disagree above this RMS reprojection error, in model pixels (default 2 sigma = "
+                        "0.1 x the model's image size)")
     g.add_argument("--gripper", default="linear", choices=GRIPPER_MODES)
     g.add_argument("--max-steps", type=int, default=None, help="cap on episode length (default: the task's)")
     o = p.add_argument_group("output")
@@ -195,12 +196,10 @@ def evaluate(model: Any, tasks: Sequence[str], episodes: int, out: str | Path, s
 
     out = Path(out)
     (out / "videos").mkdir(parents=True, exist_ok=True)
-    if disagree_px is not None and not disagree_px > 0:
-        raise ValueError(f"disagree_px must be > 0; got {disagree_px}")
     codec = ActionImageCodec()
     policy = ActionImagesPolicy(model, camera_names=policy_views, horizon=horizon, execute_k=execute_k, steps=steps,
                                 cfg_scale=cfg_scale, on_disagree=on_disagree, gripper=gripper, seed=seed,
-                                codec=ActionImageCodec(reject_px=disagree_px))
+                                disagree_px=disagree_px)
     per_task: dict[str, Any] = {}
     records: list[dict[str, Any]] = []
     video_paths: dict[str, list[str]] = {}
@@ -250,8 +249,7 @@ def evaluate(model: Any, tasks: Sequence[str], episodes: int, out: str | Path, s
                        "horizon": policy.horizon,
                        "execute_k": policy.execute_k, "stride": policy.stride, "steps": steps,
                        "cfg_scale": cfg_scale, "on_disagree": on_disagree, "gripper": gripper,
-                       "disagree_px": policy.codec.reject_px or 0.5 * policy.codec.sigma(cfg.image_size,
-                                                                                          cfg.image_size),
+                       "disagree_px": policy.codec.reject_px,
                        "model_image_size": cfg.image_size, "model_preset": cfg.preset,
                        "model_parameters": int(sum(p.numel() for p in model.parameters()))},
             "episodes": [{k: v for k, v in r.items() if k != "latency_s"} for r in records],

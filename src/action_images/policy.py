@@ -112,14 +112,17 @@ class ActionImagesPolicy:
     ``camera_names``: which of the env's views the model sees (default: the first ``config.num_views``; at least 2,
     decoding triangulates). ``horizon``: keyframes H to generate (default the model's). ``execute_k``: control steps
     executed per chunk before replanning (default ``stride * H // 2``). ``steps`` / ``cfg_scale``: sampler settings.
-    ``on_disagree``: "replan" or "hold" (see module docstring). ``max_resamples``: immediate replans per step before
-    falling back to holding. ``gripper``: "linear" or "step" interpolation.
+    ``on_disagree``: "replan" or "hold" (see module docstring); ``disagree_px``: the RMS reprojection error (pixels at
+    model resolution) above which views disagree (default 2 σ of the action-image blob, 4.8 px at 48 px: a blob
+    width; the codec's own 0.5 σ flags most chunks of a small CPU model). ``max_resamples``: immediate replans per
+    step before falling back to holding. ``gripper``: "linear" or "step" interpolation. ``codec``: overrides
+    ``disagree_px`` with its own ``reject_px``.
     """
 
     def __init__(self, model: Any, camera_names: Sequence[str] | None = None, horizon: int | None = None,
                  execute_k: int | None = None, steps: int = 10, cfg_scale: float = 1.0, on_disagree: str = "replan",
                  gripper: str = "linear", max_resamples: int = 2, codec: ActionImageCodec | None = None,
-                 seed: int = 0, method: str = "euler"):
+                 seed: int = 0, method: str = "euler", disagree_px: float | None = None):
         if on_disagree not in DISAGREE_CHOICES:
             raise ValueError(f"on_disagree must be one of {DISAGREE_CHOICES}; got {on_disagree!r}")
         if gripper not in GRIPPER_MODES:
@@ -140,7 +143,13 @@ class ActionImagesPolicy:
             raise ValueError("the policy needs at least 2 views (decoding triangulates)")
         self.steps, self.cfg_scale, self.method = int(steps), float(cfg_scale), method
         self.on_disagree, self.gripper, self.max_resamples = on_disagree, gripper, int(max_resamples)
-        self.codec = codec or ActionImageCodec()
+        if disagree_px is not None and not disagree_px > 0:
+            raise ValueError(f"disagree_px must be > 0; got {disagree_px}")
+        if codec is None:
+            codec = ActionImageCodec()
+            codec.reject_px = float(disagree_px) if disagree_px else 2.0 * codec.sigma(self.image_size,
+                                                                                       self.image_size)
+        self.codec = codec
         self.seed = int(seed)
         self.reset(seed)
 

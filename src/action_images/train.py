@@ -64,6 +64,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--loss-target", default=None, choices=["x0", "velocity"],
                    help="x0 (default): clean-clip error, every noise level weighted alike; velocity: the flow-matching "
                         "velocity error (= x0 error / t^2, dominated by nearly clean inputs)")
+    g.add_argument("--refine-channels", type=int, default=None,
+                   help="DiT only: full-resolution conv refinement head with this many channels (0 = off)")
     g.add_argument("--camera-names", default=None, help="restrict to these cameras (comma separated)")
     o = p.add_argument_group("optimisation")
     o.add_argument("--batch-size", type=int, default=None, help="per process (default: the preset's)")
@@ -95,11 +97,16 @@ def build_config(args: argparse.Namespace) -> WAMConfig:
         bad = set(mix) - set(TASK_NAMES)
         if bad:
             raise ValueError(f"--task-mix: unknown tasks {sorted(bad)}; known {TASK_NAMES}")
-    return WAMConfig.from_preset(args.preset, image_size=args.image_size, num_views=args.views,
+    cfg = WAMConfig.from_preset(args.preset, image_size=args.image_size, num_views=args.views,
                                  horizon=args.horizon, stride=args.stride, task_mix=mix,
                                  p_drop_text=args.p_drop_text, t_mean=getattr(args, "t_mean", None),
                                  act_peak_weight=getattr(args, "act_peak_weight", None),
                                  loss_target=getattr(args, "loss_target", None))
+    if getattr(args, "refine_channels", None) is not None:
+        if cfg.backbone_kind != "dit":
+            raise ValueError("--refine-channels applies to DiT presets only")
+        cfg.backbone = {**cfg.backbone, "refine_channels": int(args.refine_channels)}
+    return cfg
 
 
 def build_dataset(args: argparse.Namespace, cfg: WAMConfig):

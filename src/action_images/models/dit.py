@@ -11,6 +11,12 @@ patchified with large patches (8 px) and RGB + action image share one token (6 c
 * per-stream state (given clean / generated / absent) embeddings per (view, frame), which is how one network serves
   all four tasks (policy, world model, labeler, video).
 
+Optional full-resolution refinement (``refine_channels`` > 0): a linear 8-px patch decoder can place a Gaussian blob
+at an arbitrary sub-patch offset only by learning each offset separately. The conv head sees, per (view, frame),
+the transformer's output, ``refine_channels`` unpatchified token features, that frame's input and the view's current
+frame (where the target object is, to the pixel), and adds a zero-initialised correction from two 3x3 convolutions
+(translation-equivariant, so "draw the blob where the object is" is learned once for every position).
+
 The interface (:class:`VideoBackbone`) is deliberately small so a pretrained video model (e.g. diffusers Wan2.2) can
 be dropped in behind it later: ``forward(x, t, state, plucker, text, text_mask) -> x_out`` with the same shapes.
 """
@@ -42,6 +48,7 @@ class DiTConfig:
     max_frames: int = 16
     text_dim: int = 128         # width of the text tokens handed in by the text encoder
     text_conditioning: str = "adaln"  # "adaln" (pooled tokens added to the timestep) or "cross" (cross-attention)
+    refine_channels: int = 0    # > 0: a full-resolution conv head (see DiT) with this many feature channels
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -182,6 +189,12 @@ class DiT(VideoBackbone):
         self.norm_out = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
         self.ada_out = nn.Sequential(nn.SiLU(), nn.Linear(D, 2 * D))
         self.out = nn.Linear(D, cfg.in_channels * p * p)
+        self.refine = None
+        if cfg.refine_channels > 0:
+            C, Cr = cfg.in_channels, cfg.refine_channels
+            self.feat_out = nn.Linear(D, Cr * p * p)
+            self.refine = nn.Sequential(nn.Conv2d(3 * C + Cr, 2 * Cr, 3, padding=1), nn.GELU(approximate="tanh"),
+                                        nn.Conv2d(2 * Cr, C, 3, padding=1))
         self._init()
 
     def _init(self) -> None:
@@ -198,6 +211,9 @@ class DiT(VideoBackbone):
         nn.init.zeros_(self.ada_out[-1].bias)
         nn.init.zeros_(self.out.weight)  # output 0 = "no change from the reference frame" at init
         nn.init.zeros_(self.out.bias)
+        if self.refine is not None:
+            nn.init.zeros_(self.refine[-1].weight)
+            nn.init.zeros_(self.refine[-1].bias)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, state: torch.Tensor, plucker: torch.Tensor,
                 text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
@@ -225,5 +241,11 @@ class DiT(VideoBackbone):
         for blk in self.blocks:
             tok = blk(tok, c, txt, text_mask)
         sh, sc = self.ada_out(c).chunk(2, dim=-1)
-        tok = self.out(modulate(self.norm_out(tok), sh, sc))                 # [B, N, C*p*p]
-        return unpatchify(tok.reshape(B, V, Fr, h, w, -1), p, C)             # [B, V, F, C, H, W]
+        feat = modulate(self.norm_out(tok), sh, sc)                          # [B, N, D]
+        out = unpatchify(self.out(feat).reshape(B, V, Fr, h, w, -1), p, C)   # [B, V, F, C, H, W]
+        if self.refine is None:
+            return out
+        fmap = unpatchify(self.feat_out(feat).reshape(B, V, Fr, h, w, -1), p, cfg.refine_channels)
+        now = x[:, :, :1].expand(-1, -1, Fr, -1, -1, -1)                     # the view's current frame
+        z = torch.cat([out, fmap, x, now], dim=3).reshape(B * V * Fr, -1, H, W)
+        return out + self.refine(z).reshape(B, V, Fr, C, H, W)
