@@ -190,3 +190,5 @@ def test_openloop_cli_writes_the_learning_check(lerobot_root, tmp_path):
     for k in ("pos_err_cm_median", "still_baseline_cm_median", "gripper_accuracy", "rgb_psnr_db",
               "copy_frame_psnr_db"):
         assert isinstance(res[k], float), k
+    one = res["one_step_mse"]["1"]
+    assert set(one) == {"rgb_model", "rgb_copy", "act_model", "act_copy"} and one["act_copy"] > 0

@@ -25,6 +25,39 @@ from action_images.metrics import evaluate_open_loop, json_safe
 from action_images.wam import WorldActionModel
 
 
+@torch.no_grad()
+def one_step_mse(model: WorldActionModel, data: str, episodes: list[int], starts: int, views: list[str],
+                 levels: list[float], seed: int = 0) -> dict[str, dict[str, float]]:
+    """Per noise level t: MSE of the clean-clip prediction x0_hat of the future frames (policy task, one network
+    call from x_t) and of copying the current frame, per stream. At t = 1 the future is pure noise, so this asks
+    whether the model predicts from the current frame and the instruction at all (a denoiser that ignores the
+    context is no better than copying there, however low its training loss)."""
+    from action_images.data.windows import WindowConfig, Windows, collate
+    from action_images.wam import GIVEN, _channel_state, task_state
+
+    c = model.config
+    w = Windows([data], WindowConfig(image_size=c.image_size, num_views=len(views), horizon=c.horizon,
+                                     stride=c.stride), seed=seed)
+    items = [w.window(0, i, int(t0), np.random.default_rng([seed, i]), views=views, augment=False)
+             for i in episodes for t0 in np.unique(np.linspace(0, w.num_starts(0, i) - 1, starts).round())]
+    b = collate(items)
+    x0 = torch.cat([b["rgb"], b["act"]], dim=3)                               # [B, V, F, 6, H, W]
+    B, V, Fr = x0.shape[:3]
+    state = task_state(["policy"] * B, V, Fr)
+    given = _channel_state(state) == GIVEN
+    text, mask = model.encode_text(b["instruction"])
+    copy = (x0[:, :, :1] - x0[:, :, 1:]).square()                             # [B, V, H, 6, R, R]
+    out = {}
+    for t in levels:
+        eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
+        x_in = torch.where(given, x0, (1 - t) * x0 + t * eps)
+        err = (model.predict_x0(x_in, torch.full((B,), t), state, b["plucker"], text, mask)[:, :, 1:]
+               - x0[:, :, 1:]).square()
+        out[f"{t:g}"] = {"rgb_model": float(err[:, :, :, :3].mean()), "rgb_copy": float(copy[:, :, :, :3].mean()),
+                         "act_model": float(err[:, :, :, 3:].mean()), "act_copy": float(copy[:, :, :, 3:].mean())}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m action_images.openloop", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="run dir or save_pretrained dir")
@@ -38,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=None)
     p.add_argument("--figure", default=None, help="PNG of real vs generated streams of the first window")
+    p.add_argument("--noise-levels", default="1.0",
+                   help="comma separated t: also report the one-step clean-clip MSE of the future frames at these "
+                        "noise levels against copying the current frame (t = 1: prediction from context alone)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = WorldActionModel.from_pretrained(args.checkpoint).eval()
@@ -50,9 +86,12 @@ def main(argv: list[str] | None = None) -> int:
                               cfg_scale=args.cfg_scale, seed=args.seed,
                               views=args.views.split(",") if args.views else None, tasks=("policy",),
                               figure=args.figure)
+    levels = [float(x) for x in args.noise_levels.split(",") if x.strip()]
     res = {"command": "python -m action_images.openloop " + " ".join(argv or sys.argv[1:]), "args": vars(args),
            "seed": args.seed, "windows": full["windows"], "views": full["views"], "steps": args.steps,
-           **full["learning_check"], "seconds": time.perf_counter() - t0, "open_loop": full}
+           **full["learning_check"],
+           "one_step_mse": one_step_mse(model, args.data, episodes, args.starts, full["views"], levels, args.seed),
+           "seconds": time.perf_counter() - t0, "open_loop": full}
     res = json_safe(res)
     print(json.dumps({k: v for k, v in res.items() if k != "open_loop"}, indent=2))
     if args.json:
