@@ -24,10 +24,10 @@ CORE_TASKS = ("reach_target", "press_button", "open_drawer", "close_drawer")   #
 POLICY_VIEWS = ("left", "right")   # the views of the README's evaluation (front hides the gripper behind the cabinet)
 HOW_TO = """no checkpoint at {where}.
 Recreate the shipped CPU checkpoint (about an hour on 2 cores) with `make checkpoint`, which runs:
-    action-images collect --task reach_target,press_button,open_drawer,close_drawer,pick_cube,push_cube \\
-        --episodes 150 --out data/core6 --seed 1000
-    action-images train --data data/core6 --out runs/cpu-small --preset cpu-small --steps 7961 --seed 0 --lr 1e-3 \\
-        --threads 1
+    action-images collect --task reach_target,press_button,open_drawer,close_drawer --episodes 150 \\
+        --out data/core4h --seed 1000 --hold-steps 10
+    action-images train --data data/core4h --out runs/cpu-small --preset cpu-small --steps 7414 --seed 0 \\
+        --lr 1e-3 --threads 1 --camera-names left,right --loss-target velocity --act-peak-weight 10
 and copies runs/cpu-small/ (config.json, model.safetensors, logs) to checkpoints/cpu-small/.
 Or point the demo at any run directory: action-images demo --checkpoint runs/NAME"""
 
