@@ -16,8 +16,10 @@ per-modality noise): simpler, and the state embedding tells the network which pa
 
 Flow matching: x_t = (1 - t) x0 + t eps. The network predicts the clean clip *relative to the current frame* of the
 same view and stream (x0_hat = x0[frame 0] + out where frame 0 of that stream is given, else out): the zero output
-is "nothing moves", the baseline every lesson in design §5 says to start from. Velocity for the loss and the ODE:
-v_hat = (x_t - x0_hat) / max(t, t_eps), target eps - x0; the loss is over generated elements only, with the action
+is "nothing moves", the baseline every lesson in design §5 says to start from. Velocity for the ODE:
+v_hat = (x_t - x0_hat) / max(t, t_eps). The loss (``loss_target``) is the clean-clip error |x0_hat - x0|^2 ("x0",
+the default: every noise level weighted alike) or the velocity error against eps - x0 ("velocity", = the x0 error /
+t^2, mostly spent on nearly clean inputs); it is over generated elements only, with the action
 stream weighted ``action_loss_weight`` (x4), and within it the pixels of the target's Gaussian blobs weighted up to
 ``1 + act_peak_weight`` more (the blobs are ~6 % of an action image, yet they are all the decoder reads).
 """
@@ -80,8 +82,9 @@ class WAMConfig:
     def from_preset(cls, name: str, **overrides: Any) -> "WAMConfig":
         p = get_preset(name)
         bb = p["backbone"].to_dict()
-        cfg = cls(preset=name, backbone_kind=p.get("kind", "dit"), backbone=bb, text=TextConfig(dim=bb["text_dim"], vocab_size=p.get("text_vocab", 4096)).to_dict(),
-                  image_size=p["image_size"], num_views=p["num_views"], horizon=p["horizon"], stride=p["stride"])
+        text = TextConfig(dim=bb["text_dim"], vocab_size=p.get("text_vocab", 4096)).to_dict()
+        cfg = cls(preset=name, backbone_kind=p.get("kind", "dit"), backbone=bb, text=text, image_size=p["image_size"],
+                  num_views=p["num_views"], horizon=p["horizon"], stride=p["stride"])
         for k, v in overrides.items():
             if v is not None:
                 setattr(cfg, k, v)
