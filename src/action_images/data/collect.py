@@ -27,7 +27,8 @@ from .lerobot_format import COLLECT_PATH, DEFAULT_CRF, INFO_PATH, atomic_write_j
 from .lerobot_writer import DatasetWriter
 
 DEFAULT_CAMERAS = "front,left,right,top"
-RESUME_KEYS = ("seed", "cameras", "image_size", "perturb_cameras", "keep_failed", "hold_steps")  # must match to continue a run
+# settings that must match to continue a run with --resume
+RESUME_KEYS = ("seed", "cameras", "image_size", "perturb_cameras", "keep_failed", "hold_steps")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
