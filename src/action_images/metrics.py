@@ -198,6 +198,19 @@ def _summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def held_out_windows(data: Any, episodes: Sequence[int], per_episode: int, views: Sequence[str],
+                     seed: int = 0) -> list[dict[str, Any]]:
+    """Un-augmented windows (``data``: a ``Windows`` over one dataset) at ``per_episode`` evenly spaced start frames
+    before each episode's success: the open-loop evaluation set."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in episodes:
+        last = max(0, data.num_starts(0, int(i)) - 1)
+        for t0 in np.unique(np.linspace(0, last, per_episode).round().astype(int)):
+            out.append(data.window(0, int(i), int(t0), rng, views=list(views), augment=False))
+    return out
+
+
 def evaluate_open_loop(model: Any, data_root: str, episodes: Sequence[int] | None = None, held_out: int = 4,
                        windows_per_episode: int = 4, steps: int = 10, cfg_scale: float = 1.0, seed: int = 0,
                        views: Sequence[str] | None = None, tasks: Sequence[str] = OPEN_LOOP_TASKS,
@@ -226,12 +239,7 @@ def evaluate_open_loop(model: Any, data_root: str, episodes: Sequence[int] | Non
     names = list(views) if views else ds.camera_names[:max(2, cfg.num_views)]
     if episodes is None:
         episodes = list(range(max(0, ds.num_episodes - held_out), ds.num_episodes))
-    rng = np.random.default_rng(seed)
-    windows = []
-    for i in episodes:
-        last = max(0, data.num_starts(0, int(i)) - 1)
-        for t0 in np.unique(np.linspace(0, last, windows_per_episode).round().astype(int)):
-            windows.append(data.window(0, int(i), int(t0), rng, views=names, augment=False))
+    windows = held_out_windows(data, episodes, windows_per_episode, names, seed)
     codec = data.codec
     lpips_net = i3d = None
     notes = []

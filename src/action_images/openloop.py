@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from action_images.metrics import evaluate_open_loop, json_safe
+from action_images.metrics import evaluate_open_loop, held_out_windows, json_safe
 from action_images.wam import WorldActionModel
 
 
@@ -38,9 +38,7 @@ def one_step_mse(model: WorldActionModel, data: str, episodes: list[int], starts
     c = model.config
     w = Windows([data], WindowConfig(image_size=c.image_size, num_views=len(views), horizon=c.horizon,
                                      stride=c.stride), seed=seed)
-    items = [w.window(0, i, int(t0), np.random.default_rng([seed, i]), views=views, augment=False)
-             for i in episodes for t0 in np.unique(np.linspace(0, w.num_starts(0, i) - 1, starts).round())]
-    b = collate(items)
+    b = collate(held_out_windows(w, episodes, starts, views, seed))
     x0 = torch.cat([b["rgb"], b["act"]], dim=3)                               # [B, V, F, 6, H, W]
     B, V, Fr = x0.shape[:3]
     state = task_state(["policy"] * B, V, Fr)
