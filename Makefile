@@ -36,12 +36,12 @@ bench: $(STAMP)
 # cpu-small on the left + right cameras for CKPT_STEPS steps (the step count its 60-minute run reached; a fixed step
 # count makes the run reproducible bit-for-bit).
 CKPT_TASKS ?= reach_target,press_button,open_drawer,close_drawer
-CKPT_STEPS ?= 7414
+CKPT_STEPS ?= 7787
 checkpoint: $(STAMP)
 	test -f data/core4h/meta/info.json || $(BIN)/action-images collect --task $(CKPT_TASKS) --episodes 150 \
 		--out data/core4h --seed 1000 --hold-steps 10
 	$(BIN)/action-images train --data data/core4h --out runs/cpu-small --preset cpu-small --steps $(CKPT_STEPS) \
-		--seed 0 --lr 1e-3 --threads 1 --camera-names left,right --loss-target velocity --act-peak-weight 10
+		--seed 0 --lr 1e-3 --threads 1 --camera-names left,right --loss-target x0 --t-mean 1.5
 	mkdir -p checkpoints/cpu-small
 	cp runs/cpu-small/config.json runs/cpu-small/model.safetensors runs/cpu-small/log.jsonl \
 		runs/cpu-small/loss.png runs/cpu-small/train_args.json checkpoints/cpu-small/

@@ -13,7 +13,7 @@ import torch
 from action_images.codec import ActionImageCodec
 from action_images.geometry import Camera, euler_to_quat
 from action_images.metrics import (jaccard, json_safe, pixel_error, pose_error, psnr, ssim, true_projections,
-                                   wilson_interval)
+                                   to_u8, wilson_interval)
 from action_images.perceptual import LPIPS, frechet_distance, lpips_uint8
 
 torch.set_num_threads(1)
@@ -27,6 +27,13 @@ def test_identical_videos_psnr_inf_ssim_one():
     v = video()
     assert psnr(v, v) == math.inf
     assert ssim(v, v) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_to_u8_maps_model_range_to_image_layout():
+    x = torch.tensor([-1.0, 0.0, 1.0, 2.0]).view(1, 1, 4).expand(3, 1, 4).clone()   # [3, H=1, W=4], channels first
+    img = to_u8(x)
+    assert img.shape == (1, 4, 3) and img.dtype == np.uint8                        # channels last
+    assert img[0, :, 0].tolist() == [0, 128, 255, 255]                             # -1 -> 0, 0 -> 127.5 rounds up, clamp
 
 
 def test_psnr_and_ssim_known_values():

@@ -164,7 +164,7 @@ def _mean(xs: list) -> float | None:
 
 
 # ---- open-loop evaluation on held-out episodes ---------------------------------------------------------------------
-def _u8(x: torch.Tensor) -> np.ndarray:
+def to_u8(x: torch.Tensor) -> np.ndarray:
     """[..., 3, H, W] in [-1, 1] -> uint8 [..., H, W, 3]."""
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).movedim(-3, -1).cpu().numpy()
 
@@ -271,7 +271,7 @@ def evaluate_open_loop(model: Any, data_root: str, episodes: Sequence[int] | Non
             cams = [Camera(K=K, T_cam_world=Tc, width=R, height=R) for K, Tc in
                     zip(w["K"].numpy(), w["T_cam_world"].numpy())]
             poses = w["poses"].numpy()                                         # [F, 8]
-            real = _u8(w["rgb"])                                               # [V, F, R, R, 3]
+            real = to_u8(w["rgb"])                                               # [V, F, R, R, 3]
             true_uv, true_vis = true_projections(poses, cams, codec)           # [V, F, 3, 2], [V, F, 3]
             clips["real"].append(real[0])
             hold = np.repeat(poses[:1], len(poses) - 1, axis=0)
@@ -284,7 +284,7 @@ def evaluate_open_loop(model: Any, data_root: str, episodes: Sequence[int] | Non
                 out = outs[t]
                 row: dict[str, Any] = {}
                 if t in ("policy", "world_model", "video"):
-                    gen = _u8(out.rgb[b])
+                    gen = to_u8(out.rgb[b])
                     row["video"] = _video_scores(gen[:, 1:], real[:, 1:], lpips_net)
                     clips[t].append(gen[0])
                 if t in ("policy", "labeler"):
