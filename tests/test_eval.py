@@ -90,6 +90,23 @@ def test_report_folder_can_move(eval_run, tmp_path):
     check_report(moved)
 
 
+def test_rollout_strip_from_an_eval_video(tmp_path):
+    import imageio.v3 as iio
+    import numpy as np
+
+    from action_images import report
+
+    video = np.zeros((7, 4, 6, 3), np.uint8)
+    video[:, 0, 0, 0] = np.arange(7) * 10                                      # frame index, readable back
+    iio.imwrite(tmp_path / "ep.gif", video, loop=0)
+    idx = report.save_rollout_strip(tmp_path / "ep.gif", tmp_path / "strip.png", frames=3, zoom=2)
+    assert idx == [0, 3, 6]
+    strip = iio.imread(tmp_path / "strip.png")
+    assert strip.shape == (3 * 4 * 2, 6 * 2, 3)
+    assert [strip[k * 8, 0, 0] for k in range(3)] == [0, 30, 60]
+    assert report.main(["strip", str(tmp_path / "missing.gif"), str(tmp_path / "x.png")]) == 2
+
+
 def test_eval_rejects_bad_input(checkpoint, tmp_path, capsys):
     assert evaluate.run(parse(evaluate, ["--checkpoint", str(checkpoint), "--tasks", "fly", "--out",
                                          str(tmp_path)])) == 2

@@ -161,7 +161,6 @@ def save_streams_figure(batch: dict[str, Any], out: Any, path: str | Path, item:
     import numpy as np
 
     from action_images.codec import overlay
-
     from action_images.metrics import to_u8
 
     rows = []
@@ -173,3 +172,49 @@ def save_streams_figure(batch: dict[str, Any], out: Any, path: str | Path, item:
     grid = np.concatenate(rows, axis=0).repeat(zoom, axis=0).repeat(zoom, axis=1)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     iio.imwrite(path, grid)
+
+
+def save_rollout_strip(video: str | Path, path: str | Path, frames: int = 4, zoom: int = 2) -> list[int]:
+    """A still of a rollout video for docs: ``frames`` evenly spaced frames (first and last included) stacked top to
+    bottom, upscaled ``zoom``x without smoothing. Returns the frame indices used.
+
+        python -m action_images.report strip runs/eval/videos/open_drawer_ep000.gif docs/img/rollout_open_drawer.png
+    """
+    import imageio.v3 as iio
+    import numpy as np
+
+    video_frames = iio.imread(video, index=None)                               # [T, H, W, 3] (GIF: maybe RGBA)
+    if video_frames.ndim != 4 or len(video_frames) == 0:
+        raise ValueError(f"{video}: not a video (shape {video_frames.shape})")
+    if frames < 1:
+        raise ValueError(f"frames must be >= 1; got {frames}")
+    idx = sorted({int(round(i)) for i in np.linspace(0, len(video_frames) - 1, min(frames, len(video_frames)))})
+    strip = np.concatenate([video_frames[i, ..., :3] for i in idx], axis=0)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    iio.imwrite(path, strip.repeat(zoom, axis=0).repeat(zoom, axis=1))
+    return idx
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m action_images.report strip VIDEO OUT.png [--frames N] [--zoom Z]``"""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m action_images.report")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("strip", help="evenly spaced frames of a rollout video, stacked, as one PNG")
+    s.add_argument("video")
+    s.add_argument("out")
+    s.add_argument("--frames", type=int, default=4)
+    s.add_argument("--zoom", type=int, default=2)
+    args = p.parse_args(argv)
+    try:
+        idx = save_rollout_strip(args.video, args.out, frames=args.frames, zoom=args.zoom)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}")
+        return 2
+    print(f"wrote {args.out} (frames {idx})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

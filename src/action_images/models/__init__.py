@@ -18,7 +18,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # tests: ~0.1 M parameters, 2 x 3 x 16 = 96 tokens
     "cpu-tiny": dict(backbone=DiTConfig(width=32, depth=2, heads=2, patch=8, text_dim=32),
                      image_size=32, num_views=2, horizon=2, stride=4, batch_size=4, text_vocab=512),
-    # the default CPU preset: ~1.4 M parameters, 2 views x 5 frames x 36 patches = 360 tokens
+    # the default CPU preset: ~1.95 M parameters, 2 views x 5 frames x 36 patches = 360 tokens
     "cpu-small": dict(backbone=DiTConfig(width=128, depth=4, heads=4, patch=8, text_dim=128),
                       image_size=48, num_views=2, horizon=4, stride=2, batch_size=8),
     # bigger CPU model: ~7.5 M parameters, same tokens; ~3x slower per step
