@@ -33,7 +33,7 @@ def test_to_u8_maps_model_range_to_image_layout():
     x = torch.tensor([-1.0, 0.0, 1.0, 2.0]).view(1, 1, 4).expand(3, 1, 4).clone()   # [3, H=1, W=4], channels first
     img = to_u8(x)
     assert img.shape == (1, 4, 3) and img.dtype == np.uint8                        # channels last
-    assert img[0, :, 0].tolist() == [0, 128, 255, 255]                             # -1 -> 0, 0 -> 127.5 rounds up, clamp
+    assert img[0, :, 0].tolist() == [0, 128, 255, 255]                             # -1 -> 0, 0 -> 127.5 -> 128, clamp
 
 
 def test_psnr_and_ssim_known_values():

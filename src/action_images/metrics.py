@@ -271,7 +271,7 @@ def evaluate_open_loop(model: Any, data_root: str, episodes: Sequence[int] | Non
             cams = [Camera(K=K, T_cam_world=Tc, width=R, height=R) for K, Tc in
                     zip(w["K"].numpy(), w["T_cam_world"].numpy())]
             poses = w["poses"].numpy()                                         # [F, 8]
-            real = to_u8(w["rgb"])                                               # [V, F, R, R, 3]
+            real = to_u8(w["rgb"])                                             # [V, F, R, R, 3]
             true_uv, true_vis = true_projections(poses, cams, codec)           # [V, F, 3, 2], [V, F, 3]
             clips["real"].append(real[0])
             hold = np.repeat(poses[:1], len(poses) - 1, axis=0)

@@ -164,7 +164,7 @@ def save_streams_figure(batch: dict[str, Any], out: Any, path: str | Path, item:
     from action_images.metrics import to_u8
 
     rows = []
-    real_rgb, gen_rgb = to_u8(batch["rgb"][item]), to_u8(out.rgb[item])        # [V, F, H, W, 3]
+    real_rgb, gen_rgb = to_u8(batch["rgb"][item]), to_u8(out.rgb[item])    # [V, F, H, W, 3]
     real_act, gen_act = to_u8(batch["act"][item]), to_u8(out.act[item])
     for v in range(real_rgb.shape[0]):
         for img in (real_rgb[v], gen_rgb[v], overlay(real_rgb[v], real_act[v]), overlay(gen_rgb[v], gen_act[v])):
