@@ -30,7 +30,7 @@ bench: $(STAMP)
 	$(BIN)/action-images bench codec --json bench/results/codec.json
 	$(BIN)/action-images bench sim --json bench/results/sim.json
 	$(BIN)/action-images bench train --json bench/results/train.json
-	$(BIN)/action-images bench policy --json bench/results/policy.json
+	$(BIN)/action-images bench policy --steps 4,10 --json bench/results/policy.json
 
 # The shipped checkpoint's recipe (docs/results.md): 4 tasks x 150 expert demos recorded 10 steps past success, then
 # cpu-small on the left + right cameras for CKPT_STEPS steps (the step count its 60-minute run reached; a fixed step
