@@ -107,6 +107,25 @@ def test_rollout_strip_from_an_eval_video(tmp_path):
     assert report.main(["strip", str(tmp_path / "missing.gif"), str(tmp_path / "x.png")]) == 2
 
 
+def test_eval_jobs_split_gives_the_same_episodes(checkpoint, tmp_path):
+    """--jobs 2 runs the (task, episode) pairs in two worker processes; every record matches the serial run."""
+    def run(jobs, out):
+        args = parse(evaluate, ["--checkpoint", str(checkpoint), "--tasks", "reach_target,press_button", "--episodes",
+                                "2", "--out", str(out), "--image-size", "32", "--steps", "1", "--max-steps", "3",
+                                "--videos", "1", "--seed", "3", "--no-progress", "--jobs", str(jobs)])
+        assert evaluate.run(args) == 0
+        return json.loads((out / "metrics.json").read_text())
+
+    serial, parallel = run(1, tmp_path / "serial"), run(2, tmp_path / "parallel")
+    drop = ("wall_s", "latency_parts_s")                                       # timings differ, nothing else may
+    assert [{k: v for k, v in e.items() if k not in drop} for e in serial["episodes"]] == \
+        [{k: v for k, v in e.items() if k not in drop} for e in parallel["episodes"]]
+    assert serial["videos"] == parallel["videos"]
+    assert (tmp_path / "parallel" / parallel["videos"]["press_button"][0]).is_file()
+    assert parallel["policy"]["views"] == serial["policy"]["views"] and parallel["policy"]["jobs"] == 2
+    assert parallel["tasks"]["press_button"]["decisions"] == serial["tasks"]["press_button"]["decisions"]
+
+
 def test_eval_rejects_bad_input(checkpoint, tmp_path, capsys):
     assert evaluate.run(parse(evaluate, ["--checkpoint", str(checkpoint), "--tasks", "fly", "--out",
                                          str(tmp_path)])) == 2

@@ -66,6 +66,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--i3d-weights", default=None, help="local TorchScript I3D (open-loop FVD); else null")
     o.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: on a shared 2-core machine 2 threads oversubscribe, ~10x slower)")
+    o.add_argument("--jobs", type=int, default=1,
+                   help="worker processes for the episodes (same results, less wall time; 2 on a 2-core machine)")
     o.add_argument("--no-progress", action="store_true")
 
 
@@ -183,56 +185,117 @@ def summarise_task(eps: list[dict[str, Any]]) -> dict[str, Any]:
             "reproj_error_px_mean": float(np.mean(errs)) if errs else None}
 
 
+class EpisodeRunner:
+    """Runs single episodes by (task, k): one policy, one env per task (kept open), videos written as they finish.
+
+    Episode k of a task depends only on its seed, not on what ran before it, so any split of the (task, k) pairs
+    over processes gives the same records (``--jobs``)."""
+
+    def __init__(self, model: Any, out: Path, seed: int, env_kwargs: dict[str, Any], policy_kwargs: dict[str, Any],
+                 max_steps: int | None, videos: int, video_format: str):
+        self.policy = ActionImagesPolicy(model, seed=seed, **policy_kwargs)
+        self.codec = ActionImageCodec()
+        self.out, self.seed, self.env_kwargs = out, seed, env_kwargs
+        self.max_steps, self.videos, self.video_format = max_steps, videos, video_format
+        self.envs: dict[str, Any] = {}
+
+    def episode(self, task: str, k: int) -> dict[str, Any]:
+        from action_images.sim import make_env
+
+        if task not in self.envs:
+            self.close()                                           # pairs come task by task: one env open at a time
+            self.envs[task] = make_env(task, **self.env_kwargs)
+        env = self.envs[task]
+        limit = min(env.max_steps, self.max_steps) if self.max_steps else env.max_steps
+        rec = rollout(env, self.policy, episode_seed(self.seed, task, k), limit, k < self.videos, self.codec)
+        frames = rec.pop("_frames")
+        if frames:
+            rel = f"videos/{task}_ep{k:03d}.{self.video_format}"
+            write_video(self.out / rel, frames, int(getattr(env, "fps", 10)))
+            rec["video"] = rel
+        chunks = self.policy.chunks
+        rec.update(task=task, episode=k, views=list(chunks[0].view_names) if chunks else None)
+        return rec
+
+    def close(self) -> None:
+        for env in self.envs.values():
+            env.close()
+        self.envs.clear()
+
+
+_WORKER: dict[str, EpisodeRunner] = {}
+
+
+def _worker_init(checkpoint: str, threads: int, runner_kwargs: dict[str, Any]) -> None:
+    from action_images.wam import WorldActionModel
+
+    torch.set_num_threads(threads)
+    _WORKER["runner"] = EpisodeRunner(WorldActionModel.from_pretrained(checkpoint), **runner_kwargs)
+
+
+def _worker_episode(pair: tuple[str, int]) -> dict[str, Any]:
+    return _WORKER["runner"].episode(*pair)
+
+
 def evaluate(model: Any, tasks: Sequence[str], episodes: int, out: str | Path, seed: int = 0,
              cameras: Sequence[str] = ("front", "left", "right"), policy_views: Sequence[str] | None = None,
              image_size: int = 64, perturb_cameras: bool = False, steps: int = 10, cfg_scale: float = 1.0,
              horizon: int | None = None, execute_k: int | None = None, on_disagree: str = "replan",
              gripper: str = "linear", max_steps: int | None = None, videos: int = 2, video_format: str = "gif",
-             progress: bool = True, disagree_px: float | None = None) -> dict[str, Any]:
-    """Closed-loop rollouts of every task; writes videos under ``out/videos``; returns the metrics dict."""
-    from tqdm import tqdm
+             progress: bool = True, disagree_px: float | None = None, jobs: int = 1,
+             checkpoint: str | Path | None = None) -> dict[str, Any]:
+    """Closed-loop rollouts of every task; writes videos under ``out/videos``; returns the metrics dict.
 
-    from action_images.sim import make_env
+    ``jobs > 1`` runs episodes in that many worker processes (each loads ``checkpoint`` and uses one torch thread);
+    the records are the same as with ``jobs = 1``, only the wall time changes."""
+    from tqdm import tqdm
 
     out = Path(out)
     (out / "videos").mkdir(parents=True, exist_ok=True)
-    codec = ActionImageCodec()
-    policy = ActionImagesPolicy(model, camera_names=policy_views, horizon=horizon, execute_k=execute_k, steps=steps,
-                                cfg_scale=cfg_scale, on_disagree=on_disagree, gripper=gripper, seed=seed,
-                                disagree_px=disagree_px)
-    per_task: dict[str, Any] = {}
+    env_kwargs = dict(cameras=tuple(cameras), image_size=image_size, perturb_cameras=perturb_cameras)
+    policy_kwargs = dict(camera_names=policy_views, horizon=horizon, execute_k=execute_k, steps=steps,
+                         cfg_scale=cfg_scale, on_disagree=on_disagree, gripper=gripper, disagree_px=disagree_px)
+    runner_kwargs = dict(out=out, seed=seed, max_steps=max_steps, videos=videos, video_format=video_format,
+                         env_kwargs=env_kwargs, policy_kwargs=policy_kwargs)
+    pairs = [(task, k) for task in tasks for k in range(episodes)]
     records: list[dict[str, Any]] = []
-    video_paths: dict[str, list[str]] = {}
-    bar = tqdm(total=len(tasks) * episodes, desc="eval episodes", unit="ep", disable=not progress,
-               dynamic_ncols=True)
+    bar = tqdm(total=len(pairs), desc="eval episodes", unit="ep", disable=not progress, dynamic_ncols=True)
+
+    def done(rec: dict[str, Any]) -> None:
+        records.append(rec)
+        bar.update(1)
+        bar.set_postfix(task=rec["task"], ok=sum(r["success"] for r in records if r["task"] == rec["task"]),
+                        n=sum(r["task"] == rec["task"] for r in records))
+
+    runner = EpisodeRunner(model, **runner_kwargs)                 # also the source of the policy's settings below
     try:
-        for task in tasks:
-            env = make_env(task, cameras=tuple(cameras), image_size=image_size, perturb_cameras=perturb_cameras)
-            eps = []
-            try:
-                limit = min(env.max_steps, max_steps) if max_steps else env.max_steps
-                for k in range(episodes):
-                    rec = rollout(env, policy, episode_seed(seed, task, k), limit, k < videos, codec)
-                    frames = rec.pop("_frames")
-                    if frames:
-                        rel = f"videos/{task}_ep{k:03d}.{video_format}"
-                        write_video(out / rel, frames, int(getattr(env, "fps", 10)))
-                        video_paths.setdefault(task, []).append(rel)
-                        rec["video"] = rel
-                    rec.update(task=task, episode=k)
-                    eps.append(rec)
-                    bar.update(1)
-                    bar.set_postfix(task=task, ok=sum(e["success"] for e in eps), n=len(eps))
-            finally:
-                env.close()
-            per_task[task] = summarise_task(eps)
-            records.extend(eps)
+        if jobs > 1:
+            if checkpoint is None:
+                raise ValueError("jobs > 1 needs the checkpoint path (each worker process loads the model)")
+            import multiprocessing as mp
+
+            with mp.get_context("spawn").Pool(jobs, _worker_init, (str(checkpoint), 1, runner_kwargs)) as pool:
+                for rec in pool.imap_unordered(_worker_episode, pairs):
+                    done(rec)
+        else:
+            for task, k in pairs:
+                done(runner.episode(task, k))
     finally:
+        runner.close()
         bar.close()
+    order = {pair: i for i, pair in enumerate(pairs)}
+    records.sort(key=lambda r: order[(r["task"], r["episode"])])
+    per_task = {task: summarise_task([r for r in records if r["task"] == task]) for task in tasks}
+    video_paths: dict[str, list[str]] = {}
+    for r in records:
+        if "video" in r:
+            video_paths.setdefault(r["task"], []).append(r["video"])
+    views = next((r["views"] for r in records if r["views"]), policy_views)
     n = len(records)
     succ = sum(r["success"] for r in records)
     lo, hi = wilson_interval(succ, n)
     cfg = model.config
+    policy = runner.policy
     return {"tasks": per_task,
             "overall": {"episodes": n, "successes": int(succ), "success_rate": succ / n if n else None,
                         "success_ci95": [lo, hi],
@@ -245,14 +308,14 @@ def evaluate(model: Any, tasks: Sequence[str], episodes: int, out: str | Path, s
                                                       if any(r["latency_parts_s"][k] is not None for r in records)
                                                       else None)
                                                   for k in ("observe", "generate", "decode", "chunk")}},
-            "policy": {"views": list(policy.chunks[0].view_names) if policy.chunks else policy_views,
-                       "horizon": policy.horizon,
+            "policy": {"views": views, "horizon": policy.horizon,
                        "execute_k": policy.execute_k, "stride": policy.stride, "steps": steps,
                        "cfg_scale": cfg_scale, "on_disagree": on_disagree, "gripper": gripper,
                        "disagree_px": policy.codec.reject_px,
                        "model_image_size": cfg.image_size, "model_preset": cfg.preset,
-                       "model_parameters": int(sum(p.numel() for p in model.parameters()))},
-            "episodes": [{k: v for k, v in r.items() if k != "latency_s"} for r in records],
+                       "model_parameters": int(sum(p.numel() for p in model.parameters())),
+                       "jobs": jobs},
+            "episodes": [{k: v for k, v in r.items() if k not in ("latency_s", "views")} for r in records],
             "videos": video_paths}
 
 
@@ -278,8 +341,8 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"action-images eval: {e}", file=sys.stderr)
         return 2
-    if args.episodes < 1 or (args.disagree_px is not None and not args.disagree_px > 0):
-        print("action-images eval: --episodes must be >= 1 and --disagree-px > 0", file=sys.stderr)
+    if args.episodes < 1 or args.jobs < 1 or (args.disagree_px is not None and not args.disagree_px > 0):
+        print("action-images eval: --episodes and --jobs must be >= 1 and --disagree-px > 0", file=sys.stderr)
         return 2
     out = Path(args.out)
     t0 = time.perf_counter()
@@ -291,7 +354,7 @@ def run(args: argparse.Namespace) -> int:
         perturb_cameras=args.perturb_cameras, steps=args.steps, cfg_scale=args.cfg_scale, horizon=args.horizon,
         execute_k=args.execute_k, on_disagree=args.on_disagree, gripper=args.gripper, max_steps=args.max_steps,
         videos=args.videos, video_format=args.video_format, progress=not args.no_progress,
-        disagree_px=args.disagree_px))
+        disagree_px=args.disagree_px, jobs=args.jobs, checkpoint=args.checkpoint))
     metrics["open_loop"] = None
     if args.open_loop_data:
         from action_images.metrics import evaluate_open_loop
