@@ -186,7 +186,7 @@ def summarise_task(eps: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 class EpisodeRunner:
-    """Runs single episodes by (task, k): one policy, one env per task (kept open), videos written as they finish.
+    """Runs single episodes by (task, k): one policy, the current task's env kept open, videos written as they finish.
 
     Episode k of a task depends only on its seed, not on what ran before it, so any split of the (task, k) pairs
     over processes gives the same records (``--jobs``)."""
@@ -197,15 +197,16 @@ class EpisodeRunner:
         self.codec = ActionImageCodec()
         self.out, self.seed, self.env_kwargs = out, seed, env_kwargs
         self.max_steps, self.videos, self.video_format = max_steps, videos, video_format
-        self.envs: dict[str, Any] = {}
+        self.task: str | None = None
+        self.env: Any = None
 
     def episode(self, task: str, k: int) -> dict[str, Any]:
         from action_images.sim import make_env
 
-        if task not in self.envs:
-            self.close()                                           # pairs come task by task: one env open at a time
-            self.envs[task] = make_env(task, **self.env_kwargs)
-        env = self.envs[task]
+        if task != self.task:                                      # pairs come task by task: one env at a time
+            self.close()
+            self.task, self.env = task, make_env(task, **self.env_kwargs)
+        env = self.env
         limit = min(env.max_steps, self.max_steps) if self.max_steps else env.max_steps
         rec = rollout(env, self.policy, episode_seed(self.seed, task, k), limit, k < self.videos, self.codec)
         frames = rec.pop("_frames")
@@ -218,9 +219,9 @@ class EpisodeRunner:
         return rec
 
     def close(self) -> None:
-        for env in self.envs.values():
-            env.close()
-        self.envs.clear()
+        if self.env is not None:
+            self.env.close()
+        self.task, self.env = None, None
 
 
 _WORKER: dict[str, EpisodeRunner] = {}
