@@ -134,6 +134,9 @@ def test_eval_rejects_bad_input(checkpoint, tmp_path, capsys):
     assert evaluate.run(parse(evaluate, ["--checkpoint", str(checkpoint), "--out", str(tmp_path),
                                          "--disagree-px", "0"])) == 2
     assert "--disagree-px" in capsys.readouterr().err
+    assert evaluate.run(parse(evaluate, ["--checkpoint", str(checkpoint), "--out", str(tmp_path),
+                                         "--jobs", "0"])) == 2
+    assert "--jobs" in capsys.readouterr().err
 
 
 def test_perturbed_cameras_episode_seeds_are_reproducible(checkpoint, tmp_path):
