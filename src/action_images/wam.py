@@ -52,7 +52,8 @@ TASK_NAMES = tuple(TASKS)
 FORMAT = "action-images-wam"
 FORMAT_VERSION = 1
 # config keys added after format v1 shipped -> the value that reproduces the older behaviour
-ADDED_KEYS: dict[str, Any] = {"act_peak_weight": 0.0, "loss_target": "velocity"}
+ADDED_KEYS: dict[str, Any] = {"act_peak_weight": 0.0, "loss_target": "velocity", "camera_names": None,
+                              "crop": "center"}
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 
@@ -77,6 +78,8 @@ class WAMConfig:
     predict: str = "x_rel"                         # "x_rel" (clean clip relative to the current frame) or "x"
     act_peak_weight: float = 10.0                  # extra loss weight on action-image blob pixels (0: uniform)
     loss_target: str = "x0"                        # "x0": |x0_hat - x0|^2; "velocity": |v_hat - (eps - x0)|^2
+    camera_names: list | None = None               # cameras trained on (None: any of the dataset's)
+    crop: str = "center"                           # evaluation crop of each view before the resize ("center")
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "WAMConfig":
@@ -168,6 +171,15 @@ class WorldActionModel(nn.Module):
         ref = x_in[:, :, :1] * (_channel_state(state[:, :, :1]) == GIVEN)     # [B, V, 1, 6, H, W]
         return ref + out
 
+    @staticmethod
+    def noisy_input(x0: torch.Tensor, state: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """The network input for clean streams ``x0 [B,V,F,6,H,W]``: given parts clean, generated parts at noise
+        level ``t [B]`` (x_t = (1 - t) x0 + t eps), absent parts zero. ``state`` [B,V,F,2] from :func:`task_state`."""
+        cs = _channel_state(state)
+        tt = t.view(-1, 1, 1, 1, 1, 1)
+        x_t = (1 - tt) * x0 + tt * eps
+        return torch.where(cs == GIVEN, x0, torch.where(cs == GEN, x_t, torch.zeros_like(x0)))
+
     def velocity(self, x0_hat: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return (x_t - x0_hat) / t.clamp_min(self.config.t_eps).view(-1, 1, 1, 1, 1, 1)
 
@@ -194,9 +206,7 @@ class WorldActionModel(nn.Module):
         instructions = drop_instructions(batch["instruction"], cfg.p_drop_text if self.training else 0.0, generator)
 
         cs = _channel_state(state)                                            # [B, V, F, 6, 1, 1]
-        tt = t.view(-1, 1, 1, 1, 1, 1)
-        x_t = (1 - tt) * x0 + tt * eps
-        x_in = torch.where(cs == GIVEN, x0, torch.where(cs == GEN, x_t, torch.zeros_like(x0)))
+        x_in = self.noisy_input(x0, state, t, eps)
         text, text_mask = self.encode_text(instructions)
         x0_hat = self.predict_x0(x_in, t, state, plucker, text, text_mask)
         if cfg.loss_target == "x0":
