@@ -202,3 +202,15 @@ def test_decode_never_raises_on_degenerate_generated_images(rng):
         assert np.isnan(res.poses[~res.valid]).all(), name
     assert not codec.decode(one_view, cams).valid.any()
     assert not codec.decode(cases["zeros"], cams).valid.any()
+
+
+def test_constructor_settings_are_keywords_and_validated():
+    c = ActionImageCodec(reject_px=3.5, min_confidence=0.4, refine_iters=0)
+    assert (c.reject_px, c.min_confidence, c.refine_iters) == (3.5, 0.4, 0)
+    assert ActionImageCodec().reject_px is None
+    for bad in ({"ell": np.nan}, {"ell": np.inf}, {"ell": -0.1}, {"sigma_frac": np.inf}, {"sigma_frac": 0},
+                {"sigma_frac": np.nan}, {"pedestal": 1.0}, {"pedestal": np.nan}, {"min_confidence": 1.5},
+                {"min_confidence": np.nan}, {"reject_px": 0}, {"reject_px": np.nan}, {"refine_iters": -1},
+                {"refine_iters": 1.5}, {"ell": "x"}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            ActionImageCodec(**bad)

@@ -55,15 +55,26 @@ class ActionImageCodec:
     >>> result = codec.decode(images, cameras)         # result.poses [T, 8]
     """
 
-    def __init__(self, ell: float = 0.1, sigma_frac: float = 0.05, pedestal: float = PEDESTAL,
+    def __init__(self, ell: float = 0.1, sigma_frac: float = 0.05, pedestal: float = PEDESTAL, *,
                  min_confidence: float = 0.3, reject_px: float | None = None, refine_iters: int = 2):
-        if ell <= 0 or sigma_frac <= 0 or not 0 < pedestal < 1:
-            raise ValueError("ell and sigma_frac must be > 0 and pedestal in (0, 1)")
-        self.ell = float(ell)
-        self.sigma_frac = float(sigma_frac)
-        self.pedestal = float(pedestal)
-        self.min_confidence = float(min_confidence)
-        self.reject_px = reject_px          # None -> 0.5·σ (scales with the image)
+        """All settings are keyword arguments and validated here; callers set them at construction.
+
+        ``ell``: gripper-frame arm length (m); ``sigma_frac``: blob σ as a fraction of min(H, W); ``pedestal``: the
+        B-channel level of an open gripper; ``min_confidence``: peak height a view needs to count as seeing a point;
+        ``reject_px``: residual (px) above which a view is rejected / the frame flagged (None -> 0.5·σ, scaling with
+        the image); ``refine_iters``: Gauss-Newton steps after the linear triangulation.
+        """
+        self.ell = _positive("ell", ell)
+        self.sigma_frac = _positive("sigma_frac", sigma_frac)
+        self.pedestal = _finite("pedestal", pedestal)
+        if not 0 < self.pedestal < 1:
+            raise ValueError(f"pedestal must be in (0, 1); got {pedestal!r}")
+        self.min_confidence = _finite("min_confidence", min_confidence)
+        if not 0 <= self.min_confidence <= 1:
+            raise ValueError(f"min_confidence must be in [0, 1]; got {min_confidence!r}")
+        self.reject_px = None if reject_px is None else _positive("reject_px", reject_px)
+        if isinstance(refine_iters, bool) or int(refine_iters) != refine_iters or refine_iters < 0:
+            raise ValueError(f"refine_iters must be an integer >= 0; got {refine_iters!r}")
         self.refine_iters = int(refine_iters)
 
     # ------------------------------------------------------------------------------------------------------------------
@@ -381,6 +392,24 @@ class ActionImageCodec:
         R = np.swapaxes(Vt, -1, -2) @ D @ np.swapaxes(U, -1, -2)
         t = cX - np.einsum("nij,nj->ni", R, cL)
         return R, t
+
+
+def _finite(name: str, value) -> float:
+    """``value`` as a finite float, or a ValueError naming the setting."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number; got {value!r}") from None
+    if not np.isfinite(x):
+        raise ValueError(f"{name} must be finite; got {value!r}")
+    return x
+
+
+def _positive(name: str, value) -> float:
+    x = _finite(name, value)
+    if x <= 0:
+        raise ValueError(f"{name} must be > 0; got {value!r}")
+    return x
 
 
 def _solve(M: np.ndarray, b: np.ndarray, rel_eps: float = 1e-9) -> np.ndarray:
