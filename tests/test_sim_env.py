@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -120,11 +122,59 @@ def test_targets_are_clipped_to_the_workspace(blind):
 
 
 @pytest.mark.parametrize("bad", [np.zeros(7), np.zeros((1, 8)), pose([0, 0, 0.1]) * np.nan,
-                                 np.r_[0, 0, 0.1, 0, 0, 0, 2.0, 1.0], np.r_[0, 0, 0.1, 1, 0, 0, 0, 1.5]])
+                                 np.r_[0, 0, 0.1, 0, 0, 0, np.inf, 1.0], np.r_[0, 0, 0.1, 1, 0, 0, 0, 1.5],
+                                 np.r_[0, 0, 0.1, 1, 0, 0, 0, -0.1]])
 def test_bad_actions_raise(blind, bad):
     blind.reset(seed=0)
     with pytest.raises(ValueError):
         blind.step(bad)
+
+
+def test_non_unit_quaternion_is_normalised(blind):
+    unit = pose([0.05, 0.1, 0.2], yaw=0.4)
+    scaled = unit.copy()
+    scaled[3:7] *= 2.7
+    blind.reset(seed=0)
+    *_, info_unit = blind.step(unit)
+    blind.reset(seed=0)
+    *_, info_scaled = blind.step(scaled)
+    np.testing.assert_allclose(info_scaled["target"], info_unit["target"], atol=1e-15)
+    np.testing.assert_allclose(np.linalg.norm(info_scaled["target"][3:7]), 1.0, atol=1e-15)
+
+
+def test_zero_quaternion_keeps_the_current_orientation(blind):
+    blind.reset(seed=0)
+    for _ in range(4):
+        obs, *_ = blind.step(pose([0.0, 0.0, 0.2], yaw=0.5))
+    q_before = obs["ee_pose"][3:7]
+    zero = np.r_[0.1, -0.1, 0.15, 0, 0, 1e-9, 0, 1.0]
+    for _ in range(3):
+        obs, _, _, _, info = blind.step(zero)
+        assert np.allclose(np.abs(np.dot(info["target"][3:7], obs["ee_pose"][3:7])), 1.0, atol=1e-3)
+    R_before = Rotation.from_quat(q_before).as_matrix()
+    assert rotation_angle_deg(Rotation.from_quat(obs["ee_pose"][3:7]).as_matrix(), R_before) < 1.0
+    assert np.linalg.norm(obs["ee_pose"][:3] - [0.1, -0.1, 0.15]) < 0.02  # the position part is still followed
+
+
+def test_random_actions_from_the_action_space_run(blind):
+    blind.reset(seed=0)
+    blind.action_space.seed(0)
+    for _ in range(10):
+        a = blind.action_space.sample()
+        assert blind.action_space.contains(a)
+        obs, *_ = blind.step(a)
+        assert np.isfinite(obs["ee_pose"]).all()
+
+
+@pytest.mark.parametrize("gym_id", sorted(GYM_IDS.values()))
+def test_gymnasium_env_checker_passes(gym_id):
+    from gymnasium.utils.env_checker import check_env
+
+    env = gym.make(gym_id, cameras=("front", "wrist"), image_size=16, render_mode="rgb_array")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # advice about unbounded boxes, not failures
+        check_env(env.unwrapped)
+    env.close()
 
 
 def test_bad_arguments_raise():

@@ -18,6 +18,7 @@ MAX_STEP_POS = 0.06   # metres the mocap may lead the hand per control step
 MAX_STEP_ROT = 0.5    # radians the mocap may lead the hand per control step
 START_POS = np.array([-0.05, 0.0, 0.2])
 START_YAW = 0.0
+QUAT_MIN_NORM = 1e-6  # action quaternions shorter than this keep the current tool orientation
 
 
 def quat_down(yaw: float = 0.0) -> np.ndarray:
@@ -89,17 +90,26 @@ class Arm:
 
     # ---- control -----------------------------------------------------------------------------------------------------
     def clip_target(self, target: np.ndarray) -> np.ndarray:
-        """Validate (ValueError on bad shape / NaN / non-unit quaternion / g outside [0, 1]) and clip to the workspace."""
+        """Validate, normalise the quaternion and clip the position to the workspace.
+
+        ``ValueError`` on a shape other than (8,), NaN/inf or g outside [0, 1]. Any quaternion of norm at least
+        ``QUAT_MIN_NORM`` is divided by its norm (so every point of the action space is a valid command); a shorter
+        one carries no usable direction and means "keep the tool's current orientation".
+        """
         target = np.asarray(target, dtype=np.float64)
         if target.shape != (8,):
             raise ValueError(f"action must have shape (8,) = [x,y,z,qx,qy,qz,qw,g]; got shape {target.shape}")
-        target = validate_poses(target, "action").copy()
+        if not np.isfinite(target).all():
+            raise ValueError(f"action contains NaN or inf: {target.tolist()}")
+        target = target.copy()
+        n = np.linalg.norm(target[3:7])
+        target[3:7] = target[3:7] / n if n >= QUAT_MIN_NORM else self.tcp_quat()
+        target = validate_poses(target, "action")
         target[:3] = np.clip(target[:3], scene.WORKSPACE_LOW, scene.WORKSPACE_HIGH)
-        target[3:7] /= np.linalg.norm(target[3:7])
         return target
 
     def apply(self, target: np.ndarray) -> np.ndarray:
-        """Move the mocap toward a validated, clipped target (kept near the hand) and set the fingers; returns it."""
+        """Move the mocap toward a validated, normalised, clipped target (kept near the hand) and set the fingers; returns it."""
         target = self.clip_target(target)
         p = self.tcp_pos()
         delta = target[:3] - p
