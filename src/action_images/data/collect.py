@@ -1,6 +1,6 @@
 """``action-images collect``: run the scripted experts in the built-in sim and write a LeRobot v3.0 dataset.
 
-    action-images collect --task pick_cube --episodes 100 --out data/pick_cube
+    action-images collect --tasks pick_cube --episodes 100 --out data/pick_cube
 
 ``--episodes`` is per task; one dataset holds every task (``task_index`` per episode). Attempt ``k`` of task ``t`` uses
 the seed ``episode_seed(--seed, t, k)`` whatever else is collected, and attempts run in the order (k, task position),
@@ -14,46 +14,62 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+from .. import seeds
 from ..geometry import Camera
+from ..runfiles import args_dict, atomic_write_json, split_list
 from .lerobot import LeRobotDataset
-from .lerobot_format import COLLECT_PATH, DEFAULT_CRF, INFO_PATH, atomic_write_json, read_json
-from .lerobot_writer import DatasetWriter
+from .lerobot_format import COLLECT_PATH, DEFAULT_CRF, INFO_PATH, read_json
+from .lerobot_writer import DatasetWriter, plan_start
 
 DEFAULT_CAMERAS = "front,left,right,top"
 # settings that must match to continue a run with --resume
 RESUME_KEYS = ("seed", "cameras", "image_size", "perturb_cameras", "keep_failed", "hold_steps")
 
 
+# Allowed ranges of the numeric flags, checked before any work starts. Images: at least 8 px (the sim's floor) and at
+# most 1024 px: one episode is held in memory until it is written (4 views x 100+ frames x 1024^2 x 3 bytes is over
+# a gigabyte) and MuJoCo's offscreen buffer grows with it. crf: the range libx264 accepts.
+IMAGE_SIZE_RANGE = (8, 1024)
+CRF_RANGE = (0, 51)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", default="all", help="task name, comma-separated names, or 'all' (default)")
-    p.add_argument("--episodes", type=int, default=100, help="episodes to store per task (default 100)")
+    p.add_argument("--tasks", default=None, help="task name, comma-separated names, or 'all' (default)")
+    p.add_argument("--task", dest="task_deprecated", default=None, help=argparse.SUPPRESS)  # old name of --tasks
+    p.add_argument("--episodes", type=int, default=100, help="episodes to store per task, >= 1 (default 100)")
     p.add_argument("--out", required=True, help="output dataset directory")
     p.add_argument("--cameras", default=DEFAULT_CAMERAS, help=f"comma-separated views (default {DEFAULT_CAMERAS})")
-    p.add_argument("--image-size", type=int, default=64, help="square image size in pixels (default 64)")
-    p.add_argument("--seed", type=int, default=0, help="base seed; episode seeds derive from it (default 0)")
+    p.add_argument("--image-size", type=int, default=64,
+                   help=f"square image size in pixels, {IMAGE_SIZE_RANGE[0]}..{IMAGE_SIZE_RANGE[1]} (default 64)")
+    p.add_argument("--seed", type=int, default=0, help="base seed, >= 0; episode seeds derive from it (default 0)")
     p.add_argument("--perturb-cameras", action="store_true",
                    help="jitter camera poses per episode; calibration is then stored per frame")
     p.add_argument("--resume", action="store_true", help="continue an interrupted collection in --out")
     p.add_argument("--keep-failed", action="store_true", help="also store episodes where the expert failed")
     p.add_argument("--max-attempts", type=int, default=None,
-                   help="give up on a task after this many attempts (default 3 x episodes + 10)")
-    p.add_argument("--video-crf", type=int, default=DEFAULT_CRF, help="H.264 crf (0 = lossless YUV, default)")
+                   help="give up on a task after this many attempts, >= 1 (default 3 x episodes + 10)")
+    p.add_argument("--video-crf", type=int, default=DEFAULT_CRF,
+                   help=f"H.264 crf, {CRF_RANGE[0]}..{CRF_RANGE[1]} (0 = lossless YUV, default)")
     p.add_argument("--hold-steps", type=int, default=0,
-                   help="keep recording this many expert steps after success (default 0: stop at success); "
+                   help="keep recording this many expert steps after success, >= 0 (default 0: stop at success); "
                         "they give training windows real future keyframes instead of the clipped last frame")
 
 
 def episode_seed(base_seed: int, task: str, attempt: int) -> int:
-    """Deterministic 32-bit seed of attempt ``attempt`` of ``task`` (independent of the other tasks collected)."""
-    ss = np.random.SeedSequence(entropy=int(base_seed), spawn_key=(zlib.crc32(task.encode()), int(attempt)))
-    return int(ss.generate_state(1)[0])
+    """Seed of attempt ``attempt`` of ``task`` (``seeds.episode_seed`` for collection, whatever else is collected)."""
+    return seeds.episode_seed(base_seed, task, attempt, purpose="collect")
+
+
+def _load_cameras() -> tuple[str, ...]:
+    """The sim's camera names (a function so tests can substitute a fake simulator)."""
+    from ..sim import CAMERA_NAMES
+    return tuple(CAMERA_NAMES)
 
 
 def _load_sim() -> tuple[Callable[..., Any], tuple[str, ...]]:
@@ -145,38 +161,75 @@ def _fail(msg: str) -> int:
     return 2
 
 
+def _names(spec: str, flag: str, choices: tuple[str, ...], allow_all: bool) -> list[str]:
+    """A comma separated list of distinct names from ``choices`` (or ``all``); ``ValueError`` naming ``flag``."""
+    names = list(choices) if allow_all and spec.strip() == "all" else split_list(spec, flag)
+    bad = [n for n in names if n not in choices]
+    if bad or not names or len(set(names)) != len(names):
+        what = f"unknown {bad}" if bad else ("repeated names" if names else "no names")
+        raise ValueError(f"{flag}: {what} in {spec!r}; choose from {', '.join(choices)}"
+                         + (" or 'all'" if allow_all else "") + ", each at most once")
+    return names
+
+
+def check_args(args: argparse.Namespace, all_tasks: tuple[str, ...],
+               all_cameras: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """(tasks, cameras) from the command line; ``ValueError`` with one line naming the flag and its allowed range."""
+    spec = args.tasks if args.tasks is not None else args.task_deprecated
+    if args.tasks is not None and args.task_deprecated is not None:
+        raise ValueError("--task is the old name of --tasks; give only --tasks")
+    tasks = _names("all" if spec is None else spec, "--tasks", all_tasks, allow_all=True)
+    cameras = _names(args.cameras, "--cameras", all_cameras, allow_all=False)
+    lo, hi = IMAGE_SIZE_RANGE
+    checks = [("--episodes", args.episodes, 1, None), ("--image-size", args.image_size, lo, hi),
+              ("--seed", args.seed, 0, None), ("--hold-steps", args.hold_steps, 0, None),
+              ("--video-crf", args.video_crf, *CRF_RANGE)]
+    if args.max_attempts is not None:
+        checks.append(("--max-attempts", args.max_attempts, 1, None))
+    for flag, value, lo, hi in checks:
+        if value < lo or (hi is not None and value > hi):
+            raise ValueError(f"{flag} must be {f'in {lo}..{hi}' if hi is not None else f'>= {lo}'}; got {value}")
+    return tasks, cameras
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         make_env, all_tasks = _load_sim()
+        all_cameras = _load_cameras()
     except ImportError as e:
         return _fail(f"the simulator is not available ({e})")
-    tasks = list(all_tasks) if args.task == "all" else [t.strip() for t in args.task.split(",") if t.strip()]
-    unknown = [t for t in tasks if t not in all_tasks]
-    if unknown or not tasks or len(set(tasks)) != len(tasks):
-        return _fail(f"unknown or repeated task(s) {unknown or tasks}; choose from {', '.join(all_tasks)} or 'all'")
-    cameras = [c.strip() for c in args.cameras.split(",") if c.strip()]
-    if not cameras or len(set(cameras)) != len(cameras):
-        return _fail(f"--cameras needs distinct names; got {args.cameras!r}")
-    if args.episodes < 1 or args.image_size < 8 or args.seed < 0 or args.hold_steps < 0:
-        return _fail("--episodes must be >= 1, --image-size >= 8, --seed >= 0 and --hold-steps >= 0")
+    try:
+        tasks, cameras = check_args(args, tuple(all_tasks), tuple(all_cameras))
+    except ValueError as e:
+        return _fail(str(e))
+    if args.task_deprecated is not None:
+        print("action-images collect: --task is deprecated; use --tasks (same values)", file=sys.stderr)
     out = Path(args.out)
     config = {"seed": int(args.seed), "cameras": cameras, "image_size": int(args.image_size),
               "perturb_cameras": bool(args.perturb_cameras), "keep_failed": bool(args.keep_failed),
               "hold_steps": int(args.hold_steps)}
-    ds = None
     if (out / INFO_PATH).exists():
         if not args.resume:
             return _fail(f"{out} already holds a dataset; pass --resume to continue it or choose another --out")
-        prev = read_json(out / COLLECT_PATH, "collection record") if (out / COLLECT_PATH).exists() else {}
+        try:
+            prev = read_json(out / COLLECT_PATH, "collection record") if (out / COLLECT_PATH).exists() else {}
+        except ValueError as e:
+            return _fail(str(e))
+        if not isinstance(prev, dict) or not isinstance(prev.get("config", {}), dict):
+            return _fail(f"{out / COLLECT_PATH}: expected a JSON object with a 'config' object")
         before = {"hold_steps": 0, **prev.get("config", {})}   # datasets from before --hold-steps held 0
         diff = {k: (before.get(k), config[k]) for k in RESUME_KEYS if before.get(k) != config[k]}
         if diff:
             return _fail(f"--resume with different settings than {out / COLLECT_PATH}: "
                          + ", ".join(f"{k}: was {a!r}, now {b!r}" for k, (a, b) in diff.items()))
-        ds = LeRobotDataset(out)
-    progress = Progress.from_dataset(ds, tasks)
+    try:  # refuse, before any episode runs, a dataset the writer would have to overwrite or delete files of
+        ds, _ = plan_start(out, args.resume)
+        progress = Progress.from_dataset(ds, tasks)
+    except (ValueError, OSError) as e:
+        return _fail(str(e))
     max_attempts = args.max_attempts if args.max_attempts is not None else 3 * args.episodes + 10
-    record = {"command": "collect", "args": {k: v for k, v in vars(args).items() if not k.startswith("_")},
+    cli = {k: v for k, v in args_dict(args).items() if k != "task_deprecated"}
+    record = {"command": "collect", "args": {**cli, "tasks": ",".join(tasks)},
               "seed": int(args.seed), "config": config}
 
     envs: dict[str, Any] = {}
@@ -206,9 +259,13 @@ def run(args: argparse.Namespace) -> int:
             if rec.success or args.keep_failed:
                 if writer is None:
                     per_frame = per_frame or rec.cameras_move()
-                    writer = DatasetWriter(out, fps=int(env.fps), cameras=[seq[0] for seq in rec.cameras.values()],
-                                           image_size=(args.image_size, args.image_size), resume=ds is not None,
-                                           per_frame_cameras=per_frame, crf=args.video_crf)
+                    try:
+                        writer = DatasetWriter(out, fps=int(env.fps), image_size=(args.image_size, args.image_size),
+                                               cameras=[seq[0] for seq in rec.cameras.values()],
+                                               resume=ds is not None, per_frame_cameras=per_frame, crf=args.video_crf)
+                    except (ValueError, OSError) as e:
+                        bar.close()
+                        return _fail(str(e))
                     atomic_write_json(out / COLLECT_PATH, {**record, "status": "running"})
                 writer.add_episode(instruction=rec.instruction, actions=rec.actions, states=rec.states,
                                    images=rec.images, cameras=rec.cameras,

@@ -8,6 +8,7 @@ files, data or video files with no episode row) are ignored. Images are decoded 
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,9 +20,9 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from ..geometry import POSE_DIM, Camera, validate_poses
-from .lerobot_format import (ACTION_KEY, CAMERAS_PATH, CODEBASE_VERSION, EPISODES_PATH, IMAGE_PREFIX, INFO_PATH,
-                             STATE_KEY, STATS_PATH, TASKS_PATH, calib_keys, cameras_from_json, column_to_numpy,
-                             read_json, read_parquet, read_tasks, stats_from_row)
+from .lerobot_format import (ACTION_KEY, CAMERAS_PATH, CODEBASE_VERSION, IMAGE_PREFIX, INFO_PATH, STATE_KEY,
+                             STATS_PATH, TASKS_PATH, calib_keys, cameras_from_json, check_name, column_to_numpy,
+                             format_template, read_json, read_parquet, read_tasks, resolve_inside, stats_from_row)
 from .video import decode_video, probe_video
 
 EXTRA_PREFIX = "extra/"  # our per-episode columns in meta/episodes (e.g. extra/seed, extra/success)
@@ -56,16 +57,51 @@ class Episode:
         return int(self.actions.shape[0])
 
 
-def _read_episode_rows(files: list[Path]) -> pa.Table:
-    """All episode-metadata files in one scan, without the (large) stats columns; a bad file is named."""
+def _read_episode_rows(files: list[Path]) -> list[dict[str, Any]]:
+    """All episode-metadata rows in one scan, without the (large) stats columns, each tagged with the file it came
+    from (``_file``); a bad file is named."""
     try:
         names = pq.read_schema(files[0]).names
-        cols = [c for c in names if not c.startswith("stats/")]
-        return pads.dataset([str(f) for f in files], format="parquet").to_table(columns=cols)
+        cols = [c for c in names if not c.startswith("stats/")] + ["__filename"]
+        table = pads.dataset([str(f) for f in files], format="parquet").to_table(columns=cols)
     except (pa.ArrowException, OSError) as e:
         for f in files:  # find the culprit so the error names it
             read_parquet(f, "episode metadata")
         raise ValueError(f"{files[0].parent.parent}: cannot read episode metadata ({e})") from e
+    rows = table.to_pylist()
+    by_name = {str(f): f for f in files}
+    for r in rows:
+        name = r.pop("__filename")
+        r["_file"] = by_name.get(name, Path(name))
+    return rows
+
+
+def _count(value: Any, source: Path | str, what: str, minimum: int = 0) -> int:
+    """``value`` as an int >= ``minimum`` (an integral float such as LeRobot's ``30.0`` counts); ``ValueError``
+    naming ``source`` and ``what`` otherwise (bools, NaN, strings, None...)."""
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+    if not ok and isinstance(value, (float, np.floating)) and math.isfinite(value) and float(value).is_integer():
+        ok, value = True, int(value)
+    if not ok or int(value) < minimum:
+        raise ValueError(f"{source}: {what} must be an integer >= {minimum}; got {value!r}")
+    return int(value)
+
+
+def _column_range(meta: pq.FileMetaData, name: str) -> tuple[int | None, int | None]:
+    """(min, max) of an integer column from the row-group statistics of a parquet footer; (None, None) if a row group
+    has no statistics for it (they are optional)."""
+    try:
+        col = meta.schema.names.index(name)
+    except ValueError:
+        return None, None
+    lo = hi = None
+    for g in range(meta.num_row_groups):
+        st = meta.row_group(g).column(col).statistics
+        if st is None or not st.has_min_max or not isinstance(st.min, int):
+            return None, None
+        lo = st.min if lo is None else min(lo, st.min)
+        hi = st.max if hi is None else max(hi, st.max)
+    return lo, hi
 
 
 class LeRobotDataset:
@@ -81,39 +117,59 @@ class LeRobotDataset:
         self._load_cameras()
         self._load_episodes()
         if check_files:
+            self._check_data_files()
             for i in range(self.num_episodes):
-                self._check_episode_files(i)
+                self._check_episode_videos(i)
+
+    def _fixed(self, rel: str) -> Path:
+        """A path of the fixed layout (``meta/info.json`` ...), refused if a symlink takes it outside the root."""
+        return resolve_inside(self.root, rel, self.root / rel, "the dataset layout")
 
     # ---- metadata ----------------------------------------------------------------------------------------------------
     def _load_info(self) -> None:
-        path = self.root / INFO_PATH
+        path = self._fixed(INFO_PATH)
         info = read_json(path, "dataset info (meta/info.json)")
         if not isinstance(info, dict):
             raise ValueError(f"{path}: expected a JSON object")
-        missing = {"codebase_version", "fps", "features", "data_path", "video_path", "chunks_size"} - set(info)
+        missing = {"codebase_version", "fps", "features", "data_path", "video_path", "chunks_size", "total_episodes",
+                   "total_frames"} - set(info)
         if missing:
             raise ValueError(f"{path}: missing keys {sorted(missing)}")
         if info["codebase_version"] != CODEBASE_VERSION:
             raise ValueError(f"{path}: codebase_version is {info['codebase_version']!r}; this reader needs "
                              f"{CODEBASE_VERSION!r} (convert older datasets with LeRobot's converter)")
+        self.fps = _count(info["fps"], path, "fps", minimum=1)
+        _count(info["chunks_size"], path, "chunks_size", minimum=1)
+        self.info_total_episodes = _count(info["total_episodes"], path, "total_episodes")
+        self.info_total_frames = _count(info["total_frames"], path, "total_frames")
         feats = info["features"]
+        if not isinstance(feats, dict) or not all(isinstance(ft, dict) for ft in feats.values()):
+            raise ValueError(f"{path}: features must be an object of feature objects")
         for key in (ACTION_KEY, STATE_KEY):
             if key not in feats or list(feats[key].get("shape", [])) != [POSE_DIM]:
                 raise ValueError(f"{path}: feature {key!r} must exist with shape [{POSE_DIM}] "
                                  f"([x,y,z,qx,qy,qz,qw,g]); got {feats.get(key)}")
         self.info = info
-        self.fps = int(info["fps"])
         self.video_keys = [k for k, ft in feats.items() if ft.get("dtype") == "video"]
         if not self.video_keys or not all(k.startswith(IMAGE_PREFIX) for k in self.video_keys):
             raise ValueError(f"{path}: expected video features named {IMAGE_PREFIX}<camera>; got {self.video_keys}")
-        shapes = {tuple(feats[k]["shape"]) for k in self.video_keys}
-        if len(shapes) != 1 or len(next(iter(shapes))) != 3 or next(iter(shapes))[2] != 3:
-            raise ValueError(f"{path}: all cameras must share one [H, W, 3] shape; got {sorted(shapes)}")
-        H, W, _ = next(iter(shapes))
+        for k in self.video_keys:  # video keys become folder names under videos/
+            check_name(k, "video feature", path)
+            check_name(k[len(IMAGE_PREFIX):], "camera name in video feature", path)
+        shapes = {tuple(feats[k].get("shape") or ()) for k in self.video_keys}
+        shape = next(iter(shapes))
+        if (len(shapes) != 1 or len(shape) != 3 or shape[2] != 3
+                or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
+            raise ValueError(f"{path}: all cameras must share one [H, W, 3] shape; got {sorted(shapes, key=str)}")
+        H, W, _ = shape
         self.image_size: tuple[int, int] = (int(H), int(W))
+        # the templates must give paths inside the root (checked again for every episode's actual indices)
+        for name, extra in (("data_path", {}), ("video_path", {"video_key": self.video_keys[0]})):
+            resolve_inside(self.root, format_template(info, name, path, chunk_index=0, file_index=0, **extra), path,
+                           name)
 
     def _load_cameras(self) -> None:
-        path = self.root / CAMERAS_PATH
+        path = self._fixed(CAMERAS_PATH)
         cams, per_frame = cameras_from_json(read_json(path, "camera calibration (meta/cameras.json)"), path)
         names = [c.name for c in cams]
         video_names = [k[len(IMAGE_PREFIX):] for k in self.video_keys]
@@ -134,52 +190,97 @@ class LeRobotDataset:
         self.per_frame_cameras = per_frame
 
     def _load_episodes(self) -> None:
-        ep_dir = self.root / "meta" / "episodes"
-        files = sorted(ep_dir.glob("chunk-*/file-*.parquet")) if ep_dir.is_dir() else []
-        rows = _read_episode_rows(files).to_pylist() if files else []
-        for r in rows:
-            r["_file"] = ep_dir / "chunk-{:03d}/file-{:03d}.parquet".format(
-                int(r.get("meta/episodes/chunk_index", -1)), int(r.get("meta/episodes/file_index", -1)))
+        info_path = self.root / INFO_PATH
+        ep_dir = self._fixed("meta/episodes")
+        files = sorted(resolve_inside(self.root, f.relative_to(self.root), f, "episode metadata file")
+                       for f in ep_dir.glob("chunk-*/file-*.parquet")) if ep_dir.is_dir() else []
+        rows = _read_episode_rows(files) if files else []
         required = {"episode_index", "tasks", "length", "data/chunk_index", "data/file_index", "dataset_from_index",
                     "dataset_to_index"}
         for k in self.video_keys:
             required |= {f"videos/{k}/chunk_index", f"videos/{k}/file_index", f"videos/{k}/from_timestamp",
                          f"videos/{k}/to_timestamp"}
+        int_cols = ["episode_index", "length", "data/chunk_index", "data/file_index", "dataset_from_index",
+                    "dataset_to_index"] + [f"videos/{k}/{c}" for k in self.video_keys for c in ("chunk_index",
+                                                                                             "file_index")]
         for r in rows:
             missing = required - set(r)
             if missing:
                 raise ValueError(f"{r['_file']}: episode metadata is missing columns {sorted(missing)}")
-        rows.sort(key=lambda r: int(r["episode_index"]))
+            for c in int_cols:
+                r[c] = _count(r[c], r["_file"], f"column {c!r}")
+            for k in self.video_keys:
+                t = r[f"videos/{k}/from_timestamp"]
+                if not isinstance(t, (int, float)) or isinstance(t, bool) or not math.isfinite(t) or t < 0:
+                    raise ValueError(f"{r['_file']}: column 'videos/{k}/from_timestamp' must be a finite time >= 0; "
+                                     f"got {t!r}")
+            if "meta/episodes/chunk_index" in r and "meta/episodes/file_index" in r:
+                own = ep_dir / "chunk-{:03d}/file-{:03d}.parquet".format(
+                    _count(r["meta/episodes/chunk_index"], r["_file"], "column 'meta/episodes/chunk_index'"),
+                    _count(r["meta/episodes/file_index"], r["_file"], "column 'meta/episodes/file_index'"))
+                if own != r["_file"]:
+                    raise ValueError(f"{r['_file']}: the row of episode {r['episode_index']} says it lives in {own}")
+        rows.sort(key=lambda r: r["episode_index"])
         for i, r in enumerate(rows):
-            if int(r["episode_index"]) != i:
-                raise ValueError(f"{r['_file']}: episode indices must run 0..N-1 without gaps; found "
-                                 f"{int(r['episode_index'])} where {i} was expected (is episode {i}'s metadata "
-                                 f"file missing from {ep_dir}?)")
-        if rows:
-            self.tasks: list[str] = read_tasks(self.root / TASKS_PATH)
-        else:
-            path = self.root / TASKS_PATH
-            self.tasks = read_tasks(path) if path.exists() else []
+            if r["episode_index"] != i:
+                raise ValueError(f"{r['_file']}: episode indices must run 0..N-1 without gaps or repeats; found "
+                                 f"{r['episode_index']} where {i} was expected (is episode {i}'s metadata file "
+                                 f"missing from {ep_dir}, or an episode listed twice?)")
+        # info.json is refreshed right after each episode's commit, so it counts every episode or all but the last
+        n_info = self.info_total_episodes
+        if not len(rows) - 1 <= n_info <= len(rows):
+            raise ValueError(f"{info_path}: total_episodes is {n_info} but {ep_dir} holds metadata for {len(rows)} "
+                             "episode(s)" + (f" (metadata of episodes {len(rows)}..{n_info - 1} is missing)"
+                                              if n_info > len(rows) else ""))
+        frames_info = sum(r["length"] for r in rows[:n_info])
+        if self.info_total_frames != frames_info:
+            raise ValueError(f"{info_path}: total_frames is {self.info_total_frames} but the first {n_info} "
+                             f"episode(s) in {ep_dir} hold {frames_info} frames")
+        tasks_path = self._fixed(TASKS_PATH)
+        self.tasks: list[str] = read_tasks(tasks_path) if rows or tasks_path.exists() else []
         start = 0
         for r in rows:
-            n = int(r["length"])
-            if n <= 0 or int(r["dataset_from_index"]) != start or int(r["dataset_to_index"]) != start + n:
+            n = r["length"]
+            if n <= 0 or r["dataset_from_index"] != start or r["dataset_to_index"] != start + n:
                 raise ValueError(f"{r['_file']}: episode {r['episode_index']} has length {n} and global rows "
                                  f"[{r['dataset_from_index']}, {r['dataset_to_index']}); expected start {start}")
-            if not r["tasks"] or r["tasks"][0] not in self.tasks:
+            if not isinstance(r["tasks"], list) or not r["tasks"] or r["tasks"][0] not in self.tasks:
                 raise ValueError(f"{r['_file']}: episode {r['episode_index']} task {r['tasks']} is not in "
-                                 f"{self.root / TASKS_PATH}")
+                                 f"{tasks_path}")
             start += n
-        self._rows = rows
-        refs: dict[tuple, int] = {}
-        for r in rows:
+        for i, r in enumerate(rows):  # every file an episode points at, resolved (and refused if outside) now
+            rel = format_template(self.info, "data_path", info_path, chunk_index=r["data/chunk_index"],
+                                  file_index=r["data/file_index"])
+            r["_data"] = resolve_inside(self.root, rel, info_path, f"data_path of episode {i} (from {r['_file']})")
+            r["_videos"] = {}
             for k in self.video_keys:
-                ref = (k, int(r[f"videos/{k}/chunk_index"]), int(r[f"videos/{k}/file_index"]))
-                refs[ref] = refs.get(ref, 0) + 1
-        self._shared_videos = {ref for ref, n in refs.items() if n > 1}  # multi-episode files (LeRobot's own writer)
+                rel = format_template(self.info, "video_path", info_path, video_key=k,
+                                      chunk_index=r[f"videos/{k}/chunk_index"], file_index=r[f"videos/{k}/file_index"])
+                r["_videos"][k] = resolve_inside(self.root, rel, info_path,
+                                                 f"video_path of episode {i}, {k} (from {r['_file']})")
+        self._rows = rows
+        # file -> episodes stored in it (several when LeRobot's own writer packed them into one file)
+        self._data_files: dict[Path, list[int]] = {}
+        self._video_files: dict[Path, list[int]] = {}
+        for i, r in enumerate(rows):
+            self._data_files.setdefault(r["_data"], []).append(i)
+            for k in self.video_keys:
+                self._video_files.setdefault(r["_videos"][k], []).append(i)
+        meta_files = {self.root / p for p in (INFO_PATH, CAMERAS_PATH, TASKS_PATH, STATS_PATH)} | set(files)
+        clash = (set(self._data_files) & (set(self._video_files) | meta_files)) | (set(self._video_files) & meta_files)
+        if clash:
+            raise ValueError(f"{info_path}: data_path / video_path make one file serve as two kinds (data, video, "
+                             f"metadata): {sorted(map(str, clash))[:3]}")
         self.num_episodes = len(rows)
-        self.episode_lengths: list[int] = [int(r["length"]) for r in rows]
+        self.episode_lengths: list[int] = [r["length"] for r in rows]
         self.num_frames = int(sum(self.episode_lengths))
+
+    def files(self) -> set[Path]:
+        """Every file the metadata accounts for: info, calibration, tasks, stats, episode metadata, data, videos."""
+        out = {self.root / p for p in (INFO_PATH, CAMERAS_PATH, TASKS_PATH, STATS_PATH)}
+        for r in self._rows:
+            out |= {r["_file"], r["_data"], *r["_videos"].values()}
+        return out
 
     def episode_stats(self, i: int) -> dict[str, dict[str, np.ndarray]]:
         """Per-episode statistics (LeRobot's ``stats/<feature>/<stat>`` columns of the episode metadata)."""
@@ -190,27 +291,33 @@ class LeRobotDataset:
         return stats_from_row({k: v for k, v in table.to_pylist()[0].items() if k.startswith("stats/")})
 
     def _data_path(self, i: int) -> Path:
-        r = self._rows[i]
-        return self.root / self.info["data_path"].format(chunk_index=int(r["data/chunk_index"]),
-                                                         file_index=int(r["data/file_index"]))
+        return self._rows[i]["_data"]
 
     def _video_path(self, i: int, cam: str) -> Path:
-        key = IMAGE_PREFIX + cam
-        r = self._rows[i]
-        return self.root / self.info["video_path"].format(video_key=key, chunk_index=int(r[f"videos/{key}/chunk_index"]),
-                                                          file_index=int(r[f"videos/{key}/file_index"]))
+        return self._rows[i]["_videos"][IMAGE_PREFIX + cam]
 
-    def _check_episode_files(self, i: int) -> None:
-        """Header-level checks (parquet footer, mp4 moov) so truncated files fail at open time."""
-        path = self._data_path(i)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: missing data file of episode {i}")
-        try:
-            meta = pq.read_metadata(path)
-        except (pa.ArrowException, OSError) as e:
-            raise ValueError(f"{path}: cannot read data file of episode {i} (truncated or corrupt parquet: {e})") from e
-        if meta.num_rows < self.episode_lengths[i]:
-            raise ValueError(f"{path}: holds {meta.num_rows} rows but episode {i} has {self.episode_lengths[i]} frames")
+    def _check_data_files(self) -> None:
+        """Parquet footers (so truncated files fail at open time): each data file holds exactly the rows of the
+        episodes that point at it, and its ``episode_index`` statistics, when written, cover those episodes only."""
+        for path, eps in self._data_files.items():
+            what = f"data file of episode {eps[0]}" if len(eps) == 1 else f"data file of episodes {eps}"
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: missing {what}")
+            try:
+                meta = pq.read_metadata(path)
+            except (pa.ArrowException, OSError) as e:
+                raise ValueError(f"{path}: cannot read {what} (truncated or corrupt parquet: {e})") from e
+            need = sum(self.episode_lengths[i] for i in eps)
+            if meta.num_rows != need:
+                raise ValueError(f"{path}: holds {meta.num_rows} rows but the metadata gives its episode(s) {eps} "
+                                 f"{need} frames")
+            lo, hi = _column_range(meta, "episode_index")
+            if lo is not None and (lo < min(eps) or hi > max(eps)):
+                raise ValueError(f"{path}: holds rows of episodes {lo}..{hi} but the metadata points episode(s) "
+                                 f"{eps} at it")
+
+    def _check_episode_videos(self, i: int) -> None:
+        """mp4 headers: size and frame count of every video of episode ``i``."""
         H, W = self.image_size
         for cam in self.camera_names:
             vpath = self._video_path(i, cam)
@@ -221,9 +328,7 @@ class LeRobotDataset:
                                  f"[{start}, {start + self.episode_lengths[i]})")
 
     def _video_shared(self, i: int, cam: str) -> bool:
-        key = IMAGE_PREFIX + cam
-        r = self._rows[i]
-        return (key, int(r[f"videos/{key}/chunk_index"]), int(r[f"videos/{key}/file_index"])) in self._shared_videos
+        return len(self._video_files[self._video_path(i, cam)]) > 1
 
     def _video_start(self, i: int, cam: str) -> int:
         return int(round(float(self._rows[i][f"videos/{IMAGE_PREFIX + cam}/from_timestamp"]) * self.fps))
@@ -241,7 +346,7 @@ class LeRobotDataset:
     @property
     def stats(self) -> dict[str, dict[str, np.ndarray]] | None:
         """``meta/stats.json`` as arrays (``None`` if absent, e.g. a collection killed before its first episode)."""
-        path = self.root / STATS_PATH
+        path = self._fixed(STATS_PATH)
         if not path.exists():
             return None
         return {k: {s: np.asarray(v) for s, v in d.items()} for k, d in read_json(path, "stats").items()}
@@ -249,7 +354,7 @@ class LeRobotDataset:
     def episode_info(self, i: int) -> dict[str, Any]:
         """The episode's metadata row without stats (LeRobot columns plus our ``extra/*`` ones)."""
         self._check_index(i)
-        return {k: v for k, v in self._rows[i].items() if not k.startswith("stats/") and k != "_file"}
+        return {k: v for k, v in self._rows[i].items() if not k.startswith(("stats/", "_"))}
 
     def episode(self, i: int) -> Episode:
         """Load episode ``i`` (numeric data now, images on first access of ``.images``)."""
@@ -263,11 +368,20 @@ class LeRobotDataset:
         missing = [c for c in need if c not in table.column_names]
         if missing:
             raise ValueError(f"{path}: missing columns {missing}")
-        if table.num_rows != T:  # multi-episode file (e.g. written by LeRobot itself): keep this episode's rows
-            ep_col = table.column("episode_index").to_numpy()
+        ep_col = table.column("episode_index").to_numpy()
+        if len(self._data_files[path]) > 1:  # multi-episode file (e.g. written by LeRobot itself): this episode's rows
             table = table.filter(pa.array(ep_col == i))
+        elif not (ep_col == i).all():
+            others = sorted({int(e) for e in ep_col[ep_col != i]})[:5]
+            raise ValueError(f"{path}: holds rows of episode(s) {others}; its metadata ({self._rows[i]['_file']}) "
+                             f"points only episode {i} at it")
         if table.num_rows != T:
             raise ValueError(f"{path}: has {table.num_rows} rows for episode {i}; its metadata says {T}")
+        if "index" in table.column_names:
+            start = int(self._rows[i]["dataset_from_index"])
+            if not np.array_equal(table.column("index").to_numpy(), np.arange(start, start + T)):
+                raise ValueError(f"{path}: column 'index' of episode {i} is not {start}..{start + T - 1} "
+                                 f"(dataset_from_index in {self._rows[i]['_file']})")
         frame_index = table.column("frame_index").to_numpy()
         if not np.array_equal(frame_index, np.arange(T)):
             raise ValueError(f"{path}: frame_index of episode {i} is not 0..{T - 1}")
@@ -276,10 +390,15 @@ class LeRobotDataset:
             states = validate_poses(column_to_numpy(table, STATE_KEY, POSE_DIM), f"{path}: observation.state")
         except ValueError as e:
             raise ValueError(str(e) if str(path) in str(e) else f"{path}: {e}") from e
-        task_index = int(table.column("task_index")[0].as_py())
+        task_col = table.column("task_index").to_numpy()
+        task_index = int(task_col[0])
+        row = self._rows[i]
+        if (task_col != task_index).any() or not 0 <= task_index < len(self.tasks) \
+                or self.tasks[task_index] != row["tasks"][0]:
+            raise ValueError(f"{path}: task_index of episode {i} ({sorted(set(task_col.tolist()))[:5]}) does not name "
+                             f"its task {row['tasks'][0]!r} in {self.root / TASKS_PATH}")
         frame_cams = self._frame_cameras(table, path) if self.per_frame_cameras else None
         cams = {c: frame_cams[c][0] for c in self.camera_names} if frame_cams else dict(self.cameras)
-        row = self._rows[i]
         extra = {k[len(EXTRA_PREFIX):]: v for k, v in row.items() if k.startswith(EXTRA_PREFIX)}
         return Episode(index=i, instruction=str(row["tasks"][0]), actions=actions, states=states, cameras=cams,
                        task_index=task_index, frame_cameras=frame_cams, extra=extra,

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..geometry import POSE_DIM, POSE_NAMES, Camera
+from ..runfiles import atomic_write_bytes
 
 CODEBASE_VERSION = "v3.0"
 CHUNKS_SIZE = 1000  # LeRobot's DEFAULT_CHUNK_SIZE: max files per chunk directory
@@ -63,13 +64,61 @@ def chunk_file(episode_index: int, chunks_size: int = CHUNKS_SIZE) -> dict[str, 
     return {"chunk_index": episode_index // chunks_size, "file_index": episode_index % chunks_size}
 
 
-def episode_paths(info: dict, episode_index: int, camera_names: Sequence[str]) -> dict[str, str]:
+def episode_paths(info: dict, episode_index: int, camera_names: Sequence[str],
+                  source: Path | str = INFO_PATH) -> dict[str, str]:
     """Relative paths of one episode's files: ``meta`` (episode row), ``data`` and one video per camera key."""
     cf = chunk_file(episode_index, int(info["chunks_size"]))
-    out = {"meta": EPISODES_PATH.format(**cf), "data": info["data_path"].format(**cf)}
+    out = {"meta": EPISODES_PATH.format(**cf), "data": format_template(info, "data_path", source, **cf)}
     for cam in camera_names:
-        out[image_key(cam)] = info["video_path"].format(video_key=image_key(cam), **cf)
+        out[image_key(cam)] = format_template(info, "video_path", source, video_key=image_key(cam), **cf)
     return out
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Paths from metadata: every file a dataset's metadata leads to must lie inside the dataset root
+# ----------------------------------------------------------------------------------------------------------------------
+
+def check_name(name: Any, what: str, source: Path | str) -> str:
+    """A camera name or video key that becomes a path component: a non-empty string without separators or
+    ``.``/``..`` (so ``videos/<key>/...`` stays one folder below ``videos/``); ``ValueError`` naming ``source``."""
+    if (not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name
+            or "\0" in name or name != name.strip()):
+        raise ValueError(f"{source}: {what} {name!r} is not usable in a file name (needs a non-empty name without "
+                         "'/', '\\', NUL, surrounding spaces, or '.'/'..')")
+    return name
+
+
+def format_template(info: dict, field_name: str, source: Path | str, **values: Any) -> str:
+    """``info[field_name]`` (``data_path`` / ``video_path``) filled in; ``ValueError`` naming the field if the
+    template is not a relative path template with exactly LeRobot's placeholders."""
+    template = info.get(field_name)
+    if not isinstance(template, str) or not template:
+        raise ValueError(f"{source}: {field_name} must be a non-empty path template; got {template!r}")
+    try:
+        rel = template.format(**values)
+    except (KeyError, IndexError, ValueError, TypeError, AttributeError) as e:
+        raise ValueError(f"{source}: {field_name} {template!r} is not a valid path template "
+                         f"({type(e).__name__}: {e})") from e
+    return rel
+
+
+def resolve_inside(root: Path, rel: str | Path, source: Path | str, field_name: str) -> Path:
+    """``root / rel`` if it lies inside ``root`` once ``..`` and symlinks are resolved, else ``ValueError`` naming the
+    metadata ``source`` file and ``field_name`` that produced the path (a dataset never reaches outside its root)."""
+    rel_s = str(rel)
+    if not rel_s or "\0" in rel_s or Path(rel_s).is_absolute():
+        raise ValueError(f"{source}: {field_name} gives the path {rel_s!r}, which is not relative to the dataset "
+                         f"root {root}")
+    path = root / rel_s
+    base = root.resolve()
+    try:
+        real = path.resolve()
+    except (OSError, RuntimeError) as e:  # symlink loops
+        raise ValueError(f"{source}: {field_name} gives the path {rel_s!r}, which cannot be resolved ({e})") from e
+    if real != base and base not in real.parents:
+        raise ValueError(f"{source}: {field_name} gives the path {rel_s!r}, which resolves to {real}, outside the "
+                         f"dataset root {base}; refusing to read or write it")
+    return root / real.relative_to(base)  # one spelling per file, so paths from different sources compare equal
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -173,9 +222,9 @@ def cameras_from_json(doc: Any, path: Path) -> tuple[list[Camera], bool]:
         raise ValueError(f"{path}: malformed calibration file: {e}") from e
     if len(static) != 1:
         raise ValueError(f"{path}: mixing static and per-frame cameras is not supported")
-    names = [c.name for c in cams]
-    if len(set(names)) != len(names) or not all(names):
-        raise ValueError(f"{path}: camera names must be unique and non-empty; got {names}")
+    names = [check_name(c.name, "camera name", path) for c in cams]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{path}: camera names must be unique; got {names}")
     return cams, not static.pop()
 
 
@@ -255,7 +304,8 @@ def stats_from_row(row: dict[str, Any]) -> dict[str, dict[str, np.ndarray]]:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Atomic writes: write a sibling temp file, fsync, rename over the target (a crash leaves old or new, never half)
+# Episode files: written under a temp name, committed later in a fixed order (see lerobot_writer.py). Whole small
+# files (info, stats, cameras, tasks) go through runfiles.atomic_write_* (temp file, fsync, rename).
 # ----------------------------------------------------------------------------------------------------------------------
 
 def partial_path(path: Path) -> Path:
@@ -276,17 +326,6 @@ def commit_file(tmp: Path, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = partial_path(path)
-    tmp.write_bytes(data)
-    commit_file(tmp, path)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
-
-
 def write_parquet(path: Path, table: pa.Table) -> None:
     """Write ``table`` to a temp name only (the caller commits it): lets episode files be renamed in a fixed order."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -294,8 +333,9 @@ def write_parquet(path: Path, table: pa.Table) -> None:
 
 
 def atomic_write_parquet(path: Path, table: pa.Table) -> None:
-    write_parquet(path, table)
-    commit_file(partial_path(path), path)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="snappy")
+    atomic_write_bytes(path, sink.getvalue().to_pybytes())
 
 
 def read_json(path: Path, what: str) -> Any:

@@ -9,6 +9,7 @@ files of an episode cut short are invisible; ``resume=True`` deletes them and co
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -17,11 +18,12 @@ import pyarrow as pa
 
 from ..geometry import POSE_DIM, Camera, validate_poses
 from .lerobot import EXTRA_PREFIX, LeRobotDataset
+from ..runfiles import atomic_write_json
 from .lerobot_format import (ACTION_KEY, CAMERAS_PATH, CHUNKS_SIZE, DEFAULT_CRF, INFO_PATH, PARTIAL_SUFFIX,
-                             STATE_KEY, STATS_PATH, TASKS_PATH, aggregate_stats, array_stats, atomic_write_json,
-                             atomic_write_parquet, build_features, build_info, calib_keys, cameras_to_json,
-                             commit_file, data_schema, episode_paths, fixed_list, image_key, image_stats, partial_path,
-                             stats_to_columns, stats_to_json, tasks_table, write_parquet)
+                             STATE_KEY, STATS_PATH, TASKS_PATH, aggregate_stats, array_stats, atomic_write_parquet,
+                             build_features, build_info, calib_keys, cameras_to_json, check_name, commit_file,
+                             data_schema, episode_paths, fixed_list, image_key, image_stats, partial_path,
+                             resolve_inside, stats_to_columns, stats_to_json, tasks_table, write_parquet)
 from .video import encode_video
 
 CamerasArg = Sequence[Camera] | Mapping[str, Camera | Sequence[Camera]] | None
@@ -45,8 +47,10 @@ class DatasetWriter:
         self._fault_hook: Callable[[str], None] | None = None  # tests: called between commit steps
         if self.fps <= 0:
             raise ValueError(f"fps must be positive; got {fps}")
-        if not self.cameras or len(set(self.camera_names)) != len(self.camera_names) or not all(self.camera_names):
-            raise ValueError(f"cameras need unique, non-empty names; got {self.camera_names}")
+        if not self.cameras or len(set(self.camera_names)) != len(self.camera_names):
+            raise ValueError(f"cameras need unique names; got {self.camera_names}")
+        for name in self.camera_names:  # names become folder names under videos/
+            check_name(name, "camera name", "DatasetWriter(cameras=...)")
         H, W = self.image_size
         for c in self.cameras:
             if (c.height, c.width) != (H, W):
@@ -58,22 +62,22 @@ class DatasetWriter:
         self.num_frames = 0
         self._episode_stats: list[dict[str, dict[str, np.ndarray]]] = []
         self._extra_keys: list[str] | None = None
-        if (self.root / INFO_PATH).exists() and not resume:
-            raise FileExistsError(f"{self.root} already holds a dataset; pass resume=True (--resume) to continue it, "
-                                  "or choose another directory")
-        if (self.root / INFO_PATH).exists() and _has_episodes(self.root):
-            self._resume()
-        else:  # new dataset (resuming one killed before its first episode starts it afresh)
-            if not resume and self.root.exists() and any(p.name != "meta" for p in self.root.iterdir()):
-                raise FileExistsError(f"{self.root} exists and is not empty; choose another directory")
-            self.root.mkdir(parents=True, exist_ok=True)
-            self._clean_leftovers(keep_episodes=0)
-            atomic_write_json(self.root / CAMERAS_PATH, cameras_to_json(self.cameras, self.per_frame_cameras))
-            self._write_info()  # info.json last: its presence marks an initialised dataset
+        ds, leftovers = plan_start(self.root, resume)
+        if ds is not None and ds.num_episodes:
+            self._resume(ds)  # refuses other settings before anything is deleted
+        for p in leftovers:
+            p.unlink()
+        if ds is not None and ds.num_episodes:
+            self._write_info()
+            self._write_stats()
+            return
+        # a new dataset; one resumed before its first committed episode starts afresh
+        self.root.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.root / CAMERAS_PATH, cameras_to_json(self.cameras, self.per_frame_cameras))
+        self._write_info()  # info.json last: its presence marks an initialised dataset
 
     # ---- resume ------------------------------------------------------------------------------------------------------
-    def _resume(self) -> None:
-        ds = LeRobotDataset(self.root, check_files=True, cache_size=0)
+    def _resume(self, ds: LeRobotDataset) -> None:
         if ds.fps != self.fps or ds.image_size != self.image_size or ds.camera_names != self.camera_names:
             raise ValueError(f"{self.root}: cannot resume: it has fps={ds.fps}, image_size={ds.image_size}, cameras="
                              f"{ds.camera_names}; asked for fps={self.fps}, image_size={self.image_size}, cameras="
@@ -91,27 +95,7 @@ class DatasetWriter:
         self.num_episodes = ds.num_episodes
         self.num_frames = ds.num_frames
         self._episode_stats = [ds.episode_stats(i) for i in range(ds.num_episodes)]
-        if ds.num_episodes:
-            self._extra_keys = sorted(k[len(EXTRA_PREFIX):] for k in ds._rows[0] if k.startswith(EXTRA_PREFIX))
-        self._clean_leftovers(keep_episodes=ds.num_episodes)
-        self._write_info()
-        self._write_stats()
-
-    def _clean_leftovers(self, keep_episodes: int) -> None:
-        """Delete ``*.partial`` files and episode files with no committed metadata row (index >= keep_episodes)."""
-        keep: set[Path] = set()
-        for i in range(keep_episodes):
-            keep |= {self.root / p for p in episode_paths(self.info, i, self.camera_names).values()}
-        for sub in ("data", "videos", "meta/episodes"):
-            base = self.root / sub
-            if not base.is_dir():
-                continue
-            for p in base.rglob("*"):
-                if p.is_file() and (p.name.endswith(PARTIAL_SUFFIX) or
-                                    (p.suffix in (".parquet", ".mp4") and p not in keep)):
-                    p.unlink()
-        for p in (self.root / "meta").glob("*" + PARTIAL_SUFFIX):
-            p.unlink()
+        self._extra_keys = sorted(k[len(EXTRA_PREFIX):] for k in ds._rows[0] if k.startswith(EXTRA_PREFIX))
 
     # ---- writing -----------------------------------------------------------------------------------------------------
     def add_episode(self, instruction: str, actions: np.ndarray, states: np.ndarray, images: Mapping[str, np.ndarray],
@@ -147,7 +131,13 @@ class DatasetWriter:
             raise ValueError(f"extra keys must match earlier episodes: {self._extra_keys}; got {keys}")
 
         i = self.num_episodes
-        paths = {k: self.root / p for k, p in episode_paths(self.info, i, self.camera_names).items()}
+        source = self.root / INFO_PATH
+        paths = {k: resolve_inside(self.root, p, source, f"the path of new episode {i}")
+                 for k, p in episode_paths(self.info, i, self.camera_names, source).items()}
+        taken = [p for p in paths.values() if p.exists() or p.is_symlink()]
+        if taken or len(set(paths.values())) != len(paths):
+            raise FileExistsError(f"{taken[0] if taken else source}: episode {i}'s files would overwrite existing "
+                                  "data or each other; nothing was written")
         new_tasks = self.tasks + ([instruction] if instruction not in self.tasks else [])
         task_index = new_tasks.index(instruction)
         written: list[Path] = []
@@ -305,8 +295,61 @@ class DatasetWriter:
         self.close()
 
 
-def _has_episodes(root: Path) -> bool:
-    return any((root / "meta" / "episodes").glob("chunk-*/file-*.parquet"))
+def plan_start(root: str | Path, resume: bool) -> tuple[LeRobotDataset | None, list[Path]]:
+    """What opening a writer on ``root`` finds, without changing anything: the dataset to continue (``None`` for a
+    new one) and the leftovers of a killed writer to delete. Raises, naming the file, when the writer would have to
+    overwrite or delete anything else:
+
+    - ``root`` holds a dataset and ``resume`` is false (``FileExistsError``);
+    - the dataset's metadata is inconsistent or points outside ``root`` (``LeRobotDataset`` refuses it);
+    - a ``.parquet`` / ``.mp4`` file that the metadata does not account for, other than the files of the one episode
+      whose commit was cut short (the next index: episodes are added one at a time);
+    - the next episode's files would land on files the dataset already uses;
+    - ``root`` is not empty but holds no ``meta/info.json`` (only ``meta/cameras.json`` and ``*.partial`` files, which
+      a writer killed before it wrote info.json leaves, are allowed there).
+    """
+    root = Path(root)
+    info_path = root / INFO_PATH
+    if not info_path.exists():
+        stray = [p for p in _files(root) if p.relative_to(root).as_posix() != CAMERAS_PATH
+                 and not p.name.endswith(PARTIAL_SUFFIX)] if root.is_dir() else []
+        if stray:
+            raise FileExistsError(f"{stray[0]}: {root} is not empty and holds no {INFO_PATH}; choose another "
+                                  "directory (nothing there is overwritten or deleted)")
+        return None, [p for p in _files(root) if p.name.endswith(PARTIAL_SUFFIX)] if root.is_dir() else []
+    if not resume:
+        raise FileExistsError(f"{root} already holds a dataset; pass resume=True (--resume) to continue it, or "
+                              "choose another directory")
+    ds = LeRobotDataset(root, check_files=True, cache_size=0)
+    n = ds.num_episodes
+    keep = ds.files()
+    nxt = {resolve_inside(root, rel, info_path, f"the path of new episode {n}")
+           for rel in episode_paths(ds.info, n, ds.camera_names, info_path).values()}
+    used = sorted(str(p) for p in nxt & keep)
+    if used:
+        raise ValueError(f"{info_path}: cannot resume: episode {n} would be written over {used[0]}, which holds "
+                         "earlier episodes (the dataset packs several episodes per file)")
+    leftovers = []
+    base = root.resolve()
+    for p in _files(root):
+        real = p.resolve()
+        key = root / real.relative_to(base) if base in real.parents else p
+        if p.name.endswith(PARTIAL_SUFFIX) or key in nxt:
+            leftovers.append(p)
+        elif p.suffix in (".parquet", ".mp4") and key not in keep:
+            raise ValueError(f"{p}: not accounted for by the metadata of {root} ({n} committed episodes); refusing "
+                             "to resume over it (move it out of the dataset and run again)")
+    return ds, leftovers
+
+
+def _files(root: Path) -> list[Path]:
+    """Every file (or symlink) under ``root``, without following symlinked folders out of it."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        d = Path(dirpath)
+        out += [d / f for f in filenames]
+        out += [d / f for f in dirnames if (d / f).is_symlink()]
+    return sorted(out)
 
 
 def _same_camera(a: Camera, b: Camera, tol: float = 1e-9) -> bool:
@@ -314,4 +357,4 @@ def _same_camera(a: Camera, b: Camera, tol: float = 1e-9) -> bool:
             and np.allclose(a.T_cam_world, b.T_cam_world, atol=tol, rtol=0))
 
 
-__all__ = ["DatasetWriter"]
+__all__ = ["DatasetWriter", "plan_start"]
