@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 from scipy.ndimage import gaussian_filter, shift
 from scipy.spatial.transform import Rotation
 
-from action_images.benchmarks.codec import random_poses, tabletop_cameras
+from action_images.benchmarks.codec import random_poses, sim_cameras
 from action_images.codec import ActionImageCodec, overlay
 from action_images.geometry import Camera, pose_to_matrix, rotation_angle_deg
 
@@ -19,7 +19,7 @@ def pose_errors(a, b):
 
 
 def test_encode_shapes_dtypes_and_values():
-    cams = tabletop_cameras(3, 64)
+    cams = sim_cameras(3, 64)
     poses = random_poses(5, seed=1)
     img = codec.encode(poses, cams)
     assert img.shape == (3, 5, 64, 64, 3) and img.dtype == np.float32
@@ -66,7 +66,7 @@ def test_points_behind_or_outside_draw_nothing():
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), n_views=st.sampled_from([2, 3, 4]), size=st.sampled_from([48, 64, 96]))
 def test_round_trip_random_poses(seed, n_views, size):
-    cams = tabletop_cameras(n_views, size)
+    cams = sim_cameras(n_views, size)
     poses = random_poses(8, seed)
     res = codec.decode(codec.encode(poses, cams), cams)
     assert res.valid.all()
@@ -78,7 +78,7 @@ def test_round_trip_random_poses(seed, n_views, size):
 
 
 def test_round_trip_non_square_images_and_uint8():
-    cams = [c.resized(80, 60) for c in tabletop_cameras(3, 64)]
+    cams = [c.resized(80, 60) for c in sim_cameras(3, 64)]
     poses = random_poses(20, seed=3)
     res = codec.decode(codec.encode(poses, cams, dtype=np.uint8), cams)
     pos_mm, rot_deg = pose_errors(poses, res.poses)
@@ -87,7 +87,7 @@ def test_round_trip_non_square_images_and_uint8():
 
 def test_decode_generated_like_images(rng):
     """Noisy, blurred and slightly shifted blobs (what a generator produces) still decode to millimetres."""
-    cams = tabletop_cameras(3, 64)
+    cams = sim_cameras(3, 64)
     poses = random_poses(40, seed=5)
     img = codec.encode(poses, cams)
     noisy = np.clip(img + rng.normal(0, 0.05, img.shape).astype(np.float32), 0, 1)
@@ -106,7 +106,7 @@ def test_decode_generated_like_images(rng):
 
 
 def test_decode_rejects_one_corrupted_view():
-    cams = tabletop_cameras(4, 64)
+    cams = sim_cameras(4, 64)
     poses = random_poses(10, seed=7)
     img = codec.encode(poses, cams)
     other = random_poses(10, seed=8)
@@ -120,7 +120,7 @@ def test_decode_rejects_one_corrupted_view():
 
 
 def test_decode_reports_points_seen_by_fewer_than_two_views():
-    cams = tabletop_cameras(3, 64)
+    cams = sim_cameras(3, 64)
     poses = random_poses(4, seed=9)
     img = codec.encode(poses, cams)
     img[1:, :2, ..., :2] = 0.0                                # frames 0, 1: views 1, 2 lose q_pos and q_nrm
@@ -132,7 +132,7 @@ def test_decode_reports_points_seen_by_fewer_than_two_views():
 
 
 def test_depth_sweep_decoder_is_close_but_ours_is_better():
-    cams = tabletop_cameras(3, 64)
+    cams = sim_cameras(3, 64)
     poses = random_poses(30, seed=11)
     img = codec.encode(poses, cams)
     ds = codec.decode(img, cams, method="depth_sweep")
@@ -152,7 +152,7 @@ def test_depth_sweep_decoder_is_close_but_ours_is_better():
     (lambda img, cams: (img, [cams[0], cams[1], cams[2].resized(32, 32)]), "one image size"),
 ])
 def test_decode_bad_input(make, match):
-    cams = tabletop_cameras(3, 64)
+    cams = sim_cameras(3, 64)
     img = codec.encode(random_poses(2, seed=0), cams)
     x, c = make(img, cams)
     with pytest.raises(ValueError, match=match):
@@ -162,7 +162,7 @@ def test_decode_bad_input(make, match):
 
 
 def test_encode_bad_input():
-    cams = tabletop_cameras(2, 32)
+    cams = sim_cameras(2, 32)
     with pytest.raises(ValueError, match="unit norm"):
         codec.encode(np.array([[0.5, 0, 0.1, 0, 0, 0, 3.0, 1.0]]), cams)
     with pytest.raises(ValueError, match="NaN"):
@@ -174,7 +174,7 @@ def test_encode_bad_input():
 
 
 def test_overlay():
-    cams = tabletop_cameras(1, 32)
+    cams = sim_cameras(1, 32)
     rgb = np.full((32, 32, 3), 100, np.uint8)
     act = codec.encode(random_poses(1, seed=2)[0], cams)[0]
     out = overlay(rgb, act)
@@ -189,7 +189,7 @@ def test_overlay():
 
 def test_decode_never_raises_on_degenerate_generated_images(rng):
     """Generated images can be anything: blank, constant, pure noise, a blob in one view only."""
-    cams = tabletop_cameras(2, 48)
+    cams = sim_cameras(2, 48)
     base = codec.encode(random_poses(3, seed=4), cams)
     one_view = base.copy()
     one_view[1, ..., 0] = 0.0                                   # q_pos seen by view 0 only

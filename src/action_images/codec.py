@@ -23,6 +23,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from scipy.ndimage import uniform_filter
 
 from action_images.geometry import Camera, matrix_to_pose, pose_to_matrix, project_points, stack_cameras
 
@@ -42,9 +43,13 @@ class DecodeResult:
     view_error: np.ndarray     # [T, 3, V] per-view reprojection error (px); NaN where the view does not see the point
     n_views: np.ndarray        # [T, 3]   views used per point
     rejected: np.ndarray       # [T, 3, V] views rejected as outliers
-    disagree: np.ndarray       # [T]      views disagree (a rejection happened or a residual is above threshold)
+    disagree: np.ndarray       # [T]      not trustworthy: a view was rejected, a residual is above ``reject_px``, or
+                               #          a point rests on a view whose blob is cut by the image border (``border``)
     valid: np.ndarray          # [T]      every point seen by >= 2 views
     gripper_per_view: np.ndarray  # [T, V]
+    cut: np.ndarray            # [T, 3, V] seen views whose blob centre is on or beyond the image border (left out
+                               #          of the point where >= 2 other views see it)
+    border: np.ndarray         # [T]      some point was triangulated with a cut view (its position is not reliable)
 
 
 class ActionImageCodec:
@@ -105,7 +110,11 @@ class ActionImageCodec:
         """``poses [T, 8]`` (or ``[8]``) -> action images ``[V, T, H, W, 3]`` in [0, 1] (``uint8`` dtype: 0..255).
 
         Points behind a camera draw nothing; points outside the image draw the part of the blob that falls inside.
+        ``dtype``: a floating type (values in [0, 1]) or ``np.uint8`` (0..255); anything else is a ValueError.
         """
+        dtype = np.dtype(dtype)
+        if dtype != np.uint8 and not np.issubdtype(dtype, np.floating):
+            raise ValueError(f"encode dtype must be a float type (values in [0, 1]) or uint8 (0..255); got {dtype}")
         poses = np.asarray(poses, dtype=np.float64)
         single = poses.ndim == 1
         if single:
@@ -131,7 +140,7 @@ class ActionImageCodec:
         img = img_t.numpy()
         if single:
             img = img[:, 0]
-        if np.dtype(dtype) == np.uint8:
+        if dtype == np.uint8:
             return np.round(img * 255.0).astype(np.uint8)
         return img.astype(dtype, copy=False)
 
@@ -149,23 +158,39 @@ class ActionImageCodec:
             raise ValueError(f"images are {images.shape[3]}x{images.shape[2]} but cameras are {W}x{H}")
         if images.dtype == np.uint8:
             return images.astype(np.float32) / 255.0
+        if not np.issubdtype(images.dtype, np.floating):
+            raise ValueError(f"action images must be float in [0, 1] or uint8 in 0..255; got dtype {images.dtype} "
+                             "(convert to float and divide by the full-scale value first)")
         images = images.astype(np.float32, copy=False)
-        if not np.isfinite(images.min() + images.max()):
+        if images.size == 0:
+            return images
+        lo, hi = float(images.min()), float(images.max())
+        if not np.isfinite(lo + hi):
             raise ValueError("action images contain NaN or inf")
-        return images
+        if hi > 1.5 or lo < -0.5:
+            raise ValueError(f"float action images must be in [0, 1]; got values in [{lo:.3g}, {hi:.3g}] "
+                             "(0..255 images: pass uint8, or divide by 255)")
+        # generated images overshoot [0, 1] a little; clipping keeps every confidence within [0, 1]
+        return np.clip(images, 0.0, 1.0) if (lo < 0 or hi > 1) else images
 
-    def peaks(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Sub-pixel peak ``[V, T, 3, 2]`` (u, v) and peak height ``[V, T, 3]`` of each channel.
+    def peaks(self, images: np.ndarray, return_cut: bool = False):
+        """Sub-pixel peak ``[V, T, 3, 2]`` (u, v) and confidence ``[V, T, 3]`` of each channel (and, with
+        ``return_cut``, ``cut [V, T, 3]``: the blob's centre lies on or beyond the image border).
 
-        Weighted least squares of log I = c0 + c1·u + c2·v + c3·(u² + v²) over the pixels around the arg-max that
-        exceed 35 % of the peak (weights I²; Guo 2011). Exact for an isotropic Gaussian, unbiased at image borders.
+        The peak is the raw arg-max unless that pixel is a lone spike, in which case it is searched on a box-smoothed
+        copy, so a single noisy pixel (e.g. an open gripper's B background clipped at 1) cannot win over a blob. Around it, on the raw image, a
+        weighted least-squares fit of log I = c0 + c1·u + c2·v + c3·(u² + v²) over the pixels that exceed 35 % of the
+        peak (weights I²; Guo 2011); in B only pixels clearly above the pedestal take part, since below it B is not
+        Gaussian. The fit is exact for a clean isotropic Gaussian with pixels on both sides of its centre; a blob cut by
+        the border leaves it few, one-sided pixels and the answer is not reliable, hence ``cut``.
+
+        Confidence is the raw peak height where the fit finds a blob (negative curvature, width between σ/3 and 3σ)
+        and 0 where it does not (a flat or constant image has no peak).
         """
         V, T, H, W, _ = images.shape
         sigma = self.sigma(H, W)
         r = max(2, int(np.ceil(1.6 * sigma)))
-        flat = images.reshape(V, T, H * W, 3)
-        idx = flat.argmax(axis=2)                                  # [V, T, 3]
-        peak = np.take_along_axis(flat, idx[:, :, None, :], axis=2)[:, :, 0, :]
+        idx = _robust_argmax(images, sigma)                         # [V, T, 3]
         r0, c0 = np.divmod(idx, W)
         d = np.arange(-r, r + 1)
         dv, du = (x.ravel() for x in np.meshgrid(d, d, indexing="ij"))   # [k²] window offsets
@@ -175,8 +200,11 @@ class ActionImageCodec:
         base = ((np.arange(V)[:, None] * T + np.arange(T)[None, :]) * (H * W * 3))[..., None, None]
         lin = base + (np.clip(rows, 0, H - 1) * W + np.clip(cols, 0, W - 1)) * 3 + np.arange(3)[:, None]
         win = images.reshape(-1).take(lin)                         # [V, T, 3, k²]
+        near = inside & (np.abs(du) <= 1) & (np.abs(dv) <= 1)
+        peak = np.where(near, win, -np.inf).max(-1) if win.size else np.zeros(win.shape[:-1], np.float32)
         thr = 0.35 * peak[..., None]
-        use = inside & (win > thr) & (win > 1e-4)
+        floor = np.array([1e-4, 1e-4, self.pedestal + 0.05], np.float32)[:, None]
+        use = inside & (win > thr) & (win > floor)
         w = np.where(use, win, 0.0).astype(np.float64) ** 2
         # weighted LS via moments: M = Σ w a aᵀ, rhs = Σ w y a with a = (1, du, dv, du² + dv²)
         a = np.stack([np.ones_like(du), du, dv, du**2 + dv**2], axis=-1).astype(np.float64)   # [k², 4]
@@ -191,14 +219,23 @@ class ActionImageCodec:
         off_u = -coef[..., 1] / (2 * safe_c3)
         off_v = -coef[..., 2] / (2 * safe_c3)
         # fall back to a thresholded centroid where the fit is degenerate or runs away
-        wc = np.where(use, win - thr, 0.0)
+        wc = np.where(use, win - np.maximum(thr, floor), 0.0)
         s = wc.sum(-1) + 1e-12
         cu = (wc @ du.astype(np.float32)) / s
         cv = (wc @ dv.astype(np.float32)) / s
         ok &= (np.abs(off_u) <= r) & (np.abs(off_v) <= r)
         u = c0 + np.where(ok, off_u, cu)
         v = r0 + np.where(ok, off_v, cv)
-        return np.stack([u, v], axis=-1), peak
+        # a blob is a curved peak of about the encoded width; anything else (flat, constant, a ramp) is no peak
+        width = np.sqrt(-0.5 / safe_c3)
+        blob = ok & (width > sigma / 3) & (width < 3 * sigma)
+        conf = np.where(blob, np.clip(peak, 0.0, 1.0), 0.0).astype(np.float32)
+        uv = np.stack([u, v], axis=-1)
+        if not return_cut:
+            return uv, conf
+        cut = ((r0 == 0) | (r0 == H - 1) | (c0 == 0) | (c0 == W - 1)
+               | (u < 0) | (u > W - 1) | (v < 0) | (v > H - 1))
+        return uv, conf, cut
 
     def gripper(self, images: np.ndarray) -> np.ndarray:
         """``[V, T]`` gripper openness per view: median of B (the pedestal dominates the image) / 0.25."""
@@ -219,7 +256,7 @@ class ActionImageCodec:
             raise ValueError(f"decoding needs at least 2 views to triangulate; got {len(cameras)}")
         images = self._prepare(images, cameras)
         V, T, H, W, _ = images.shape
-        uv, peak = self.peaks(images)
+        uv, peak, cut = self.peaks(images, return_cut=True)
         margin = 2.0 * self.sigma(H, W)
         seen = ((peak >= self.min_confidence)
                 & (uv[..., 0] > -margin) & (uv[..., 0] < W - 1 + margin)
@@ -227,13 +264,19 @@ class ActionImageCodec:
         K, T_cw = stack_cameras(cameras)
         P = K @ T_cw[:, :3, :]                                                  # [V, 3, 4]
         uv_t = np.moveaxis(uv, 0, 2)                                            # [T, 3, V, 2]
-        w = np.moveaxis(np.where(seen, peak, 0.0), 0, 2).astype(np.float64)     # [T, 3, V]
+        seen_t = np.moveaxis(seen, 0, 2)                                        # [T, 3, V]
+        cut_t = np.moveaxis(cut, 0, 2) & seen_t
+        # a view whose blob is cut by the border gives a biased peak: left out where >= 2 other views see the point,
+        # used (and the frame flagged) otherwise
+        clean_views = (seen_t & ~cut_t).sum(-1)
+        drop_cut = cut_t & (clean_views >= 2)[..., None]
+        w = np.where(seen_t & ~drop_cut, np.moveaxis(peak, 0, 2), 0.0).astype(np.float64)   # [T, 3, V]
+        reject_px = self.reject_px or 0.5 * self.sigma(H, W)
         if method == "triangulate":
-            X, used = self._triangulate_robust(uv_t, w, P, K, T_cw, self.reject_px or 0.5 * self.sigma(H, W))
+            X, used = self._triangulate_robust(uv_t, w, P, K, T_cw, reject_px)
         else:
             X, used = self._depth_sweep(images, uv_t, w, cameras, P)
         err = self._view_errors(X, uv_t, P)                                     # [T, 3, V]
-        seen_t = w > 0
         n_views = used.sum(-1)
         point_ok = n_views >= 2
         X = np.where(point_ok[..., None], X, np.nan)
@@ -242,19 +285,20 @@ class ActionImageCodec:
             rms = np.sqrt((np.where(used, err, 0.0) ** 2).sum(-1) / np.maximum(n_views, 1))
         rms = np.where(point_ok, rms, np.nan)
         conf = np.where(point_ok, (w * used).sum(-1) / np.maximum(n_views, 1), 0.0)
-        rejected = seen_t & ~used
+        rejected = seen_t & ~used & ~drop_cut
+        border = (used & cut_t).any(axis=(-1, -2))
         g_view = self.gripper(images).T                                          # [T, V]
         valid = point_ok.all(-1)
         poses = np.full((T, 8), np.nan)
         if valid.any():
             R, t = self._kabsch(X[valid], conf[valid])
             poses[valid] = matrix_to_pose(t, R, g_view[valid].mean(-1))
-        thr = self.reject_px or 0.5 * self.sigma(H, W)
         with np.errstate(invalid="ignore"):
-            disagree = rejected.any(axis=(-1, -2)) | (np.nan_to_num(rms, nan=0.0) > thr).any(-1)
+            disagree = (rejected.any(axis=(-1, -2)) | (np.nan_to_num(rms, nan=0.0) > reject_px).any(-1)
+                        | (border & valid))
         return DecodeResult(poses=poses, points=X, uv=uv, confidence=conf, reproj_error=rms, view_error=view_error,
                             n_views=n_views, rejected=rejected, disagree=disagree, valid=valid,
-                            gripper_per_view=g_view)
+                            gripper_per_view=g_view, cut=cut_t, border=border)
 
     # ---- triangulation -----------------------------------------------------------------------------------------------
     @staticmethod
@@ -340,42 +384,55 @@ class ActionImageCodec:
         return X, used & ~drop
 
     # ---- the paper's decoder ------------------------------------------------------------------------------------------
-    def _depth_sweep(self, images, uv_t, w, cameras, P, n_depth: int = 192, near: float = 0.05, far: float = 4.0):
-        """Main view = the most confident view of each point; sweep depth along its ray, score by the other views'
-        bilinearly sampled heatmaps; parabolic refinement around the best sample."""
+    def _depth_sweep(self, images, uv_t, w, cameras, P, n_depth: int = 128, n_fine: int = 16, near: float = 0.05,
+                     far: float = 4.0):
+        """The paper's decoder: candidates along the ray through the peak of every view that sees the point (depths
+        log-spaced from ``near`` to ``far``), each scored by the product of the bilinearly sampled heatmaps of all views
+        that see it (a sum of logs); the best candidate's neighbourhood on its ray is swept again ``n_fine`` times
+        finer, and a parabola through the best fine sample and its neighbours gives the sub-step depth."""
         V, T, H, W, _ = images.shape
-        main = w.argmax(-1)                                                     # [T, 3]
-        K, T_cw = stack_cameras(cameras)
-        Kinv = np.linalg.inv(K)
-        T_wc = np.stack([c.T_world_cam for c in cameras])
-        uv_main = np.take_along_axis(uv_t, main[..., None, None], axis=2)[..., 0, :]   # [T, 3, 2]
-        hom = np.concatenate([uv_main, np.ones(uv_main.shape[:-1] + (1,))], -1)
-        d_cam = np.einsum("tcij,tcj->tci", Kinv[main], hom)                    # z = 1 direction in camera frame
-        origin = T_wc[main][..., :3, 3]
-        d_world = np.einsum("tcij,tcj->tci", T_wc[main][..., :3, :3], d_cam)
-        depths = np.geomspace(near, far, n_depth)
-        cand = origin[..., None, :] + depths[:, None] * d_world[..., None, :]   # [T, 3, D, 3]
-        score = np.zeros(cand.shape[:-1])
-        Xh = np.concatenate([cand, np.ones(cand.shape[:-1] + (1,))], -1)
-        for v in range(V):
-            x = np.einsum("ij,tcdj->tcdi", P[v], Xh)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                uv = x[..., :2] / x[..., 2:3]
-            val = _bilinear(images[v], uv)                                      # [T, 3, D]
-            val = np.where(x[..., 2] > 0, val, 0.0)
-            other = (main != v) & (w[..., v] > 0)
-            score += np.where(other[..., None], val, 0.0)
-        best = score.argmax(-1)
-        b0 = np.clip(best, 1, n_depth - 2)
-        s_m, s_0, s_p = (np.take_along_axis(score, (b0 + k)[..., None], -1)[..., 0] for k in (-1, 0, 1))
-        denom = s_m - 2 * s_0 + s_p
-        off = np.where(np.abs(denom) > 1e-12, 0.5 * (s_m - s_p) / denom, 0.0).clip(-1, 1)
-        log_d = np.log(depths)
+        seen = w > 0                                                            # [T, 3, V]
+        T_wc = np.stack([c.T_world_cam for c in cameras])                       # [V, 4, 4]
+        Kinv = np.linalg.inv(np.stack([c.K for c in cameras]))
+        hom = np.concatenate([uv_t, np.ones(uv_t.shape[:-1] + (1,))], -1)      # [T, 3, V, 3]
+        d_cam = np.einsum("vij,tcvj->tcvi", Kinv, np.nan_to_num(hom))           # z = 1 in each camera frame
+        d_world = np.einsum("vij,tcvj->tcvi", T_wc[:, :3, :3], d_cam)           # [T, 3, V, 3]
+        origin = np.broadcast_to(T_wc[:, :3, 3], d_world.shape)
+        log_d = np.linspace(np.log(near), np.log(far), n_depth)
         step = log_d[1] - log_d[0]
-        depth = np.exp(log_d[b0] + off * step)
-        X = origin + depth[..., None] * d_world
-        used = w > 0
-        return X, used
+
+        def score(ray_o, ray_d, depths):
+            """``ray_o/ray_d [T, 3, R, 3]``, ``depths [..., R, D]`` (log) -> log-product score ``[T, 3, R, D]``."""
+            X = ray_o[..., None, :] + np.exp(depths)[..., None] * ray_d[..., None, :]   # [T, 3, R, D, 3]
+            shape = X.shape[:-1]
+            Xf = X.reshape(T, 3, -1, 3)
+            Xh = np.concatenate([Xf, np.ones(Xf.shape[:-1] + (1,))], -1)
+            total = np.zeros(Xf.shape[:-1])
+            for v in range(V):
+                x = np.einsum("ij,tcdj->tcdi", P[v], Xh)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    uv = x[..., :2] / x[..., 2:3]
+                val = np.where(x[..., 2] > 0, _bicubic(images[v], uv), 0.0)
+                total += np.where(seen[..., v, None], np.log(np.maximum(val, 1e-6)), 0.0)
+            return total.reshape(shape)
+
+        coarse = score(origin, d_world, np.broadcast_to(log_d, (V, n_depth)))  # [T, 3, V, D]
+        coarse = np.where(seen[..., None], coarse, -np.inf).reshape(T, 3, V * n_depth)
+        best = coarse.argmax(-1) if coarse.size else np.zeros((T, 3), dtype=int)
+        ray, k = np.divmod(best, n_depth)                                       # [T, 3]
+        o = np.take_along_axis(origin, ray[..., None, None], 2)                 # [T, 3, 1, 3]
+        dr = np.take_along_axis(d_world, ray[..., None, None], 2)
+        fine = log_d[k][..., None] + np.linspace(-step, step, 2 * n_fine + 1) # [T, 3, F]
+        s_fine = score(o, dr, fine[..., None, :])[..., 0, :]                   # [T, 3, F]
+        j = np.clip(s_fine.argmax(-1) if s_fine.size else np.zeros((T, 3), int), 1, 2 * n_fine - 1)
+        s_m, s_0, s_p = (np.take_along_axis(s_fine, (j + i)[..., None], -1)[..., 0] for i in (-1, 0, 1))
+        denom = s_m - 2 * s_0 + s_p
+        with np.errstate(invalid="ignore"):
+            off = np.where(np.abs(denom) > 1e-12, 0.5 * (s_m - s_p) / np.where(denom == 0, 1, denom), 0.0)
+        off = np.nan_to_num(off).clip(-1, 1)
+        depth = np.exp(np.take_along_axis(fine, j[..., None], -1)[..., 0] + off * step / n_fine)
+        X = o[..., 0, :] + depth[..., None] * dr[..., 0, :]
+        return X, seen.copy()
 
     def _kabsch(self, X: np.ndarray, conf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Weighted rigid fit of the tool-frame points onto the triangulated ones: ``X [N, 3, 3]`` -> (R, t)."""
@@ -410,6 +467,33 @@ def _positive(name: str, value) -> float:
     if x <= 0:
         raise ValueError(f"{name} must be > 0; got {value!r}")
     return x
+
+
+def _robust_argmax(images: np.ndarray, sigma: float) -> np.ndarray:
+    """Flat pixel index ``[V, T, 3]`` of each channel's blob: the raw arg-max where its 4-neighbourhood looks like a
+    blob of width σ (mean of the neighbours >= 60 % of it), else the arg-max of a box-smoothed copy (side ≈ σ, edges
+    replicated), so a lone noisy pixel (e.g. an open gripper's B background clipped at 1) cannot win over a blob."""
+    V, T, H, W, C = images.shape
+    flat = images.reshape(V, T, H * W, C)
+    idx = flat.argmax(axis=2)                                               # [V, T, C]
+    if images.size == 0:
+        return idx
+    peak = np.take_along_axis(flat, idx[:, :, None, :], axis=2)[:, :, 0, :]
+    r0, c0 = np.divmod(idx, W)
+    total, count = np.zeros(idx.shape, np.float32), np.zeros(idx.shape, np.float32)
+    vi, ti, ci = np.meshgrid(np.arange(V), np.arange(T), np.arange(C), indexing="ij")
+    for dr, dc in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+        rr, cc = r0 + dr, c0 + dc
+        ok = (rr >= 0) & (rr < H) & (cc >= 0) & (cc < W)
+        total += np.where(ok, images[vi, ti, np.clip(rr, 0, H - 1), np.clip(cc, 0, W - 1), ci], 0.0)
+        count += ok
+    lone = total < 0.6 * peak * np.maximum(count, 1)
+    if lone.any():
+        v, t, c = np.nonzero(lone)
+        size = 2 * max(1, int(round(0.5 * sigma))) + 1
+        sm = uniform_filter(images[v, t, :, :, c], size=(1, size, size), mode="nearest")   # [N, H, W]
+        idx[v, t, c] = sm.reshape(len(v), -1).argmax(-1)
+    return idx
 
 
 def _solve(M: np.ndarray, b: np.ndarray, rel_eps: float = 1e-9) -> np.ndarray:
@@ -449,6 +533,46 @@ def _bilinear(img: np.ndarray, uv: np.ndarray) -> np.ndarray:
             val = img[ti, np.clip(rr, 0, H - 1), np.clip(cc, 0, W - 1), ci]
             out += np.where(ok, val * dw * uw, 0.0)
     return out
+
+
+def _bicubic(img: np.ndarray, uv: np.ndarray) -> np.ndarray:
+    """Sample ``img [T, H, W, 3]`` at ``uv [T, 3, D, 2]`` for each point's own channel -> ``[T, 3, D]`` (0 outside).
+
+    Cubic convolution (Keys, a = -0.5): unlike bilinear sampling, whose maxima sit on pixel centres and grid lines,
+    it is smooth, so a score built from it can be refined below a pixel.
+    """
+    T, H, W, _ = img.shape
+    u, v = uv[..., 0], uv[..., 1]
+    finite = np.isfinite(u) & np.isfinite(v)
+    u = np.where(finite, u, -10.0)
+    v = np.where(finite, v, -10.0)
+    u0, v0 = np.floor(u).astype(int), np.floor(v).astype(int)
+    fu, fv = u - u0, v - v0
+    ti = np.arange(T)[:, None, None]
+    ci = np.arange(3)[None, :, None]
+    wu = _keys(fu)
+    wv = _keys(fv)
+    out = np.zeros(u.shape)
+    for i in range(4):
+        rr = v0 + i - 1
+        row_ok = (rr >= 0) & (rr < H)
+        rc = np.clip(rr, 0, H - 1)
+        acc = np.zeros(u.shape)
+        for j in range(4):
+            cc = u0 + j - 1
+            ok = row_ok & (cc >= 0) & (cc < W)
+            acc += np.where(ok, img[ti, rc, np.clip(cc, 0, W - 1), ci], 0.0) * wu[j]
+        out += acc * wv[i]
+    return out
+
+
+def _keys(f: np.ndarray) -> list[np.ndarray]:
+    """Keys cubic-convolution weights (a = -0.5) of the taps at -1, 0, 1, 2 for fractional offsets ``f``."""
+    a = -0.5
+    x0, x1, x2, x3 = f + 1, f, 1 - f, 2 - f
+    far = lambda x: a * x**3 - 5 * a * x**2 + 8 * a * x - 4 * a   # noqa: E731  (1 <= |x| < 2)
+    near = lambda x: (a + 2) * x**3 - (a + 3) * x**2 + 1          # noqa: E731  (|x| < 1)
+    return [far(x0), near(x1), near(x2), far(x3)]
 
 
 def overlay(rgb: np.ndarray, action_image: np.ndarray, alpha: float = 0.8) -> np.ndarray:
