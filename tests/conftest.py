@@ -12,3 +12,20 @@ torch.set_num_threads(2)
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def lerobot_root(tmp_path_factory):
+    """A 4-episode LeRobot v3 dataset written from synthetic scenes (3 cameras, 40 px)."""
+    from action_images.data import DatasetWriter
+    from action_images.data.windows import SyntheticWindows, WindowConfig
+
+    root = tmp_path_factory.mktemp("ds") / "pick"
+    syn = SyntheticWindows(WindowConfig(), seed=1, num_cameras=3, episode_len=12, native_size=40)
+    with DatasetWriter(root, fps=10, cameras=syn.cameras, image_size=(40, 40)) as w:
+        for scene in range(4):
+            ep = syn.episode(scene)
+            images = {c.name: np.stack([syn.render(c, s, ep["cube"], ep["color"], 0.0) for s in ep["states"]])
+                      for c in syn.cameras}
+            w.add_episode(instruction=ep["instruction"], actions=ep["actions"], states=ep["states"], images=images)
+    return root

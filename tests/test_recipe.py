@@ -1,73 +1,117 @@
-"""The shipped checkpoint's recipe, as written in the Makefile and the demo's help, is the one that made it.
-
-Guards against docs drifting from the weights: the train flags of ``make checkpoint`` must give the same trajectory
-arguments and model config as ``checkpoints/cpu-small/train_args.json`` / ``config.json``, and the step count must
-be the last step of its training log.
-"""
+"""The training recipe: one dataclass makes the flags, the file and the saved record; the shipped checkpoint's recipe
+file reproduces its config exactly, and ``make checkpoint`` trains from that file."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
-import shlex
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
-from action_images import demo, train
+from action_images import demo, recipe, train
+from action_images.recipe import SECTIONS, TrainRecipe
 from action_images.wam import WAMConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "checkpoints" / "cpu-small"
-# arguments that define the run (not where it writes, how it reports, or how long a wall-clock budget was)
-DEFINING = ("data", "preset", "seed", "image_size", "views", "horizon", "stride", "task_mix", "p_drop_text", "t_mean",
-            "loss_target", "refine_channels", "camera_names", "batch_size", "lr", "warmup",
-            "weight_decay", "ema", "grad_clip", "threads")
+RECIPE = ROOT / "recipes" / "cpu-small.json"
 
 
-def _logical_lines(text: str) -> list[str]:
-    return text.replace("\\\n", " ").splitlines()
-
-
-def makefile_train_argv() -> list[str]:
-    text = (ROOT / "Makefile").read_text()
-    steps = re.search(r"^CKPT_STEPS \?= (\d+)$", text, re.M).group(1)
-    line = next(ln for ln in _logical_lines(text) if "action-images train" in ln)
-    line = line.split("action-images train", 1)[1].replace("$(CKPT_STEPS)", steps)
-    return shlex.split(line)
-
-
-def howto_train_argv() -> list[str]:
-    line = next(ln for ln in _logical_lines(demo.HOW_TO) if "action-images train" in ln)
-    return shlex.split(line.split("action-images train", 1)[1])
-
-
-def parse_train(argv: list[str]) -> argparse.Namespace:
+def parse(*argv: str) -> argparse.Namespace:
     p = argparse.ArgumentParser()
     train.add_arguments(p)
-    return p.parse_args(argv)
+    return p.parse_args(["--out", "x", *argv])
 
 
-pytestmark = pytest.mark.skipif(not (SHIPPED / "train_args.json").exists(), reason="no shipped checkpoint")
+def test_every_recipe_field_has_a_flag():
+    p = argparse.ArgumentParser()
+    train.add_arguments(p)
+    dests = {a.dest for a in p._actions}
+    for section in SECTIONS:
+        for f in fields(getattr(TrainRecipe(), section)):
+            if f.metadata.get("kind") != "file_only":
+                assert f"{section}.{f.name}" in dests, f"{section}.{f.name}"
 
 
-def test_makefile_recipe_matches_shipped_run():
-    args = parse_train(makefile_train_argv())
-    args.batch_size = args.batch_size or train.PRESETS[args.preset]["batch_size"]   # as train.run resolves it
-    shipped = json.loads((SHIPPED / "train_args.json").read_text())
-    assert {k: getattr(args, k) for k in DEFINING} == {k: shipped[k] for k in DEFINING}
+def test_precedence_defaults_file_flags(tmp_path):
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"model": {"preset": "cpu-tiny", "horizon": 3}, "optim": {"lr": 0.002, "steps": 9},
+                                "data": {"data": "synthetic:2"}}))
+    r = recipe.from_args(parse("--config", str(path), "--lr", "0.003", "--cameras", "a,b"))
+    assert r.model.preset == "cpu-tiny" and r.model.horizon == 3          # from the file
+    assert r.optim.lr == 0.003 and r.optim.steps == 9                      # flag beats file
+    assert r.data.cameras == ["a", "b"] and r.data.data == ["synthetic:2"]
+    assert r.optim.warmup == 200                                           # default
+    assert recipe.from_args(parse("--config", str(path))).optim.lr == 0.002
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", "not a JSON recipe"),
+    ("[1, 2]", "a recipe is a JSON object"),
+    ('{"modle": {}}', "unknown sections"),
+    ('{"model": {"width": 3}}', "unknown keys ['width']"),
+    ('{"optim": {"lr": "fast"}}', "optim.lr: expected a number"),
+    ('{"optim": {"steps": 2.5}}', "optim.steps: expected an integer"),
+    ('{"optim": {"batch_size": 0}}', "optim.batch_size: 0 is outside"),
+    ('{"model": {"task_mix": {"policy": -1}}}', "weights must be finite"),
+    ('{"model": {"preset": "huge"}}', "unknown preset"),
+])
+def test_bad_recipe_files_name_the_file_and_key(tmp_path, content, message):
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(ValueError, match="bad.json") as e:
+        TrainRecipe.load(path)
+    assert message in str(e.value)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--steps", "0"], "--steps: 0 is outside"), (["--steps", "-4"], "--steps: -4 is outside"),
+    (["--minutes", "0"], "--minutes: 0 is outside"), (["--checkpoint-every", "0"], "--checkpoint-every: 0"),
+    (["--log-every", "0"], "--log-every: 0"), (["--batch-size", "-2"], "--batch-size: -2"),
+    (["--num-views", "0"], "--num-views: 0"), (["--horizon", "0"], "--horizon: 0"), (["--stride", "0"], "--stride: 0"),
+    (["--task-mix", "foo"], "--task-mix: 'foo' is not job=weight"), (["--task-mix", "policy=0"], "not all 0"),
+    (["--lr", "nan"], "--lr: must be a finite number"), (["--steps", "ten"], "--steps: expected an integer"),
+])
+def test_bad_flags_exit_2_naming_the_flag(tmp_path, argv, message, capsys):
+    args = parse("--data", "synthetic", "--steps", "1", *argv)
+    args.out = str(tmp_path / "run")
+    assert train.run(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_deprecated_aliases_still_work(capsys):
+    r = recipe.from_args(parse("--views", "3", "--camera-names", "l,r", "--data", "synthetic"),
+                         warn=lambda m: print(m))
+    assert r.model.num_views == 3 and r.data.cameras == ["l", "r"]
+    out = capsys.readouterr().out
+    assert "--views is deprecated; use --num-views" in out and "--camera-names is deprecated" in out
+
+
+pytestmark_shipped = pytest.mark.skipif(not (SHIPPED / "config.json").exists(), reason="no shipped checkpoint")
+
+
+@pytestmark_shipped
+def test_recipe_file_reproduces_the_shipped_config_exactly():
+    r = TrainRecipe.load(RECIPE)
+    built = train.build_config(r)
+    shipped = json.loads((SHIPPED / "config.json").read_text())
+    assert built.to_dict() == shipped["config"]
+    assert WAMConfig.from_dict(shipped["config"]).camera_names == ["left", "right"]
+    assert json.loads((SHIPPED / "train_config.json").read_text()) == r.to_dict()
+
+
+@pytestmark_shipped
+def test_recipe_steps_are_the_shipped_log():
     last_step = json.loads((SHIPPED / "log.jsonl").read_text().splitlines()[-1])["step"]
-    assert args.steps == last_step
+    assert TrainRecipe.load(RECIPE).optim.steps == last_step
 
 
-def test_makefile_recipe_builds_shipped_config():
-    built = train.build_config(parse_train(makefile_train_argv()))
-    shipped = WAMConfig.from_dict(json.loads((SHIPPED / "config.json").read_text())["config"])
-    assert built.to_dict() == shipped.to_dict()
-
-
-def test_demo_howto_is_the_makefile_recipe():
-    make = vars(parse_train(makefile_train_argv()))
-    howto = vars(parse_train(howto_train_argv()))
-    assert make == howto
+def test_make_checkpoint_and_the_demo_help_train_from_the_recipe_file():
+    make = (ROOT / "Makefile").read_text().replace("\\\n", " ")
+    line = next(ln for ln in make.splitlines() if "action-images train" in ln)
+    assert "--config recipes/cpu-small.json" in line and "--collect-missing" in line
+    assert "--config recipes/cpu-small.json" in demo.HOW_TO

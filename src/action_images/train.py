@@ -1,5 +1,6 @@
 """``action-images train``: train the world action model (AdamW + warmup, EMA, clipping, accelerate DDP).
 
+    action-images train --config recipes/cpu-small.json --out runs/cpu-small --collect-missing   # shipped checkpoint
     action-images train --data data/pick_cube --out runs/pick --preset cpu-small --minutes 30 --seed 0
     action-images train --data data/pick_cube --out runs/pick --preset cpu-small --minutes 30 --seed 0 --resume
     accelerate launch --multi_gpu --num_processes 2 -m action_images.train --data synthetic --out runs/ddp --steps 20
@@ -12,7 +13,13 @@ and all noise/task/dropout draws come from a generator seeded by (seed, step, ra
 needs weights, EMA, optimizer state and the step; ``--resume`` continues bit-for-bit (global RNG states are saved
 as well, for anything outside that scheme). ``--data synthetic[:N]`` trains on generated scenes (N distinct).
 
+The flags are generated from the recipe dataclass (:mod:`action_images.recipe`); the resolved recipe is saved as
+``train_config.json`` beside the weights, and ``--resume`` compares its defining settings with the checkpoint's.
+A non-finite loss or gradient stops the run with exit status 3 before anything is written: no checkpoint or export
+ever holds non-finite weights.
+
 Run directory: ``config.json`` + ``model.safetensors`` (EMA weights; ``WorldActionModel.from_pretrained(RUN)``),
+``train_config.json`` (the recipe),
 ``checkpoints/step_XXXXXXXX/`` (raw + EMA weights, optimizer, trainer state; written to a temp dir, then renamed),
 ``log.jsonl`` (one line per logged step) and ``loss.png``.
 """
@@ -34,90 +41,81 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from action_images import recipe as recipes
 from action_images.data.windows import SyntheticWindows, WindowConfig, Windows, collate
 from action_images.models import PRESETS
-from action_images.wam import CONFIG_NAME, TASK_NAMES, WEIGHTS_NAME, WAMConfig, WorldActionModel
+from action_images.recipe import RECIPE_NAME, TrainRecipe
+from action_images.runfiles import atomic_write_json, atomic_write_text, read_jsonl
+from action_images.wam import CONFIG_NAME, WEIGHTS_NAME, WAMConfig, WorldActionModel
 
-# arguments that must not change when resuming (they change the trajectory)
-TRAJECTORY_ARGS = ("data", "seed", "batch_size", "lr", "warmup", "weight_decay", "ema", "grad_clip")
+EXIT_USAGE, EXIT_NONFINITE = 2, 3
+
+
+class NonFiniteError(RuntimeError):
+    """The loss or the gradient stopped being finite: the run stops before anything is written."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, help="dataset dir(s), comma separated; or 'synthetic[:N]'")
     p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--preset", default="cpu-small", choices=sorted(PRESETS))
-    p.add_argument("--steps", type=int, default=None, help="stop after this many optimizer steps (total)")
-    p.add_argument("--minutes", type=float, default=None, help="stop after this many minutes (this invocation)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
-    g = p.add_argument_group("model/data overrides (default: the preset's)")
-    g.add_argument("--image-size", type=int)
-    g.add_argument("--views", type=int, help="views per window (random subset of the cameras)")
-    g.add_argument("--horizon", type=int, help="future keyframes H")
-    g.add_argument("--stride", type=int, help="control steps between keyframes")
-    g.add_argument("--task-mix", default=None, help="e.g. policy=0.85,world_model=0.05,labeler=0.05,video=0.05")
-    g.add_argument("--p-drop-text", type=float, default=None, help="instruction dropout for CFG (default 0.1)")
-    g.add_argument("--t-mean", type=float, default=None,
-                   help="mean of the logit-normal training t (default 0; > 0 trains more at high noise)")
-    g.add_argument("--act-peak-weight", type=float, default=None,
-                   help="extra loss weight on the action images' blob pixels (default 10; 0 = uniform)")
-    g.add_argument("--loss-target", default=None, choices=["x0", "velocity"],
-                   help="x0 (default): clean-clip error, every noise level weighted alike; velocity: the flow-matching "
-                        "velocity error (= x0 error / t^2, dominated by nearly clean inputs)")
-    g.add_argument("--refine-channels", type=int, default=None,
-                   help="DiT only: full-resolution conv refinement head with this many channels (0 = off)")
-    g.add_argument("--camera-names", default=None, help="restrict to these cameras (comma separated)")
-    o = p.add_argument_group("optimisation")
-    o.add_argument("--batch-size", type=int, default=None, help="per process (default: the preset's)")
-    o.add_argument("--lr", type=float, default=5e-4)
-    o.add_argument("--warmup", type=int, default=200)
-    o.add_argument("--weight-decay", type=float, default=0.01)
-    o.add_argument("--ema", type=float, default=0.999)
-    o.add_argument("--grad-clip", type=float, default=1.0)
-    o.add_argument("--compile", action="store_true", help="torch.compile the model (~1.3x on CPU after ~1 min)")
-    o.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"], help="GPU only; fp32 on CPU")
-    r = p.add_argument_group("running")
-    r.add_argument("--threads", type=int, default=None, help="torch threads per process (default: cores/procs, 1 if the machine is busy)")
-    r.add_argument("--workers", type=int, default=0, help="data loader processes")
-    r.add_argument("--log-every", type=int, default=10)
-    r.add_argument("--checkpoint-every", type=int, default=500, help="steps")
-    r.add_argument("--checkpoint-minutes", type=float, default=10.0)
-    r.add_argument("--keep-checkpoints", type=int, default=2)
-    r.add_argument("--no-progress", action="store_true")
+    p.add_argument("--resume", action="store_true", help="continue from the latest intact checkpoint in --out")
+    p.add_argument("--collect-missing", action="store_true",
+                   help="collect the dataset first when --data does not exist yet (the recipe's data.collect)")
+    recipes.add_arguments(p)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # pieces
 # ----------------------------------------------------------------------------------------------------------------------
 
-def build_config(args: argparse.Namespace) -> WAMConfig:
-    mix = None
-    if args.task_mix:
-        mix = {k: float(v) for k, v in (kv.split("=") for kv in args.task_mix.split(","))}
-        bad = set(mix) - set(TASK_NAMES)
-        if bad:
-            raise ValueError(f"--task-mix: unknown tasks {sorted(bad)}; known {TASK_NAMES}")
-    cfg = WAMConfig.from_preset(args.preset, image_size=args.image_size, num_views=args.views,
-                                 horizon=args.horizon, stride=args.stride, task_mix=mix,
-                                 p_drop_text=args.p_drop_text, t_mean=getattr(args, "t_mean", None),
-                                 act_peak_weight=getattr(args, "act_peak_weight", None),
-                                 loss_target=getattr(args, "loss_target", None))
-    if getattr(args, "refine_channels", None) is not None:
+def build_config(r: TrainRecipe, camera_names: list[str] | None = None) -> WAMConfig:
+    """The model config of a recipe (``camera_names``: the cameras the windows come from)."""
+    m = r.model
+    cfg = WAMConfig.from_preset(m.preset, image_size=m.image_size, num_views=m.num_views, horizon=m.horizon,
+                                stride=m.stride, task_mix=m.task_mix, p_drop_text=m.p_drop_text, t_mean=m.t_mean,
+                                act_peak_weight=m.act_peak_weight, loss_target=m.loss_target)
+    cfg.camera_names = list(camera_names or r.data.cameras or []) or None
+    if m.refine_channels is not None:
         if cfg.backbone_kind != "dit":
             raise ValueError("--refine-channels applies to DiT presets only")
-        cfg.backbone = {**cfg.backbone, "refine_channels": int(args.refine_channels)}
+        cfg.backbone = {**cfg.backbone, "refine_channels": int(m.refine_channels)}
+    cfg.validate()
     return cfg
 
 
-def build_dataset(args: argparse.Namespace, cfg: WAMConfig):
-    wcfg = WindowConfig(image_size=cfg.image_size, num_views=cfg.num_views, horizon=cfg.horizon, stride=cfg.stride,
-                        views=tuple(args.camera_names.split(",")) if args.camera_names else None)
-    if args.data.startswith("synthetic"):
-        n = int(args.data.split(":")[1]) if ":" in args.data else 0
-        return SyntheticWindows(wcfg, seed=args.seed, num_scenes=n)
-    return Windows([d for d in args.data.split(",") if d], wcfg, seed=args.seed)
+def build_dataset(r: TrainRecipe, cfg: WAMConfig):
+    wcfg = WindowConfig.from_model(cfg, views=r.data.cameras)
+    data = r.data.data
+    if len(data) == 1 and data[0].startswith("synthetic"):
+        spec = data[0]
+        try:
+            n = int(spec.split(":")[1]) if ":" in spec else 0
+        except ValueError:
+            raise ValueError(f"--data: {spec!r} is not synthetic or synthetic:N") from None
+        return SyntheticWindows(wcfg, seed=r.optim.seed, num_scenes=n)
+    for d in data:
+        if not (Path(d) / "meta" / "info.json").exists():
+            raise ValueError(f"--data: {d} is not a dataset (no meta/info.json); collect it first "
+                             "(action-images collect, or train --collect-missing with a recipe)")
+    return Windows(data, wcfg, seed=r.optim.seed)
 
 
+def collect_missing(r: TrainRecipe) -> None:
+    """Run ``action-images collect`` with the recipe's ``data.collect`` options for a dataset that does not exist."""
+    from action_images.data import collect
+
+    todo = [d for d in r.data.data if not d.startswith("synthetic") and not (Path(d) / "meta" / "info.json").exists()]
+    if not todo:
+        return
+    if not r.data.collect:
+        raise ValueError(f"--collect-missing: {todo} missing and the recipe has no data.collect section")
+    if len(todo) > 1:
+        raise ValueError(f"--collect-missing: collects one dataset; {todo} are missing")
+    argv = ["--out", todo[0]]
+    for k, v in r.data.collect.items():
+        argv += [f"--{k.replace('_', '-')}", str(v)]
+    print("collecting: action-images collect " + " ".join(argv), file=sys.stderr)
+    if collect.main(argv) != 0:
+        raise ValueError(f"--collect-missing: collecting {todo[0]} failed")
 class StepBatches(torch.utils.data.Sampler):
     """Infinite batch sampler: step s, rank r -> keys [(s * world + r) * B + j for j < B]."""
 
@@ -145,14 +143,8 @@ def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
 
 
-def lr_at(step: int, args: argparse.Namespace) -> float:
-    return args.lr * min(1.0, (step + 1) / max(1, args.warmup))
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def lr_at(step: int, lr: float, warmup: int) -> float:
+    return lr * min(1.0, (step + 1) / max(1, warmup))
 
 
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
@@ -176,8 +168,14 @@ def checkpoints(out: Path) -> list[Path]:
 
 
 def save_checkpoint(out: Path, step: int, wam: WorldActionModel, ema: dict[str, torch.Tensor],
-                    opt: torch.optim.Optimizer, args: argparse.Namespace, keep: int) -> Path:
-    """Write checkpoints/step_N atomically (temp dir, then rename) and refresh the run's EMA export."""
+                    opt: torch.optim.Optimizer, recipe: TrainRecipe, keep: int) -> Path:
+    """Write checkpoints/step_N atomically (temp dir, then rename) and refresh the run's EMA export.
+
+    Refuses non-finite weights (raw or EMA): a checkpoint or export never holds NaN or inf."""
+    for name, sd in (("weights", wam.state_dict()), ("EMA weights", ema)):
+        bad = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:
+            raise NonFiniteError(f"step {step}: non-finite {name} ({bad[:3]}); nothing was written")
     final = out / "checkpoints" / f"step_{step:08d}"
     tmp = out / "checkpoints" / f".tmp-step_{step:08d}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -187,37 +185,67 @@ def save_checkpoint(out: Path, step: int, wam: WorldActionModel, ema: dict[str, 
     save_file(tensors, str(tmp / "optimizer.safetensors"))
     save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
     np_state = np.random.get_state()
-    state = {"step": step, "args": {k: v for k, v in vars(args).items() if not k.startswith("_") and
-                                    not callable(v)},
+    state = {"step": step, "recipe": recipe.to_dict(),
              "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]],
              "python_rng": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
              "param_groups": groups, "time": time.time()}
-    (tmp / "trainer_state.json").write_text(json.dumps(state))
+    atomic_write_json(tmp / RECIPE_NAME, recipe.to_dict())
+    atomic_write_json(tmp / "trainer_state.json", state)                 # written last: marks the folder complete
     if final.exists():
         shutil.rmtree(final)
     os.rename(tmp, final)
     # the run-level export (EMA weights) for from_pretrained(RUN)
     save_file({k: v.contiguous() for k, v in ema.items()}, str(out / f".{WEIGHTS_NAME}.tmp"))
     os.replace(out / f".{WEIGHTS_NAME}.tmp", out / WEIGHTS_NAME)
-    _atomic_write_text(out / CONFIG_NAME, (final / CONFIG_NAME).read_text())
+    atomic_write_text(out / CONFIG_NAME, (final / CONFIG_NAME).read_text())
     for old in checkpoints(out)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
 
-def load_checkpoint(path: Path, wam: WorldActionModel, ema: dict[str, torch.Tensor],
-                    opt: torch.optim.Optimizer) -> int:
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """Every file of a checkpoint folder, read and checked before anything is applied (raises on damage)."""
     state = json.loads((path / "trainer_state.json").read_text())
-    wam.load_state_dict(load_file(str(path / WEIGHTS_NAME)))
-    for k, v in load_file(str(path / "ema.safetensors")).items():
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise ValueError("trainer_state.json has no integer step")
+    return {"state": state, "weights": load_file(str(path / WEIGHTS_NAME)),
+            "ema": load_file(str(path / "ema.safetensors")),
+            "optimizer": load_file(str(path / "optimizer.safetensors")),
+            "rng": load_file(str(path / "rng.safetensors"))["torch"],
+            "config": json.loads((path / CONFIG_NAME).read_text())["config"]}
+
+
+def latest_intact_checkpoint(out: Path, warn: Any = print) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint whose files all read back; damaged newer ones are reported and skipped."""
+    for path in reversed(checkpoints(out)):
+        try:
+            return path, read_checkpoint(path)
+        except Exception as e:   # truncated safetensors, garbage JSON, missing file: fall back to an older one
+            warn(f"action-images train: skipping damaged checkpoint {path} ({type(e).__name__}: {e})")
+    return None
+
+
+def apply_checkpoint(ck: dict[str, Any], wam: WorldActionModel, ema: dict[str, torch.Tensor],
+                     opt: torch.optim.Optimizer) -> int:
+    state = ck["state"]
+    wam.load_state_dict(ck["weights"])
+    for k, v in ck["ema"].items():
         ema[k].copy_(v)
-    _load_optimizer(opt, load_file(str(path / "optimizer.safetensors")), state["param_groups"])
-    torch.set_rng_state(load_file(str(path / "rng.safetensors"))["torch"])
+    _load_optimizer(opt, ck["optimizer"], state["param_groups"])
+    torch.set_rng_state(ck["rng"])
     s = state["numpy_rng"]
     np.random.set_state((s[0], np.asarray(s[1], dtype=np.uint32), *s[2:]))
     p = state["python_rng"]
     random.setstate((p[0], tuple(p[1]), p[2]))
     return int(state["step"])
+
+
+def saved_recipe(ck: dict[str, Any]) -> dict[str, Any] | None:
+    """The defining settings a checkpoint was trained with (None for checkpoints written before recipes)."""
+    d = ck["state"].get("recipe")
+    if d is None:
+        return None
+    return TrainRecipe.from_dict(d, "checkpoint recipe").defining()
 
 
 def plot_log(out: Path) -> None:
@@ -243,14 +271,13 @@ def plot_log(out: Path) -> None:
 
 
 def read_log(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_jsonl(path)
 
 
 def _truncate_log(path: Path, step: int) -> None:
+    """Keep the log lines up to ``step`` (the lines after the checkpoint a run resumes from are redone)."""
     rows = [r for r in read_log(path) if r["step"] <= step]
-    _atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -258,76 +285,105 @@ def _truncate_log(path: Path, step: int) -> None:
 # ----------------------------------------------------------------------------------------------------------------------
 
 def run(args: argparse.Namespace) -> int:
+    """The ``train`` command: resolve the recipe (errors name the flag or file, exit 2), then :func:`train`."""
+    try:
+        recipe = recipes.from_args(args, warn=lambda m: print(f"action-images train: {m}", file=sys.stderr))
+        if recipe.optim.steps is None and recipe.optim.minutes is None:
+            raise ValueError("give --steps N and/or --minutes M (or set optim.steps / optim.minutes in --config)")
+        if not recipe.data.data:
+            raise ValueError("give --data DIR[,DIR] (or data.data in --config)")
+        if args.collect_missing:
+            collect_missing(recipe)
+        return train(recipe, Path(args.out), resume=args.resume)
+    except (ValueError, FileExistsError) as e:
+        print(f"action-images train: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except NonFiniteError as e:
+        print(f"action-images train: {e}", file=sys.stderr)
+        return EXIT_NONFINITE
+
+
+def train(recipe: TrainRecipe, out: Path, resume: bool = False) -> int:
+    """Train from ``recipe`` into ``out`` (see the module docstring); returns the exit status."""
     from accelerate import Accelerator
     from tqdm import tqdm
 
-    if args.steps is None and args.minutes is None:
-        print("action-images train: give --steps N and/or --minutes M", file=sys.stderr)
-        return 2
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=args.mixed_precision)
+    o, rr = recipe.optim, recipe.run
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=rr.mixed_precision)
     world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
     if accelerator.device.type == "cpu":
-        torch.set_num_threads(args.threads or default_threads(world))
-    out = Path(args.out)
-    cfg = build_config(args)
-    args.batch_size = args.batch_size or PRESETS[args.preset]["batch_size"]
+        torch.set_num_threads(rr.threads or default_threads(world))
+    preset_cfg = build_config(recipe)
+    dataset = build_dataset(recipe, preset_cfg)
+    cfg = build_config(recipe, camera_names=recipe.data.cameras or dataset.camera_names)
+    batch_size = o.batch_size or PRESETS[recipe.model.preset]["batch_size"]
 
-    torch.manual_seed(args.seed)
+    torch.manual_seed(o.seed)
     wam = WorldActionModel(cfg)
     ema = {k: v.detach().clone().float() for k, v in wam.state_dict().items()}
     decay_params = [p for n, p in wam.named_parameters() if p.ndim >= 2 and "emb" not in n]
     other_params = [p for n, p in wam.named_parameters() if not (p.ndim >= 2 and "emb" not in n)]
-    opt = torch.optim.AdamW([{"params": decay_params, "weight_decay": args.weight_decay},
-                             {"params": other_params, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.99))
+    opt = torch.optim.AdamW([{"params": decay_params, "weight_decay": o.weight_decay},
+                             {"params": other_params, "weight_decay": 0.0}], lr=o.lr, betas=(0.9, 0.99))
 
     start = 0
-    ckpts = checkpoints(out)
-    if args.resume and ckpts:
-        saved = json.loads((ckpts[-1] / "trainer_state.json").read_text())
-        saved_cfg = json.loads((ckpts[-1] / CONFIG_NAME).read_text())["config"]
-        diff = [k for k in TRAJECTORY_ARGS if saved["args"].get(k) != getattr(args, k)]
-        diff += [f"config.{k}" for k in saved_cfg if saved_cfg[k] != cfg.to_dict().get(k)]
+    warn = (lambda m: print(m, file=sys.stderr)) if main else (lambda m: None)
+    found = latest_intact_checkpoint(out, warn) if resume else None
+    if found is not None:
+        path, ck = found
+        want = recipe.defining()
+        have = saved_recipe(ck)
+        diff = [f"config.{k}" for k in ck["config"] if ck["config"][k] != cfg.to_dict().get(k)]
+        if have is not None:
+            diff += [f"{sec}.{k}" for sec in have for k in have[sec] if have[sec][k] != want[sec].get(k)]
         if diff:
-            raise ValueError(f"--resume {out}: settings differ from the checkpoint ({diff}); use the same arguments")
-        start = load_checkpoint(ckpts[-1], wam, ema, opt)
+            raise ValueError(f"--resume {out}: settings differ from the checkpoint ({sorted(set(diff))}); use the "
+                             "same recipe")
+        start = apply_checkpoint(ck, wam, ema, opt)
         if main:
             _truncate_log(out / "log.jsonl", start)
-            print(f"resumed from {ckpts[-1]} (step {start})", file=sys.stderr)
-    elif not args.resume and main and (ckpts or (out / "log.jsonl").exists()):
+            print(f"resumed from {path} (step {start})", file=sys.stderr)
+    elif resume:
+        if main and (out / "log.jsonl").exists():   # killed before the first checkpoint: start over, cleanly
+            _truncate_log(out / "log.jsonl", 0)
+    elif main and (checkpoints(out) or (out / "log.jsonl").exists()):
         raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     if main:
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(out / "train_args.json", json.dumps({k: v for k, v in vars(args).items()
-                                                                  if not k.startswith("_") and not callable(v)},
-                                                                 indent=2))
+        atomic_write_json(out / RECIPE_NAME, recipe.to_dict())
     accelerator.wait_for_everyone()
 
-    model = torch.compile(wam) if args.compile else wam
+    model = torch.compile(wam) if rr.compile else wam
     model, opt = accelerator.prepare(model, opt)
-    dataset = build_dataset(args, cfg)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=StepBatches(start, args.batch_size, rank, world),
-                                         num_workers=args.workers, collate_fn=collate,
-                                         persistent_workers=args.workers > 0)
-    tokens_per_step = cfg.tokens_per_sample() * args.batch_size * world
-    bar = tqdm(total=args.steps, initial=start, disable=not main or args.no_progress, dynamic_ncols=True,
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=StepBatches(start, batch_size, rank, world),
+                                         num_workers=rr.workers, collate_fn=collate,
+                                         persistent_workers=rr.workers > 0)
+    tokens_per_step = cfg.tokens_per_sample() * batch_size * world
+    bar = tqdm(total=o.steps, initial=start, disable=not main or rr.no_progress, dynamic_ncols=True,
                desc=f"train {cfg.preset}")
     t_begin = t_last = t_ckpt = time.perf_counter()
     step, last_logged, log_f = start, start, (open(out / "log.jsonl", "a") if main else None)
     sums: dict[str, float] = {}
     it = iter(loader)
     try:
-        while args.steps is None or step < args.steps:
+        while o.steps is None or step < o.steps:
             batch = next(it)
-            lr = lr_at(step, args)
+            lr = lr_at(step, o.lr, o.warmup)
             for gr in opt.param_groups:
                 gr["lr"] = lr
-            metrics = model(batch, generator=step_generator(args.seed, step, rank))
+            metrics = model(batch, generator=step_generator(o.seed, step, rank))
+            if not torch.isfinite(metrics["loss"]).all():
+                raise NonFiniteError(f"step {step + 1}: the loss is {metrics['loss'].item()}; stopped before the "
+                                     f"update (lower --lr, now {o.lr:g}?). The last checkpoint is intact.")
             accelerator.backward(metrics["loss"])
-            grad_norm = accelerator.clip_grad_norm_(wam.parameters(), args.grad_clip)
+            grad_norm = accelerator.clip_grad_norm_(wam.parameters(), o.grad_clip)
+            if not torch.isfinite(grad_norm).all():
+                raise NonFiniteError(f"step {step + 1}: the gradient norm is {float(grad_norm)}; stopped before the "
+                                     f"update (lower --lr, now {o.lr:g}?). The last checkpoint is intact.")
             opt.step()
             opt.zero_grad(set_to_none=True)
             step += 1
-            d = min(args.ema, (1 + step) / (10 + step))
+            d = min(o.ema, (1 + step) / (10 + step))
             with torch.no_grad():
                 for k, v in wam.state_dict().items():
                     ema[k].lerp_(v.detach().float(), 1.0 - d)
@@ -336,27 +392,27 @@ def run(args: argparse.Namespace) -> int:
             for k, v in zip(sorted(metrics) + ["grad_norm"], vals.tolist()):
                 sums[k] = sums.get(k, 0.0) + v
             now = time.perf_counter()
-            flags = torch.tensor([args.minutes is not None and now - t_begin >= 60 * args.minutes,
-                                  now - t_ckpt >= 60 * args.checkpoint_minutes], dtype=torch.float32,
+            flags = torch.tensor([o.minutes is not None and now - t_begin >= 60 * o.minutes,
+                                  now - t_ckpt >= 60 * rr.checkpoint_minutes], dtype=torch.float32,
                                  device=accelerator.device)
             if world > 1:  # every rank must agree on stopping/checkpointing
                 flags = accelerator.reduce(flags, reduction="sum")
             stop, time_ckpt = bool(flags[0] > 0), bool(flags[1] > 0)
-            if step % args.log_every == 0 or stop or step == args.steps:
+            if step % rr.log_every == 0 or stop or step == o.steps:
                 n, dt = step - last_logged, now - t_last
                 row = {"step": step, **{k: v / n for k, v in sums.items()}, "lr": lr,
-                       "samples_per_s": n * args.batch_size * world / dt, "tokens_per_s": n * tokens_per_step / dt,
+                       "samples_per_s": n * batch_size * world / dt, "tokens_per_s": n * tokens_per_step / dt,
                        "elapsed_s": now - t_begin, "world_size": world}
                 if main:
-                    log_f.write(json.dumps(row) + "\n")
+                    log_f.write(json.dumps(row, allow_nan=False) + "\n")
                     log_f.flush()
                     bar.set_postfix(loss=f"{row['loss']:.4f}", act=f"{row['loss_act']:.4f}",
                                     tok_s=f"{row['tokens_per_s']:.0f}")
                 sums, last_logged, t_last = {}, step, now
             bar.update(1)
-            if step % args.checkpoint_every == 0 or time_ckpt or stop or step == args.steps:
+            if step % rr.checkpoint_every == 0 or time_ckpt or stop or step == o.steps:
                 if main:
-                    save_checkpoint(out, step, wam, ema, opt, args, args.keep_checkpoints)
+                    save_checkpoint(out, step, wam, ema, opt, recipe, rr.keep_checkpoints)
                     plot_log(out)
                 accelerator.wait_for_everyone()
                 t_ckpt = time.perf_counter()

@@ -4,24 +4,19 @@ Packing. A sample holds V views x F frames (frame 0 = the current frame, then H 
 control steps) of two streams, RGB and action images, both in [-1, 1]. They are concatenated per pixel into
 ``x0 [B, V, F, 6, H, W]`` (design §5) and patchified by the backbone, so tokens = V * F * (H/p) * (W/p).
 
-Tasks = masks. Every (view, frame, stream) is GIVEN (clean input), GEN (noised, generated, scored) or ABSENT (zeros,
-not scored). One noise level t per sample is shared by all generated parts (UVA-style masking, not UWM's
-per-modality noise): simpler, and the state embedding tells the network which parts are clean.
+The four jobs (policy, world model, labeler, video) are masks over the streams, and the diffusion math -- noising,
+loss, ODE sampler -- lives in :mod:`action_images.flow`. This module composes the text encoder and the backbone,
+and reads and writes checkpoints.
 
-    task         RGB now / future    action now / future
-    policy       given / gen         given / gen        joint video + action from the current frame
-    world_model  given / gen         given / given      action images -> video
-    labeler      given / given       gen   / gen        video -> action images (the current pose is not needed)
-    video        given / gen         absent / absent    video only
+The network predicts the clean clip *relative to the current frame* of the same view and stream (x0_hat = x0[frame
+0] + out where frame 0 of that stream is given, else out): the zero output is "nothing moves", the baseline a small
+model must first beat. The loss (``loss_target``) is the clean-clip error ("x0", the default) or the velocity error
+("velocity"), over generated elements only, with the action stream weighted ``action_loss_weight`` (x4) and its
+blob pixels weighted up to ``1 + act_peak_weight`` more.
 
-Flow matching: x_t = (1 - t) x0 + t eps. The network predicts the clean clip *relative to the current frame* of the
-same view and stream (x0_hat = x0[frame 0] + out where frame 0 of that stream is given, else out): the zero output
-is "nothing moves", the baseline every lesson in design §5 says to start from. Velocity for the ODE:
-v_hat = (x_t - x0_hat) / max(t, t_eps). The loss (``loss_target``) is the clean-clip error |x0_hat - x0|^2 ("x0",
-the default: every noise level weighted alike) or the velocity error against eps - x0 ("velocity", = the x0 error /
-t^2, mostly spent on nearly clean inputs); it is over generated elements only, with the action
-stream weighted ``action_loss_weight`` (x4), and within it the pixels of the target's Gaussian blobs weighted up to
-``1 + act_peak_weight`` more (the blobs are ~6 % of an action image, yet they are all the decoder reads).
+Checkpoint: ``config.json`` (format, version, :class:`WAMConfig`) + ``model.safetensors``. Loading checks the config
+against the weights file's header (names and shapes, read without loading a tensor) before building anything, so a
+hostile or damaged config cannot allocate more than the weights it names.
 """
 
 from __future__ import annotations
@@ -37,20 +32,15 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from action_images.models import build_backbone, preset as get_preset
+from action_images.runfiles import atomic_write_json
 from action_images.text import TextConfig, build_text_encoder, drop_instructions
 
-GIVEN, GEN, ABSENT = 0, 1, 2
-STREAMS = ("rgb", "act")
-# task -> per stream (current frame state, future frames state)
-TASKS: dict[str, dict[str, tuple[int, int]]] = {
-    "policy": {"rgb": (GIVEN, GEN), "act": (GIVEN, GEN)},
-    "world_model": {"rgb": (GIVEN, GEN), "act": (GIVEN, GIVEN)},
-    "labeler": {"rgb": (GIVEN, GIVEN), "act": (GEN, GEN)},
-    "video": {"rgb": (GIVEN, GEN), "act": (ABSENT, ABSENT)},
-}
-TASK_NAMES = tuple(TASKS)
+from action_images.flow import (ABSENT, GEN, GIVEN, STREAMS, TASK_NAMES, TASKS, channel_state, integrate,
+                                masked_loss, noisy_input, sample_t, task_state, velocity)
+
 FORMAT = "action-images-wam"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)                     # v1: no camera_names / crop in the config
 # config keys added after format v1 shipped -> the value that reproduces the older behaviour
 ADDED_KEYS: dict[str, Any] = {"act_peak_weight": 0.0, "loss_target": "velocity", "camera_names": None,
                               "crop": "center"}
@@ -115,23 +105,29 @@ class WAMConfig:
                              "convert it.")
         return cls(**d)
 
-
-def task_state(tasks: Sequence[str], V: int, F: int) -> torch.Tensor:
-    """Task names [B] -> per-stream states [B, V, F, 2] long (GIVEN / GEN / ABSENT)."""
-    out = torch.empty(len(tasks), V, F, len(STREAMS), dtype=torch.long)
-    for b, name in enumerate(tasks):
-        if name not in TASKS:
-            raise ValueError(f"unknown task {name!r}; choose one of {TASK_NAMES}")
-        for s, stream in enumerate(STREAMS):
-            now, future = TASKS[name][stream]
-            out[b, :, 0, s] = now
-            out[b, :, 1:, s] = future
-    return out
-
-
-def _channel_state(state: torch.Tensor) -> torch.Tensor:
-    """[B, V, F, 2] -> [B, V, F, 6, 1, 1] (each stream's state repeated over its 3 channels)."""
-    return state.repeat_interleave(3, dim=-1)[..., None, None]
+    def validate(self) -> None:
+        """Types and ranges of every field (a config read from a file is checked before a model is built)."""
+        def need(ok: bool, what: str) -> None:
+            if not ok:
+                raise ValueError(what)
+        num = (int, float)
+        for k in ("image_size", "num_views", "horizon", "stride"):
+            v = getattr(self, k)
+            need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, f"{k} must be an integer >= 1; got {v!r}")
+        need(8 <= self.image_size <= 4096, f"image_size must be in [8, 4096]; got {self.image_size}")
+        for k in ("p_drop_text", "action_loss_weight", "t_eps", "t_mean", "t_std", "act_peak_weight"):
+            v = getattr(self, k)
+            need(isinstance(v, num) and not isinstance(v, bool) and v == v and abs(v) != float("inf"),
+                 f"{k} must be a finite number; got {v!r}")
+        need(isinstance(self.backbone, dict) and isinstance(self.text, dict), "backbone and text must be objects")
+        need(self.predict in ("x_rel", "x"), f"predict must be 'x_rel' or 'x'; got {self.predict!r}")
+        need(self.loss_target in ("x0", "velocity"), f"loss_target must be 'x0' or 'velocity'; got {self.loss_target!r}")
+        need(self.crop == "center", f"crop must be 'center'; got {self.crop!r}")
+        need(isinstance(self.task_mix, dict) and set(self.task_mix) <= set(TASK_NAMES) and bool(self.task_mix),
+             f"task_mix must map jobs {TASK_NAMES} to weights; got {self.task_mix!r}")
+        need(self.camera_names is None or (isinstance(self.camera_names, list) and len(self.camera_names) >= 1
+                                           and all(isinstance(c, str) and c for c in self.camera_names)),
+             f"camera_names must be null or a list of names; got {self.camera_names!r}")
 
 
 @dataclass
@@ -168,20 +164,13 @@ class WorldActionModel(nn.Module):
         out = self.backbone(x_in, t, state, plucker, text, text_mask)
         if self.config.predict == "x":
             return out
-        ref = x_in[:, :, :1] * (_channel_state(state[:, :, :1]) == GIVEN)     # [B, V, 1, 6, H, W]
+        ref = x_in[:, :, :1] * (channel_state(state[:, :, :1]) == GIVEN)      # [B, V, 1, 6, H, W]
         return ref + out
 
-    @staticmethod
-    def noisy_input(x0: torch.Tensor, state: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        """The network input for clean streams ``x0 [B,V,F,6,H,W]``: given parts clean, generated parts at noise
-        level ``t [B]`` (x_t = (1 - t) x0 + t eps), absent parts zero. ``state`` [B,V,F,2] from :func:`task_state`."""
-        cs = _channel_state(state)
-        tt = t.view(-1, 1, 1, 1, 1, 1)
-        x_t = (1 - tt) * x0 + tt * eps
-        return torch.where(cs == GIVEN, x0, torch.where(cs == GEN, x_t, torch.zeros_like(x0)))
+    noisy_input = staticmethod(noisy_input)
 
     def velocity(self, x0_hat: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return (x_t - x0_hat) / t.clamp_min(self.config.t_eps).view(-1, 1, 1, 1, 1, 1)
+        return velocity(x0_hat, x_t, t, self.config.t_eps)
 
     def sample_tasks(self, B: int, generator: torch.Generator | None) -> list[str]:
         names = list(self.config.task_mix)
@@ -201,39 +190,14 @@ class WorldActionModel(nn.Module):
         B, V, Fr = x0.shape[:3]
         tasks = list(tasks) if tasks is not None else self.sample_tasks(B, generator)
         state = task_state(tasks, V, Fr).to(dev)                              # [B, V, F, 2]
-        t = torch.sigmoid(cfg.t_mean + cfg.t_std * torch.randn(B, generator=generator)).to(dev)   # [B]
+        t = sample_t(B, cfg.t_mean, cfg.t_std, generator).to(dev)             # [B]
         eps = torch.randn(x0.shape, generator=generator).to(dev)
         instructions = drop_instructions(batch["instruction"], cfg.p_drop_text if self.training else 0.0, generator)
-
-        cs = _channel_state(state)                                            # [B, V, F, 6, 1, 1]
-        x_in = self.noisy_input(x0, state, t, eps)
+        x_in = noisy_input(x0, state, t, eps)
         text, text_mask = self.encode_text(instructions)
         x0_hat = self.predict_x0(x_in, t, state, plucker, text, text_mask)
-        if cfg.loss_target == "x0":
-            err = (x0_hat - x0).square()                                      # [B, V, F, 6, H, W]
-        else:   # = |x0_hat - x0|^2 / max(t, t_eps)^2: most of the weight on nearly clean inputs
-            err = (self.velocity(x0_hat, x_in, t) - (eps - x0)).square()
-
-        gen = (cs == GEN).float()
-        w = torch.tensor([1.0] * 3 + [cfg.action_loss_weight] * 3, device=dev).view(1, 1, 1, 6, 1, 1)
-        if cfg.act_peak_weight:
-            heat = (act + 1.0) / 2.0                                          # [B, V, F, 3, H, W] in [0, 1]
-            blob = ((heat - 0.25) / 0.75).clamp(0.0, 1.0).amax(dim=3, keepdim=True)   # [B, V, F, 1, H, W]
-            w_act = (1.0 + cfg.act_peak_weight * blob).expand(-1, -1, -1, 3, -1, -1)
-            w = w * torch.cat([torch.ones_like(w_act), w_act], dim=3)         # [B, V, F, 6, H, W]
-        hw = x0.shape[-1] * x0.shape[-2]
-        n_gen = (gen.sum() * hw).clamp_min(1.0)
-        loss = (err * gen * w).sum() / n_gen
-        with torch.no_grad():
-            n_rgb = (gen[:, :, :, :3].sum() * hw).clamp_min(1.0)
-            n_act = (gen[:, :, :, 3:].sum() * hw).clamp_min(1.0)
-            x0_err = (x0_hat - x0).square()
-            out = {"loss": loss,
-                   "loss_rgb": (err[:, :, :, :3] * gen[:, :, :, :3]).sum() / n_rgb,
-                   "loss_act": (err[:, :, :, 3:] * gen[:, :, :, 3:]).sum() / n_act,
-                   "x0_mse_rgb": (x0_err[:, :, :, :3] * gen[:, :, :, :3]).sum() / n_rgb,
-                   "x0_mse_act": (x0_err[:, :, :, 3:] * gen[:, :, :, 3:]).sum() / n_act}
-        return out
+        return masked_loss(x0_hat, x0, x_in, eps, t, state, target=cfg.loss_target, t_eps=cfg.t_eps,
+                           action_weight=cfg.action_loss_weight, peak_weight=cfg.act_peak_weight)
 
     # ---- sampler -----------------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -246,17 +210,11 @@ class WorldActionModel(nn.Module):
         ``uncond + s (cond - uncond)`` against the empty instruction (s = 1: no guidance, one pass per step).
         ``shift`` > 1 spends more steps at high noise (t' = s t / (1 + (s - 1) t)).
         """
-        if method not in ("euler", "heun"):
-            raise ValueError(f"method must be 'euler' or 'heun'; got {method!r}")
-        if steps < 1:
-            raise ValueError("steps must be >= 1")
         dev = self.backbone.x_in.weight.device
         x_given = torch.cat([batch["rgb"], batch["act"]], dim=3).to(dev).float()   # [B, V, F, 6, H, W]
         plucker = batch["plucker"].to(dev).float()
         B, V, Fr = x_given.shape[:3]
         state = task_state([task] * B, V, Fr).to(dev)
-        cs = _channel_state(state)
-        given, gen = cs == GIVEN, cs == GEN
         instructions = list(batch["instruction"])
         guided = cfg_scale != 1.0
         text, text_mask = self.encode_text(instructions + [""] * B if guided else instructions)
@@ -273,21 +231,8 @@ class WorldActionModel(nn.Module):
                 x0_hat = self.predict_x0(x, tb, state, plucker, text, text_mask)
             return self.velocity(x0_hat, x, tb)
 
-        def clamp_given(x: torch.Tensor) -> torch.Tensor:
-            return torch.where(given, x_given, torch.where(gen, x, torch.zeros_like(x)))
-
         noise = torch.randn(x_given.shape, generator=generator).to(dev)
-        x = clamp_given(noise)
-        ts = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
-        ts = (shift * ts / (1 + (shift - 1) * ts)).tolist()
-        for t_cur, t_next in zip(ts[:-1], ts[1:]):
-            v = v_at(x, t_cur)
-            x_next = clamp_given(x + (t_next - t_cur) * v)
-            if method == "heun" and t_next > 0:
-                v2 = v_at(x_next, t_next)
-                x_next = clamp_given(x + (t_next - t_cur) * 0.5 * (v + v2))
-            x = x_next
-        x = clamp_given(x)
+        x = integrate(v_at, x_given, state, noise, steps, method, shift)
         return Sample(rgb=x[:, :, :, :3], act=x[:, :, :, 3:], state=state)
 
     # ---- weights -----------------------------------------------------------------------------------------------------
@@ -296,39 +241,106 @@ class WorldActionModel(nn.Module):
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         sd = state_dict if state_dict is not None else self.state_dict()
+        for k, v in sd.items():
+            if v.is_floating_point() and not torch.isfinite(v).all():
+                raise ValueError(f"refusing to save non-finite weights ({k}) to {path}")
         save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, str(path / WEIGHTS_NAME))
         meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": self.config.to_dict()}
-        (path / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
+        atomic_write_json(path / CONFIG_NAME, meta)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, text_fn: Callable | None = None,
                         map_location: str = "cpu") -> "WorldActionModel":
         """Load a model written by :meth:`save_pretrained` (safetensors only; never pickle).
 
-        Refuses, with the reason, a checkpoint whose format version, config keys or weight names/shapes differ from
-        what this code builds.
+        Refuses, naming the file, a checkpoint whose config is not valid JSON or does not match this code, or whose
+        weights file is damaged or holds other names/shapes than the config builds -- all checked before any weight
+        is allocated (the model is first built on the ``meta`` device).
         """
         path = Path(path)
-        if not (path / CONFIG_NAME).exists() or not (path / WEIGHTS_NAME).exists():
-            raise FileNotFoundError(f"{path} does not hold {CONFIG_NAME} and {WEIGHTS_NAME}")
-        meta = json.loads((path / CONFIG_NAME).read_text())
-        if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{path}: format {meta.get('format')!r} v{meta.get('format_version')} is not "
-                             f"{FORMAT!r} v{FORMAT_VERSION}")
-        config = WAMConfig.from_dict(meta["config"])
-        if config.backbone.get("pretrained"):   # the weights below replace it: never re-read the original folder
-            config.backbone = {**config.backbone, "pretrained": None}
-        model = cls(config, text_fn=text_fn)
-        sd = load_file(str(path / WEIGHTS_NAME), device=map_location)
-        own = model.state_dict()
-        missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
-        shapes = [f"{k}: file {tuple(sd[k].shape)} vs code {tuple(own[k].shape)}"
-                  for k in sorted(set(sd) & set(own)) if sd[k].shape != own[k].shape]
+        config = read_config(path)
+        header = weights_header(path / WEIGHTS_NAME)
+        with torch.device("meta"):
+            try:
+                skeleton = cls(config, text_fn=text_fn)
+            except (TypeError, ValueError, RuntimeError, KeyError) as e:
+                raise CheckpointError(f"{path / CONFIG_NAME}: the config does not build a model ({e})") from None
+        own = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+        del skeleton
+        missing, unexpected = sorted(set(own) - set(header)), sorted(set(header) - set(own))
+        shapes = [f"{k}: file {header[k]} vs config {own[k]}" for k in sorted(set(header) & set(own))
+                  if header[k] != own[k]]
         if missing or unexpected or shapes:
-            raise ValueError(f"{path}: weights do not match config.json / this code: missing {missing[:5]}, "
-                             f"unexpected {unexpected[:5]}, shape mismatches {shapes[:5]}")
+            raise CheckpointError(f"{path / WEIGHTS_NAME}: weights do not match {CONFIG_NAME}: missing {missing[:5]}, "
+                                  f"unexpected {unexpected[:5]}, shape mismatches {shapes[:5]}")
+        model = cls(config, text_fn=text_fn)
+        try:
+            sd = load_file(str(path / WEIGHTS_NAME), device=map_location)
+        except Exception as e:   # safetensors raises its own error types for damaged files
+            raise CheckpointError(f"{path / WEIGHTS_NAME}: cannot read the weights ({e})") from None
         model.load_state_dict(sd)
         return model.to(map_location)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file and what is wrong with it."""
+
+
+def weights_header(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes of a safetensors file, from its header only (no tensor is read)."""
+    from safetensors import safe_open
+
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such weights file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:   # a truncated or foreign file
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+
+
+def read_config(path: Path) -> WAMConfig:
+    """The :class:`WAMConfig` of a checkpoint folder, migrated from older format versions; errors name the file.
+
+    Version 1 configs do not name their cameras: the cameras come from the run's ``train_config.json`` or
+    ``train_args.json`` beside them when present (``None`` otherwise)."""
+    file = path / CONFIG_NAME
+    if not file.exists():
+        raise CheckpointError(f"{path} does not hold {CONFIG_NAME} and {WEIGHTS_NAME}")
+    try:
+        meta = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{file}: not JSON ({e})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+        raise CheckpointError(f"{file}: expected an object with a 'config' object")
+    if meta.get("format") != FORMAT or meta.get("format_version") not in READABLE_VERSIONS:
+        raise CheckpointError(f"{file}: format {meta.get('format')!r} v{meta.get('format_version')} is not "
+                              f"{FORMAT!r} v{'/'.join(map(str, READABLE_VERSIONS))}")
+    d = dict(meta["config"])
+    if meta["format_version"] == 1 and "camera_names" not in d:
+        d["camera_names"] = _cameras_from_run_args(path)
+    try:
+        config = WAMConfig.from_dict(d)
+        config.validate()
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{file}: {e}") from None
+    if config.backbone.get("pretrained"):   # the weights replace it: never re-read the original folder
+        config.backbone = {**config.backbone, "pretrained": None}
+    return config
+
+
+def _cameras_from_run_args(path: Path) -> list[str] | None:
+    for name, keys in (("train_config.json", ("data", "cameras")), ("train_args.json", ("camera_names",))):
+        try:
+            d = json.loads((path / name).read_text())
+            for k in keys:
+                d = d[k]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        names = d.split(",") if isinstance(d, str) else d
+        if isinstance(names, list) and names and all(isinstance(n, str) for n in names):
+            return names
+    return None

@@ -36,6 +36,15 @@ class WindowConfig:
     crop_scale: tuple[float, float] = (0.85, 1.0)   # side of the random square crop / short image side
     views: tuple[str, ...] | None = None            # restrict to these cameras (None: all)
 
+    @classmethod
+    def from_model(cls, config: Any, views: Sequence[str] | None = None, num_views: int | None = None
+                   ) -> "WindowConfig":
+        """The windows a model with ``config`` (a ``WAMConfig``) trains and evaluates on; ``views`` restricts the
+        cameras (default: the config's ``camera_names``), ``num_views`` overrides the views per window."""
+        names = views if views is not None else getattr(config, "camera_names", None)
+        return cls(image_size=config.image_size, num_views=int(num_views or config.num_views),
+                   horizon=config.horizon, stride=config.stride, views=tuple(names) if names else None)
+
 
 def augment_camera(cam: Camera, rng: np.random.Generator, cfg: WindowConfig) -> tuple[tuple[int, int, int], Camera]:
     """Random square crop (x0, y0, side) of ``cam``'s image and the camera of the crop resized to ``image_size``."""
@@ -114,6 +123,11 @@ class Windows(Dataset):
     def __len__(self) -> int:
         return sum(int(sum(ds.episode_lengths)) for ds in self.datasets)
 
+    @property
+    def camera_names(self) -> list[str]:
+        """The cameras windows are drawn from (the first dataset's, restricted to ``cfg.views``)."""
+        return [c for c in self.datasets[0].camera_names if self.cfg.views is None or c in self.cfg.views]
+
     def episode_keys(self) -> list[tuple[int, int]]:
         return list(self.index)
 
@@ -184,6 +198,10 @@ class SyntheticWindows(Dataset):
 
     def __len__(self) -> int:
         return (self.num_scenes or 1000) * self.T
+
+    @property
+    def camera_names(self) -> list[str]:
+        return [c.name for c in self.cameras]
 
     def _rig(self, rng: np.random.Generator) -> list[Camera]:
         cams = []

@@ -1,0 +1,326 @@
+"""The training recipe: one dataclass (model, data, optimisation, run) from which ``action-images train`` builds its
+flags, saved beside the weights as ``train_config.json`` and read back by ``--config FILE``.
+
+    action-images train --config recipes/cpu-small.json --out runs/cpu-small          # the shipped checkpoint
+    action-images train --config recipes/cpu-small.json --out runs/x --lr 2e-3         # a flag overrides the file
+
+Precedence: the dataclass defaults, then the ``--config`` file, then the flags given on the command line. Sections:
+
+* ``model``: the preset and its overrides -- everything that shapes :class:`~action_images.wam.WAMConfig`;
+* ``data``: the dataset(s), the cameras trained on, and how to collect the dataset when it is missing;
+* ``optim``: seed, batch, optimiser, EMA and the step / minute budget;
+* ``run``: how the run executes and reports (threads, logging, checkpoints) -- free to change on ``--resume``.
+
+Everything in ``model``, ``data`` (except ``collect``) and ``optim`` (except the budget) defines the training
+trajectory; ``--resume`` refuses a run whose defining settings differ from the checkpoint's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from action_images.runfiles import split_list
+
+RECIPE_NAME = "train_config.json"
+SECTIONS = ("model", "data", "optim", "run")
+BUDGET_KEYS = ("steps", "minutes")           # how long to train: never part of the trajectory check
+
+
+def _f(default: Any, help: str, *, flag: str | None = None, aliases: tuple[str, ...] = (), choices: Any = None,
+       lo: float | None = None, hi: float | None = None, lo_open: bool = False, kind: str | None = None) -> Any:
+    """A recipe field with what the CLI needs: help text, flag name, deprecated aliases, allowed values."""
+    meta = {"help": help, "flag": flag, "aliases": aliases, "choices": choices, "lo": lo, "hi": hi,
+            "lo_open": lo_open, "kind": kind}
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class ModelRecipe:
+    preset: str = _f("cpu-small", "model size and data shape preset (action_images.models.PRESETS)", kind="preset")
+    image_size: int | None = _f(None, "model resolution in pixels (default: the preset's)", lo=8, hi=1024)
+    num_views: int | None = _f(None, "views per training window, a random subset of the cameras (default: the "
+                                     "preset's)", aliases=("--views",), lo=2, hi=8)
+    horizon: int | None = _f(None, "future keyframes H (default: the preset's)", lo=1, hi=31)
+    stride: int | None = _f(None, "control steps between keyframes (default: the preset's)", lo=1, hi=100)
+    task_mix: dict | None = _f(None, "job mix, e.g. policy=0.85,world_model=0.05,labeler=0.05,video=0.05 "
+                                     "(default: that)", kind="mix")
+    p_drop_text: float | None = _f(None, "instruction dropout for classifier-free guidance (default 0.1)", lo=0, hi=1)
+    t_mean: float | None = _f(None, "mean of the logit-normal training noise level (default 0; > 0 trains more at "
+                                    "high noise)", lo=-10, hi=10)
+    act_peak_weight: float | None = _f(None, "extra loss weight on the action images' blob pixels (default 10; 0 = "
+                                             "uniform)", lo=0, hi=1e4)
+    loss_target: str | None = _f(None, "x0 (default): clean-clip error, every noise level weighted alike; velocity: "
+                                       "the flow-matching velocity error (= x0 error / t^2)", choices=("x0", "velocity"))
+    refine_channels: int | None = _f(None, "DiT only: full-resolution conv refinement head with this many channels "
+                                           "(0 = off)", lo=0, hi=512)
+
+
+@dataclass
+class DataRecipe:
+    data: list = _f([], "dataset dir(s), comma separated; or 'synthetic[:N]'", kind="list")
+    cameras: list | None = _f(None, "train on these cameras only (comma separated names; default: all of the "
+                                    "dataset's)", aliases=("--camera-names",), kind="list")
+    collect: dict = _f({}, "how to collect the dataset when it is missing: action-images collect options "
+                           "(recipe file only)", kind="file_only")
+
+
+@dataclass
+class OptimRecipe:
+    seed: int = _f(0, "seed of the weights, batches and noise draws", lo=0, hi=2 ** 63 - 1)
+    steps: int | None = _f(None, "stop after this many optimizer steps (total over resumes)", lo=1, hi=10 ** 9)
+    minutes: float | None = _f(None, "stop after this many minutes (this invocation)", lo=0, lo_open=True, hi=1e6)
+    batch_size: int | None = _f(None, "samples per step and process (default: the preset's)", lo=1, hi=4096)
+    lr: float = _f(5e-4, "peak learning rate (AdamW)", lo=0, lo_open=True, hi=10)
+    warmup: int = _f(200, "linear warm-up steps", lo=0, hi=10 ** 9)
+    weight_decay: float = _f(0.01, "AdamW weight decay on matrices", lo=0, hi=10)
+    ema: float = _f(0.999, "EMA decay of the exported weights", lo=0, hi=1)
+    grad_clip: float = _f(1.0, "gradient norm clip", lo=0, lo_open=True, hi=1e6)
+
+
+@dataclass
+class RunRecipe:
+    threads: int | None = _f(None, "torch threads per process (default: cores/processes, 1 if the machine is busy)",
+                             lo=1, hi=1024)
+    workers: int = _f(0, "data loader processes", lo=0, hi=64)
+    compile: bool = _f(False, "torch.compile the model (~1.3x on CPU after ~1 min)")
+    mixed_precision: str = _f("no", "GPU only; fp32 on CPU", choices=("no", "bf16", "fp16"))
+    log_every: int = _f(10, "steps between log lines", lo=1, hi=10 ** 9)
+    checkpoint_every: int = _f(500, "steps between checkpoints", lo=1, hi=10 ** 9)
+    checkpoint_minutes: float = _f(10.0, "minutes between checkpoints", lo=0, lo_open=True, hi=1e6)
+    keep_checkpoints: int = _f(2, "checkpoints kept (the newest)", lo=1, hi=1000)
+    no_progress: bool = _f(False, "no progress bar")
+
+
+@dataclass
+class TrainRecipe:
+    model: ModelRecipe = field(default_factory=ModelRecipe)
+    data: DataRecipe = field(default_factory=DataRecipe)
+    optim: OptimRecipe = field(default_factory=OptimRecipe)
+    run: RunRecipe = field(default_factory=RunRecipe)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Any, source: str = "recipe") -> "TrainRecipe":
+        """Build from a (possibly partial) dict; unknown sections or keys and wrong types raise naming ``source``."""
+        if not isinstance(d, dict):
+            raise ValueError(f"{source}: a recipe is a JSON object with sections {SECTIONS}; got {type(d).__name__}")
+        unknown = sorted(set(d) - set(SECTIONS) - {"comment"})
+        if unknown:
+            raise ValueError(f"{source}: unknown sections {unknown}; known {list(SECTIONS)}")
+        recipe = cls()
+        for name in SECTIONS:
+            part = d.get(name, {})
+            if not isinstance(part, dict):
+                raise ValueError(f"{source}: section {name!r} must be an object")
+            section = getattr(recipe, name)
+            known = {f.name: f for f in fields(section)}
+            bad = sorted(set(part) - set(known))
+            if bad:
+                raise ValueError(f"{source}: unknown keys {bad} in section {name!r}; known {sorted(known)}")
+            for key, value in part.items():
+                setattr(section, key, _coerce(value, known[key], f"{source}: {name}.{key}"))
+        recipe.validate(source)
+        return recipe
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TrainRecipe":
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ValueError(f"{path}: no such recipe file") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: not a JSON recipe ({e})") from None
+        return cls.from_dict(d, str(path))
+
+    def validate(self, source: str = "recipe") -> None:
+        """Every value within its range; the budget and the data are given."""
+        for name in SECTIONS:
+            section = getattr(self, name)
+            for f in fields(section):
+                _check_range(getattr(section, f.name), f, f"{source}: {name}.{f.name}")
+        if self.model.task_mix is not None:
+            _check_mix(self.model.task_mix, f"{source}: model.task_mix")
+
+    def defining(self) -> dict[str, Any]:
+        """The settings that shape the training trajectory (compared on ``--resume``)."""
+        d = self.to_dict()
+        d["data"].pop("collect", None)
+        for k in BUDGET_KEYS:
+            d["optim"].pop(k, None)
+        d.pop("run")
+        return d
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _coerce(value: Any, f: Any, where: str) -> Any:
+    """A recipe-file value checked against the field's type (ints stay ints, lists may be given as strings)."""
+    kind, default = f.metadata.get("kind"), f.default if f.default is not MISSING else f.default_factory()
+    if value is None:
+        return None
+    if kind == "list":
+        if isinstance(value, str):
+            value = split_list(value)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"{where}: expected a list of names; got {value!r}")
+        return value
+    if kind == "mix":
+        return parse_mix(value, where) if isinstance(value, str) else _check_mix(value, where)
+    if kind == "file_only":
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: expected an object; got {value!r}")
+        return value
+    annotation = str(f.type)
+    if "bool" in annotation:
+        if not isinstance(value, bool):
+            raise ValueError(f"{where}: expected true or false; got {value!r}")
+        return value
+    if annotation.startswith("int"):
+        if not (_is_number(value) and float(value).is_integer()):
+            raise ValueError(f"{where}: expected an integer; got {value!r}")
+        return int(value)
+    if annotation.startswith("float"):
+        if not _is_number(value):
+            raise ValueError(f"{where}: expected a number; got {value!r}")
+        return float(value)
+    if annotation.startswith("str"):
+        if not isinstance(value, str):
+            raise ValueError(f"{where}: expected a string; got {value!r}")
+        return value
+    return value
+
+
+def _check_range(value: Any, f: Any, where: str) -> None:
+    m = f.metadata
+    if value is None:
+        return
+    if m.get("choices") is not None and value not in m["choices"]:
+        raise ValueError(f"{where}: {value!r} is not one of {list(m['choices'])}")
+    if m.get("kind") == "preset":
+        from action_images.models import PRESETS
+        if value not in PRESETS:
+            raise ValueError(f"{where}: unknown preset {value!r}; choose one of {sorted(PRESETS)}")
+    if _is_number(value):
+        lo, hi = m.get("lo"), m.get("hi")
+        if not math.isfinite(value):
+            raise ValueError(f"{where}: must be a finite number; got {value}")
+        too_low = lo is not None and (value <= lo if m.get("lo_open") else value < lo)
+        if too_low or (hi is not None and value > hi):
+            left = "(" if m.get("lo_open") else "["
+            raise ValueError(f"{where}: {value:g} is outside {left}{lo:g}, {hi:g}]")
+
+
+def parse_mix(spec: str, where: str = "--task-mix") -> dict[str, float]:
+    """``"policy=0.85,world_model=0.05"`` -> dict, checked by :func:`_check_mix`."""
+    mix: dict[str, Any] = {}
+    for item in split_list(spec, where):
+        key, sep, val = item.partition("=")
+        try:
+            mix[key.strip()] = float(val) if sep else None
+        except ValueError:
+            mix[key.strip()] = None
+        if mix[key.strip()] is None:
+            raise ValueError(f"{where}: {item!r} is not job=weight (e.g. policy=0.85)")
+    return _check_mix(mix, where)
+
+
+def _check_mix(mix: Any, where: str) -> dict[str, float]:
+    from action_images.flow import TASK_NAMES
+    if not isinstance(mix, dict) or not mix:
+        raise ValueError(f"{where}: expected job=weight pairs over {list(TASK_NAMES)}; got {mix!r}")
+    bad = sorted(set(mix) - set(TASK_NAMES))
+    if bad:
+        raise ValueError(f"{where}: unknown jobs {bad}; known {list(TASK_NAMES)}")
+    if not all(_is_number(v) and math.isfinite(v) and v >= 0 for v in mix.values()) or sum(mix.values()) <= 0:
+        raise ValueError(f"{where}: weights must be finite, >= 0 and not all 0; got {mix}")
+    return {k: float(v) for k, v in mix.items()}
+
+
+# ---- the command line ------------------------------------------------------------------------------------------------
+def _flag(f: Any) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """One flag per recipe field (defaults suppressed, so only flags that were given override the file)."""
+    p.add_argument("--config", default=None, help="recipe file (JSON, sections model/data/optim/run); flags given "
+                                                   "on the command line override it")
+    titles = {"model": "model (default: the preset's)", "data": "data", "optim": "optimisation and budget",
+              "run": "running"}
+    for name in SECTIONS:
+        g = p.add_argument_group(titles[name])
+        for f in fields(getattr(TrainRecipe(), name)):
+            kind = f.metadata.get("kind")
+            if kind == "file_only":
+                continue
+            dest = f"{name}.{f.name}"
+            names = [_flag(f)]
+            if name == "data" and f.name == "data":
+                names = ["--data"]
+            if "bool" in str(f.type):
+                g.add_argument(*names, dest=dest, action="store_true", default=argparse.SUPPRESS,
+                               help=f.metadata["help"])
+            else:
+                g.add_argument(*names, dest=dest, default=argparse.SUPPRESS, help=f.metadata["help"],
+                               metavar=f.name.upper())
+            for alias in f.metadata.get("aliases", ()):
+                g.add_argument(alias, dest=f"_alias.{dest}.{alias}", default=argparse.SUPPRESS,
+                               help=argparse.SUPPRESS)
+
+
+def _parse_flag(text: str, f: Any, flag: str) -> Any:
+    """A command-line string -> the field's type, with the flag named in errors."""
+    kind, annotation = f.metadata.get("kind"), str(f.type)
+    if kind == "list":
+        return split_list(text, flag)
+    if kind == "mix":
+        return parse_mix(text, flag)
+    try:
+        if annotation.startswith("int"):
+            return int(text)
+        if annotation.startswith("float"):
+            return float(text)
+    except ValueError:
+        raise ValueError(f"{flag}: expected {'an integer' if annotation.startswith('int') else 'a number'}; "
+                         f"got {text!r}") from None
+    return text
+
+
+def from_args(args: argparse.Namespace, warn: Any = None) -> TrainRecipe:
+    """The recipe of a parsed command line: defaults <- ``--config`` file <- flags given. Errors name the flag."""
+    recipe = TrainRecipe.load(args.config) if getattr(args, "config", None) else TrainRecipe()
+    given = vars(args)
+    for name in SECTIONS:
+        section = getattr(recipe, name)
+        for f in fields(section):
+            dest = f"{name}.{f.name}"
+            flag = _flag(f) if dest != "data.data" else "--data"
+            values = [(flag, given[dest])] if dest in given else []
+            for alias in f.metadata.get("aliases", ()):
+                key = f"_alias.{dest}.{alias}"
+                if key in given:
+                    if warn:
+                        warn(f"{alias} is deprecated; use {flag}")
+                    values.append((alias, given[key]))
+            if len(values) > 1:
+                raise ValueError(f"{values[0][0]} and {values[1][0]} name the same setting; give one")
+            for fl, v in values:
+                setattr(section, f.name, v if isinstance(v, bool) else _parse_flag(v, f, fl))
+                try:
+                    _check_range(getattr(section, f.name), f, fl)
+                except ValueError as e:
+                    raise ValueError(str(e).replace(f"{fl}: ", f"{fl}: ", 1)) from None
+    recipe.validate("--config " + args.config if getattr(args, "config", None) else "train")
+    return recipe

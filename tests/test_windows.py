@@ -1,0 +1,74 @@
+"""Training windows: shapes, frame alignment, determinism, calibration kept through the crop, start frames."""
+
+import numpy as np
+import torch
+
+from action_images.codec import ActionImageCodec
+from action_images.data.windows import SyntheticWindows, WindowConfig, Windows, collate, keyframe_times, window_poses
+from action_images.geometry import Camera
+from action_images.wam import WAMConfig
+
+
+def test_windows_shapes_alignment_and_determinism():
+    cfg = WindowConfig(image_size=32, num_views=2, horizon=3, stride=2)
+    ds = SyntheticWindows(cfg, seed=0, num_scenes=3)
+    w = ds[5]
+    assert w["rgb"].shape == (2, 4, 3, 32, 32) and w["act"].shape == (2, 4, 3, 32, 32)
+    assert w["plucker"].shape == (2, 6, 32, 32) and w["poses"].shape == (4, 8)
+    assert -1 <= float(w["rgb"].min()) and float(w["rgb"].max()) <= 1 and float(w["act"].min()) >= -1
+    assert torch.equal(ds[5]["rgb"], w["rgb"]) and not torch.equal(ds[6]["rgb"], w["rgb"])
+    # the action images were drawn with the augmented (cropped + resized) cameras: decoding them recovers the poses
+    cams = [Camera(K=w["K"][v].numpy(), T_cam_world=w["T_cam_world"][v].numpy(), width=32, height=32)
+            for v in range(2)]
+    imgs = ((w["act"].permute(0, 1, 3, 4, 2).numpy() + 1) / 2).astype(np.float32)
+    res = ActionImageCodec().decode(imgs, cams)
+    ok = res.valid
+    assert ok.sum() >= 2
+    err = np.linalg.norm(res.poses[ok, :3] - w["poses"][ok, :3].numpy(), axis=-1)
+    assert np.median(err) < 0.01, err
+    # frame alignment: current frame from the state, keyframes from the targets that led there
+    times = keyframe_times(38, 40, 3, 2)
+    assert times.tolist() == [38, 39, 39, 39]
+    states, actions = np.arange(40)[:, None] * np.ones(8), 100 + np.arange(40)[:, None] * np.ones(8)
+    assert window_poses(states, actions, times)[:, 0].tolist() == [38, 138, 138, 138]
+    b = collate([ds[0], ds[1]])
+    assert b["rgb"].shape[0] == 2 and isinstance(b["instruction"], list)
+
+
+def test_dataset_windows_decode_to_their_poses(lerobot_root):
+    ds = Windows([str(lerobot_root)], WindowConfig(image_size=32, num_views=2, horizon=2, stride=2), seed=0)
+    w = ds[3]
+    assert w["rgb"].shape == (2, 3, 3, 32, 32) and w["plucker"].shape == (2, 6, 32, 32)
+    cams = [Camera(K=w["K"][v].numpy(), T_cam_world=w["T_cam_world"][v].numpy(), width=32, height=32)
+            for v in range(2)]
+    res = ActionImageCodec().decode(((w["act"].permute(0, 1, 3, 4, 2).numpy() + 1) / 2).astype(np.float32), cams)
+    assert np.median(np.linalg.norm(res.poses[res.valid, :3] - w["poses"][res.valid, :3].numpy(), axis=-1)) < 0.01
+
+
+def test_window_config_from_model_and_camera_restriction(lerobot_root):
+    cfg = WAMConfig.from_preset("cpu-tiny", camera_names=["cam0", "cam2"])
+    wcfg = WindowConfig.from_model(cfg)
+    assert (wcfg.image_size, wcfg.num_views, wcfg.horizon, wcfg.stride) == (32, 2, 2, 4)
+    assert wcfg.views == ("cam0", "cam2")
+    ds = Windows([str(lerobot_root)], wcfg, seed=0)
+    assert ds.camera_names == ["cam0", "cam2"]
+    assert WindowConfig.from_model(cfg, views=["cam1", "cam2"]).views == ("cam1", "cam2")
+    assert WindowConfig.from_model(WAMConfig.from_preset("cpu-tiny")).views is None
+
+
+def test_windows_start_before_the_hold(tmp_path):
+    """Frames recorded after success (``extra/hold_steps``) are only ever future keyframes, never start frames."""
+    from action_images.data import DatasetWriter
+    syn = SyntheticWindows(WindowConfig(), seed=1, num_cameras=2, episode_len=10, native_size=32)
+    ep = syn.episode(0)
+    images = {c.name: np.stack([syn.render(c, s, ep["cube"], ep["color"], 0.0) for s in ep["states"]])
+              for c in syn.cameras}
+    with DatasetWriter(tmp_path / "d", fps=10, cameras=syn.cameras, image_size=(32, 32)) as w:
+        w.add_episode(instruction=ep["instruction"], actions=ep["actions"], states=ep["states"], images=images,
+                      extra={"hold_steps": 6})
+    ds = Windows([str(tmp_path / "d")], WindowConfig(image_size=32, num_views=2, horizon=2, stride=2), seed=0)
+    assert ds.num_starts(0, 0) == 4
+    starts = {int(ds[k]["t0"]) for k in range(60)}
+    assert starts == {0, 1, 2, 3}
+    w = ds.window(0, 0, 3, np.random.default_rng(0), augment=False)       # keyframes 5 and 7 lie in the hold
+    np.testing.assert_allclose(w["poses"][1:].numpy(), ep["actions"][[4, 6]])
