@@ -1,8 +1,7 @@
-"""Open-loop metrics on hand-made inputs with known answers, and the open-loop evaluation on a tiny dataset."""
+"""Open-loop metrics on hand-made inputs with known answers (the evaluator itself: tests/test_openloop.py)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 
@@ -108,6 +107,8 @@ def test_wilson_interval_and_json_safe():
     assert all(wilson_interval(0, n)[0] == 0.0 and wilson_interval(n, n)[1] == 1.0 for n in range(1, 40))
     safe = json_safe({"a": math.inf, "b": [np.float32(1.5), np.nan], "c": np.int64(3), "d": np.bool_(True)})
     assert json.loads(json.dumps(safe, allow_nan=False)) == {"a": None, "b": [1.5, None], "c": 3, "d": True}
+    from action_images import runfiles
+    assert json_safe is runfiles.json_safe                   # one strict-JSON conversion, re-exported here
 
 
 def test_lpips_and_frechet_distance_maths(tmp_path):
@@ -131,45 +132,3 @@ def test_lpips_and_frechet_distance_maths(tmp_path):
     f = np.random.default_rng(0).normal(size=(200, 3))
     assert frechet_distance(f, f) == pytest.approx(0.0, abs=1e-6)
     assert frechet_distance(f, f + [1.0, 0, 0]) == pytest.approx(1.0, abs=1e-6)
-
-
-# ---- open loop on a tiny dataset -------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory):
-    import collect_fake_env as fake
-    from action_images.data import collect
-
-    root = tmp_path_factory.mktemp("ol") / "d"
-    mp = pytest.MonkeyPatch()
-    mp.setattr(collect, "_load_sim", lambda: (fake.make_env, fake.TASKS))
-    fake.KILL["after_steps"] = None
-    try:
-        p = argparse.ArgumentParser()
-        collect.add_arguments(p)
-        assert collect.run(p.parse_args(["--out", str(root), "--cameras", "front,left", "--image-size", "32",
-                                         "--task", "reach_fake", "--episodes", "2"])) == 0
-    finally:
-        mp.undo()
-    return root
-
-
-def test_open_loop_evaluation_on_held_out_episodes(tiny_dataset):
-    from action_images.metrics import evaluate_open_loop
-    from action_images.wam import WAMConfig, WorldActionModel
-
-    torch.manual_seed(0)
-    model = WorldActionModel(WAMConfig.from_preset("cpu-tiny"))
-    res = evaluate_open_loop(model, str(tiny_dataset), held_out=1, windows_per_episode=2, steps=2)
-    assert res["episodes"] == [1] and res["windows"] >= 1 and res["views"] == ["front", "left"]
-    assert set(res["tasks"]) == {"policy", "world_model", "labeler", "video"}
-    assert res["fvd"] == {"policy": None, "world_model": None, "video": None}
-    assert any("LPIPS" in n for n in res["notes"]) and any("FVD" in n for n in res["notes"])
-    pol, base = res["tasks"]["policy"], res["baselines"]
-    assert pol["video"]["lpips"] is None
-    # the untrained model's output is zero = "copy the current frame": it must score exactly like that baseline
-    assert pol["video"]["psnr"] == pytest.approx(base["copy_frame"]["psnr"])
-    assert pol["video"]["ssim"] == pytest.approx(base["copy_frame"]["ssim"])
-    assert pol["action_2d"]["mean_px"] == pytest.approx(base["hold_pose_2d"]["mean_px"], abs=0.1)
-    lab = res["tasks"]["labeler"]
-    assert set(lab["tracks"]["jaccard"]) == {"1", "2", "4", "8"} and "trajectory_error_m" in lab
-    json.dumps(json_safe(res), allow_nan=False)

@@ -3,6 +3,7 @@
     action-images collect --task all --episodes 100 --out data/demos
     action-images train   --data data/demos --out runs/tiny --preset cpu-small --minutes 30
     action-images eval    --checkpoint runs/tiny --tasks reach,push --episodes 100 --out runs/tiny/eval
+    action-images openloop --checkpoint runs/tiny --data data/demos_val --episodes 20 --json runs/tiny/ol.json
     action-images demo
     action-images bench codec --json bench/results/codec.json
 
@@ -21,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "collect": ("action_images.data.collect", "run scripted experts in the built-in sim and write a LeRobot v3 dataset"),
     "train": ("action_images.train", "train the world action model"),
     "eval": ("action_images.evaluate", "closed-loop evaluation with an HTML report"),
+    "openloop": ("action_images.openloop", "open-loop scores on held-out episodes (policy, world model, labeler, "
+                                           "video) against 'nothing moves'"),
     "demo": ("action_images.demo", "closed-loop demo of the shipped checkpoint"),
     "bench": ("action_images.benchmarks", "benchmarks writing JSON (codec, sim, train, policy)"),
 }

@@ -10,9 +10,11 @@ is one file (``.safetensors``, or ``.pt``/``.pth`` read with ``torch.load(weight
 
 FVD (Unterthiner et al. 2019): Fréchet distance between I3D features of real and generated clips.
 ``--i3d-weights`` is the TorchScript I3D used by StyleGAN-V / common FVD code (``i3d_torchscript.pt``), called as
-``net(videos [B,3,T,H,W] in [-1,1], rescale=False, resize=True, return_features=True)``. TorchScript is loaded with
-``torch.jit.load`` (not Python pickle). Not exercised with the real file here (no network access); the Fréchet
-distance itself is tested. With few clips FVD is strongly biased: read it as a relative number.
+``net(videos [B,3,T,H,W] in [-1,1], rescale=False, resize=True, return_features=True)``. It is loaded with
+``torch.jit.load``, which runs the code stored in the file, so :class:`I3DFeatures` refuses it unless the caller
+passes ``trust_torchscript=True`` (``--trust-i3d-torchscript`` on the command line). The tests cover the Fréchet
+distance, not the real I3D file (it is not shipped). With few clips FVD is strongly biased: read it as a relative
+number.
 """
 
 from __future__ import annotations
@@ -108,9 +110,13 @@ def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
 
 
 class I3DFeatures:
-    """TorchScript I3D feature extractor (see the module docstring for the expected file)."""
+    """TorchScript I3D feature extractor (see the module docstring for the expected file). Loading runs code from
+    the file, so ``trust_torchscript`` must be True."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, trust_torchscript: bool = False):
+        if not trust_torchscript:
+            raise ValueError(f"{path}: TorchScript runs code from the file when loaded; pass trust_torchscript=True "
+                             "(--trust-i3d-torchscript) only for a file you trust")
         if not Path(path).exists():
             raise FileNotFoundError(f"I3D weights {path} do not exist")
         self.net = torch.jit.load(str(path), map_location="cpu").eval()

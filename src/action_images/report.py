@@ -7,10 +7,13 @@ folder, so ``metrics.json``, ``report.html``, ``success.png`` and ``videos/`` ca
 from __future__ import annotations
 
 import html
+import io
 import json
-import os
+import math
 from pathlib import Path
 from typing import Any
+
+from action_images.runfiles import atomic_write_bytes, atomic_write_text
 
 CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
@@ -53,10 +56,10 @@ def success_chart(path: Path, tasks: dict[str, dict[str, Any]], title: str = "cl
     ax.set_title(f"{title} (bars: 95 % Wilson CI)", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _open_loop_section(ol: dict[str, Any]) -> str:
@@ -147,9 +150,7 @@ def write_report(out: str | Path, metrics: dict[str, Any]) -> Path:
     parts.append("<p class=note>Raw numbers: <a href='metrics.json'>metrics.json</a>. "
                  + (html.escape(json.dumps(env)) if env else "") + "</p></body></html>")
     path = out / "report.html"
-    tmp = out / ".report.html.tmp"
-    tmp.write_text("\n".join(parts), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, "\n".join(parts))
     return path
 
 
@@ -170,13 +171,27 @@ def save_streams_figure(batch: dict[str, Any], out: Any, path: str | Path, item:
         for img in (real_rgb[v], gen_rgb[v], overlay(real_rgb[v], real_act[v]), overlay(gen_rgb[v], gen_act[v])):
             rows.append(np.concatenate(list(img), axis=1))                  # [H, F*W, 3]
     grid = np.concatenate(rows, axis=0).repeat(zoom, axis=0).repeat(zoom, axis=1)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    iio.imwrite(path, grid)
+    atomic_write_bytes(path, iio.imwrite("<bytes>", grid, extension=".png"))
 
 
-def save_rollout_strip(video: str | Path, path: str | Path, frames: int = 4, zoom: int = 2) -> list[int]:
+MIN_VIEW_PX = 256   # a still's views are upscaled to at least this many pixels, so the action-image blobs show
+
+
+def strip_zoom(frame_height: int, view_rows: int = 2, min_view_px: int = MIN_VIEW_PX) -> int:
+    """The whole-number zoom that makes each view of a video frame ``view_rows`` views tall at least ``min_view_px``
+    pixels tall."""
+    if view_rows < 1 or min_view_px < 1 or frame_height < view_rows:
+        raise ValueError(f"need view_rows >= 1, min_view_px >= 1 and a frame of >= view_rows px; got view_rows "
+                         f"{view_rows}, min_view_px {min_view_px}, frame height {frame_height}")
+    return max(1, math.ceil(min_view_px * view_rows / frame_height))
+
+
+def save_rollout_strip(video: str | Path, path: str | Path, frames: int = 4, zoom: int | None = None,
+                       view_rows: int = 2, min_view_px: int = MIN_VIEW_PX) -> list[int]:
     """A still of a rollout video for docs: ``frames`` evenly spaced frames (first and last included) stacked top to
-    bottom, upscaled ``zoom``x without smoothing. Returns the frame indices used.
+    bottom, upscaled by nearest neighbour (pixel repetition, no smoothing). ``zoom`` None: the smallest whole zoom
+    that makes each view at least ``min_view_px`` tall, a frame being ``view_rows`` views tall (the ``eval`` videos:
+    the real views above the generated ones). Returns the frame indices used.
 
         python -m action_images.report strip runs/eval/videos/open_drawer_ep000.gif docs/img/rollout_open_drawer.png
     """
@@ -188,15 +203,19 @@ def save_rollout_strip(video: str | Path, path: str | Path, frames: int = 4, zoo
         raise ValueError(f"{video}: not a video (shape {video_frames.shape})")
     if frames < 1:
         raise ValueError(f"frames must be >= 1; got {frames}")
+    if zoom is None:
+        zoom = strip_zoom(video_frames.shape[1], view_rows, min_view_px)
+    if zoom < 1:
+        raise ValueError(f"zoom must be >= 1; got {zoom}")
     idx = sorted({int(round(i)) for i in np.linspace(0, len(video_frames) - 1, min(frames, len(video_frames)))})
     strip = np.concatenate([video_frames[i, ..., :3] for i in idx], axis=0)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    iio.imwrite(path, strip.repeat(zoom, axis=0).repeat(zoom, axis=1))
+    atomic_write_bytes(path, iio.imwrite("<bytes>", strip.repeat(zoom, axis=0).repeat(zoom, axis=1), extension=".png"))
     return idx
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m action_images.report strip VIDEO OUT.png [--frames N] [--zoom Z]``"""
+    """``python -m action_images.report strip VIDEO OUT.png [--frames N] [--min-view-px P] [--view-rows R]
+    [--zoom Z]``"""
     import argparse
 
     p = argparse.ArgumentParser(prog="python -m action_images.report")
@@ -204,11 +223,16 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("strip", help="evenly spaced frames of a rollout video, stacked, as one PNG")
     s.add_argument("video")
     s.add_argument("out")
-    s.add_argument("--frames", type=int, default=4)
-    s.add_argument("--zoom", type=int, default=2)
+    s.add_argument("--frames", type=int, default=4, help="frames in the still (default 4)")
+    s.add_argument("--min-view-px", type=int, default=MIN_VIEW_PX,
+                   help=f"upscale (nearest neighbour) until each view is at least this tall (default {MIN_VIEW_PX})")
+    s.add_argument("--view-rows", type=int, default=2,
+                   help="views stacked in one video frame (default 2: eval videos, real views over generated ones)")
+    s.add_argument("--zoom", type=int, default=None, help="a fixed whole-number zoom instead of --min-view-px")
     args = p.parse_args(argv)
     try:
-        idx = save_rollout_strip(args.video, args.out, frames=args.frames, zoom=args.zoom)
+        idx = save_rollout_strip(args.video, args.out, frames=args.frames, zoom=args.zoom, view_rows=args.view_rows,
+                                 min_view_px=args.min_view_px)
     except (OSError, ValueError) as e:
         print(f"error: {e}")
         return 2
