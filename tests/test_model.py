@@ -223,6 +223,56 @@ def test_old_checkpoint_config_without_new_keys_loads(tmp_path):
     assert cfg.act_peak_weight == 0.0 and cfg.loss_target == "velocity"
 
 
+def test_format_v1_config_gets_its_cameras_from_the_run_arguments(tmp_path):
+    """A v1 checkpoint does not name its cameras; its run's train_args.json does (the shipped checkpoint's case)."""
+    tiny().save_pretrained(tmp_path)
+    meta = json.loads((tmp_path / "config.json").read_text())
+    del meta["config"]["camera_names"], meta["config"]["crop"]
+    (tmp_path / "config.json").write_text(json.dumps(dict(meta, format_version=1)))
+    assert WorldActionModel.from_pretrained(tmp_path).config.camera_names is None
+    (tmp_path / "train_args.json").write_text(json.dumps({"camera_names": "left,right"}))
+    cfg = WorldActionModel.from_pretrained(tmp_path).config
+    assert cfg.camera_names == ["left", "right"] and cfg.crop == "center"
+
+
+def test_huge_config_is_refused_before_allocating(tmp_path):
+    """A small config edit cannot make the loader allocate: it is checked against the weights header first."""
+    import resource
+    tiny().save_pretrained(tmp_path)
+    meta = json.loads((tmp_path / "config.json").read_text())
+    bb = dict(meta["config"]["backbone"], width=65536, depth=64, heads=8)
+    (tmp_path / "config.json").write_text(json.dumps(dict(meta, config=dict(meta["config"], backbone=bb))))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ValueError, match="model.safetensors: weights do not match"):
+        WorldActionModel.from_pretrained(tmp_path)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 500_000     # KiB: far below 16 GiB/layer
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:300]),
+     "model.safetensors: not a readable safetensors file"),
+    (lambda d: (d / "model.safetensors").unlink(), "model.safetensors: no such weights file"),
+    (lambda d: (d / "config.json").write_text("{oops"), "config.json: not JSON"),
+    (lambda d: (d / "config.json").write_text("[1, 2]"), "config.json: expected an object"),
+    (lambda d: (d / "config.json").write_text(json.dumps(
+        dict(json.loads((d / "config.json").read_text()),
+             config=dict(json.loads((d / "config.json").read_text())["config"], image_size="big")))),
+     "config.json: image_size must be an integer"),
+    (lambda d: (d / "config.json").write_text(json.dumps(
+        dict(json.loads((d / "config.json").read_text()),
+             config=dict(json.loads((d / "config.json").read_text())["config"],
+                         backbone={**json.loads((d / "config.json").read_text())["config"]["backbone"],
+                                   "width": "wide"})))),
+     "config.json: the config does not build a model"),
+])
+def test_damaged_checkpoints_are_refused_naming_the_file(tmp_path, damage, message):
+    tiny().save_pretrained(tmp_path)
+    damage(tmp_path)
+    with pytest.raises(ValueError) as e:
+        WorldActionModel.from_pretrained(tmp_path)
+    assert message in str(e.value) and str(tmp_path) in str(e.value)
+
+
 def test_loss_target_x0_and_velocity():
     """x0: the per-stream loss is the clean-clip MSE; velocity: that MSE over t^2 (larger, since t < 1)."""
     ds = SyntheticWindows(WindowConfig(image_size=32, num_views=2, horizon=2, stride=4), seed=0, num_scenes=2)

@@ -24,6 +24,7 @@ from typing import Callable, Sequence
 import torch
 
 GIVEN, GEN, ABSENT = 0, 1, 2
+NUM_STATES = 3                # backbones embed one of these per (view, frame, stream)
 STREAMS = ("rgb", "act")
 # job -> per stream (current frame state, future frames state)
 TASKS: dict[str, dict[str, tuple[int, int]]] = {

@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -167,7 +167,7 @@ def _is_number(x: Any) -> bool:
 
 def _coerce(value: Any, f: Any, where: str) -> Any:
     """A recipe-file value checked against the field's type (ints stay ints, lists may be given as strings)."""
-    kind, default = f.metadata.get("kind"), f.default if f.default is not MISSING else f.default_factory()
+    kind = f.metadata.get("kind")
     if value is None:
         return None
     if kind == "list":

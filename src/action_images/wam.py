@@ -2,7 +2,7 @@
 
 Packing. A sample holds V views x F frames (frame 0 = the current frame, then H future keyframes every ``stride``
 control steps) of two streams, RGB and action images, both in [-1, 1]. They are concatenated per pixel into
-``x0 [B, V, F, 6, H, W]`` (design §5) and patchified by the backbone, so tokens = V * F * (H/p) * (W/p).
+``x0 [B, V, F, 6, H, W]`` (one token carries both streams of a patch) and patchified by the backbone, so tokens = V * F * (H/p) * (W/p).
 
 The four jobs (policy, world model, labeler, video) are masks over the streams, and the diffusion math -- noising,
 loss, ODE sampler -- lives in :mod:`action_images.flow`. This module composes the text encoder and the backbone,
@@ -38,6 +38,9 @@ from action_images.text import TextConfig, build_text_encoder, drop_instructions
 from action_images.flow import (ABSENT, GEN, GIVEN, STREAMS, TASK_NAMES, TASKS, channel_state, integrate,
                                 masked_loss, noisy_input, sample_t, task_state, velocity)
 
+# the job masks and states are defined in flow.py; re-exported here for callers that import them with the model
+__all__ = ["WAMConfig", "WorldActionModel", "Sample", "CheckpointError", "read_config", "weights_header",
+           "GIVEN", "GEN", "ABSENT", "STREAMS", "TASKS", "TASK_NAMES", "task_state", "channel_state"]
 FORMAT = "action-images-wam"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)                     # v1: no camera_names / crop in the config

@@ -4,23 +4,21 @@
 
 Per preset (each in a fresh process so peak memory is its own): training tokens/s and samples/s (fp32, AdamW, the
 preset's batch size, data preparation excluded and reported separately), peak resident memory, and the latency of
-sampling one policy chunk (batch 1, ``--sample-steps`` Euler steps, with and without CFG). Targets (issue 4): the
+sampling one policy chunk (batch 1, ``--sample-steps`` Euler steps, with and without CFG). Targets: the
 default CPU preset trains at >= 5,000 tokens/s and samples a policy chunk in <= 0.3 s.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
-import os
-import platform
 import resource
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any
+
+from action_images.runfiles import args_dict, atomic_write_json, environment
 
 DEFAULT_PRESET = "cpu-small"
 TARGET_TOKENS_PER_S = 5000.0
@@ -53,8 +51,7 @@ def measure(preset: str, batch_size: int | None, steps: int, warmup_steps: int, 
     torch.manual_seed(seed)
     cfg = WAMConfig.from_preset(preset)
     B = batch_size or PRESETS[preset]["batch_size"]
-    ds = SyntheticWindows(WindowConfig(image_size=cfg.image_size, num_views=cfg.num_views, horizon=cfg.horizon,
-                                       stride=cfg.stride), seed=seed)
+    ds = SyntheticWindows(WindowConfig.from_model(cfg), seed=seed)
     t0 = time.perf_counter()
     batch = collate([ds[i] for i in range(B)])
     data_s = time.perf_counter() - t0
@@ -131,13 +128,10 @@ def run(args: argparse.Namespace) -> int:
     if default:
         targets["train_tokens_per_s_met"] = default["train_tokens_per_s"] >= TARGET_TOKENS_PER_S
         targets["sample_latency_met"] = default["sample_latency_s"] <= TARGET_SAMPLE_S
-    doc = {"command": "action-images bench train", "args": {k: v for k, v in vars(args).items()
-                                                            if not k.startswith("_") and not callable(v)},
-           "seed": args.seed, "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-           "targets": targets, "results": results}
+    doc = {"command": "action-images bench train", "args": args_dict(args), "seed": args.seed,
+           "environment": environment(), "targets": targets, "results": results}
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(doc, indent=2))
+        atomic_write_json(args.json, doc)
     return 1 if any("error" in r for r in results) else 0
 
 

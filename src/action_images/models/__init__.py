@@ -1,7 +1,7 @@
 """Video backbones behind one small interface, and the size registry (like DiT's ``DiT_models``).
 
 A preset fixes the backbone *and* the data shape it was sized for (image size, views, keyframes), because on a CPU the
-token count (views x frames x (res/patch)^2) is what decides speed (design §5). Override any field when training.
+token count (views x frames x (res/patch)^2) is what decides speed (attention cost dominates beyond ~1k tokens; docs/method.md). Override any field when training.
 ``kind`` names the backbone (:func:`build_backbone`); presets without it are DiTs.
 """
 

@@ -1,6 +1,6 @@
 """A small video DiT over multi-view, multi-stream clips (plain PyTorch, CPU-first).
 
-Why this shape: on 2 CPU cores the budget is a few hundred tokens per sample (design §5), so each view/frame is
+Why this shape: on 2 CPU cores the budget is a few hundred tokens per sample (docs/method.md), so each view/frame is
 patchified with large patches (8 px) and RGB + action image share one token (6 channels per pixel). Conditioning:
 
 * timestep t -> adaLN-Zero modulation (DiT), optionally plus mean-pooled language tokens ("adaln" text mode), or
@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-NUM_STATES = 3  # per-stream state: 0 given (clean), 1 generated (noisy), 2 absent
+from action_images.flow import NUM_STATES   # per-stream state: given (clean), generated (noisy), absent
 
 
 @dataclass(frozen=True)

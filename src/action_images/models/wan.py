@@ -48,9 +48,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from action_images.models.dit import NUM_STATES, VideoBackbone
+from action_images.flow import GEN, NUM_STATES
+from action_images.models.dit import VideoBackbone
 
-GENERATED = 1  # per-stream state value of a generated (noisy) stream, as in action_images.wam.GEN
+GENERATED = GEN  # per-stream state value of a generated (noisy) stream
 
 # WanBackboneConfig field -> WanTransformer3DModel config key, for the fields that fix the pretrained architecture.
 _ARCH_KEYS = {
