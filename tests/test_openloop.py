@@ -201,6 +201,7 @@ def test_cli_routes_openloop_and_python_m_keeps_working():
     from action_images import cli
 
     assert cli.COMMANDS["openloop"][0] == "action_images.openloop"
+    assert cli.main(["openloop", "--checkpoint", "none", "--data", "none", "--episodes", "0"]) == 2
     assert callable(openloop.add_arguments) and callable(openloop.run) and callable(openloop.main)
     out = subprocess.run([sys.executable, "-m", "action_images.openloop", "--help"], capture_output=True, text=True,
                          timeout=120)

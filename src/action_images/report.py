@@ -10,6 +10,7 @@ import html
 import io
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -234,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         idx = save_rollout_strip(args.video, args.out, frames=args.frames, zoom=args.zoom, view_rows=args.view_rows,
                                  min_view_px=args.min_view_px)
     except (OSError, ValueError) as e:
-        print(f"error: {e}")
+        print(f"python -m action_images.report strip: {e}", file=sys.stderr)
         return 2
     print(f"wrote {args.out} (frames {idx})")
     return 0
