@@ -1,4 +1,4 @@
-"""``action-images eval`` / ``demo``: valid metrics.json, a self-contained HTML report, seeds, CLI routing."""
+"""``action-images eval``: valid metrics.json, a self-contained HTML report, seeds, cameras, videos, CLI routing."""
 
 from __future__ import annotations
 
@@ -13,6 +13,9 @@ import pytest
 import torch
 
 from action_images import demo, evaluate
+from action_images.evaluate import EvalSettings
+from action_images.policy import PolicySettings
+from action_images.seeds import episode_seed
 from action_images.wam import WAMConfig, WorldActionModel
 
 torch.set_num_threads(1)
@@ -58,7 +61,7 @@ def check_report(out: Path) -> Links:
 def eval_run(checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval") / "out"
     args = parse(evaluate, ["--checkpoint", str(checkpoint), "--tasks", "reach_target,press_button", "--episodes",
-                            "2", "--out", str(out), "--image-size", "32", "--steps", "1", "--max-steps", "4",
+                            "2", "--out", str(out), "--image-size", "32", "--sampler-steps", "1", "--max-steps", "4",
                             "--videos", "1", "--seed", "7", "--no-progress", "--threads", "1",
                             "--disagree-px", "2.5"])
     assert evaluate.run(args) == 0
@@ -74,10 +77,11 @@ def test_eval_writes_valid_metrics_and_report(eval_run):
         assert m["latency"]["count"] >= 2 and m["latency"]["p95_ms"] >= m["latency"]["p50_ms"] > 0
         assert m["mean_episode_length"] <= 4
     assert metrics["overall"]["episodes"] == 4 and metrics["open_loop"] is None
-    assert metrics["policy"]["disagree_px"] == 2.5
+    assert metrics["policy"]["disagree_px"] == 2.5 and metrics["policy"]["sampler_steps"] == 1
+    assert metrics["settings"]["policy"]["sampler_steps"] == 1 and metrics["settings"]["max_steps"] == 4
     seeds = [e["seed"] for e in metrics["episodes"]]
     assert len(set(seeds)) == 4
-    assert seeds[:2] == [evaluate.episode_seed(7, "reach_target", k) for k in range(2)]
+    assert seeds[:2] == [episode_seed(7, "reach_target", k) for k in range(2)]
     assert set(links.refs) >= {"success.png", "metrics.json", "videos/reach_target_ep000.gif",
                                "videos/press_button_ep000.gif"}
     assert metrics["videos"] == {"reach_target": ["videos/reach_target_ep000.gif"],
@@ -111,7 +115,8 @@ def test_eval_jobs_split_gives_the_same_episodes(checkpoint, tmp_path):
     """--jobs 2 runs the (task, episode) pairs in two worker processes; every record matches the serial run."""
     def run(jobs, out):
         args = parse(evaluate, ["--checkpoint", str(checkpoint), "--tasks", "reach_target,press_button", "--episodes",
-                                "2", "--out", str(out), "--image-size", "32", "--steps", "1", "--max-steps", "3",
+                                "2", "--out", str(out), "--image-size", "32", "--sampler-steps", "1", "--max-steps",
+                                "3",
                                 "--videos", "1", "--seed", "3", "--no-progress", "--jobs", str(jobs)])
         assert evaluate.run(args) == 0
         return json.loads((out / "metrics.json").read_text())
@@ -139,31 +144,67 @@ def test_eval_rejects_bad_input(checkpoint, tmp_path, capsys):
     assert "--jobs" in capsys.readouterr().err
 
 
-def test_perturbed_cameras_episode_seeds_are_reproducible(checkpoint, tmp_path):
-    metrics = evaluate.evaluate(WorldActionModel.from_pretrained(checkpoint), ["reach_target"], 1, tmp_path / "a",
-                                seed=1, image_size=32, perturb_cameras=True, steps=1, max_steps=2, videos=0,
-                                progress=False)
-    again = evaluate.evaluate(WorldActionModel.from_pretrained(checkpoint), ["reach_target"], 1, tmp_path / "b",
-                              seed=1, image_size=32, perturb_cameras=True, steps=1, max_steps=2, videos=0,
-                              progress=False)
-    assert metrics["episodes"][0]["seed"] == again["episodes"][0]["seed"]
-    assert metrics["episodes"][0]["success"] == again["episodes"][0]["success"]
+def test_perturbed_cameras_move_every_episode_reproducibly(checkpoint, tmp_path):
+    """--perturb-cameras: each episode's cameras stand elsewhere than the nominal rig and than the other episode's,
+    and a rerun puts them in the same places."""
+    model = WorldActionModel.from_pretrained(checkpoint)
+
+    def positions(perturb, out):
+        s = EvalSettings(tasks=("reach_target",), episodes=2, seed=1, image_size=32, perturb_cameras=perturb,
+                         max_steps=1, videos=0, policy=PolicySettings(sampler_steps=1))
+        m = evaluate.evaluate(model, s, tmp_path / out, progress=False)
+        return [e["camera_positions"] for e in m["episodes"]], [e["seed"] for e in m["episodes"]]
+
+    nominal, _ = positions(False, "nominal")
+    moved, seeds = positions(True, "a")
+    again, seeds_again = positions(True, "b")
+    assert moved == again and seeds == seeds_again
+    assert nominal[0] == nominal[1] and set(nominal[0]) == {"front", "left", "right"}
+    for ep in moved:
+        for name, pos in ep.items():
+            assert max(abs(a - b) for a, b in zip(pos, nominal[0][name])) > 1e-3, name
+    assert moved[0] != moved[1]
 
 
-def test_demo_quick_with_checkpoint(checkpoint, tmp_path, capsys):
-    out = tmp_path / "demo"
-    assert demo.run(parse(demo, ["--quick", "--checkpoint", str(checkpoint), "--out", str(out),
-                                 "--no-progress"])) == 0
-    text = capsys.readouterr().out
-    assert "reach_target" in text and "report:" in text and str(out.resolve() / "report.html") in text
-    metrics, _ = check_report(out)
-    assert metrics["command"] == "demo" and metrics["overall"]["episodes"] == 1
+def test_eval_cameras_follow_the_checkpoint(tmp_path, capsys):
+    """A checkpoint that names its cameras: the policy sees them and only they are rendered (no warning); --cameras
+    adds rendered views without changing what the model sees; a policy camera that is not rendered is refused."""
+    torch.manual_seed(0)
+    ckpt = tmp_path / "named"
+    WorldActionModel(WAMConfig.from_preset("cpu-tiny", camera_names=["left", "right"])).save_pretrained(ckpt)
+    base = ["--checkpoint", str(ckpt), "--tasks", "reach_target", "--episodes", "1", "--image-size", "32",
+            "--sampler-steps", "1", "--max-steps", "1", "--videos", "0", "--no-progress"]
+    capsys.readouterr()
+    assert evaluate.run(parse(evaluate, base + ["--out", str(tmp_path / "a")])) == 0
+    m = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert m["policy"]["views"] == ["left", "right"] and m["policy"]["cameras"] == ["left", "right"]
+    assert set(m["episodes"][0]["camera_positions"]) == {"left", "right"}
+    assert "warning" not in capsys.readouterr().err
+    assert evaluate.run(parse(evaluate, base + ["--out", str(tmp_path / "b"), "--cameras", "front,left,right"])) == 0
+    m = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert m["policy"]["views"] == ["left", "right"] and m["policy"]["cameras"] == ["front", "left", "right"]
+    assert evaluate.run(parse(evaluate, base + ["--out", str(tmp_path / "c"), "--cameras", "front,left"])) == 2
+    assert "--policy-cameras" in capsys.readouterr().err and not (tmp_path / "c").exists()
 
 
-def test_demo_without_checkpoint_says_how_to_make_one(tmp_path, capsys):
-    assert demo.run(parse(demo, ["--checkpoint", str(tmp_path / "missing")])) == 1
-    err = capsys.readouterr().err
-    assert "action-images train" in err and "checkpoints/cpu-small" in err
+def test_eval_old_flag_names_still_work_with_a_note(checkpoint, capsys):
+    a = parse(evaluate, ["--checkpoint", str(checkpoint), "--out", "o", "--steps", "3", "--policy-views", "left,top"])
+    assert a.sampler_steps == 3 and a.policy_cameras == "left,top"
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "--steps is deprecated, use --sampler-steps" in err[0]
+    assert "--policy-views is deprecated, use --policy-cameras" in err[1]
+    a = parse(evaluate, ["--checkpoint", str(checkpoint), "--out", "o"])
+    assert a.sampler_steps == 10 and a.policy_cameras is None and capsys.readouterr().err == ""
+
+
+def test_eval_videos_are_upscaled_nearest_neighbour(eval_run):
+    """Each 32 px view becomes 256 px (x8 blocks): two rows (real + generated) of three views."""
+    import imageio.v3 as iio
+
+    frames = iio.imread(eval_run / "videos" / "reach_target_ep000.gif", index=None)
+    assert frames.shape[1:3] == (2 * 256, 3 * 256)
+    top = frames[0, :256, :256]
+    assert (top.reshape(32, 8, 32, 8, -1) == top[::8, ::8][:, None, :, None]).all()   # 8 x 8 constant blocks
 
 
 def test_cli_routes_eval_demo_and_bench_policy():

@@ -14,7 +14,7 @@ from scipy.spatial.transform import Rotation
 
 from action_images.codec import ActionImageCodec
 from action_images.geometry import Camera, euler_to_quat
-from action_images.policy import ActionImagesPolicy, interpolate_chunk, prepare_view
+from action_images.policy import ActionImagesPolicy, PolicySettings, interpolate_chunk, prepare_view
 from action_images.wam import WAMConfig, WorldActionModel
 
 torch.set_num_threads(1)
@@ -65,13 +65,13 @@ def tiny_model() -> WorldActionModel:
     return WorldActionModel(WAMConfig.from_preset("cpu-tiny"))
 
 
-def test_episode_end_to_end_in_real_sim():
+def test_episode_end_to_end_in_real_sim(capsys):
     from action_images.sim import make_env
 
     env = make_env("reach_target", cameras=("front", "left", "right"), image_size=32)
     try:
         obs, _ = env.reset(seed=3)
-        policy = ActionImagesPolicy(tiny_model(), steps=2, execute_k=2)
+        policy = ActionImagesPolicy(tiny_model(), PolicySettings(sampler_steps=2, execute_k=2))
         for _ in range(5):
             a = policy.act(obs, env.cameras)
             assert a.shape == (8,) and np.isfinite(a).all()
@@ -79,7 +79,10 @@ def test_episode_end_to_end_in_real_sim():
             assert "success" in info
         ch = policy.last_chunk
         V, H, R = 2, policy.horizon, policy.image_size
+        # a config without camera_names: the first num_views rendered cameras, and one warning line saying so
         assert len(policy.chunks) == 3 and ch.view_names == ["front", "left"]
+        warning = capsys.readouterr().err.strip().splitlines()
+        assert len(warning) == 1 and "camera_names" in warning[0] and "front,left" in warning[0]
         assert ch.future_rgb.shape == (V, H, R, R, 3) and ch.future_rgb.dtype == np.uint8
         assert ch.future_act.shape == (V, H, R, R, 3) and 0 <= ch.future_act.min() <= ch.future_act.max() <= 1
         assert ch.input_rgb.shape == (V, R, R, 3)
@@ -137,7 +140,7 @@ TARGETS = np.stack([pose(0.47, 0.0, 0.15), pose(0.49, 0.0, 0.15), pose(0.51, 0.0
 
 def test_agreeing_views_execute_the_chunk():
     obs, cams = fake_obs_and_cameras()
-    pol = ActionImagesPolicy(StubModel(TARGETS, np.zeros(3)), execute_k=4)
+    pol = ActionImagesPolicy(StubModel(TARGETS, np.zeros(3)), PolicySettings(execute_k=4))
     ch = pol.plan(obs, cams)
     assert ch.decision == "execute" and not ch.disagree.any() and ch.valid.all()
     assert len(ch.actions) == 4
@@ -148,7 +151,7 @@ def test_agreeing_views_execute_the_chunk():
 def test_disagreement_replan_executes_agreeing_prefix_hold_stays(mode):
     obs, cams = fake_obs_and_cameras()
     model = StubModel(TARGETS, np.array([0.0, 0.06, 0.06]))     # keyframe 1 agrees, 2 and 3 do not
-    pol = ActionImagesPolicy(model, execute_k=6, on_disagree=mode, disagree_px=0.8)
+    pol = ActionImagesPolicy(model, PolicySettings(execute_k=6, on_disagree=mode, disagree_px=0.8))
     ch = pol.plan(obs, cams)
     assert list(ch.disagree) == [False, True, True]
     if mode == "replan":
@@ -163,7 +166,8 @@ def test_disagreement_replan_executes_agreeing_prefix_hold_stays(mode):
 def test_disagreement_on_first_keyframe_resamples_then_holds():
     obs, cams = fake_obs_and_cameras()
     model = StubModel(TARGETS, np.full(3, 0.06))
-    pol = ActionImagesPolicy(model, execute_k=4, on_disagree="replan", max_resamples=2, disagree_px=0.8)
+    pol = ActionImagesPolicy(model, PolicySettings(execute_k=4, on_disagree="replan", max_resamples=2,
+                                                   disagree_px=0.8))
     ch = pol.plan(obs, cams)
     assert model.calls == 3 and ch.samples == 3
     assert ch.decision == "hold" and len(ch.actions) == 1 and np.allclose(ch.actions[0], ch.current)
@@ -173,7 +177,7 @@ def test_nothing_decodes_holds_current_pose_never_nan():
     obs, cams = fake_obs_and_cameras()
     model = StubModel(TARGETS, np.zeros(3))
     model.sample = lambda batch, **kw: SimpleNamespace(rgb=batch["rgb"], act=torch.full_like(batch["act"], -1.0))
-    pol = ActionImagesPolicy(model, execute_k=3)
+    pol = ActionImagesPolicy(model, PolicySettings(execute_k=3))
     pol.last_command = pose(0.4, 0.0, 0.2, g=0.0)
     ch = pol.plan(obs, cams)
     assert ch.decision == "hold_invalid" and not ch.valid.any()
@@ -181,35 +185,75 @@ def test_nothing_decodes_holds_current_pose_never_nan():
     assert ch.actions[0, 7] == 0.0                                   # holds the commanded gripper, not the measured
 
 
-def test_bad_arguments():
-    with pytest.raises(ValueError, match="on_disagree"):
-        ActionImagesPolicy(StubModel(TARGETS, np.zeros(3)), on_disagree="panic")
-    with pytest.raises(ValueError, match="execute_k"):
-        ActionImagesPolicy(StubModel(TARGETS, np.zeros(3)), execute_k=100)
-    with pytest.raises(ValueError, match="disagree_px"):
-        ActionImagesPolicy(StubModel(TARGETS, np.zeros(3)), disagree_px=0)
+@pytest.mark.parametrize("kwargs, flag", [
+    (dict(on_disagree="panic"), "--on-disagree"), (dict(disagree_px=0), "--disagree-px"),
+    (dict(horizon=0), "--horizon"), (dict(execute_k=0), "--execute-k"), (dict(execute_k=-3), "--execute-k"),
+    (dict(cfg_scale=float("nan")), "--cfg-scale"), (dict(cfg_scale=float("inf")), "--cfg-scale"),
+    (dict(sampler_steps=0), "--sampler-steps"), (dict(max_resamples=-1), "--max-resamples"),
+    (dict(gripper="loose"), "--gripper"), (dict(method="rk45"), "--method"),
+    (dict(camera_names=("left",)), "--policy-cameras"), (dict(camera_names=("left", "left")), "--policy-cameras")])
+def test_settings_reject_out_of_range_values(kwargs, flag):
+    """One line naming the flag and what is allowed; a zero is not read as "use the default"."""
+    with pytest.raises(ValueError, match=flag) as e:
+        PolicySettings(**kwargs)
+    assert "\n" not in str(e.value) and ("must be" in str(e.value))
+
+
+def test_model_bound_ranges_are_checked_by_the_policy():
+    model = StubModel(TARGETS, np.zeros(3))                          # stride 2, horizon 3 -> execute_k <= 6
+    with pytest.raises(ValueError, match=r"--execute-k .*\[1, 6\]"):
+        ActionImagesPolicy(model, PolicySettings(execute_k=7))
+    assert ActionImagesPolicy(model, PolicySettings(execute_k=6)).execute_k == 6
+    with pytest.raises(TypeError, match="PolicySettings"):
+        ActionImagesPolicy(model, {"execute_k": 6})
+
+
+def test_checkpoint_cameras_are_the_default(capsys):
+    """A config that names its training cameras decides what the policy sees, whatever the render order."""
+    from action_images.sim import make_env
+
+    model = tiny_model()
+    model.config.camera_names = ["left", "right"]
+    env = make_env("reach_target", cameras=("front", "left", "right"), image_size=32)
+    try:
+        obs, _ = env.reset(seed=0)
+        ch = ActionImagesPolicy(model, PolicySettings(sampler_steps=1, execute_k=1)).plan(obs, env.cameras)
+        assert ch.view_names == ["left", "right"] and capsys.readouterr().err == ""
+        ch = ActionImagesPolicy(model, PolicySettings(camera_names=("right", "front"), sampler_steps=1,
+                                                      execute_k=1)).plan(obs, env.cameras)
+        assert ch.view_names == ["right", "front"]
+    finally:
+        env.close()
 
 
 def test_default_disagreement_threshold_is_two_sigma():
     """2 sigma of the blob at model resolution (0.1 x image size); the 6 cm shift of the stub (~2 px) passes it."""
     model = StubModel(TARGETS, np.array([0.0, 0.06, 0.06]))
-    pol = ActionImagesPolicy(model, execute_k=6)
+    pol = ActionImagesPolicy(model, PolicySettings(execute_k=6))
     assert pol.codec.reject_px == pytest.approx(0.1 * 32)
+    assert ActionImagesPolicy(model, PolicySettings(disagree_px=1.5)).codec.reject_px == 1.5
     obs, cams = fake_obs_and_cameras()
     ch = pol.plan(obs, cams)
     assert ch.decision == "execute" and not ch.disagree.any()
 
 
-def test_bench_policy_json(tmp_path):
+def test_bench_policy_json(tmp_path, capsys):
     from action_images.benchmarks import policy as bench
 
-    p = argparse.ArgumentParser()
+    p = argparse.ArgumentParser(prog="bench policy")
     bench.add_arguments(p)
     out = tmp_path / "p.json"
-    args = p.parse_args(["--preset", "cpu-tiny", "--task", "reach_target", "--image-size", "32", "--steps", "1,2",
-                         "--replans", "1", "--threads", "1", "--json", str(out)])
+    args = p.parse_args(["--preset", "cpu-tiny", "--task", "reach_target", "--image-size", "32", "--sampler-steps",
+                         "1,2", "--replans", "1", "--threads", "1", "--json", str(out)])
     assert bench.run(args) == 0
     res = json.loads(out.read_text())
     assert res["benchmark"] == "policy" and res["arguments"]["preset"] == "cpu-tiny" and res["seed"] == 0
-    assert [r["steps"] for r in res["results"]] == [1, 2]
+    assert [r["sampler_steps"] for r in res["results"]] == [1, 2]
+    # the old name still works for one release, with a one-line note
+    capsys.readouterr()
+    assert p.parse_args(["--steps", "4"]).sampler_steps == "4"
+    note = capsys.readouterr().err.strip().splitlines()
+    assert len(note) == 1 and "--steps is deprecated, use --sampler-steps" in note[0]
+    assert bench.run(p.parse_args(["--preset", "cpu-tiny", "--sampler-steps", "0"])) == 2
+    assert "--sampler-steps" in capsys.readouterr().err
     assert all(r["latency"]["mean_ms"] > 0 for r in res["results"])

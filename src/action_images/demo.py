@@ -6,6 +6,7 @@
 
 It is ``action-images eval`` with fixed, fast settings; the shipped checkpoint is looked up in the current directory
 and in the repository that holds this package. Without it the demo says how to make one and exits with status 1.
+The policy sees the cameras the checkpoint was trained on (``config.camera_names``), and those are rendered.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from pathlib import Path
 
 import torch
 
-from action_images.evaluate import evaluate, parse_tasks, write_outputs
+from action_images.evaluate import EvalSettings, Evaluation, add_sampler_steps, whole_number, write_outputs
+from action_images.policy import PolicySettings
+from action_images.runfiles import args_dict, environment
 
 SHIPPED = Path("checkpoints") / "cpu-small"
 CORE_TASKS = ("reach_target", "press_button", "open_drawer", "close_drawer")   # the shipped checkpoint's eval tasks
-POLICY_VIEWS = ("left", "right")   # the views of the README's evaluation (front hides the gripper behind the cabinet)
 HOW_TO = """no checkpoint at {where}.
 Recreate the shipped CPU checkpoint (about an hour on 2 cores) with `make checkpoint`, which runs:
     action-images collect --task reach_target,press_button,open_drawer,close_drawer --episodes 150 \\
@@ -35,10 +37,12 @@ Or point the demo at any run directory: action-images demo --checkpoint runs/NAM
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None, help=f"run directory (default: {SHIPPED} in the repository)")
     p.add_argument("--tasks", default=",".join(CORE_TASKS), help="task names, comma separated, or 'all'")
-    p.add_argument("--episodes", type=int, default=3, help="episodes per task (default 3)")
+    p.add_argument("--episodes", type=whole_number, default=3, help="episodes per task, >= 1 (default 3)")
     p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=6, help="sampler steps per chunk (default 6)")
+    p.add_argument("--seed", type=whole_number, default=0, help="base seed, >= 0 (default 0)")
+    p.add_argument("--policy-cameras", default=None,
+                   help="cameras the model sees, comma separated (default: the checkpoint's camera_names)")
+    add_sampler_steps(p, 6, "ODE sampler steps per chunk, 1..1000 (default 6)")
     p.add_argument("--quick", action="store_true", help="CI mode: 1 task, 1 episode, 12 control steps, 2 sampler steps")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1, see action-images eval)")
     p.add_argument("--no-progress", action="store_true")
@@ -70,34 +74,44 @@ def summary_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def settings_from_args(args: argparse.Namespace) -> EvalSettings:
+    """The demo's fixed, fast evaluation settings (``--quick``: 1 task, 1 episode, 12 control steps, 2 sampler
+    steps); ValueError names the bad flag."""
+    tasks = args.tasks.split(",")[0] if args.quick else args.tasks
+    policy = PolicySettings(camera_names=args.policy_cameras, sampler_steps=2 if args.quick else args.sampler_steps)
+    return EvalSettings(tasks=tasks, episodes=1 if args.quick else args.episodes, seed=args.seed,
+                        max_steps=12 if args.quick else None, videos=1 if args.quick else 2, policy=policy)
+
+
 def run(args: argparse.Namespace) -> int:
-    from action_images.benchmarks import args_dict, environment
     from action_images.wam import WorldActionModel
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    try:                                           # bad flags exit 2 before the checkpoint is even looked up
+        settings = settings_from_args(args)
+    except (ValueError, TypeError) as e:
+        print(f"action-images demo: {e}", file=sys.stderr)
+        return 2
     ckpt = find_checkpoint(args.checkpoint)
-    tasks_spec = args.tasks.split(",")[0] if args.quick else args.tasks
     if ckpt is None or not (ckpt / "config.json").exists():
         print("action-images demo: " + HOW_TO.format(where=ckpt or SHIPPED),
               file=sys.stderr)
         return 1
     try:
-        tasks = parse_tasks(tasks_spec)
         model = WorldActionModel.from_pretrained(ckpt)
-    except (ValueError, FileNotFoundError) as e:
+        ev = Evaluation(model, settings, args.out, checkpoint=ckpt)
+    except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"action-images demo: {e}", file=sys.stderr)
-        return 1
-    episodes = 1 if args.quick else args.episodes
-    steps = 2 if args.quick else args.steps
+        return 2
+    s = ev.settings
     t0 = time.perf_counter()
     print(f"demo: {ckpt} ({model.config.preset}, {model.num_parameters() / 1e6:.2f} M parameters), tasks "
-          f"{', '.join(tasks)}, {episodes} episode(s) each{' (quick mode)' if args.quick else ''}")
+          f"{', '.join(s.tasks)}, {s.episodes} episode(s) each, policy cameras {','.join(s.policy.camera_names)}"
+          f"{' (quick mode)' if args.quick else ''}")
     metrics = {"command": "demo", "arguments": args_dict(args), "seed": args.seed, "checkpoint": str(ckpt),
                "perturb_cameras": False}
-    metrics.update(evaluate(model, tasks, episodes, args.out, seed=args.seed, steps=steps, policy_views=POLICY_VIEWS,
-                            max_steps=12 if args.quick else None, videos=1 if args.quick else 2,
-                            progress=not args.no_progress))
+    metrics.update(ev.run(progress=not args.no_progress))
     metrics["open_loop"] = None
     metrics["wall_s"] = time.perf_counter() - t0
     metrics["environment"] = environment()

@@ -3,88 +3,240 @@
     action-images eval --checkpoint runs/pick --tasks reach_target,pick_cube --episodes 20 --out runs/pick/eval
     action-images eval --checkpoint runs/pick --tasks all --episodes 20 --perturb-cameras --out runs/pick/eval_shift
     action-images eval --checkpoint runs/pick --tasks pick_cube --episodes 5 --open-loop-data data/demos --out DIR
+    action-images eval --checkpoint runs/pick --tasks all --episodes 100 --out DIR --resume     # after a crash
 
 Reproducible by construction: episode k of task t resets the env (and seeds the policy's sampler noise) with
-``episode_seed(--seed, t, k)``, a SeedSequence keyed by "eval" so it never coincides with the collection seeds of
-``action-images collect``. Success rates carry a 95 % Wilson interval (honest at 0 % / 100 % and small n). Latency is
-measured per replanning step (observe -> generate -> decode -> chunk), the env's own time excluded.
-Outputs in ``--out``: ``metrics.json`` (snake_case; arguments and seed included), ``report.html`` + ``success.png`` and
-``videos/`` (all views side by side with the executed target's action image overlaid; below, the generated future
-keyframe the policy is heading to, with its generated action image) -- every path relative, so the folder can move.
+``seeds.episode_seed(--seed, t, k)``, a SeedSequence keyed by "eval" so it never coincides with the collection seeds
+of ``action-images collect``. Success rates carry a 95 % Wilson interval (honest at 0 % / 100 % and small n). Latency
+is measured per replanning step (observe -> generate -> decode -> chunk), the env's own time excluded.
+
+The cameras follow the checkpoint: the model sees ``config.camera_names`` (``--policy-cameras`` overrides) and those
+are rendered (``--cameras`` overrides, e.g. to add views to the videos). Every setting is checked before the first
+episode (:class:`EvalSettings`, :class:`~action_images.policy.PolicySettings`, files named by flags).
+
+Outputs in ``--out``: ``episodes.jsonl`` (a header line with the settings, then one line per finished episode, appended
+and flushed as it finishes, so an interrupted run keeps its episodes and ``--resume`` continues it), ``metrics.json``
+(rebuilt from ``episodes.jsonl``; snake_case; arguments and seed included), ``report.html`` + ``success.png`` and
+``videos/`` (all views side by side, upscaled nearest-neighbour to >= ``--video-px`` per view, with the executed
+target's action image overlaid; below, the generated future keyframe the policy is heading to, with its generated
+action image) -- every path relative, so the folder can move.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import hashlib
+import math
+import multiprocessing
 import os
 import sys
 import time
-import zlib
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from action_images.codec import ActionImageCodec, overlay
-from action_images.metrics import json_safe, wilson_interval
-from action_images.policy import DISAGREE_CHOICES, GRIPPER_MODES, ActionImagesPolicy, Chunk
+from action_images.metrics import wilson_interval
+from action_images.policy import (DISAGREE_CHOICES, GRIPPER_MODES, METHODS, ActionImagesPolicy, Chunk, PolicySettings,
+                                  check_choice, check_int, check_names, resolve_policy_cameras)
+from action_images.runfiles import (append_jsonl, args_dict, atomic_write_bytes, atomic_write_json, atomic_write_text,
+                                    dumps, environment, json_safe, read_jsonl)
+from action_images.seeds import episode_seed
 
-DEFAULT_CAMERAS = "front,left,right"
+DEFAULT_CAMERAS = ("front", "left", "right")   # rendered when neither the flags nor the checkpoint name cameras
+VIDEO_FORMATS = ("gif", "mp4")
+EPISODES_FILE = "episodes.jsonl"
+EPISODES_FORMAT = "action-images-eval-episodes"
+MAX_JOBS = 64
+# EvalSettings field -> its command-line flag (errors name both)
+EVAL_FLAGS = {"tasks": "--tasks", "episodes": "--episodes", "seed": "--seed", "cameras": "--cameras",
+              "image_size": "--image-size", "max_steps": "--max-steps", "videos": "--videos",
+              "video_format": "--video-format", "video_px": "--video-px", "jobs": "--jobs"}
 os.environ.setdefault("MUJOCO_GL", "egl")   # headless rendering unless the user chose a backend (before mujoco loads)
+
+
+class DeprecatedAlias(argparse.Action):
+    """An old flag name kept for one release: stores into the new flag's ``dest`` and prints a one-line note."""
+
+    def __init__(self, option_strings: list[str], dest: str, new: str = "", note: str = "", **kwargs: Any):
+        super().__init__(option_strings, dest, **kwargs)
+        self.new, self.note = new, note
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        print(f"{parser.prog}: {option_string} is deprecated, use {self.new}{self.note}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def whole_number(text: str) -> int:
+    """argparse type: an integer, also written as 1e3 (range checks are the settings' job)."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        x = float(text)
+    except ValueError:
+        x = math.nan
+    if not (math.isfinite(x) and x.is_integer()):
+        raise argparse.ArgumentTypeError(f"expected a whole number; got {text!r}")
+    return int(x)
+
+
+def add_sampler_steps(p: Any, default: int | str, help: str, type: Any = whole_number) -> None:
+    """``--sampler-steps`` and its deprecated alias ``--steps`` (which means optimizer steps in ``train``)."""
+    p.add_argument("--sampler-steps", type=type, default=default, help=help)
+    p.add_argument("--steps", dest="sampler_steps", type=type, default=argparse.SUPPRESS, action=DeprecatedAlias,
+                   new="--sampler-steps", note=" (in train, --steps counts optimizer steps)",
+                   help="deprecated alias of --sampler-steps")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="run directory (config.json + model.safetensors)")
     p.add_argument("--tasks", default="all", help="task names, comma separated, or 'all'")
-    p.add_argument("--episodes", type=int, default=10, help="episodes per task (default 10)")
-    p.add_argument("--out", required=True, help="output directory (metrics.json, report.html, videos/)")
+    p.add_argument("--episodes", type=whole_number, default=10, help="episodes per task, >= 1 (default 10)")
+    p.add_argument("--out", required=True,
+                   help="output directory (episodes.jsonl, metrics.json, report.html, videos/)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the evaluation in --out: skip the episodes episodes.jsonl holds; refused if the "
+                        "settings or the checkpoint differ from the recorded ones")
     p.add_argument("--perturb-cameras", action="store_true", help="viewpoint shift: jitter cameras every episode")
-    p.add_argument("--seed", type=int, default=0, help="base seed; episode seeds derive from it (default 0)")
+    p.add_argument("--seed", type=whole_number, default=0, help="base seed, >= 0; episode seeds derive from it")
     p.add_argument("--open-loop-data", default=None, help="LeRobot dataset: also run open-loop metrics on it")
     p.add_argument("--open-loop-episodes", type=int, default=4, help="held-out episodes (the dataset's last N)")
     p.add_argument("--open-loop-windows", type=int, default=4, help="windows per held-out episode")
-    g = p.add_argument_group("policy")
-    g.add_argument("--cameras", default=DEFAULT_CAMERAS, help=f"views rendered (default {DEFAULT_CAMERAS})")
-    g.add_argument("--policy-views", default=None, help="views the model sees (default: the first num_views)")
-    g.add_argument("--image-size", type=int, default=64, help="render size (the model input is resized)")
-    g.add_argument("--steps", type=int, default=10, help="sampler steps per chunk")
-    g.add_argument("--cfg-scale", type=float, default=1.0)
-    g.add_argument("--horizon", type=int, default=None, help="keyframes per chunk (default: the model's)")
-    g.add_argument("--execute-k", type=int, default=None, help="control steps executed per chunk")
+    g = p.add_argument_group("cameras and policy")
+    g.add_argument("--cameras", default=None,
+                   help="cameras rendered, comma separated (default: the policy cameras; add more to see them in "
+                        "the videos)")
+    g.add_argument("--policy-cameras", default=None,
+                   help="cameras the model sees, comma separated, >= 2 (default: the checkpoint's camera_names; a "
+                        "checkpoint without them gets the first num_views rendered cameras and a warning)")
+    g.add_argument("--policy-views", dest="policy_cameras", default=argparse.SUPPRESS, action=DeprecatedAlias,
+                   new="--policy-cameras", help="deprecated alias of --policy-cameras")
+    g.add_argument("--image-size", type=whole_number, default=64,
+                   help="render size in px, 16..1024 (the model input is resized)")
+    add_sampler_steps(g, 10, "ODE sampler steps per chunk, 1..1000 (default 10)")
+    g.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale, finite, >= 0")
+    g.add_argument("--horizon", type=whole_number, default=None,
+                   help="keyframes per chunk, >= 1 (default: the model's; at most the model's frames - 1)")
+    g.add_argument("--execute-k", type=whole_number, default=None,
+                   help="control steps executed per chunk, 1..stride x horizon (default half of that)")
     g.add_argument("--on-disagree", default="replan", choices=DISAGREE_CHOICES)
     g.add_argument("--disagree-px", type=float, default=None,
-                   help="views disagree above this RMS reprojection error, in model pixels (default 2 sigma = "
+                   help="views disagree above this RMS reprojection error, in model pixels, > 0 (default 2 sigma = "
                         "0.1 x the model's image size)")
     g.add_argument("--gripper", default="linear", choices=GRIPPER_MODES)
-    g.add_argument("--max-steps", type=int, default=None, help="cap on episode length (default: the task's)")
+    g.add_argument("--max-resamples", type=whole_number, default=2,
+                   help="immediate resamples when the first keyframe disagrees, >= 0 (default 2)")
+    g.add_argument("--method", default="euler", choices=METHODS, help="ODE sampler (default euler)")
+    g.add_argument("--max-steps", type=whole_number, default=None,
+                   help="cap on episode length in control steps, >= 1 (default: the task's)")
     o = p.add_argument_group("output")
-    o.add_argument("--videos", type=int, default=2, help="rollout videos for the first N episodes per task")
-    o.add_argument("--video-format", default="gif", choices=["gif", "mp4"])
-    o.add_argument("--lpips-weights", default=None, help="local LPIPS weights (open-loop); else reported null")
-    o.add_argument("--i3d-weights", default=None, help="local TorchScript I3D (open-loop FVD); else null")
+    o.add_argument("--videos", type=whole_number, default=2, help="rollout videos for the first N episodes per task")
+    o.add_argument("--video-format", default="gif", choices=VIDEO_FORMATS)
+    o.add_argument("--video-px", type=whole_number, default=256,
+                   help="each view is upscaled (nearest neighbour) to at least this many px, 16..2048 (default 256)")
+    o.add_argument("--lpips-weights", default=None, help="local LPIPS weights file (open-loop); else reported null")
+    o.add_argument("--i3d-weights", default=None,
+                   help="local TorchScript I3D file (open-loop FVD; else null). TorchScript loading runs code from "
+                        "the file, so it is accepted only with --trust-i3d-torchscript")
+    o.add_argument("--trust-i3d-torchscript", action="store_true",
+                   help="allow --i3d-weights to be loaded with torch.jit.load (only for files you trust)")
     o.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: on a shared 2-core machine 2 threads oversubscribe, ~10x slower)")
-    o.add_argument("--jobs", type=int, default=1,
-                   help="worker processes for the episodes (same results, less wall time; 2 on a 2-core machine)")
+    o.add_argument("--jobs", type=whole_number, default=1,
+                   help=f"worker processes for the episodes, 1..{MAX_JOBS} (same results, less wall time; 2 on a "
+                        "2-core machine). A worker that dies fails the run at once; --resume continues it")
     o.add_argument("--no-progress", action="store_true")
 
 
-def episode_seed(base_seed: int, task: str, k: int) -> int:
-    """Seed of evaluation episode ``k`` of ``task`` (disjoint from collection seeds by the "eval" key)."""
-    ss = np.random.SeedSequence(entropy=int(base_seed), spawn_key=(zlib.crc32(b"eval"), zlib.crc32(task.encode()),
-                                                                   int(k)))
-    return int(ss.generate_state(1)[0])
+@dataclass(frozen=True)
+class EvalSettings:
+    """What an evaluation runs; validated on construction, so the command line and library callers share the checks.
+
+    ``tasks``: names or "all"/"a,b" (parsed by ``sim.tasks.parse_tasks``). ``episodes`` per task (>= 1; the (task, k)
+    pairs are generated lazily, so a large count costs nothing up front). ``cameras``: rendered views (None: the
+    policy cameras, see :func:`resolve_settings`). ``max_steps``: cap on episode length (None: the task's).
+    ``videos``: rollout videos for the first N episodes per task, each view upscaled to >= ``video_px``.
+    ``jobs``: worker processes (records do not depend on it). ``policy``: the policy's settings.
+    """
+
+    tasks: tuple[str, ...] | str = "all"
+    episodes: int = 10
+    seed: int = 0
+    cameras: tuple[str, ...] | None = None
+    image_size: int = 64
+    perturb_cameras: bool = False
+    max_steps: int | None = None
+    videos: int = 2
+    video_format: str = "gif"
+    video_px: int = 256
+    jobs: int = 1
+    policy: PolicySettings = field(default_factory=PolicySettings)
+
+    def __post_init__(self) -> None:
+        from action_images.sim.tasks import parse_tasks
+
+        put, f = object.__setattr__, EVAL_FLAGS
+        tasks = self.tasks if isinstance(self.tasks, str) else list(self.tasks)
+        put(self, "tasks", tuple(parse_tasks(tasks, "--tasks")))
+        put(self, "episodes", check_int("episodes", self.episodes, 1, flags=f))
+        put(self, "seed", check_int("seed", self.seed, 0, 2**63 - 1, flags=f))
+        put(self, "cameras", check_names("cameras", self.cameras, 1, flags=f))
+        put(self, "image_size", check_int("image_size", self.image_size, 16, 1024, flags=f))
+        put(self, "perturb_cameras", bool(self.perturb_cameras))
+        if self.max_steps is not None:
+            put(self, "max_steps", check_int("max_steps", self.max_steps, 1, flags=f))
+        put(self, "videos", check_int("videos", self.videos, 0, flags=f))
+        check_choice("video_format", self.video_format, VIDEO_FORMATS, flags=f)
+        put(self, "video_px", check_int("video_px", self.video_px, 16, 2048, flags=f))
+        put(self, "jobs", check_int("jobs", self.jobs, 1, MAX_JOBS, flags=f))
+        if not isinstance(self.policy, PolicySettings):
+            raise TypeError(f"policy must be a PolicySettings; got {type(self.policy).__name__}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(tasks=list(self.tasks), cameras=list(self.cameras) if self.cameras else None,
+                 policy=self.policy.to_dict())
+        return d
+
+    def record_dict(self) -> dict[str, Any]:
+        """The settings an episode record depends on (``jobs`` only changes the wall time)."""
+        return {k: v for k, v in self.to_dict().items() if k != "jobs"}
 
 
-def parse_tasks(spec: str) -> list[str]:
-    from action_images.sim import TASKS
-    names = list(TASKS) if spec == "all" else [t.strip() for t in spec.split(",") if t.strip()]
-    bad = [t for t in names if t not in TASKS]
-    if bad or not names:
-        raise ValueError(f"unknown task(s) {bad}; choose from {list(TASKS)} or 'all'")
-    return names
+def resolve_settings(settings: EvalSettings, config: Any, warn: bool = True) -> EvalSettings:
+    """Settings with the cameras filled in from the checkpoint: the model sees ``--policy-cameras``, else
+    ``config.camera_names``, else the first ``num_views`` rendered cameras (with a warning); the rendered cameras are
+    ``--cameras``, else the policy cameras, else ``DEFAULT_CAMERAS``. The policy cameras must be rendered."""
+    pol = settings.policy.camera_names or getattr(config, "camera_names", None)
+    rendered = settings.cameras or (tuple(pol) if pol else DEFAULT_CAMERAS)
+    pol = resolve_policy_cameras(pol, config, rendered, warn=warn)
+    missing = [c for c in pol if c not in rendered]
+    if missing:
+        raise ValueError(f"--policy-cameras: {','.join(missing)} not among the rendered --cameras "
+                         f"{','.join(rendered)}")
+    from action_images.sim import CAMERA_NAMES
+
+    unknown = [c for c in rendered if c not in CAMERA_NAMES]
+    if unknown:
+        raise ValueError(f"--cameras: unknown camera(s) {','.join(unknown)}; choose from {','.join(CAMERA_NAMES)}")
+    return replace(settings, cameras=tuple(rendered), policy=replace(settings.policy, camera_names=tuple(pol)))
+
+
+def episode_pairs(tasks: Sequence[str], episodes: int, skip: set[tuple[str, int]] | frozenset = frozenset()
+                  ) -> Iterator[tuple[str, int]]:
+    """The (task, k) pairs in run order, generated one at a time (a large --episodes costs no memory up front)."""
+    for task in tasks:
+        for k in range(episodes):
+            if (task, k) not in skip:
+                yield task, k
 
 
 # ---- video frames ----------------------------------------------------------------------------------------------------
@@ -97,40 +249,49 @@ def _upscale(img: np.ndarray, size: int) -> np.ndarray:
 
 
 def compose_frame(obs: dict[str, Any], cameras: Sequence[Any], action: np.ndarray, chunk: Chunk | None,
-                  step_in_chunk: int, stride: int, codec: ActionImageCodec) -> np.ndarray:
-    """Top row: every rendered view + the executed target's action image. Bottom: generated future keyframe."""
+                  step_in_chunk: int, stride: int, codec: ActionImageCodec, min_px: int = 256) -> np.ndarray:
+    """Top row: every rendered view + the executed target's action image. Bottom: generated future keyframe.
+
+    Each tile is upscaled nearest-neighbour by a whole factor to at least ``min_px`` (the 48-64 px renders and their
+    action-image blobs are too small to see otherwise); pixels stay square blocks, nothing is smoothed."""
     act_imgs = codec.encode(action, list(cameras))                           # [V, S, S, 3]
     top, bottom = [], []
     for v, cam in enumerate(cameras):
         real = obs["images"][cam.name]
         S = real.shape[0]
-        top.append(overlay(real, act_imgs[v]))
-        tile = np.full_like(real, 40)
+        size = S * max(1, -(-int(min_px) // S))
+        top.append(_upscale(overlay(real, act_imgs[v]), size))
+        tile = np.full((size, size, 3), 40, np.uint8)
         if chunk is not None and cam.name in chunk.view_names:
             j = chunk.view_names.index(cam.name)
             k = min(chunk.future_rgb.shape[1] - 1, step_in_chunk // stride)
             act = chunk.future_act[j, k]
             gen = overlay(chunk.future_rgb[j, k], np.where(act > 0.35, act, 0.0))   # hide generated pedestal noise
-            tile = _upscale(gen, S)
+            tile = _upscale(gen, size)
         bottom.append(tile)
     return np.concatenate([np.concatenate(top, 1), np.concatenate(bottom, 1)], 0)
 
 
 def write_video(path: Path, frames: list[np.ndarray], fps: int) -> None:
+    """Encode in memory, then write atomically: a crash never leaves a half video that a record points to."""
     import imageio.v3 as iio
     arr = np.stack(frames)
     if path.suffix == ".gif":
-        iio.imwrite(path, arr, duration=1000.0 / fps, loop=0)
+        data = iio.imwrite("<bytes>", arr, extension=".gif", duration=1000.0 / fps, loop=0)
     else:
-        iio.imwrite(path, arr, plugin="pyav", codec="libx264", fps=fps, out_pixel_format="yuv420p")
+        data = iio.imwrite("<bytes>", arr, extension=path.suffix, plugin="pyav", codec="libx264", fps=fps,
+                           out_pixel_format="yuv420p")
+    atomic_write_bytes(path, data, durable=False)
 
 
 # ---- rollouts --------------------------------------------------------------------------------------------------------
 def rollout(env: Any, policy: ActionImagesPolicy, seed: int, max_steps: int, record: bool,
-            codec: ActionImageCodec) -> dict[str, Any]:
+            codec: ActionImageCodec, video_px: int = 256) -> dict[str, Any]:
     """One closed-loop episode; returns its record (and video frames if ``record``)."""
     obs, info = env.reset(seed=seed)
     policy.reset(seed)
+    # where each camera stood in this episode (differs per episode under --perturb-cameras)
+    positions = {c.name: [round(float(x), 6) for x in c.position] for c in env.cameras}
     frames: list[np.ndarray] = []
     success, steps = False, 0
     t_begin = time.perf_counter()
@@ -139,7 +300,7 @@ def rollout(env: Any, policy: ActionImagesPolicy, seed: int, max_steps: int, rec
         if record:
             ch = policy.last_chunk
             done = len(ch.actions) - len(policy.queue) - 1 if ch is not None else 0
-            frames.append(compose_frame(obs, env.cameras, action, ch, done, policy.stride, codec))
+            frames.append(compose_frame(obs, env.cameras, action, ch, done, policy.stride, codec, video_px))
         obs, _, terminated, truncated, info = env.step(action)
         success = bool(info.get("success", False))
         if terminated or truncated:
@@ -156,7 +317,7 @@ def rollout(env: Any, policy: ActionImagesPolicy, seed: int, max_steps: int, rec
             "disagree_keyframes": int(sum(c.disagree.sum() for c in chunks)),
             "keyframes": int(sum(len(c.valid) for c in chunks)),
             "reproj_error_px": [u for u in (c.uncertainty()["reproj_error_px_mean"] for c in chunks) if u is not None],
-            "_frames": frames}
+            "camera_positions": positions, "_frames": frames}
 
 
 def _latency(samples: list[float]) -> dict[str, Any]:
@@ -189,29 +350,31 @@ class EpisodeRunner:
     """Runs single episodes by (task, k): one policy, the current task's env kept open, videos written as they finish.
 
     Episode k of a task depends only on its seed, not on what ran before it, so any split of the (task, k) pairs
-    over processes gives the same records (``--jobs``)."""
+    over processes gives the same records (``--jobs``). ``settings`` must be resolved (:func:`resolve_settings`)."""
 
-    def __init__(self, model: Any, out: Path, seed: int, env_kwargs: dict[str, Any], policy_kwargs: dict[str, Any],
-                 max_steps: int | None, videos: int, video_format: str):
-        self.policy = ActionImagesPolicy(model, seed=seed, **policy_kwargs)
+    def __init__(self, model: Any, out: Path, settings: EvalSettings):
+        self.settings = settings
+        self.policy = ActionImagesPolicy(model, settings.policy, seed=settings.seed)
         self.codec = ActionImageCodec()
-        self.out, self.seed, self.env_kwargs = out, seed, env_kwargs
-        self.max_steps, self.videos, self.video_format = max_steps, videos, video_format
+        self.out = Path(out)
+        self.env_kwargs = dict(cameras=tuple(settings.cameras or DEFAULT_CAMERAS), image_size=settings.image_size,
+                               perturb_cameras=settings.perturb_cameras)
         self.task: str | None = None
         self.env: Any = None
 
     def episode(self, task: str, k: int) -> dict[str, Any]:
         from action_images.sim import make_env
 
+        s = self.settings
         if task != self.task:                                      # pairs come task by task: one env at a time
             self.close()
             self.task, self.env = task, make_env(task, **self.env_kwargs)
         env = self.env
-        limit = min(env.max_steps, self.max_steps) if self.max_steps else env.max_steps
-        rec = rollout(env, self.policy, episode_seed(self.seed, task, k), limit, k < self.videos, self.codec)
+        limit = min(env.max_steps, s.max_steps) if s.max_steps else env.max_steps
+        rec = rollout(env, self.policy, episode_seed(s.seed, task, k), limit, k < s.videos, self.codec, s.video_px)
         frames = rec.pop("_frames")
         if frames:
-            rel = f"videos/{task}_ep{k:03d}.{self.video_format}"
+            rel = f"videos/{task}_ep{k:03d}.{s.video_format}"
             write_video(self.out / rel, frames, int(getattr(env, "fps", 10)))
             rec["video"] = rel
         chunks = self.policy.chunks
@@ -227,142 +390,263 @@ class EpisodeRunner:
 _WORKER: dict[str, EpisodeRunner] = {}
 
 
-def _worker_init(checkpoint: str, threads: int, runner_kwargs: dict[str, Any]) -> None:
+def _worker_init(checkpoint: str, threads: int, out: str, settings: EvalSettings) -> None:
     from action_images.wam import WorldActionModel
 
     torch.set_num_threads(threads)
-    _WORKER["runner"] = EpisodeRunner(WorldActionModel.from_pretrained(checkpoint), **runner_kwargs)
+    _WORKER["runner"] = EpisodeRunner(WorldActionModel.from_pretrained(checkpoint), Path(out), settings)
 
 
 def _worker_episode(pair: tuple[str, int]) -> dict[str, Any]:
     return _WORKER["runner"].episode(*pair)
 
 
-def evaluate(model: Any, tasks: Sequence[str], episodes: int, out: str | Path, seed: int = 0,
-             cameras: Sequence[str] = ("front", "left", "right"), policy_views: Sequence[str] | None = None,
-             image_size: int = 64, perturb_cameras: bool = False, steps: int = 10, cfg_scale: float = 1.0,
-             horizon: int | None = None, execute_k: int | None = None, on_disagree: str = "replan",
-             gripper: str = "linear", max_steps: int | None = None, videos: int = 2, video_format: str = "gif",
-             progress: bool = True, disagree_px: float | None = None, jobs: int = 1,
-             checkpoint: str | Path | None = None) -> dict[str, Any]:
-    """Closed-loop rollouts of every task; writes videos under ``out/videos``; returns the metrics dict.
+def model_digest(model: Any) -> str:
+    """sha256 of the model's tensors (names, dtypes, shapes, bytes): ties episodes.jsonl to the weights."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
-    ``jobs > 1`` runs episodes in that many worker processes (each loads ``checkpoint`` and uses one torch thread);
-    the records are the same as with ``jobs = 1``, only the wall time changes."""
-    from tqdm import tqdm
 
-    out = Path(out)
-    (out / "videos").mkdir(parents=True, exist_ok=True)
-    env_kwargs = dict(cameras=tuple(cameras), image_size=image_size, perturb_cameras=perturb_cameras)
-    policy_kwargs = dict(camera_names=policy_views, horizon=horizon, execute_k=execute_k, steps=steps,
-                         cfg_scale=cfg_scale, on_disagree=on_disagree, gripper=gripper, disagree_px=disagree_px)
-    runner_kwargs = dict(out=out, seed=seed, max_steps=max_steps, videos=videos, video_format=video_format,
-                         env_kwargs=env_kwargs, policy_kwargs=policy_kwargs)
-    pairs = [(task, k) for task in tasks for k in range(episodes)]
-    records: list[dict[str, Any]] = []
-    bar = tqdm(total=len(pairs), desc="eval episodes", unit="ep", disable=not progress, dynamic_ncols=True)
+def _record_key(settings: EvalSettings) -> dict[str, Any]:
+    return json_safe(settings.record_dict())
 
-    def done(rec: dict[str, Any]) -> None:
-        records.append(rec)
-        bar.update(1)
-        bar.set_postfix(task=rec["task"], ok=sum(r["success"] for r in records if r["task"] == rec["task"]),
-                        n=sum(r["task"] == rec["task"] for r in records))
 
-    runner = EpisodeRunner(model, **runner_kwargs)                 # also the source of the policy's settings below
-    try:
-        if jobs > 1:
-            if checkpoint is None:
-                raise ValueError("jobs > 1 needs the checkpoint path (each worker process loads the model)")
-            import multiprocessing as mp
+class Evaluation:
+    """A closed-loop evaluation, checked in full by the constructor (nothing written, no episode run) and carried
+    out by :meth:`run`.
 
-            with mp.get_context("spawn").Pool(jobs, _worker_init, (str(checkpoint), 1, runner_kwargs)) as pool:
-                for rec in pool.imap_unordered(_worker_episode, pairs):
-                    done(rec)
-        else:
-            for task, k in pairs:
-                done(runner.episode(task, k))
-    finally:
-        runner.close()
-        bar.close()
-    order = {pair: i for i, pair in enumerate(pairs)}
-    records.sort(key=lambda r: order[(r["task"], r["episode"])])
-    per_task = {task: summarise_task([r for r in records if r["task"] == task]) for task in tasks}
-    video_paths: dict[str, list[str]] = {}
-    for r in records:
-        if "video" in r:
-            video_paths.setdefault(r["task"], []).append(r["video"])
-    views = next((r["views"] for r in records if r["views"]), policy_views)
-    n = len(records)
-    succ = sum(r["success"] for r in records)
-    lo, hi = wilson_interval(succ, n)
-    cfg = model.config
-    policy = runner.policy
-    return {"tasks": per_task,
-            "overall": {"episodes": n, "successes": int(succ), "success_rate": succ / n if n else None,
-                        "success_ci95": [lo, hi],
-                        "mean_task_success_rate": (float(np.mean([t["success_rate"] for t in per_task.values()]))
-                                                   if per_task else None),
-                        "mean_episode_length": float(np.mean([r["length"] for r in records])) if n else None,
-                        "latency": _latency([x for r in records for x in r["latency_s"]]),
-                        "latency_parts_ms_mean": {k: (1000 * float(np.mean([r["latency_parts_s"][k] for r in records
-                                                                              if r["latency_parts_s"][k] is not None]))
-                                                      if any(r["latency_parts_s"][k] is not None for r in records)
-                                                      else None)
-                                                  for k in ("observe", "generate", "decode", "chunk")}},
-            "policy": {"views": views, "horizon": policy.horizon,
-                       "execute_k": policy.execute_k, "stride": policy.stride, "steps": steps,
-                       "cfg_scale": cfg_scale, "on_disagree": on_disagree, "gripper": gripper,
-                       "disagree_px": policy.codec.reject_px,
-                       "model_image_size": cfg.image_size, "model_preset": cfg.preset,
-                       "model_parameters": int(sum(p.numel() for p in model.parameters())),
-                       "jobs": jobs},
-            "episodes": [{k: v for k, v in r.items() if k not in ("latency_s", "views")} for r in records],
-            "videos": video_paths}
+    ``out/episodes.jsonl``: a header line ``{"format", "version", "settings", "model_sha256", "checkpoint"}``, then one
+    line per finished episode, appended and flushed as it finishes. ``resume=True`` keeps the finished episodes and
+    runs the others; it raises ValueError when the recorded settings or weights differ from these.
+    ``jobs > 1`` runs episodes in worker processes (each loads ``checkpoint``, one torch thread); records are the
+    same as with one process. A worker that dies raises RuntimeError at once (finished episodes stay on disk)."""
+
+    def __init__(self, model: Any, settings: EvalSettings, out: str | Path, checkpoint: str | Path | None = None,
+                 resume: bool = False):
+        if not isinstance(settings, EvalSettings):
+            raise TypeError(f"settings must be an EvalSettings; got {type(settings).__name__}")
+        if settings.jobs > 1 and checkpoint is None:
+            raise ValueError("--jobs > 1 needs the checkpoint path (each worker process loads the model)")
+        self.model, self.out, self.checkpoint, self.resume = model, Path(out), checkpoint, resume
+        self.settings = resolve_settings(settings, model.config)
+        self.runner = EpisodeRunner(model, self.out, self.settings)         # the policy checks model-bound ranges
+        self.path = self.out / EPISODES_FILE
+        self.header = {"format": EPISODES_FORMAT, "version": 1, "settings": _record_key(self.settings),
+                       "model_sha256": model_digest(model), "checkpoint": None if checkpoint is None
+                       else str(checkpoint)}
+        self.done: list[dict[str, Any]] = []
+        if resume and self.path.exists():
+            rows = read_jsonl(self.path)
+            head = rows[0] if rows else {}
+            if head.get("format") != EPISODES_FORMAT:
+                raise ValueError(f"--resume: {self.path} is not an evaluation record; choose another --out")
+            diff = sorted(k for k in set(head["settings"]) | set(self.header["settings"])
+                          if head["settings"].get(k) != self.header["settings"].get(k))
+            if diff:
+                raise ValueError(f"--resume: settings differ from the ones recorded in {self.path}: "
+                                 + "; ".join(f"{k} {head['settings'].get(k)!r} -> {self.header['settings'].get(k)!r}"
+                                             for k in diff))
+            if head.get("model_sha256") != self.header["model_sha256"]:
+                raise ValueError(f"--resume: the checkpoint's weights differ from the ones recorded in {self.path}")
+            seen: set[tuple[str, int]] = set()
+            for r in rows[1:]:
+                key = (r.get("task"), r.get("episode"))
+                if key not in seen and r.get("task") in self.settings.tasks \
+                        and 0 <= int(r.get("episode", -1)) < self.settings.episodes:
+                    seen.add(key)
+                    self.done.append(r)
+
+    def run(self, progress: bool = True) -> dict[str, Any]:
+        """Runs the episodes not yet in episodes.jsonl; returns the metrics dict rebuilt from episodes.jsonl."""
+        from tqdm import tqdm
+
+        s = self.settings
+        (self.out / "videos").mkdir(parents=True, exist_ok=True)
+        # a fresh file (or the complete lines of an interrupted one: appending after a torn line would corrupt it)
+        atomic_write_text(self.path, "".join(dumps(r, indent=None) + "\n" for r in [self.header, *self.done]))
+        counts: dict[str, list[int]] = {}
+        for r in self.done:
+            counts.setdefault(r["task"], [0, 0])
+            counts[r["task"]][0] += int(bool(r["success"]))
+            counts[r["task"]][1] += 1
+        total = len(s.tasks) * s.episodes
+        bar = tqdm(total=total, initial=len(self.done), desc="eval episodes", unit="ep", disable=not progress,
+                   dynamic_ncols=True)
+
+        def done(rec: dict[str, Any]) -> None:
+            append_jsonl(self.path, rec)
+            c = counts.setdefault(rec["task"], [0, 0])
+            c[0] += int(bool(rec["success"]))
+            c[1] += 1
+            bar.update(1)
+            bar.set_postfix(task=rec["task"], ok=c[0], n=c[1])
+
+        pairs = episode_pairs(s.tasks, s.episodes, {(r["task"], r["episode"]) for r in self.done})
+        try:
+            if s.jobs > 1:
+                self._run_workers(pairs, done)
+            else:
+                for task, k in pairs:
+                    done(self.runner.episode(task, k))
+        finally:
+            self.runner.close()
+            bar.close()
+        return self.metrics(read_jsonl(self.path)[1:])
+
+    def _run_workers(self, pairs: Iterator[tuple[str, int]], done: Any) -> None:
+        """Episodes in ``jobs`` spawned processes, at most 2 per worker queued; a dead worker fails the run at once
+        (ProcessPoolExecutor notices the lost process; multiprocessing.Pool would wait for its result forever)."""
+        s = self.settings
+        ex = ProcessPoolExecutor(s.jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
+                                 initargs=(str(self.checkpoint), 1, str(self.out), s))
+        pending: set[Any] = set()
+        finished_ok = False
+        try:
+            while True:
+                for pair in pairs:
+                    pending.add(ex.submit(_worker_episode, pair))
+                    if len(pending) >= 2 * s.jobs:
+                        break
+                if not pending:
+                    break
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    done(fut.result())
+            finished_ok = True
+        except BrokenProcessPool as e:
+            n = len(read_jsonl(self.path)) - 1
+            raise RuntimeError(f"a worker process died ({e}); {n} finished episodes are kept in {self.path}; "
+                               "rerun with --resume to continue") from None
+        finally:
+            for fut in pending:
+                fut.cancel()
+            # on an error, stop the workers now instead of letting them finish their queued episodes
+            for proc in list((getattr(ex, "_processes", None) or {}).values()):
+                if not finished_ok and proc.is_alive():
+                    proc.terminate()
+            ex.shutdown(wait=True, cancel_futures=True)
+
+    def metrics(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """The metrics dict from episode records (in run order, whatever order they finished in)."""
+        s, model = self.settings, self.model
+        order = {t: i for i, t in enumerate(s.tasks)}
+        records = sorted((r for r in rows if r.get("task") in order), key=lambda r: (order[r["task"]], r["episode"]))
+        per_task = {task: summarise_task([r for r in records if r["task"] == task]) for task in s.tasks}
+        video_paths: dict[str, list[str]] = {}
+        for r in records:
+            if "video" in r:
+                video_paths.setdefault(r["task"], []).append(r["video"])
+        n = len(records)
+        succ = sum(r["success"] for r in records)
+        lo, hi = wilson_interval(succ, n)
+        cfg = model.config
+        policy = self.runner.policy
+        return {"settings": s.to_dict(),
+                "tasks": per_task,
+                "overall": {"episodes": n, "successes": int(succ), "success_rate": succ / n if n else None,
+                            "success_ci95": [lo, hi],
+                            "mean_task_success_rate": (float(np.mean([t["success_rate"] for t in per_task.values()
+                                                                      if t["success_rate"] is not None]))
+                                                       if n else None),
+                            "mean_episode_length": float(np.mean([r["length"] for r in records])) if n else None,
+                            "latency": _latency([x for r in records for x in r["latency_s"]]),
+                            "latency_parts_ms_mean": {k: (1000 * float(np.mean([r["latency_parts_s"][k]
+                                                                                 for r in records
+                                                                                 if r["latency_parts_s"][k]
+                                                                                 is not None]))
+                                                          if any(r["latency_parts_s"][k] is not None for r in records)
+                                                          else None)
+                                                      for k in ("observe", "generate", "decode", "chunk")}},
+                "policy": {"views": list(s.policy.camera_names or []), "cameras": list(s.cameras or []),
+                           "horizon": policy.horizon, "execute_k": policy.execute_k, "stride": policy.stride,
+                           "sampler_steps": s.policy.sampler_steps, "cfg_scale": s.policy.cfg_scale,
+                           "method": s.policy.method, "on_disagree": s.policy.on_disagree,
+                           "gripper": s.policy.gripper, "max_resamples": s.policy.max_resamples,
+                           "disagree_px": policy.codec.reject_px, "model_image_size": cfg.image_size,
+                           "model_preset": cfg.preset, "model_camera_names": getattr(cfg, "camera_names", None),
+                           "model_parameters": int(sum(p.numel() for p in model.parameters())), "jobs": s.jobs},
+                "episodes": [{k: v for k, v in r.items() if k not in ("latency_s", "views")} for r in records],
+                "videos": video_paths}
+
+
+def evaluate(model: Any, settings: EvalSettings, out: str | Path, *, checkpoint: str | Path | None = None,
+             progress: bool = True, resume: bool = False) -> dict[str, Any]:
+    """Closed-loop rollouts of every task (see :class:`Evaluation`); writes ``out/episodes.jsonl`` and videos under
+    ``out/videos``; returns the metrics dict."""
+    return Evaluation(model, settings, out, checkpoint=checkpoint, resume=resume).run(progress)
 
 
 def write_outputs(out: Path, metrics: dict[str, Any]) -> Path:
     """metrics.json (strict JSON: NaN/inf -> null) and report.html; returns the report path."""
     from action_images.report import write_report
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(json_safe(metrics), indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, out / "metrics.json")
+    atomic_write_json(out / "metrics.json", metrics)
     return write_report(out, json_safe(metrics))
 
 
+def settings_from_args(args: argparse.Namespace) -> EvalSettings:
+    """EvalSettings (and PolicySettings) from the parsed command line; ValueError names the bad flag."""
+    policy = PolicySettings(camera_names=args.policy_cameras, horizon=args.horizon, execute_k=args.execute_k,
+                            sampler_steps=args.sampler_steps, cfg_scale=args.cfg_scale, on_disagree=args.on_disagree,
+                            disagree_px=args.disagree_px, gripper=args.gripper, max_resamples=args.max_resamples,
+                            method=args.method)
+    return EvalSettings(tasks=args.tasks, episodes=args.episodes, seed=args.seed, cameras=args.cameras,
+                        image_size=args.image_size, perturb_cameras=args.perturb_cameras, max_steps=args.max_steps,
+                        videos=args.videos, video_format=args.video_format, video_px=args.video_px, jobs=args.jobs,
+                        policy=policy)
+
+
+def check_files(args: argparse.Namespace) -> None:
+    """Files named by flags exist (and --i3d-weights is trusted) before any work; ValueError names the flag."""
+    if args.open_loop_data and not Path(args.open_loop_data).exists():
+        raise ValueError(f"--open-loop-data: no such dataset {args.open_loop_data}")
+    for flag, path in (("--lpips-weights", args.lpips_weights), ("--i3d-weights", args.i3d_weights)):
+        if path and not Path(path).is_file():
+            raise ValueError(f"{flag}: no such file {path}")
+    if args.i3d_weights and not args.trust_i3d_torchscript:
+        raise ValueError("--i3d-weights is TorchScript, which runs code from the file when loaded; add "
+                         "--trust-i3d-torchscript if you trust it")
+    for flag in ("--open-loop-episodes", "--open-loop-windows"):
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if args.open_loop_data and value < 1:
+            raise ValueError(f"{flag} must be an integer >= 1; got {value}")
+
+
 def run(args: argparse.Namespace) -> int:
-    from action_images.benchmarks import args_dict, environment
     from action_images.wam import WorldActionModel
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        tasks = parse_tasks(args.tasks)
+    out = Path(args.out)
+    try:                                           # every check before the first episode: bad input exits 2
+        settings = settings_from_args(args)
+        check_files(args)
+        if not (Path(args.checkpoint) / "config.json").is_file():
+            raise ValueError(f"--checkpoint: no config.json in {args.checkpoint}")
         model = WorldActionModel.from_pretrained(args.checkpoint)
-    except (ValueError, FileNotFoundError) as e:
+        ev = Evaluation(model, settings, out, checkpoint=args.checkpoint, resume=args.resume)
+    except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"action-images eval: {e}", file=sys.stderr)
         return 2
-    if args.episodes < 1 or args.jobs < 1 or (args.disagree_px is not None and not args.disagree_px > 0):
-        print("action-images eval: --episodes and --jobs must be >= 1 and --disagree-px > 0", file=sys.stderr)
-        return 2
-    out = Path(args.out)
     t0 = time.perf_counter()
     metrics: dict[str, Any] = {"command": "eval", "arguments": args_dict(args), "seed": args.seed,
                                "checkpoint": str(args.checkpoint), "perturb_cameras": bool(args.perturb_cameras)}
-    metrics.update(evaluate(
-        model, tasks, args.episodes, out, seed=args.seed, cameras=args.cameras.split(","),
-        policy_views=args.policy_views.split(",") if args.policy_views else None, image_size=args.image_size,
-        perturb_cameras=args.perturb_cameras, steps=args.steps, cfg_scale=args.cfg_scale, horizon=args.horizon,
-        execute_k=args.execute_k, on_disagree=args.on_disagree, gripper=args.gripper, max_steps=args.max_steps,
-        videos=args.videos, video_format=args.video_format, progress=not args.no_progress,
-        disagree_px=args.disagree_px, jobs=args.jobs, checkpoint=args.checkpoint))
+    try:
+        metrics.update(ev.run(progress=not args.no_progress))
+    except RuntimeError as e:
+        print(f"action-images eval: {e}", file=sys.stderr)
+        return 1
     metrics["open_loop"] = None
     if args.open_loop_data:
-        from action_images.metrics import evaluate_open_loop
+        from action_images.openloop import evaluate_open_loop
         metrics["open_loop"] = evaluate_open_loop(
-            model, args.open_loop_data, held_out=args.open_loop_episodes, windows_per_episode=args.open_loop_windows,
-            steps=args.steps, cfg_scale=args.cfg_scale, seed=args.seed, lpips_weights=args.lpips_weights,
-            i3d_weights=args.i3d_weights)
+            model, args.open_loop_data, num_episodes=args.open_loop_episodes,
+            windows_per_episode=args.open_loop_windows, steps=args.sampler_steps, cfg_scale=args.cfg_scale, seed=args.seed,
+            views=metrics["policy"]["views"], lpips_weights=args.lpips_weights, i3d_weights=args.i3d_weights,
+            trust_i3d_torchscript=getattr(args, "trust_i3d_torchscript", False))
     metrics["wall_s"] = time.perf_counter() - t0
     metrics["environment"] = environment()
     report = write_outputs(out, metrics)

@@ -1,4 +1,4 @@
-"""Closed-loop policy (design §1 "Policy loop (ours)"): observe -> generate -> decode -> action chunk -> replan.
+"""Closed-loop policy: observe -> generate -> decode -> action chunk -> replan.
 
 Why this shape. The world action model predicts *pictures* of future actions, so the policy is a thin loop around
 three existing pieces: the training-window builder (``data.windows.finish_window``, so the model sees exactly what it
@@ -12,7 +12,8 @@ Timing. Keyframe k (1..H) is drawn from the target commanded at control step ``k
 ``data.windows``), so the interpolated action at step j is the pose at time tau = j + 1 on the line from the current
 pose (tau = 0) through the keyframes (tau = k*stride): position linear, rotation slerp, gripper linear or step.
 
-    policy = ActionImagesPolicy(WorldActionModel.from_pretrained("runs/pick"), execute_k=8, steps=10)
+    model = WorldActionModel.from_pretrained("runs/pick")
+    policy = ActionImagesPolicy(model, PolicySettings(execute_k=8, sampler_steps=10))
     policy.reset(seed=0)
     obs, info = env.reset(seed=0)
     while True:
@@ -21,8 +22,10 @@ pose (tau = 0) through the keyframes (tau = k*stride): position linear, rotation
 
 from __future__ import annotations
 
+import math
+import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -35,6 +38,119 @@ from action_images.geometry import Camera
 
 DISAGREE_CHOICES = ("replan", "hold")
 GRIPPER_MODES = ("linear", "step")
+METHODS = ("euler", "heun")        # the ODE samplers of WorldActionModel.sample
+MAX_SAMPLER_STEPS = 1000
+# setting -> the command-line flag that sets it (errors name both, so the CLI and the library share one message)
+FLAGS = {"camera_names": "--policy-cameras", "horizon": "--horizon", "execute_k": "--execute-k",
+         "sampler_steps": "--sampler-steps", "cfg_scale": "--cfg-scale", "on_disagree": "--on-disagree",
+         "disagree_px": "--disagree-px", "gripper": "--gripper", "max_resamples": "--max-resamples",
+         "method": "--method"}
+
+
+def _label(name: str, flags: dict[str, str]) -> str:
+    return f"{flags[name]} ({name})" if name in flags else name
+
+
+def check_int(name: str, value: Any, lo: int, hi: int | None = None, flags: dict[str, str] = FLAGS) -> int:
+    """``value`` as an int in [lo, hi]; else ValueError naming the setting, its flag and the allowed range."""
+    rng = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo or (hi is not None
+                                                                                            and value > hi):
+        raise ValueError(f"{_label(name, flags)} must be an integer {rng}; got {value!r}")
+    return int(value)
+
+
+def check_float(name: str, value: Any, lo: float, lo_open: bool = False, flags: dict[str, str] = FLAGS) -> float:
+    """``value`` as a finite float >= lo (> lo with ``lo_open``); else ValueError naming the setting and its flag."""
+    rng = f"{'>' if lo_open else '>='} {lo:g}"
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{_label(name, flags)} must be a finite number {rng}; got {value!r}") from None
+    if isinstance(value, bool) or not math.isfinite(x) or x < lo or (lo_open and x == lo):
+        raise ValueError(f"{_label(name, flags)} must be a finite number {rng}; got {value!r}")
+    return x
+
+
+def check_choice(name: str, value: Any, choices: Sequence[str], flags: dict[str, str] = FLAGS) -> str:
+    if value not in choices:
+        raise ValueError(f"{_label(name, flags)} must be one of {', '.join(choices)}; got {value!r}")
+    return str(value)
+
+
+def check_names(name: str, value: Any, min_len: int, flags: dict[str, str] = FLAGS) -> tuple[str, ...] | None:
+    """None, or a tuple of >= ``min_len`` distinct non-empty camera names (a comma separated string is split)."""
+    if value is None:
+        return None
+    names = [s.strip() for s in value.split(",")] if isinstance(value, str) else list(value)
+    if (len(names) < min_len or len(set(names)) != len(names)
+            or not all(isinstance(n, str) and n for n in names)):
+        raise ValueError(f"{_label(name, flags)} must be {min_len} or more distinct camera names; got {value!r}")
+    return tuple(names)
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    """What the policy does at each replanning step; validated on construction (ranges that need the model --
+    horizon and execute_k upper bounds -- are checked by :class:`ActionImagesPolicy`).
+
+    ``camera_names``: the views the model sees (None: the checkpoint's ``config.camera_names``; for a config without
+    them, the first ``num_views`` rendered cameras, with a warning); at least 2, decoding triangulates.
+    ``horizon``: keyframes H to generate (None: the model's). ``execute_k``: control steps executed per chunk before
+    replanning (None: ``stride * H // 2``). ``sampler_steps`` / ``cfg_scale`` / ``method``: the sampler.
+    ``on_disagree``: "replan" or "hold" (see the module docstring). ``disagree_px``: the RMS reprojection error
+    (pixels at model resolution) above which views disagree (None: 2 sigma of the action-image blob, 4.8 px at 48 px,
+    a blob width; the codec's own 0.5 sigma flags most chunks of a small CPU model). ``gripper``: "linear" or "step"
+    interpolation. ``max_resamples``: immediate replans per step before falling back to holding.
+    """
+
+    camera_names: tuple[str, ...] | None = None
+    horizon: int | None = None
+    execute_k: int | None = None
+    sampler_steps: int = 10
+    cfg_scale: float = 1.0
+    on_disagree: str = "replan"
+    disagree_px: float | None = None
+    gripper: str = "linear"
+    max_resamples: int = 2
+    method: str = "euler"
+
+    def __post_init__(self) -> None:
+        put = object.__setattr__
+        put(self, "camera_names", check_names("camera_names", self.camera_names, 2))
+        if self.horizon is not None:
+            put(self, "horizon", check_int("horizon", self.horizon, 1))
+        if self.execute_k is not None:
+            put(self, "execute_k", check_int("execute_k", self.execute_k, 1))
+        put(self, "sampler_steps", check_int("sampler_steps", self.sampler_steps, 1, MAX_SAMPLER_STEPS))
+        put(self, "cfg_scale", check_float("cfg_scale", self.cfg_scale, 0.0))
+        check_choice("on_disagree", self.on_disagree, DISAGREE_CHOICES)
+        if self.disagree_px is not None:
+            put(self, "disagree_px", check_float("disagree_px", self.disagree_px, 0.0, lo_open=True))
+        check_choice("gripper", self.gripper, GRIPPER_MODES)
+        put(self, "max_resamples", check_int("max_resamples", self.max_resamples, 0))
+        check_choice("method", self.method, METHODS)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["camera_names"] = list(self.camera_names) if self.camera_names else None
+        return d
+
+
+def resolve_policy_cameras(settings_names: Sequence[str] | None, config: Any, rendered: Sequence[str],
+                           warn: bool = True) -> list[str]:
+    """The cameras the model sees: the settings' names, else the checkpoint's ``camera_names``, else the first
+    ``num_views`` of ``rendered`` (one warning line on stderr: the checkpoint does not say what it was trained on)."""
+    if settings_names:
+        return list(settings_names)
+    trained = getattr(config, "camera_names", None)
+    if trained:
+        return list(trained)
+    names = list(rendered)[:max(2, int(config.num_views))]
+    if warn:
+        print(f"action-images: warning: the checkpoint config has no camera_names; the policy sees the first "
+              f"{len(names)} rendered cameras {','.join(names)} (set --policy-cameras to choose)", file=sys.stderr)
+    return names
 
 
 @dataclass
@@ -107,48 +223,31 @@ def interpolate_chunk(current: np.ndarray, keyframes: np.ndarray, valid: np.ndar
 
 
 class ActionImagesPolicy:
-    """Closed-loop policy around a :class:`~action_images.wam.WorldActionModel`.
-
-    ``camera_names``: which of the env's views the model sees (default: the first ``config.num_views``; at least 2,
-    decoding triangulates). ``horizon``: keyframes H to generate (default the model's). ``execute_k``: control steps
-    executed per chunk before replanning (default ``stride * H // 2``). ``steps`` / ``cfg_scale``: sampler settings.
-    ``on_disagree``: "replan" or "hold" (see module docstring); ``disagree_px``: the RMS reprojection error (pixels at
-    model resolution) above which views disagree (default 2 σ of the action-image blob, 4.8 px at 48 px: a blob
-    width; the codec's own 0.5 σ flags most chunks of a small CPU model). ``max_resamples``: immediate replans per
-    step before falling back to holding. ``gripper``: "linear" or "step" interpolation. ``codec``: overrides
-    ``disagree_px`` with its own ``reject_px``.
+    """Closed-loop policy around a :class:`~action_images.wam.WorldActionModel`, configured by
+    :class:`PolicySettings`. ``codec``: a codec to decode with (its ``reject_px`` then decides disagreement; default
+    a codec constructed with ``settings.disagree_px``). ``seed``: the default sampler seed of :meth:`reset`.
     """
 
-    def __init__(self, model: Any, camera_names: Sequence[str] | None = None, horizon: int | None = None,
-                 execute_k: int | None = None, steps: int = 10, cfg_scale: float = 1.0, on_disagree: str = "replan",
-                 gripper: str = "linear", max_resamples: int = 2, codec: ActionImageCodec | None = None,
-                 seed: int = 0, method: str = "euler", disagree_px: float | None = None):
-        if on_disagree not in DISAGREE_CHOICES:
-            raise ValueError(f"on_disagree must be one of {DISAGREE_CHOICES}; got {on_disagree!r}")
-        if gripper not in GRIPPER_MODES:
-            raise ValueError(f"gripper must be one of {GRIPPER_MODES}; got {gripper!r}")
+    def __init__(self, model: Any, settings: PolicySettings | None = None, *, codec: ActionImageCodec | None = None,
+                 seed: int = 0):
+        self.settings = s = settings if settings is not None else PolicySettings()
+        if not isinstance(s, PolicySettings):
+            raise TypeError(f"settings must be a PolicySettings; got {type(s).__name__}")
         cfg = model.config
         self.model = model.eval()
         self.image_size, self.stride = int(cfg.image_size), int(cfg.stride)
-        self.horizon = int(horizon or cfg.horizon)
+        self.horizon = int(s.horizon if s.horizon is not None else cfg.horizon)
         max_frames = getattr(getattr(getattr(model, "backbone", None), "config", None), "max_frames", 1 + self.horizon)
-        if self.horizon < 1 or 1 + self.horizon > max_frames:
-            raise ValueError(f"horizon must be in [1, {max_frames - 1}] for this model; got {self.horizon}")
-        self.execute_k = int(execute_k or max(1, self.stride * self.horizon // 2))
-        if not 1 <= self.execute_k <= self.stride * self.horizon:
-            raise ValueError(f"execute_k must be in [1, {self.stride * self.horizon}]; got {self.execute_k}")
+        check_int("horizon", self.horizon, 1, max_frames - 1)
+        self.execute_k = int(s.execute_k if s.execute_k is not None else max(1, self.stride * self.horizon // 2))
+        check_int("execute_k", self.execute_k, 1, self.stride * self.horizon)
         self.num_views = int(cfg.num_views)
-        self.camera_names = list(camera_names) if camera_names else None
-        if self.camera_names is not None and len(self.camera_names) < 2:
-            raise ValueError("the policy needs at least 2 views (decoding triangulates)")
-        self.steps, self.cfg_scale, self.method = int(steps), float(cfg_scale), method
-        self.on_disagree, self.gripper, self.max_resamples = on_disagree, gripper, int(max_resamples)
-        if disagree_px is not None and not disagree_px > 0:
-            raise ValueError(f"disagree_px must be > 0; got {disagree_px}")
+        self.camera_names = list(s.camera_names or getattr(cfg, "camera_names", None) or []) or None
+        self.steps, self.cfg_scale, self.method = s.sampler_steps, s.cfg_scale, s.method
+        self.on_disagree, self.gripper, self.max_resamples = s.on_disagree, s.gripper, s.max_resamples
         if codec is None:
-            codec = ActionImageCodec()
-            codec.reject_px = float(disagree_px) if disagree_px else 2.0 * codec.sigma(self.image_size,
-                                                                                       self.image_size)
+            sigma = ActionImageCodec().sigma(self.image_size, self.image_size)
+            codec = ActionImageCodec(reject_px=s.disagree_px if s.disagree_px is not None else 2.0 * sigma)
         self.codec = codec
         self.seed = int(seed)
         self.reset(seed)
@@ -164,11 +263,11 @@ class ActionImagesPolicy:
 
     def _views(self, obs: dict[str, Any], cameras: Sequence[Camera]) -> list[int]:
         names = [c.name for c in cameras]
-        if self.camera_names is None:
-            avail = [i for i, c in enumerate(cameras) if c.name in obs["images"]]
+        if self.camera_names is None:                  # the checkpoint does not say: first rendered views, once
+            avail = [c.name for c in cameras if c.name in obs["images"]]
             if len(avail) < 2:
                 raise ValueError(f"the policy needs >= 2 rendered views; got {sorted(obs['images'])}")
-            return avail[:max(2, self.num_views)]
+            self.camera_names = resolve_policy_cameras(None, self.model.config, avail)
         missing = [n for n in self.camera_names if n not in names or n not in obs["images"]]
         if missing:
             raise ValueError(f"cameras {missing} are not in the observation (have {sorted(obs['images'])})")

@@ -1,7 +1,7 @@
 """Policy latency per replanning step: observe -> generate -> decode -> chunk, in the real sim.
 
     action-images bench policy --preset cpu-small --json bench/results/policy.json       # fresh (untrained) weights
-    action-images bench policy --checkpoint checkpoints/cpu-small --steps 10 --json /tmp/p.json
+    action-images bench policy --checkpoint checkpoints/cpu-small --sampler-steps 10 --json /tmp/p.json
 
 A fresh model costs the same per step as a trained one of the same preset (same tokens, same network), so latency can
 be measured before a checkpoint exists. The env is stepped with the policy's actions between replans (so observations
@@ -17,8 +17,10 @@ import time
 import numpy as np
 import torch
 
-from action_images.benchmarks import args_dict, environment, write_json
+from action_images.benchmarks import write_json
+from action_images.evaluate import add_sampler_steps
 from action_images.models import PRESETS
+from action_images.runfiles import args_dict, environment, split_list
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -27,9 +29,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None, help="run directory; default: a fresh model of --preset")
     p.add_argument("--preset", default="cpu-small", choices=sorted(PRESETS))
     p.add_argument("--task", default="pick_cube")
-    p.add_argument("--cameras", default="front,left,right")
+    p.add_argument("--cameras", default=None,
+                   help="cameras rendered, comma separated (default: the policy cameras, else front,left,right)")
+    p.add_argument("--policy-cameras", default=None,
+                   help="cameras the model sees (default: the model's camera_names, else the first num_views)")
     p.add_argument("--image-size", type=int, default=64, help="render size")
-    p.add_argument("--steps", default="10", help="sampler steps, comma separated (e.g. 4,10)")
+    add_sampler_steps(p, "10", "ODE sampler steps per chunk, comma separated (e.g. 4,10)", type=str)
     p.add_argument("--cfg-scale", type=float, default=1.0)
     p.add_argument("--replans", type=int, default=20, help="timed replanning steps per setting (after 2 warm-up)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1; 0 = torch's default)")
@@ -43,22 +48,37 @@ def _stats(xs: list[float]) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from action_images.policy import ActionImagesPolicy
+    import sys
+
+    from action_images.evaluate import EvalSettings, resolve_settings
+    from action_images.policy import ActionImagesPolicy, PolicySettings
     from action_images.sim import make_env
     from action_images.wam import WAMConfig, WorldActionModel
 
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    model = (WorldActionModel.from_pretrained(args.checkpoint) if args.checkpoint
-             else WorldActionModel(WAMConfig.from_preset(args.preset)))
+    try:                                           # every setting checked before the model is built
+        steps_list = [int(s) for s in split_list(args.sampler_steps, "--sampler-steps")]
+        settings = [PolicySettings(camera_names=args.policy_cameras, sampler_steps=n, cfg_scale=args.cfg_scale,
+                                   max_resamples=0) for n in steps_list]
+        if not settings:
+            raise ValueError("--sampler-steps: give one or more step counts, e.g. 4,10")
+        model = (WorldActionModel.from_pretrained(args.checkpoint) if args.checkpoint
+                 else WorldActionModel(WAMConfig.from_preset(args.preset)))
+        rig = resolve_settings(EvalSettings(tasks=args.task, episodes=1, cameras=args.cameras,
+                                            image_size=args.image_size, policy=settings[0]), model.config)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"action-images bench policy: {e}", file=sys.stderr)
+        return 2
     cfg = model.config
-    env = make_env(args.task, cameras=tuple(args.cameras.split(",")), image_size=args.image_size)
+    env = make_env(args.task, cameras=rig.cameras, image_size=args.image_size)
     results = []
     try:
-        for steps in [int(s) for s in args.steps.split(",")]:
-            policy = ActionImagesPolicy(model, steps=steps, cfg_scale=args.cfg_scale, seed=args.seed,
-                                        max_resamples=0)
+        for ps in settings:
+            steps = ps.sampler_steps
+            policy = ActionImagesPolicy(model, PolicySettings(**{**ps.to_dict(), "camera_names":
+                                                                 rig.policy.camera_names}), seed=args.seed)
             obs, _ = env.reset(seed=args.seed)
             parts: dict[str, list[float]] = {k: [] for k in ("observe", "generate", "decode", "chunk", "total")}
             env_s: list[float] = []
@@ -74,14 +94,14 @@ def run(args: argparse.Namespace) -> int:
                         obs, _ = env.reset(seed=args.seed + i + 1)
                         break
                 env_s.append((time.perf_counter() - t0) / max(1, len(chunk.actions)))
-            row = {"steps": steps, "cfg_scale": args.cfg_scale, "replans": args.replans,
+            row = {"sampler_steps": steps, "views": list(rig.policy.camera_names), "cfg_scale": args.cfg_scale, "replans": args.replans,
                    "latency": _stats(parts["total"]), **{f"{k}_ms_mean": 1000 * float(np.mean(v))
                                                           for k, v in parts.items() if k != "total"},
                    "env_step_ms_mean": 1000 * float(np.mean(env_s)), "execute_k": policy.execute_k,
                    "control_s_per_chunk": policy.execute_k / env.fps}
             row["real_time_factor"] = row["control_s_per_chunk"] / (row["latency"]["mean_ms"] / 1000.0)
             results.append(row)
-            print(f"steps {steps:>3}: {row['latency']['mean_ms']:.1f} ms mean, {row['latency']['p95_ms']:.1f} ms p95 "
+            print(f"sampler steps {steps:>3}: {row['latency']['mean_ms']:.1f} ms mean, {row['latency']['p95_ms']:.1f} ms p95 "
                   f"per replanning step (generate {row['generate_ms_mean']:.1f}, decode {row['decode_ms_mean']:.1f},"
                   f" observe {row['observe_ms_mean']:.1f}); real-time factor {row['real_time_factor']:.1f}x")
     finally:

@@ -1,0 +1,73 @@
+"""``action-images demo``: the quick run, the missing-checkpoint message, the checkpoint's cameras, bad flags."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from action_images import demo
+from action_images.wam import WAMConfig, WorldActionModel
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A tiny model that, like the shipped checkpoint, was trained on left + right."""
+    path = tmp_path_factory.mktemp("ckpt") / "tiny"
+    torch.manual_seed(0)
+    WorldActionModel(WAMConfig.from_preset("cpu-tiny", camera_names=["left", "right"])).save_pretrained(path)
+    return path
+
+
+def parse(argv):
+    p = argparse.ArgumentParser(prog="action-images demo")
+    demo.add_arguments(p)
+    return p.parse_args(argv)
+
+
+def test_demo_quick_with_checkpoint(checkpoint, tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert demo.run(parse(["--quick", "--checkpoint", str(checkpoint), "--out", str(out), "--no-progress"])) == 0
+    text = capsys.readouterr().out
+    assert "reach_target" in text and "report:" in text and str(out.resolve() / "report.html") in text
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["command"] == "demo" and metrics["overall"]["episodes"] == 1
+    assert (out / "report.html").is_file() and (out / "episodes.jsonl").is_file()
+    # the cameras come from the checkpoint, not from the demo
+    assert metrics["policy"]["views"] == ["left", "right"] and "left,right" in text
+
+
+def test_demo_policy_cameras_follow_the_checkpoint(tmp_path, capsys):
+    torch.manual_seed(0)
+    ckpt = tmp_path / "top_right"
+    WorldActionModel(WAMConfig.from_preset("cpu-tiny", camera_names=["top", "right"])).save_pretrained(ckpt)
+    out = tmp_path / "demo"
+    assert demo.run(parse(["--quick", "--checkpoint", str(ckpt), "--out", str(out), "--no-progress"])) == 0
+    assert json.loads((out / "metrics.json").read_text())["policy"]["views"] == ["top", "right"]
+
+
+def test_demo_without_checkpoint_says_how_to_make_one(tmp_path, capsys):
+    assert demo.run(parse(["--checkpoint", str(tmp_path / "missing")])) == 1
+    err = capsys.readouterr().err
+    assert "action-images train" in err and "checkpoints/cpu-small" in err
+
+
+@pytest.mark.parametrize("argv, flag", [(["--episodes", "0"], "--episodes"), (["--sampler-steps", "0"],
+                                                                             "--sampler-steps"),
+                                        (["--tasks", "fly"], "--tasks"), (["--seed", "-1"], "--seed")])
+def test_demo_rejects_bad_flags_before_any_work(checkpoint, tmp_path, capsys, argv, flag):
+    out = tmp_path / "demo"
+    assert demo.run(parse(["--checkpoint", str(checkpoint), "--out", str(out), "--no-progress", *argv])) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and flag in err[0]
+    assert not out.exists()
+
+
+def test_demo_steps_is_a_deprecated_alias(capsys):
+    assert parse(["--steps", "3"]).sampler_steps == 3
+    assert "--steps is deprecated, use --sampler-steps" in capsys.readouterr().err
