@@ -1,9 +1,11 @@
 """Camera calibration from MuJoCo, seeded camera jitter and fast multi-view rendering.
 
-Calibration follows design §5: ``f = 0.5·H / tan(fovy/2)``, ``R_wc = cam_xmat @ diag(1,-1,-1)`` (MuJoCo cameras look
-along -z with y up; OpenCV looks along +z with y down). The principal point is ((W-1)/2, (H-1)/2): OpenGL samples
-pixel centres at +0.5 and our pixel (0, 0) is the centre of the top-left pixel; tests/test_sim_cameras.py checks this
-against segmentation masks (W/2 is measurably worse).
+Calibration: ``f = 0.5·H / tan(fovy/2)``, ``R_wc = cam_xmat @ diag(1,-1,-1)`` (MuJoCo cameras look along -z with y
+up; OpenCV looks along +z with y down). The principal point is ((W-1)/2, (H-1)/2): OpenGL samples pixel centres at
++0.5 and our pixel (0, 0) is the centre of the top-left pixel; tests/test_sim_cameras.py checks this against
+segmentation masks (W/2 is measurably worse). A camera with MuJoCo intrinsics (``cam_sensorsize`` non-zero, set by
+sim/rig.py for a K that fovy cannot express) has ``fx = intrinsic[0]·W/sensorsize[0]``,
+``cx = (W-1)/2 - intrinsic[2]·W/sensorsize[0]`` and likewise in y.
 """
 
 from __future__ import annotations
@@ -30,8 +32,15 @@ _FLIP = np.diag([1.0, -1.0, -1.0])
 def camera_from_mujoco(model: mujoco.MjModel, data: mujoco.MjData, cam_id: int, width: int, height: int,
                        name: str = "") -> Camera:
     """A ``geometry.Camera`` (OpenCV convention, T_cam_world) for MuJoCo camera ``cam_id`` in the current state."""
-    f = 0.5 * height / np.tan(np.radians(model.cam_fovy[cam_id]) / 2.0)
-    K = np.array([[f, 0.0, (width - 1) / 2.0], [0.0, f, (height - 1) / 2.0], [0.0, 0.0, 1.0]])
+    sensor = model.cam_sensorsize[cam_id].astype(np.float64)
+    if sensor[0] > 0 and sensor[1] > 0:
+        fx, fy, ox, oy = model.cam_intrinsic[cam_id].astype(np.float64)
+        sx, sy = width / sensor[0], height / sensor[1]
+        K = np.array([[fx * sx, 0.0, (width - 1) / 2.0 - ox * sx], [0.0, fy * sy, (height - 1) / 2.0 - oy * sy],
+                      [0.0, 0.0, 1.0]])
+    else:
+        f = 0.5 * height / np.tan(np.radians(model.cam_fovy[cam_id]) / 2.0)
+        K = np.array([[f, 0.0, (width - 1) / 2.0], [0.0, f, (height - 1) / 2.0], [0.0, 0.0, 1.0]])
     R_wc = data.cam_xmat[cam_id].reshape(3, 3) @ _FLIP
     T = np.eye(4)
     T[:3, :3] = R_wc.T
@@ -53,7 +62,7 @@ def perturb(model: mujoco.MjModel, cam_ids: list[int], base_pos: np.ndarray, bas
 
 
 class MultiViewRenderer:
-    """One offscreen renderer shared by all views, with the cheap flags of design §5 (no shadows/reflections/MSAA)."""
+    """One offscreen renderer shared by all views, with cheap flags (no shadows, reflections or MSAA)."""
 
     def __init__(self, model: mujoco.MjModel, size: int):
         model.vis.quality.offsamples = 0  # must precede the Renderer (it sizes the MSAA buffers)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import string
+from pathlib import Path
 from typing import Any, Sequence
 
 import gymnasium as gym
@@ -12,6 +13,7 @@ from gymnasium import spaces
 
 from action_images.geometry import Camera, stack_cameras
 from action_images.sim import cameras as simcam
+from action_images.sim import rig as simrig
 from action_images.sim import scene
 from action_images.sim.robot import Arm
 from action_images.sim.tasks import TASK_CLASSES
@@ -28,22 +30,54 @@ class SimEnv(gym.Env):
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": FPS}
 
-    def __init__(self, task: str = "pick_cube", cameras: Sequence[str] = ("front", "left", "right", "top"),
-                 image_size: int = 64, perturb_cameras: bool = False, camera_seed: int | None = None,
-                 render: bool = True, render_mode: str | None = None):
+    def __init__(self, task: str = "pick_cube", cameras: Sequence[str] | None = None,
+                 image_size: int | None = None, perturb_cameras: bool = False, camera_seed: int | None = None,
+                 render: bool = True, render_mode: str | None = None,
+                 rig: str | Path | Sequence[Camera] | None = None, rig_distribution: str | None = None,
+                 rig_views: int = 4):
         if task not in TASK_CLASSES:
             raise ValueError(f"unknown task {task!r}; choose from {sorted(TASK_CLASSES)}")
-        cameras = tuple(cameras)
-        bad = [c for c in cameras if c not in scene.CAMERA_NAMES]
-        if bad or len(set(cameras)) != len(cameras):
-            raise ValueError(f"cameras must be distinct names from {scene.CAMERA_NAMES}; got {cameras}")
-        if int(image_size) < 8:
+        if image_size is not None and int(image_size) < 8:
             raise ValueError(f"image_size must be >= 8; got {image_size}")
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array'; got {render_mode!r}")
-        self.task_name, self.camera_names, self.image_size = task, cameras, int(image_size)
+        if rig is not None and rig_distribution is not None:
+            raise ValueError("pass either rig (a fixed calibrated rig) or rig_distribution (a new rig every reset)")
+        fixed_rig: list[Camera] | None = None
+        if rig is not None:
+            fixed_rig = simrig.resolve_rig(rig, None if image_size is None else int(image_size))
+            if image_size is None:  # the rig's own size; all its cameras must share it
+                fixed_rig = simrig.resolve_rig(fixed_rig, fixed_rig[0].width)
+            rig_names = tuple(c.name for c in fixed_rig)
+        elif rig_distribution is not None:
+            if rig_distribution not in simrig.SPLITS:
+                raise ValueError(f"rig_distribution must be one of {simrig.SPLITS}; got {rig_distribution!r}")
+            if perturb_cameras:
+                raise ValueError("perturb_cameras does not combine with rig_distribution (every reset draws a new rig)")
+            if not 1 <= int(rig_views) <= simrig.RIG_SLOTS:
+                raise ValueError(f"rig_views must be in 1..{simrig.RIG_SLOTS}; got {rig_views}")
+            rig_names = simrig.SLOT_NAMES[:int(rig_views)]
+        else:
+            rig_names = ()
+        size = int(image_size) if image_size is not None else (fixed_rig[0].width if fixed_rig else 64)
+        # exported view name -> MuJoCo camera: rig camera i lives in slot rig{i}; "wrist" is the hand camera
+        if rig_names:
+            cameras = rig_names if cameras is None else tuple(cameras)
+            allowed = rig_names + (() if "wrist" in rig_names else ("wrist",))
+            slots = {"wrist": "wrist"} | {n: simrig.SLOT_NAMES[i] for i, n in enumerate(rig_names)}
+        else:
+            cameras = scene.CAMERA_SETS["all_static"] if cameras is None else tuple(cameras)
+            allowed = scene.CAMERA_NAMES
+            slots = {n: n for n in allowed}
+        bad = [c for c in cameras if c not in allowed]
+        if bad or len(set(cameras)) != len(cameras):
+            raise ValueError(f"cameras must be distinct names from {allowed}; got {cameras}")
+        self.task_name, self.camera_names, self.image_size = task, cameras, size
         self.render_images, self.render_mode = bool(render), render_mode
         self.perturb_cameras, self.camera_seed = bool(perturb_cameras), camera_seed
+        self.rig_distribution, self.rig_views = rig_distribution, int(rig_views) if rig_distribution else 0
+        self.rig: list[Camera] = []      # the rig placed now (fixed, or this episode's random one)
+        self.rig_seed: int | None = None  # random_rig seed of the current rig (rig_distribution only)
         self.fps, self.dt = FPS, 1.0 / FPS
 
         self.task = TASK_CLASSES[task]()
@@ -56,13 +90,21 @@ class SimEnv(gym.Env):
         self._rgba0 = self.model.geom_rgba.copy()
         self._body_pos0 = self.model.body_pos.copy()
 
-        self._cam_ids = [self.model.camera(c).id for c in cameras]
+        self._view_ids = {c: self.model.camera(slots[c]).id for c in cameras}
+        self._cam_ids = [self._view_ids[c] for c in cameras]
+        self._slot_ids = [self.model.camera(n).id for n in simrig.SLOT_NAMES]
+        self._exact_K: dict[int, np.ndarray] = {}  # MuJoCo stores intrinsics as float32; export the rig's own K
+        if fixed_rig is not None:
+            self._place_rig(fixed_rig)
+        elif rig_distribution is not None:
+            self._place_rig(simrig.random_rig(0, self.rig_views, size, rig_distribution))
+            self.rig_seed = 0
         self._cam_pos0 = self.model.cam_pos[self._cam_ids].copy()
         self._cam_quat0 = self.model.cam_quat[self._cam_ids].copy()
         self._renderer = simcam.MultiViewRenderer(self.model, self.image_size) if self.render_images and cameras \
             else None
 
-        V, S = len(cameras), self.image_size
+        V, S = len(cameras), size
         obs_spaces: dict[str, spaces.Space] = {}
         if self._renderer is not None:  # gymnasium forbids an empty Dict, so render=False has no "images" key
             obs_spaces["images"] = spaces.Dict({c: spaces.Box(0, 255, (S, S, 3), np.uint8) for c in cameras})
@@ -88,15 +130,29 @@ class SimEnv(gym.Env):
     @property
     def cameras(self) -> list[Camera]:
         """Calibrated cameras for the current state, in the order of ``cameras`` (the wrist camera moves)."""
-        return [simcam.camera_from_mujoco(self.model, self.data, cid, self.image_size, self.image_size, name)
-                for cid, name in zip(self._cam_ids, self.camera_names)]
+        out = []
+        for cid, name in zip(self._cam_ids, self.camera_names):
+            cam = simcam.camera_from_mujoco(self.model, self.data, cid, self.image_size, self.image_size, name)
+            if cid in self._exact_K:
+                cam = Camera(self._exact_K[cid], cam.T_cam_world, cam.width, cam.height, name)
+            out.append(cam)
+        return out
+
+    def _place_rig(self, cams: Sequence[Camera]) -> None:
+        """Put rig camera i into slot rig{i} (pose, fovy or intrinsics); the caller runs mj_forward."""
+        self._exact_K = {}
+        for cid, cam in zip(self._slot_ids, cams):
+            simrig.place_camera(self.model, cid, cam)
+            self._exact_K[cid] = cam.K
+        self.rig = list(cams)
 
     def segmentation(self, camera: str, groups: tuple[int, ...] = (0, 1, 2, 3)) -> np.ndarray:
         """``[H, W]`` geom ids seen by one camera (-1 = background), only geoms in ``groups`` drawn; group 5 holds
         ``tcp_marker``, a sphere at the TCP that is never drawn in observations (for calibration checks)."""
         if self._renderer is None:
             raise RuntimeError("segmentation needs render=True and at least one camera")
-        return self._renderer.segmentation(self.data, self.model.camera(camera).id, groups)
+        cid = self._view_ids[camera] if camera in self._view_ids else self.model.camera(camera).id
+        return self._renderer.segmentation(self.data, cid, groups)
 
     # ---- gymnasium API -----------------------------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
@@ -106,6 +162,11 @@ class SimEnv(gym.Env):
         mujoco.mj_resetData(m, d)
         m.geom_rgba[:] = self._rgba0
         m.body_pos[:] = self._body_pos0
+        if self.rig_distribution is not None:
+            # the rig of reset(seed=s) is random_rig(s, ...); without a seed, a seed from a spawned child stream (the
+            # task's draws stay the same either way)
+            self.rig_seed = int(seed) if seed is not None else int(rng.spawn(1)[0].integers(2**63))
+            self._place_rig(simrig.random_rig(self.rig_seed, self.rig_views, self.image_size, self.rig_distribution))
         if self.perturb_cameras and self.camera_seed is None:
             # a spawned child stream: the task's draws (object layout) stay the same with or without jitter
             simcam.perturb(m, self._cam_ids, self._cam_pos0, self._cam_quat0, rng.spawn(1)[0])

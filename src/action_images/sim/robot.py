@@ -1,4 +1,4 @@
-"""End-effector control of the arm through a mocap weld (design §5).
+"""End-effector control of the arm through a mocap weld.
 
 The policy gives an absolute tool pose; the mocap body the hand is welded to is moved toward it, but never more than
 ``MAX_STEP_POS`` / ``MAX_STEP_ROT`` away from where the hand actually is. That bounds the weld force when the target

@@ -1,10 +1,10 @@
-"""MJCF for the tabletop scene: table, a 7-joint arm with a parallel gripper, lights and static cameras.
+"""MJCF for the tabletop scene: table, a 7-joint arm with a parallel gripper, lights, static cameras and rig slots.
 
-Everything is primitives generated as a string, so the benchmark needs no downloads. World frame per design §2
-(z up, metres); the table top is the plane z = 0 and the robot base stands at ``BASE_POS``.
+Everything is primitives generated as a string, so the benchmark needs no downloads. World frame: right-handed,
+z up, metres; the table top is the plane z = 0 and the robot base stands at ``BASE_POS``.
 
 The hand body's origin *is* the tool centre point (TCP, between the finger pads) and its axes are the tool frame of
-design §2 (+z approach, +x "up", fingers close along ±y), so a pose target maps to the mocap body with no offset.
+geometry.py (+z approach, +x "up", fingers close along ±y), so a pose target maps to the mocap body with no offset.
 """
 
 from __future__ import annotations
@@ -30,6 +30,18 @@ CAMERA_SPECS: dict[str, tuple[tuple[float, float, float], tuple[float, float, fl
 }
 WRIST_CAMERA = ((0.1, 0.0, -0.11), (0.0, 0.0, 0.06), 75.0)  # in the tool frame; image up = tool +x
 CAMERA_NAMES = tuple(CAMERA_SPECS) + ("wrist",)
+# Spare world cameras that a calibrated rig is placed in (sim/rig.py); they start at the front camera's pose.
+RIG_SLOTS = 8
+RIG_SLOT_NAMES = tuple(f"rig{i}" for i in range(RIG_SLOTS))
+
+# Named camera sets: the one place the other modules take their default views from.
+CAMERA_SETS: dict[str, tuple[str, ...]] = {
+    "all_static": ("front", "left", "right", "top"),  # make_env's and collection's default
+    "eval": ("front", "left", "right"),               # closed-loop evaluation's default
+    "policy": ("left", "right"),                      # the demo's policy views (front hides the gripper behind
+                                                      # the cabinet)
+    "all": ("front", "left", "right", "top", "wrist"),
+}
 
 
 def _fmt(v) -> str:
@@ -106,7 +118,8 @@ def robot_xml() -> str:
 
 def scene_xml(task_worldbody: str = "", task_extra: str = "", max_image_size: int = 640) -> str:
     """The full model: scene + robot + a task's bodies (``task_worldbody``) and top-level elements (``task_extra``)."""
-    cams = "\n    ".join(camera_xml(n, *spec) for n, spec in CAMERA_SPECS.items())
+    cams = "\n    ".join([camera_xml(n, *spec) for n, spec in CAMERA_SPECS.items()]
+                          + [camera_xml(n, *CAMERA_SPECS["front"]) for n in RIG_SLOT_NAMES])
     off = max(640, int(max_image_size))
     return f"""<mujoco model="action_images_tabletop">
   <compiler angle="degree" autolimits="true"/>
