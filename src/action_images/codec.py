@@ -241,7 +241,8 @@ class ActionImageCodec:
         """``[V, T]`` gripper openness per view: median of B (the pedestal dominates the image) / 0.25."""
         V, T, H, W, _ = images.shape
         step = max(1, int(np.sqrt(H * W / 1024)))
-        b = images[:, :, ::step, ::step, 2].reshape(V, T, -1)
+        b = images[:, :, ::step, ::step, 2]
+        b = b.reshape(V, T, b.shape[2] * b.shape[3])
         return np.clip(np.median(b, axis=-1) / self.pedestal, 0.0, 1.0)
 
     # ------------------------------------------------------------------------------------------------------------------
@@ -392,6 +393,8 @@ class ActionImageCodec:
         finer, and a parabola through the best fine sample and its neighbours gives the sub-step depth."""
         V, T, H, W, _ = images.shape
         seen = w > 0                                                            # [T, 3, V]
+        if T == 0:
+            return np.zeros((0, 3, 3)), seen.copy()
         T_wc = np.stack([c.T_world_cam for c in cameras])                       # [V, 4, 4]
         Kinv = np.linalg.inv(np.stack([c.K for c in cameras]))
         hom = np.concatenate([uv_t, np.ones(uv_t.shape[:-1] + (1,))], -1)      # [T, 3, V, 3]
@@ -576,19 +579,33 @@ def _keys(f: np.ndarray) -> list[np.ndarray]:
 
 
 def overlay(rgb: np.ndarray, action_image: np.ndarray, alpha: float = 0.8) -> np.ndarray:
-    """Blend an action image ``[..., H, W, 3]`` (float [0, 1] or uint8) onto an RGB frame (uint8) for display.
+    """Blend an action image ``[..., H, W, 3]`` (float [0, 1] or uint8) onto an RGB frame for display.
 
-    The pedestal is hidden so the camera frame stays visible; each blob shows in its own colour.
+    ``rgb`` is uint8 (0..255; the result is uint8) or float in [0, 1] (the result is float32 in [0, 1]); other
+    dtypes and float frames outside [0, 1] are a ValueError. The pedestal is hidden so the camera frame stays visible;
+    each blob shows in its own colour.
     """
     rgb = np.asarray(rgb)
     a = np.asarray(action_image)
     if a.dtype == np.uint8:
         a = a.astype(np.float32) / 255.0
+    elif not np.issubdtype(a.dtype, np.floating):
+        raise ValueError(f"action image must be float in [0, 1] or uint8; got dtype {a.dtype}")
     if rgb.shape != a.shape:
         raise ValueError(f"rgb {rgb.shape} and action image {a.shape} must have the same shape")
+    if rgb.dtype == np.uint8:
+        base = rgb.astype(np.float32) / 255.0
+    elif np.issubdtype(rgb.dtype, np.floating):
+        if rgb.size and not (np.isfinite(rgb).all() and rgb.min() >= 0.0 and rgb.max() <= 1.0):
+            raise ValueError("float rgb must be finite and in [0, 1] (0..255 frames: pass uint8)")
+        base = rgb.astype(np.float32)
+    else:
+        raise ValueError(f"rgb must be uint8 (0..255) or float in [0, 1]; got dtype {rgb.dtype}")
     blobs = a.copy()
     blobs[..., 2] = np.where(a[..., 2] > PEDESTAL + 1e-3, a[..., 2], 0.0)
     strength = np.clip(blobs.max(-1, keepdims=True) * alpha, 0.0, 1.0)
     colour = blobs / np.maximum(blobs.max(-1, keepdims=True), 1e-6)
-    out = rgb.astype(np.float32) / 255.0 * (1 - strength) + colour * strength
-    return np.round(np.clip(out, 0, 1) * 255).astype(np.uint8)
+    out = np.clip(base * (1 - strength) + colour * strength, 0, 1)
+    if rgb.dtype == np.uint8:
+        return np.round(out * 255).astype(np.uint8)
+    return out.astype(np.float32)
