@@ -115,3 +115,16 @@ def test_make_checkpoint_and_the_demo_help_train_from_the_recipe_file():
     line = next(ln for ln in make.splitlines() if "action-images train" in ln)
     assert "--config recipes/cpu-small.json" in line and "--collect-missing" in line
     assert "--config recipes/cpu-small.json" in demo.HOW_TO
+
+
+def test_workspace_crop_reaches_the_model_config(capsys):
+    r = recipe.from_args(parse("--data", "synthetic", "--crop", "workspace", "--workspace", "-0.3,-0.4,0,0.3,0.4,0.5"))
+    cfg = train.build_config(r)
+    assert cfg.crop == "workspace" and cfg.workspace == [[-0.3, -0.4, 0.0], [0.3, 0.4, 0.5]]
+    for argv, message in ((["--crop", "workspace"], "needs model.workspace"),
+                          (["--workspace", "1,2"], "--workspace: expected six numbers"),
+                          (["--workspace", "0,0,0,0,1,1"], "must be below"),
+                          (["--crop", "zoom"], "--crop: 'zoom' is not one of")):
+        args = parse("--data", "synthetic", "--steps", "1", *argv)
+        assert train.run(args) == 2
+        assert message in capsys.readouterr().err

@@ -72,3 +72,32 @@ def test_windows_start_before_the_hold(tmp_path):
     assert starts == {0, 1, 2, 3}
     w = ds.window(0, 0, 3, np.random.default_rng(0), augment=False)       # keyframes 5 and 7 lie in the hold
     np.testing.assert_allclose(w["poses"][1:].numpy(), ep["actions"][[4, 6]])
+
+
+def test_workspace_crop_frames_the_box_and_keeps_calibration(lerobot_root):
+    from action_images.data.windows import WORKSPACE_MARGIN, augment_camera, view_box, workspace_box
+    cam = Camera.look_at([1.2, 0.4, 0.8], [0.5, 0.0, 0.1], 50.0, 64, 64)
+    box = [[0.4, -0.1, 0.0], [0.6, 0.1, 0.2]]
+    x0, y0, side = workspace_box(cam, box)
+    corners = np.array([[x, y, z] for x in (0.4, 0.6) for y in (-0.1, 0.1) for z in (0.0, 0.2)])
+    uv, _ = cam.project(corners)
+    assert 8 <= side < 64 and 0 <= x0 <= 64 - side and 0 <= y0 <= 64 - side
+    assert (uv[:, 0] >= x0 - 0.5).all() and (uv[:, 0] <= x0 + side - 0.5).all()      # every corner inside the square
+    assert (uv[:, 1] >= y0 - 0.5).all() and (uv[:, 1] <= y0 + side - 0.5).all()
+    assert side <= np.ptp(uv, axis=0).max() * WORKSPACE_MARGIN + 1
+    # a box behind the camera, or larger than the image, falls back to the short side
+    assert workspace_box(cam, [[5, 5, 5], [6, 6, 6]]) == (0, 0, 64)
+    assert workspace_box(cam, [[-5, -5, -5], [5, 5, 5]])[2] == 64
+    cfg = WindowConfig(image_size=32, crop="workspace", workspace=tuple(map(tuple, box)))
+    assert view_box(cam, cfg) == (x0, y0, side)
+    boxes = {augment_camera(cam, np.random.default_rng(k), cfg)[0] for k in range(20)}
+    assert len(boxes) > 5 and all(s <= 64 for _, _, s in boxes)
+    # the windows of a workspace-crop model still decode to their poses (K follows the crop)
+    ws = WAMConfig.from_preset("cpu-tiny", crop="workspace", workspace=[[0.3, -0.3, 0.0], [0.7, 0.3, 0.4]])
+    ds = Windows([str(lerobot_root)], WindowConfig.from_model(ws), seed=0)
+    for w in (ds[1], ds.window(0, 1, 2, np.random.default_rng(0), augment=False)):
+        cams = [Camera(K=w["K"][v].numpy(), T_cam_world=w["T_cam_world"][v].numpy(), width=32, height=32)
+                for v in range(2)]
+        res = ActionImageCodec().decode(((w["act"].permute(0, 1, 3, 4, 2).numpy() + 1) / 2).astype(np.float32), cams)
+        assert res.valid.sum() >= 2
+        assert np.median(np.linalg.norm(res.poses[res.valid, :3] - w["poses"][res.valid, :3].numpy(), axis=-1)) < 0.01

@@ -58,6 +58,10 @@ class ModelRecipe:
                                              "uniform)", lo=0, hi=1e4)
     loss_target: str | None = _f(None, "x0 (default): clean-clip error, every noise level weighted alike; velocity: "
                                        "the flow-matching velocity error (= x0 error / t^2)", choices=("x0", "velocity"))
+    crop: str = _f("center", "crop of each view before the resize: the centred square, or the square around the "
+                             "projected workspace box (more pixels where the robot works)",
+                   choices=("center", "workspace"))
+    workspace: list | None = _f(None, "world box of --crop workspace: x0,y0,z0,x1,y1,z1 in metres", kind="box")
     refine_channels: int | None = _f(None, "DiT only: full-resolution conv refinement head with this many channels "
                                            "(0 = off)", lo=0, hi=512)
 
@@ -150,6 +154,8 @@ class TrainRecipe:
                 _check_range(getattr(section, f.name), f, f"{source}: {name}.{f.name}")
         if self.model.task_mix is not None:
             _check_mix(self.model.task_mix, f"{source}: model.task_mix")
+        if self.model.crop == "workspace" and self.model.workspace is None:
+            raise ValueError(f"{source}: model.crop 'workspace' needs model.workspace (--workspace x0,y0,z0,x1,y1,z1)")
 
     def defining(self) -> dict[str, Any]:
         """The settings that shape the training trajectory (compared on ``--resume``)."""
@@ -178,6 +184,8 @@ def _coerce(value: Any, f: Any, where: str) -> Any:
         return value
     if kind == "mix":
         return parse_mix(value, where) if isinstance(value, str) else _check_mix(value, where)
+    if kind == "box":
+        return parse_box(value, where)
     if kind == "file_only":
         if not isinstance(value, dict):
             raise ValueError(f"{where}: expected an object; got {value!r}")
@@ -236,6 +244,23 @@ def parse_mix(spec: str, where: str = "--task-mix") -> dict[str, float]:
     return _check_mix(mix, where)
 
 
+def parse_box(value: Any, where: str) -> list[list[float]]:
+    """``"x0,y0,z0,x1,y1,z1"``, six numbers or ``[[x0, y0, z0], [x1, y1, z1]]`` -> the low and high corners."""
+    if isinstance(value, str):
+        try:
+            value = [float(v) for v in split_list(value, where)]
+        except ValueError:
+            value = None
+    if isinstance(value, list) and len(value) == 2 and all(isinstance(c, list) for c in value):
+        value = [*value[0], *value[1]]
+    if not (isinstance(value, list) and len(value) == 6 and all(_is_number(v) and math.isfinite(v) for v in value)):
+        raise ValueError(f"{where}: expected six numbers x0,y0,z0,x1,y1,z1; got {value!r}")
+    lo, hi = [float(v) for v in value[:3]], [float(v) for v in value[3:]]
+    if not all(a < b for a, b in zip(lo, hi)):
+        raise ValueError(f"{where}: the low corner {lo} must be below the high corner {hi} on every axis")
+    return [lo, hi]
+
+
 def _check_mix(mix: Any, where: str) -> dict[str, float]:
     from action_images.flow import TASK_NAMES
     if not isinstance(mix, dict) or not mix:
@@ -287,6 +312,8 @@ def _parse_flag(text: str, f: Any, flag: str) -> Any:
         return split_list(text, flag)
     if kind == "mix":
         return parse_mix(text, flag)
+    if kind == "box":
+        return parse_box(text, flag)
     try:
         if annotation.startswith("int"):
             return int(text)

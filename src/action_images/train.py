@@ -71,7 +71,8 @@ def build_config(r: TrainRecipe, camera_names: list[str] | None = None) -> WAMCo
     m = r.model
     cfg = WAMConfig.from_preset(m.preset, image_size=m.image_size, num_views=m.num_views, horizon=m.horizon,
                                 stride=m.stride, task_mix=m.task_mix, p_drop_text=m.p_drop_text, t_mean=m.t_mean,
-                                act_peak_weight=m.act_peak_weight, loss_target=m.loss_target)
+                                act_peak_weight=m.act_peak_weight, loss_target=m.loss_target, crop=m.crop,
+                                workspace=m.workspace)
     cfg.camera_names = list(camera_names or r.data.cameras or []) or None
     if m.refine_channels is not None:
         if cfg.backbone_kind != "dit":
@@ -113,8 +114,12 @@ def collect_missing(r: TrainRecipe) -> None:
     for k, v in r.data.collect.items():
         argv += [f"--{k.replace('_', '-')}", str(v)]
     print("collecting: action-images collect " + " ".join(argv), file=sys.stderr)
-    if collect.main(argv) != 0:
+    parser = argparse.ArgumentParser(prog="action-images collect")
+    collect.add_arguments(parser)
+    if collect.run(parser.parse_args(argv)) != 0:
         raise ValueError(f"--collect-missing: collecting {todo[0]} failed")
+
+
 class StepBatches(torch.utils.data.Sampler):
     """Infinite batch sampler: step s, rank r -> keys [(s * world + r) * B + j for j < B]."""
 

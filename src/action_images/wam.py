@@ -46,7 +46,7 @@ FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)                     # v1: no camera_names / crop in the config
 # config keys added after format v1 shipped -> the value that reproduces the older behaviour
 ADDED_KEYS: dict[str, Any] = {"act_peak_weight": 0.0, "loss_target": "velocity", "camera_names": None,
-                              "crop": "center"}
+                              "crop": "center", "workspace": None}
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 
@@ -72,7 +72,8 @@ class WAMConfig:
     act_peak_weight: float = 10.0                  # extra loss weight on action-image blob pixels (0: uniform)
     loss_target: str = "x0"                        # "x0": |x0_hat - x0|^2; "velocity": |v_hat - (eps - x0)|^2
     camera_names: list | None = None               # cameras trained on (None: any of the dataset's)
-    crop: str = "center"                           # evaluation crop of each view before the resize ("center")
+    crop: str = "center"                           # crop of each view before the resize: "center" or "workspace"
+    workspace: list | None = None                  # [[x, y, z] low, [x, y, z] high] world box of crop="workspace"
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "WAMConfig":
@@ -125,7 +126,12 @@ class WAMConfig:
         need(isinstance(self.backbone, dict) and isinstance(self.text, dict), "backbone and text must be objects")
         need(self.predict in ("x_rel", "x"), f"predict must be 'x_rel' or 'x'; got {self.predict!r}")
         need(self.loss_target in ("x0", "velocity"), f"loss_target must be 'x0' or 'velocity'; got {self.loss_target!r}")
-        need(self.crop == "center", f"crop must be 'center'; got {self.crop!r}")
+        need(self.crop in ("center", "workspace"), f"crop must be 'center' or 'workspace'; got {self.crop!r}")
+        ws = self.workspace
+        need(ws is None or (isinstance(ws, list) and len(ws) == 2 and all(
+            isinstance(c, list) and len(c) == 3 and all(isinstance(x, (int, float)) and x == x for x in c) for c in ws)
+            and all(lo < hi for lo, hi in zip(*ws))), f"workspace must be [[x, y, z] low, [x, y, z] high]; got {ws!r}")
+        need(self.crop != "workspace" or ws is not None, "crop 'workspace' needs a workspace box")
         need(isinstance(self.task_mix, dict) and set(self.task_mix) <= set(TASK_NAMES) and bool(self.task_mix),
              f"task_mix must map jobs {TASK_NAMES} to weights; got {self.task_mix!r}")
         need(self.camera_names is None or (isinstance(self.camera_names, list) and len(self.camera_names) >= 1

@@ -35,6 +35,8 @@ class WindowConfig:
     stride: int = 2                  # control steps between keyframes
     crop_scale: tuple[float, float] = (0.85, 1.0)   # side of the random square crop / short image side
     views: tuple[str, ...] | None = None            # restrict to these cameras (None: all)
+    crop: str = "center"                            # "center" square, or "workspace": the square around the box
+    workspace: tuple | None = None                  # ((x, y, z) low, (x, y, z) high) world box of crop="workspace"
 
     @classmethod
     def from_model(cls, config: Any, views: Sequence[str] | None = None, num_views: int | None = None
@@ -42,12 +44,53 @@ class WindowConfig:
         """The windows a model with ``config`` (a ``WAMConfig``) trains and evaluates on; ``views`` restricts the
         cameras (default: the config's ``camera_names``), ``num_views`` overrides the views per window."""
         names = views if views is not None else getattr(config, "camera_names", None)
+        ws = getattr(config, "workspace", None)
         return cls(image_size=config.image_size, num_views=int(num_views or config.num_views),
-                   horizon=config.horizon, stride=config.stride, views=tuple(names) if names else None)
+                   horizon=config.horizon, stride=config.stride, views=tuple(names) if names else None,
+                   crop=getattr(config, "crop", "center"), workspace=tuple(map(tuple, ws)) if ws else None)
+
+
+CROPS = ("center", "workspace")
+WORKSPACE_MARGIN = 1.1       # the workspace square is this much wider than the box's projection
+WORKSPACE_JITTER = (0.9, 1.1, 0.05)   # training: side scale range and centre shift (fraction of the side)
+
+
+def workspace_box(cam: Camera, workspace: Sequence[Sequence[float]], scale: float = 1.0,
+                  shift: tuple[float, float] = (0.0, 0.0)) -> tuple[int, int, int]:
+    """The square crop (x0, y0, side) around the projection of the world box ``workspace`` (low, high corners),
+    ``WORKSPACE_MARGIN`` wider, kept inside the image (side at most the short side). More pixels per centimetre
+    where the robot works, whatever the camera's distance and field of view; the centred square when the box is
+    (partly) behind the camera."""
+    lo, hi = np.asarray(workspace[0], float), np.asarray(workspace[1], float)
+    corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+    uv, depth = cam.project(corners)
+    if not (np.asarray(depth) > 1e-6).all():
+        return center_box(cam)
+    a, b = uv.min(axis=0), uv.max(axis=0)
+    short = min(cam.width, cam.height)
+    side = int(round(min(short, max(8.0, float((b - a).max()) * WORKSPACE_MARGIN * scale))))
+    cx, cy = (a + b) / 2.0 + np.asarray(shift) * side
+    x0 = int(np.clip(round(cx - (side - 1) / 2.0), 0, cam.width - side))
+    y0 = int(np.clip(round(cy - (side - 1) / 2.0), 0, cam.height - side))
+    return x0, y0, side
+
+
+def view_box(cam: Camera, cfg: WindowConfig) -> tuple[int, int, int]:
+    """The evaluation crop of one view (no augmentation): shared by the evaluation windows and the live policy."""
+    if cfg.crop == "workspace":
+        return workspace_box(cam, cfg.workspace)
+    return center_box(cam)
 
 
 def augment_camera(cam: Camera, rng: np.random.Generator, cfg: WindowConfig) -> tuple[tuple[int, int, int], Camera]:
-    """Random square crop (x0, y0, side) of ``cam``'s image and the camera of the crop resized to ``image_size``."""
+    """Random square crop (x0, y0, side) of ``cam``'s image and the camera of the crop resized to ``image_size``:
+    ``crop_scale`` of the short side anywhere in the image ("center"), or the workspace square scaled and shifted
+    by ``WORKSPACE_JITTER`` ("workspace")."""
+    if cfg.crop == "workspace":
+        s_lo, s_hi, shift = WORKSPACE_JITTER
+        box = workspace_box(cam, cfg.workspace, rng.uniform(s_lo, s_hi), tuple(rng.uniform(-shift, shift, 2)))
+        x0, y0, side = box
+        return box, cam.cropped(x0, y0, side, side).resized(cfg.image_size, cfg.image_size)
     short = min(cam.width, cam.height)
     lo, hi = cfg.crop_scale
     side = int(round(short * rng.uniform(lo, hi)))
@@ -164,7 +207,7 @@ class Windows(Dataset):
         cams, frames = [], []
         for name in views:
             cam = ep.frame_cameras[name][t0] if ep.frame_cameras else ep.cameras[name]
-            box = augment_camera(cam, rng, cfg)[0] if augment else center_box(cam)
+            box = augment_camera(cam, rng, cfg)[0] if augment else view_box(cam, cfg)
             img, cam_out = crop_resize(ep.images[name][times], cam, box, cfg.image_size)       # [F, S, S, 3] uint8
             frames.append(img)
             cams.append(cam_out)
