@@ -118,7 +118,7 @@ def test_make_checkpoint_and_the_demo_help_train_from_the_recipe_file():
 
 
 def test_workspace_crop_reaches_the_model_config(capsys):
-    r = recipe.from_args(parse("--data", "synthetic", "--crop", "workspace", "--workspace", "-0.3,-0.4,0,0.3,0.4,0.5"))
+    r = recipe.from_args(parse("--data", "synthetic", "--crop", "workspace", "--workspace=-0.3,-0.4,0,0.3,0.4,0.5"))
     cfg = train.build_config(r)
     assert cfg.crop == "workspace" and cfg.workspace == [[-0.3, -0.4, 0.0], [0.3, 0.4, 0.5]]
     for argv, message in ((["--crop", "workspace"], "needs model.workspace"),

@@ -61,7 +61,7 @@ class ModelRecipe:
     crop: str = _f("center", "crop of each view before the resize: the centred square, or the square around the "
                              "projected workspace box (more pixels where the robot works)",
                    choices=("center", "workspace"))
-    workspace: list | None = _f(None, "world box of --crop workspace: x0,y0,z0,x1,y1,z1 in metres", kind="box")
+    workspace: list | None = _f(None, "world box of --crop workspace: --workspace=x0,y0,z0,x1,y1,z1 in metres", kind="box")
     refine_channels: int | None = _f(None, "DiT only: full-resolution conv refinement head with this many channels "
                                            "(0 = off)", lo=0, hi=512)
 
