@@ -50,6 +50,20 @@ def test_interpolation_skips_invalid_and_holds_when_nothing_decodes():
     assert np.isfinite(held).all() and np.allclose(held, cur)
 
 
+def test_prepare_view_workspace_crop_follows_the_config():
+    """crop="workspace" (as trained): the square around the projected box, not the centred square."""
+    from action_images.data.windows import workspace_box
+
+    cam = Camera.look_at((1.0, 0.0, 0.8), (0.3, 0.0, 0.1), 50, 64, 64, name="front")
+    img = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    box = [[0.2, -0.05, 0.0], [0.4, 0.05, 0.1]]
+    x0, y0, side = workspace_box(cam, box)
+    assert side < 64
+    out, cam2 = prepare_view(img, cam, side, crop="workspace", workspace=box)
+    np.testing.assert_array_equal(out, img[y0:y0 + side, x0:x0 + side])
+    assert not np.array_equal(prepare_view(img, cam, side)[0], out)
+
+
 def test_prepare_view_matches_camera():
     cam = Camera.look_at((1.0, 0.0, 0.8), (0.3, 0.0, 0.1), 50, 64, 64, name="front")
     img = np.zeros((64, 64, 3), np.uint8)

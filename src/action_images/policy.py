@@ -33,7 +33,7 @@ import torch
 from scipy.spatial.transform import Rotation, Slerp
 
 from action_images.codec import ActionImageCodec, DecodeResult
-from action_images.data.windows import center_box, collate, crop_resize, finish_window
+from action_images.data.windows import center_box, collate, crop_resize, finish_window, workspace_box
 from action_images.geometry import Camera
 
 DISAGREE_CHOICES = ("replan", "hold")
@@ -185,10 +185,13 @@ class Chunk:
                 "reproj_error_px_max": float(np.nanmax(err)) if np.isfinite(err).any() else None}
 
 
-def prepare_view(image: np.ndarray, cam: Camera, size: int) -> tuple[np.ndarray, Camera]:
-    """Centre square crop + resize of one view, camera updated to match: exactly ``Windows.window(augment=False)``.
-    image uint8 [H, W, 3] -> uint8 [S, S, 3]."""
-    img, cam_out = crop_resize(image[None], cam, center_box(cam), size)
+def prepare_view(image: np.ndarray, cam: Camera, size: int, crop: str = "center",
+                 workspace: Sequence[Sequence[float]] | None = None) -> tuple[np.ndarray, Camera]:
+    """Square crop + resize of one view, camera updated to match: exactly ``Windows.window(augment=False)`` for the
+    checkpoint's ``crop`` ("center": the centred square; "workspace": the square around the projected ``workspace``
+    box). image uint8 [H, W, 3] -> uint8 [S, S, 3]."""
+    box = workspace_box(cam, workspace) if crop == "workspace" else center_box(cam)
+    img, cam_out = crop_resize(image[None], cam, box, size)
     return img[0].numpy(), cam_out
 
 
@@ -242,6 +245,7 @@ class ActionImagesPolicy:
         self.execute_k = int(s.execute_k if s.execute_k is not None else max(1, self.stride * self.horizon // 2))
         check_int("execute_k", self.execute_k, 1, self.stride * self.horizon)
         self.num_views = int(cfg.num_views)
+        self.crop, self.workspace = getattr(cfg, "crop", "center"), getattr(cfg, "workspace", None)
         self.camera_names = list(s.camera_names or getattr(cfg, "camera_names", None) or []) or None
         self.steps, self.cfg_scale, self.method = s.sampler_steps, s.cfg_scale, s.method
         self.on_disagree, self.gripper, self.max_resamples = s.on_disagree, s.gripper, s.max_resamples
@@ -287,7 +291,8 @@ class ActionImagesPolicy:
         views = self._views(obs, cameras)
         imgs, cams = [], []
         for i in views:
-            img, cam = prepare_view(obs["images"][cameras[i].name], cameras[i], self.image_size)
+            img, cam = prepare_view(obs["images"][cameras[i].name], cameras[i], self.image_size, self.crop,
+                                    self.workspace)
             imgs.append(img)
             cams.append(cam)
         F_ = 1 + self.horizon
