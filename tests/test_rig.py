@@ -328,3 +328,16 @@ def test_camera_sets_are_valid_and_default():
         assert cams and set(cams) <= set(CAMERA_NAMES) and len(set(cams)) == len(cams), name
     assert make_env("reach_target", render=False).camera_names == CAMERA_SETS["all_static"]
     assert not set(CAMERA_NAMES) & set(simrig.SLOT_NAMES)
+
+
+@pytest.mark.parametrize("kwargs", [{"rig_distribution": "heldout", "rig_views": 2}, {"rig": odd_rig(16)}])
+def test_rig_envs_pass_the_gymnasium_env_checker(kwargs):
+    import warnings
+
+    from gymnasium.utils.env_checker import check_env
+
+    env = make_env("place_in_bin", image_size=16, render_mode="rgb_array", **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # advice about unbounded boxes, not failures
+        check_env(env)
+    env.close()
