@@ -644,7 +644,8 @@ def run(args: argparse.Namespace) -> int:
         from action_images.openloop import evaluate_open_loop
         metrics["open_loop"] = evaluate_open_loop(
             model, args.open_loop_data, num_episodes=args.open_loop_episodes,
-            windows_per_episode=args.open_loop_windows, steps=args.sampler_steps, cfg_scale=args.cfg_scale, seed=args.seed,
+            windows_per_episode=args.open_loop_windows, steps=args.sampler_steps, cfg_scale=args.cfg_scale,
+            seed=args.seed,
             views=metrics["policy"]["views"], lpips_weights=args.lpips_weights, i3d_weights=args.i3d_weights,
             trust_i3d_torchscript=getattr(args, "trust_i3d_torchscript", False))
     metrics["wall_s"] = time.perf_counter() - t0

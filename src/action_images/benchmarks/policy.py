@@ -94,14 +94,16 @@ def run(args: argparse.Namespace) -> int:
                         obs, _ = env.reset(seed=args.seed + i + 1)
                         break
                 env_s.append((time.perf_counter() - t0) / max(1, len(chunk.actions)))
-            row = {"sampler_steps": steps, "views": list(rig.policy.camera_names), "cfg_scale": args.cfg_scale, "replans": args.replans,
+            row = {"sampler_steps": steps, "views": list(rig.policy.camera_names), "cfg_scale": args.cfg_scale,
+                   "replans": args.replans,
                    "latency": _stats(parts["total"]), **{f"{k}_ms_mean": 1000 * float(np.mean(v))
                                                           for k, v in parts.items() if k != "total"},
                    "env_step_ms_mean": 1000 * float(np.mean(env_s)), "execute_k": policy.execute_k,
                    "control_s_per_chunk": policy.execute_k / env.fps}
             row["real_time_factor"] = row["control_s_per_chunk"] / (row["latency"]["mean_ms"] / 1000.0)
             results.append(row)
-            print(f"sampler steps {steps:>3}: {row['latency']['mean_ms']:.1f} ms mean, {row['latency']['p95_ms']:.1f} ms p95 "
+            print(f"sampler steps {steps:>3}: {row['latency']['mean_ms']:.1f} ms mean, "
+                  f"{row['latency']['p95_ms']:.1f} ms p95 "
                   f"per replanning step (generate {row['generate_ms_mean']:.1f}, decode {row['decode_ms_mean']:.1f},"
                   f" observe {row['observe_ms_mean']:.1f}); real-time factor {row['real_time_factor']:.1f}x")
     finally:
