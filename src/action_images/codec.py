@@ -8,12 +8,13 @@ Three 3D points of the gripper frame (ℓ = 0.1 m), each an isotropic 2D Gaussia
 
 The official code swaps which axis point goes to G and B; we follow the paper (docs/conventions.md).
 
-Decoding (ours, measured in docs/codec.md): per view and channel a sub-pixel peak (a weighted log-Gaussian fit around
-the arg-max, exact for clean blobs, also at image borders), its height as confidence; each point triangulated from
-all views that see it (weighted linear least squares, Gauss-Newton on the reprojection error, leave-one-view-out
-rejection of a view that disagrees); the rotation from a weighted Kabsch fit of the three points; g from the
-pedestal (median of B). The paper's decoder (main-view peak + depth sweep scored by the other views) is
-``method="depth_sweep"``.
+Decoding (ours, measured in docs/codec.md): per view and channel a peak (arg-max, or the arg-max of a smoothed copy
+where the raw one is a lone noisy pixel) refined by a weighted log-Gaussian fit, its height as confidence (0 where no
+blob is found); views whose blob is cut by the image border are left out where two other views see the point, else
+the frame is flagged; each point triangulated from the remaining views (weighted linear least squares, Gauss-Newton on
+the reprojection error, leave-one-view-out rejection of a view that disagrees); the rotation from a weighted Kabsch
+fit of the three points; g from the pedestal (median of B). The paper's decoder (candidates along every view's ray,
+scored by the product of all views' heatmaps) is ``method="depth_sweep"``.
 """
 
 from __future__ import annotations
@@ -515,27 +516,6 @@ def _solve(M: np.ndarray, b: np.ndarray, rel_eps: float = 1e-9) -> np.ndarray:
         return np.linalg.solve(M, b[..., None])[..., 0]
     except np.linalg.LinAlgError:
         return (np.linalg.pinv(M) @ b[..., None])[..., 0]
-
-
-def _bilinear(img: np.ndarray, uv: np.ndarray) -> np.ndarray:
-    """Sample ``img [T, H, W, 3]`` at ``uv [T, 3, D, 2]`` for each point's own channel -> ``[T, 3, D]`` (0 outside)."""
-    T, H, W, _ = img.shape
-    u, v = uv[..., 0], uv[..., 1]
-    finite = np.isfinite(u) & np.isfinite(v)
-    u = np.where(finite, u, -10.0)
-    v = np.where(finite, v, -10.0)
-    u0, v0 = np.floor(u).astype(int), np.floor(v).astype(int)
-    fu, fv = u - u0, v - v0
-    ti = np.arange(T)[:, None, None]
-    ci = np.arange(3)[None, :, None]
-    out = np.zeros(u.shape)
-    for dv, dw in ((0, 1 - fv), (1, fv)):
-        for du, uw in ((0, 1 - fu), (1, fu)):
-            rr, cc = v0 + dv, u0 + du
-            ok = (rr >= 0) & (rr < H) & (cc >= 0) & (cc < W)
-            val = img[ti, np.clip(rr, 0, H - 1), np.clip(cc, 0, W - 1), ci]
-            out += np.where(ok, val * dw * uw, 0.0)
-    return out
 
 
 def _bicubic(img: np.ndarray, uv: np.ndarray) -> np.ndarray:
