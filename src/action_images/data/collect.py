@@ -29,7 +29,9 @@ from .lerobot_writer import DatasetWriter, plan_start
 
 DEFAULT_CAMERAS = "front,left,right,top"
 # settings that must match to continue a run with --resume
-RESUME_KEYS = ("seed", "cameras", "image_size", "perturb_cameras", "keep_failed", "hold_steps")
+RESUME_KEYS = ("seed", "cameras", "image_size", "perturb_cameras", "keep_failed", "hold_steps", "random_rig",
+               "rig_views", "camera_rig")
+RIG_SPLITS = ("train", "heldout")
 
 
 # Allowed ranges of the numeric flags, checked before any work starts. Images: at least 8 px (the sim's floor) and at
@@ -44,7 +46,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", dest="task_deprecated", default=None, help=argparse.SUPPRESS)  # old name of --tasks
     p.add_argument("--episodes", type=int, default=100, help="episodes to store per task, >= 1 (default 100)")
     p.add_argument("--out", required=True, help="output dataset directory")
-    p.add_argument("--cameras", default=DEFAULT_CAMERAS, help=f"comma-separated views (default {DEFAULT_CAMERAS})")
+    p.add_argument("--cameras", default=None, help=f"comma-separated views (default {DEFAULT_CAMERAS}; with a rig: "
+                                                   "the rig's views)")
+    p.add_argument("--random-rig", default=None, choices=RIG_SPLITS,
+                   help="a new random camera rig every episode, drawn from this split of the simulator's rig "
+                        "distribution (views rig0..; calibration stored per frame)")
+    p.add_argument("--rig-views", type=int, default=4, help="views of a --random-rig, 2..8 (default 4)")
+    p.add_argument("--camera-rig", default=None,
+                   help="place the static cameras exactly as in this meta/cameras.json-format file")
     p.add_argument("--image-size", type=int, default=64,
                    help=f"square image size in pixels, {IMAGE_SIZE_RANGE[0]}..{IMAGE_SIZE_RANGE[1]} (default 64)")
     p.add_argument("--seed", type=int, default=0, help="base seed, >= 0; episode seeds derive from it (default 0)")
@@ -179,7 +188,20 @@ def check_args(args: argparse.Namespace, all_tasks: tuple[str, ...],
     if args.tasks is not None and args.task_deprecated is not None:
         raise ValueError("--task is the old name of --tasks; give only --tasks")
     tasks = _names("all" if spec is None else spec, "--tasks", all_tasks, allow_all=True)
-    cameras = _names(args.cameras, "--cameras", all_cameras, allow_all=False)
+    if args.random_rig and args.camera_rig:
+        raise ValueError("--random-rig and --camera-rig exclude each other; give one")
+    if (args.random_rig or args.camera_rig) and args.perturb_cameras:
+        raise ValueError("--perturb-cameras cannot be combined with --random-rig or --camera-rig")
+    if args.random_rig:
+        if not 2 <= args.rig_views <= 8:
+            raise ValueError(f"--rig-views must be in 2..8; got {args.rig_views}")
+        all_cameras = tuple(f"rig{i}" for i in range(args.rig_views)) + ("wrist",)
+    elif args.camera_rig:
+        from ..sim import load_rig
+        all_cameras = tuple(c.name for c in load_rig(args.camera_rig, args.image_size)) + ("wrist",)
+    default = ",".join(c for c in all_cameras if c != "wrist") if (args.random_rig or args.camera_rig) \
+        else DEFAULT_CAMERAS
+    cameras = _names(args.cameras or default, "--cameras", all_cameras, allow_all=False)
     lo, hi = IMAGE_SIZE_RANGE
     checks = [("--episodes", args.episodes, 1, None), ("--image-size", args.image_size, lo, hi),
               ("--seed", args.seed, 0, None), ("--hold-steps", args.hold_steps, 0, None),
@@ -207,7 +229,9 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     config = {"seed": int(args.seed), "cameras": cameras, "image_size": int(args.image_size),
               "perturb_cameras": bool(args.perturb_cameras), "keep_failed": bool(args.keep_failed),
-              "hold_steps": int(args.hold_steps)}
+              "hold_steps": int(args.hold_steps), "random_rig": args.random_rig,
+              "rig_views": int(args.rig_views) if args.random_rig else None,
+              "camera_rig": str(Path(args.camera_rig).resolve()) if args.camera_rig else None}
     if (out / INFO_PATH).exists():
         if not args.resume:
             return _fail(f"{out} already holds a dataset; pass --resume to continue it or choose another --out")
@@ -217,7 +241,8 @@ def run(args: argparse.Namespace) -> int:
             return _fail(str(e))
         if not isinstance(prev, dict) or not isinstance(prev.get("config", {}), dict):
             return _fail(f"{out / COLLECT_PATH}: expected a JSON object with a 'config' object")
-        before = {"hold_steps": 0, **prev.get("config", {})}   # datasets from before --hold-steps held 0
+        before = {"hold_steps": 0, "random_rig": None, "rig_views": None, "camera_rig": None,
+                  **prev.get("config", {})}   # datasets from before these flags had none of them
         diff = {k: (before.get(k), config[k]) for k in RESUME_KEYS if before.get(k) != config[k]}
         if diff:
             return _fail(f"--resume with different settings than {out / COLLECT_PATH}: "
@@ -235,7 +260,8 @@ def run(args: argparse.Namespace) -> int:
     envs: dict[str, Any] = {}
     writer: DatasetWriter | None = None
     # per-frame calibration when cameras are perturbed or move (e.g. a wrist camera); decided on the first episode
-    per_frame = bool(args.perturb_cameras) or (ds is not None and ds.num_episodes > 0 and ds.per_frame_cameras)
+    per_frame = bool(args.perturb_cameras or args.random_rig) or (ds is not None and ds.num_episodes > 0
+                                                                  and ds.per_frame_cameras)
     t0, new_frames, new_eps = time.time(), 0, 0
     try:
         from tqdm import tqdm
@@ -250,7 +276,9 @@ def run(args: argparse.Namespace) -> int:
             task = min(pending, key=lambda t: (progress.next_attempt[t], tasks.index(t)))
             if task not in envs:
                 envs[task] = make_env(task, cameras=tuple(cameras), image_size=args.image_size,
-                                      perturb_cameras=args.perturb_cameras, camera_seed=None, render=True)
+                                      perturb_cameras=args.perturb_cameras, camera_seed=None, render=True,
+                                      rig=args.camera_rig, rig_distribution=args.random_rig,
+                                      rig_views=args.rig_views)
             env = envs[task]
             k = progress.next_attempt[task]
             seed = episode_seed(args.seed, task, k)
