@@ -56,7 +56,10 @@ MAX_JOBS = 64
 # EvalSettings field -> its command-line flag (errors name both)
 EVAL_FLAGS = {"tasks": "--tasks", "episodes": "--episodes", "seed": "--seed", "cameras": "--cameras",
               "image_size": "--image-size", "max_steps": "--max-steps", "videos": "--videos",
-              "video_format": "--video-format", "video_px": "--video-px", "jobs": "--jobs"}
+              "video_format": "--video-format", "video_px": "--video-px", "jobs": "--jobs",
+              "camera_rig": "--camera-rig", "random_rig": "--random-rig", "rig_distribution": "--rig-distribution",
+              "rig_views": "--rig-views"}
+RIG_SPLITS = ("train", "heldout")
 os.environ.setdefault("MUJOCO_GL", "egl")   # headless rendering unless the user chose a backend (before mujoco loads)
 
 
@@ -119,6 +122,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "checkpoint without them gets the first num_views rendered cameras and a warning)")
     g.add_argument("--policy-views", dest="policy_cameras", default=argparse.SUPPRESS, action=DeprecatedAlias,
                    new="--policy-cameras", help="deprecated alias of --policy-cameras")
+    r = p.add_argument_group("camera rigs (any calibrated viewpoint; default: the scene's named cameras)")
+    r.add_argument("--camera-rig", default=None,
+                   help="place the static cameras exactly as in this meta/cameras.json-format file (names, K, "
+                        "T_cam_world, size); bad files are refused with the camera and the problem")
+    r.add_argument("--random-rig", type=whole_number, default=None, metavar="SEED",
+                   help="one rig drawn with this seed from the held-out split of the simulator's rig distribution "
+                        "(docs/benchmark.md); held-out draws never coincide with training rigs")
+    r.add_argument("--rig-distribution", default=None, choices=RIG_SPLITS,
+                   help="a new rig every episode from this split (seeded by the episode seed)")
+    r.add_argument("--rig-views", type=whole_number, default=4, help="views of a random rig, 2..8 (default 4)")
     g.add_argument("--image-size", type=whole_number, default=64,
                    help="render size in px, 16..1024 (the model input is resized)")
     add_sampler_steps(g, 10, "ODE sampler steps per chunk, 1..1000 (default 10)")
@@ -178,6 +191,10 @@ class EvalSettings:
     video_format: str = "gif"
     video_px: int = 256
     jobs: int = 1
+    camera_rig: str | None = None
+    random_rig: int | None = None
+    rig_distribution: str | None = None
+    rig_views: int = 4
     policy: PolicySettings = field(default_factory=PolicySettings)
 
     def __post_init__(self) -> None:
@@ -197,6 +214,20 @@ class EvalSettings:
         check_choice("video_format", self.video_format, VIDEO_FORMATS, flags=f)
         put(self, "video_px", check_int("video_px", self.video_px, 16, 2048, flags=f))
         put(self, "jobs", check_int("jobs", self.jobs, 1, MAX_JOBS, flags=f))
+        put(self, "rig_views", check_int("rig_views", self.rig_views, 2, 8, flags=f))
+        rigs = [k for k in ("camera_rig", "random_rig", "rig_distribution") if getattr(self, k) is not None]
+        if len(rigs) > 1:
+            raise ValueError(f"{' and '.join(f[k] for k in rigs)} exclude each other; give one")
+        if rigs and self.perturb_cameras:
+            raise ValueError(f"--perturb-cameras cannot be combined with {f[rigs[0]]}")
+        if self.random_rig is not None:
+            put(self, "random_rig", check_int("random_rig", self.random_rig, 0, 2**63 - 1, flags=f))
+        if self.rig_distribution is not None:
+            check_choice("rig_distribution", self.rig_distribution, RIG_SPLITS, flags=f)
+        if self.camera_rig is not None:
+            from action_images.sim import load_rig
+            load_rig(self.camera_rig, self.image_size)           # refuses a bad file now, naming it
+            put(self, "camera_rig", str(Path(self.camera_rig).resolve()))
         if not isinstance(self.policy, PolicySettings):
             raise TypeError(f"policy must be a PolicySettings; got {type(self.policy).__name__}")
 
@@ -215,19 +246,50 @@ def resolve_settings(settings: EvalSettings, config: Any, warn: bool = True) -> 
     """Settings with the cameras filled in from the checkpoint: the model sees ``--policy-cameras``, else
     ``config.camera_names``, else the first ``num_views`` rendered cameras (with a warning); the rendered cameras are
     ``--cameras``, else the policy cameras, else ``DEFAULT_CAMERAS``. The policy cameras must be rendered."""
-    pol = settings.policy.camera_names or getattr(config, "camera_names", None)
-    rendered = settings.cameras or (tuple(pol) if pol else DEFAULT_CAMERAS)
+    from action_images.sim import CAMERA_NAMES
+
+    rig = rig_camera_names(settings)
+    available = tuple(rig) + ("wrist",) if rig else tuple(CAMERA_NAMES)
+    n_views = max(2, int(config.num_views))
+    trained = getattr(config, "camera_names", None)
+    pol = settings.policy.camera_names
+    if not pol and trained and set(trained) <= set(available):
+        pol = list(trained)[:n_views]                  # the checkpoint's cameras, as many as it saw per window
+    rendered = settings.cameras or (tuple(pol) if pol else (tuple(rig) if rig else DEFAULT_CAMERAS))
+    if not pol and (trained or rig):
+        # a checkpoint trained on other camera names (e.g. random rigs) looks through the first rendered views
+        pol = list(rendered)[:n_views]
     pol = resolve_policy_cameras(pol, config, rendered, warn=warn)
     missing = [c for c in pol if c not in rendered]
     if missing:
         raise ValueError(f"--policy-cameras: {','.join(missing)} not among the rendered --cameras "
                          f"{','.join(rendered)}")
-    from action_images.sim import CAMERA_NAMES
-
-    unknown = [c for c in rendered if c not in CAMERA_NAMES]
+    unknown = [c for c in rendered if c not in available]
     if unknown:
-        raise ValueError(f"--cameras: unknown camera(s) {','.join(unknown)}; choose from {','.join(CAMERA_NAMES)}")
+        raise ValueError(f"--cameras: unknown camera(s) {','.join(unknown)}; choose from {','.join(available)}")
     return replace(settings, cameras=tuple(rendered), policy=replace(settings.policy, camera_names=tuple(pol)))
+
+
+def rig_camera_names(settings: EvalSettings) -> list[str] | None:
+    """The views of the evaluation's camera rig (None: the scene's named cameras)."""
+    if settings.camera_rig is not None:
+        from action_images.sim import load_rig
+        return [c.name for c in load_rig(settings.camera_rig, settings.image_size)]
+    if settings.random_rig is not None or settings.rig_distribution is not None:
+        return [f"rig{i}" for i in range(settings.rig_views)]
+    return None
+
+
+def rig_env_kwargs(settings: EvalSettings) -> dict[str, Any]:
+    """``make_env`` arguments that place the evaluation's rig."""
+    if settings.camera_rig is not None:
+        return {"rig": settings.camera_rig}
+    if settings.random_rig is not None:
+        from action_images.sim import random_rig
+        return {"rig": random_rig(settings.random_rig, settings.rig_views, settings.image_size, "heldout")}
+    if settings.rig_distribution is not None:
+        return {"rig_distribution": settings.rig_distribution, "rig_views": settings.rig_views}
+    return {}
 
 
 def episode_pairs(tasks: Sequence[str], episodes: int, skip: set[tuple[str, int]] | frozenset = frozenset()
@@ -358,7 +420,7 @@ class EpisodeRunner:
         self.codec = ActionImageCodec()
         self.out = Path(out)
         self.env_kwargs = dict(cameras=tuple(settings.cameras or DEFAULT_CAMERAS), image_size=settings.image_size,
-                               perturb_cameras=settings.perturb_cameras)
+                               perturb_cameras=settings.perturb_cameras, **rig_env_kwargs(settings))
         self.task: str | None = None
         self.env: Any = None
 
@@ -596,7 +658,8 @@ def settings_from_args(args: argparse.Namespace) -> EvalSettings:
     return EvalSettings(tasks=args.tasks, episodes=args.episodes, seed=args.seed, cameras=args.cameras,
                         image_size=args.image_size, perturb_cameras=args.perturb_cameras, max_steps=args.max_steps,
                         videos=args.videos, video_format=args.video_format, video_px=args.video_px, jobs=args.jobs,
-                        policy=policy)
+                        camera_rig=args.camera_rig, random_rig=args.random_rig, rig_distribution=args.rig_distribution,
+                        rig_views=args.rig_views, policy=policy)
 
 
 def check_files(args: argparse.Namespace) -> None:
