@@ -26,11 +26,9 @@ SHIPPED = Path("checkpoints") / "cpu-small"
 CORE_TASKS = ("reach_target", "press_button", "open_drawer", "close_drawer")   # the shipped checkpoint's eval tasks
 HOW_TO = """no checkpoint at {where}.
 Recreate the shipped CPU checkpoint (about an hour on 2 cores) with `make checkpoint`, which runs:
-    action-images collect --task reach_target,press_button,open_drawer,close_drawer --episodes 150 \\
-        --out data/core4h --seed 1000 --hold-steps 10
-    action-images train --data data/core4h --out runs/cpu-small --preset cpu-small --steps 7787 --seed 0 \\
-        --lr 1e-3 --threads 1 --camera-names left,right --loss-target x0 --t-mean 1.5
-and copies runs/cpu-small/ (config.json, model.safetensors, logs) to checkpoints/cpu-small/.
+    action-images train --config recipes/cpu-small.json --out runs/cpu-small --collect-missing
+(the recipe file holds the whole recipe, data collection included) and copies runs/cpu-small/ (config.json,
+model.safetensors, train_config.json, logs) to checkpoints/cpu-small/.
 Or point the demo at any run directory: action-images demo --checkpoint runs/NAME"""
 
 
