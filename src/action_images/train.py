@@ -22,6 +22,9 @@ Run directory: ``config.json`` + ``model.safetensors`` (EMA weights; ``WorldActi
 ``train_config.json`` (the recipe),
 ``checkpoints/step_XXXXXXXX/`` (raw + EMA weights, optimizer, trainer state; written to a temp dir, then renamed),
 ``log.jsonl`` (one line per logged step) and ``loss.png``.
+
+``--method bc|dp`` trains a baseline (:mod:`action_images.baselines`) in the same loop, on the same windows, with the
+same optimiser, EMA, checkpoints and ``--resume``; ``action_images.baselines.load_model(RUN)`` loads any run.
 """
 
 from __future__ import annotations
@@ -69,6 +72,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def build_config(r: TrainRecipe, camera_names: list[str] | None = None) -> WAMConfig:
     """The model config of a recipe (``camera_names``: the cameras the windows come from)."""
     m = r.model
+    if m.method != "wam":                                                # a baseline (action_images.baselines)
+        from action_images import baselines
+        return baselines.build_config(r, camera_names)
     cfg = WAMConfig.from_preset(m.preset, image_size=m.image_size, num_views=m.num_views, horizon=m.horizon,
                                 stride=m.stride, task_mix=m.task_mix, p_drop_text=m.p_drop_text, t_mean=m.t_mean,
                                 act_peak_weight=m.act_peak_weight, loss_target=m.loss_target, crop=m.crop,
@@ -261,11 +267,12 @@ def plot_log(out: Path) -> None:
     import matplotlib.pyplot as plt
     steps = [r["step"] for r in rows]
     fig, ax = plt.subplots(1, 1, figsize=(7, 4))
-    for key in ("loss", "loss_rgb", "loss_act"):
-        ax.plot(steps, [r[key] for r in rows], label=key, lw=1)
+    for key in ("loss", "loss_rgb", "loss_act", "loss_pos", "loss_rot", "loss_grip"):
+        if all(key in r for r in rows):                                  # the baselines log other parts
+            ax.plot(steps, [r[key] for r in rows], label=key, lw=1)
     ax.set_yscale("log")
     ax.set_xlabel("step")
-    ax.set_ylabel("flow-matching loss (generated parts)")
+    ax.set_ylabel("training loss")
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -320,10 +327,12 @@ def train(recipe: TrainRecipe, out: Path, resume: bool = False) -> int:
     preset_cfg = build_config(recipe)
     dataset = build_dataset(recipe, preset_cfg)
     cfg = build_config(recipe, camera_names=recipe.data.cameras or dataset.camera_names)
-    batch_size = o.batch_size or PRESETS[recipe.model.preset]["batch_size"]
+    from action_images import baselines
+    batch_size = o.batch_size or baselines.BATCH_SIZE.get(recipe.model.method) or \
+        PRESETS[recipe.model.preset]["batch_size"]
 
     torch.manual_seed(o.seed)
-    wam = WorldActionModel(cfg)
+    wam = baselines.build_model(cfg)                                     # WorldActionModel for --method wam
     ema = {k: v.detach().clone().float() for k, v in wam.state_dict().items()}
     decay_params = [p for n, p in wam.named_parameters() if p.ndim >= 2 and "emb" not in n]
     other_params = [p for n, p in wam.named_parameters() if not (p.ndim >= 2 and "emb" not in n)]
@@ -410,7 +419,7 @@ def train(recipe: TrainRecipe, out: Path, resume: bool = False) -> int:
                 if main:
                     log_f.write(json.dumps(row, allow_nan=False) + "\n")
                     log_f.flush()
-                    bar.set_postfix(loss=f"{row['loss']:.4f}", act=f"{row['loss_act']:.4f}",
+                    bar.set_postfix(loss=f"{row['loss']:.4f}", act=f"{row.get('loss_act', float('nan')):.4f}",
                                     tok_s=f"{row['tokens_per_s']:.0f}")
                 sums, last_logged, t_last = {}, step, now
             bar.update(1)
