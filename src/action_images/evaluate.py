@@ -416,7 +416,9 @@ class EpisodeRunner:
 
     def __init__(self, model: Any, out: Path, settings: EvalSettings):
         self.settings = settings
-        self.policy = ActionImagesPolicy(model, settings.policy, seed=settings.seed)
+        from action_images.baselines.policy import make_policy   # BaselinePolicy for models that predict poses
+
+        self.policy = make_policy(model, settings.policy, seed=settings.seed)
         self.codec = ActionImageCodec()
         self.out = Path(out)
         self.env_kwargs = dict(cameras=tuple(settings.cameras or DEFAULT_CAMERAS), image_size=settings.image_size,
@@ -453,10 +455,10 @@ _WORKER: dict[str, EpisodeRunner] = {}
 
 
 def _worker_init(checkpoint: str, threads: int, out: str, settings: EvalSettings) -> None:
-    from action_images.wam import WorldActionModel
+    from action_images.baselines import load_model
 
     torch.set_num_threads(threads)
-    _WORKER["runner"] = EpisodeRunner(WorldActionModel.from_pretrained(checkpoint), Path(out), settings)
+    _WORKER["runner"] = EpisodeRunner(load_model(checkpoint), Path(out), settings)
 
 
 def _worker_episode(pair: tuple[str, int]) -> dict[str, Any]:
@@ -679,7 +681,7 @@ def check_files(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from action_images.wam import WorldActionModel
+    from action_images.baselines import load_model   # the world action model or a baseline, by config.json
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -689,7 +691,10 @@ def run(args: argparse.Namespace) -> int:
         check_files(args)
         if not (Path(args.checkpoint) / "config.json").is_file():
             raise ValueError(f"--checkpoint: no config.json in {args.checkpoint}")
-        model = WorldActionModel.from_pretrained(args.checkpoint)
+        model = load_model(args.checkpoint)
+        if args.open_loop_data and not hasattr(model, "sample"):
+            raise ValueError(f"--open-loop-data: the open-loop metrics score generated video; {args.checkpoint} "
+                             f"is a {type(model).__name__}")
         ev = Evaluation(model, settings, out, checkpoint=args.checkpoint, resume=args.resume)
     except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"action-images eval: {e}", file=sys.stderr)

@@ -95,9 +95,12 @@ def load_model(path: str | os.PathLike) -> Any:
     if not file.is_file():
         raise CheckpointError(f"{path} does not hold {CONFIG_NAME}")
     try:
-        fmt = json.loads(file.read_text()).get("format")
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
-        raise CheckpointError(f"{file}: not a JSON object ({e})") from None
+        meta = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{file}: not JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{file}: expected an object with 'format' and 'config'")
+    fmt = meta.get("format")
     if fmt == WAM_FORMAT:
         from action_images.wam import WorldActionModel
         return WorldActionModel.from_pretrained(path)
