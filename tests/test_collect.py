@@ -18,6 +18,7 @@ from action_images.data import collect
 @pytest.fixture(autouse=True)
 def fake_sim(monkeypatch):
     monkeypatch.setattr(collect, "_load_sim", lambda: (fake.make_env, fake.TASKS))
+    monkeypatch.setattr(collect, "_load_cameras", lambda: tuple(fake.EYES))
     fake.KILL["after_steps"] = None
     yield
 
@@ -36,7 +37,7 @@ def summary(root):
 
 def test_collect_all_tasks_into_one_dataset(tmp_path, capsys):
     out = tmp_path / "d"
-    assert collect.run(args_for(out, "--task", "all", "--episodes", "3")) == 0
+    assert collect.run(args_for(out, "--tasks", "all", "--episodes", "3")) == 0
     ds = LeRobotDataset(out)
     assert ds.num_episodes == 6 and ds.camera_names == ["front", "top"] and ds.image_size == (16, 16)
     names = [ds.episode_info(i)["extra/task_name"] for i in range(6)]
@@ -56,12 +57,12 @@ def test_collect_all_tasks_into_one_dataset(tmp_path, capsys):
 
 
 def test_seeds_are_deterministic_and_per_task(tmp_path):
-    assert collect.run(args_for(tmp_path / "a", "--task", "reach_fake,push_fake", "--episodes", "2")) == 0
-    assert collect.run(args_for(tmp_path / "b", "--task", "reach_fake,push_fake", "--episodes", "2")) == 0
+    assert collect.run(args_for(tmp_path / "a", "--tasks", "reach_fake,push_fake", "--episodes", "2")) == 0
+    assert collect.run(args_for(tmp_path / "b", "--tasks", "reach_fake,push_fake", "--episodes", "2")) == 0
     a, b = summary(tmp_path / "a"), summary(tmp_path / "b")
     assert [x[:2] for x in a] == [x[:2] for x in b] and all(np.array_equal(x[2], y[2]) for x, y in zip(a, b))
     # a task's episodes do not depend on which other tasks are collected
-    assert collect.run(args_for(tmp_path / "c", "--task", "push_fake", "--episodes", "2")) == 0
+    assert collect.run(args_for(tmp_path / "c", "--tasks", "push_fake", "--episodes", "2")) == 0
     push_ab = [x for x in a if x[0] == "push_fake"]
     c = summary(tmp_path / "c")
     assert [x[1] for x in c] == [x[1] for x in push_ab]
@@ -71,7 +72,7 @@ def test_seeds_are_deterministic_and_per_task(tmp_path):
 
 def test_keep_failed_and_perturbed_cameras(tmp_path):
     out = tmp_path / "d"
-    assert collect.run(args_for(out, "--task", "reach_fake", "--episodes", "6", "--keep-failed",
+    assert collect.run(args_for(out, "--tasks", "reach_fake", "--episodes", "6", "--keep-failed",
                                 "--perturb-cameras")) == 0
     ds = LeRobotDataset(out)
     ok = [ds.episode_info(i)["extra/success"] for i in range(6)]
@@ -84,7 +85,7 @@ def test_keep_failed_and_perturbed_cameras(tmp_path):
 
 def test_kill_mid_episode_then_resume_matches_uninterrupted_run(tmp_path):
     ref, out = tmp_path / "ref", tmp_path / "out"
-    argv = ("--task", "all", "--episodes", "4")
+    argv = ("--tasks", "all", "--episodes", "4")
     assert collect.run(args_for(ref, *argv)) == 0
     pid = os.fork()
     if pid == 0:  # child: dies with SIGKILL in the middle of an episode
@@ -110,52 +111,65 @@ def test_kill_mid_episode_then_resume_matches_uninterrupted_run(tmp_path):
 
 def test_resume_with_other_settings_is_refused(tmp_path, capsys):
     out = tmp_path / "d"
-    assert collect.run(args_for(out, "--task", "reach_fake", "--episodes", "1")) == 0
-    assert collect.run(args_for(out, "--task", "reach_fake", "--episodes", "1", "--seed", "5", "--resume")) == 2
+    assert collect.run(args_for(out, "--tasks", "reach_fake", "--episodes", "1")) == 0
+    assert collect.run(args_for(out, "--tasks", "reach_fake", "--episodes", "1", "--seed", "5", "--resume")) == 2
     assert "seed" in capsys.readouterr().err
-    assert collect.run(args_for(out, "--task", "reach_fake", "--episodes", "2", "--resume")) == 0
+    assert collect.run(args_for(out, "--tasks", "reach_fake", "--episodes", "2", "--resume")) == 0
     assert LeRobotDataset(out).num_episodes == 2
 
 
 def test_hold_steps_record_frames_after_success(tmp_path, capsys):
     """--hold-steps N: successful episodes go on for N more expert frames; the count is stored per episode."""
-    assert collect.run(args_for(tmp_path / "a", "--task", "reach_fake", "--episodes", "3")) == 0
-    assert collect.run(args_for(tmp_path / "b", "--task", "reach_fake", "--episodes", "3", "--hold-steps", "3")) == 0
+    assert collect.run(args_for(tmp_path / "a", "--tasks", "reach_fake", "--episodes", "3")) == 0
+    assert collect.run(args_for(tmp_path / "b", "--tasks", "reach_fake", "--episodes", "3", "--hold-steps", "3")) == 0
     a, b = LeRobotDataset(tmp_path / "a"), LeRobotDataset(tmp_path / "b")
     for i in range(3):
         assert b.episode_info(i)["extra/hold_steps"] == 3 and a.episode_info(i)["extra/hold_steps"] == 0
         ea, eb = a.episode(i), b.episode(i)
         assert len(eb) == len(ea) + 3
         np.testing.assert_array_equal(eb.actions[:len(ea)], ea.actions)   # same rollout, then the hold
-    assert collect.run(args_for(tmp_path / "b", "--task", "reach_fake", "--episodes", "4", "--resume")) == 2
+    assert collect.run(args_for(tmp_path / "b", "--tasks", "reach_fake", "--episodes", "4", "--resume")) == 2
     assert "hold_steps: was 3, now 0" in capsys.readouterr().err
     assert collect.run(args_for(tmp_path / "c", "--hold-steps", "-1")) == 2
 
 
 def test_bad_arguments(tmp_path, capsys):
-    assert collect.run(args_for(tmp_path / "d", "--task", "nope")) == 2
+    assert collect.run(args_for(tmp_path / "d", "--tasks", "nope")) == 2
     assert "choose from" in capsys.readouterr().err
-    assert collect.run(args_for(tmp_path / "d", "--task", "reach_fake", "--episodes", "2",
-                                "--max-attempts", "1")) in (0, 1)
+    assert not (tmp_path / "d").exists()
+
+
+def test_max_attempts_gives_up_with_status_1(tmp_path, capsys):
+    """Too few attempts for the episodes asked: exit 1, every attempt accounted for, the stored ones kept."""
+    out = tmp_path / "d"
+    assert collect.run(args_for(out, "--tasks", "reach_fake", "--episodes", "2", "--max-attempts", "1")) == 1
+    assert "gave up after 1 attempts on reach_fake" in capsys.readouterr().err
+    rec = json.loads((out / "meta/collect.json").read_text())
+    assert rec["status"] == "incomplete"
+    assert rec["tasks"]["reach_fake"]["attempts"] == 1
+    stored = rec["tasks"]["reach_fake"]["stored"]
+    assert stored + rec["tasks"]["reach_fake"]["failed_attempts"] == 1
+    assert LeRobotDataset(out).num_episodes == stored
+    # attempt 0 of reach_fake with seed 0 succeeds in the fake sim: the one attempt is stored
+    assert stored == 1 and LeRobotDataset(out).episode_info(0)["extra/attempt"] == 0
 
 
 def test_real_sim_smoke(tmp_path, monkeypatch):
-    """Two episodes of the real simulator, when it is importable."""
+    """One episode of the real simulator: the expert solves reach_target, so the run completes and stores it."""
     sim = pytest.importorskip("action_images.sim")
-    if not hasattr(sim, "make_env"):
-        pytest.skip("action_images.sim has no make_env yet")
     monkeypatch.setattr(collect, "_load_sim", lambda: (sim.make_env, tuple(sim.TASKS)))
-    task = "reach_target" if "reach_target" in sim.TASKS else sim.TASKS[0]
+    monkeypatch.setattr(collect, "_load_cameras", lambda: tuple(sim.CAMERA_NAMES))
     out = tmp_path / "real"
     p = argparse.ArgumentParser()
     collect.add_arguments(p)
-    rc = collect.run(p.parse_args(["--task", task, "--episodes", "1", "--out", str(out), "--cameras", "front,top",
-                                   "--image-size", "32", "--max-attempts", "3"]))
-    assert rc in (0, 1)
+    rc = collect.run(p.parse_args(["--tasks", "reach_target", "--episodes", "1", "--out", str(out), "--cameras",
+                                   "front,top", "--image-size", "32", "--max-attempts", "3"]))
+    assert rc == 0
     ds = LeRobotDataset(out)
-    if ds.num_episodes:
-        ep = ds.episode(0)
-        assert ep.images["front"].shape[1:] == (32, 32, 3) and ep.actions.shape[1] == 8
+    assert ds.num_episodes == 1 and ds.episode_info(0)["extra/success"] is True
+    ep = ds.episode(0)
+    assert ep.images["front"].shape == (len(ep), 32, 32, 3) and ep.actions.shape == (len(ep), 8)
+    assert ds.cameras["front"].width == 32
 
 
 def test_cli_routes_collect(capsys):

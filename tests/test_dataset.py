@@ -81,9 +81,15 @@ def test_round_trip(tmp_path):
             assert got.dtype == np.uint8 and got.shape == im[cam].shape
             err = np.abs(got.astype(int) - im[cam].astype(int))
             assert err.mean() < 0.6 and err.max() <= 4, (cam, err.mean(), err.max())
-    assert ds.episode(1).images is ds.episode(1).images or True  # decoded once, cached per episode
+    assert ds.episode(1).images is ds.episode(1).images  # decoded once, cached per episode
     with pytest.raises(IndexError):
         ds.episode(3)
+    small = LeRobotDataset(root, cache_size=1)  # least recently used episode is dropped from the cache
+    first = small.episode(0).images
+    assert small.episode(0).images is first
+    small.episode(1).images
+    assert small.episode(0).images is not first
+    assert all(np.array_equal(small.episode(0).images[c], first[c]) for c in CAMS)
 
 
 def test_codec_error_64px(tmp_path):

@@ -275,10 +275,11 @@ def run(args: argparse.Namespace) -> int:
                 break
             task = min(pending, key=lambda t: (progress.next_attempt[t], tasks.index(t)))
             if task not in envs:
+                rig = ({"rig": args.camera_rig} if args.camera_rig else {}) | (
+                    {"rig_distribution": args.random_rig, "rig_views": args.rig_views} if args.random_rig else {})
                 envs[task] = make_env(task, cameras=tuple(cameras), image_size=args.image_size,
                                       perturb_cameras=args.perturb_cameras, camera_seed=None, render=True,
-                                      rig=args.camera_rig, rig_distribution=args.random_rig,
-                                      rig_views=args.rig_views)
+                                      **rig)  # rig arguments only when asked for (simulators without rigs work)
             env = envs[task]
             k = progress.next_attempt[task]
             seed = episode_seed(args.seed, task, k)
