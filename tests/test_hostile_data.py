@@ -325,3 +325,12 @@ def test_repeated_kill_then_resume_is_bit_identical(tmp_path):
     a, b = snapshot(ref), snapshot(out)
     a.pop("meta/collect.json"), b.pop("meta/collect.json")  # holds wall times
     assert a == b
+
+
+@pytest.mark.parametrize("kw,match", [({"crf": 52}, "crf must be in 0..51"), ({"crf": -1}, "crf must be in 0..51"),
+                                      ({"fps": 0}, "fps must be positive")])
+def test_writer_arguments_out_of_range(tmp_path, kw, match):
+    args = {"fps": 10, "cameras": cameras(), "image_size": (H, W), **kw}
+    with pytest.raises(ValueError, match=match):
+        DatasetWriter(tmp_path / "d", **args)
+    assert not (tmp_path / "d").exists()

@@ -2,8 +2,11 @@
 
 ``LeRobotDataset(root)`` validates the whole layout up front (info, calibration, tasks, every episode's metadata and
 the headers of its parquet / mp4 files) so a broken dataset fails at open time with an error naming the bad file, not
-hours into training. Only episodes whose metadata row was committed exist: leftovers of a killed writer (``*.partial``
-files, data or video files with no episode row) are ignored. Images are decoded lazily and cached per episode.
+hours into training. The metadata is cross-checked against itself and the files: ``info.json``'s totals against the
+episode rows, episode indices 0..N-1, each data file's row count and ``episode_index`` range against the episodes
+pointing at it, video frame counts against episode lengths; every path it leads to must resolve inside the root.
+Only episodes whose metadata row was committed exist: leftovers of a killed writer (``*.partial`` files, data or video
+files with no episode row) are ignored. Images are decoded lazily and cached per episode.
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
-"""LeRobot v3.0 layout: paths, the feature schema, calibration file, statistics and atomic file writes.
+"""LeRobot v3.0 layout: paths, the feature schema, calibration file, statistics and episode-file commits.
 
 Shared by the reader (``lerobot.py``) and the writer (``lerobot_writer.py``) so both agree on one schema. The layout
 follows LeRobot's documented v3.0 format (``meta/info.json`` path templates, ``meta/episodes/chunk-XXX/file-XXX``,
 ``data/...parquet``, ``videos/<key>/...mp4``); we write one file per episode, so episode ``i`` lives in chunk
-``i // chunks_size``, file ``i % chunks_size`` everywhere. Our calibration lives in ``meta/cameras.json``.
+``i // chunks_size``, file ``i % chunks_size`` everywhere. Our calibration lives in ``meta/cameras.json``. Every path
+built from a dataset's metadata goes through :func:`resolve_inside`, so no template, name or symlink in a dataset can
+make the reader or the writer touch a file outside its root.
 """
 
 from __future__ import annotations

@@ -4,7 +4,9 @@ Commit protocol per episode (why: a ``kill -9`` at any instant must leave a load
 videos and the data file are written under ``*.partial`` names, then renamed into place; the task table is updated;
 the episode's metadata row (``meta/episodes/...``) is renamed into place LAST: that rename is the commit. ``info.json``
 and ``stats.json`` are refreshed afterwards by write-temp-then-rename. The reader only follows committed metadata, so
-files of an episode cut short are invisible; ``resume=True`` deletes them and continues with the next index.
+files of an episode cut short are invisible; ``resume=True`` deletes them and continues with the next index. Nothing
+else is ever deleted or overwritten: :func:`plan_start` refuses a folder holding files the metadata does not account
+for, and every path written is checked to lie inside the root.
 """
 
 from __future__ import annotations
@@ -47,6 +49,10 @@ class DatasetWriter:
         self._fault_hook: Callable[[str], None] | None = None  # tests: called between commit steps
         if self.fps <= 0:
             raise ValueError(f"fps must be positive; got {fps}")
+        if not 0 <= self.crf <= 51:  # the range libx264 accepts
+            raise ValueError(f"crf must be in 0..51; got {crf}")
+        if min(self.image_size) < 1:
+            raise ValueError(f"image_size must be positive; got {image_size}")
         if not self.cameras or len(set(self.camera_names)) != len(self.camera_names):
             raise ValueError(f"cameras need unique names; got {self.camera_names}")
         for name in self.camera_names:  # names become folder names under videos/
