@@ -235,10 +235,13 @@ def test_train_method_resumes_bit_for_bit(tmp_path, method):
     assert train_main("--config", other, *TINY_TRAIN, "--out", str(b), "--steps", "5", "--resume") == 2
 
 
-def test_train_method_rejects_settings_of_other_methods(tmp_path, capsys):
+def test_train_method_checks_its_settings(tmp_path, capsys):
+    """WAM-only settings (a WAM recipe file reused) are ignored with a warning; wrong baseline settings exit 2."""
+    with pytest.warns(UserWarning, match="ignores the world action model's model.t_mean"):
+        cfg = train.build_config(train.recipes.from_args(argparse.Namespace(**{
+            "model.method": "bc", "model.t_mean": "1", "data.data": "synthetic"})))
+    assert isinstance(cfg, BCConfig) and cfg.image_size == 64 and cfg.horizon == 8
     out = str(tmp_path / "r")
-    assert train_main("--method", "bc", "--t-mean", "1", *TINY_TRAIN, "--out", out, "--steps", "1") == 2
-    assert "--t-mean applies to --method wam only" in capsys.readouterr().err
     assert train_main("--config", recipe_file(tmp_path, "bc", baseline={"widht": 3}), *TINY_TRAIN, "--out", out,
                       "--steps", "1") == 2
     assert "unknown keys ['widht']" in capsys.readouterr().err

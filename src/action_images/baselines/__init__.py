@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -48,14 +49,15 @@ def method_of(config: Any) -> str:
 def build_config(recipe: Any, camera_names: list[str] | None = None) -> Any:
     """The baseline config of a training recipe whose ``model.method`` is "bc" or "dp": the recipe's data shape
     (image_size, num_views, horizon, stride, crop, workspace) over the method's defaults, then the recipe file's
-    ``model.baseline`` object over any config field (e.g. ``{"plucker": false, "pool": "avg"}``)."""
+    ``model.baseline`` object over any config field (e.g. ``{"plucker": false, "pool": "avg"}``). The preset and
+    the world action model's own settings are ignored, with a warning, so a WAM recipe file serves as is."""
     m = recipe.model
     if m.method not in CONFIGS:
         raise ValueError(f"--method: {m.method!r} is not a baseline; choose one of {sorted(CONFIGS)}")
     wam_only = [k for k in WAM_ONLY if getattr(m, k, None) is not None]
-    if wam_only:
-        raise ValueError(f"--method {m.method}: {', '.join('--' + k.replace('_', '-') for k in wam_only)} applies "
-                         "to --method wam only")
+    if wam_only:   # a WAM recipe file reused with --method bc|dp: its data and optimiser apply, these do not
+        warnings.warn(f"--method {m.method} ignores the world action model's "
+                      f"{', '.join('model.' + k for k in wam_only)} (and model.preset)", stacklevel=2)
     cls = CONFIGS[m.method]
     cfg = cls()
     for k in ("image_size", "num_views", "horizon", "stride", "crop", "workspace"):
