@@ -47,8 +47,9 @@ from action_images.policy import (DISAGREE_CHOICES, GRIPPER_MODES, METHODS, Acti
 from action_images.runfiles import (append_jsonl, args_dict, atomic_write_bytes, atomic_write_json, atomic_write_text,
                                     dumps, environment, json_safe, read_jsonl)
 from action_images.seeds import episode_seed
+from action_images.sim.scene import CAMERA_SETS
 
-DEFAULT_CAMERAS = ("front", "left", "right")   # rendered when neither the flags nor the checkpoint name cameras
+DEFAULT_CAMERAS = CAMERA_SETS["eval"]   # rendered when neither the flags nor the checkpoint name cameras
 VIDEO_FORMATS = ("gif", "mp4")
 EPISODES_FILE = "episodes.jsonl"
 EPISODES_FORMAT = "action-images-eval-episodes"

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
-import platform
 import sys
-import time
-from pathlib import Path
 from typing import Any
+
+from action_images.runfiles import atomic_write_json
 
 BENCHMARKS: dict[str, str] = {
     "codec": "action-image encode/decode accuracy and throughput",
@@ -50,27 +48,8 @@ def run(args: argparse.Namespace) -> int:
     return int(args._bench(args) or 0)
 
 
-def environment() -> dict[str, Any]:
-    """Where a number was measured (recorded in every JSON)."""
-    import numpy
-    import torch
-
-    return {"python": platform.python_version(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
-            "torch": torch.__version__, "numpy": numpy.__version__, "torch_threads": torch.get_num_threads(),
-            "date": time.strftime("%Y-%m-%dT%H:%M:%S")}
-
-
-def args_dict(args: argparse.Namespace) -> dict[str, Any]:
-    return {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in ("command", "benchmark")}
-
-
 def write_json(path: str | os.PathLike | None, payload: dict[str, Any]) -> None:
-    """Print and (atomically) write the result."""
-    text = json.dumps(payload, indent=2, sort_keys=False)
+    """Write the result atomically as strict JSON (non-finite numbers -> null) and say where."""
     if path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(text + "\n")
-        os.replace(tmp, path)
+        atomic_write_json(path, payload)
         print(f"wrote {path}")

@@ -17,7 +17,8 @@ import time
 
 import numpy as np
 
-from action_images.benchmarks import args_dict, environment, write_json
+from action_images.benchmarks import write_json
+from action_images.runfiles import args_dict, environment
 
 SPEED_CAMERAS = ("front", "left", "right", "top")
 TARGET_COLLECT_S = 120.0
