@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -376,3 +377,40 @@ def test_partial_leftovers_are_ignored(ds_root):
     (ds_root / "data/chunk-000/file-003.parquet").write_bytes(b"orphan without metadata")
     (ds_root / "videos/observation.images.top/chunk-000/file-003.mp4").write_bytes(b"junk")
     assert LeRobotDataset(ds_root).num_episodes == 3
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# a dataset written by LeRobot's own writer (tests/fixtures/README.md): pandas-indexed tasks.parquet, several episodes
+# per data / video file, AV1 4:2:0 video, float32 poses, calibration supplied from outside
+# ----------------------------------------------------------------------------------------------------------------------
+
+NATIVE = Path(__file__).parent / "fixtures" / "lerobot_v3_native"
+
+
+def test_reads_a_dataset_written_by_lerobot():
+    with pytest.raises(FileNotFoundError, match=r"meta/cameras\.json.*pass cameras="):
+        LeRobotDataset(NATIVE)
+    ds = LeRobotDataset(NATIVE, cameras=NATIVE.parent / "lerobot_v3_native.cameras.json")
+    assert (ds.num_episodes, ds.num_frames, ds.fps, ds.image_size) == (4, 57, 10, (64, 64))
+    assert ds.camera_names == ["left", "right"] and len(ds.tasks) == 4 and not ds.per_frame_cameras
+    data = pq.read_table(NATIVE / "data/chunk-000/file-000.parquet")
+    assert data.schema.field("action").type == pa.list_(pa.float32(), 8)
+    rows = data.column("action").combine_chunks().flatten().to_numpy().reshape(-1, 8).astype(np.float64)
+    whole = {c: av_frames(NATIVE / f"videos/observation.images.{c}/chunk-000/file-000.mp4") for c in ds.camera_names}
+    start = 0
+    for i in range(4):
+        ep = ds.episode(i)
+        T = len(ep)
+        assert ep.instruction == ds.tasks[ep.task_index] and ep.actions.dtype == np.float64
+        np.testing.assert_array_equal(ep.actions, rows[start:start + T])  # this episode's rows of the shared file
+        for c in ds.camera_names:  # this episode's frames of the shared video
+            assert ep.images[c].shape == (T, 64, 64, 3)
+            np.testing.assert_array_equal(ep.images[c], whole[c][start:start + T])
+        start += T
+    assert start == 57 and all(v.shape[0] == 57 for v in whole.values())
+
+
+def av_frames(path):
+    import av
+    with av.open(str(path)) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(c.streams.video[0])])

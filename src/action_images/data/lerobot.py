@@ -110,8 +110,12 @@ def _column_range(meta: pq.FileMetaData, name: str) -> tuple[int | None, int | N
 class LeRobotDataset:
     """Read-only view of a dataset directory (see docs/dataset.md for the layout)."""
 
-    def __init__(self, root: str | Path, check_files: bool = True, cache_size: int = 16) -> None:
+    def __init__(self, root: str | Path, check_files: bool = True, cache_size: int = 16,
+                 cameras: str | Path | None = None) -> None:
+        """``cameras``: a calibration file (``meta/cameras.json`` format) to use instead of the dataset's own, e.g. for
+        a dataset written by LeRobot itself, which has no place for calibration."""
         self.root = Path(root)
+        self._cameras_file = Path(cameras) if cameras is not None else None
         if not self.root.is_dir():
             raise FileNotFoundError(f"{self.root}: dataset directory does not exist")
         self._cache: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
@@ -172,8 +176,10 @@ class LeRobotDataset:
                            name)
 
     def _load_cameras(self) -> None:
-        path = self._fixed(CAMERAS_PATH)
-        cams, per_frame = cameras_from_json(read_json(path, "camera calibration (meta/cameras.json)"), path)
+        path = self._cameras_file if self._cameras_file is not None else self._fixed(CAMERAS_PATH)
+        what = ("camera calibration" if self._cameras_file is not None else "camera calibration (meta/cameras.json; "
+                "a dataset written by LeRobot itself has none: pass cameras=<file in that format>)")
+        cams, per_frame = cameras_from_json(read_json(path, what), path)
         names = [c.name for c in cams]
         video_names = [k[len(IMAGE_PREFIX):] for k in self.video_keys]
         if set(names) != set(video_names):

@@ -380,11 +380,24 @@ def tasks_table(tasks: Sequence[str]) -> pa.Table:
 
 
 def read_tasks(path: Path) -> list[str]:
+    """Task strings by ``task_index``. The string is a ``task`` column (ours) or, in files LeRobot wrote with pandas,
+    the frame's index, stored as the column its pandas metadata names (``__index_level_0__``)."""
     table = read_parquet(path, "task table")
-    if not {"task", "task_index"} <= set(table.column_names):
-        raise ValueError(f"{path}: task table needs columns 'task' and 'task_index'; got {table.column_names}")
+    task_col = "task"
+    if task_col not in table.column_names:
+        try:
+            index_cols = json.loads((table.schema.metadata or {}).get(b"pandas", b"{}")).get("index_columns", [])
+        except (json.JSONDecodeError, AttributeError):
+            index_cols = []
+        named = [c for c in index_cols if isinstance(c, str) and c in table.column_names]
+        task_col = named[0] if len(named) == 1 else task_col
+    if not {task_col, "task_index"} <= set(table.column_names):
+        raise ValueError(f"{path}: task table needs columns 'task' (or a pandas index of task strings) and "
+                         f"'task_index'; got {table.column_names}")
     idx = table.column("task_index").to_pylist()
-    names = table.column("task").to_pylist()
+    names = table.column(task_col).to_pylist()
+    if not all(isinstance(n, str) and n for n in names):
+        raise ValueError(f"{path}: task strings must be non-empty strings")
     if sorted(idx) != list(range(len(idx))):
         raise ValueError(f"{path}: task_index must be 0..{len(idx) - 1}; got {idx}")
     out = [""] * len(idx)
