@@ -15,3 +15,56 @@ def test_benchmark_smoke(tmp_path):
     res = json.loads(out.read_text())
     r = res["results"][0]
     assert r["preset"] == "cpu-tiny" and r["train_tokens_per_s"] > 0 and r["sample_latency_s"] > 0
+
+
+def test_bench_sim_quick_run_writes_json(tmp_path):
+    import re
+
+    from action_images.benchmarks import sim as bench
+
+    p = argparse.ArgumentParser()
+    bench.add_arguments(p)
+    out = tmp_path / "sim.json"
+    args = p.parse_args(["--episodes", "2", "--tasks", "reach_target,press_button", "--sizes", "16",
+                         "--camera-counts", "0,1", "--speed-steps", "5", "--repeats", "1", "--collect-episodes", "2",
+                         "--collect-task", "reach_target", "--json", str(out)])
+    assert bench.run(args) == 0
+    res = json.loads(out.read_text())
+    assert res["seed"] == 0 and res["arguments"]["episodes"] == 2
+    assert [r["cameras"] for r in res["speed"]] == [0, 1] and all(r["steps_per_s"] > 0 for r in res["speed"])
+    assert res["expert"]["press_button"]["successes"] == 2 and res["calibration"]["mean_px"] < 1.0
+    assert res["collect"]["episodes"] == 2 and res["collect"]["seconds"] > 0
+
+    def keys(x):
+        if isinstance(x, dict):
+            for k, v in x.items():
+                yield k
+                yield from keys(v)
+        elif isinstance(x, list):
+            for v in x:
+                yield from keys(v)
+
+    assert all(re.fullmatch(r"[a-z0-9_]+", k) for k in keys(res) if k not in res["expert"])
+    assert bench.run(p.parse_args(["--tasks", "nope", "--collect-episodes", "0"])) == 2
+
+
+def test_bench_policy_json(tmp_path, capsys):
+    from action_images.benchmarks import policy as bench
+
+    p = argparse.ArgumentParser(prog="bench policy")
+    bench.add_arguments(p)
+    out = tmp_path / "p.json"
+    args = p.parse_args(["--preset", "cpu-tiny", "--task", "reach_target", "--image-size", "32", "--sampler-steps",
+                         "1,2", "--replans", "1", "--threads", "1", "--json", str(out)])
+    assert bench.run(args) == 0
+    res = json.loads(out.read_text())
+    assert res["benchmark"] == "policy" and res["arguments"]["preset"] == "cpu-tiny" and res["seed"] == 0
+    assert [r["sampler_steps"] for r in res["results"]] == [1, 2]
+    # the old name still works for one release, with a one-line note
+    capsys.readouterr()
+    assert p.parse_args(["--steps", "4"]).sampler_steps == "4"
+    note = capsys.readouterr().err.strip().splitlines()
+    assert len(note) == 1 and "--steps is deprecated, use --sampler-steps" in note[0]
+    assert bench.run(p.parse_args(["--preset", "cpu-tiny", "--sampler-steps", "0"])) == 2
+    assert "--sampler-steps" in capsys.readouterr().err
+    assert all(r["latency"]["mean_ms"] > 0 for r in res["results"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -251,23 +250,3 @@ def test_default_disagreement_threshold_is_two_sigma():
     assert ch.decision == "execute" and not ch.disagree.any()
 
 
-def test_bench_policy_json(tmp_path, capsys):
-    from action_images.benchmarks import policy as bench
-
-    p = argparse.ArgumentParser(prog="bench policy")
-    bench.add_arguments(p)
-    out = tmp_path / "p.json"
-    args = p.parse_args(["--preset", "cpu-tiny", "--task", "reach_target", "--image-size", "32", "--sampler-steps",
-                         "1,2", "--replans", "1", "--threads", "1", "--json", str(out)])
-    assert bench.run(args) == 0
-    res = json.loads(out.read_text())
-    assert res["benchmark"] == "policy" and res["arguments"]["preset"] == "cpu-tiny" and res["seed"] == 0
-    assert [r["sampler_steps"] for r in res["results"]] == [1, 2]
-    # the old name still works for one release, with a one-line note
-    capsys.readouterr()
-    assert p.parse_args(["--steps", "4"]).sampler_steps == "4"
-    note = capsys.readouterr().err.strip().splitlines()
-    assert len(note) == 1 and "--steps is deprecated, use --sampler-steps" in note[0]
-    assert bench.run(p.parse_args(["--preset", "cpu-tiny", "--sampler-steps", "0"])) == 2
-    assert "--sampler-steps" in capsys.readouterr().err
-    assert all(r["latency"]["mean_ms"] > 0 for r in res["results"])
