@@ -18,7 +18,7 @@ import pytest
 import collect_fake_env as fake
 from action_images.data import DatasetWriter, LeRobotDataset, collect
 from action_images.geometry import Camera
-from test_dataset import H, W, cameras, make_episode, write
+from test_dataset import H, W, cameras, write
 
 
 @pytest.fixture(autouse=True)
