@@ -68,3 +68,23 @@ def test_bench_policy_json(tmp_path, capsys):
     assert bench.run(p.parse_args(["--preset", "cpu-tiny", "--sampler-steps", "0"])) == 2
     assert "--sampler-steps" in capsys.readouterr().err
     assert all(r["latency"]["mean_ms"] > 0 for r in res["results"])
+
+
+def test_bench_codec_writes_strict_json_and_checks_its_flags(tmp_path, capsys):
+    from action_images.benchmarks import codec as bench
+    p = argparse.ArgumentParser(prog="bench codec")
+    bench.add_arguments(p)
+    out = tmp_path / "c.json"
+    args = p.parse_args(["--poses", "3", "--num-views", "2", "--sizes", "32", "--noise", "0.05", "--repeats", "1",
+                         "--throughput-frames", "4", "--json", str(out)])
+    assert bench.run(args) == 0
+    text = out.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    res = json.loads(text)
+    assert res["seed"] == 0 and {r["views"] for r in res["accuracy"]} == {2}
+    assert p.parse_args(["--views", "3"]).num_views == "3"                 # the old spelling still parses
+    for argv, flag in ((["--poses", "0"], "--poses"), (["--poses", "1e9"], "--poses"), (["--repeats", "0"], "--repeats"),
+                       (["--num-views", "9"], "--num-views")):
+        assert bench.run(p.parse_args(argv + ["--json", str(tmp_path / "x.json")])) == 2
+        assert flag in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()

@@ -198,7 +198,9 @@ def timed(fn, repeats: int) -> float:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     # integers are parsed in run() so that "0" or "1e9" give one error line naming the flag
     p.add_argument("--poses", default="500", help="random poses per configuration and condition (1..100000)")
-    p.add_argument("--views", default="2,3,4", help="numbers of views (2..4; the first n of front, left, right, top)")
+    p.add_argument("--num-views", dest="num_views", default="2,3,4",
+                   help="numbers of views (2..4; the first n of front, left, right, top)")
+    p.add_argument("--views", dest="num_views", default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # old name
     p.add_argument("--sizes", default="32,64,128", help="image sizes in px (16..512)")
     p.add_argument("--noise", default="0.05,0.2", help="pixel noise std values (image units, (0, 1])")
     p.add_argument("--methods", default=",".join(METHODS))
@@ -241,7 +243,7 @@ def parse(args: argparse.Namespace) -> dict:
         "throughput_frames": _int("--throughput-frames", args.throughput_frames),
         "repeats": _int("--repeats", args.repeats),
         "seed": _int("--seed", args.seed),
-        "views": _list("--views", args.views, int, lambda v: 2 <= v <= len(CAMERA_NAMES)),
+        "views": _list("--num-views", args.num_views, int, lambda v: 2 <= v <= len(CAMERA_NAMES)),
         "sizes": _list("--sizes", args.sizes, int, lambda s: 16 <= s <= 512),
         "noise": _list("--noise", args.noise, float, lambda x: np.isfinite(x) and 0 < x <= 1),
         "methods": _list("--methods", args.methods, str.strip, lambda m: m in METHODS),
