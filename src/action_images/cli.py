@@ -1,6 +1,6 @@
 """The ``action-images`` command.
 
-    action-images collect --task all --episodes 100 --out data/demos
+    action-images collect --tasks all --episodes 100 --out data/demos
     action-images train   --data data/demos --out runs/tiny --preset cpu-small --minutes 30
     action-images eval    --checkpoint runs/tiny --tasks reach,push --episodes 100 --out runs/tiny/eval
     action-images openloop --checkpoint runs/tiny --data data/demos_val --episodes 20 --json runs/tiny/ol.json

@@ -112,7 +112,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--perturb-cameras", action="store_true", help="viewpoint shift: jitter cameras every episode")
     p.add_argument("--seed", type=whole_number, default=0, help="base seed, >= 0; episode seeds derive from it")
     p.add_argument("--open-loop-data", default=None, help="LeRobot dataset: also run open-loop metrics on it")
-    p.add_argument("--open-loop-episodes", type=int, default=4, help="held-out episodes (the dataset's last N)")
+    p.add_argument("--open-loop-episodes", type=int, default=4,
+                   help="episodes, spread evenly over the dataset (first and last included)")
     p.add_argument("--open-loop-windows", type=int, default=4, help="windows per held-out episode")
     g = p.add_argument_group("cameras and policy")
     g.add_argument("--cameras", default=None,

@@ -96,7 +96,7 @@ def measure_collect(task: str, episodes: int, seed: int) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        rc = cli_main(["collect", "--task", task, "--episodes", str(episodes), "--out", f"{tmp}/ds", "--seed", str(seed)])
+        rc = cli_main(["collect", "--tasks", task, "--episodes", str(episodes), "--out", f"{tmp}/ds", "--seed", str(seed)])
         seconds = time.perf_counter() - t0
     if rc != 0:
         raise RuntimeError(f"collect failed with exit code {rc}")

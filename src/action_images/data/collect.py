@@ -198,7 +198,11 @@ def check_args(args: argparse.Namespace, all_tasks: tuple[str, ...],
         all_cameras = tuple(f"rig{i}" for i in range(args.rig_views)) + ("wrist",)
     elif args.camera_rig:
         from ..sim import load_rig
-        all_cameras = tuple(c.name for c in load_rig(args.camera_rig, args.image_size)) + ("wrist",)
+        try:
+            rig = load_rig(args.camera_rig, args.image_size)
+        except OSError as e:
+            raise ValueError(f"--camera-rig: cannot read {args.camera_rig} ({e.strerror or e})") from None
+        all_cameras = tuple(c.name for c in rig) + ("wrist",)
     default = ",".join(c for c in all_cameras if c != "wrist") if (args.random_rig or args.camera_rig) \
         else DEFAULT_CAMERAS
     cameras = _names(args.cameras or default, "--cameras", all_cameras, allow_all=False)
