@@ -164,7 +164,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--trust-i3d-torchscript", action="store_true",
                    help="allow --i3d-weights to be loaded with torch.jit.load (only for files you trust)")
     o.add_argument("--threads", type=int, default=1,
-                   help="torch threads (default 1: on a shared 2-core machine 2 threads oversubscribe, ~10x slower)")
+                   help="torch threads (default 1: on a shared 2-core machine 2 threads oversubscribe and run slower)")
     o.add_argument("--jobs", type=whole_number, default=1,
                    help=f"worker processes for the episodes, 1..{MAX_JOBS} (same results, less wall time; 2 on a "
                         "2-core machine). A worker that dies fails the run at once; --resume continues it")

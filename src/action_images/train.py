@@ -142,7 +142,7 @@ class StepBatches(torch.utils.data.Sampler):
 
 def default_threads(processes: int = 1) -> int:
     """Cores per process, but 1 when the machine is already busy: on a shared 2-core box two OpenMP threads that
-    get descheduled wait on each other at every barrier (measured 4x *slower* than one thread at load 7)."""
+    get descheduled wait on each other at every barrier (slower than one thread; docs/method.md)."""
     cores = os.cpu_count() or 1
     busy = os.getloadavg()[0] > 0.5 * cores if hasattr(os, "getloadavg") else False
     return 1 if busy else max(1, cores // processes)
