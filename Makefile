@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 export MUJOCO_GL ?= egl
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install test test-all demo bench checkpoint clean
+.PHONY: install test test-all demo bench checkpoint claims clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -30,7 +30,7 @@ bench: $(STAMP)
 	$(BIN)/action-images bench codec --json bench/results/codec.json
 	$(BIN)/action-images bench sim --json bench/results/sim.json
 	$(BIN)/action-images bench train --json bench/results/train.json
-	$(BIN)/action-images bench policy --steps 4,10 --json bench/results/policy.json
+	$(BIN)/action-images bench policy --sampler-steps 4,10 --json bench/results/policy.json
 
 # The shipped checkpoint: recipes/cpu-small.json is the whole recipe (data collection, model, optimisation, step
 # count); docs/results.md has its measurements.
@@ -39,6 +39,18 @@ checkpoint: $(STAMP)
 	mkdir -p checkpoints/cpu-small
 	cp runs/cpu-small/config.json runs/cpu-small/model.safetensors runs/cpu-small/log.jsonl \
 		runs/cpu-small/loss.png runs/cpu-small/train_config.json checkpoints/cpu-small/
+
+# The claims table (docs/claims.md): each method trained on the same random-rig demos for the same minutes, then
+# evaluated closed loop from new training-distribution rigs, held-out rigs and the fixed pair left + top.
+claims: $(STAMP)
+	test -f runs/rig8-quick/model.safetensors || $(BIN)/action-images train --config recipes/rig8-quick.json \
+		--out runs/rig8-quick --collect-missing
+	test -f runs/rig8-bc/model.safetensors || $(BIN)/action-images train --config recipes/rig8-quick.json \
+		--out runs/rig8-bc --collect-missing --method bc
+	test -f runs/rig8-dp/model.safetensors || $(BIN)/action-images train --config recipes/rig8-quick.json \
+		--out runs/rig8-dp --collect-missing --method dp
+	$(BIN)/python -m action_images.claims run --episodes 20 --seed 31337
+	$(BIN)/python -m action_images.claims table --out docs/claims.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

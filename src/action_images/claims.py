@@ -1,0 +1,183 @@
+"""The claims table: every method trained on the same random-rig demos, evaluated closed loop from the training rig
+distribution, from held-out rigs and from a fixed camera pair none of them saw, and written to ``docs/claims.md``.
+
+    python -m action_images.claims commands --episodes 20 --seed 31337     # print the training and eval commands
+    python -m action_images.claims run --episodes 20 --seed 31337          # run the evaluations that are missing
+    python -m action_images.claims table --out docs/claims.md              # the table from what was run
+
+``make claims`` runs all three. A method whose run directory is missing is listed as "not trained"; a condition
+that was not evaluated as "not measured": the table never invents a number. Success rates carry 95 % Wilson
+intervals; latency is per replanning step on this machine (``bench policy`` measures it alone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from action_images.runfiles import atomic_write_text
+
+
+@dataclass(frozen=True)
+class Method:
+    key: str
+    name: str
+    recipe: str            # recipe file the run is trained from
+    run: str               # run directory
+    train_flags: str = ""  # flags added to ``action-images train --config RECIPE``
+
+
+METHODS = (
+    Method("wam", "action images: world action model (cpu-small), geometric decode", "recipes/rig8-quick.json",
+           "runs/rig8-quick"),
+    Method("bc", "image behaviour cloning (regression of the pose chunk)", "recipes/rig8-quick.json", "runs/rig8-bc",
+           "--method bc"),
+    Method("dp", "image Diffusion Policy (flow matching over the pose chunk)", "recipes/rig8-quick.json",
+           "runs/rig8-dp", "--method dp"),
+)
+# condition -> (column title, eval flags)
+CONDITIONS: dict[str, tuple[str, str]] = {
+    "train_rigs": ("training rig distribution (new draws)", "--rig-distribution train"),
+    "heldout_rigs": ("held-out rigs", "--rig-distribution heldout"),
+    "left_top": ("fixed pair left + top (never seen)", "--cameras left,top"),
+}
+EVAL_DIR = "runs/claims"
+
+
+def train_command(m: Method) -> str:
+    return f"action-images train --config {m.recipe} --out {m.run} --collect-missing {m.train_flags}".strip()
+
+
+def eval_command(m: Method, condition: str, episodes: int, seed: int, out_dir: str = EVAL_DIR) -> str:
+    flags = CONDITIONS[condition][1]
+    return (f"action-images eval --checkpoint {m.run} --tasks all --episodes {episodes} --seed {seed} {flags} "
+            f"--sampler-steps 6 --videos 1 --jobs 2 --no-progress --out {out_dir}/{m.key}_{condition}")
+
+
+def _metrics(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((path / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.0f} %"
+
+
+def _cell(m: dict[str, Any] | None) -> str:
+    if m is None:
+        return "not measured"
+    ov = m["overall"]
+    lo, hi = ov["success_ci95"]
+    return f"**{ov['successes']}/{ov['episodes']}** = {_pct(ov['success_rate'])} ({_pct(lo)}–{_pct(hi)})"
+
+
+def _run_facts(run: Path) -> dict[str, Any]:
+    """Parameters, steps and minutes of a training run (from its files)."""
+    facts: dict[str, Any] = {"params": None, "steps": None, "minutes": None}
+    try:
+        from safetensors import safe_open
+        with safe_open(str(run / "model.safetensors"), framework="pt") as f:
+            n = 0
+            for k in f.keys():
+                shape = f.get_slice(k).get_shape()
+                size = 1
+                for s in shape:
+                    size *= s
+                n += size
+        facts["params"] = n
+    except Exception:   # no run yet
+        pass
+    try:
+        last = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if x.strip()][-1]
+        facts["steps"], facts["minutes"] = last["step"], last["elapsed_s"] / 60
+    except (OSError, ValueError, IndexError, KeyError):
+        pass
+    return facts
+
+
+def table(eval_dir: str = EVAL_DIR, methods: tuple[Method, ...] = METHODS) -> str:
+    """The markdown claims table (and the per-task breakdown) from the evaluation folders."""
+    head = ["method", "parameters", "training"] + [CONDITIONS[c][0] for c in CONDITIONS] + ["latency / replan"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    per_task: list[str] = []
+    for m in methods:
+        facts = _run_facts(Path(m.run))
+        if facts["params"] is None:
+            lines.append(f"| {m.name} | – | not trained | " + " | ".join(["–"] * len(CONDITIONS)) + " | – |")
+            continue
+        cells, lat = [], None
+        for c in CONDITIONS:
+            res = _metrics(Path(eval_dir) / f"{m.key}_{c}")
+            cells.append(_cell(res))
+            if res is not None:
+                lat = lat or res["overall"]["latency"]["mean_ms"]
+                tasks = res["tasks"]
+                per_task.append(f"| {m.key} | {CONDITIONS[c][0]} | " + " | ".join(
+                    f"{t['successes']}/{t['episodes']}" for t in tasks.values()) + " |")
+                task_names = list(tasks)
+        train = f"{facts['steps']} steps, {facts['minutes']:.0f} min" if facts["steps"] else "–"
+        lines.append(f"| {m.name} | {facts['params'] / 1e6:.2f} M | {train} | " + " | ".join(cells)
+                     + f" | {'–' if lat is None else f'{lat:.0f} ms'} |")
+    out = "\n".join(lines) + "\n"
+    if per_task:
+        out += ("\nPer task (successes / episodes):\n\n| method | cameras | " + " | ".join(task_names) + " |\n|"
+                + "---|" * (2 + len(task_names)) + "\n" + "\n".join(per_task) + "\n")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m action_images.claims", description=__doc__.split("\n\n")[0])
+    p.add_argument("what", choices=("commands", "run", "table"))
+    p.add_argument("--episodes", type=int, default=20, help="episodes per task and condition (default 20)")
+    p.add_argument("--seed", type=int, default=31337, help="evaluation seed (default 31337, never tuned on)")
+    p.add_argument("--eval-dir", default=EVAL_DIR)
+    p.add_argument("--out", default=None, help="table: write the markdown table into this file's marked block")
+    args = p.parse_args(argv)
+    if args.episodes < 1 or args.seed < 0:
+        print("python -m action_images.claims: --episodes must be >= 1 and --seed >= 0", file=sys.stderr)
+        return 2
+    if args.what == "commands":
+        for m in METHODS:
+            print(train_command(m))
+        for m in METHODS:
+            for c in CONDITIONS:
+                print(eval_command(m, c, args.episodes, args.seed, args.eval_dir))
+        return 0
+    if args.what == "run":
+        for m in METHODS:
+            if not (Path(m.run) / "model.safetensors").exists():
+                print(f"skipping {m.key}: {m.run} is not trained ({train_command(m)})", file=sys.stderr)
+                continue
+            for c in CONDITIONS:
+                out = Path(args.eval_dir) / f"{m.key}_{c}"
+                if (out / "metrics.json").exists():
+                    continue
+                cmd = eval_command(m, c, args.episodes, args.seed, args.eval_dir)
+                print(cmd, file=sys.stderr)
+                if subprocess.run(shlex.split(cmd)).returncode != 0:
+                    return 1
+        return 0
+    text = table(args.eval_dir)
+    if args.out:
+        path = Path(args.out)
+        doc = path.read_text() if path.exists() else "<!-- claims table -->\n<!-- /claims table -->\n"
+        a, b = "<!-- claims table -->", "<!-- /claims table -->"
+        if a not in doc or b not in doc:
+            print(f"{path}: no '{a}' ... '{b}' block to fill", file=sys.stderr)
+            return 2
+        pre, rest = doc.split(a, 1)
+        atomic_write_text(path, pre + a + "\n" + text + rest[rest.index(b):])
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""The claims table: commands that parse, cells only from measured runs, never an invented number."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+
+import torch
+
+from action_images import claims, evaluate, train
+from action_images.claims import CONDITIONS, METHODS, Method
+from action_images.wam import WAMConfig, WorldActionModel
+
+
+def test_every_printed_command_parses():
+    for m in METHODS:
+        p = argparse.ArgumentParser()
+        train.add_arguments(p)
+        p.parse_args(shlex.split(claims.train_command(m))[2:])
+        for c in CONDITIONS:
+            p = argparse.ArgumentParser()
+            evaluate.add_arguments(p)
+            args = p.parse_args(shlex.split(claims.eval_command(m, c, 5, 31337))[2:])
+            assert args.seed == 31337 and args.episodes == 5 and args.tasks == "all"
+
+
+def test_table_cells_come_from_metrics_files(tmp_path):
+    run = tmp_path / "run"
+    torch.manual_seed(0)
+    WorldActionModel(WAMConfig.from_preset("cpu-tiny")).save_pretrained(run)
+    (run / "log.jsonl").write_text(json.dumps({"step": 40, "elapsed_s": 600.0}) + "\n")
+    ev = tmp_path / "ev" / "x_heldout_rigs"
+    ev.mkdir(parents=True)
+    tasks = {"reach_target": {"successes": 3, "episodes": 4}, "press_button": {"successes": 1, "episodes": 4}}
+    ev.joinpath("metrics.json").write_text(json.dumps({"overall": {
+        "successes": 4, "episodes": 8, "success_rate": 0.5, "success_ci95": [0.2, 0.8],
+        "latency": {"mean_ms": 12.3}}, "tasks": tasks}))
+    methods = (Method("x", "model x", "r.json", str(run)), Method("y", "model y", "r.json", str(tmp_path / "none")))
+    text = claims.table(str(tmp_path / "ev"), methods)
+    row_x = next(line for line in text.splitlines() if line.startswith("| model x"))
+    assert "**4/8** = 50 % (20 %–80 %)" in row_x and "40 steps, 10 min" in row_x and "12 ms" in row_x
+    assert row_x.count("not measured") == len(CONDITIONS) - 1
+    assert "| model y | – | not trained |" in text
+    assert "| x | held-out rigs | 3/4 | 1/4 |" in text
+
+
+def test_table_fills_the_marked_block(tmp_path, monkeypatch):
+    monkeypatch.setattr(claims, "METHODS", ())
+    doc = tmp_path / "claims.md"
+    doc.write_text("intro\n<!-- claims table -->\nold\n<!-- /claims table -->\nafter\n")
+    assert claims.main(["table", "--eval-dir", str(tmp_path), "--out", str(doc)]) == 0
+    text = doc.read_text()
+    assert text.startswith("intro\n<!-- claims table -->\n| method") and "old" not in text and text.endswith("after\n")
+    assert claims.main(["table", "--episodes", "0"]) == 2
