@@ -23,8 +23,9 @@ from scipy.spatial.transform import Rotation
 from action_images.codec import ActionImageCodec
 from action_images.geometry import Camera, pose_to_matrix, project_points, rotation_angle_deg, stack_cameras
 from action_images.runfiles import args_dict, atomic_write_json, environment
+from action_images.sim.scene import CAMERA_SETS
 
-CAMERA_NAMES = ("front", "left", "right", "top")
+CAMERA_NAMES = CAMERA_SETS["all_static"]
 # positions are drawn from this box (metres, the simulator's world frame; the table top is z = 0)
 POSE_LO = (-0.25, -0.25, 0.03)
 POSE_HI = (0.25, 0.25, 0.35)

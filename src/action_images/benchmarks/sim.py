@@ -19,8 +19,9 @@ import numpy as np
 
 from action_images.benchmarks import write_json
 from action_images.runfiles import args_dict, environment
+from action_images.sim.scene import CAMERA_SETS
 
-SPEED_CAMERAS = ("front", "left", "right", "top")
+SPEED_CAMERAS = CAMERA_SETS["all_static"]
 TARGET_COLLECT_S = 120.0
 TARGET_STEPS_PER_S = 100.0  # with 3 cameras at 64 px
 
@@ -80,7 +81,7 @@ def measure_calibration() -> dict:
     from action_images.sim import make_env
     from action_images.sim.cameras import centroid_errors
 
-    env = make_env("pick_cube", cameras=("front", "left", "right", "top", "wrist"), image_size=64)
+    env = make_env("pick_cube", cameras=CAMERA_SETS["all"], image_size=64)
     errs = centroid_errors(env, ("cube", "tcp_marker"))
     shifted = centroid_errors(env, ("cube", "tcp_marker"), principal_shift=0.5)
     env.close()

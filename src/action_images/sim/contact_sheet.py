@@ -11,7 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-VIEWS = ("front", "left", "right", "top")
+from action_images.sim.scene import CAMERA_SETS
+
+VIEWS = CAMERA_SETS["all_static"]
 
 
 def contact_sheet(task: str, size: int = 96, seed: int = 0) -> tuple[np.ndarray, str, bool]:
