@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
                                            "video) against 'nothing moves'"),
     "demo": ("action_images.demo", "closed-loop demo of the shipped checkpoint"),
     "bench": ("action_images.benchmarks", "benchmarks writing JSON (codec, sim, train, policy)"),
+    "serve": ("action_images.serve", "the policy of a checkpoint as a websocket server (msgpack, GET /healthz)"),
 }
 
 

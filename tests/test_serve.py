@@ -1,0 +1,297 @@
+"""action-images serve: metadata, a closed-loop chunk from a sim observation, /healthz, hostile requests answered with
+an error while the server keeps serving, token and bind rules, and no pickle in the package.
+
+    .venv/bin/pytest -q -p no:xdist tests/test_serve.py
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pytest
+import torch
+from websockets.exceptions import ConnectionClosedError
+from websockets.sync.client import connect
+
+import action_images
+from action_images.baselines import load_model
+from action_images.policy import PolicySettings
+from action_images.serve import TOKEN_ENV
+from action_images.serve.client import PolicyClient, ServerError
+from action_images.serve.protocol import observation, pack, unpack
+from action_images.serve.server import PolicyServer
+from action_images.wam import WAMConfig, WorldActionModel
+
+torch.set_num_threads(1)
+MAX_BYTES = 64 * 1024
+TOKEN = "s3cret-token-0123456789"
+SETTINGS = PolicySettings(sampler_steps=2, execute_k=3, max_resamples=0)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("serve") / "tiny"
+    WorldActionModel(WAMConfig.from_preset("cpu-tiny", camera_names=["left", "right"])).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model(checkpoint):
+    return load_model(checkpoint)
+
+
+@pytest.fixture(scope="module")
+def server(model, checkpoint):
+    srv = PolicyServer(model, SETTINGS, port=0, max_message_bytes=MAX_BYTES, checkpoint=str(checkpoint))
+    srv.start_in_thread()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def url(server):
+    return f"ws://127.0.0.1:{server.port}"
+
+
+@pytest.fixture(scope="module")
+def sim():
+    from action_images.sim import make_env
+
+    env = make_env("reach_target", cameras=("left", "right"), image_size=32)
+    obs, _ = env.reset(seed=0)
+    cameras = list(env.cameras)
+    env.close()
+    return obs, cameras
+
+
+@pytest.fixture(scope="module")
+def client(url):
+    with PolicyClient(url) as c:
+        yield c
+
+
+def valid_request(sim):
+    obs, cameras = sim
+    return observation(obs, cameras)
+
+
+def check_chunk(reply, k=3):
+    a = reply["actions"]
+    assert a.shape == (k, 8) and a.dtype == np.float64 and np.isfinite(a).all()
+    np.testing.assert_allclose(np.linalg.norm(a[:, 3:7], axis=1), 1.0, atol=1e-6)
+    assert ((a[:, 7] >= 0) & (a[:, 7] <= 1)).all()
+
+
+# ---- the happy path --------------------------------------------------------------------------------------------------
+def test_metadata_on_connect(client, checkpoint):
+    m = client.metadata
+    assert m["kind"] == "metadata" and m["model"] == "wam" and m["camera_names"] == ["left", "right"]
+    assert m["action_format"] == ["x", "y", "z", "qx", "qy", "qz", "qw", "g"] and m["action_frame"] == "world"
+    assert (m["image_size"], m["horizon"], m["stride"], m["execute_k"]) == (32, 2, 4, 3)
+    assert m["max_message_bytes"] == MAX_BYTES and m["auth"] == "none" and m["checkpoint"] == str(checkpoint)
+    assert json.dumps(m)
+
+
+def test_sim_observation_returns_a_chunk_with_timing(client, sim):
+    obs, cameras = sim
+    client.reset(seed=0)
+    reply = client.infer(obs, cameras)
+    check_chunk(reply)
+    H = client.metadata["horizon"]
+    assert reply["keyframes"].shape == (H, 8) and reply["reproj_error"].shape == (H, 3)
+    assert reply["valid"].dtype == bool and reply["valid"].shape == (H,) and reply["disagree"].shape == (H,)
+    assert reply["decision"] in ("execute", "replan", "hold", "hold_invalid")
+    assert reply["view_names"] == ["left", "right"] and reply["samples"] == 1
+    np.testing.assert_allclose(reply["current"][:7], obs["ee_pose"][:7])
+    t = reply["timing_ms"]
+    assert {"observe", "generate", "decode", "chunk", "total", "queue", "server"} <= set(t)
+    assert all(np.isfinite(v) and v >= 0 for v in t.values()) and t["server"] >= t["total"]
+    # same seed, same observation -> the same chunk (reset reseeds this connection's sampler)
+    again = client.infer(obs, cameras, reset=True, seed=0)
+    np.testing.assert_array_equal(again["actions"], reply["actions"])
+
+
+def test_a_moved_camera_is_a_new_calibration(client, sim):
+    from action_images.geometry import Camera
+
+    obs, cameras = sim
+    moved = [cameras[0], Camera.look_at((0.5, 0.8, 0.6), (0.0, 0.0, 0.1), 50, 32, 32, name="right")]
+    check_chunk(client.infer(obs, moved))
+
+
+def test_healthz(server):
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/healthz", timeout=10) as r:
+        assert r.status == 200 and r.read().strip() == b"ok"
+
+
+# ---- hostile requests: an error, and the same connection serves the next valid request ---------------------------------
+def mutate(fn):
+    def build(sim):
+        msg = valid_request(sim)
+        fn(msg)
+        return pack(msg)
+    return build
+
+
+def set_cam(name, key, value):
+    return mutate(lambda m: m["cameras"][name].__setitem__(key, value))
+
+
+def nan_K(m):
+    K = m["cameras"]["left"]["K"].copy()
+    K[0, 2] = np.nan
+    m["cameras"]["left"]["K"] = K
+
+
+def scaled_T(m):
+    T = m["cameras"]["left"]["T_cam_world"].copy()
+    T[:3, :3] *= 2.0
+    m["cameras"]["left"]["T_cam_world"] = T
+
+
+def mirrored_T(m):
+    T = m["cameras"]["right"]["T_cam_world"].copy()
+    T[0, :3] *= -1.0
+    m["cameras"]["right"]["T_cam_world"] = T
+
+
+def drop_camera(m):
+    del m["images"]["right"]
+    del m["cameras"]["right"]
+
+
+def rename_camera(m):
+    m["images"] = {("wrist" if k == "right" else k): v for k, v in m["images"].items()}
+    m["cameras"] = {("wrist" if k == "right" else k): v for k, v in m["cameras"].items()}
+
+
+def forged_array(m):
+    m["ee_pose"] = {"__ndarray__": True, "dtype": "<f8", "shape": [8], "data": b"\0" * 63}
+
+
+def object_dtype(m):
+    m["ee_pose"] = {"__ndarray__": True, "dtype": "|O", "shape": [8], "data": b"\0" * 64}
+
+
+BAD = {
+    "float image": (mutate(lambda m: m["images"].__setitem__("left", m["images"]["left"].astype(np.float32))),
+                    "dtype uint8"),
+    "RGBA image": (mutate(lambda m: m["images"].__setitem__("left", np.zeros((32, 32, 4), np.uint8))), "[H, W, 3]"),
+    "NaN in K": (mutate(nan_K), "NaN"),
+    "negative focal": (set_cam("left", "K", [[-30.0, 0, 15.5], [0, 30.0, 15.5], [0, 0, 1]]), "focal"),
+    "non-rigid T": (mutate(scaled_T), "rigid"),
+    "mirror T (det -1)": (mutate(mirrored_T), "rigid"),
+    "size mismatch": (set_cam("left", "width", 64), "calibration says"),
+    "missing camera": (mutate(drop_camera), "2..16"),
+    "unknown camera": (mutate(rename_camera), "unknown ['wrist']"),
+    "NaN pose": (mutate(lambda m: m["ee_pose"].__setitem__(0, np.nan)), "ee_pose"),
+    "non-unit quaternion": (mutate(lambda m: m["ee_pose"].__setitem__(6, 3.0)), "unit norm"),
+    "long instruction": (mutate(lambda m: m.__setitem__("instruction", "x" * 5000)), "instruction"),
+    "unknown key": (mutate(lambda m: m.__setitem__("prompt", "hi")), "unknown keys ['prompt']"),
+    "forged array length": (mutate(forged_array), "needs 64 bytes"),
+    "object dtype": (mutate(object_dtype), "not allowed"),
+    "msgpack ext type": (lambda sim: msgpack.packb(msgpack.ExtType(5, b"x")), "extension"),
+    "not a map": (lambda sim: pack([1, 2, 3]), "msgpack map"),
+    "garbage bytes": (lambda sim: bytes(range(193, 256)) * 3, "not a msgpack message"),
+    "JSON text frame": (lambda sim: '{"images": {}}', "text frame"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_request_gets_an_error_and_the_connection_keeps_serving(url, sim, case):
+    build, expect = BAD[case]
+    with connect(url, max_size=2**24, compression=None) as ws:
+        assert unpack(ws.recv(timeout=30))["kind"] == "metadata"
+        ws.send(build(sim))
+        reply = unpack(ws.recv(timeout=60))
+        assert set(reply) == {"error"} and expect in reply["error"], reply
+        ws.send(pack(valid_request(sim)))
+        check_chunk(unpack(ws.recv(timeout=60)))
+
+
+def test_client_raises_the_server_error_and_goes_on(client, sim):
+    obs, cameras = sim
+    bad = dict(obs, ee_pose=np.r_[obs["ee_pose"][:7], 2.0])        # gripper outside [0, 1]
+    with pytest.raises(ServerError, match="gripper"):
+        client.infer(bad, cameras)
+    check_chunk(client.infer(obs, cameras))
+
+
+def test_oversize_message_closes_only_that_connection(url, sim):
+    with connect(url, max_size=2**24, compression=None) as ws:
+        ws.recv(timeout=30)
+        ws.send(b"\0" * (MAX_BYTES + 1))
+        with pytest.raises(ConnectionClosedError) as info:
+            ws.recv(timeout=30)
+        assert info.value.rcvd is not None and info.value.rcvd.code == 1009
+    with PolicyClient(url) as c:                                      # the server goes on
+        check_chunk(c.infer(*sim))
+        big = dict(sim[0], images={n: np.zeros((256, 256, 3), np.uint8) for n in ("left", "right")})
+        with pytest.raises(ServerError, match="at most"):            # the client refuses before sending
+            c.infer(big, sim[1])
+
+
+# ---- token and bind rules --------------------------------------------------------------------------------------------
+def test_token_is_required_and_checked(model, sim):
+    srv = PolicyServer(model, SETTINGS, port=0, token=TOKEN)
+    srv.start_in_thread()
+    try:
+        url = f"ws://127.0.0.1:{srv.port}"
+        for token in (None, "wrong-token-0123456789", TOKEN + "x"):
+            with pytest.raises(ServerError, match="HTTP 401"):
+                PolicyClient(url, token=token)
+        with urllib.request.urlopen(f"http://127.0.0.1:{srv.port}/healthz", timeout=10) as r:
+            assert r.status == 200                                     # health needs no token
+        with PolicyClient(url, token=TOKEN) as c:
+            assert c.metadata["auth"] == "bearer"
+            check_chunk(c.infer(*sim))
+    finally:
+        srv.stop()
+
+
+def test_too_many_clients_get_503(model):
+    srv = PolicyServer(model, SETTINGS, port=0, max_clients=1)
+    srv.start_in_thread()
+    try:
+        url = f"ws://127.0.0.1:{srv.port}"
+        with PolicyClient(url):
+            with pytest.raises(ServerError, match="HTTP 503"):
+                PolicyClient(url)
+        with PolicyClient(url) as c:                                  # the slot is free again
+            assert c.reset()["reset"] is True
+    finally:
+        srv.stop()
+
+
+def test_non_loopback_bind_needs_a_token(model, checkpoint, monkeypatch, capsys):
+    from action_images.cli import main
+
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    with pytest.raises(ValueError, match="without a token"):
+        PolicyServer(model, SETTINGS, host="0.0.0.0", port=0)
+    for argv in (["--host", "0.0.0.0"], ["--host", "192.168.1.20"], ["--host", "::"], ["--token", "short"]):
+        assert main(["serve", "--checkpoint", str(checkpoint), *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("action-images serve: ") and "token" in err[0], err
+    assert main(["serve", "--checkpoint", str(checkpoint / "nope")]) == 2
+    assert "config.json" in capsys.readouterr().err
+
+
+# ---- no pickle -------------------------------------------------------------------------------------------------------
+def test_no_pickle_import_in_the_package():
+    root = Path(action_images.__file__).parent
+    banned = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "shelve", "marshal", "joblib"}
+    found = []
+    for file in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(file.read_text(), str(file))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            found += [f"{file.relative_to(root)}:{node.lineno} {n}" for n in names if n.split(".")[0] in banned]
+    assert len(list(root.rglob("serve/*.py"))) >= 4 and not found, found
