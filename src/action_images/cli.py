@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("action_images.evaluate", "closed-loop evaluation with an HTML report"),
     "openloop": ("action_images.openloop", "open-loop scores on held-out episodes (policy, world model, labeler, "
                                            "video) against 'nothing moves'"),
+    "label": ("action_images.jobs.label", "label a dataset's videos with actions (the labeler job) into a new "
+                                          "LeRobot dataset"),
     "demo": ("action_images.demo", "closed-loop demo of the shipped checkpoint"),
     "bench": ("action_images.benchmarks", "benchmarks writing JSON (codec, sim, train, policy)"),
     "serve": ("action_images.serve", "the policy of a checkpoint as a websocket server (msgpack, GET /healthz)"),
