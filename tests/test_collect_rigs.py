@@ -18,7 +18,7 @@ def collect_main(*argv: str) -> int:
 def test_random_rig_per_episode_is_stored_per_frame(tmp_path):
     from action_images.sim import random_rig
     out = tmp_path / "rr"
-    assert collect_main("--tasks", "reach_target", "--episodes", "2", "--out", str(out), "--random-rig", "train",
+    assert collect_main("--tasks", "reach_target", "--episodes", "2", "--out", str(out), "--rig-distribution", "train",
                         "--rig-views", "3", "--image-size", "32") == 0
     ds = LeRobotDataset(out)
     assert ds.camera_names == ["rig0", "rig1", "rig2"] and ds.per_frame_cameras
@@ -29,7 +29,7 @@ def test_random_rig_per_episode_is_stored_per_frame(tmp_path):
     seed = collect.episode_seed(0, "reach_target", 0)
     np.testing.assert_allclose(T0, random_rig(seed, 3, 32, "train")[0].T_cam_world, atol=1e-6)
     # resuming with another rig split is refused
-    assert collect_main("--tasks", "reach_target", "--episodes", "3", "--out", str(out), "--random-rig", "heldout",
+    assert collect_main("--tasks", "reach_target", "--episodes", "3", "--out", str(out), "--rig-distribution", "heldout",
                         "--rig-views", "3", "--image-size", "32", "--resume") == 2
 
 
@@ -46,13 +46,21 @@ def test_camera_rig_file_places_the_static_cameras(tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--random-rig", "train", "--rig-views", "1"], "--rig-views must be in 2..8"),
-    (["--random-rig", "train", "--perturb-cameras"], "--perturb-cameras cannot be combined"),
-    (["--random-rig", "train", "--camera-rig", "x.json"], "exclude each other"),
-    (["--random-rig", "train", "--cameras", "front,left"], "--cameras"),
+    (["--rig-distribution", "train", "--rig-views", "1"], "--rig-views must be in 2..8"),
+    (["--rig-distribution", "train", "--perturb-cameras"], "--perturb-cameras cannot be combined"),
+    (["--rig-distribution", "train", "--camera-rig", "x.json"], "exclude each other"),
+    (["--rig-distribution", "train", "--cameras", "front,left"], "--cameras"),
     (["--camera-rig", "missing.json"], "--camera-rig: cannot read missing.json"),
 ])
 def test_bad_rig_flags_exit_2(tmp_path, argv, message, capsys):
     assert collect_main("--tasks", "reach_target", "--episodes", "1", "--out", str(tmp_path / "x"), *argv) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_old_random_rig_spelling_still_works(tmp_path, capsys):
+    out = tmp_path / "old"
+    assert collect_main("--tasks", "reach_target", "--episodes", "1", "--out", str(out), "--random-rig", "train",
+                        "--rig-views", "2", "--image-size", "16") == 0
+    assert "--random-rig is deprecated; use --rig-distribution" in capsys.readouterr().err
+    assert LeRobotDataset(out).camera_names == ["rig0", "rig1"]

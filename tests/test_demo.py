@@ -71,3 +71,10 @@ def test_demo_rejects_bad_flags_before_any_work(checkpoint, tmp_path, capsys, ar
 def test_demo_steps_is_a_deprecated_alias(capsys):
     assert parse(["--steps", "3"]).sampler_steps == 3
     assert "--steps is deprecated, use --sampler-steps" in capsys.readouterr().err
+
+
+def test_quick_mode_runs_one_task_even_for_all():
+    p = argparse.ArgumentParser()
+    demo.add_arguments(p)
+    s = demo.settings_from_args(p.parse_args(["--quick", "--tasks", "all"]))
+    assert len(s.tasks) == 1 and s.episodes == 1

@@ -71,7 +71,9 @@ def test_eval_on_a_rig_file_and_per_episode_rigs(rig_checkpoint, tmp_path):
     (["--random-rig", "1", "--rig-distribution", "heldout"], "exclude each other"),
     (["--random-rig", "1", "--perturb-cameras"], "--perturb-cameras cannot be combined"),
     (["--rig-distribution", "heldout", "--rig-views", "1"], "--rig-views"),
-    (["--camera-rig", "missing.json"], "missing.json"),
+    (["--camera-rig", "missing.json"], "--camera-rig: missing.json: cannot read"),
+    (["--camera-rig", "."], "--camera-rig: .: cannot read"),
+    (["--threads", "0"], "--threads must be in 1..1024"),
 ])
 def test_bad_rig_flags_exit_2(rig_checkpoint, tmp_path, argv, message, capsys):
     assert eval_main("--checkpoint", str(rig_checkpoint), "--tasks", "reach_target", "--episodes", "1",

@@ -129,3 +129,16 @@ def test_workspace_crop_reaches_the_model_config(capsys):
         args = parse("--data", "synthetic", "--steps", "1", *argv)
         assert train.run(args) == 2
         assert message in capsys.readouterr().err
+
+
+def test_collect_section_becomes_collect_flags(tmp_path):
+    argv = recipe.collect_argv({"tasks": "all", "episodes": 3, "keep_failed": True, "perturb_cameras": False})
+    assert argv == ["--tasks", "all", "--episodes", "3", "--keep-failed"]
+    for section, message in (({"episode": 3}, "data.collect.episode: not an option"),
+                             ({"keep_failed": "yes"}, "expected true or false"),
+                             ({"episodes": float("nan")}, "expected a string or a number"),
+                             ({"out": "elsewhere"}, "data.collect.out: not an option")):
+        path = tmp_path / "r.json"
+        path.write_text(json.dumps({"data": {"data": ["d"], "collect": section}}))
+        with pytest.raises(ValueError, match=message):
+            TrainRecipe.load(path)

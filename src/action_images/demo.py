@@ -21,6 +21,7 @@ import torch
 from action_images.evaluate import EvalSettings, Evaluation, add_sampler_steps, whole_number, write_outputs
 from action_images.policy import PolicySettings
 from action_images.runfiles import args_dict, environment
+from action_images.sim.tasks import parse_tasks
 
 SHIPPED = Path("checkpoints") / "cpu-small"
 CORE_TASKS = ("reach_target", "press_button", "open_drawer", "close_drawer")   # the shipped checkpoint's eval tasks
@@ -75,18 +76,19 @@ def summary_table(metrics: dict) -> str:
 def settings_from_args(args: argparse.Namespace) -> EvalSettings:
     """The demo's fixed, fast evaluation settings (``--quick``: 1 task, 1 episode, 12 control steps, 2 sampler
     steps); ValueError names the bad flag."""
-    tasks = args.tasks.split(",")[0] if args.quick else args.tasks
+    tasks = parse_tasks(args.tasks)[:1] if args.quick else args.tasks
     policy = PolicySettings(camera_names=args.policy_cameras, sampler_steps=2 if args.quick else args.sampler_steps)
     return EvalSettings(tasks=tasks, episodes=1 if args.quick else args.episodes, seed=args.seed,
                         max_steps=12 if args.quick else None, videos=1 if args.quick else 2, policy=policy)
 
 
 def run(args: argparse.Namespace) -> int:
-    from action_images.wam import WorldActionModel
+    from action_images.baselines import load_model
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     try:                                           # bad flags exit 2 before the checkpoint is even looked up
+        if not 1 <= args.threads <= 1024:
+            raise ValueError(f"--threads must be in 1..1024; got {args.threads}")
+        torch.set_num_threads(args.threads)
         settings = settings_from_args(args)
     except (ValueError, TypeError) as e:
         print(f"action-images demo: {e}", file=sys.stderr)
@@ -97,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     try:
-        model = WorldActionModel.from_pretrained(ckpt)
+        model = load_model(ckpt)
         ev = Evaluation(model, settings, args.out, checkpoint=ckpt)
     except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"action-images demo: {e}", file=sys.stderr)

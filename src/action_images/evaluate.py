@@ -228,7 +228,10 @@ class EvalSettings:
             check_choice("rig_distribution", self.rig_distribution, RIG_SPLITS, flags=f)
         if self.camera_rig is not None:
             from action_images.sim import load_rig
-            load_rig(self.camera_rig, self.image_size)           # refuses a bad file now, naming it
+            try:                                                  # refuses a bad file now, naming it
+                load_rig(self.camera_rig, self.image_size)
+            except ValueError as e:
+                raise ValueError(f"--camera-rig: {e}") from None
             put(self, "camera_rig", str(Path(self.camera_rig).resolve()))
         if not isinstance(self.policy, PolicySettings):
             raise TypeError(f"policy must be a PolicySettings; got {type(self.policy).__name__}")
@@ -685,8 +688,10 @@ def check_files(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     from action_images.baselines import load_model   # the world action model or a baseline, by config.json
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if not 1 <= args.threads <= 1024:
+        print(f"action-images eval: --threads must be in 1..1024; got {args.threads}", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
     out = Path(args.out)
     try:                                           # every check before the first episode: bad input exits 2
         settings = settings_from_args(args)

@@ -161,6 +161,8 @@ class TrainRecipe:
             _check_mix(self.model.task_mix, f"{source}: model.task_mix")
         if self.model.baseline and self.model.method == "wam":
             raise ValueError(f"{source}: model.baseline applies to model.method bc or dp only")
+        if self.data.collect:
+            collect_argv(self.data.collect, f"{source}: data.collect")
         if self.model.crop == "workspace" and self.model.workspace is None:
             raise ValueError(f"{source}: model.crop 'workspace' needs model.workspace (--workspace x0,y0,z0,x1,y1,z1)")
 
@@ -172,6 +174,32 @@ class TrainRecipe:
             d["optim"].pop(k, None)
         d.pop("run")
         return d
+
+
+def collect_argv(options: dict[str, Any], where: str = "data.collect") -> list[str]:
+    """The ``action-images collect`` arguments of a recipe's ``data.collect`` section: every key must be one of
+    collect's options (spelled out, no prefixes); true/false options become a bare flag or nothing."""
+    from action_images.data import collect
+
+    parser = argparse.ArgumentParser(prog="action-images collect", allow_abbrev=False)
+    collect.add_arguments(parser)
+    known = {a.dest: a for a in parser._actions if a.option_strings and a.help != argparse.SUPPRESS}
+    argv: list[str] = []
+    for key, value in options.items():
+        action = known.get(key)
+        if action is None or key in ("out", "help"):
+            raise ValueError(f"{where}.{key}: not an option of action-images collect; known "
+                             f"{sorted(k for k in known if k not in ('out', 'help'))}")
+        flag = action.option_strings[0]
+        if isinstance(action, argparse._StoreTrueAction):
+            if not isinstance(value, bool):
+                raise ValueError(f"{where}.{key}: expected true or false; got {value!r}")
+            argv += [flag] if value else []
+            continue
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)) or value != value:
+            raise ValueError(f"{where}.{key}: expected a string or a number; got {value!r}")
+        argv += [flag, str(value)]
+    return argv
 
 
 def _is_number(x: Any) -> bool:

@@ -116,9 +116,7 @@ def collect_missing(r: TrainRecipe) -> None:
         raise ValueError(f"--collect-missing: {todo} missing and the recipe has no data.collect section")
     if len(todo) > 1:
         raise ValueError(f"--collect-missing: collects one dataset; {todo} are missing")
-    argv = ["--out", todo[0]]
-    for k, v in r.data.collect.items():
-        argv += [f"--{k.replace('_', '-')}", str(v)]
+    argv = ["--out", todo[0], *recipes.collect_argv(r.data.collect)]
     print("collecting: action-images collect " + " ".join(argv), file=sys.stderr)
     parser = argparse.ArgumentParser(prog="action-images collect")
     collect.add_arguments(parser)

@@ -48,10 +48,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output dataset directory")
     p.add_argument("--cameras", default=None, help=f"comma-separated views (default {DEFAULT_CAMERAS}; with a rig: "
                                                    "the rig's views)")
-    p.add_argument("--random-rig", default=None, choices=RIG_SPLITS,
+    p.add_argument("--rig-distribution", default=None, choices=RIG_SPLITS,
                    help="a new random camera rig every episode, drawn from this split of the simulator's rig "
                         "distribution (views rig0..; calibration stored per frame)")
-    p.add_argument("--rig-views", type=int, default=4, help="views of a --random-rig, 2..8 (default 4)")
+    p.add_argument("--random-rig", dest="random_rig_deprecated", default=None, choices=RIG_SPLITS,
+                   help=argparse.SUPPRESS)   # old name of --rig-distribution
+    p.add_argument("--rig-views", type=int, default=4, help="views of a --rig-distribution rig, 2..8 (default 4)")
     p.add_argument("--camera-rig", default=None,
                    help="place the static cameras exactly as in this meta/cameras.json-format file")
     p.add_argument("--image-size", type=int, default=64,
@@ -188,11 +190,15 @@ def check_args(args: argparse.Namespace, all_tasks: tuple[str, ...],
     if args.tasks is not None and args.task_deprecated is not None:
         raise ValueError("--task is the old name of --tasks; give only --tasks")
     tasks = _names("all" if spec is None else spec, "--tasks", all_tasks, allow_all=True)
-    if args.random_rig and args.camera_rig:
-        raise ValueError("--random-rig and --camera-rig exclude each other; give one")
-    if (args.random_rig or args.camera_rig) and args.perturb_cameras:
-        raise ValueError("--perturb-cameras cannot be combined with --random-rig or --camera-rig")
-    if args.random_rig:
+    if args.random_rig_deprecated is not None:
+        if args.rig_distribution is not None:
+            raise ValueError("--random-rig is the old name of --rig-distribution; give only --rig-distribution")
+        args.rig_distribution = args.random_rig_deprecated
+    if args.rig_distribution and args.camera_rig:
+        raise ValueError("--rig-distribution and --camera-rig exclude each other; give one")
+    if (args.rig_distribution or args.camera_rig) and args.perturb_cameras:
+        raise ValueError("--perturb-cameras cannot be combined with --rig-distribution or --camera-rig")
+    if args.rig_distribution:
         if not 2 <= args.rig_views <= 8:
             raise ValueError(f"--rig-views must be in 2..8; got {args.rig_views}")
         all_cameras = tuple(f"rig{i}" for i in range(args.rig_views)) + ("wrist",)
@@ -203,7 +209,7 @@ def check_args(args: argparse.Namespace, all_tasks: tuple[str, ...],
         except OSError as e:
             raise ValueError(f"--camera-rig: cannot read {args.camera_rig} ({e.strerror or e})") from None
         all_cameras = tuple(c.name for c in rig) + ("wrist",)
-    default = ",".join(c for c in all_cameras if c != "wrist") if (args.random_rig or args.camera_rig) \
+    default = ",".join(c for c in all_cameras if c != "wrist") if (args.rig_distribution or args.camera_rig) \
         else DEFAULT_CAMERAS
     cameras = _names(args.cameras or default, "--cameras", all_cameras, allow_all=False)
     lo, hi = IMAGE_SIZE_RANGE
@@ -230,11 +236,14 @@ def run(args: argparse.Namespace) -> int:
         return _fail(str(e))
     if args.task_deprecated is not None:
         print("action-images collect: --task is deprecated; use --tasks (same values)", file=sys.stderr)
+    if args.random_rig_deprecated is not None:
+        print("action-images collect: --random-rig is deprecated; use --rig-distribution (same values)",
+              file=sys.stderr)
     out = Path(args.out)
     config = {"seed": int(args.seed), "cameras": cameras, "image_size": int(args.image_size),
               "perturb_cameras": bool(args.perturb_cameras), "keep_failed": bool(args.keep_failed),
-              "hold_steps": int(args.hold_steps), "random_rig": args.random_rig,
-              "rig_views": int(args.rig_views) if args.random_rig else None,
+              "hold_steps": int(args.hold_steps), "random_rig": args.rig_distribution,
+              "rig_views": int(args.rig_views) if args.rig_distribution else None,
               "camera_rig": str(Path(args.camera_rig).resolve()) if args.camera_rig else None}
     if (out / INFO_PATH).exists():
         if not args.resume:
@@ -257,14 +266,14 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as e:
         return _fail(str(e))
     max_attempts = args.max_attempts if args.max_attempts is not None else 3 * args.episodes + 10
-    cli = {k: v for k, v in args_dict(args).items() if k != "task_deprecated"}
+    cli = {k: v for k, v in args_dict(args).items() if k not in ("task_deprecated", "random_rig_deprecated")}
     record = {"command": "collect", "args": {**cli, "tasks": ",".join(tasks)},
               "seed": int(args.seed), "config": config}
 
     envs: dict[str, Any] = {}
     writer: DatasetWriter | None = None
     # per-frame calibration when cameras are perturbed or move (e.g. a wrist camera); decided on the first episode
-    per_frame = bool(args.perturb_cameras or args.random_rig) or (ds is not None and ds.num_episodes > 0
+    per_frame = bool(args.perturb_cameras or args.rig_distribution) or (ds is not None and ds.num_episodes > 0
                                                                   and ds.per_frame_cameras)
     t0, new_frames, new_eps = time.time(), 0, 0
     try:
@@ -280,7 +289,7 @@ def run(args: argparse.Namespace) -> int:
             task = min(pending, key=lambda t: (progress.next_attempt[t], tasks.index(t)))
             if task not in envs:
                 rig = ({"rig": args.camera_rig} if args.camera_rig else {}) | (
-                    {"rig_distribution": args.random_rig, "rig_views": args.rig_views} if args.random_rig else {})
+                    {"rig_distribution": args.rig_distribution, "rig_views": args.rig_views} if args.rig_distribution else {})
                 envs[task] = make_env(task, cameras=tuple(cameras), image_size=args.image_size,
                                       perturb_cameras=args.perturb_cameras, camera_seed=None, render=True,
                                       **rig)  # rig arguments only when asked for (simulators without rigs work)

@@ -173,6 +173,8 @@ def load_rig(path: str | Path, image_size: int | None = None) -> list[Camera]:
         doc = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise RigError(f"{path}: not valid JSON: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise RigError(f"{path}: cannot read the rig file ({getattr(e, 'strerror', None) or e})") from None
     return rig_from_json(doc, image_size, str(path))
 
 
