@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import ast
 import json
+import re
+import subprocess
+import sys
+import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -236,6 +240,46 @@ def test_oversize_message_closes_only_that_connection(url, sim):
         big = dict(sim[0], images={n: np.zeros((256, 256, 3), np.uint8) for n in ("left", "right")})
         with pytest.raises(ServerError, match="at most"):            # the client refuses before sending
             c.infer(big, sim[1])
+
+
+def test_two_clients_at_once_both_get_their_seeded_chunks(url, sim):
+    replies, errors = [], []
+
+    def robot():
+        try:
+            with PolicyClient(url) as c:
+                replies.extend(c.infer(*sim, reset=True, seed=7) for _ in range(2))
+        except Exception as e:           # noqa: BLE001 -- reported by the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=robot) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and len(replies) == 4
+    for r in replies:                   # same seed and observation on separate connections: the same chunk
+        check_chunk(r)
+        np.testing.assert_array_equal(r["actions"], replies[0]["actions"])
+
+
+def test_the_command_listens_and_answers_health(checkpoint, monkeypatch):
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    cmd = [sys.executable, "-m", "action_images.cli", "serve", "--checkpoint", str(checkpoint), "--port", "0",
+           "--threads", "1", "--sampler-steps", "2"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stderr.readline()
+        port = re.search(r"listening on ws://127\.0\.0\.1:(\d+) \(model wam, cameras left,right", line)
+        assert port, line
+        with urllib.request.urlopen(f"http://127.0.0.1:{port[1]}/healthz", timeout=10) as r:
+            assert r.status == 200
+        with PolicyClient(f"ws://127.0.0.1:{port[1]}") as c:
+            assert c.metadata["settings"]["sampler_steps"] == 2
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        proc.stderr.close()
 
 
 # ---- token and bind rules --------------------------------------------------------------------------------------------

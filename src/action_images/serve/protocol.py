@@ -163,8 +163,8 @@ def _camera(name: str, calib: Any, image: np.ndarray) -> Camera:
     K = _matrix(calib["K"], (3, 3), f"{what}.K")
     if not (K[0, 0] > 0 and K[1, 1] > 0):
         raise RequestError(f"{what}.K: focal lengths K[0,0] and K[1,1] must be > 0; got {K[0, 0]:g}, {K[1, 1]:g}")
-    if not (np.allclose(K[2], [0.0, 0.0, 1.0]) and K[1, 0] == 0.0):
-        raise RequestError(f"{what}.K must be upper triangular with last row [0, 0, 1]; got {K.tolist()}")
+    if not np.allclose(K[2], [0.0, 0.0, 1.0]):
+        raise RequestError(f"{what}.K: last row must be [0, 0, 1]; got {K[2].tolist()}")
     T = _matrix(calib["T_cam_world"], (4, 4), f"{what}.T_cam_world")
     R = T[:3, :3]
     if not np.allclose(T[3], [0.0, 0.0, 0.0, 1.0]):
