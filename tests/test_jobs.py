@@ -210,3 +210,147 @@ def test_label_bad_paths_exit_2(lerobot_root, checkpoint, tmp_path, capsys):
         assert _cli(label, argv) == 2
         assert flag in capsys.readouterr().err
     assert (tmp_path / "full" / "x").read_text() == "keep"
+
+
+# ---- imagine / generate ----------------------------------------------------------------------------------------------
+from action_images.jobs import generate, imagine  # noqa: E402
+
+
+def _read_video(path: Path) -> np.ndarray:
+    import imageio.v3 as iio
+    return iio.imread(path, index=None, plugin="pyav")
+
+
+def test_chunk_poses_follow_the_trajectory_and_hold_its_end():
+    traj = np.tile(_pose([0, 0, 0], 0), (10, 1))
+    traj[:, 0] = np.arange(10)
+    now = _pose([-1, 0, 0], 0)
+    poses = imagine.chunk_poses(traj, now, horizon=2, stride=4)
+    assert poses(0)[:, 0].tolist() == [-1, 3, 7]                              # current pose, then target k*stride - 1
+    assert poses(1)[:, 0].tolist() == [7, 9, 9]                               # previous chunk's last; end held
+    assert poses(2)[:, 0].tolist() == [9, 9, 9]
+
+
+class _Brighten:
+    """A "model" whose future frames are the current one k * 8 grey levels brighter (k = keyframe), recording its
+    calls: the rollout must feed each chunk's last generated frame to the next chunk."""
+
+    def __init__(self, horizon):
+        self.config = SimpleNamespace(horizon=horizon)
+        self.calls = []
+
+    def sample(self, batch, task, steps, cfg_scale, generator):
+        self.calls.append((task, batch))
+        rgb = batch["rgb"].clone()
+        for k in range(1, rgb.shape[2]):
+            rgb[:, :, k] = rgb[:, :, 0] + k * 8 / 127.5
+        return SimpleNamespace(rgb=rgb, act=batch["act"].clone())
+
+
+def test_roll_forward_feeds_each_chunks_last_frame_to_the_next(lerobot_root):
+    ds = LeRobotDataset(lerobot_root)
+    ep = ds.episode(3)
+    wcfg = WindowConfig.from_model(WAMConfig.from_preset("cpu-tiny"), views=["cam0", "cam1"], num_views=2)
+    first, cams = common.episode_views(ep, ["cam0", "cam1"], [2], 2, wcfg)
+    first = np.full_like(first[:, 0], 40)
+    fake = _Brighten(wcfg.horizon)
+    poses = imagine.chunk_poses(ep.actions[2:], ep.states[2], wcfg.horizon, wcfg.stride)
+    codec = ActionImageCodec()
+    gen = common.roll_forward(fake, "world_model", first, cams, "go", 3, codec, poses)
+    assert gen.shape == (2, 1 + 3 * 2, 32, 32, 3) and gen.dtype == np.uint8
+    assert [int(gen[:, n].mean()) for n in range(7)] == [40 + 8 * n for n in range(7)]
+    assert [c[0] for c in fake.calls] == ["world_model"] * 3
+    for c, (_, batch) in enumerate(fake.calls):                               # the given action images: the chunk's
+        act = ((batch["act"][0] + 1) / 2).movedim(-3, -1).numpy()             # poses, decoded back
+        dec = codec.decode(act, cams)
+        np.testing.assert_allclose(dec.poses[:, :3], poses(c)[:, :3], atol=0.005)
+    video = _Brighten(wcfg.horizon)
+    common.roll_forward(video, "video", first, cams, "go", 2, codec)
+    assert [c[0] for c in video.calls] == ["video"] * 2
+    assert all(float(b["act"].abs().max()) == 0.0 for _, b in video.calls)   # no action stream
+
+
+def test_imagine_writes_videos_of_the_expected_length_and_size(lerobot_root, checkpoint, tmp_path):
+    out = tmp_path / "im"
+    assert _cli(imagine, ["--checkpoint", checkpoint, "--data", lerobot_root, "--episode", "1", "--out", out,
+                          "--sampler-steps", "2", "--zoom", "2"]) == 0
+    res = _strict(out / "imagine.json")
+    # 12 frames, H = 2, stride 4: 12 actions need ceil(12 / 8) = 2 chunks -> 1 + 2 * 2 frames
+    assert res["chunks"] == 2 and res["frames"] == 5 and res["episode_frames"] == [0, 4, 8, 11, 11]
+    assert res["job"] == "world_model" and res["views"] == ["cam0", "cam1"] and res["actions"] == "episode"
+    gen, both = _read_video(out / "generated.mp4"), _read_video(out / "real_vs_generated.mp4")
+    assert gen.shape == (5, 64, 128, 3) and both.shape == (5, 128, 128, 3)
+    # the zeroed model predicts "nothing moves": every generated frame is the start frame
+    assert np.abs(gen.astype(int) - gen[:1].astype(int)).mean() < 2
+    assert np.abs(both[:, 64:].astype(int) - gen.astype(int)).mean() < 2
+    assert res["scores"]["psnr_db"] == pytest.approx(res["scores"]["copy_start_frame_psnr_db"], abs=0.5)
+
+
+def test_imagine_takes_a_trajectory_file(lerobot_root, checkpoint, tmp_path):
+    ep = LeRobotDataset(lerobot_root).episode(0)
+    np.savez(tmp_path / "traj.npz", actions=ep.actions[:3])
+    (tmp_path / "traj.json").write_text(json.dumps({"actions": ep.actions[:9].tolist()}))
+    for name, chunks, frames in (("traj.npz", ["--chunks", "3"], 7), ("traj.json", [], 5)):
+        out = tmp_path / name.replace(".", "_")
+        assert _cli(imagine, ["--checkpoint", checkpoint, "--data", lerobot_root, "--episode", "0", "--out", out,
+                              "--actions", tmp_path / name, "--start-frame", "2", "--sampler-steps", "1", "--zoom",
+                              "1", *chunks]) == 0
+        res = _strict(out / "imagine.json")
+        assert res["frames"] == frames and res["scores"] is None and res["actions"].endswith(name)
+        assert _read_video(out / "generated.mp4").shape == (frames, 32, 64, 3)
+        assert not (out / "real_vs_generated.mp4").exists()                    # no real video for these actions
+
+
+def test_generate_writes_videos_of_the_expected_length_and_size(lerobot_root, checkpoint, tmp_path):
+    out = tmp_path / "gen"
+    assert _cli(generate, ["--checkpoint", checkpoint, "--data", lerobot_root, "--episode", "2", "--chunks", "3",
+                           "--instruction", "push the cube", "--out", out, "--sampler-steps", "1",
+                           "--cameras", "cam2,cam1", "--zoom", "1"]) == 0
+    res = _strict(out / "generate.json")
+    assert res["job"] == "video" and res["chunks"] == 3 and res["frames"] == 7
+    assert res["instruction"] == "push the cube" and res["views"] == ["cam2", "cam1"]
+    assert _read_video(out / "generated.mp4").shape == (7, 32, 64, 3)
+    assert _read_video(out / "real_vs_generated.mp4").shape == (7, 64, 64, 3)
+
+
+ROLL_BAD = [
+    (["--episode", "-1"], "--episode"), (["--episode", "4"], "--episode"), (["--start-frame", "-1"], "--start-frame"),
+    (["--start-frame", "12"], "--start-frame"), (["--zoom", "0"], "--zoom"), (["--instruction", " "], "--instruction"),
+    (["--sampler-steps", "0"], "--sampler-steps"), (["--cfg-scale", "-1"], "--cfg-scale"), (["--seed", "-2"], "--seed"),
+    (["--cameras", "cam0,cam0"], "--cameras"), (["--cameras", "cam0,top"], "--cameras"), (["--chunks", "0"], "--chunks"),
+]
+IMAGINE_BAD = [(["--actions", "missing.npz"], "--actions"), (["--actions", "traj.txt"], "--actions"),
+               (["--actions", "bad.json"], "--actions"), (["--actions", "obj.npz"], "--actions"),
+               (["--actions", "short.npz"], "--actions")]
+CASES = ([(generate, *b) for b in ROLL_BAD] + [(imagine, *b) for b in ROLL_BAD + IMAGINE_BAD])
+
+
+@pytest.mark.parametrize("module,extra,flag", CASES, ids=[f"{m.__name__.split('.')[-1]} {' '.join(e)}"
+                                                          for m, e, _ in CASES])
+def test_rollout_bad_flags_exit_2_naming_the_flag(lerobot_root, checkpoint, tmp_path, monkeypatch, capsys, module,
+                                                  extra, flag):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "traj.txt").write_text("0 0 0")
+    (tmp_path / "bad.json").write_text(json.dumps([[0, 0, 0, 0, 0, 0, 2, 1]]))            # quaternion not unit
+    np.savez(tmp_path / "obj.npz", actions=np.array([object()], dtype=object))             # needs pickle: refused
+    np.savez(tmp_path / "short.npz", actions=np.zeros((3, 7)))
+    calls = []
+    monkeypatch.setattr(common, "roll_forward", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(module, "roll_forward", lambda *a, **k: calls.append(a))
+    argv = ["--checkpoint", checkpoint, "--data", lerobot_root, "--out", tmp_path / "o"]
+    if "--episode" not in extra:
+        argv += ["--episode", "0"]
+    rc = _cli(module, argv + extra)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and not calls and not (tmp_path / "o").exists()
+    assert len(err.splitlines()) == 1 and flag in err, err
+
+
+def test_cli_routes_the_three_jobs():
+    from action_images import cli
+
+    for name, module in (("label", label), ("imagine", imagine), ("generate", generate)):
+        assert cli.COMMANDS[name][0] == module.__name__
+        assert callable(module.add_arguments) and callable(module.run) and module.__doc__.count(f"action-images {name}")
+    assert cli.main(["imagine", "--checkpoint", "none", "--data", "none", "--episode", "0", "--out", "x",
+                     "--zoom", "0"]) == 2

@@ -26,6 +26,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
                                            "video) against 'nothing moves'"),
     "label": ("action_images.jobs.label", "label a dataset's videos with actions (the labeler job) into a new "
                                           "LeRobot dataset"),
+    "imagine": ("action_images.jobs.imagine", "the multi-view video an action trajectory would produce (the "
+                                              "world-model job)"),
+    "generate": ("action_images.jobs.generate", "a multi-view video from start frames and an instruction (the video "
+                                                "job)"),
     "demo": ("action_images.demo", "closed-loop demo of the shipped checkpoint"),
     "bench": ("action_images.benchmarks", "benchmarks writing JSON (codec, sim, train, policy)"),
     "serve": ("action_images.serve", "the policy of a checkpoint as a websocket server (msgpack, GET /healthz)"),

@@ -192,3 +192,49 @@ def write_video(path: Path, frames: np.ndarray, fps: int) -> None:
     data = iio.imwrite("<bytes>", np.ascontiguousarray(frames), extension=".mp4", plugin="pyav", codec="libx264",
                        fps=int(fps), out_pixel_format="yuv420p")
     atomic_write_bytes(path, data, durable=False)
+
+
+def save_videos(out_dir: str | Path, gen: np.ndarray, real: np.ndarray | None, fps: int, zoom: int) -> list[str]:
+    """``generated.mp4`` (the views side by side) and, with ``real``, ``real_vs_generated.mp4`` (the real views above
+    the generated ones) in ``out_dir``; returns the paths written."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "generated.mp4"]
+    write_video(paths[0], tile(gen, zoom=zoom), fps)
+    if real is not None:
+        paths.append(out / "real_vs_generated.mp4")
+        write_video(paths[1], tile(real, gen, zoom=zoom), fps)
+    return [str(p) for p in paths]
+
+
+def add_rollout_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags ``imagine`` and ``generate`` share."""
+    p.add_argument("--episode", type=int, required=True, help="episode of --data whose frames start the video")
+    p.add_argument("--start-frame", type=int, default=0, help="the episode frame the video starts from (default 0)")
+    p.add_argument("--instruction", default=None, help="the instruction (default: the episode's)")
+    p.add_argument("--out", required=True, help="output folder (videos and a JSON record)")
+    p.add_argument("--zoom", type=int, default=4, help="upscale the videos by pixel repetition (1..16, default 4)")
+
+
+def check_rollout_arguments(args: argparse.Namespace) -> None:
+    check_model_arguments(args)
+    if args.episode < 0:
+        raise ValueError(f"--episode must be >= 0; got {args.episode}")
+    if args.start_frame < 0:
+        raise ValueError(f"--start-frame must be >= 0; got {args.start_frame}")
+    if not 1 <= args.zoom <= 16:
+        raise ValueError(f"--zoom must be in 1..16; got {args.zoom}")
+    if args.instruction is not None and not args.instruction.strip():
+        raise ValueError("--instruction must not be empty")
+    check_out_dir(args.out)
+
+
+def start(args: argparse.Namespace) -> tuple[Any, Any, Any, list[str], WindowConfig]:
+    """Model, dataset, episode, cameras and window settings of a rollout command; ValueError naming the flag."""
+    model, ds, names, wcfg = load(args)
+    check_episode(ds, args.episode)
+    ep = ds.episode(args.episode)
+    if args.start_frame >= len(ep):
+        raise ValueError(f"--start-frame: frame {args.start_frame} is past the end of episode {args.episode} "
+                         f"({len(ep)} frames)")
+    return model, ds, ep, names, wcfg
