@@ -135,7 +135,7 @@ def test_healthz(server):
         assert r.status == 200 and r.read().strip() == b"ok"
 
 
-# ---- hostile requests: an error, and the same connection serves the next valid request ---------------------------------
+# ---- hostile requests: an error, and the same connection serves the next valid request -------------------------------
 def mutate(fn):
     def build(sim):
         msg = valid_request(sim)
@@ -280,6 +280,24 @@ def test_the_command_listens_and_answers_health(checkpoint, monkeypatch):
         proc.terminate()
         proc.wait(30)
         proc.stderr.close()
+
+
+def test_a_baseline_checkpoint_is_served_the_same_way(tmp_path, sim):
+    from action_images.baselines import BCConfig, BCModel
+
+    torch.manual_seed(0)
+    BCModel(BCConfig(image_size=16, horizon=2, stride=2, channels=[8, 16], keypoints=4, view_dim=16, text_dim=8,
+                     text_vocab=64, hidden=32, depth=1, camera_names=["left", "right"])).save_pretrained(tmp_path)
+    srv = PolicyServer(load_model(tmp_path), PolicySettings(execute_k=3), port=0)
+    srv.start_in_thread()
+    try:
+        with PolicyClient(f"ws://127.0.0.1:{srv.port}") as c:
+            assert c.metadata["model"] == "bc" and c.metadata["camera_names"] == ["left", "right"]
+            reply = c.infer(*sim)
+            check_chunk(reply)
+            assert reply["decision"] in ("execute", "hold_invalid") and reply["keyframes"].shape == (2, 8)
+    finally:
+        srv.stop()
 
 
 # ---- token and bind rules --------------------------------------------------------------------------------------------

@@ -69,7 +69,8 @@ def check_bind(host: str, token: str | None) -> None:
 
 
 class PolicyServer:
-    """Serves ``policy_factory()`` policies (one per connection, all sharing one model) over websockets.
+    """Serves the closed-loop policy of ``model`` over websockets: one policy object per connection (its episode
+    state), all sharing the model, which answers one request at a time.
 
     ``model``: what :func:`action_images.baselines.load_model` returns; ``settings``: a
     :class:`~action_images.policy.PolicySettings`; ``seed``: the sampler seed of a new connection and of a reset
