@@ -165,11 +165,15 @@ def test_resume_continues_an_interrupted_run(checkpoint, tmp_path, monkeypatch, 
     assert len(read_jsonl(out / "episodes.jsonl")) == 5                   # the torn line is gone
 
 
-def test_a_fresh_run_replaces_old_records(checkpoint, tmp_path, monkeypatch):
+def test_finished_records_are_kept_unless_overwrite(checkpoint, tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
     stop_after(monkeypatch, 99, real=False)
     assert evaluate.run(parse(fast(checkpoint, out))) == 0
-    assert evaluate.run(parse(fast(checkpoint, out, "--episodes", "1"))) == 0
+    before = (out / "episodes.jsonl").read_text()
+    assert evaluate.run(parse(fast(checkpoint, out, "--episodes", "1"))) == 2
+    assert "already holds finished episodes" in capsys.readouterr().err
+    assert (out / "episodes.jsonl").read_text() == before
+    assert evaluate.run(parse(fast(checkpoint, out, "--episodes", "1", "--overwrite"))) == 0
     assert len(read_jsonl(out / "episodes.jsonl")) == 1 + 2
     assert json.loads((out / "metrics.json").read_text())["overall"]["episodes"] == 2
 

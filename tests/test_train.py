@@ -140,3 +140,15 @@ def test_two_process_ddp_with_accelerate(tmp_path):
     assert (run / "checkpoints" / "step_00000003" / "model.safetensors").exists()
 
 
+
+
+def test_read_jsonl_drops_only_a_torn_last_line(tmp_path):
+    from action_images.runfiles import loads, read_jsonl
+    f = tmp_path / "x.jsonl"
+    f.write_text('{"a": 1}\n{"a": 2}\n{"a": 3')
+    assert read_jsonl(f) == [{"a": 1}, {"a": 2}]
+    f.write_text('{"a": 1}\n{garbage\n{"a": 3}\n')
+    with pytest.raises(ValueError, match="x.jsonl: line 2"):
+        read_jsonl(f)
+    with pytest.raises(ValueError, match="NaN is not strict JSON"):
+        loads('{"a": NaN}')

@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     try:
         model = load_model(ckpt)
-        ev = Evaluation(model, settings, args.out, checkpoint=ckpt)
+        ev = Evaluation(model, settings, args.out, checkpoint=ckpt, overwrite=True)   # the demo's folder is scratch
     except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"action-images demo: {e}", file=sys.stderr)
         return 2

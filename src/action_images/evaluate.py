@@ -109,6 +109,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue the evaluation in --out: skip the episodes episodes.jsonl holds; refused if the "
                         "settings or the checkpoint differ from the recorded ones")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in an --out that holds finished episodes (default: refuse; see --resume)")
     p.add_argument("--perturb-cameras", action="store_true", help="viewpoint shift: jitter cameras every episode")
     p.add_argument("--seed", type=whole_number, default=0, help="base seed, >= 0; episode seeds derive from it")
     p.add_argument("--open-loop-data", default=None, help="LeRobot dataset: also run open-loop metrics on it")
@@ -495,7 +497,7 @@ class Evaluation:
     same as with one process. A worker that dies raises RuntimeError at once (finished episodes stay on disk)."""
 
     def __init__(self, model: Any, settings: EvalSettings, out: str | Path, checkpoint: str | Path | None = None,
-                 resume: bool = False):
+                 resume: bool = False, overwrite: bool = False):
         if not isinstance(settings, EvalSettings):
             raise TypeError(f"settings must be an EvalSettings; got {type(settings).__name__}")
         if settings.jobs > 1 and checkpoint is None:
@@ -508,11 +510,19 @@ class Evaluation:
                        "model_sha256": model_digest(model), "checkpoint": None if checkpoint is None
                        else str(checkpoint)}
         self.done: list[dict[str, Any]] = []
+        if not resume and not overwrite and self.path.exists() and len(read_jsonl(self.path)) > 1:
+            raise ValueError(f"{self.path} already holds finished episodes; pass --resume to continue them, "
+                             "--overwrite to start over, or choose another --out")
         if resume and self.path.exists():
             rows = read_jsonl(self.path)
             head = rows[0] if rows else {}
-            if head.get("format") != EPISODES_FORMAT:
+            if head.get("format") != EPISODES_FORMAT or not isinstance(head.get("settings"), dict):
                 raise ValueError(f"--resume: {self.path} is not an evaluation record; choose another --out")
+            bad = [i for i, r in enumerate(rows[1:], 2) if not (isinstance(r, dict) and isinstance(r.get("task"), str)
+                                                                 and isinstance(r.get("episode"), int)
+                                                                 and isinstance(r.get("success"), bool))]
+            if bad:
+                raise ValueError(f"--resume: {self.path}: line {bad[0]} is not an episode record")
             diff = sorted(k for k in set(head["settings"]) | set(self.header["settings"])
                           if head["settings"].get(k) != self.header["settings"].get(k))
             if diff:
@@ -524,8 +534,7 @@ class Evaluation:
             seen: set[tuple[str, int]] = set()
             for r in rows[1:]:
                 key = (r.get("task"), r.get("episode"))
-                if key not in seen and r.get("task") in self.settings.tasks \
-                        and 0 <= int(r.get("episode", -1)) < self.settings.episodes:
+                if key not in seen and r["task"] in self.settings.tasks and 0 <= r["episode"] < self.settings.episodes:
                     seen.add(key)
                     self.done.append(r)
 
@@ -643,10 +652,10 @@ class Evaluation:
 
 
 def evaluate(model: Any, settings: EvalSettings, out: str | Path, *, checkpoint: str | Path | None = None,
-             progress: bool = True, resume: bool = False) -> dict[str, Any]:
+             progress: bool = True, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Closed-loop rollouts of every task (see :class:`Evaluation`); writes ``out/episodes.jsonl`` and videos under
     ``out/videos``; returns the metrics dict."""
-    return Evaluation(model, settings, out, checkpoint=checkpoint, resume=resume).run(progress)
+    return Evaluation(model, settings, out, checkpoint=checkpoint, resume=resume, overwrite=overwrite).run(progress)
 
 
 def write_outputs(out: Path, metrics: dict[str, Any]) -> Path:
@@ -702,7 +711,8 @@ def run(args: argparse.Namespace) -> int:
         if args.open_loop_data and not hasattr(model, "sample"):
             raise ValueError(f"--open-loop-data: the open-loop metrics score generated video; {args.checkpoint} "
                              f"is a {type(model).__name__}")
-        ev = Evaluation(model, settings, out, checkpoint=args.checkpoint, resume=args.resume)
+        ev = Evaluation(model, settings, out, checkpoint=args.checkpoint, resume=args.resume,
+                        overwrite=args.overwrite)
     except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"action-images eval: {e}", file=sys.stderr)
         return 2

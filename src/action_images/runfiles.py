@@ -79,19 +79,30 @@ def append_jsonl(path: str | os.PathLike, row: dict[str, Any]) -> None:
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The complete lines of a JSONL file (a torn last line, left by a crash, is dropped)."""
+    """The complete lines of a JSONL file. A torn last line (left by a crash mid-write) is dropped; a bad line
+    before the last is damage, not a crash, and raises ``ValueError`` naming the file and the line."""
     path = Path(path)
     if not path.exists():
         return []
+    lines = [(i, line) for i, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
     rows = []
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
+    for k, (i, line) in enumerate(lines):
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
+            rows.append(json.loads(line, parse_constant=_no_constant))
+        except (json.JSONDecodeError, ValueError) as e:
+            if k == len(lines) - 1:
+                break
+            raise ValueError(f"{path}: line {i} is not a JSON record ({e})") from None
     return rows
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not strict JSON")
+
+
+def loads(text: str) -> Any:
+    """Strict JSON text -> value: NaN and Infinity are refused (``ValueError``)."""
+    return json.loads(text, parse_constant=_no_constant)
 
 
 def environment() -> dict[str, Any]:
