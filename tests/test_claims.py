@@ -6,6 +6,7 @@ import argparse
 import json
 import shlex
 
+import pytest
 import torch
 
 from action_images import claims, evaluate, train
@@ -33,7 +34,7 @@ def test_table_cells_come_from_metrics_files(tmp_path):
     ev = tmp_path / "ev" / "x_heldout_rigs"
     ev.mkdir(parents=True)
     tasks = {"reach_target": {"successes": 3, "episodes": 4}, "press_button": {"successes": 1, "episodes": 4}}
-    ev.joinpath("metrics.json").write_text(json.dumps({"overall": {
+    ev.joinpath("metrics.json").write_text(json.dumps({"settings": {"episodes": 4, "seed": 7}, "overall": {
         "successes": 4, "episodes": 8, "success_rate": 0.5, "success_ci95": [0.2, 0.8],
         "latency": {"mean_ms": 12.3}}, "tasks": tasks}))
     methods = (Method("x", "model x", "r.json", str(run)), Method("y", "model y", "r.json", str(tmp_path / "none")))
@@ -43,6 +44,9 @@ def test_table_cells_come_from_metrics_files(tmp_path):
     assert row_x.count("not measured") == len(CONDITIONS) - 1
     assert "| model y | – | not trained |" in text
     assert "| x | held-out rigs | 3/4 | 1/4 |" in text
+    assert claims.table(str(tmp_path / "ev"), methods, episodes=4, seed=7) == text
+    with pytest.raises(ValueError, match="ran episodes 4, not 20"):                # a cell never mixes settings
+        claims.table(str(tmp_path / "ev"), methods, episodes=20, seed=7)
 
 
 def test_table_fills_the_marked_block(tmp_path, monkeypatch):
@@ -51,5 +55,6 @@ def test_table_fills_the_marked_block(tmp_path, monkeypatch):
     doc.write_text("intro\n<!-- claims table -->\nold\n<!-- /claims table -->\nafter\n")
     assert claims.main(["table", "--eval-dir", str(tmp_path), "--out", str(doc)]) == 0
     text = doc.read_text()
-    assert text.startswith("intro\n<!-- claims table -->\n| method") and "old" not in text and text.endswith("after\n")
+    assert text.startswith("intro\n<!-- claims table -->\nClosed loop, 20 episodes per task and camera condition, "
+                           "seed 31337") and "| method" in text and "old" not in text and text.endswith("after\n")
     assert claims.main(["table", "--episodes", "0"]) == 2

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import subprocess
 import sys
@@ -21,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from action_images.runfiles import atomic_write_text
+from action_images.runfiles import atomic_write_text, read_jsonl
+from action_images.wam import weights_header
 
 
 @dataclass(frozen=True)
@@ -60,11 +62,18 @@ def eval_command(m: Method, condition: str, episodes: int, seed: int, out_dir: s
             f"--sampler-steps 6 --videos 1 --jobs 2 --no-progress --out {out_dir}/{m.key}_{condition}")
 
 
-def _metrics(path: Path) -> dict[str, Any] | None:
+def _metrics(path: Path, episodes: int | None = None, seed: int | None = None) -> dict[str, Any] | None:
+    """An evaluation's metrics, or None when there is none; ``ValueError`` when it ran other settings."""
     try:
-        return json.loads((path / "metrics.json").read_text())
+        m = json.loads((path / "metrics.json").read_text())
     except (OSError, ValueError):
         return None
+    s = m.get("settings", {})
+    for key, want in (("episodes", episodes), ("seed", seed)):
+        if want is not None and s.get(key) != want:
+            raise ValueError(f"{path / 'metrics.json'} ran {key} {s.get(key)!r}, not {want}; remove the folder to "
+                             "re-run it or pass the same --episodes / --seed")
+    return m
 
 
 def _pct(x: float | None) -> str:
@@ -83,28 +92,21 @@ def _run_facts(run: Path) -> dict[str, Any]:
     """Parameters, steps and minutes of a training run (from its files)."""
     facts: dict[str, Any] = {"params": None, "steps": None, "minutes": None}
     try:
-        from safetensors import safe_open
-        with safe_open(str(run / "model.safetensors"), framework="pt") as f:
-            n = 0
-            for k in f.keys():
-                shape = f.get_slice(k).get_shape()
-                size = 1
-                for s in shape:
-                    size *= s
-                n += size
-        facts["params"] = n
-    except Exception:   # no run yet
+        facts["params"] = sum(math.prod(shape) for shape in weights_header(run / "model.safetensors").values())
+    except ValueError:                     # no run yet
         pass
     try:
-        last = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if x.strip()][-1]
+        last = read_jsonl(run / "log.jsonl")[-1]
         facts["steps"], facts["minutes"] = last["step"], last["elapsed_s"] / 60
-    except (OSError, ValueError, IndexError, KeyError):
+    except (ValueError, IndexError, KeyError):
         pass
     return facts
 
 
-def table(eval_dir: str = EVAL_DIR, methods: tuple[Method, ...] = METHODS) -> str:
-    """The markdown claims table (and the per-task breakdown) from the evaluation folders."""
+def table(eval_dir: str = EVAL_DIR, methods: tuple[Method, ...] = METHODS, episodes: int | None = None,
+          seed: int | None = None) -> str:
+    """The markdown claims table (and the per-task breakdown) from the evaluation folders; every cell must come
+    from an evaluation with ``episodes`` per task and ``seed`` (when given)."""
     head = ["method", "parameters", "training"] + [CONDITIONS[c][0] for c in CONDITIONS] + ["latency / replan"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     per_task: list[str] = []
@@ -115,7 +117,7 @@ def table(eval_dir: str = EVAL_DIR, methods: tuple[Method, ...] = METHODS) -> st
             continue
         cells, lat = [], None
         for c in CONDITIONS:
-            res = _metrics(Path(eval_dir) / f"{m.key}_{c}")
+            res = _metrics(Path(eval_dir) / f"{m.key}_{c}", episodes, seed)
             cells.append(_cell(res))
             if res is not None:
                 lat = lat or res["overall"]["latency"]["mean_ms"]
@@ -158,14 +160,24 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             for c in CONDITIONS:
                 out = Path(args.eval_dir) / f"{m.key}_{c}"
-                if (out / "metrics.json").exists():
-                    continue
+                try:
+                    if _metrics(out, args.episodes, args.seed) is not None:
+                        continue
+                except ValueError as e:
+                    print(f"python -m action_images.claims: {e}", file=sys.stderr)
+                    return 2
                 cmd = eval_command(m, c, args.episodes, args.seed, args.eval_dir)
                 print(cmd, file=sys.stderr)
                 if subprocess.run(shlex.split(cmd)).returncode != 0:
                     return 1
         return 0
-    text = table(args.eval_dir)
+    try:
+        text = table(args.eval_dir, episodes=args.episodes, seed=args.seed)
+    except ValueError as e:
+        print(f"python -m action_images.claims: {e}", file=sys.stderr)
+        return 2
+    text = (f"Closed loop, {args.episodes} episodes per task and camera condition, seed {args.seed}; success "
+            f"with 95 % Wilson intervals.\n\n" + text)
     if args.out:
         path = Path(args.out)
         doc = path.read_text() if path.exists() else "<!-- claims table -->\n<!-- /claims table -->\n"
