@@ -16,7 +16,7 @@ from scipy.spatial.transform import Rotation
 from action_images.codec import ActionImageCodec
 from action_images.data import LeRobotDataset
 from action_images.data.windows import WindowConfig, Windows
-from action_images.jobs import common, label
+from action_images.jobs import common, generate, imagine, label
 from action_images.wam import WAMConfig, WorldActionModel
 
 torch.set_num_threads(1)
@@ -185,7 +185,8 @@ def test_label_columns_survive_with_the_oracle(lerobot_root, checkpoint, tmp_pat
 LABEL_BAD = [
     (["--sampler-steps", "0"], "--sampler-steps"), (["--threads", "0"], "--threads"), (["--seed", "-1"], "--seed"),
     (["--cfg-scale", "nan"], "--cfg-scale"), (["--window-step", "0"], "--window-step"),
-    (["--batch-size", "0"], "--batch-size"), (["--episodes", "1,x"], "--episodes"), (["--episodes", "1,1"], "--episodes"),
+    (["--batch-size", "0"], "--batch-size"), (["--episodes", "1,x"], "--episodes"),
+    (["--episodes", "1,1"], "--episodes"),
     (["--episodes", "7"], "--episodes"), (["--cameras", "cam0"], "--cameras"), (["--cameras", "cam0,top"], "--cameras"),
 ]
 
@@ -213,7 +214,6 @@ def test_label_bad_paths_exit_2(lerobot_root, checkpoint, tmp_path, capsys):
 
 
 # ---- imagine / generate ----------------------------------------------------------------------------------------------
-from action_images.jobs import generate, imagine  # noqa: E402
 
 
 def _read_video(path: Path) -> np.ndarray:
@@ -317,7 +317,8 @@ ROLL_BAD = [
     (["--episode", "-1"], "--episode"), (["--episode", "4"], "--episode"), (["--start-frame", "-1"], "--start-frame"),
     (["--start-frame", "12"], "--start-frame"), (["--zoom", "0"], "--zoom"), (["--instruction", " "], "--instruction"),
     (["--sampler-steps", "0"], "--sampler-steps"), (["--cfg-scale", "-1"], "--cfg-scale"), (["--seed", "-2"], "--seed"),
-    (["--cameras", "cam0,cam0"], "--cameras"), (["--cameras", "cam0,top"], "--cameras"), (["--chunks", "0"], "--chunks"),
+    (["--cameras", "cam0,cam0"], "--cameras"), (["--cameras", "cam0,top"], "--cameras"),
+    (["--chunks", "0"], "--chunks"),
 ]
 IMAGINE_BAD = [(["--actions", "missing.npz"], "--actions"), (["--actions", "traj.txt"], "--actions"),
                (["--actions", "bad.json"], "--actions"), (["--actions", "obj.npz"], "--actions"),

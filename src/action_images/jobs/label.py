@@ -29,8 +29,9 @@ Windows start at every ``--window-step``-th frame and at the last frame, so with
 shown, most by H windows.
 
 **Stitching.** The decodes of one action (keyframe decodes, else frame-0 decodes) are combined: those that are
-valid and whose views agree, else (flagged) the valid ones that disagree; positions and gripper as the confidence-weighted mean, rotations as the
-confidence-weighted mean rotation (``scipy.spatial.transform.Rotation.mean``). A frame with no valid decode is
+valid and whose views agree, else (flagged) the valid ones that disagree; positions and gripper as the
+confidence-weighted mean, rotations as the confidence-weighted mean rotation
+(``scipy.spatial.transform.Rotation.mean``). A frame with no valid decode is
 flagged (``action_valid`` false, ``disagree`` true, confidence 0) and its ``action`` holds the frame's
 ``observation.state``: "did not move", the rule the policy and the open-loop evaluator use for an undecodable
 keyframe; ``action`` is never NaN, since LeRobot datasets may not hold it.
@@ -70,7 +71,8 @@ LABEL_FEATURES = {ORIGINAL_KEY: {"dtype": "float64", "shape": [8], "names": list
                   VALID_KEY: {"dtype": "bool", "shape": [1], "names": None},
                   DISAGREE_KEY: {"dtype": "bool", "shape": [1], "names": None}}
 LABEL_INFO_PATH = "meta/label.json"
-STITCH_RULE = ("per action: keyframe decodes (frame-0 decodes where none is valid); the valid decodes whose views agree (else, flagged, the valid ones that disagree); "
+STITCH_RULE = ("per action: keyframe decodes (frame-0 decodes where none is valid); the valid decodes whose views "
+               "agree (else, flagged, the valid ones that disagree); "
                "position and gripper the confidence-weighted mean, rotation the confidence-weighted mean rotation "
                "(scipy Rotation.mean); no valid decode: observation.state of the frame, flagged")
 
