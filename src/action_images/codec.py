@@ -1,4 +1,4 @@
-"""Action images: a 7-DoF action drawn as pixels in every calibrated view, and decoded back (paper §3.1).
+"""Action images: a 7-DoF action drawn as pixels in every calibrated view, and decoded back.
 
 Three 3D points of the gripper frame (ℓ = 0.1 m), each an isotropic 2D Gaussian (σ = 0.05·min(H, W) px, peak 1):
 
@@ -6,9 +6,9 @@ Three 3D points of the gripper frame (ℓ = 0.1 m), each an isotropic 2D Gaussia
     G = Gaussian at q_nrm = p + ℓ·R(−e_z)
     B = Gaussian at q_up  = p + ℓ·R(e_x)   where it exceeds 0.25, else the pedestal 0.25·g (open → 0.25, closed → 0)
 
-The official code swaps which axis point goes to G and B; we follow the paper (docs/conventions.md).
+G carries the "normal" point and B the "up" point (docs/conventions.md).
 
-Decoding (ours, measured in docs/codec.md): per view and channel a peak (arg-max, or the arg-max of a smoothed copy
+Decoding (accuracy in docs/codec.md): per view and channel a peak (arg-max, or the arg-max of a smoothed copy
 where the raw one is a lone noisy pixel) refined by a weighted log-Gaussian fit, its height as confidence (0 where no
 blob is found); views whose blob is cut by the image border are left out where two other views see the point, else
 the frame is flagged; each point triangulated from the remaining views (weighted linear least squares, Gauss-Newton on

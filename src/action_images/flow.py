@@ -1,7 +1,6 @@
 """Flow matching over packed multi-view streams: the job masks, the noising, the loss and the ODE sampler.
 
-This module holds the diffusion math, apart from the network (``models/``) and the checkpoint (``wam.py``), the way
-DiT keeps ``diffusion/`` beside ``models.py``.
+This module holds the diffusion math, apart from the network (``models/``) and the checkpoint (``wam.py``).
 
 Jobs are masks. Every (view, frame, stream) is GIVEN (clean input), GEN (noised, generated, scored) or ABSENT (zeros,
 not scored). One noise level t per sample is shared by all generated parts (UVA-style masking, not UWM's

@@ -100,7 +100,7 @@ class PolicySettings:
     replanning (None: ``stride * H // 2``). ``sampler_steps`` / ``cfg_scale`` / ``method``: the sampler.
     ``on_disagree``: "replan" or "hold" (see the module docstring). ``disagree_px``: the RMS reprojection error
     (pixels at model resolution) above which views disagree (None: 2 sigma of the action-image blob, 4.8 px at 48 px,
-    a blob width; the codec's own 0.5 sigma flags most chunks of a small CPU model). ``gripper``: "linear" or "step"
+    a blob width: generated blobs are less precise than rendered ones). ``gripper``: "linear" or "step"
     interpolation. ``max_resamples``: immediate replans per step before falling back to holding.
     """
 

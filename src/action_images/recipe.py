@@ -262,7 +262,9 @@ def _check_range(value: Any, f: Any, where: str) -> None:
         too_low = lo is not None and (value <= lo if m.get("lo_open") else value < lo)
         if too_low or (hi is not None and value > hi):
             left = "(" if m.get("lo_open") else "["
-            raise ValueError(f"{where}: {value:g} is outside {left}{lo:g}, {hi:g}]")
+            lo_s = "-inf" if lo is None else f"{lo:g}"
+            hi_s = "inf" if hi is None else f"{hi:g}"
+            raise ValueError(f"{where}: {value:g} is outside {left}{lo_s}, {hi_s}]")
 
 
 def parse_mix(spec: str, where: str = "--task-mix") -> dict[str, float]:
@@ -380,9 +382,6 @@ def from_args(args: argparse.Namespace, warn: Any = None) -> TrainRecipe:
                 raise ValueError(f"{values[0][0]} and {values[1][0]} name the same setting; give one")
             for fl, v in values:
                 setattr(section, f.name, v if isinstance(v, bool) else _parse_flag(v, f, fl))
-                try:
-                    _check_range(getattr(section, f.name), f, fl)
-                except ValueError as e:
-                    raise ValueError(str(e).replace(f"{fl}: ", f"{fl}: ", 1)) from None
+                _check_range(getattr(section, f.name), f, fl)
     recipe.validate("--config " + args.config if getattr(args, "config", None) else "train")
     return recipe

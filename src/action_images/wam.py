@@ -129,11 +129,14 @@ class WAMConfig:
         need(self.crop in ("center", "workspace"), f"crop must be 'center' or 'workspace'; got {self.crop!r}")
         ws = self.workspace
         need(ws is None or (isinstance(ws, list) and len(ws) == 2 and all(
-            isinstance(c, list) and len(c) == 3 and all(isinstance(x, (int, float)) and x == x for x in c) for c in ws)
+            isinstance(c, list) and len(c) == 3 and all(isinstance(x, num) and not isinstance(x, bool)
+                                                        and abs(x) < float("inf") for x in c) for c in ws)
             and all(lo < hi for lo, hi in zip(*ws))), f"workspace must be [[x, y, z] low, [x, y, z] high]; got {ws!r}")
         need(self.crop != "workspace" or ws is not None, "crop 'workspace' needs a workspace box")
-        need(isinstance(self.task_mix, dict) and set(self.task_mix) <= set(TASK_NAMES) and bool(self.task_mix),
-             f"task_mix must map jobs {TASK_NAMES} to weights; got {self.task_mix!r}")
+        need(isinstance(self.task_mix, dict) and set(self.task_mix) <= set(TASK_NAMES) and bool(self.task_mix)
+             and all(isinstance(v, num) and not isinstance(v, bool) and 0 <= v < float("inf")
+                     for v in self.task_mix.values()) and sum(self.task_mix.values()) > 0,
+             f"task_mix must map jobs {TASK_NAMES} to finite weights >= 0, not all 0; got {self.task_mix!r}")
         need(self.camera_names is None or (isinstance(self.camera_names, list) and len(self.camera_names) >= 1
                                            and all(isinstance(c, str) and c for c in self.camera_names)),
              f"camera_names must be null or a list of names; got {self.camera_names!r}")
@@ -253,7 +256,9 @@ class WorldActionModel(nn.Module):
         for k, v in sd.items():
             if v.is_floating_point() and not torch.isfinite(v).all():
                 raise ValueError(f"refusing to save non-finite weights ({k}) to {path}")
-        save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, str(path / WEIGHTS_NAME))
+        tmp = path / f".{WEIGHTS_NAME}.partial"          # a crash never leaves torn weights beside a config
+        save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, str(tmp))
+        os.replace(tmp, path / WEIGHTS_NAME)
         meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": self.config.to_dict()}
         atomic_write_json(path / CONFIG_NAME, meta)
 

@@ -30,7 +30,7 @@ from action_images.geometry import Camera, euler_to_quat
 @dataclass
 class WindowConfig:
     image_size: int = 48
-    num_views: int = 2               # random subset of the dataset's cameras per window (paper: 2 of 4)
+    num_views: int = 2               # random subset of the dataset's cameras per window
     horizon: int = 4                 # H future keyframes
     stride: int = 2                  # control steps between keyframes
     crop_scale: tuple[float, float] = (0.85, 1.0)   # side of the random square crop / short image side

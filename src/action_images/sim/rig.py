@@ -245,9 +245,9 @@ class RigDistribution:
     look_at_jitter_m: tuple[float, float, float] = (0.06, 0.06, 0.04)
     roll_deg: tuple[float, float] = (-10.0, 10.0)
     fovy_deg: tuple[float, float] = (45.0, 60.0)
-    # acceptance (about 90 % of draws pass): every corner of OBJECT_BOX inside the image, and at least this fraction
-    # of a 5x5x5 grid over the gripper's reachable box (scene.WORKSPACE_LOW/HIGH) in view (the fixed front, left,
-    # right and top views: 0.50 to 0.54)
+    # acceptance (docs/benchmark.md has the pass rate): every corner of OBJECT_BOX inside the image, and at least this
+    # fraction of a 5x5x5 grid over the gripper's reachable box (scene.WORKSPACE_LOW/HIGH) in view (about what the
+    # named static views see)
     min_workspace_in_view: float = 0.5
     max_tries: int = 1000
 
