@@ -239,3 +239,16 @@ def test_summary_counts_identical_windows_and_averages_the_rest():
     assert s["video"] == {"psnr": 20.0, "psnr_identical_windows": 1, "ssim": 0.75}
     assert s["action_2d"] == {"count": 5, "mean_px": 4.0}
     assert np.isinf(openloop._summarise(rows[:1])["video"]["psnr"])
+
+
+def test_scores_do_not_depend_on_the_batch_size(lerobot_root):
+    """Each window's sampler noise comes from (seed, window index), not from its position in a batch."""
+    from action_images.openloop import evaluate_open_loop
+    from action_images.wam import WAMConfig, WorldActionModel
+    torch.manual_seed(0)
+    model = WorldActionModel(WAMConfig.from_preset("cpu-tiny")).eval()
+    with torch.no_grad():
+        model.backbone.out.weight.normal_(0, 0.02)
+    runs = [evaluate_open_loop(model, str(lerobot_root), episodes=[0, 1], windows_per_episode=2, steps=1,
+                               tasks=("policy",), batch_size=bs)["tasks"]["policy"] for bs in (1, 3)]
+    assert runs[0] == runs[1]

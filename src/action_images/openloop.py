@@ -202,8 +202,11 @@ def evaluate_open_loop(model: Any, data_root: Any, episodes: Sequence[int] | Non
     for s in range(0, len(windows), batch_size):
         items = windows[s:s + batch_size]
         batch = collate(items)
-        outs = {t: model.sample(batch, task=t, steps=steps, cfg_scale=cfg_scale,
-                                generator=torch.Generator().manual_seed(seed + s)) for t in tasks}
+        # each window's noise comes from (seed, window index): scores do not depend on the batch size
+        shape = (*batch["rgb"].shape[1:3], 6, *batch["rgb"].shape[-2:])                  # [V, F, 6, H, W]
+        noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(
+            int(np.random.SeedSequence([seed, s + b]).generate_state(1)[0]))) for b in range(len(items))])
+        outs = {t: model.sample(batch, task=t, steps=steps, cfg_scale=cfg_scale, noise=noise) for t in tasks}
         if figure and s == 0:
             from action_images.report import save_streams_figure
             save_streams_figure(batch, outs[tasks[0]], figure)

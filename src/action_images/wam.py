@@ -214,13 +214,15 @@ class WorldActionModel(nn.Module):
     # ---- sampler -----------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, batch: dict[str, Any], task: str = "policy", steps: int = 10, method: str = "euler",
-               cfg_scale: float = 1.0, generator: torch.Generator | None = None, shift: float = 1.0) -> Sample:
+               cfg_scale: float = 1.0, generator: torch.Generator | None = None, shift: float = 1.0,
+               noise: torch.Tensor | None = None) -> Sample:
         """Integrate the flow ODE from t=1 (noise) to t=0 for the generated parts of ``task``.
 
         ``batch``: rgb/act [B, V, F, 3, H, W] in [-1, 1] (only the parts the task gives are read; the rest may be
         anything, e.g. zeros), plucker [B, V, 6, H, W], instruction list[str]. ``cfg_scale`` s mixes
         ``uncond + s (cond - uncond)`` against the empty instruction (s = 1: no guidance, one pass per step).
-        ``shift`` > 1 spends more steps at high noise (t' = s t / (1 + (s - 1) t)).
+        ``shift`` > 1 spends more steps at high noise (t' = s t / (1 + (s - 1) t)). ``noise`` [B, V, F, 6, H, W]: the
+        starting noise (default: drawn from ``generator``), so a caller can make each sample independent of the batch.
         """
         dev = self.backbone.x_in.weight.device
         x_given = torch.cat([batch["rgb"], batch["act"]], dim=3).to(dev).float()   # [B, V, F, 6, H, W]
@@ -243,7 +245,11 @@ class WorldActionModel(nn.Module):
                 x0_hat = self.predict_x0(x, tb, state, plucker, text, text_mask)
             return self.velocity(x0_hat, x, tb)
 
-        noise = torch.randn(x_given.shape, generator=generator).to(dev)
+        if noise is None:
+            noise = torch.randn(x_given.shape, generator=generator)
+        elif tuple(noise.shape) != tuple(x_given.shape):
+            raise ValueError(f"noise must have shape {tuple(x_given.shape)}; got {tuple(noise.shape)}")
+        noise = noise.to(dev).float()
         x = integrate(v_at, x_given, state, noise, steps, method, shift)
         return Sample(rgb=x[:, :, :, :3], act=x[:, :, :, 3:], state=state)
 
