@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 
-def _fsync(path: Path) -> None:
+def fsync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -34,7 +34,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, durable: bool = Tru
     tmp = path.with_name(f".{path.name}.partial")
     tmp.write_bytes(data)
     if durable:
-        _fsync(tmp)
+        fsync_file(tmp)
     os.replace(tmp, path)
 
 

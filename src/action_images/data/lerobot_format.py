@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..geometry import POSE_DIM, POSE_NAMES, Camera
-from ..runfiles import atomic_write_bytes
+from ..runfiles import atomic_write_bytes, fsync_file
 
 CODEBASE_VERSION = "v3.0"
 CHUNKS_SIZE = 1000  # LeRobot's DEFAULT_CHUNK_SIZE: max files per chunk directory
@@ -314,17 +314,9 @@ def partial_path(path: Path) -> Path:
     return path.with_name(path.name + PARTIAL_SUFFIX)
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def commit_file(tmp: Path, path: Path) -> None:
     """Make a finished temp file durable and move it into place atomically."""
-    _fsync(tmp)
+    fsync_file(tmp)
     os.replace(tmp, path)
 
 

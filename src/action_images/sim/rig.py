@@ -27,6 +27,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from action_images.geometry import Camera
+from action_images.runfiles import atomic_write_json
 from action_images.sim import scene
 
 RIG_SLOTS = scene.RIG_SLOTS
@@ -183,8 +184,7 @@ def save_rig(cameras: Sequence[Camera], path: str | Path) -> Path:
     from action_images.data.lerobot_format import cameras_to_json
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(cameras_to_json(list(cameras), per_frame=False), indent=1) + "\n")
+    atomic_write_json(path, cameras_to_json(list(cameras), per_frame=False))
     return path
 
 
