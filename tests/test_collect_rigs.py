@@ -50,7 +50,7 @@ def test_camera_rig_file_places_the_static_cameras(tmp_path):
     (["--rig-distribution", "train", "--perturb-cameras"], "--perturb-cameras cannot be combined"),
     (["--rig-distribution", "train", "--camera-rig", "x.json"], "exclude each other"),
     (["--rig-distribution", "train", "--cameras", "front,left"], "--cameras"),
-    (["--camera-rig", "missing.json"], "--camera-rig: cannot read missing.json"),
+    (["--camera-rig", "missing.json"], "--camera-rig: missing.json: cannot read the rig file"),
 ])
 def test_bad_rig_flags_exit_2(tmp_path, argv, message, capsys):
     assert collect_main("--tasks", "reach_target", "--episodes", "1", "--out", str(tmp_path / "x"), *argv) == 2

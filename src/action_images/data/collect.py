@@ -206,8 +206,8 @@ def check_args(args: argparse.Namespace, all_tasks: tuple[str, ...],
         from ..sim import load_rig
         try:
             rig = load_rig(args.camera_rig, args.image_size)
-        except OSError as e:
-            raise ValueError(f"--camera-rig: cannot read {args.camera_rig} ({e.strerror or e})") from None
+        except (OSError, ValueError) as e:
+            raise ValueError(f"--camera-rig: {getattr(e, 'strerror', None) or e}") from None
         all_cameras = tuple(c.name for c in rig) + ("wrist",)
     default = ",".join(c for c in all_cameras if c != "wrist") if (args.rig_distribution or args.camera_rig) \
         else DEFAULT_CAMERAS
