@@ -168,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
                     return 2
                 cmd = eval_command(m, c, args.episodes, args.seed, args.eval_dir)
                 print(cmd, file=sys.stderr)
-                if subprocess.run(shlex.split(cmd)).returncode != 0:
+                argv = [sys.executable, "-m", "action_images.cli", *shlex.split(cmd)[1:]]   # this interpreter's CLI
+                if subprocess.run(argv).returncode != 0:
                     return 1
         return 0
     try:
