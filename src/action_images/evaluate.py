@@ -4,6 +4,7 @@
     action-images eval --checkpoint runs/pick --tasks all --episodes 20 --perturb-cameras --out runs/pick/eval_shift
     action-images eval --checkpoint runs/pick --tasks pick_cube --episodes 5 --open-loop-data data/demos --out DIR
     action-images eval --checkpoint runs/pick --tasks all --episodes 100 --out DIR --resume     # after a crash
+    action-images eval --server ws://127.0.0.1:8000 --tasks reach_target --episodes 20 --out DIR   # via serve
 
 Reproducible by construction: episode k of task t resets the env (and seeds the policy's sampler noise) with
 ``seeds.episode_seed(--seed, t, k)``, a SeedSequence keyed by "eval" so it never coincides with the collection seeds
@@ -101,7 +102,14 @@ def add_sampler_steps(p: Any, default: int | str, help: str, type: Any = whole_n
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="run directory (config.json + model.safetensors)")
+    p.add_argument("--checkpoint", default=None,
+                   help="run directory (config.json + model.safetensors); or --server")
+    p.add_argument("--server", default=None, metavar="URL",
+                   help="evaluate the policy of a running 'action-images serve' at this ws:// or wss:// URL instead "
+                        "of a --checkpoint: the env renders here, the server plans; the policy settings are the "
+                        "server's")
+    p.add_argument("--token", default=None,
+                   help="the server's bearer token (default: $ACTION_IMAGES_SERVE_TOKEN, which keeps it out of ps)")
     p.add_argument("--tasks", default="all", help="task names, comma separated, or 'all'")
     p.add_argument("--episodes", type=whole_number, default=10, help="episodes per task, >= 1 (default 10)")
     p.add_argument("--out", required=True,
@@ -331,7 +339,7 @@ def compose_frame(obs: dict[str, Any], cameras: Sequence[Any], action: np.ndarra
         size = S * max(1, -(-int(min_px) // S))
         top.append(_upscale(overlay(real, act_imgs[v]), size))
         tile = np.full((size, size, 3), 40, np.uint8)
-        if chunk is not None and cam.name in chunk.view_names:
+        if chunk is not None and chunk.future_rgb is not None and cam.name in chunk.view_names:
             j = chunk.view_names.index(cam.name)
             k = min(chunk.future_rgb.shape[1] - 1, step_in_chunk // stride)
             act = chunk.future_act[j, k]
@@ -421,11 +429,12 @@ class EpisodeRunner:
     Episode k of a task depends only on its seed, not on what ran before it, so any split of the (task, k) pairs
     over processes gives the same records (``--jobs``). ``settings`` must be resolved (:func:`resolve_settings`)."""
 
-    def __init__(self, model: Any, out: Path, settings: EvalSettings):
+    def __init__(self, model: Any, out: Path, settings: EvalSettings, policy: Any = None):
         self.settings = settings
         from action_images.baselines.policy import make_policy   # BaselinePolicy for models that predict poses
 
-        self.policy = make_policy(model, settings.policy, seed=settings.seed)
+        # ``policy``: a ready policy (e.g. serve.remote.RemotePolicy, model None) instead of one around ``model``
+        self.policy = policy if policy is not None else make_policy(model, settings.policy, seed=settings.seed)
         self.codec = ActionImageCodec()
         self.out = Path(out)
         self.env_kwargs = dict(cameras=tuple(settings.cameras or DEFAULT_CAMERAS), image_size=settings.image_size,
@@ -461,10 +470,16 @@ class EpisodeRunner:
 _WORKER: dict[str, EpisodeRunner] = {}
 
 
-def _worker_init(checkpoint: str, threads: int, out: str, settings: EvalSettings) -> None:
+def _worker_init(checkpoint: str, threads: int, out: str, settings: EvalSettings,
+                 server: tuple[str, str | None] | None = None) -> None:
+    torch.set_num_threads(threads)
+    if server is not None:                       # each worker its own connection (its own episode state)
+        from action_images.serve.remote import RemotePolicy
+        policy = RemotePolicy(server[0], server[1], settings.policy.camera_names, seed=settings.seed)
+        _WORKER["runner"] = EpisodeRunner(None, Path(out), settings, policy=policy)
+        return
     from action_images.baselines import load_model
 
-    torch.set_num_threads(threads)
     _WORKER["runner"] = EpisodeRunner(load_model(checkpoint), Path(out), settings)
 
 
@@ -494,21 +509,41 @@ class Evaluation:
     line per finished episode, appended and flushed as it finishes. ``resume=True`` keeps the finished episodes and
     runs the others; it raises ValueError when the recorded settings or weights differ from these.
     ``jobs > 1`` runs episodes in worker processes (each loads ``checkpoint``, one torch thread); records are the
-    same as with one process. A worker that dies raises RuntimeError at once (finished episodes stay on disk)."""
+    same as with one process. A worker that dies raises RuntimeError at once (finished episodes stay on disk).
+
+    ``server`` (with ``model`` None): the URL of a running ``action-images serve``, ``token`` its bearer token; the
+    env renders here and the server plans (:class:`~action_images.serve.remote.RemotePolicy`). The policy settings
+    are then the server's (``settings.policy`` may only name the cameras), the header records the server's model and
+    checkpoint instead of the weights' digest, and the records are the in-process ones."""
 
     def __init__(self, model: Any, settings: EvalSettings, out: str | Path, checkpoint: str | Path | None = None,
-                 resume: bool = False, overwrite: bool = False):
+                 resume: bool = False, overwrite: bool = False, server: str | None = None,
+                 token: str | None = None):
         if not isinstance(settings, EvalSettings):
             raise TypeError(f"settings must be an EvalSettings; got {type(settings).__name__}")
-        if settings.jobs > 1 and checkpoint is None:
+        if (model is None) == (server is None):
+            raise ValueError("give either a checkpoint (--checkpoint) or a policy server (--server), not both")
+        if settings.jobs > 1 and checkpoint is None and server is None:
             raise ValueError("--jobs > 1 needs the checkpoint path (each worker process loads the model)")
         self.model, self.out, self.checkpoint, self.resume = model, Path(out), checkpoint, resume
-        self.settings = resolve_settings(settings, model.config)
-        self.runner = EpisodeRunner(model, self.out, self.settings)         # the policy checks model-bound ranges
+        self.server = None if server is None else (str(server), token)
+        policy = None
+        if server is not None:
+            settings, config, policy = _remote_policy(settings, str(server), token)
+        else:
+            config = model.config
+        self.config = config
+        self.settings = resolve_settings(settings, config)
+        if policy is not None:
+            policy.camera_names = list(self.settings.policy.camera_names)
+        # the policy checks model-bound ranges
+        self.runner = EpisodeRunner(model, self.out, self.settings, policy=policy)
         self.path = self.out / EPISODES_FILE
         self.header = {"format": EPISODES_FORMAT, "version": 1, "settings": _record_key(self.settings),
-                       "model_sha256": model_digest(model), "checkpoint": None if checkpoint is None
-                       else str(checkpoint)}
+                       "model_sha256": model_digest(model) if model is not None else None,
+                       "checkpoint": None if checkpoint is None else str(checkpoint)}
+        if policy is not None:
+            self.header["server"] = {k: policy.metadata.get(k) for k in ("model", "checkpoint")}
         self.done: list[dict[str, Any]] = []
         if not resume and not overwrite and self.path.exists() and len(read_jsonl(self.path)) > 1:
             raise ValueError(f"{self.path} already holds finished episodes; pass --resume to continue them, "
@@ -531,6 +566,9 @@ class Evaluation:
                                              for k in diff))
             if head.get("model_sha256") != self.header["model_sha256"]:
                 raise ValueError(f"--resume: the checkpoint's weights differ from the ones recorded in {self.path}")
+            if head.get("server") != self.header.get("server"):
+                raise ValueError(f"--resume: the policy server's model differs from the one recorded in {self.path} "
+                                 f"({head.get('server')} -> {self.header.get('server')})")
             seen: set[tuple[str, int]] = set()
             for r in rows[1:]:
                 key = (r.get("task"), r.get("episode"))
@@ -572,6 +610,8 @@ class Evaluation:
                     done(self.runner.episode(task, k))
         finally:
             self.runner.close()
+            if hasattr(self.runner.policy, "close"):                  # a server connection
+                self.runner.policy.close()
             bar.close()
         return self.metrics(read_jsonl(self.path)[1:])
 
@@ -580,7 +620,7 @@ class Evaluation:
         (ProcessPoolExecutor notices the lost process; multiprocessing.Pool would wait for its result forever)."""
         s = self.settings
         ex = ProcessPoolExecutor(s.jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
-                                 initargs=(str(self.checkpoint), 1, str(self.out), s))
+                                 initargs=(str(self.checkpoint), 1, str(self.out), s, self.server))
         pending: set[Any] = set()
         finished_ok = False
         try:
@@ -621,9 +661,9 @@ class Evaluation:
         n = len(records)
         succ = sum(r["success"] for r in records)
         lo, hi = wilson_interval(succ, n)
-        cfg = model.config
+        cfg = self.config
         policy = self.runner.policy
-        return {"settings": s.to_dict(),
+        out = {"settings": s.to_dict(),
                 "tasks": per_task,
                 "overall": {"episodes": n, "successes": int(succ), "success_rate": succ / n if n else None,
                             "success_ci95": [lo, hi],
@@ -646,9 +686,45 @@ class Evaluation:
                            "gripper": s.policy.gripper, "max_resamples": s.policy.max_resamples,
                            "disagree_px": policy.codec.reject_px, "model_image_size": cfg.image_size,
                            "model_preset": cfg.preset, "model_camera_names": getattr(cfg, "camera_names", None),
-                           "model_parameters": int(sum(p.numel() for p in model.parameters())), "jobs": s.jobs},
+                           "model_parameters": (int(sum(p.numel() for p in model.parameters()))
+                                                if model is not None else None), "jobs": s.jobs},
                 "episodes": [{k: v for k, v in r.items() if k not in ("latency_s", "views")} for r in records],
                 "videos": video_paths}
+        if self.server is not None:
+            out["policy"]["server"] = dict(self.header["server"], url=self.server[0])
+        return out
+
+
+def _remote_policy(settings: EvalSettings, url: str, token: str | None) -> tuple[EvalSettings, Any, Any]:
+    """For ``--server``: the settings with the server's policy settings, a stand-in for the checkpoint config
+    (from the server's metadata) and the connected :class:`~action_images.serve.remote.RemotePolicy`. ValueError
+    for policy flags (they are the server's) or a server that cannot be reached."""
+    try:
+        from action_images.serve.client import ServerError
+        from action_images.serve.remote import RemotePolicy
+    except ModuleNotFoundError as e:
+        raise ValueError(f"--server needs the serve extra ({e.name} is missing): pip install "
+                         "'action-images[serve]'") from None
+    from action_images.policy import FLAGS as POLICY_FLAGS
+
+    mine = settings.policy.to_dict()
+    default = PolicySettings().to_dict()
+    given = [POLICY_FLAGS[k] for k in mine if k != "camera_names" and mine[k] != default[k]]
+    if given:
+        raise ValueError(f"--server: the policy settings are the server's; drop {', '.join(given)} (set them on "
+                         "action-images serve)")
+    try:
+        policy = RemotePolicy(url, token, settings.policy.camera_names, seed=settings.seed)
+    except ServerError as e:
+        raise ValueError(f"--server: {e}") from None
+    except ValueError as e:
+        raise ValueError(f"--policy-cameras: {e}") from None
+    meta = policy.metadata
+    served = meta.get("camera_names")
+    config = argparse.Namespace(num_views=len(served) if served else int(meta.get("min_views", 2)),
+                                camera_names=served, image_size=policy.image_size, preset=None)
+    pol = replace(policy.settings, camera_names=settings.policy.camera_names or policy.settings.camera_names)
+    return replace(settings, policy=pol), config, policy
 
 
 def evaluate(model: Any, settings: EvalSettings, out: str | Path, *, checkpoint: str | Path | None = None,
@@ -705,20 +781,34 @@ def run(args: argparse.Namespace) -> int:
     try:                                           # every check before the first episode: bad input exits 2
         settings = settings_from_args(args)
         check_files(args)
-        if not (Path(args.checkpoint) / "config.json").is_file():
-            raise ValueError(f"--checkpoint: no config.json in {args.checkpoint}")
-        model = load_model(args.checkpoint)
+        server = getattr(args, "server", None)
+        if (args.checkpoint is None) == (server is None):
+            raise ValueError("give --checkpoint DIR or --server URL (exactly one)")
+        if server is not None:
+            if args.open_loop_data:
+                raise ValueError("--open-loop-data needs the weights: use --checkpoint, not --server")
+            token = args.token if args.token is not None else (os.environ.get("ACTION_IMAGES_SERVE_TOKEN") or None)
+            model = None
+        else:
+            if args.token is not None:
+                raise ValueError("--token is the policy server's; it goes with --server")
+            if not (Path(args.checkpoint) / "config.json").is_file():
+                raise ValueError(f"--checkpoint: no config.json in {args.checkpoint}")
+            model = load_model(args.checkpoint)
+            token = None
         if args.open_loop_data and not hasattr(model, "sample"):
             raise ValueError(f"--open-loop-data: the open-loop metrics score generated video; {args.checkpoint} "
                              f"is a {type(model).__name__}")
         ev = Evaluation(model, settings, out, checkpoint=args.checkpoint, resume=args.resume,
-                        overwrite=args.overwrite)
+                        overwrite=args.overwrite, server=server, token=token)
     except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"action-images eval: {e}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    metrics: dict[str, Any] = {"command": "eval", "arguments": args_dict(args), "seed": args.seed,
-                               "checkpoint": str(args.checkpoint), "perturb_cameras": bool(args.perturb_cameras)}
+    metrics: dict[str, Any] = {"command": "eval", "arguments": {k: v for k, v in args_dict(args).items()
+                                                                 if k != "token"},      # never the secret
+                               "seed": args.seed, "checkpoint": str(args.checkpoint),
+                               "perturb_cameras": bool(args.perturb_cameras)}
     try:
         metrics.update(ev.run(progress=not args.no_progress))
     except RuntimeError as e:
