@@ -69,6 +69,16 @@ class ModelRecipe:
                                            "(0 = off)", lo=0, hi=512)
     baseline: dict = _f({}, "bc/dp only: overrides of the baseline's config, e.g. {\"plucker\": false, \"pool\": "
                             "\"avg\"} (recipe file only)", kind="file_only")
+    pretrained: str | None = _f(None, "wan presets: a local diffusers pipeline folder to start from (transformer/, and "
+                                      "vae/ for the latent presets; safetensors; nothing is downloaded)")
+    text_encoder: str | None = _f(None, "wan presets: a local UMT5 folder (text_encoder/ + tokenizer/) encoding the "
+                                        "instructions; features cached per dataset")
+    finetune: str = _f("full", "wan presets: train every weight (full) or LoRA adapters (lora; --lora-rank, "
+                               "--lora-alpha)", choices=("full", "lora"))
+    lora_rank: int = _f(32, "LoRA rank (--finetune lora)", lo=1, hi=4096)
+    lora_alpha: float | None = _f(None, "LoRA alpha (default: the rank)", lo=0, lo_open=True, hi=1e6)
+    gradient_checkpointing: bool = _f(False, "wan presets: recompute each block's activations in the backward pass "
+                                             "(less memory, ~30 % more compute)")
 
 
 @dataclass
@@ -99,7 +109,8 @@ class RunRecipe:
                              lo=1, hi=1024)
     workers: int = _f(0, "data loader processes", lo=0, hi=64)
     compile: bool = _f(False, "torch.compile the model (~1.3x on CPU after ~1 min)")
-    mixed_precision: str = _f("no", "GPU only; fp32 on CPU", choices=("no", "bf16", "fp16"))
+    mixed_precision: str = _f("no", "autocast on GPU (bf16 for the wan presets); a CPU run stays fp32",
+                              choices=("no", "bf16", "fp16"))
     log_every: int = _f(10, "steps between log lines", lo=1, hi=10 ** 9)
     checkpoint_every: int = _f(500, "steps between checkpoints", lo=1, hi=10 ** 9)
     checkpoint_minutes: float = _f(10.0, "minutes between checkpoints", lo=0, lo_open=True, hi=1e6)

@@ -8,6 +8,9 @@ it by dropping the instruction with probability ``p_drop``; sampling mixes ``unc
 A pretrained encoder plugs in through :class:`ExternalTextEncoder`: give it a callable mapping a list of strings to
 ``(features [B, L, Dp], mask [B, L])``; it stays frozen and a learned projection maps it to the model width. The
 empty instruction still maps to the learned null token, so CFG behaves the same with either encoder.
+
+Wan2.2's own text encoder, UMT5, is the ``"umt5"`` kind (:mod:`action_images.models.umt5`): a local folder
+(``train --text-encoder DIR``), frozen, its features cached per dataset.
 """
 
 from __future__ import annotations
@@ -26,14 +29,18 @@ _WORD = re.compile(r"[a-z0-9]+")
 
 @dataclass(frozen=True)
 class TextConfig:
-    kind: str = "hash"          # "hash" (offline) or "external" (user-supplied callable, see ExternalTextEncoder)
+    kind: str = "hash"          # "hash" (offline), "external" (a user callable) or "umt5" (local folder, path)
     dim: int = 128              # output width (= the backbone's text_dim)
     vocab_size: int = 4096
     max_tokens: int = 16
     external_dim: int = 0       # feature width of the external encoder
+    path: str | None = None     # "umt5": the local folder of the encoder and its tokenizer
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["path"] is None:   # configs without a folder read and compare as before the field existed
+            d.pop("path")
+        return d
 
 
 def tokenize(texts: Sequence[str], vocab_size: int = 4096, max_tokens: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,4 +116,7 @@ def build_text_encoder(cfg: TextConfig, text_fn: Callable | None = None) -> nn.M
         return HashTextEncoder(cfg)
     if cfg.kind == "external":
         return ExternalTextEncoder(cfg, text_fn)
-    raise ValueError(f"unknown text encoder kind {cfg.kind!r}; known: 'hash', 'external'")
+    if cfg.kind == "umt5":
+        from action_images.models.umt5 import UMT5TextEncoder
+        return UMT5TextEncoder(cfg)
+    raise ValueError(f"unknown text encoder kind {cfg.kind!r}; known: 'hash', 'external', 'umt5'")

@@ -23,6 +23,13 @@ Run directory: ``config.json`` + ``model.safetensors`` (EMA weights; ``WorldActi
 ``checkpoints/step_XXXXXXXX/`` (raw + EMA weights, optimizer, trainer state; written to a temp dir, then renamed),
 ``log.jsonl`` (one line per logged step) and ``loss.png``.
 
+Paper scale (docs/scale.md): ``--preset wan2.2-5b-latent`` (Wan2.2 VAE latents), ``--pretrained DIR`` (a local
+diffusers folder), ``--text-encoder DIR`` (UMT5), ``--finetune full|lora`` with ``--lora-rank/--lora-alpha``,
+``--gradient-checkpointing`` and ``--mixed-precision bf16`` (GPU only; CPU runs stay fp32). Frozen weights (the VAE, a
+LoRA run's base) are neither optimised nor averaged. ``accelerate launch --config_file configs/accelerate/ddp.yaml``
+(or ``fsdp.yaml``) runs N processes; a checkpoint records its number of processes, and ``--resume`` with another
+number needs ``--allow-world-size-change`` (the batch keys are per (step, rank), so the data order changes).
+
 ``--method bc|dp`` trains a baseline (:mod:`action_images.baselines`) in the same loop, on the same windows, with the
 same optimiser, EMA, checkpoints and ``--resume``; ``action_images.baselines.load_model(RUN)`` loads any run.
 """
@@ -60,6 +67,9 @@ class NonFiniteError(RuntimeError):
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue from the latest intact checkpoint in --out")
+    p.add_argument("--allow-world-size-change", action="store_true",
+                   help="--resume with another number of processes than the checkpoint's (the data order then "
+                        "differs from an uninterrupted run: batch keys are per (step, rank); docs/scale.md)")
     p.add_argument("--collect-missing", action="store_true",
                    help="collect the dataset first when --data does not exist yet (the recipe's data.collect)")
     recipes.add_arguments(p)
@@ -84,8 +94,49 @@ def build_config(r: TrainRecipe, camera_names: list[str] | None = None) -> WAMCo
         if cfg.backbone_kind != "dit":
             raise ValueError("--refine-channels applies to DiT presets only")
         cfg.backbone = {**cfg.backbone, "refine_channels": int(m.refine_channels)}
+    apply_scale_options(cfg, m)
     cfg.validate()
     return cfg
+
+
+def apply_scale_options(cfg: WAMConfig, m: Any) -> None:
+    """--pretrained, --text-encoder, --finetune lora and --gradient-checkpointing (wan presets; docs/scale.md)."""
+    wan_only = [flag for flag, on in (("--pretrained", m.pretrained), ("--text-encoder", m.text_encoder),
+                                      ("--finetune lora", m.finetune == "lora"),
+                                      ("--gradient-checkpointing", m.gradient_checkpointing)) if on]
+    if not wan_only:
+        return
+    if cfg.backbone_kind != "wan":
+        raise ValueError(f"{', '.join(wan_only)}: apply to the wan presets only (not {cfg.preset!r})")
+    from dataclasses import replace
+    from action_images.models.wan import _ARCH_KEYS, WanBackboneConfig
+    if m.pretrained:
+        from action_images.models.latent import check_pretrained_folder, latent_config, vae_config_from_folder
+        check_pretrained_folder(m.pretrained, ("transformer", "vae") if cfg.latent else ("transformer",))
+        keep = {k: v for k, v in cfg.backbone.items() if k not in _ARCH_KEYS and k != "pretrained"}
+        cfg.backbone = WanBackboneConfig.from_pretrained(m.pretrained, **keep).to_dict()
+        if cfg.latent:
+            cfg.latent = latent_config(vae_config_from_folder(m.pretrained), str(m.pretrained))
+    bb = WanBackboneConfig(**cfg.backbone)
+    if m.finetune == "lora":
+        bb = replace(bb, lora_rank=int(m.lora_rank), lora_alpha=float(m.lora_alpha or m.lora_rank))
+    if m.gradient_checkpointing:
+        bb = replace(bb, gradient_checkpointing=True)
+    cfg.backbone = bb.to_dict()
+    if m.text_encoder:
+        from action_images.models.umt5 import MAX_TOKENS, encoder_width
+        from action_images.text import TextConfig
+        width = encoder_width(m.text_encoder)
+        if width != bb.text_dim:
+            raise ValueError(f"--text-encoder {m.text_encoder}: d_model {width} != the backbone's text_dim "
+                             f"{bb.text_dim}")
+        cfg.text = TextConfig(kind="umt5", dim=width, max_tokens=MAX_TOKENS, path=str(m.text_encoder)).to_dict()
+
+
+def text_cache_dir(r: TrainRecipe, out: Path) -> Path:
+    """Where UMT5 features are cached: the first dataset's ``cache/text`` (``<out>/cache/text`` for synthetic)."""
+    first = r.data.data[0]
+    return (out if first.startswith("synthetic") else Path(first)) / "cache" / "text"
 
 
 def build_dataset(r: TrainRecipe, cfg: WAMConfig):
@@ -176,7 +227,7 @@ def checkpoints(out: Path) -> list[Path]:
 
 
 def save_checkpoint(out: Path, step: int, wam: WorldActionModel, ema: dict[str, torch.Tensor],
-                    opt: torch.optim.Optimizer, recipe: TrainRecipe, keep: int) -> Path:
+                    opt: torch.optim.Optimizer, recipe: TrainRecipe, keep: int, world_size: int = 1) -> Path:
     """Write checkpoints/step_N atomically (temp dir, then rename) and refresh the run's EMA export.
 
     Refuses non-finite weights (raw or EMA): a checkpoint or export never holds NaN or inf."""
@@ -193,7 +244,7 @@ def save_checkpoint(out: Path, step: int, wam: WorldActionModel, ema: dict[str, 
     save_file(tensors, str(tmp / "optimizer.safetensors"))
     save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
     np_state = np.random.get_state()
-    state = {"step": step, "recipe": recipe.to_dict(),
+    state = {"step": step, "recipe": recipe.to_dict(), "world_size": world_size,
              "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]],
              "python_rng": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
              "param_groups": groups, "time": time.time()}
@@ -202,8 +253,9 @@ def save_checkpoint(out: Path, step: int, wam: WorldActionModel, ema: dict[str, 
     if final.exists():
         shutil.rmtree(final)
     os.rename(tmp, final)
-    # the run-level export (EMA weights) for from_pretrained(RUN)
-    save_file({k: v.contiguous() for k, v in ema.items()}, str(out / f".{WEIGHTS_NAME}.tmp"))
+    # the run-level export (EMA weights; frozen weights as they are) for from_pretrained(RUN)
+    export = {**wam.state_dict(), **ema}
+    save_file({k: v.detach().contiguous().cpu() for k, v in export.items()}, str(out / f".{WEIGHTS_NAME}.tmp"))
     os.replace(out / f".{WEIGHTS_NAME}.tmp", out / WEIGHTS_NAME)
     atomic_write_text(out / CONFIG_NAME, (final / CONFIG_NAME).read_text())
     for old in checkpoints(out)[:-keep] if keep > 0 else []:
@@ -303,8 +355,9 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("give --data DIR[,DIR] (or data.data in --config)")
         if args.collect_missing:
             collect_missing(recipe)
-        return train(recipe, Path(args.out), resume=args.resume)
-    except (ValueError, FileExistsError) as e:
+        return train(recipe, Path(args.out), resume=args.resume,
+                     allow_world_size_change=getattr(args, "allow_world_size_change", False))
+    except (ValueError, FileExistsError, FileNotFoundError) as e:
         print(f"action-images train: {e}", file=sys.stderr)
         return EXIT_USAGE
     except NonFiniteError as e:
@@ -312,13 +365,17 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_NONFINITE
 
 
-def train(recipe: TrainRecipe, out: Path, resume: bool = False) -> int:
+def train(recipe: TrainRecipe, out: Path, resume: bool = False, allow_world_size_change: bool = False) -> int:
     """Train from ``recipe`` into ``out`` (see the module docstring); returns the exit status."""
     from accelerate import Accelerator
     from tqdm import tqdm
 
     o, rr = recipe.optim, recipe.run
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=rr.mixed_precision)
+    cuda = torch.cuda.is_available()
+    if rr.mixed_precision != "no" and not cuda:
+        print(f"action-images train: --mixed-precision {rr.mixed_precision} applies on a GPU; this CPU run stays fp32",
+              file=sys.stderr)
+    accelerator = Accelerator(cpu=not cuda, mixed_precision=rr.mixed_precision if cuda else "no")
     world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
     if accelerator.device.type == "cpu":
         torch.set_num_threads(rr.threads or default_threads(world))
@@ -331,9 +388,14 @@ def train(recipe: TrainRecipe, out: Path, resume: bool = False) -> int:
 
     torch.manual_seed(o.seed)
     wam = baselines.build_model(cfg)                                     # WorldActionModel for --method wam
-    ema = {k: v.detach().clone().float() for k, v in wam.state_dict().items()}
-    decay_params = [p for n, p in wam.named_parameters() if p.ndim >= 2 and "emb" not in n]
-    other_params = [p for n, p in wam.named_parameters() if not (p.ndim >= 2 and "emb" not in n)]
+    if getattr(getattr(wam, "text_encoder", None), "set_cache_dir", None):   # UMT5: features cached per dataset
+        wam.text_encoder.set_cache_dir(text_cache_dir(recipe, out))
+    # frozen weights (the VAE, a LoRA run's base) are neither averaged nor optimised; the export adds them back
+    frozen = {n for n, p in wam.named_parameters() if not p.requires_grad}
+    ema = {k: v.detach().clone().float() for k, v in wam.state_dict().items() if k not in frozen}
+    trainable = [(n, p) for n, p in wam.named_parameters() if p.requires_grad]
+    decay_params = [p for n, p in trainable if p.ndim >= 2 and "emb" not in n]
+    other_params = [p for n, p in trainable if not (p.ndim >= 2 and "emb" not in n)]
     opt = torch.optim.AdamW([{"params": decay_params, "weight_decay": o.weight_decay},
                              {"params": other_params, "weight_decay": 0.0}], lr=o.lr, betas=(0.9, 0.99))
 
@@ -350,6 +412,14 @@ def train(recipe: TrainRecipe, out: Path, resume: bool = False) -> int:
         if diff:
             raise ValueError(f"--resume {out}: settings differ from the checkpoint ({sorted(set(diff))}); use the "
                              "same recipe")
+        saved_world = int(ck["state"].get("world_size", world))
+        if saved_world != world and not allow_world_size_change:
+            raise ValueError(f"--resume {out}: the checkpoint was trained on {saved_world} process(es), this run has "
+                             f"{world}; batches are drawn per (step, rank), so the data order and the global batch "
+                             "would change. Pass --allow-world-size-change to continue anyway")
+        if saved_world != world:
+            warn(f"action-images train: resuming a {saved_world}-process run on {world} process(es): same weights, "
+                 "optimizer state and step; another data order and global batch from here on")
         start = apply_checkpoint(ck, wam, ema, opt)
         if main:
             _truncate_log(out / "log.jsonl", start)
@@ -396,8 +466,9 @@ def train(recipe: TrainRecipe, out: Path, resume: bool = False) -> int:
             step += 1
             d = min(o.ema, (1 + step) / (10 + step))
             with torch.no_grad():
-                for k, v in wam.state_dict().items():
-                    ema[k].lerp_(v.detach().float(), 1.0 - d)
+                sd = wam.state_dict()
+                for k in ema:
+                    ema[k].lerp_(sd[k].detach().float(), 1.0 - d)
             vals = torch.stack([metrics[k].detach().float() for k in sorted(metrics)] + [grad_norm.float()])
             vals = accelerator.reduce(vals, reduction="mean") if world > 1 else vals
             for k, v in zip(sorted(metrics) + ["grad_norm"], vals.tolist()):
@@ -423,7 +494,7 @@ def train(recipe: TrainRecipe, out: Path, resume: bool = False) -> int:
             bar.update(1)
             if step % rr.checkpoint_every == 0 or time_ckpt or stop or step == o.steps:
                 if main:
-                    save_checkpoint(out, step, wam, ema, opt, recipe, rr.keep_checkpoints)
+                    save_checkpoint(out, step, wam, ema, opt, recipe, rr.keep_checkpoints, world)
                     plot_log(out)
                 accelerator.wait_for_everyone()
                 t_ckpt = time.perf_counter()

@@ -46,7 +46,7 @@ FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)                     # v1: no camera_names / crop in the config
 # config keys added after format v1 shipped -> the value that reproduces the older behaviour
 ADDED_KEYS: dict[str, Any] = {"act_peak_weight": 0.0, "loss_target": "velocity", "camera_names": None,
-                              "crop": "center", "workspace": None}
+                              "crop": "center", "workspace": None, "latent": None}
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 
@@ -74,6 +74,7 @@ class WAMConfig:
     camera_names: list | None = None               # cameras trained on (None: any of the dataset's)
     crop: str = "center"                           # crop of each view before the resize: "center" or "workspace"
     workspace: list | None = None                  # [[x, y, z] low, [x, y, z] high] world box of crop="workspace"
+    latent: dict | None = None                     # Wan VAE latent space (models/latent.py); None = pixel space
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "WAMConfig":
@@ -82,6 +83,8 @@ class WAMConfig:
         text = TextConfig(dim=bb["text_dim"], vocab_size=p.get("text_vocab", 4096)).to_dict()
         cfg = cls(preset=name, backbone_kind=p.get("kind", "dit"), backbone=bb, text=text, image_size=p["image_size"],
                   num_views=p["num_views"], horizon=p["horizon"], stride=p["stride"])
+        if p.get("latent") is not None:    # the blob weight is defined on action-image pixels, not on latents
+            cfg.latent, cfg.act_peak_weight = dict(p["latent"]), 0.0
         for k, v in overrides.items():
             if v is not None:
                 setattr(cfg, k, v)
@@ -93,10 +96,17 @@ class WAMConfig:
 
     def tokens_per_sample(self, num_views: int | None = None) -> int:
         p = self.backbone["patch"]
+        if self.latent:
+            from action_images.models.latent import factors, latent_frames
+            side = self.image_size // factors(self.latent["vae"])[0] // p
+            return (num_views or self.num_views) * latent_frames(self.frames) * side ** 2
         return (num_views or self.num_views) * self.frames * (self.image_size // p) ** 2
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["latent"] is None:   # pixel-space configs read and compare as before the field existed
+            d.pop("latent")
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "WAMConfig":
@@ -140,6 +150,13 @@ class WAMConfig:
         need(self.camera_names is None or (isinstance(self.camera_names, list) and len(self.camera_names) >= 1
                                            and all(isinstance(c, str) and c for c in self.camera_names)),
              f"camera_names must be null or a list of names; got {self.camera_names!r}")
+        if self.latent is not None:
+            from action_images.models.latent import check
+            need(isinstance(self.latent, dict), f"latent must be null or an object; got {self.latent!r}")
+            need(self.backbone_kind == "wan", "latent space needs the wan backbone")
+            need(self.act_peak_weight == 0, "act_peak_weight must be 0 in latent space (the blob weight is defined "
+                                            "on action-image pixels)")
+            check(self.latent, self.image_size, self.horizon, self.backbone["patch"])
 
 
 @dataclass
@@ -165,6 +182,10 @@ class WorldActionModel(nn.Module):
         self.config = config
         self.backbone = build_backbone(config.backbone_kind, config.backbone)
         self.text_encoder = build_text_encoder(TextConfig(**config.text), text_fn)
+        if config.latent is not None:
+            from action_images.models.latent import FrozenVAE, check
+            check(config.latent, config.image_size, config.horizon, config.backbone["patch"])
+            self.vae = FrozenVAE(config.latent)
 
     # ---- core prediction ---------------------------------------------------------------------------------------------
     def encode_text(self, instructions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -172,14 +193,39 @@ class WorldActionModel(nn.Module):
 
     def predict_x0(self, x_in: torch.Tensor, t: torch.Tensor, state: torch.Tensor, plucker: torch.Tensor,
                    text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
-        """x_in [B,V,F,6,H,W] (given parts clean, generated parts noisy, absent 0) -> x0_hat [B,V,F,6,H,W]."""
-        out = self.backbone(x_in, t, state, plucker, text, text_mask)
+        """x_in [B,V,F,6,H,W] (given parts clean, generated parts noisy, absent 0) -> x0_hat [B,V,F,6,H,W].
+        In latent space these are folded latents (models/latent.py) and ``plucker`` is at the latent resolution."""
+        if self.config.latent is not None:
+            from action_images.models.latent import fold, unfold
+            h = plucker.shape[-2]
+            out = fold(self.backbone(unfold(x_in, h), t, state, plucker, text, text_mask))
+        else:
+            out = self.backbone(x_in, t, state, plucker, text, text_mask)
         if self.config.predict == "x":
             return out
         ref = x_in[:, :, :1] * (channel_state(state[:, :, :1]) == GIVEN)      # [B, V, 1, 6, H, W]
         return ref + out
 
     noisy_input = staticmethod(noisy_input)
+
+    # ---- latent space (models/latent.py) -----------------------------------------------------------------------------
+    def to_latent(self, batch: dict[str, Any], streams: Sequence[bool] = (True, True)
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pixels -> (folded latents [B, V, F', 6, Z/3*h, w], Plücker at the latent resolution [B, V, 6, h, w]).
+        ``streams``: which of (rgb, act) to encode; the others are zeros."""
+        from action_images.models.latent import fold, latent_frames, latent_plucker
+        dev = self.backbone.x_in.weight.device
+        rgb = batch["rgb"]
+        B, V, Fr, _, H, W = rgb.shape
+        s = self.vae.spatial
+        h, w, Fl, Z = H // s, W // s, latent_frames(Fr), self.vae.z_dim
+        parts = [self.vae.encode(batch[k].to(dev).float()) if on else torch.zeros(B, V, Fl, Z, h, w, device=dev)
+                 for k, on in zip(("rgb", "act"), streams)]
+        if "plucker_latent" in batch:
+            plucker = batch["plucker_latent"].to(dev).float()
+        else:
+            plucker = latent_plucker(batch["K"], batch["T_cam_world"], (H, W), (h, w)).to(dev)
+        return fold(torch.cat(parts, dim=3)), plucker
 
     def velocity(self, x0_hat: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return velocity(x0_hat, x_t, t, self.config.t_eps)
@@ -196,9 +242,12 @@ class WorldActionModel(nn.Module):
         """Flow-matching loss on the generated parts. ``generator`` (CPU) makes every random draw reproducible."""
         cfg = self.config
         dev = self.backbone.x_in.weight.device
-        rgb, act = batch["rgb"].to(dev), batch["act"].to(dev)                 # [B, V, F, 3, H, W] each
-        plucker = batch["plucker"].to(dev)                                    # [B, V, 6, H, W]
-        x0 = torch.cat([rgb, act], dim=3)                                     # [B, V, F, 6, H, W]
+        if cfg.latent is not None:                                            # folded VAE latents, latent rays
+            x0, plucker = self.to_latent(batch)
+        else:
+            rgb, act = batch["rgb"].to(dev), batch["act"].to(dev)             # [B, V, F, 3, H, W] each
+            plucker = batch["plucker"].to(dev)                                # [B, V, 6, H, W]
+            x0 = torch.cat([rgb, act], dim=3)                                 # [B, V, F, 6, H, W]
         B, V, Fr = x0.shape[:3]
         tasks = list(tasks) if tasks is not None else self.sample_tasks(B, generator)
         state = task_state(tasks, V, Fr).to(dev)                              # [B, V, F, 2]
@@ -225,10 +274,43 @@ class WorldActionModel(nn.Module):
         starting noise (default: drawn from ``generator``), so a caller can make each sample independent of the batch.
         """
         dev = self.backbone.x_in.weight.device
+        if self.config.latent is not None:
+            return self._sample_latent(batch, task, steps, method, cfg_scale, generator, shift, noise)
         x_given = torch.cat([batch["rgb"], batch["act"]], dim=3).to(dev).float()   # [B, V, F, 6, H, W]
         plucker = batch["plucker"].to(dev).float()
         B, V, Fr = x_given.shape[:3]
         state = task_state([task] * B, V, Fr).to(dev)
+        x = self._integrate(x_given, plucker, state, batch, steps, method, cfg_scale, generator, shift, noise)
+        return Sample(rgb=x[:, :, :, :3], act=x[:, :, :, 3:], state=state)
+
+    def _sample_latent(self, batch: dict[str, Any], task: str, steps: int, method: str, cfg_scale: float,
+                       generator: torch.Generator | None, shift: float, noise: torch.Tensor | None) -> Sample:
+        """The sampler in latent space: encode the streams the job gives, integrate on latents, decode to pixels.
+        The given pixels are then put back exactly (a VAE round trip is not the identity) and absent parts are 0,
+        so the result keeps :meth:`sample`'s contract. ``noise`` is in the folded latent layout."""
+        dev = self.backbone.x_in.weight.device
+        B, V, Fr = batch["rgb"].shape[:3]
+        pixel_state = task_state([task] * B, V, Fr).to(dev)                   # [B, V, F, 2]
+        given = [bool((pixel_state[..., s] == GIVEN).any()) for s in range(len(STREAMS))]
+        x_given, plucker = self.to_latent(batch, streams=given)               # [B, V, F', 6, Z/3*h, w]
+        state = task_state([task] * B, V, x_given.shape[2]).to(dev)
+        z = self._integrate(x_given, plucker, state, batch, steps, method, cfg_scale, generator, shift, noise)
+        from action_images.models.latent import unfold
+        z = unfold(z, plucker.shape[-2])                                      # [B, V, F', 2Z, h, w]
+        Z = self.vae.z_dim
+        out = []
+        for s, key in enumerate(("rgb", "act")):
+            px = self.vae.decode(z[:, :, :, s * Z:(s + 1) * Z])              # [B, V, F, 3, H, W]
+            st = pixel_state[..., s][..., None, None, None]
+            out.append(torch.where(st == GIVEN, batch[key].to(dev).float(),
+                                   torch.where(st == GEN, px, torch.zeros_like(px))))
+        return Sample(rgb=out[0], act=out[1], state=pixel_state)
+
+    def _integrate(self, x_given: torch.Tensor, plucker: torch.Tensor, state: torch.Tensor, batch: dict[str, Any],
+                   steps: int, method: str, cfg_scale: float, generator: torch.Generator | None, shift: float,
+                   noise: torch.Tensor | None) -> torch.Tensor:
+        dev = x_given.device
+        B = x_given.shape[0]
         instructions = list(batch["instruction"])
         guided = cfg_scale != 1.0
         text, text_mask = self.encode_text(instructions + [""] * B if guided else instructions)
@@ -250,8 +332,7 @@ class WorldActionModel(nn.Module):
         elif tuple(noise.shape) != tuple(x_given.shape):
             raise ValueError(f"noise must have shape {tuple(x_given.shape)}; got {tuple(noise.shape)}")
         noise = noise.to(dev).float()
-        x = integrate(v_at, x_given, state, noise, steps, method, shift)
-        return Sample(rgb=x[:, :, :, :3], act=x[:, :, :, 3:], state=state)
+        return integrate(v_at, x_given, state, noise, steps, method, shift)
 
     # ---- weights -----------------------------------------------------------------------------------------------------
     def save_pretrained(self, path: str | os.PathLike, state_dict: dict[str, torch.Tensor] | None = None) -> None:
@@ -270,8 +351,12 @@ class WorldActionModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, text_fn: Callable | None = None,
-                        map_location: str = "cpu") -> "WorldActionModel":
+                        map_location: str = "cpu", text_encoder: str | os.PathLike | None = None
+                        ) -> "WorldActionModel":
         """Load a model written by :meth:`save_pretrained` (safetensors only; never pickle).
+
+        ``text_encoder``: the local UMT5 folder of a model trained with ``--text-encoder`` when it is not where the
+        checkpoint says (the encoder's weights are never part of the checkpoint).
 
         Refuses, naming the file, a checkpoint whose config is not valid JSON or does not match this code, or whose
         weights file is damaged or holds other names/shapes than the config builds -- all checked before any weight
@@ -279,6 +364,10 @@ class WorldActionModel(nn.Module):
         """
         path = Path(path)
         config = read_config(path)
+        if text_encoder is not None:
+            if config.text.get("kind") != "umt5":
+                raise CheckpointError(f"{path}: text_encoder= applies to models trained with a UMT5 text encoder")
+            config.text = {**config.text, "path": str(text_encoder)}
         header = weights_header(path / WEIGHTS_NAME)
         with torch.device("meta"):
             try:
@@ -349,6 +438,8 @@ def read_config(path: Path) -> WAMConfig:
         raise CheckpointError(f"{file}: {e}") from None
     if config.backbone.get("pretrained"):   # the weights replace it: never re-read the original folder
         config.backbone = {**config.backbone, "pretrained": None}
+    if config.latent and config.latent.get("pretrained"):                   # the VAE's weights are in the file too
+        config.latent = {**config.latent, "pretrained": None}
     return config
 
 

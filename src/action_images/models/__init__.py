@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 from action_images.models.dit import DiT, DiTConfig, VideoBackbone, patchify, unpatchify
 from action_images.models.wan import WanBackboneConfig  # importable without diffusers (imported when a model is built)
+from action_images.models.latent import TINY_VAE, WAN22_VAE, latent_config  # no diffusers import either
 
 # name -> backbone config + data defaults. Tokens per sample = num_views * (1 + horizon) * (image_size / patch)^2.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -45,6 +46,22 @@ PRESETS: dict[str, dict[str, Any]] = {
                       backbone=WanBackboneConfig(num_layers=30, num_attention_heads=24, attention_head_dim=128,
                                                  ffn_dim=14336, patch=16, text_dim=4096, freq_dim=256),
                       image_size=256, num_views=4, horizon=8, stride=2, batch_size=2),
+    # Wan in the Wan2.2 VAE latent space (models/latent.py): a tiny random VAE (8x spatial, 4x temporal, 6 latent
+    # channels) and transformer for tests. 32 px -> 4 x 4 latents, patch 2; H = 4 -> 2 latent frames; 16 tokens.
+    "wan-tiny-latent": dict(kind="wan",
+                            backbone=WanBackboneConfig(num_layers=2, num_attention_heads=2, attention_head_dim=16,
+                                                       ffn_dim=64, patch=2, text_dim=32, freq_dim=32, in_channels=12),
+                            latent=latent_config(TINY_VAE), image_size=32, num_views=2, horizon=4, stride=2,
+                            batch_size=2, text_vocab=512),
+    # the paper's setting: Wan2.2-TI2V-5B transformer (patch 2 on latents) over Wan2.2 VAE latents (48 channels per
+    # stream, 16x spatial, 4x temporal). 256 px -> 16 x 16 latents -> 8 x 8 patches; H = 8 -> 3 latent frames;
+    # 2 views -> 384 tokens. GPU only; load the weights with --pretrained DIR (docs/scale.md).
+    "wan2.2-5b-latent": dict(kind="wan",
+                             backbone=WanBackboneConfig(num_layers=30, num_attention_heads=24, attention_head_dim=128,
+                                                        ffn_dim=14336, patch=2, text_dim=4096, freq_dim=256,
+                                                        in_channels=96),
+                             latent=latent_config(WAN22_VAE), image_size=256, num_views=2, horizon=8, stride=2,
+                             batch_size=8),
 }
 CPU_PRESETS = tuple(k for k in PRESETS if k.startswith("cpu-"))
 

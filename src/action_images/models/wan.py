@@ -19,13 +19,14 @@ How the world action model's inputs are mapped onto one Wan video:
 
 Limitations, plainly:
 
-* **This adapter runs Wan in pixel space.** The real Wan2.2 transformer was trained on the latents of the Wan2.2 VAE
-  (48 channels, 16x spatial / 4x temporal compression). Encoding the RGB / action-image clips with that VAE is **not
-  done here yet**; with ``pretrained`` weights the patch embedding and output projection are re-initialised for our
-  pixel channels, so only the transformer blocks (and the time / text embedders) carry the pretrained prior, and the
-  tokens they see are out of their training distribution until fine-tuned.
-* On a CPU this is only for tests (tiny random configs, e.g. the ``wan-tiny`` preset). The ``wan2.2-5b`` preset is the
-  real TI2V-5B transformer size and needs a GPU (and, to be useful, the VAE above).
+* The ``wan-tiny`` / ``wan2.2-5b`` presets run Wan in **pixel space**: with ``pretrained`` weights the patch
+  embedding and output projection are re-initialised for our pixel channels, so only the transformer blocks (and the
+  time / text embedders) carry the pretrained prior. The paper's setting is the **latent** path
+  (``wan-tiny-latent`` / ``wan2.2-5b-latent``, :mod:`action_images.models.latent`): the clips are Wan2.2 VAE latents,
+  ``in_channels`` = 2 x 48, patch 2, and the RGB latent channels keep the file's patch embedding.
+* On a CPU this is only for tests (tiny random configs). The 5B presets are the real TI2V-5B transformer size and
+  need a GPU (docs/scale.md).
+* ``lora_rank`` > 0 fine-tunes with LoRA through ``peft`` (:mod:`action_images.models.lora`).
 * Attention uses diffusers' ``native`` backend (``torch.nn.functional.scaled_dot_product_attention``), the CPU-safe
   default. ``model.set_attention_backend`` is global in diffusers (it sets the active backend of the process).
 * Only the text-to-video / TI2V form of the transformer is supported (no CLIP image branch: ``image_dim`` and
@@ -90,6 +91,9 @@ class WanBackboneConfig:
     gradient_checkpointing: bool = False
     attention_backend: str | None = "native"  # diffusers attention backend; None = leave diffusers' default
     pretrained: str | None = None     # a LOCAL diffusers WanTransformer3DModel folder (or a pipeline folder)
+    lora_rank: int = 0                # > 0: LoRA fine-tuning (models/lora.py): only the adapters, the patch
+    lora_alpha: float = 0.0           #   embedding and the output projection train; alpha 0 means alpha = rank
+    lora_targets: str = "to_q,to_k,to_v,to_out.0,ffn.net.0.proj,ffn.net.2"   # module name suffixes, comma separated
 
     @property
     def width(self) -> int:
@@ -101,7 +105,11 @@ class WanBackboneConfig:
         return self.in_channels + self.plucker_channels + self.streams * NUM_STATES
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if not d["lora_rank"]:   # without LoRA the dict reads and compares as before the LoRA fields existed
+            for k in ("lora_rank", "lora_alpha", "lora_targets"):
+                d.pop(k)
+        return d
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **overrides: Any) -> "WanBackboneConfig":
@@ -159,6 +167,9 @@ class WanBackbone(VideoBackbone):
             nn.init.zeros_(tr.proj_out.bias)
         else:
             tr = self._load_pretrained(WanTransformer3DModel, cfg, patch_size)
+        if cfg.lora_rank:
+            from action_images.models.lora import add_lora
+            add_lora(tr, cfg.lora_rank, cfg.lora_alpha or float(cfg.lora_rank), cfg.lora_targets)
         if cfg.gradient_checkpointing:
             tr.enable_gradient_checkpointing()
         if cfg.attention_backend is not None:
@@ -188,8 +199,18 @@ class WanBackbone(VideoBackbone):
         pe = tr.patch_embedding
         if pe.in_channels != cfg.cond_channels or tuple(pe.kernel_size) != patch_size:
             new = nn.Conv3d(cfg.cond_channels, D, kernel_size=patch_size, stride=patch_size)
-            nn.init.xavier_uniform_(new.weight.view(D, -1))
-            nn.init.zeros_(new.bias)
+            z = cfg.in_channels // cfg.streams
+            if tuple(pe.kernel_size) == patch_size and pe.in_channels == z:
+                # latent space (models/latent.py): the file's embedding reads one VAE latent, which is what our RGB
+                # stream's channels hold, so they keep it; the action latent, Plücker and state channels start at 0
+                # and the pretrained model first sees its own input distribution
+                with torch.no_grad():
+                    new.weight.zero_()
+                    new.weight[:, :z].copy_(pe.weight.to(new.weight.dtype))
+                    new.bias.copy_(pe.bias.to(new.bias.dtype))
+            else:
+                nn.init.xavier_uniform_(new.weight.view(D, -1))
+                nn.init.zeros_(new.bias)
             tr.patch_embedding = new.to(device=pe.weight.device, dtype=pe.weight.dtype)
         out_features = cfg.in_channels * math.prod(patch_size)
         po = tr.proj_out
