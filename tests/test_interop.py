@@ -121,3 +121,46 @@ def test_eval_command_through_the_server_writes_the_same_records(checkpoint, ser
 def test_evaluation_needs_a_model_or_a_server(model, tmp_path):
     with pytest.raises(ValueError, match="not both"):
         Evaluation(None, eval_settings(), tmp_path)
+
+
+# ---- 2. bench serve --------------------------------------------------------------------------------------------------
+def test_bench_serve_survives_its_faults(tmp_path, capsys):
+    import argparse
+
+    from action_images.benchmarks import serve as bench
+
+    p = argparse.ArgumentParser()
+    bench.add_arguments(p)
+    out = tmp_path / "serve.json"
+    assert bench.run(p.parse_args(["--clients", "5", "--seconds", "3", "--sampler-steps", "1",
+                                   "--json", str(out)])) == 0, capsys.readouterr()
+    r = json.loads(out.read_text())
+    assert r["ok"] and r["clients"] == 5 and r["requests"] > 5 and r["throughput_per_s"] > 0
+    assert r["robot_errors"] == 0 and r["fault_failures"] == []
+    assert 0 < r["latency"]["p50_ms"] <= r["latency"]["p95_ms"] <= r["latency"]["max_ms"]
+    for kind in bench.FAULTS:
+        assert r["faults"][kind]["counted"] >= 1 and r["faults"][kind]["survived"] == r["faults"][kind]["counted"]
+    s = r["server"]
+    assert s["alive_at_end"] and s["healthz_at_end"] and s["fresh_client_served"] and s["hung_threads"] == 0
+    assert s["memory"]["start"]["rss_mb"] > 0 and s["memory"]["end"]["rss_mb"] > 0
+    assert r["arguments"]["clients"] == 5 and "token" not in json.dumps(r["arguments"])
+    # bad settings: one line naming the flag, exit 2, nothing started
+    for argv, flag in ((["--clients", "0"], "--clients"), (["--seconds", "1e6"], "--seconds")):
+        assert bench.run(p.parse_args(argv)) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and flag in err[0], err
+
+
+def test_the_server_keeps_no_chunk_history(model):
+    from action_images.serve.protocol import observation, parse_request
+    from action_images.sim import make_env
+
+    srv = PolicyServer(model, SETTINGS, port=0)
+    env = make_env("reach_target", cameras=("left", "right"), image_size=32)
+    obs, _ = env.reset(seed=0)
+    req = parse_request(observation(obs, env.cameras), srv.camera_names)
+    env.close()
+    policy = srv._make_policy(model, SETTINGS, seed=0)
+    for _ in range(3):
+        assert "actions" in srv._answer(policy, req)
+    assert policy.chunks == [] and policy.last_chunk is not None

@@ -4,6 +4,7 @@
     action-images bench sim    --json bench/results/sim.json
     action-images bench train  --json bench/results/train.json
     action-images bench policy --json bench/results/policy.json
+    action-images bench serve  --json bench/results/serve.json
 
 Speed and accuracy targets live here, never in timed unit tests.
 """
@@ -23,6 +24,7 @@ BENCHMARKS: dict[str, str] = {
     "sim": "simulator steps/s and expert success",
     "train": "training throughput and sampling latency per preset",
     "policy": "closed-loop policy latency per replanning step",
+    "serve": "the policy server under N concurrent clients and injected faults",
 }
 
 

@@ -135,6 +135,7 @@ class PolicyServer:
         if req.obs is None:
             return {"reset": True, "seed": self.seed if req.seed is None else req.seed}
         chunk = policy.plan(req.obs, req.cameras)
+        policy.chunks.clear()    # no history kept: a connection that runs for hours stays the same size
         # the robot executes the chunk: the next chunk starts from the gripper it last commanded
         policy.last_command = np.asarray(chunk.actions[-1], dtype=np.float64).copy()
         reply = chunk_reply(chunk)
