@@ -164,3 +164,112 @@ def test_the_server_keeps_no_chunk_history(model):
     for _ in range(3):
         assert "actions" in srv._answer(policy, req)
     assert policy.chunks == [] and policy.last_chunk is not None
+
+
+# ---- 3. datasets written by LeRobot, with --calibration --------------------------------------------------------------
+FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures"
+NATIVE = FIXTURES / "lerobot_v3_native"
+CALIB = FIXTURES / "lerobot_v3_native.cameras.json"
+
+
+def parquet_rows(key):
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(NATIVE / "data/chunk-000/file-000.parquet")
+    return (table.column(key).combine_chunks().flatten().to_numpy().reshape(-1, 8).astype(np.float64),
+            table.column("episode_index").to_numpy())
+
+
+def test_windows_read_every_frame_of_a_lerobot_dataset_through_its_calibration():
+    from action_images.data.lerobot_format import IMAGE_PREFIX
+    from action_images.data.windows import Windows, WindowConfig
+
+    wcfg = WindowConfig(image_size=32, horizon=2, stride=4, num_views=2)
+    with pytest.raises(FileNotFoundError, match="--calibration FILE"):
+        Windows([str(NATIVE)], wcfg)
+    w = Windows([str(NATIVE)], wcfg, cameras=CALIB)
+    ds = w.datasets[0]
+    assert w.camera_names == ["left", "right"] and [IMAGE_PREFIX + c for c in ds.camera_names] == ds.video_keys
+    actions, episode_index = parquet_rows("action")
+    states, _ = parquet_rows("observation.state")
+    frames = 0
+    for i in range(ds.num_episodes):
+        ep = ds.episode(i)
+        T = len(ep)
+        np.testing.assert_array_equal(ep.actions, actions[episode_index == i])
+        np.testing.assert_array_equal(ep.states, states[episode_index == i])
+        for c in ds.camera_names:
+            img = ep.images[c]
+            assert img.shape == (T, 64, 64, 3) and img.dtype == np.uint8 and img.std() > 1   # decoded, not blank
+        frames += T
+        win = w.window(0, i, T - 1, np.random.default_rng(i), augment=False)                # the last frame too
+        assert win["rgb"].shape == (2, 3, 3, 32, 32) and torch.isfinite(win["poses"]).all()
+    assert frames == ds.num_frames == len(actions) == 57
+
+
+def test_poses_of_a_lerobot_dataset_round_trip_through_its_calibration():
+    from action_images.codec import ActionImageCodec
+    from action_images.data import LeRobotDataset
+
+    ds = LeRobotDataset(NATIVE, cameras=CALIB)
+    cams = [ds.cameras[c] for c in ds.camera_names]
+    states = np.concatenate([ds.episode(i).states for i in range(ds.num_episodes)])
+    states[:, 3:7] /= np.linalg.norm(states[:, 3:7], axis=1, keepdims=True)   # float32 on disk: renormalise
+    codec = ActionImageCodec()
+    dec = codec.decode(codec.encode(states, cams), cams)
+    assert dec.valid.mean() > 0.9
+    err_mm = 1000 * np.linalg.norm(dec.poses[dec.valid, :3] - states[dec.valid, :3], axis=1)
+    assert np.median(err_mm) < 1.0 and err_mm.max() < 5.0, err_mm.max()
+    np.testing.assert_array_equal(dec.poses[dec.valid, 7] > 0.5, states[dec.valid, 7] > 0.5)
+    # the same poses through a calibration that is off by 5 cm: the decode lands elsewhere (the test can fail)
+    from action_images.geometry import Camera
+
+    shifted = [Camera(K=c.K, T_cam_world=c.T_cam_world @ np.array([[1, 0, 0, 0.05], [0, 1, 0, 0], [0, 0, 1, 0],
+                                                                   [0, 0, 0, 1.0]]), width=c.width,
+                      height=c.height, name=c.name) for c in cams]
+    off = codec.decode(codec.encode(states, cams), shifted)
+    assert np.median(1000 * np.linalg.norm(off.poses[off.valid, :3] - states[off.valid, :3], axis=1)) > 20
+
+
+def test_train_and_label_a_lerobot_dataset_with_calibration(tmp_path, capsys):
+    from action_images.cli import main
+    from action_images.data import LeRobotDataset
+
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(NATIVE), "--calibration", str(CALIB), "--out", str(run), "--preset",
+                 "cpu-tiny", "--steps", "2", "--batch-size", "2", "--threads", "1", "--no-progress"]) == 0
+    config = json.loads((run / "config.json").read_text())["config"]
+    assert config["camera_names"] == ["left", "right"] and (run / "model.safetensors").is_file()
+    assert json.loads((run / "train_config.json").read_text())["data"]["calibration"] == str(CALIB)
+    assert not (NATIVE / "meta" / "cameras.json").exists() and not (NATIVE / "cache").exists()
+
+    out = tmp_path / "labeled"
+    assert main(["label", "--checkpoint", str(run), "--data", str(NATIVE), "--calibration", str(CALIB),
+                 "--out", str(out), "--episodes", "0", "--sampler-steps", "1", "--window-step", "4"]) == 0
+    labeled = LeRobotDataset(out)                                   # the calibration travels with the labels
+    src = LeRobotDataset(NATIVE, cameras=CALIB)
+    for c in src.camera_names:
+        np.testing.assert_allclose(labeled.cameras[c].K, src.cameras[c].K)
+        np.testing.assert_allclose(labeled.cameras[c].T_cam_world, src.cameras[c].T_cam_world)
+    assert labeled.num_episodes == 1 and len(labeled.episode(0)) == len(src.episode(0))
+    capsys.readouterr()
+
+    # a calibration whose names are not the video keys, a missing file, none at all: one line naming it, exit 2
+    doc = json.loads(CALIB.read_text())
+    doc["cameras"][1]["name"] = "wrist"
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text(json.dumps(doc))
+    common = ["--data", str(NATIVE), "--preset", "cpu-tiny", "--steps", "1", "--no-progress"]
+    cases = [(["train", *common, "--calibration", str(wrong), "--out", str(tmp_path / "a")],
+              "no calibration for ['right'], no video for ['wrist']"),
+             (["train", *common, "--calibration", str(tmp_path / "nope.json"), "--out", str(tmp_path / "b")],
+              "--calibration: no such file"),
+             (["train", *common, "--out", str(tmp_path / "c")], "--calibration FILE"),
+             (["label", "--checkpoint", str(run), "--data", str(NATIVE), "--calibration", str(wrong),
+               "--out", str(tmp_path / "d")], "no video for ['wrist']"),
+             (["label", "--checkpoint", str(run), "--data", str(NATIVE), "--out", str(tmp_path / "e")],
+              "--calibration FILE")]
+    for argv, expect in cases:
+        assert main(argv) == 2, argv
+        err = [line for line in capsys.readouterr().err.strip().splitlines() if line.strip()]
+        assert len(err) == 1 and expect in err[0], (argv, err)

@@ -86,6 +86,9 @@ class DataRecipe:
     data: list = _f([], "dataset dir(s), comma separated; or 'synthetic[:N]'", kind="list")
     cameras: list | None = _f(None, "train on these cameras only (comma separated names; default: all of the "
                                     "dataset's)", aliases=("--camera-names",), kind="list")
+    calibration: str | None = _f(None, "camera calibration file (meta/cameras.json format) for every --data "
+                                       "dataset, in place of its own: for a dataset written by LeRobot itself, "
+                                       "which has none (docs/robot.md)")
     collect: dict = _f({}, "how to collect the dataset when it is missing: action-images collect options "
                            "(recipe file only)", kind="file_only")
 
@@ -342,12 +345,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             names = [_flag(f)]
             if name == "data" and f.name == "data":
                 names = ["--data"]
+            text = f.metadata["help"].replace("%", "%%")          # argparse formats help with %: "30 %" is text
             if "bool" in str(f.type):
-                g.add_argument(*names, dest=dest, action="store_true", default=argparse.SUPPRESS,
-                               help=f.metadata["help"])
+                g.add_argument(*names, dest=dest, action="store_true", default=argparse.SUPPRESS, help=text)
             else:
-                g.add_argument(*names, dest=dest, default=argparse.SUPPRESS, help=f.metadata["help"],
-                               metavar=f.name.upper())
+                g.add_argument(*names, dest=dest, default=argparse.SUPPRESS, help=text, metavar=f.name.upper())
             for alias in f.metadata.get("aliases", ()):
                 g.add_argument(alias, dest=f"_alias.{dest}.{alias}", default=argparse.SUPPRESS,
                                help=argparse.SUPPRESS)

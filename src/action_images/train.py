@@ -148,12 +148,17 @@ def build_dataset(r: TrainRecipe, cfg: WAMConfig):
             n = int(spec.split(":")[1]) if ":" in spec else 0
         except ValueError:
             raise ValueError(f"--data: {spec!r} is not synthetic or synthetic:N") from None
+        if r.data.calibration is not None:
+            raise ValueError("--calibration: synthetic data brings its own cameras; give it with a --data dataset")
         return SyntheticWindows(wcfg, seed=r.optim.seed, num_scenes=n)
     for d in data:
         if not (Path(d) / "meta" / "info.json").exists():
             raise ValueError(f"--data: {d} is not a dataset (no meta/info.json); collect it first "
                              "(action-images collect, or train --collect-missing with a recipe)")
-    return Windows(data, wcfg, seed=r.optim.seed)
+    calibration = r.data.calibration
+    if calibration is not None and not Path(calibration).is_file():
+        raise ValueError(f"--calibration: no such file {calibration}")
+    return Windows(data, wcfg, seed=r.optim.seed, cameras=calibration)
 
 
 def collect_missing(r: TrainRecipe) -> None:

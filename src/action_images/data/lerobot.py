@@ -178,13 +178,17 @@ class LeRobotDataset:
     def _load_cameras(self) -> None:
         path = self._cameras_file if self._cameras_file is not None else self._fixed(CAMERAS_PATH)
         what = ("camera calibration" if self._cameras_file is not None else "camera calibration (meta/cameras.json; "
-                "a dataset written by LeRobot itself has none: pass cameras=<file in that format>)")
+                "a dataset written by LeRobot itself has none: pass cameras=<file in that format>, on the command "
+                "line --calibration FILE)")
         cams, per_frame = cameras_from_json(read_json(path, what), path)
         names = [c.name for c in cams]
         video_names = [k[len(IMAGE_PREFIX):] for k in self.video_keys]
         if set(names) != set(video_names):
             raise ValueError(f"{path}: cameras {names} do not match the video features {video_names} in "
-                             f"{self.root / INFO_PATH}")
+                             f"{self.root / INFO_PATH} (no calibration for "
+                             f"{[n for n in video_names if n not in names]}, no video for "
+                             f"{[n for n in names if n not in video_names]}; each camera is named as its video key "
+                             f"without {IMAGE_PREFIX!r})")
         H, W = self.image_size
         for c in cams:
             if (c.height, c.width) != (H, W):

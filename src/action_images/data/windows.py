@@ -16,6 +16,7 @@ rendered with the final camera, so they line up with the augmented pixels exactl
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -147,10 +148,13 @@ def finish_window(rgb_u8: np.ndarray | torch.Tensor, cams: Sequence[Camera], pos
 class Windows(Dataset):
     """Windows from one or more LeRobot v3 datasets (``action_images.data.LeRobotDataset``); index = key."""
 
-    def __init__(self, roots: Sequence[str], cfg: WindowConfig, seed: int = 0, cache_episodes: int = 1024):
+    def __init__(self, roots: Sequence[str], cfg: WindowConfig, seed: int = 0, cache_episodes: int = 1024,
+                 cameras: str | Path | None = None):
+        """``cameras``: a calibration file (``meta/cameras.json`` format) for every dataset in ``roots``, in place of
+        their own (a dataset written by LeRobot itself has none)."""
         from action_images.data import LeRobotDataset  # the reader is another module; import late
         self.cfg, self.seed = cfg, int(seed)
-        self.datasets = [LeRobotDataset(r, cache_size=cache_episodes) for r in roots]
+        self.datasets = [LeRobotDataset(r, cache_size=cache_episodes, cameras=cameras) for r in roots]
         self._episodes: dict[tuple[int, int], Any] = {}   # decoded episodes (64 px x 4 views x 13 frames ~ 0.6 MB)
         self.cache_episodes = int(cache_episodes)
         self._n_starts: dict[tuple[int, int], int] = {}

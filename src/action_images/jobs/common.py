@@ -86,7 +86,7 @@ def load(args: argparse.Namespace) -> tuple[Any, Any, list[str], WindowConfig]:
     except (OSError, ValueError, KeyError) as e:
         raise ValueError(f"--checkpoint: {e}".replace("\n", " ")) from None
     try:
-        ds = LeRobotDataset(args.data)
+        ds = LeRobotDataset(args.data, cameras=getattr(args, "calibration", None))   # label --calibration
     except (OSError, ValueError, KeyError) as e:
         raise ValueError(f"--data: {e}".replace("\n", " ")) from None
     if ds.num_episodes < 1:

@@ -2,6 +2,7 @@
 
     action-images label --checkpoint runs/pick --data data/pick_cube_val --out data/pick_cube_val_labeled
     action-images label --checkpoint RUN --data IN --out OUT --cameras left,right --episodes 0,3 --window-step 2
+    action-images label --checkpoint RUN --data LEROBOT_DS --calibration cameras.json --out OUT  # LeRobot's own writer
 
 In: a LeRobot v3 dataset (``LeRobotDataset``). Out: a new LeRobot v3 dataset (``DatasetWriter``) with the same
 videos (decoded and re-encoded losslessly in YUV), states, calibration, instructions and per-episode ``extra/``
@@ -262,6 +263,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="frames between label window starts (default 1: every action seen by up to H windows; "
                         "larger is faster, and an action no window shows is flagged)")
     p.add_argument("--batch-size", type=int, default=8, help="windows per sampler call (default 8)")
+    p.add_argument("--calibration", default=None, metavar="FILE",
+                   help="camera calibration (meta/cameras.json format) in place of the dataset's own: for a dataset "
+                        "written by LeRobot itself, which has none; the labeled dataset stores it as meta/cameras.json")
 
 
 def _check_args(args: argparse.Namespace) -> list[int] | None:
@@ -277,6 +281,8 @@ def _check_args(args: argparse.Namespace) -> list[int] | None:
         raise ValueError(f"--out: cannot create {out} (a parent is a file)")
     if out.resolve() == Path(args.data).resolve():
         raise ValueError("--out: must differ from --data")
+    if args.calibration is not None and not Path(args.calibration).is_file():
+        raise ValueError(f"--calibration: no such file {args.calibration}")
     if args.episodes.strip() == "all":
         return None
     try:
