@@ -244,7 +244,7 @@ def save_checkpoint(out: Path, step: int, wam: WorldActionModel, ema: dict[str, 
     tmp = out / "checkpoints" / f".tmp-step_{step:08d}"
     shutil.rmtree(tmp, ignore_errors=True)
     wam.save_pretrained(tmp)                                             # config.json + model.safetensors (raw)
-    save_file({k: v.contiguous() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
+    save_file({k: v.contiguous().cpu() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
     tensors, groups = _optimizer_tensors(opt)
     save_file(tensors, str(tmp / "optimizer.safetensors"))
     save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
@@ -380,6 +380,10 @@ def train(recipe: TrainRecipe, out: Path, resume: bool = False, allow_world_size
     if rr.mixed_precision != "no" and not cuda:
         print(f"action-images train: --mixed-precision {rr.mixed_precision} applies on a GPU; this CPU run stays fp32",
               file=sys.stderr)
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
+        raise ValueError("FSDP is not supported by this trainer yet: its EMA, checkpoints and --resume hold full "
+                         "tensors in one process. Use configs/accelerate/ddp.yaml (docs/scale.md: LoRA or a GPU "
+                         "with room for the full fine-tune)")
     accelerator = Accelerator(cpu=not cuda, mixed_precision=rr.mixed_precision if cuda else "no")
     world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
     if accelerator.device.type == "cpu":
@@ -441,6 +445,7 @@ def train(recipe: TrainRecipe, out: Path, resume: bool = False, allow_world_size
 
     model = torch.compile(wam) if rr.compile else wam
     model, opt = accelerator.prepare(model, opt)
+    ema = {k: v.to(accelerator.device) for k, v in ema.items()}          # averaged where the weights are
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=StepBatches(start, batch_size, rank, world),
                                          num_workers=rr.workers, collate_fn=collate,
                                          persistent_workers=rr.workers > 0)
