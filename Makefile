@@ -45,8 +45,8 @@ checkpoint: $(STAMP)
 claims: $(STAMP)
 	test -f runs/rig8-quick/model.safetensors || $(BIN)/action-images train --config recipes/rig8-quick.json \
 		--out runs/rig8-quick --collect-missing
-	test -f runs/rig8-bc/model.safetensors || $(BIN)/action-images train --config recipes/rig8-quick.json \
-		--out runs/rig8-bc --collect-missing --method bc
+	test -f runs/rig8-bc/model.safetensors || $(BIN)/action-images train --config recipes/rig8-bc.json \
+		--out runs/rig8-bc --collect-missing
 	test -f runs/rig8-dp/model.safetensors || $(BIN)/action-images train --config recipes/rig8-quick.json \
 		--out runs/rig8-dp --collect-missing --method dp
 	$(BIN)/python -m action_images.claims run --episodes 20 --seed 31337

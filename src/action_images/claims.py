@@ -38,8 +38,7 @@ class Method:
 METHODS = (
     Method("wam", "action images: world action model (cpu-small), geometric decode", "recipes/rig8-quick.json",
            "runs/rig8-quick"),
-    Method("bc", "image behaviour cloning (regression of the pose chunk)", "recipes/rig8-quick.json", "runs/rig8-bc",
-           "--method bc"),
+    Method("bc", "image behaviour cloning (regression of the pose chunk)", "recipes/rig8-bc.json", "runs/rig8-bc"),
     Method("dp", "image Diffusion Policy (flow matching over the pose chunk)", "recipes/rig8-quick.json",
            "runs/rig8-dp", "--method dp"),
 )
