@@ -252,3 +252,12 @@ def test_scores_do_not_depend_on_the_batch_size(lerobot_root):
     runs = [evaluate_open_loop(model, str(lerobot_root), episodes=[0, 1], windows_per_episode=2, steps=1,
                                tasks=("policy",), batch_size=bs)["tasks"]["policy"] for bs in (1, 3)]
     assert runs[0] == runs[1]
+
+
+def test_checkpoint_cameras_are_cut_to_the_views_per_window():
+    from types import SimpleNamespace
+
+    from action_images.openloop import resolve_cameras
+    cfg = SimpleNamespace(camera_names=["rig0", "rig1", "rig2", "rig3"], num_views=2)
+    assert resolve_cameras(cfg, ["rig0", "rig1", "rig2", "rig3"]) == ["rig0", "rig1"]
+    assert resolve_cameras(cfg, ["rig0", "rig1", "rig2", "rig3"], ["rig3", "rig1", "rig0"]) == ["rig3", "rig1", "rig0"]

@@ -68,13 +68,14 @@ def pick_episodes(total: int, n: int) -> list[int]:
 
 
 def resolve_cameras(config: Any, dataset_cameras: Sequence[str], cameras: Sequence[str] | None = None) -> list[str]:
-    """``cameras`` if given, else the checkpoint's ``config.camera_names``, else the dataset's first
-    ``max(2, config.num_views)``; every name must be a camera of the dataset, and there must be at least 2."""
+    """``cameras`` if given, else the first ``max(2, config.num_views)`` of the checkpoint's ``config.camera_names``
+    (as many views as it saw per training window, like the closed-loop policy), else of the dataset's cameras; every
+    name must be a camera of the dataset, and there must be at least 2."""
     have = list(dataset_cameras)
     if cameras:
         names, source = list(cameras), "--cameras"
     elif getattr(config, "camera_names", None):
-        names, source = list(config.camera_names), "the checkpoint's camera_names"
+        names, source = list(config.camera_names)[:max(2, int(config.num_views))], "the checkpoint's camera_names"
     else:
         names, source = have[:max(2, int(config.num_views))], "the dataset's cameras"
     missing = [c for c in names if c not in have]
