@@ -304,3 +304,21 @@ def test_eval_command_runs_a_baseline_checkpoint(tmp_path, capsys):
     assert (tmp_path / "ev" / metrics["videos"]["press_button"][0]).is_file()
     assert evaluate.run(p.parse_args([*common, "--out", str(tmp_path / "ol"), "--open-loop-data", str(tmp_path)])) == 2
     assert "open-loop metrics score generated video" in capsys.readouterr().err
+
+
+def test_image_dependence_sees_a_blind_encoder(lerobot_root, tmp_path):
+    """The check reports ~0 movement for an encoder whose CNN ignores its input, and more for a live one."""
+    from action_images.baselines.bc import BCConfig, BCModel
+    from action_images.baselines.image_dependence import image_dependence
+    torch.manual_seed(0)
+    model = BCModel(BCConfig(image_size=32, horizon=2, stride=2)).eval()
+    with torch.no_grad():
+        model.head.weight.normal_(0, 0.5)
+    live = image_dependence(model, str(lerobot_root), windows=4, start=1)
+    with torch.no_grad():
+        for m in model.encoder.cnn.modules():
+            if isinstance(m, torch.nn.GroupNorm):
+                m.weight.zero_()                       # every normalised feature becomes its bias: blind
+    blind = image_dependence(model, str(lerobot_root), windows=4, start=1)
+    assert live["moved_cm_images_swapped"] > 100 * blind["moved_cm_images_swapped"] + 1e-6
+    assert blind["moved_cm_images_zeroed"] < 1e-4 and blind["cnn_output_std"] < 1e-5
