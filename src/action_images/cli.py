@@ -31,7 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("action_images.jobs.generate", "a multi-view video from start frames and an instruction (the video "
                                                 "job)"),
     "demo": ("action_images.demo", "closed-loop demo of the shipped checkpoint"),
-    "bench": ("action_images.benchmarks", "benchmarks writing JSON (codec, sim, train, policy)"),
+    "bench": ("action_images.benchmarks", "benchmarks writing JSON (codec, sim, train, policy, serve)"),
     "serve": ("action_images.serve", "the policy of a checkpoint as a websocket server (msgpack, GET /healthz)"),
 }
 
