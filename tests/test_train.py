@@ -152,3 +152,20 @@ def test_read_jsonl_drops_only_a_torn_last_line(tmp_path):
         read_jsonl(f)
     with pytest.raises(ValueError, match="NaN is not strict JSON"):
         loads('{"a": NaN}')
+
+
+def test_collect_missing_collects_the_recipe_dataset_then_trains(tmp_path):
+    """``make checkpoint``'s path: the recipe's data.collect section collects the missing dataset, then training runs."""
+    data = tmp_path / "demos"
+    recipe = tmp_path / "r.json"
+    recipe.write_text(json.dumps({
+        "model": {"preset": "cpu-tiny"},
+        "data": {"data": [str(data)], "cameras": ["left", "right"],
+                 "collect": {"tasks": "reach_target", "episodes": 1, "seed": 5, "image_size": 32,
+                             "cameras": "left,right", "hold_steps": 2}},
+        "optim": {"steps": 1, "batch_size": 2}, "run": {"threads": 1, "no_progress": True}}))
+    run = tmp_path / "run"
+    assert train_main("--config", str(recipe), "--out", str(run), "--collect-missing") == 0
+    assert (data / "meta" / "info.json").exists() and (run / "model.safetensors").exists()
+    assert WorldActionModel.from_pretrained(run).config.camera_names == ["left", "right"]
+    assert train_main("--config", str(recipe), "--out", str(tmp_path / "run2")) == 0     # present: no collection
