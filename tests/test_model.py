@@ -308,3 +308,11 @@ def test_refine_head_starts_as_identity_and_learns():
     assert torch.allclose(la, lb)
     lb.backward()
     assert b.backbone.refine[-1].weight.grad.abs().sum() > 0
+
+
+def test_config_with_nan_is_not_strict_json(tmp_path):
+    tiny().save_pretrained(tmp_path)
+    text = (tmp_path / "config.json").read_text().replace('"t_std": 1.0', '"t_std": NaN')
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(ValueError, match="config.json: not JSON .*NaN is not strict JSON"):
+        WorldActionModel.from_pretrained(tmp_path)

@@ -136,7 +136,7 @@ def test_collect_section_becomes_collect_flags(tmp_path):
     assert argv == ["--tasks", "all", "--episodes", "3", "--keep-failed"]
     for section, message in (({"episode": 3}, "data.collect.episode: not an option"),
                              ({"keep_failed": "yes"}, "expected true or false"),
-                             ({"episodes": float("nan")}, "expected a string or a number"),
+                             ({"episodes": float("nan")}, "NaN is not strict JSON"),
                              ({"out": "elsewhere"}, "data.collect.out: not an option")):
         path = tmp_path / "r.json"
         path.write_text(json.dumps({"data": {"data": ["d"], "collect": section}}))

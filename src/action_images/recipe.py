@@ -18,13 +18,12 @@ trajectory; ``--resume`` refuses a run whose defining settings differ from the c
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from action_images.runfiles import split_list
+from action_images.runfiles import loads, split_list
 
 RECIPE_NAME = "train_config.json"
 SECTIONS = ("model", "data", "optim", "run")
@@ -158,10 +157,10 @@ class TrainRecipe:
     def load(cls, path: str | Path) -> "TrainRecipe":
         path = Path(path)
         try:
-            d = json.loads(path.read_text())
+            d = loads(path.read_text())
         except FileNotFoundError:
             raise ValueError(f"{path}: no such recipe file") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        except ValueError as e:           # not JSON, not text, or NaN / Infinity (not strict JSON)
             raise ValueError(f"{path}: not a JSON recipe ({e})") from None
         return cls.from_dict(d, str(path))
 

@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from action_images.models import build_backbone, preset as get_preset
-from action_images.runfiles import atomic_write_json
+from action_images.runfiles import atomic_write_json, loads
 from action_images.text import TextConfig, build_text_encoder, drop_instructions
 
 from action_images.flow import (ABSENT, GEN, GIVEN, STREAMS, TASK_NAMES, TASKS, channel_state, integrate,
@@ -420,8 +420,8 @@ def read_config(path: Path) -> WAMConfig:
     if not file.exists():
         raise CheckpointError(f"{path} does not hold {CONFIG_NAME} and {WEIGHTS_NAME}")
     try:
-        meta = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        meta = loads(file.read_text())
+    except ValueError as e:             # not JSON, not text, or NaN / Infinity (not strict JSON)
         raise CheckpointError(f"{file}: not JSON ({e})") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
         raise CheckpointError(f"{file}: expected an object with a 'config' object")

@@ -16,7 +16,6 @@ Every model has ``config`` (image_size, num_views, horizon, stride, camera_names
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 from action_images.baselines.bc import BCConfig, BCModel
 from action_images.baselines.diffusion_policy import DiffusionPolicyModel, DPConfig
 from action_images.baselines.policy import BaselinePolicy, make_policy
+from action_images.runfiles import loads
 from action_images.wam import CONFIG_NAME, FORMAT as WAM_FORMAT, CheckpointError
 
 METHODS = ("wam", "bc", "dp")
@@ -97,8 +97,8 @@ def load_model(path: str | os.PathLike) -> Any:
     if not file.is_file():
         raise CheckpointError(f"{path} does not hold {CONFIG_NAME}")
     try:
-        meta = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        meta = loads(file.read_text())
+    except ValueError as e:             # not JSON, not text, or NaN / Infinity (not strict JSON)
         raise CheckpointError(f"{file}: not JSON ({e})") from None
     if not isinstance(meta, dict):
         raise CheckpointError(f"{file}: expected an object with 'format' and 'config'")

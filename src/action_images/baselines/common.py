@@ -22,7 +22,6 @@ against each other before anything is allocated, like :mod:`action_images.wam`.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -35,7 +34,7 @@ from safetensors.torch import load_file, save_file
 from scipy.spatial.transform import Rotation
 from torch import nn
 
-from action_images.runfiles import atomic_write_json
+from action_images.runfiles import atomic_write_json, loads
 from action_images.text import HashTextEncoder, TextConfig
 from action_images.wam import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, weights_header
 
@@ -307,8 +306,8 @@ class BaselineModel(nn.Module):
         if not file.exists():
             raise CheckpointError(f"{path} does not hold {CONFIG_NAME} and {WEIGHTS_NAME}")
         try:
-            meta = json.loads(file.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            meta = loads(file.read_text())
+        except ValueError as e:         # not JSON, not text, or NaN / Infinity (not strict JSON)
             raise CheckpointError(f"{file}: not JSON ({e})") from None
         if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
             raise CheckpointError(f"{file}: expected an object with a 'config' object")

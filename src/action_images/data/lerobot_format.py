@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..geometry import POSE_DIM, POSE_NAMES, Camera
-from ..runfiles import atomic_write_bytes, fsync_file
+from ..runfiles import atomic_write_bytes, fsync_file, loads
 
 CODEBASE_VERSION = "v3.0"
 CHUNKS_SIZE = 1000  # LeRobot's DEFAULT_CHUNK_SIZE: max files per chunk directory
@@ -336,8 +336,8 @@ def read_json(path: Path, what: str) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing {what}")
     try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        return loads(path.read_text())
+    except ValueError as e:             # not JSON, not text, or NaN / Infinity (not strict JSON)
         raise ValueError(f"{path}: {what} is not valid JSON ({e})") from e
 
 
