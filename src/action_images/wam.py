@@ -337,17 +337,8 @@ class WorldActionModel(nn.Module):
     # ---- weights -----------------------------------------------------------------------------------------------------
     def save_pretrained(self, path: str | os.PathLike, state_dict: dict[str, torch.Tensor] | None = None) -> None:
         """Write ``model.safetensors`` + ``config.json`` into ``path`` (optionally other weights, e.g. the EMA)."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        sd = state_dict if state_dict is not None else self.state_dict()
-        for k, v in sd.items():
-            if v.is_floating_point() and not torch.isfinite(v).all():
-                raise ValueError(f"refusing to save non-finite weights ({k}) to {path}")
-        tmp = path / f".{WEIGHTS_NAME}.partial"          # a crash never leaves torn weights beside a config
-        save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, str(tmp))
-        os.replace(tmp, path / WEIGHTS_NAME)
-        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": self.config.to_dict()}
-        atomic_write_json(path / CONFIG_NAME, meta)
+        write_checkpoint(path, state_dict if state_dict is not None else self.state_dict(),
+                         {"format": FORMAT, "format_version": FORMAT_VERSION, "config": self.config.to_dict()})
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, text_fn: Callable | None = None,
@@ -368,27 +359,7 @@ class WorldActionModel(nn.Module):
             if config.text.get("kind") != "umt5":
                 raise CheckpointError(f"{path}: text_encoder= applies to models trained with a UMT5 text encoder")
             config.text = {**config.text, "path": str(text_encoder)}
-        header = weights_header(path / WEIGHTS_NAME)
-        with torch.device("meta"):
-            try:
-                skeleton = cls(config, text_fn=text_fn)
-            except (TypeError, ValueError, RuntimeError, KeyError) as e:
-                raise CheckpointError(f"{path / CONFIG_NAME}: the config does not build a model ({e})") from None
-        own = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
-        del skeleton
-        missing, unexpected = sorted(set(own) - set(header)), sorted(set(header) - set(own))
-        shapes = [f"{k}: file {header[k]} vs config {own[k]}" for k in sorted(set(header) & set(own))
-                  if header[k] != own[k]]
-        if missing or unexpected or shapes:
-            raise CheckpointError(f"{path / WEIGHTS_NAME}: weights do not match {CONFIG_NAME}: missing {missing[:5]}, "
-                                  f"unexpected {unexpected[:5]}, shape mismatches {shapes[:5]}")
-        model = cls(config, text_fn=text_fn)
-        try:
-            sd = load_file(str(path / WEIGHTS_NAME), device=map_location)
-        except Exception as e:   # safetensors raises its own error types for damaged files
-            raise CheckpointError(f"{path / WEIGHTS_NAME}: cannot read the weights ({e})") from None
-        model.load_state_dict(sd)
-        return model.to(map_location)
+        return load_checked(path, lambda: cls(config, text_fn=text_fn), map_location)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -396,6 +367,46 @@ class WorldActionModel(nn.Module):
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message names the file and what is wrong with it."""
+
+
+def write_checkpoint(path: str | os.PathLike, state_dict: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """``model.safetensors`` + ``config.json`` (``meta``) into ``path``: non-finite weights are refused, and the
+    weights are written to a temp file and renamed, so a crash never leaves torn weights beside a config."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    for k, v in state_dict.items():
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise ValueError(f"refusing to save non-finite weights ({k}) to {path}")
+    tmp = path / f".{WEIGHTS_NAME}.partial"
+    save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, str(tmp))
+    os.replace(tmp, path / WEIGHTS_NAME)
+    atomic_write_json(path / CONFIG_NAME, meta)
+
+
+def load_checked(path: Path, build: Callable[[], nn.Module], map_location: str = "cpu") -> Any:
+    """The model ``build()`` makes, with the weights of ``path``: the names and shapes in the weights file's header are
+    checked against a ``meta``-device build first, so a config cannot make the loader allocate beyond the file."""
+    header = weights_header(path / WEIGHTS_NAME)
+    with torch.device("meta"):
+        try:
+            skeleton = build()
+        except (TypeError, ValueError, RuntimeError, KeyError) as e:
+            raise CheckpointError(f"{path / CONFIG_NAME}: the config does not build a model ({e})") from None
+    own = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    del skeleton
+    missing, unexpected = sorted(set(own) - set(header)), sorted(set(header) - set(own))
+    shapes = [f"{k}: file {header[k]} vs config {own[k]}" for k in sorted(set(header) & set(own))
+              if header[k] != own[k]]
+    if missing or unexpected or shapes:
+        raise CheckpointError(f"{path / WEIGHTS_NAME}: weights do not match {CONFIG_NAME}: missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]}, shape mismatches {shapes[:5]}")
+    model = build()
+    try:
+        sd = load_file(str(path / WEIGHTS_NAME), device=map_location)
+    except Exception as e:   # safetensors raises its own error types for damaged files
+        raise CheckpointError(f"{path / WEIGHTS_NAME}: cannot read the weights ({e})") from None
+    model.load_state_dict(sd)
+    return model.to(map_location)
 
 
 def weights_header(path: Path) -> dict[str, tuple[int, ...]]:

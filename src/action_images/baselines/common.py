@@ -30,13 +30,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from scipy.spatial.transform import Rotation
 from torch import nn
 
-from action_images.runfiles import atomic_write_json, loads
+from action_images.runfiles import loads
 from action_images.text import HashTextEncoder, TextConfig
-from action_images.wam import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, weights_header
+from action_images.wam import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, load_checked, write_checkpoint
 
 FORMAT_VERSION = 1
 ROTATIONS = {"6d": 6, "quat": 4}
@@ -289,15 +288,8 @@ class BaselineModel(nn.Module):
 
     def save_pretrained(self, path: str | os.PathLike, state_dict: dict[str, torch.Tensor] | None = None) -> None:
         """Write ``model.safetensors`` + ``config.json`` (format, version, config) into ``path``."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        sd = state_dict if state_dict is not None else self.state_dict()
-        for k, v in sd.items():
-            if v.is_floating_point() and not torch.isfinite(v).all():
-                raise ValueError(f"refusing to save non-finite weights ({k}) to {path}")
-        save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, str(path / WEIGHTS_NAME))
-        atomic_write_json(path / CONFIG_NAME, {"format": self.FORMAT, "format_version": FORMAT_VERSION,
-                                               "config": self.config.to_dict()})
+        write_checkpoint(path, state_dict if state_dict is not None else self.state_dict(),
+                         {"format": self.FORMAT, "format_version": FORMAT_VERSION, "config": self.config.to_dict()})
 
     @classmethod
     def read_config(cls, path: str | os.PathLike) -> BaselineConfig:
@@ -328,24 +320,4 @@ class BaselineModel(nn.Module):
         are checked against the config on the ``meta`` device before anything is allocated."""
         path = Path(path)
         config = cls.read_config(path)
-        header = weights_header(path / WEIGHTS_NAME)
-        with torch.device("meta"):
-            try:
-                skeleton = cls(config)
-            except (TypeError, ValueError, RuntimeError, KeyError) as e:
-                raise CheckpointError(f"{path / CONFIG_NAME}: the config does not build a model ({e})") from None
-        own = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
-        del skeleton
-        missing, unexpected = sorted(set(own) - set(header)), sorted(set(header) - set(own))
-        shapes = [f"{k}: file {header[k]} vs config {own[k]}" for k in sorted(set(header) & set(own))
-                  if header[k] != own[k]]
-        if missing or unexpected or shapes:
-            raise CheckpointError(f"{path / WEIGHTS_NAME}: weights do not match {CONFIG_NAME}: missing {missing[:5]}, "
-                                  f"unexpected {unexpected[:5]}, shape mismatches {shapes[:5]}")
-        model = cls(config)
-        try:
-            sd = load_file(str(path / WEIGHTS_NAME), device=map_location)
-        except Exception as e:   # safetensors raises its own error types for damaged files
-            raise CheckpointError(f"{path / WEIGHTS_NAME}: cannot read the weights ({e})") from None
-        model.load_state_dict(sd)
-        return model.to(map_location)
+        return load_checked(path, lambda: cls(config), map_location)
