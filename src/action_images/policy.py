@@ -225,7 +225,31 @@ def interpolate_chunk(current: np.ndarray, keyframes: np.ndarray, valid: np.ndar
     return out
 
 
-class ActionImagesPolicy:
+class ChunkQueue:
+    """What every closed-loop policy here shares: a queue of planned targets that :meth:`act` drains, calling
+    :meth:`plan` (-> :class:`Chunk`) when it is empty. Subclasses set ``queue``, ``last_command`` in ``reset``."""
+
+    queue: list[np.ndarray]
+    last_command: np.ndarray | None
+
+    def plan(self, obs: dict[str, Any], cameras: Sequence[Any]) -> "Chunk":
+        raise NotImplementedError
+
+    def act(self, obs: dict[str, Any], cameras: Sequence[Any]) -> np.ndarray:
+        """The next ``[8]`` target; plans a new chunk when the queued one is used up."""
+        if not self.queue:
+            self.queue = list(self.plan(obs, cameras).actions)
+        action = np.asarray(self.queue.pop(0), dtype=np.float64)
+        self.last_command = action
+        return action
+
+    @property
+    def replanning(self) -> bool:
+        """Whether the next :meth:`act` call plans a new chunk."""
+        return not self.queue
+
+
+class ActionImagesPolicy(ChunkQueue):
     """Closed-loop policy around a :class:`~action_images.wam.WorldActionModel`, configured by
     :class:`PolicySettings`. ``codec``: a codec to decode with (its ``reject_px`` then decides disagreement; default
     a codec constructed with ``settings.disagree_px``). ``seed``: the default sampler seed of :meth:`reset`.
@@ -361,16 +385,3 @@ class ActionImagesPolicy:
         self.last_chunk = chunk
         self.chunks.append(chunk)
         return chunk
-
-    def act(self, obs: dict[str, Any], cameras: Sequence[Camera]) -> np.ndarray:
-        """The next ``[8]`` target; replans when the queued chunk is used up."""
-        if not self.queue:
-            self.queue = list(self.plan(obs, cameras).actions)
-        action = np.asarray(self.queue.pop(0), dtype=np.float64)
-        self.last_command = action
-        return action
-
-    @property
-    def replanning(self) -> bool:
-        """Whether the next :meth:`act` call generates a new chunk."""
-        return not self.queue

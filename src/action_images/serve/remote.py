@@ -26,11 +26,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from action_images.codec import ActionImageCodec
-from action_images.policy import Chunk, PolicySettings
+from action_images.policy import Chunk, ChunkQueue, PolicySettings
 from action_images.serve.client import PolicyClient, ServerError
 
 
-class RemotePolicy:
+class RemotePolicy(ChunkQueue):
     """Closed loop through a policy server at ``url`` (``token``: the server's bearer token, if it has one).
 
     ``camera_names``: the views sent with each request, in this order (default: the server's ``camera_names``; a
@@ -105,19 +105,6 @@ class RemotePolicy:
         self.last_chunk = chunk
         self.chunks.append(chunk)
         return chunk
-
-    def act(self, obs: dict[str, Any], cameras: Sequence[Any]) -> np.ndarray:
-        """The next ``[8]`` target; asks the server for a chunk when the queued one is used up."""
-        if not self.queue:
-            self.queue = list(self.plan(obs, cameras).actions)
-        action = np.asarray(self.queue.pop(0), dtype=np.float64)
-        self.last_command = action
-        return action
-
-    @property
-    def replanning(self) -> bool:
-        """Whether the next :meth:`act` call asks the server for a new chunk."""
-        return not self.queue
 
     def close(self) -> None:
         self.client.close()
