@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from action_images.evaluate import EvalSettings, Evaluation, add_sampler_steps, whole_number, write_outputs
+from action_images.cliflags import add_sampler_steps, whole_number
+from action_images.evaluate import EvalSettings, Evaluation, write_outputs
 from action_images.policy import PolicySettings
 from action_images.runfiles import args_dict, environment
 from action_images.sim.tasks import parse_tasks

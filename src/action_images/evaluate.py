@@ -27,78 +27,32 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import math
 import multiprocessing
 import os
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from action_images.codec import ActionImageCodec, overlay
+from action_images.cliflags import DeprecatedAlias, add_sampler_steps, whole_number
+from action_images.codec import ActionImageCodec
+from action_images.eval_settings import (DEFAULT_CAMERAS, MAX_JOBS, RIG_SPLITS, VIDEO_FORMATS, EvalSettings,
+                                         resolve_settings, rig_env_kwargs)
 from action_images.metrics import wilson_interval
-from action_images.policy import (DISAGREE_CHOICES, GRIPPER_MODES, METHODS, ActionImagesPolicy, Chunk, PolicySettings,
-                                  check_choice, check_int, check_names, resolve_policy_cameras)
-from action_images.runfiles import (append_jsonl, args_dict, atomic_write_bytes, atomic_write_json, atomic_write_text,
-                                    dumps, environment, json_safe, read_jsonl)
+from action_images.policy import DISAGREE_CHOICES, GRIPPER_MODES, METHODS, ActionImagesPolicy, PolicySettings
+from action_images.runfiles import (append_jsonl, args_dict, atomic_write_json, atomic_write_text, dumps, environment,
+                                    json_safe, read_jsonl)
 from action_images.seeds import episode_seed
-from action_images.sim.scene import CAMERA_SETS
+from action_images.videos import compose_frame, write_video
 
-DEFAULT_CAMERAS = CAMERA_SETS["eval"]   # rendered when neither the flags nor the checkpoint name cameras
-VIDEO_FORMATS = ("gif", "mp4")
 EPISODES_FILE = "episodes.jsonl"
 EPISODES_FORMAT = "action-images-eval-episodes"
-MAX_JOBS = 64
-# EvalSettings field -> its command-line flag (errors name both)
-EVAL_FLAGS = {"tasks": "--tasks", "episodes": "--episodes", "seed": "--seed", "cameras": "--cameras",
-              "image_size": "--image-size", "max_steps": "--max-steps", "videos": "--videos",
-              "video_format": "--video-format", "video_px": "--video-px", "jobs": "--jobs",
-              "camera_rig": "--camera-rig", "random_rig": "--random-rig", "rig_distribution": "--rig-distribution",
-              "rig_views": "--rig-views"}
-RIG_SPLITS = ("train", "heldout")
-os.environ.setdefault("MUJOCO_GL", "egl")   # headless rendering unless the user chose a backend (before mujoco loads)
-
-
-class DeprecatedAlias(argparse.Action):
-    """An old flag name kept for one release: stores into the new flag's ``dest`` and prints a one-line note."""
-
-    def __init__(self, option_strings: list[str], dest: str, new: str = "", note: str = "", **kwargs: Any):
-        super().__init__(option_strings, dest, **kwargs)
-        self.new, self.note = new, note
-
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
-                 option_string: str | None = None) -> None:
-        print(f"{parser.prog}: {option_string} is deprecated, use {self.new}{self.note}", file=sys.stderr)
-        setattr(namespace, self.dest, values)
-
-
-def whole_number(text: str) -> int:
-    """argparse type: an integer, also written as 1e3 (range checks are the settings' job)."""
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        x = float(text)
-    except ValueError:
-        x = math.nan
-    if not (math.isfinite(x) and x.is_integer()):
-        raise argparse.ArgumentTypeError(f"expected a whole number; got {text!r}")
-    return int(x)
-
-
-def add_sampler_steps(p: Any, default: int | str, help: str, type: Any = whole_number) -> None:
-    """``--sampler-steps`` and its deprecated alias ``--steps`` (which means optimizer steps in ``train``)."""
-    p.add_argument("--sampler-steps", type=type, default=default, help=help)
-    p.add_argument("--steps", dest="sampler_steps", type=type, default=argparse.SUPPRESS, action=DeprecatedAlias,
-                   new="--sampler-steps", note=" (in train, --steps counts optimizer steps)",
-                   help="deprecated alias of --sampler-steps")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -181,132 +135,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--no-progress", action="store_true")
 
 
-@dataclass(frozen=True)
-class EvalSettings:
-    """What an evaluation runs; validated on construction, so the command line and library callers share the checks.
-
-    ``tasks``: names or "all"/"a,b" (parsed by ``sim.tasks.parse_tasks``). ``episodes`` per task (>= 1; the (task, k)
-    pairs are generated lazily, so a large count costs nothing up front). ``cameras``: rendered views (None: the
-    policy cameras, see :func:`resolve_settings`). ``max_steps``: cap on episode length (None: the task's).
-    ``videos``: rollout videos for the first N episodes per task, each view upscaled to >= ``video_px``.
-    ``jobs``: worker processes (records do not depend on it). ``policy``: the policy's settings.
-    """
-
-    tasks: tuple[str, ...] | str = "all"
-    episodes: int = 10
-    seed: int = 0
-    cameras: tuple[str, ...] | None = None
-    image_size: int = 64
-    perturb_cameras: bool = False
-    max_steps: int | None = None
-    videos: int = 2
-    video_format: str = "gif"
-    video_px: int = 256
-    jobs: int = 1
-    camera_rig: str | None = None
-    random_rig: int | None = None
-    rig_distribution: str | None = None
-    rig_views: int = 4
-    policy: PolicySettings = field(default_factory=PolicySettings)
-
-    def __post_init__(self) -> None:
-        from action_images.sim.tasks import parse_tasks
-
-        put, f = object.__setattr__, EVAL_FLAGS
-        tasks = self.tasks if isinstance(self.tasks, str) else list(self.tasks)
-        put(self, "tasks", tuple(parse_tasks(tasks, "--tasks")))
-        put(self, "episodes", check_int("episodes", self.episodes, 1, flags=f))
-        put(self, "seed", check_int("seed", self.seed, 0, 2**63 - 1, flags=f))
-        put(self, "cameras", check_names("cameras", self.cameras, 1, flags=f))
-        put(self, "image_size", check_int("image_size", self.image_size, 16, 1024, flags=f))
-        put(self, "perturb_cameras", bool(self.perturb_cameras))
-        if self.max_steps is not None:
-            put(self, "max_steps", check_int("max_steps", self.max_steps, 1, flags=f))
-        put(self, "videos", check_int("videos", self.videos, 0, flags=f))
-        check_choice("video_format", self.video_format, VIDEO_FORMATS, flags=f)
-        put(self, "video_px", check_int("video_px", self.video_px, 16, 2048, flags=f))
-        put(self, "jobs", check_int("jobs", self.jobs, 1, MAX_JOBS, flags=f))
-        put(self, "rig_views", check_int("rig_views", self.rig_views, 2, 8, flags=f))
-        rigs = [k for k in ("camera_rig", "random_rig", "rig_distribution") if getattr(self, k) is not None]
-        if len(rigs) > 1:
-            raise ValueError(f"{' and '.join(f[k] for k in rigs)} exclude each other; give one")
-        if rigs and self.perturb_cameras:
-            raise ValueError(f"--perturb-cameras cannot be combined with {f[rigs[0]]}")
-        if self.random_rig is not None:
-            put(self, "random_rig", check_int("random_rig", self.random_rig, 0, 2**63 - 1, flags=f))
-        if self.rig_distribution is not None:
-            check_choice("rig_distribution", self.rig_distribution, RIG_SPLITS, flags=f)
-        if self.camera_rig is not None:
-            from action_images.sim import load_rig
-            try:                                                  # refuses a bad file now, naming it
-                load_rig(self.camera_rig, self.image_size)
-            except ValueError as e:
-                raise ValueError(f"--camera-rig: {e}") from None
-            put(self, "camera_rig", str(Path(self.camera_rig).resolve()))
-        if not isinstance(self.policy, PolicySettings):
-            raise TypeError(f"policy must be a PolicySettings; got {type(self.policy).__name__}")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.update(tasks=list(self.tasks), cameras=list(self.cameras) if self.cameras else None,
-                 policy=self.policy.to_dict())
-        return d
-
-    def record_dict(self) -> dict[str, Any]:
-        """The settings an episode record depends on (``jobs`` only changes the wall time)."""
-        return {k: v for k, v in self.to_dict().items() if k != "jobs"}
-
-
-def resolve_settings(settings: EvalSettings, config: Any, warn: bool = True) -> EvalSettings:
-    """Settings with the cameras filled in from the checkpoint: the model sees ``--policy-cameras``, else
-    ``config.camera_names``, else the first ``num_views`` rendered cameras (with a warning); the rendered cameras are
-    ``--cameras``, else the policy cameras, else ``DEFAULT_CAMERAS``. The policy cameras must be rendered."""
-    from action_images.sim import CAMERA_NAMES
-
-    rig = rig_camera_names(settings)
-    available = tuple(rig) + ("wrist",) if rig else tuple(CAMERA_NAMES)
-    n_views = max(2, int(config.num_views))
-    trained = getattr(config, "camera_names", None)
-    pol = settings.policy.camera_names
-    if not pol and trained and set(trained) <= set(available):
-        pol = list(trained)[:n_views]                  # the checkpoint's cameras, as many as it saw per window
-    rendered = settings.cameras or (tuple(pol) if pol else (tuple(rig) if rig else DEFAULT_CAMERAS))
-    if not pol and (trained or rig):
-        # a checkpoint trained on other camera names (e.g. random rigs) looks through the first rendered views
-        pol = list(rendered)[:n_views]
-    pol = resolve_policy_cameras(pol, config, rendered, warn=warn)
-    missing = [c for c in pol if c not in rendered]
-    if missing:
-        raise ValueError(f"--policy-cameras: {','.join(missing)} not among the rendered --cameras "
-                         f"{','.join(rendered)}")
-    unknown = [c for c in rendered if c not in available]
-    if unknown:
-        raise ValueError(f"--cameras: unknown camera(s) {','.join(unknown)}; choose from {','.join(available)}")
-    return replace(settings, cameras=tuple(rendered), policy=replace(settings.policy, camera_names=tuple(pol)))
-
-
-def rig_camera_names(settings: EvalSettings) -> list[str] | None:
-    """The views of the evaluation's camera rig (None: the scene's named cameras)."""
-    if settings.camera_rig is not None:
-        from action_images.sim import load_rig
-        return [c.name for c in load_rig(settings.camera_rig, settings.image_size)]
-    if settings.random_rig is not None or settings.rig_distribution is not None:
-        return [f"rig{i}" for i in range(settings.rig_views)]
-    return None
-
-
-def rig_env_kwargs(settings: EvalSettings) -> dict[str, Any]:
-    """``make_env`` arguments that place the evaluation's rig."""
-    if settings.camera_rig is not None:
-        return {"rig": settings.camera_rig}
-    if settings.random_rig is not None:
-        from action_images.sim import random_rig
-        return {"rig": random_rig(settings.random_rig, settings.rig_views, settings.image_size, "heldout")}
-    if settings.rig_distribution is not None:
-        return {"rig_distribution": settings.rig_distribution, "rig_views": settings.rig_views}
-    return {}
-
-
 def episode_pairs(tasks: Sequence[str], episodes: int, skip: set[tuple[str, int]] | frozenset = frozenset()
                   ) -> Iterator[tuple[str, int]]:
     """The (task, k) pairs in run order, generated one at a time (a large --episodes costs no memory up front)."""
@@ -314,51 +142,6 @@ def episode_pairs(tasks: Sequence[str], episodes: int, skip: set[tuple[str, int]
         for k in range(episodes):
             if (task, k) not in skip:
                 yield task, k
-
-
-# ---- video frames ----------------------------------------------------------------------------------------------------
-def _upscale(img: np.ndarray, size: int) -> np.ndarray:
-    """uint8 [R, R, 3] -> [size, size, 3] (nearest; the generated frame stays visibly low-res)."""
-    if img.shape[0] == size:
-        return img
-    idx = (np.arange(size) * img.shape[0] / size).astype(int)
-    return img[idx][:, idx]
-
-
-def compose_frame(obs: dict[str, Any], cameras: Sequence[Any], action: np.ndarray, chunk: Chunk | None,
-                  step_in_chunk: int, stride: int, codec: ActionImageCodec, min_px: int = 256) -> np.ndarray:
-    """Top row: every rendered view + the executed target's action image. Bottom: generated future keyframe.
-
-    Each tile is upscaled nearest-neighbour by a whole factor to at least ``min_px`` (the 48-64 px renders and their
-    action-image blobs are too small to see otherwise); pixels stay square blocks, nothing is smoothed."""
-    act_imgs = codec.encode(action, list(cameras))                           # [V, S, S, 3]
-    top, bottom = [], []
-    for v, cam in enumerate(cameras):
-        real = obs["images"][cam.name]
-        S = real.shape[0]
-        size = S * max(1, -(-int(min_px) // S))
-        top.append(_upscale(overlay(real, act_imgs[v]), size))
-        tile = np.full((size, size, 3), 40, np.uint8)
-        if chunk is not None and chunk.future_rgb is not None and cam.name in chunk.view_names:
-            j = chunk.view_names.index(cam.name)
-            k = min(chunk.future_rgb.shape[1] - 1, step_in_chunk // stride)
-            act = chunk.future_act[j, k]
-            gen = overlay(chunk.future_rgb[j, k], np.where(act > 0.35, act, 0.0))   # hide generated pedestal noise
-            tile = _upscale(gen, size)
-        bottom.append(tile)
-    return np.concatenate([np.concatenate(top, 1), np.concatenate(bottom, 1)], 0)
-
-
-def write_video(path: Path, frames: list[np.ndarray], fps: int) -> None:
-    """Encode in memory, then write atomically: a crash never leaves a half video that a record points to."""
-    import imageio.v3 as iio
-    arr = np.stack(frames)
-    if path.suffix == ".gif":
-        data = iio.imwrite("<bytes>", arr, extension=".gif", duration=1000.0 / fps, loop=0)
-    else:
-        data = iio.imwrite("<bytes>", arr, extension=path.suffix, plugin="pyav", codec="libx264", fps=fps,
-                           out_pixel_format="yuv420p")
-    atomic_write_bytes(path, data, durable=False)
 
 
 # ---- rollouts --------------------------------------------------------------------------------------------------------

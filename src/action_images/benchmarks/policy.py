@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from action_images.benchmarks import write_json
-from action_images.evaluate import add_sampler_steps
+from action_images.cliflags import add_sampler_steps
 from action_images.models import PRESETS
 from action_images.runfiles import args_dict, environment, split_list
 

@@ -27,7 +27,8 @@ from action_images.data.windows import (WindowConfig, collate, crop_resize, fini
                                         window_poses)
 from action_images.geometry import Camera
 from action_images.metrics import to_u8
-from action_images.runfiles import atomic_write_bytes, split_list
+from action_images.runfiles import split_list
+from action_images.videos import write_video
 
 
 # ---- flags -----------------------------------------------------------------------------------------------------------
@@ -183,15 +184,6 @@ def tile(*rows: np.ndarray, zoom: int = 1) -> np.ndarray:
     of a row side by side, rows top to bottom, upscaled by pixel repetition."""
     grid = np.concatenate([np.concatenate(list(r), axis=2) for r in rows], axis=1)     # [N, rows*R, V*R, 3]
     return grid.repeat(zoom, axis=1).repeat(zoom, axis=2)
-
-
-def write_video(path: Path, frames: np.ndarray, fps: int) -> None:
-    """H.264 mp4 (yuv420p, viewable in browsers) of uint8 [N, H, W, 3] frames, written atomically."""
-    import imageio.v3 as iio
-
-    data = iio.imwrite("<bytes>", np.ascontiguousarray(frames), extension=".mp4", plugin="pyav", codec="libx264",
-                       fps=int(fps), out_pixel_format="yuv420p")
-    atomic_write_bytes(path, data, durable=False)
 
 
 def save_videos(out_dir: str | Path, gen: np.ndarray, real: np.ndarray | None, fps: int, zoom: int) -> list[str]:

@@ -20,7 +20,7 @@ TOKEN_ENV = "ACTION_IMAGES_SERVE_TOKEN"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from action_images.evaluate import whole_number
+    from action_images.cliflags import whole_number
     from action_images.policy import DISAGREE_CHOICES, GRIPPER_MODES, METHODS
 
     p.add_argument("--checkpoint", required=True, help="run directory or checkpoint (config.json + weights)")

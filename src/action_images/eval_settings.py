@@ -1,0 +1,148 @@
+"""What an evaluation runs: :class:`EvalSettings` (validated on construction, shared by the command line and library
+callers), the cameras filled in from the checkpoint (:func:`resolve_settings`) and the camera rig it is seen from."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from action_images.policy import PolicySettings, check_choice, check_int, check_names, resolve_policy_cameras
+from action_images.sim.scene import CAMERA_SETS
+
+DEFAULT_CAMERAS = CAMERA_SETS["eval"]   # rendered when neither the flags nor the checkpoint name cameras
+VIDEO_FORMATS = ("gif", "mp4")
+MAX_JOBS = 64
+# EvalSettings field -> its command-line flag (errors name both)
+EVAL_FLAGS = {"tasks": "--tasks", "episodes": "--episodes", "seed": "--seed", "cameras": "--cameras",
+              "image_size": "--image-size", "max_steps": "--max-steps", "videos": "--videos",
+              "video_format": "--video-format", "video_px": "--video-px", "jobs": "--jobs",
+              "camera_rig": "--camera-rig", "random_rig": "--random-rig", "rig_distribution": "--rig-distribution",
+              "rig_views": "--rig-views"}
+RIG_SPLITS = ("train", "heldout")
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """What an evaluation runs; validated on construction, so the command line and library callers share the checks.
+
+    ``tasks``: names or "all"/"a,b" (parsed by ``sim.tasks.parse_tasks``). ``episodes`` per task (>= 1; the (task, k)
+    pairs are generated lazily, so a large count costs nothing up front). ``cameras``: rendered views (None: the
+    policy cameras, see :func:`resolve_settings`). ``max_steps``: cap on episode length (None: the task's).
+    ``videos``: rollout videos for the first N episodes per task, each view upscaled to >= ``video_px``.
+    ``jobs``: worker processes (records do not depend on it). ``policy``: the policy's settings.
+    """
+
+    tasks: tuple[str, ...] | str = "all"
+    episodes: int = 10
+    seed: int = 0
+    cameras: tuple[str, ...] | None = None
+    image_size: int = 64
+    perturb_cameras: bool = False
+    max_steps: int | None = None
+    videos: int = 2
+    video_format: str = "gif"
+    video_px: int = 256
+    jobs: int = 1
+    camera_rig: str | None = None
+    random_rig: int | None = None
+    rig_distribution: str | None = None
+    rig_views: int = 4
+    policy: PolicySettings = field(default_factory=PolicySettings)
+
+    def __post_init__(self) -> None:
+        from action_images.sim.tasks import parse_tasks
+
+        put, f = object.__setattr__, EVAL_FLAGS
+        tasks = self.tasks if isinstance(self.tasks, str) else list(self.tasks)
+        put(self, "tasks", tuple(parse_tasks(tasks, "--tasks")))
+        put(self, "episodes", check_int("episodes", self.episodes, 1, flags=f))
+        put(self, "seed", check_int("seed", self.seed, 0, 2**63 - 1, flags=f))
+        put(self, "cameras", check_names("cameras", self.cameras, 1, flags=f))
+        put(self, "image_size", check_int("image_size", self.image_size, 16, 1024, flags=f))
+        put(self, "perturb_cameras", bool(self.perturb_cameras))
+        if self.max_steps is not None:
+            put(self, "max_steps", check_int("max_steps", self.max_steps, 1, flags=f))
+        put(self, "videos", check_int("videos", self.videos, 0, flags=f))
+        check_choice("video_format", self.video_format, VIDEO_FORMATS, flags=f)
+        put(self, "video_px", check_int("video_px", self.video_px, 16, 2048, flags=f))
+        put(self, "jobs", check_int("jobs", self.jobs, 1, MAX_JOBS, flags=f))
+        put(self, "rig_views", check_int("rig_views", self.rig_views, 2, 8, flags=f))
+        rigs = [k for k in ("camera_rig", "random_rig", "rig_distribution") if getattr(self, k) is not None]
+        if len(rigs) > 1:
+            raise ValueError(f"{' and '.join(f[k] for k in rigs)} exclude each other; give one")
+        if rigs and self.perturb_cameras:
+            raise ValueError(f"--perturb-cameras cannot be combined with {f[rigs[0]]}")
+        if self.random_rig is not None:
+            put(self, "random_rig", check_int("random_rig", self.random_rig, 0, 2**63 - 1, flags=f))
+        if self.rig_distribution is not None:
+            check_choice("rig_distribution", self.rig_distribution, RIG_SPLITS, flags=f)
+        if self.camera_rig is not None:
+            from action_images.sim import load_rig
+            try:                                                  # refuses a bad file now, naming it
+                load_rig(self.camera_rig, self.image_size)
+            except ValueError as e:
+                raise ValueError(f"--camera-rig: {e}") from None
+            put(self, "camera_rig", str(Path(self.camera_rig).resolve()))
+        if not isinstance(self.policy, PolicySettings):
+            raise TypeError(f"policy must be a PolicySettings; got {type(self.policy).__name__}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(tasks=list(self.tasks), cameras=list(self.cameras) if self.cameras else None,
+                 policy=self.policy.to_dict())
+        return d
+
+    def record_dict(self) -> dict[str, Any]:
+        """The settings an episode record depends on (``jobs`` only changes the wall time)."""
+        return {k: v for k, v in self.to_dict().items() if k != "jobs"}
+
+
+def resolve_settings(settings: EvalSettings, config: Any, warn: bool = True) -> EvalSettings:
+    """Settings with the cameras filled in from the checkpoint: the model sees ``--policy-cameras``, else
+    ``config.camera_names``, else the first ``num_views`` rendered cameras (with a warning); the rendered cameras are
+    ``--cameras``, else the policy cameras, else ``DEFAULT_CAMERAS``. The policy cameras must be rendered."""
+    from action_images.sim import CAMERA_NAMES
+
+    rig = rig_camera_names(settings)
+    available = tuple(rig) + ("wrist",) if rig else tuple(CAMERA_NAMES)
+    n_views = max(2, int(config.num_views))
+    trained = getattr(config, "camera_names", None)
+    pol = settings.policy.camera_names
+    if not pol and trained and set(trained) <= set(available):
+        pol = list(trained)[:n_views]                  # the checkpoint's cameras, as many as it saw per window
+    rendered = settings.cameras or (tuple(pol) if pol else (tuple(rig) if rig else DEFAULT_CAMERAS))
+    if not pol and (trained or rig):
+        # a checkpoint trained on other camera names (e.g. random rigs) looks through the first rendered views
+        pol = list(rendered)[:n_views]
+    pol = resolve_policy_cameras(pol, config, rendered, warn=warn)
+    missing = [c for c in pol if c not in rendered]
+    if missing:
+        raise ValueError(f"--policy-cameras: {','.join(missing)} not among the rendered --cameras "
+                         f"{','.join(rendered)}")
+    unknown = [c for c in rendered if c not in available]
+    if unknown:
+        raise ValueError(f"--cameras: unknown camera(s) {','.join(unknown)}; choose from {','.join(available)}")
+    return replace(settings, cameras=tuple(rendered), policy=replace(settings.policy, camera_names=tuple(pol)))
+
+
+def rig_camera_names(settings: EvalSettings) -> list[str] | None:
+    """The views of the evaluation's camera rig (None: the scene's named cameras)."""
+    if settings.camera_rig is not None:
+        from action_images.sim import load_rig
+        return [c.name for c in load_rig(settings.camera_rig, settings.image_size)]
+    if settings.random_rig is not None or settings.rig_distribution is not None:
+        return [f"rig{i}" for i in range(settings.rig_views)]
+    return None
+
+
+def rig_env_kwargs(settings: EvalSettings) -> dict[str, Any]:
+    """``make_env`` arguments that place the evaluation's rig."""
+    if settings.camera_rig is not None:
+        return {"rig": settings.camera_rig}
+    if settings.random_rig is not None:
+        from action_images.sim import random_rig
+        return {"rig": random_rig(settings.random_rig, settings.rig_views, settings.image_size, "heldout")}
+    if settings.rig_distribution is not None:
+        return {"rig_distribution": settings.rig_distribution, "rig_views": settings.rig_views}
+    return {}
