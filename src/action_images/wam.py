@@ -422,13 +422,11 @@ def weights_header(path: Path) -> dict[str, tuple[int, ...]]:
         raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
 
 
-def read_config(path: Path) -> WAMConfig:
-    """The :class:`WAMConfig` of a checkpoint folder, migrated from older format versions; errors name the file.
-
-    Version 1 configs do not name their cameras: the cameras come from the run's ``train_config.json`` or
-    ``train_args.json`` beside them when present (``None`` otherwise)."""
-    file = path / CONFIG_NAME
-    if not file.exists():
+def read_meta(path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
+    """(file, contents) of a checkpoint folder's ``config.json``: strict JSON, an object with a ``config`` object;
+    anything else is a :class:`CheckpointError` naming the file. Every model kind reads its config through this."""
+    file = Path(path) / CONFIG_NAME
+    if not file.is_file():
         raise CheckpointError(f"{path} does not hold {CONFIG_NAME} and {WEIGHTS_NAME}")
     try:
         meta = loads(file.read_text())
@@ -436,6 +434,15 @@ def read_config(path: Path) -> WAMConfig:
         raise CheckpointError(f"{file}: not JSON ({e})") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
         raise CheckpointError(f"{file}: expected an object with a 'config' object")
+    return file, meta
+
+
+def read_config(path: Path) -> WAMConfig:
+    """The :class:`WAMConfig` of a checkpoint folder, migrated from older format versions; errors name the file.
+
+    Version 1 configs do not name their cameras: the cameras come from the run's ``train_config.json`` or
+    ``train_args.json`` beside them when present (``None`` otherwise)."""
+    file, meta = read_meta(path)
     if meta.get("format") != FORMAT or meta.get("format_version") not in READABLE_VERSIONS:
         raise CheckpointError(f"{file}: format {meta.get('format')!r} v{meta.get('format_version')} is not "
                               f"{FORMAT!r} v{'/'.join(map(str, READABLE_VERSIONS))}")

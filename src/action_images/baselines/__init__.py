@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import os
 import warnings
-from pathlib import Path
 from typing import Any
 
 from action_images.baselines.bc import BCConfig, BCModel
 from action_images.baselines.diffusion_policy import DiffusionPolicyModel, DPConfig
 from action_images.baselines.policy import BaselinePolicy, make_policy
-from action_images.runfiles import loads
-from action_images.wam import CONFIG_NAME, FORMAT as WAM_FORMAT, CheckpointError
+from action_images.wam import FORMAT as WAM_FORMAT, CheckpointError, read_meta
 
 METHODS = ("wam", "bc", "dp")
 MODELS: dict[str, type] = {"bc": BCModel, "dp": DiffusionPolicyModel}
@@ -93,15 +91,7 @@ def load_model(path: str | os.PathLike) -> Any:
     """The model in a checkpoint or run folder, by the ``format`` of its ``config.json``: the world action model,
     :class:`BCModel` or :class:`DiffusionPolicyModel`. Raises :class:`~action_images.wam.CheckpointError` (a
     ``ValueError``) naming the file for anything else."""
-    file = Path(path) / CONFIG_NAME
-    if not file.is_file():
-        raise CheckpointError(f"{path} does not hold {CONFIG_NAME}")
-    try:
-        meta = loads(file.read_text())
-    except ValueError as e:             # not JSON, not text, or NaN / Infinity (not strict JSON)
-        raise CheckpointError(f"{file}: not JSON ({e})") from None
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"{file}: expected an object with 'format' and 'config'")
+    file, meta = read_meta(path)
     fmt = meta.get("format")
     if fmt == WAM_FORMAT:
         from action_images.wam import WorldActionModel

@@ -33,9 +33,8 @@ import torch.nn.functional as F
 from scipy.spatial.transform import Rotation
 from torch import nn
 
-from action_images.runfiles import loads
 from action_images.text import HashTextEncoder, TextConfig
-from action_images.wam import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, load_checked, write_checkpoint
+from action_images.wam import CheckpointError, load_checked, read_meta, write_checkpoint
 
 FORMAT_VERSION = 1
 ROTATIONS = {"6d": 6, "quat": 4}
@@ -294,15 +293,7 @@ class BaselineModel(nn.Module):
     @classmethod
     def read_config(cls, path: str | os.PathLike) -> BaselineConfig:
         """The config of a checkpoint folder written by this class; errors name the file and what is wrong."""
-        file = Path(path) / CONFIG_NAME
-        if not file.exists():
-            raise CheckpointError(f"{path} does not hold {CONFIG_NAME} and {WEIGHTS_NAME}")
-        try:
-            meta = loads(file.read_text())
-        except ValueError as e:         # not JSON, not text, or NaN / Infinity (not strict JSON)
-            raise CheckpointError(f"{file}: not JSON ({e})") from None
-        if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
-            raise CheckpointError(f"{file}: expected an object with a 'config' object")
+        file, meta = read_meta(path)
         if meta.get("format") != cls.FORMAT or meta.get("format_version") != FORMAT_VERSION:
             raise CheckpointError(f"{file}: format {meta.get('format')!r} v{meta.get('format_version')} is not "
                                   f"{cls.FORMAT!r} v{FORMAT_VERSION} ({cls.__name__}); action_images.baselines."
