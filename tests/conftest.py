@@ -29,3 +29,15 @@ def lerobot_root(tmp_path_factory):
                       for c in syn.cameras}
             w.add_episode(instruction=ep["instruction"], actions=ep["actions"], states=ep["states"], images=images)
     return root
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory):
+    """A tiny random world action model that, like the shipped checkpoint, was trained on left + right (test files
+    that need another kind define their own ``checkpoint``)."""
+    from action_images.wam import WAMConfig, WorldActionModel
+
+    path = tmp_path_factory.mktemp("ckpt") / "tiny"
+    torch.manual_seed(0)
+    WorldActionModel(WAMConfig.from_preset("cpu-tiny", camera_names=["left", "right"])).save_pretrained(path)
+    return path

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,15 +12,6 @@ from action_images import demo
 from action_images.wam import WAMConfig, WorldActionModel
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    """A tiny model that, like the shipped checkpoint, was trained on left + right."""
-    path = tmp_path_factory.mktemp("ckpt") / "tiny"
-    torch.manual_seed(0)
-    WorldActionModel(WAMConfig.from_preset("cpu-tiny", camera_names=["left", "right"])).save_pretrained(path)
-    return path
 
 
 def parse(argv):

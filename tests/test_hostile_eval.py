@@ -9,7 +9,6 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,14 +18,6 @@ from action_images.runfiles import read_jsonl
 from action_images.wam import WAMConfig, WorldActionModel
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("ckpt") / "tiny"
-    torch.manual_seed(0)
-    WorldActionModel(WAMConfig.from_preset("cpu-tiny", camera_names=["left", "right"])).save_pretrained(path)
-    return path
 
 
 def parse(argv):

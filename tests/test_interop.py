@@ -16,21 +16,12 @@ from action_images.baselines import load_model
 from action_images.evaluate import EpisodeRunner, EvalSettings, Evaluation, resolve_settings
 from action_images.policy import PolicySettings
 from action_images.serve.server import PolicyServer
-from action_images.wam import WAMConfig, WorldActionModel
 
 torch.set_num_threads(1)
 SETTINGS = PolicySettings(sampler_steps=2, execute_k=3, max_resamples=0)
 TOKEN = "interop-token-0123456789"
 # what a record holds that depends on the clock, not on the policy
 CLOCK_KEYS = ("wall_s", "latency_s", "latency_parts_s")
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("interop") / "tiny"
-    WorldActionModel(WAMConfig.from_preset("cpu-tiny", camera_names=["left", "right"])).save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -30,20 +30,11 @@ from action_images.serve import TOKEN_ENV
 from action_images.serve.client import PolicyClient, ServerError
 from action_images.serve.protocol import observation, pack, unpack
 from action_images.serve.server import PolicyServer
-from action_images.wam import WAMConfig, WorldActionModel
 
 torch.set_num_threads(1)
 MAX_BYTES = 64 * 1024
 TOKEN = "s3cret-token-0123456789"
 SETTINGS = PolicySettings(sampler_steps=2, execute_k=3, max_resamples=0)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("serve") / "tiny"
-    WorldActionModel(WAMConfig.from_preset("cpu-tiny", camera_names=["left", "right"])).save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")

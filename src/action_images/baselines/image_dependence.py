@@ -12,7 +12,6 @@ its images can only act on the current pose and the instruction.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
