@@ -109,6 +109,39 @@ def test_eval_command_through_the_server_writes_the_same_records(checkpoint, ser
         assert len(err) == 1 and err[0].startswith("action-images eval: ") and expect in err[0], (argv, err)
 
 
+def test_eval_through_the_server_with_workers_and_resume(checkpoint, server, tmp_path, capsys):
+    """--jobs: each spawned worker opens its own connection; --resume: an interrupted run through the server finishes
+    the missing episodes only. Both give the records of one uninterrupted in-process run."""
+    from action_images.cli import main
+    from action_images.runfiles import read_jsonl
+
+    common = ["--tasks", "reach_target,press_button", "--episodes", "2", "--seed", "5", "--image-size", "32",
+              "--max-steps", "8", "--videos", "0", "--no-progress"]
+    url = f"ws://127.0.0.1:{server.port}"
+    remote = ["--server", url, "--token", TOKEN]
+    assert main(["eval", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "local"), *common,
+                 "--sampler-steps", "2", "--execute-k", "3", "--max-resamples", "0"]) == 0
+    assert main(["eval", *remote, "--jobs", "2", "--out", str(tmp_path / "jobs"), *common]) == 0
+
+    def by_episode(d):
+        return sorted((stripped(r) for r in read_jsonl(tmp_path / d / "episodes.jsonl")[1:]),
+                      key=lambda r: (r["task"], r["episode"]))
+
+    local = by_episode("local")
+    assert len(local) == 4 and by_episode("jobs") == local
+
+    # an interrupted run: the header and one finished episode, then a torn line
+    path = tmp_path / "jobs" / "episodes.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:2]) + lines[2][:10])
+    assert main(["eval", *remote, "--out", str(tmp_path / "jobs"), *common]) == 2          # refuses to overwrite
+    assert "--resume" in capsys.readouterr().err
+    assert main(["eval", *remote, "--resume", "--out", str(tmp_path / "jobs"), *common]) == 0
+    assert by_episode("jobs") == local and len(read_jsonl(path)) == 5
+    metrics = json.loads((tmp_path / "jobs" / "metrics.json").read_text())
+    assert metrics["policy"]["server"]["url"] == url
+
+
 def test_evaluation_needs_a_model_or_a_server(model, tmp_path):
     with pytest.raises(ValueError, match="not both"):
         Evaluation(None, eval_settings(), tmp_path)
