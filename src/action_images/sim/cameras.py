@@ -5,7 +5,9 @@ up; OpenCV looks along +z with y down). The principal point is ((W-1)/2, (H-1)/2
 +0.5 and our pixel (0, 0) is the centre of the top-left pixel; tests/test_sim_cameras.py checks this against
 segmentation masks (W/2 is measurably worse). A camera with MuJoCo intrinsics (``cam_sensorsize`` non-zero, set by
 sim/rig.py for a K that fovy cannot express) has ``fx = intrinsic[0]·W/sensorsize[0]``,
-``cx = (W-1)/2 - intrinsic[2]·W/sensorsize[0]`` and likewise in y.
+``cx = (W-1)/2 - intrinsic[2]·W/sensorsize[0]`` and ``cy = (H-1)/2 - INTRINSIC_Y_SIGN·intrinsic[3]·H/sensorsize[1]``:
+MuJoCo 4 shifts the image up for a positive ``intrinsic[3]``, MuJoCo 3.3 down (measured against segmentation masks with
+3.3.0 and 4.0.0; tests/test_rig.py checks whichever version is installed).
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ PERTURB_POS = 0.03
 PERTURB_ROT = 0.05  # ~2.9°
 
 _FLIP = np.diag([1.0, -1.0, -1.0])
+# sign of the vertical principal-point offset ``cam_intrinsic[3]`` in MuJoCo's renderer (see the module docstring)
+MUJOCO_VERSION = tuple(int(x) for x in mujoco.__version__.split(".")[:3] if x.isdigit())
+INTRINSIC_Y_SIGN = 1.0 if MUJOCO_VERSION >= (4, 0, 0) else -1.0
 
 
 def camera_from_mujoco(model: mujoco.MjModel, data: mujoco.MjData, cam_id: int, width: int, height: int,
@@ -36,7 +41,7 @@ def camera_from_mujoco(model: mujoco.MjModel, data: mujoco.MjData, cam_id: int, 
     if sensor[0] > 0 and sensor[1] > 0:
         fx, fy, ox, oy = model.cam_intrinsic[cam_id].astype(np.float64)
         sx, sy = width / sensor[0], height / sensor[1]
-        K = np.array([[fx * sx, 0.0, (width - 1) / 2.0 - ox * sx], [0.0, fy * sy, (height - 1) / 2.0 - oy * sy],
+        K = np.array([[fx * sx, 0.0, (width - 1) / 2.0 - ox * sx], [0.0, fy * sy, (height - 1) / 2.0 - INTRINSIC_Y_SIGN * oy * sy],
                       [0.0, 0.0, 1.0]])
     else:
         f = 0.5 * height / np.tan(np.radians(model.cam_fovy[cam_id]) / 2.0)

@@ -6,7 +6,8 @@ its own name in the env's calibration and is rendered exactly as calibrated.
 
 Rendering a K: MuJoCo's ``fovy`` gives square pixels and a principal point at the image centre, which is
 ((W-1)/2, (H-1)/2) in our pixel convention. Any other zero-skew K is rendered through MuJoCo's camera intrinsics: with
-``sensorsize = resolution = (W, H)`` (length unit = one pixel), ``intrinsic = [fx, fy, (W-1)/2 - cx, (H-1)/2 - cy]``;
+``sensorsize = resolution = (W, H)`` (length unit = one pixel), ``intrinsic = [fx, fy, (W-1)/2 - cx, s·((H-1)/2 - cy)]``
+with ``s = cameras.INTRINSIC_Y_SIGN`` (MuJoCo 3.3 and 4 shift the image vertically in opposite directions);
 tests/test_rig.py checks both against segmentation masks.
 
 Random rigs (:func:`random_rig`) put cameras on a spherical shell sector around ``WORKSPACE_CENTRE`` (the ranges are
@@ -29,6 +30,7 @@ from scipy.spatial.transform import Rotation
 from action_images.geometry import Camera
 from action_images.runfiles import atomic_write_json
 from action_images.sim import scene
+from action_images.sim.cameras import INTRINSIC_Y_SIGN
 
 RIG_SLOTS = scene.RIG_SLOTS
 SLOT_NAMES = scene.RIG_SLOT_NAMES
@@ -222,7 +224,8 @@ def place_camera(model: mujoco.MjModel, cam_id: int, cam: Camera) -> None:
         model.cam_fovy[cam_id] = math.degrees(2.0 * math.atan(0.5 * H / K[1, 1]))  # unused by the renderer here
         model.cam_sensorsize[cam_id] = (W, H)
         model.cam_resolution[cam_id] = (W, H)
-        model.cam_intrinsic[cam_id] = (K[0, 0], K[1, 1], (W - 1) / 2.0 - K[0, 2], (H - 1) / 2.0 - K[1, 2])
+        model.cam_intrinsic[cam_id] = (K[0, 0], K[1, 1], (W - 1) / 2.0 - K[0, 2],
+                                        INTRINSIC_Y_SIGN * ((H - 1) / 2.0 - K[1, 2]))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
