@@ -216,7 +216,11 @@ class DiT(VideoBackbone):
             nn.init.zeros_(self.refine[-1].bias)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, state: torch.Tensor, plucker: torch.Tensor,
-                text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+                text: torch.Tensor, text_mask: torch.Tensor, extra_tokens: torch.Tensor | None = None
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Shapes as in :meth:`VideoBackbone.forward`. ``extra_tokens`` [B, E, D] (already embedded, width D): more
+        tokens that join the sequence after the video's and attend with it (e.g. action tokens); the output is then
+        ``(video [B,V,F,C,H,W], their final features [B, E, D])``. Without them, only the video."""
         cfg, p = self.config, self.config.patch
         B, V, Fr, C, H, W = x.shape
         if V > cfg.max_views or Fr > cfg.max_frames:
@@ -232,6 +236,9 @@ class DiT(VideoBackbone):
         st = self.state_emb(state + stream_offset).sum(dim=-2)               # [B, V, F, D]
         tok = (tok + cam[:, :, None] + pos + (view[:, None] + frame[None] + st)[..., None, None, :])
         tok = tok.reshape(B, V * Fr * h * w, cfg.width)                      # [B, N, D]
+        n_video = tok.shape[1]
+        if extra_tokens is not None:
+            tok = torch.cat([tok, extra_tokens.to(tok.dtype)], dim=1)        # [B, N + E, D]
 
         txt = self.text_proj(text)                                           # [B, L, D]
         c = self.t_mlp(timestep_embedding(t, cfg.width))                     # [B, D]
@@ -242,10 +249,13 @@ class DiT(VideoBackbone):
             tok = blk(tok, c, txt, text_mask)
         sh, sc = self.ada_out(c).chunk(2, dim=-1)
         feat = modulate(self.norm_out(tok), sh, sc)                          # [B, N, D]
+        extra = None
+        if extra_tokens is not None:
+            feat, extra = feat[:, :n_video], feat[:, n_video:]
         out = unpatchify(self.out(feat).reshape(B, V, Fr, h, w, -1), p, C)   # [B, V, F, C, H, W]
-        if self.refine is None:
-            return out
-        fmap = unpatchify(self.feat_out(feat).reshape(B, V, Fr, h, w, -1), p, cfg.refine_channels)
-        now = x[:, :, :1].expand(-1, -1, Fr, -1, -1, -1)                     # the view's current frame
-        z = torch.cat([out, fmap, x, now], dim=3).reshape(B * V * Fr, -1, H, W)
-        return out + self.refine(z).reshape(B, V, Fr, C, H, W)
+        if self.refine is not None:
+            fmap = unpatchify(self.feat_out(feat).reshape(B, V, Fr, h, w, -1), p, cfg.refine_channels)
+            now = x[:, :, :1].expand(-1, -1, Fr, -1, -1, -1)                 # the view's current frame
+            z = torch.cat([out, fmap, x, now], dim=3).reshape(B * V * Fr, -1, H, W)
+            out = out + self.refine(z).reshape(B, V, Fr, C, H, W)
+        return out if extra is None else (out, extra)
