@@ -42,9 +42,10 @@ def _f(default: Any, help: str, *, flag: str | None = None, aliases: tuple[str, 
 
 @dataclass
 class ModelRecipe:
-    method: str = _f("wam", "wam: the world action model; bc: image behaviour cloning; dp: image diffusion policy "
-                            "(the baselines, action_images.baselines; --preset and the WAM-only settings do not apply)",
-                     choices=("wam", "bc", "dp"))
+    method: str = _f("wam", "wam: the world action model; bc: image behaviour cloning; dp: image diffusion policy; "
+                            "tokens: the world action model's video DiT with actions as tokens, not images (the "
+                            "baselines, action_images.baselines; --preset and the WAM-only settings do not apply)",
+                     choices=("wam", "bc", "dp", "tokens"))
     preset: str = _f("cpu-small", "model size and data shape preset (action_images.models.PRESETS)", kind="preset")
     image_size: int | None = _f(None, "model resolution in pixels (default: the preset's)", lo=8, hi=1024)
     num_views: int | None = _f(None, "views per training window, a random subset of the cameras (default: the "
@@ -66,8 +67,8 @@ class ModelRecipe:
     workspace: list | None = _f(None, "world box of --crop workspace: --workspace=x0,y0,z0,x1,y1,z1 in metres", kind="box")
     refine_channels: int | None = _f(None, "DiT only: full-resolution conv refinement head with this many channels "
                                            "(0 = off)", lo=0, hi=512)
-    baseline: dict = _f({}, "bc/dp only: overrides of the baseline's config, e.g. {\"plucker\": false, \"pool\": "
-                            "\"avg\"} (recipe file only)", kind="file_only")
+    baseline: dict = _f({}, "bc/dp/tokens only: overrides of the baseline's config, e.g. {\"plucker\": false, "
+                            "\"pool\": \"avg\"} (recipe file only)", kind="file_only")
     pretrained: str | None = _f(None, "wan presets: a local diffusers pipeline folder to start from (transformer/, and "
                                       "vae/ for the latent presets; safetensors; nothing is downloaded)")
     text_encoder: str | None = _f(None, "wan presets: a local UMT5 folder (text_encoder/ + tokenizer/) encoding the "
@@ -173,7 +174,7 @@ class TrainRecipe:
         if self.model.task_mix is not None:
             _check_mix(self.model.task_mix, f"{source}: model.task_mix")
         if self.model.baseline and self.model.method == "wam":
-            raise ValueError(f"{source}: model.baseline applies to model.method bc or dp only")
+            raise ValueError(f"{source}: model.baseline applies to model.method bc, dp or tokens only")
         if self.data.collect:
             collect_argv(self.data.collect, f"{source}: data.collect")
         if self.model.crop == "workspace" and self.model.workspace is None:

@@ -30,8 +30,8 @@ LoRA run's base) are neither optimised nor averaged. ``accelerate launch --confi
 (or ``fsdp.yaml``) runs N processes; a checkpoint records its number of processes, and ``--resume`` with another
 number needs ``--allow-world-size-change`` (the batch keys are per (step, rank), so the data order changes).
 
-``--method bc|dp`` trains a baseline (:mod:`action_images.baselines`) in the same loop, on the same windows, with the
-same optimiser, EMA, checkpoints and ``--resume``; ``action_images.baselines.load_model(RUN)`` loads any run.
+``--method bc|dp|tokens`` trains a baseline (:mod:`action_images.baselines`) in the same loop, on the same windows,
+with the same optimiser, EMA, checkpoints and ``--resume``; ``action_images.baselines.load_model(RUN)`` loads any run.
 """
 
 from __future__ import annotations

@@ -2,10 +2,13 @@
 
     action-images train --method bc --data data/core4h --cameras left,right --out runs/bc --steps 20000
     action-images train --method dp --data data/core4h --cameras left,right --out runs/dp --steps 20000
+    action-images train --method tokens --data data/core4h --cameras left,right --out runs/tokens --steps 6652
     action-images eval --checkpoint runs/bc --tasks reach_target,press_button,open_drawer,close_drawer --out DIR
 
 * ``bc`` (:mod:`.bc`): image behaviour cloning, a regression of the chunk of future poses (ACT without its CVAE);
 * ``dp`` (:mod:`.diffusion_policy`): multi-view image Diffusion Policy (Chi et al. 2023), flow-matching sampler;
+* ``tokens`` (:mod:`.action_tokens`): the world action model's video DiT with the actions as tokens instead of action
+  images (the paper's ablation);
 * ``wam``: the world action model itself (:mod:`action_images.wam`).
 
 Every model has ``config`` (image_size, num_views, horizon, stride, camera_names, crop, workspace, so
@@ -20,24 +23,27 @@ import os
 import warnings
 from typing import Any
 
+from action_images.baselines.action_tokens import ActionTokensModel, TokensConfig
 from action_images.baselines.bc import BCConfig, BCModel
 from action_images.baselines.diffusion_policy import DiffusionPolicyModel, DPConfig
 from action_images.baselines.policy import BaselinePolicy, make_policy
 from action_images.wam import FORMAT as WAM_FORMAT, CheckpointError, read_meta
 
-METHODS = ("wam", "bc", "dp")
-MODELS: dict[str, type] = {"bc": BCModel, "dp": DiffusionPolicyModel}
-CONFIGS: dict[str, type] = {"bc": BCConfig, "dp": DPConfig}
-BATCH_SIZE = {"bc": 32, "dp": 32}              # default samples per step (the WAM's come from its preset)
+METHODS = ("wam", "bc", "dp", "tokens")
+MODELS: dict[str, type] = {"bc": BCModel, "dp": DiffusionPolicyModel, "tokens": ActionTokensModel}
+CONFIGS: dict[str, type] = {"bc": BCConfig, "dp": DPConfig, "tokens": TokensConfig}
+# default samples per step (the WAM's come from its preset; tokens: the cpu-small preset's, as its backbone)
+BATCH_SIZE = {"bc": 32, "dp": 32, "tokens": 8}
 # recipe model fields that shape only the world action model
 WAM_ONLY = ("task_mix", "p_drop_text", "t_mean", "act_peak_weight", "loss_target", "refine_channels")
 
-__all__ = ["METHODS", "BCConfig", "BCModel", "DPConfig", "DiffusionPolicyModel", "BaselinePolicy", "make_policy",
+__all__ = ["METHODS", "BCConfig", "BCModel", "DPConfig", "DiffusionPolicyModel", "TokensConfig", "ActionTokensModel",
+           "BaselinePolicy", "make_policy",
            "load_model", "build_config", "build_model", "method_of"]
 
 
 def method_of(config: Any) -> str:
-    """"wam", "bc" or "dp" for a model config."""
+    """"wam", "bc", "dp" or "tokens" for a model config."""
     for name, cls in CONFIGS.items():
         if isinstance(config, cls):
             return name
@@ -45,20 +51,22 @@ def method_of(config: Any) -> str:
 
 
 def build_config(recipe: Any, camera_names: list[str] | None = None) -> Any:
-    """The baseline config of a training recipe whose ``model.method`` is "bc" or "dp": the recipe's data shape
-    (image_size, num_views, horizon, stride, crop, workspace) over the method's defaults, then the recipe file's
+    """The baseline config of a training recipe whose ``model.method`` is "bc", "dp" or "tokens": the recipe's data
+    shape (image_size, num_views, horizon, stride, crop, workspace) and the WAM settings the config also has (its
+    ``RECIPE_FIELDS``: tokens takes t_mean and p_drop_text) over the method's defaults, then the recipe file's
     ``model.baseline`` object over any config field (e.g. ``{"plucker": false, "pool": "avg"}``). The preset and
-    the world action model's own settings are ignored, with a warning, so a WAM recipe file serves as is."""
+    the other world action model settings are ignored, with a warning, so a WAM recipe file serves as is."""
     m = recipe.model
     if m.method not in CONFIGS:
         raise ValueError(f"--method: {m.method!r} is not a baseline; choose one of {sorted(CONFIGS)}")
-    wam_only = [k for k in WAM_ONLY if getattr(m, k, None) is not None]
-    if wam_only:   # a WAM recipe file reused with --method bc|dp: its data and optimiser apply, these do not
+    cls = CONFIGS[m.method]
+    shared = getattr(cls, "RECIPE_FIELDS", ())
+    wam_only = [k for k in WAM_ONLY if getattr(m, k, None) is not None and k not in shared]
+    if wam_only:   # a WAM recipe file reused with a baseline: its data and optimiser apply, these do not
         warnings.warn(f"--method {m.method} ignores the world action model's "
                       f"{', '.join('model.' + k for k in wam_only)} (and model.preset)", stacklevel=2)
-    cls = CONFIGS[m.method]
     cfg = cls()
-    for k in ("image_size", "num_views", "horizon", "stride", "crop", "workspace"):
+    for k in ("image_size", "num_views", "horizon", "stride", "crop", "workspace", *shared):
         if getattr(m, k) is not None:
             setattr(cfg, k, getattr(m, k))
     extra = dict(getattr(m, "baseline", None) or {})
@@ -89,8 +97,8 @@ def build_model(config: Any) -> Any:
 
 def load_model(path: str | os.PathLike) -> Any:
     """The model in a checkpoint or run folder, by the ``format`` of its ``config.json``: the world action model,
-    :class:`BCModel` or :class:`DiffusionPolicyModel`. Raises :class:`~action_images.wam.CheckpointError` (a
-    ``ValueError``) naming the file for anything else."""
+    :class:`BCModel`, :class:`DiffusionPolicyModel` or :class:`ActionTokensModel`. Raises
+    :class:`~action_images.wam.CheckpointError` (a ``ValueError``) naming the file for anything else."""
     file, meta = read_meta(path)
     fmt = meta.get("format")
     if fmt == WAM_FORMAT:
