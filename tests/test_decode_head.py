@@ -120,3 +120,15 @@ def test_command_trains_and_compares(lerobot_root, wam_dir, tmp_path, capsys):
                  "--steps", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--steps" in err[0]
+
+
+def test_action_windows_are_the_training_windows_without_video(lerobot_root):
+    from action_images.data.windows import Windows
+    from action_images.decode_head import action_window
+
+    windows = Windows([str(lerobot_root)], WindowConfig(image_size=32, num_views=2, horizon=2, stride=2), seed=3)
+    cache: dict = {}
+    for key in range(5):
+        full, light = windows[key], action_window(windows, key, cache)
+        for k in ("act", "plucker", "poses"):
+            torch.testing.assert_close(light[k], full[k], rtol=0, atol=0)

@@ -221,6 +221,30 @@ def frame_samples(batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, to
     return act, plucker, batch["poses"].reshape(B * Fr, -1)
 
 
+def action_window(windows: Any, key: int, episodes: dict[tuple[int, int], Any]) -> dict[str, torch.Tensor]:
+    """A training window's action part without its video (the head needs no RGB, and decoding video is most of a
+    window's cost): the same draw of episode, start, views and crop as ``Windows[key]``, the action images rendered
+    at the model's resolution. ``episodes`` caches the episodes' numeric data."""
+    from action_images.data.windows import augment_camera, keyframe_times, window_poses
+
+    cfg = windows.cfg
+    rng = np.random.default_rng([windows.seed, int(key)])
+    d, i = windows.index[int(rng.integers(len(windows.index)))]
+    ep = episodes.get((d, i))
+    if ep is None:
+        ep = episodes[(d, i)] = windows.datasets[d].episode(i)
+    t0 = int(rng.integers(1 << 30)) % windows.num_starts(d, i)
+    names = [c for c in windows.datasets[d].camera_names if cfg.views is None or c in cfg.views]
+    views = [names[j] for j in rng.permutation(len(names))[:cfg.num_views]]
+    times = keyframe_times(t0, len(ep), cfg.horizon, cfg.stride)
+    cams = [augment_camera(ep.frame_cameras[n][t0] if ep.frame_cameras else ep.cameras[n], rng, cfg)[1]
+            for n in views]
+    poses = window_poses(ep.states, ep.actions, times)
+    act = torch.from_numpy(windows.codec.encode(poses, cams)).permute(0, 1, 4, 2, 3) * 2.0 - 1.0   # [V, F, 3, R, R]
+    plucker = torch.from_numpy(np.stack([c.plucker() for c in cams])).permute(0, 3, 1, 2)
+    return {"act": act.contiguous(), "plucker": plucker.contiguous(), "poses": torch.from_numpy(poses)}
+
+
 def train_head(checkpoint: str, data: Sequence[str], out: str, minutes: float | None = None,
                steps: int | None = None, batch_size: int = 16, lr: float = 1e-3, seed: int = 0,
                progress: bool = True) -> dict[str, Any]:
@@ -245,6 +269,7 @@ def train_head(checkpoint: str, data: Sequence[str], out: str, minutes: float | 
     out_dir.mkdir(parents=True, exist_ok=True)
     log = out_dir / "log.jsonl"
     log.unlink(missing_ok=True)
+    episodes: dict[tuple[int, int], Any] = {}
     t0, step = time.perf_counter(), 0
     bar = tqdm(total=steps, disable=not progress, desc="decode head")
     while True:
@@ -252,7 +277,7 @@ def train_head(checkpoint: str, data: Sequence[str], out: str, minutes: float | 
             break
         if minutes is not None and time.perf_counter() - t0 >= 60 * minutes:
             break
-        batch = collate([windows[step * batch_size + j] for j in range(batch_size)])
+        batch = collate([action_window(windows, step * batch_size + j, episodes) for j in range(batch_size)])
         act, plucker, poses = frame_samples(batch)
         parts = head.loss(augment(act, gen), plucker, poses)
         opt.zero_grad(set_to_none=True)
@@ -262,7 +287,7 @@ def train_head(checkpoint: str, data: Sequence[str], out: str, minutes: float | 
         step += 1
         bar.update(1)
         if step % 20 == 0:
-            row = {"step": step, **{k: float(v) for k, v in parts.items()}, "elapsed_s": time.perf_counter() - t0}
+            row = {"step": step, **{k: float(v.detach()) for k, v in parts.items()}, "elapsed_s": time.perf_counter() - t0}
             append_jsonl(log, row)
             bar.set_postfix(pos_err_cm=f"{row['pos_err_cm']:.2f}")
     bar.close()
