@@ -132,3 +132,26 @@ def test_action_windows_are_the_training_windows_without_video(lerobot_root):
         full, light = windows[key], action_window(windows, key, cache)
         for k in ("act", "plucker", "poses"):
             torch.testing.assert_close(light[k], full[k], rtol=0, atol=0)
+
+
+def test_eval_decodes_with_the_head_and_refuses_it_where_it_cannot_apply(wam_dir, tmp_path, capsys):
+    from action_images.cli import main as cli
+    from action_images.runfiles import read_jsonl
+
+    head_dir = tmp_path / "head"
+    small_head().save_pretrained(head_dir)
+    common = ["--tasks", "reach_target", "--episodes", "1", "--max-steps", "4", "--image-size", "32", "--videos",
+              "0", "--sampler-steps", "1", "--cameras", "left,right", "--no-progress"]
+    assert cli(["eval", "--checkpoint", str(wam_dir), "--decode-head", str(head_dir), "--out",
+                str(tmp_path / "ev"), *common]) == 0
+    head = read_jsonl(tmp_path / "ev" / "episodes.jsonl")[0]
+    assert head["settings"]["policy"]["decode_head"] == str(head_dir)
+    capsys.readouterr()
+    bc_dir = tmp_path / "bc"
+    from action_images.baselines import BCConfig, BCModel
+    BCModel(BCConfig(image_size=32)).save_pretrained(bc_dir)
+    for argv, expect in ((["--checkpoint", str(wam_dir), "--decode-head", str(tmp_path / "nothing")], "--decode-head"),
+                         (["--checkpoint", str(bc_dir), "--decode-head", str(head_dir)], "--decode-head")):
+        assert cli(["eval", *argv, "--out", str(tmp_path / "bad"), *common]) == 2
+        err = [ln for ln in capsys.readouterr().err.strip().splitlines() if "warning" not in ln]
+        assert len(err) == 1 and err[0].startswith("action-images eval: ") and expect in err[0], err

@@ -173,8 +173,8 @@ class LearnedDecoder(ActionImageCodec):
         self.head = head.eval()
 
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> "LearnedDecoder":
-        return cls(DecodeHead.from_pretrained(path))
+    def from_pretrained(cls, path: str | Path, **codec_kwargs: Any) -> "LearnedDecoder":
+        return cls(DecodeHead.from_pretrained(path), **codec_kwargs)
 
     def decode(self, images: np.ndarray, cameras: Sequence[Camera]) -> DecodeResult:
         images = np.asarray(images, dtype=np.float32)

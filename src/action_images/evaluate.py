@@ -114,6 +114,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-resamples", type=whole_number, default=2,
                    help="immediate resamples when the first keyframe disagrees, >= 0 (default 2)")
     g.add_argument("--method", default="euler", choices=METHODS, help="ODE sampler (default euler)")
+    g.add_argument("--decode-head", default=None, metavar="DIR",
+                   help="decode the generated action images with this learned head (python -m "
+                        "action_images.decode_head train) instead of triangulating them")
     g.add_argument("--max-steps", type=whole_number, default=None,
                    help="cap on episode length in control steps, >= 1 (default: the task's)")
     o = p.add_argument_group("output")
@@ -529,7 +532,7 @@ def settings_from_args(args: argparse.Namespace) -> EvalSettings:
     policy = PolicySettings(camera_names=args.policy_cameras, horizon=args.horizon, execute_k=args.execute_k,
                             sampler_steps=args.sampler_steps, cfg_scale=args.cfg_scale, on_disagree=args.on_disagree,
                             disagree_px=args.disagree_px, gripper=args.gripper, max_resamples=args.max_resamples,
-                            method=args.method)
+                            method=args.method, decode_head=args.decode_head)
     return EvalSettings(tasks=args.tasks, episodes=args.episodes, seed=args.seed, cameras=args.cameras,
                         image_size=args.image_size, perturb_cameras=args.perturb_cameras, max_steps=args.max_steps,
                         videos=args.videos, video_format=args.video_format, video_px=args.video_px, jobs=args.jobs,
@@ -547,6 +550,9 @@ def check_files(args: argparse.Namespace) -> None:
     if args.i3d_weights and not args.trust_i3d_torchscript:
         raise ValueError("--i3d-weights is TorchScript, which runs code from the file when loaded; add "
                          "--trust-i3d-torchscript if you trust it")
+    if args.decode_head and not (Path(args.decode_head) / "config.json").is_file():
+        raise ValueError(f"--decode-head: {args.decode_head} does not hold a decode head (config.json + "
+                         "model.safetensors from python -m action_images.decode_head train)")
     for flag in ("--open-loop-episodes", "--open-loop-windows"):
         value = getattr(args, flag[2:].replace("-", "_"))
         if args.open_loop_data and value < 1:

@@ -44,7 +44,7 @@ MAX_SAMPLER_STEPS = 1000
 FLAGS = {"camera_names": "--policy-cameras", "horizon": "--horizon", "execute_k": "--execute-k",
          "sampler_steps": "--sampler-steps", "cfg_scale": "--cfg-scale", "on_disagree": "--on-disagree",
          "disagree_px": "--disagree-px", "gripper": "--gripper", "max_resamples": "--max-resamples",
-         "method": "--method"}
+         "method": "--method", "decode_head": "--decode-head"}
 
 
 def _label(name: str, flags: dict[str, str]) -> str:
@@ -102,6 +102,8 @@ class PolicySettings:
     (pixels at model resolution) above which views disagree (None: 2 sigma of the action-image blob, 4.8 px at 48 px,
     a blob width: generated blobs are less precise than rendered ones). ``gripper``: "linear" or "step"
     interpolation. ``max_resamples``: immediate replans per step before falling back to holding.
+    ``decode_head``: the folder of a learned decoder (:mod:`action_images.decode_head`) that decodes the generated
+    action images in place of triangulation (None: triangulation).
     """
 
     camera_names: tuple[str, ...] | None = None
@@ -114,6 +116,7 @@ class PolicySettings:
     gripper: str = "linear"
     max_resamples: int = 2
     method: str = "euler"
+    decode_head: str | None = None
 
     def __post_init__(self) -> None:
         put = object.__setattr__
@@ -130,6 +133,9 @@ class PolicySettings:
         check_choice("gripper", self.gripper, GRIPPER_MODES)
         put(self, "max_resamples", check_int("max_resamples", self.max_resamples, 0))
         check_choice("method", self.method, METHODS)
+        if self.decode_head is not None:
+            if not isinstance(self.decode_head, str) or not self.decode_head:
+                raise ValueError(f"{_label('decode_head', FLAGS)} must be a folder; got {self.decode_head!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -275,7 +281,15 @@ class ActionImagesPolicy(ChunkQueue):
         self.on_disagree, self.gripper, self.max_resamples = s.on_disagree, s.gripper, s.max_resamples
         if codec is None:
             sigma = ActionImageCodec().sigma(self.image_size, self.image_size)
-            codec = ActionImageCodec(reject_px=s.disagree_px if s.disagree_px is not None else 2.0 * sigma)
+            reject = s.disagree_px if s.disagree_px is not None else 2.0 * sigma
+            if s.decode_head is not None:                # the learned decoder instead of triangulation
+                from action_images.decode_head import LearnedDecoder
+                codec = LearnedDecoder.from_pretrained(s.decode_head, reject_px=reject)
+                if codec.head.config.image_size != self.image_size:
+                    raise ValueError(f"--decode-head {s.decode_head} reads {codec.head.config.image_size} px action "
+                                     f"images; the model generates {self.image_size} px")
+            else:
+                codec = ActionImageCodec(reject_px=reject)
         self.codec = codec
         self.seed = int(seed)
         self.reset(seed)
