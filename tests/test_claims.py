@@ -18,7 +18,9 @@ def test_every_printed_command_parses():
     for m in METHODS:
         p = argparse.ArgumentParser()
         train.add_arguments(p)
-        p.parse_args(shlex.split(claims.train_command(m))[2:])
+        first, *rest = claims.train_command(m).split(" && ")
+        p.parse_args(shlex.split(first)[2:])
+        assert [r.split()[:4] for r in rest] == [["python", "-m", "action_images.decode_head", "train"]] * len(rest)
         for c in CONDITIONS:
             p = argparse.ArgumentParser()
             evaluate.add_arguments(p)

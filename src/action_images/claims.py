@@ -31,16 +31,28 @@ class Method:
     key: str
     name: str
     recipe: str            # recipe file the run is trained from
-    run: str               # run directory
+    run: str               # run directory (the checkpoint evaluated)
     train_flags: str = ""  # flags added to ``action-images train --config RECIPE``
+    eval_flags: str = ""   # flags added to every ``action-images eval`` of this row
+    train_cmd: str = ""    # the training command when it is not ``action-images train`` (e.g. a decoding head)
+    extra: str = ""        # a folder the row needs beside ``run`` (trained by ``train_cmd``)
 
 
+HEAD = "runs/rig8-head"
 METHODS = (
     Method("wam", "action images: world action model (cpu-small), geometric decode", "recipes/rig8-quick.json",
            "runs/rig8-quick"),
+    Method("wam_head", "ablation: the same model, a learned decoding head instead of triangulation",
+           "recipes/rig8-quick.json", "runs/rig8-quick", eval_flags=f"--decode-head {HEAD}",
+           train_cmd=f"python -m action_images.decode_head train --checkpoint runs/rig8-quick --data data/rig8 "
+                     f"--out {HEAD} --minutes 12", extra=HEAD),
+    Method("wam_policy", "ablation: the same model trained on the policy job only (no four-job mix)",
+           "recipes/rig8-quick.json", "runs/rig8-policy", "--task-mix policy=1"),
+    Method("tokens", "ablation: the same video backbone predicting action tokens instead of action images",
+           "recipes/rig8-tokens.json", "runs/rig8-tokens"),
     Method("bc", "image behaviour cloning (regression of the pose chunk)", "recipes/rig8-bc.json", "runs/rig8-bc"),
-    Method("dp", "image Diffusion Policy (flow matching over the pose chunk)", "recipes/rig8-quick.json",
-           "runs/rig8-dp", "--method dp"),
+    Method("dp", "image Diffusion Policy (flow matching over the pose chunk)", "recipes/rig8-dp.json",
+           "runs/rig8-dp"),
 )
 # condition -> (column title, eval flags)
 CONDITIONS: dict[str, tuple[str, str]] = {
@@ -52,13 +64,20 @@ EVAL_DIR = "runs/claims"
 
 
 def train_command(m: Method) -> str:
-    return f"action-images train --config {m.recipe} --out {m.run} --collect-missing {m.train_flags}".strip()
+    base = f"action-images train --config {m.recipe} --out {m.run} --collect-missing {m.train_flags}".strip()
+    return f"{base} && {m.train_cmd}" if m.train_cmd else base
 
 
 def eval_command(m: Method, condition: str, episodes: int, seed: int, out_dir: str = EVAL_DIR) -> str:
-    flags = CONDITIONS[condition][1]
+    flags = " ".join(f for f in (CONDITIONS[condition][1], m.eval_flags) if f)
     return (f"action-images eval --checkpoint {m.run} --tasks all --episodes {episodes} --seed {seed} {flags} "
             f"--sampler-steps 6 --videos 1 --jobs 2 --no-progress --out {out_dir}/{m.key}_{condition}")
+
+
+def trained(m: Method) -> bool:
+    """The row's checkpoint (and its extra folder) exist."""
+    return (Path(m.run) / "model.safetensors").exists() and (not m.extra
+                                                               or (Path(m.extra) / "model.safetensors").exists())
 
 
 def _metrics(path: Path, episodes: int | None = None, seed: int | None = None) -> dict[str, Any] | None:
@@ -111,7 +130,10 @@ def table(eval_dir: str = EVAL_DIR, methods: tuple[Method, ...] = METHODS, episo
     per_task: list[str] = []
     for m in methods:
         facts = _run_facts(Path(m.run))
-        if facts["params"] is None:
+        if m.extra and facts["params"] is not None:
+            extra = _run_facts(Path(m.extra))
+            facts["params"] = None if extra["params"] is None else facts["params"] + extra["params"]
+        if facts["params"] is None or not trained(m):
             lines.append(f"| {m.name} | – | not trained | " + " | ".join(["–"] * len(CONDITIONS)) + " | – |")
             continue
         cells, lat = [], None
@@ -154,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.what == "run":
         for m in METHODS:
-            if not (Path(m.run) / "model.safetensors").exists():
+            if not trained(m):
                 print(f"skipping {m.key}: {m.run} is not trained ({train_command(m)})", file=sys.stderr)
                 continue
             for c in CONDITIONS:
