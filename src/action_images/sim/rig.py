@@ -10,8 +10,9 @@ Rendering a K: MuJoCo's ``fovy`` gives square pixels and a principal point at th
 with ``s = cameras.INTRINSIC_Y_SIGN`` (MuJoCo 3.3 and 4 shift the image vertically in opposite directions);
 tests/test_rig.py checks both against segmentation masks.
 
-Random rigs (:func:`random_rig`) put cameras on a spherical shell sector around ``WORKSPACE_CENTRE`` (the ranges are
-``RIG_DISTRIBUTION``) and keep only draws that see the task area and most of the gripper's reachable box.
+Random rigs (:func:`random_rig`) put cameras on a spherical shell sector around a :class:`Workspace`'s centre (the
+ranges are ``RIG_DISTRIBUTION``) and keep only draws that see the task area and most of the gripper's reachable box;
+``SIM_WORKSPACE`` is this simulator's, another scene (sim/metaworld.py) passes its own.
 """
 
 from __future__ import annotations
@@ -264,30 +265,53 @@ def _split_key(split: str) -> int:
     return zlib.crc32(f"rig/{split}".encode())
 
 
-def _workspace_grid(n: int = 5) -> np.ndarray:
-    axes = [np.linspace(lo, hi, n) for lo, hi in zip(scene.WORKSPACE_LOW, scene.WORKSPACE_HIGH)]
+@dataclass(frozen=True)
+class Workspace:
+    """Where a scene's robot works, as random rigs see it: cameras look at ``centre`` (jittered), must have the whole
+    object box and most of the gripper's reachable box in view, and azimuth 0 of :class:`RigDistribution` points
+    along world direction ``front_azimuth_deg`` (measured from +x about +z; the side facing the robot)."""
+
+    centre: tuple[float, float, float]
+    object_low: tuple[float, float, float]
+    object_high: tuple[float, float, float]
+    reach_low: tuple[float, float, float]
+    reach_high: tuple[float, float, float]
+    front_azimuth_deg: float = 0.0
+
+
+SIM_WORKSPACE = Workspace(tuple(WORKSPACE_CENTRE), tuple(OBJECT_BOX_LOW), tuple(OBJECT_BOX_HIGH),
+                          tuple(scene.WORKSPACE_LOW), tuple(scene.WORKSPACE_HIGH))
+
+
+def _workspace_grid(workspace: Workspace = SIM_WORKSPACE, n: int = 5) -> np.ndarray:
+    axes = [np.linspace(lo, hi, n) for lo, hi in zip(workspace.reach_low, workspace.reach_high)]
     return np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
 
 
-def _object_box_corners() -> np.ndarray:
-    return np.array([[(OBJECT_BOX_LOW, OBJECT_BOX_HIGH)[b >> k & 1][k] for k in range(3)] for b in range(8)])
+def _object_box_corners(workspace: Workspace = SIM_WORKSPACE) -> np.ndarray:
+    box = (workspace.object_low, workspace.object_high)
+    return np.array([[box[b >> k & 1][k] for k in range(3)] for b in range(8)], dtype=np.float64)
 
 
-def sees_workspace(cam: Camera, dist: RigDistribution = RIG_DISTRIBUTION) -> bool:
+def sees_workspace(cam: Camera, dist: RigDistribution = RIG_DISTRIBUTION,
+                   workspace: Workspace = SIM_WORKSPACE) -> bool:
     """Acceptance test of a random-rig camera: the object box fully in view, the reachable box mostly in view."""
-    uv, depth = cam.project(_object_box_corners())
+    uv, depth = cam.project(_object_box_corners(workspace))
     if not cam.in_image(uv, depth).all():
         return False
-    uv, depth = cam.project(_workspace_grid())
+    uv, depth = cam.project(_workspace_grid(workspace))
     return float(cam.in_image(uv, depth).mean()) >= dist.min_workspace_in_view
 
 
-def _draw_camera(rng: np.random.Generator, size: int, name: str, dist: RigDistribution) -> Camera:
+def _draw_camera(rng: np.random.Generator, size: int, name: str, dist: RigDistribution,
+                 workspace: Workspace = SIM_WORKSPACE) -> Camera:
+    centre = np.asarray(workspace.centre, dtype=np.float64)
+    front = np.radians(workspace.front_azimuth_deg)
     for _ in range(dist.max_tries):
-        az, el = np.radians(rng.uniform(*dist.azimuth_deg)), np.radians(rng.uniform(*dist.elevation_deg))
+        az, el = np.radians(rng.uniform(*dist.azimuth_deg)) + front, np.radians(rng.uniform(*dist.elevation_deg))
         d = rng.uniform(*dist.distance_m)
         jitter = np.asarray(dist.look_at_jitter_m)
-        target = WORKSPACE_CENTRE + rng.uniform(-jitter, jitter)
+        target = centre + rng.uniform(-jitter, jitter)
         roll = np.radians(rng.uniform(*dist.roll_deg))
         fovy = rng.uniform(*dist.fovy_deg)
         eye = target + d * np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)])
@@ -295,26 +319,27 @@ def _draw_camera(rng: np.random.Generator, size: int, name: str, dist: RigDistri
         T = cam.T_cam_world.copy()  # roll: rotate the camera frame about its own z (optical) axis
         T[:3, :] = Rotation.from_rotvec([0.0, 0.0, roll]).as_matrix() @ T[:3, :]
         cam = Camera(cam.K, T, size, size, name)
-        if sees_workspace(cam, dist):
+        if sees_workspace(cam, dist, workspace):
             return cam
     raise RuntimeError(f"random_rig: no camera seeing the workspace in {dist.max_tries} draws; widen the ranges")
 
 
 def random_rig(seed: int, n_views: int = 4, size: int = 64, split: str = "train",
-               distribution: RigDistribution = RIG_DISTRIBUTION) -> list[Camera]:
-    """``n_views`` cameras named ``rig0`` ... drawn from ``distribution`` around the workspace.
+               distribution: RigDistribution = RIG_DISTRIBUTION, workspace: Workspace = SIM_WORKSPACE,
+               max_views: int = RIG_SLOTS) -> list[Camera]:
+    """``n_views`` (1..``max_views``) cameras named ``rig0`` ... drawn from ``distribution`` around ``workspace``.
 
     View ``i`` comes from ``SeedSequence(seed, spawn_key=(crc32("rig/<split>"), i))``: the same (seed, split) always
     gives the same rig, view i does not depend on ``n_views``, and the "train" and "heldout" splits draw from
     different streams for every seed. Draws that fail :func:`sees_workspace` are redrawn from the same stream.
     """
-    if not 1 <= int(n_views) <= RIG_SLOTS:
-        raise ValueError(f"n_views must be in 1..{RIG_SLOTS}; got {n_views}")
+    if not 1 <= int(n_views) <= int(max_views):
+        raise ValueError(f"n_views must be in 1..{max_views}; got {n_views}")
     if int(seed) < 0:
         raise ValueError(f"seed must be >= 0; got {seed}")
     key = _split_key(split)
     cams = []
     for i in range(int(n_views)):
         rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(key, i)))
-        cams.append(_draw_camera(rng, int(size), SLOT_NAMES[i], distribution))
+        cams.append(_draw_camera(rng, int(size), f"rig{i}", distribution, workspace))
     return cams
