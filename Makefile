@@ -12,6 +12,10 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
+	# mujoco 4 ships as mujoco + mujoco-core + mujoco-studio sharing one folder; a venv made with it must drop all
+	# three before the pinned mujoco 3.3.0 goes in, or leftovers of 4.0 stay mixed into the package
+	if $(BIN)/python -m pip show -q mujoco-core >/dev/null 2>&1; then \
+		$(BIN)/python -m pip uninstall -q -y mujoco mujoco-core mujoco-studio; fi
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
