@@ -19,7 +19,8 @@ import sys
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "collect": ("action_images.data.collect", "run scripted experts in the built-in sim and write a LeRobot v3 dataset"),
+    "collect": ("action_images.data.collect", "run scripted experts (built-in sim or --suite metaworld) and write a "
+                "LeRobot v3 dataset"),
     "train": ("action_images.train", "train the world action model"),
     "eval": ("action_images.evaluate", "closed-loop evaluation with an HTML report"),
     "openloop": ("action_images.openloop", "open-loop scores on held-out episodes (policy, world model, labeler, "

@@ -18,7 +18,7 @@ EVAL_FLAGS = {"tasks": "--tasks", "episodes": "--episodes", "seed": "--seed", "c
               "image_size": "--image-size", "max_steps": "--max-steps", "videos": "--videos",
               "video_format": "--video-format", "video_px": "--video-px", "jobs": "--jobs",
               "camera_rig": "--camera-rig", "random_rig": "--random-rig", "rig_distribution": "--rig-distribution",
-              "rig_views": "--rig-views"}
+              "rig_views": "--rig-views", "suite": "--suite"}
 RIG_SPLITS = ("train", "heldout")
 
 
@@ -30,7 +30,8 @@ class EvalSettings:
     pairs are generated lazily, so a large count costs nothing up front). ``cameras``: rendered views (None: the
     policy cameras, see :func:`resolve_settings`). ``max_steps``: cap on episode length (None: the task's).
     ``videos``: rollout videos for the first N episodes per task, each view upscaled to >= ``video_px``.
-    ``jobs``: worker processes (records do not depend on it). ``policy``: the policy's settings.
+    ``jobs``: worker processes (records do not depend on it). ``suite``: the benchmark (``sim.suites``: "sim", the
+    built-in tabletop, or "metaworld"). ``policy``: the policy's settings.
     """
 
     tasks: tuple[str, ...] | str = "all"
@@ -49,13 +50,16 @@ class EvalSettings:
     rig_distribution: str | None = None
     rig_views: int = 4
     policy: PolicySettings = field(default_factory=PolicySettings)
+    suite: str = "sim"
 
     def __post_init__(self) -> None:
-        from action_images.sim.tasks import parse_tasks
+        from action_images.sim.suites import check_suite, get_suite
 
         put, f = object.__setattr__, EVAL_FLAGS
+        put(self, "suite", check_suite(self.suite, "--suite"))
+        suite = get_suite(self.suite)
         tasks = self.tasks if isinstance(self.tasks, str) else list(self.tasks)
-        put(self, "tasks", tuple(parse_tasks(tasks, "--tasks")))
+        put(self, "tasks", tuple(suite.parse_tasks(tasks, "--tasks")))
         put(self, "episodes", check_int("episodes", self.episodes, 1, flags=f))
         put(self, "seed", check_int("seed", self.seed, 0, 2**63 - 1, flags=f))
         put(self, "cameras", check_names("cameras", self.cameras, 1, flags=f))
@@ -67,7 +71,7 @@ class EvalSettings:
         check_choice("video_format", self.video_format, VIDEO_FORMATS, flags=f)
         put(self, "video_px", check_int("video_px", self.video_px, 16, 2048, flags=f))
         put(self, "jobs", check_int("jobs", self.jobs, 1, MAX_JOBS, flags=f))
-        put(self, "rig_views", check_int("rig_views", self.rig_views, 2, 8, flags=f))
+        put(self, "rig_views", check_int("rig_views", self.rig_views, 2, min(8, suite.max_rig_views), flags=f))
         rigs = [k for k in ("camera_rig", "random_rig", "rig_distribution") if getattr(self, k) is not None]
         if len(rigs) > 1:
             raise ValueError(f"{' and '.join(f[k] for k in rigs)} exclude each other; give one")
@@ -77,6 +81,9 @@ class EvalSettings:
             put(self, "random_rig", check_int("random_rig", self.random_rig, 0, 2**63 - 1, flags=f))
         if self.rig_distribution is not None:
             check_choice("rig_distribution", self.rig_distribution, RIG_SPLITS, flags=f)
+        if self.camera_rig is not None and not suite.camera_rig_files:
+            raise ValueError(f"--camera-rig is not supported with --suite {self.suite}; use --random-rig or "
+                             "--rig-distribution")
         if self.camera_rig is not None:
             from action_images.sim import load_rig
             try:                                                  # refuses a bad file now, naming it
@@ -94,24 +101,27 @@ class EvalSettings:
         return d
 
     def record_dict(self) -> dict[str, Any]:
-        """The settings an episode record depends on (``jobs`` only changes the wall time)."""
-        return {k: v for k, v in self.to_dict().items() if k != "jobs"}
+        """The settings an episode record depends on (``jobs`` only changes the wall time; the default suite is left
+        out, so records written before suites existed still resume)."""
+        return {k: v for k, v in self.to_dict().items() if k != "jobs" and not (k == "suite" and v == "sim")}
 
 
 def resolve_settings(settings: EvalSettings, config: Any, warn: bool = True) -> EvalSettings:
     """Settings with the cameras filled in from the checkpoint: the model sees ``--policy-cameras``, else
     ``config.camera_names``, else the first ``num_views`` rendered cameras (with a warning); the rendered cameras are
-    ``--cameras``, else the policy cameras, else ``DEFAULT_CAMERAS``. The policy cameras must be rendered."""
-    from action_images.sim import CAMERA_NAMES
+    ``--cameras``, else the policy cameras, else the suite's default (``DEFAULT_CAMERAS`` for the built-in sim). The
+    policy cameras must be rendered."""
+    from action_images.sim.suites import get_suite
 
+    suite = get_suite(settings.suite)
     rig = rig_camera_names(settings)
-    available = tuple(rig) + ("wrist",) if rig else tuple(CAMERA_NAMES)
+    available = tuple(rig) + tuple(suite.hand_cameras) if rig else tuple(suite.camera_names)
     n_views = max(2, int(config.num_views))
     trained = getattr(config, "camera_names", None)
     pol = settings.policy.camera_names
     if not pol and trained and set(trained) <= set(available):
         pol = list(trained)[:n_views]                  # the checkpoint's cameras, as many as it saw per window
-    rendered = settings.cameras or (tuple(pol) if pol else (tuple(rig) if rig else DEFAULT_CAMERAS))
+    rendered = settings.cameras or (tuple(pol) if pol else (tuple(rig) if rig else tuple(suite.eval_cameras)))
     if not pol and (trained or rig):
         # a checkpoint trained on other camera names (e.g. random rigs) looks through the first rendered views
         pol = list(rendered)[:n_views]
@@ -141,7 +151,8 @@ def rig_env_kwargs(settings: EvalSettings) -> dict[str, Any]:
     if settings.camera_rig is not None:
         return {"rig": settings.camera_rig}
     if settings.random_rig is not None:
-        from action_images.sim import random_rig
+        from action_images.sim.suites import get_suite
+        random_rig = get_suite(settings.suite).random_rig
         return {"rig": random_rig(settings.random_rig, settings.rig_views, settings.image_size, "heldout")}
     if settings.rig_distribution is not None:
         return {"rig_distribution": settings.rig_distribution, "rig_views": settings.rig_views}

@@ -1,10 +1,14 @@
-"""``action-images eval``: closed-loop rollouts of the policy in the built-in sim, metrics.json and an HTML report.
+"""``action-images eval``: closed-loop rollouts of the policy in a benchmark suite, metrics.json and an HTML report.
 
     action-images eval --checkpoint runs/pick --tasks reach_target,pick_cube --episodes 20 --out runs/pick/eval
     action-images eval --checkpoint runs/pick --tasks all --episodes 20 --perturb-cameras --out runs/pick/eval_shift
     action-images eval --checkpoint runs/pick --tasks pick_cube --episodes 5 --open-loop-data data/demos --out DIR
     action-images eval --checkpoint runs/pick --tasks all --episodes 100 --out DIR --resume     # after a crash
     action-images eval --server ws://127.0.0.1:8000 --tasks reach_target --episodes 20 --out DIR   # via serve
+    action-images eval --suite metaworld --checkpoint runs/mw --tasks drawer-open-v3 --episodes 50 --out DIR
+
+``--suite`` picks the benchmark: the built-in tabletop (``sim``, default) or Meta-World v3 (``metaworld``; success is
+``info["success"]`` at any step within 500 steps, docs/metaworld.md); the policy, metrics and report are the same.
 
 Reproducible by construction: episode k of task t resets the env (and seeds the policy's sampler noise) with
 ``seeds.episode_seed(--seed, t, k)``, a SeedSequence keyed by "eval" so it never coincides with the collection seeds
@@ -43,7 +47,7 @@ import torch
 from action_images.cliflags import DeprecatedAlias, add_sampler_steps, whole_number
 from action_images.codec import ActionImageCodec
 from action_images.eval_settings import (DEFAULT_CAMERAS, MAX_JOBS, RIG_SPLITS, VIDEO_FORMATS, EvalSettings,
-                                         resolve_settings, rig_env_kwargs)
+                                         resolve_settings, rig_env_kwargs)  # noqa: F401 (re-export)
 from action_images.metrics import wilson_interval
 from action_images.policy import DISAGREE_CHOICES, GRIPPER_MODES, METHODS, ActionImagesPolicy, PolicySettings
 from action_images.runfiles import (append_jsonl, args_dict, atomic_write_json, atomic_write_text, dumps, environment,
@@ -64,6 +68,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "server's")
     p.add_argument("--token", default=None,
                    help="the server's bearer token (default: $ACTION_IMAGES_SERVE_TOKEN, which keeps it out of ps)")
+    from action_images.sim.suites import DEFAULT_SUITE, SUITES
+
+    p.add_argument("--suite", default=DEFAULT_SUITE, choices=SUITES,
+                   help="benchmark suite: the built-in tabletop (sim, default) or Meta-World v3 (metaworld)")
     p.add_argument("--tasks", default="all", help="task names, comma separated, or 'all'")
     p.add_argument("--episodes", type=whole_number, default=10, help="episodes per task, >= 1 (default 10)")
     p.add_argument("--out", required=True,
@@ -97,7 +105,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(docs/benchmark.md); held-out draws never coincide with training rigs")
     r.add_argument("--rig-distribution", default=None, choices=RIG_SPLITS,
                    help="a new rig every episode from this split (seeded by the episode seed)")
-    r.add_argument("--rig-views", type=whole_number, default=4, help="views of a random rig, 2..8 (default 4)")
+    r.add_argument("--rig-views", type=whole_number, default=4,
+                   help="views of a random rig, 2..8 (2..5 with --suite metaworld; default 4)")
     g.add_argument("--image-size", type=whole_number, default=64,
                    help="render size in px, 16..1024 (the model input is resized)")
     add_sampler_steps(g, 10, "ODE sampler steps per chunk, 1..1000 (default 10)")
@@ -223,14 +232,17 @@ class EpisodeRunner:
         self.policy = policy if policy is not None else make_policy(model, settings.policy, seed=settings.seed)
         self.codec = ActionImageCodec()
         self.out = Path(out)
-        self.env_kwargs = dict(cameras=tuple(settings.cameras or DEFAULT_CAMERAS), image_size=settings.image_size,
-                               perturb_cameras=settings.perturb_cameras, **rig_env_kwargs(settings))
+        from action_images.sim.suites import get_suite
+
+        self.suite = get_suite(settings.suite)
+        self.env_kwargs = dict(cameras=tuple(settings.cameras or self.suite.eval_cameras),
+                               image_size=settings.image_size, perturb_cameras=settings.perturb_cameras,
+                               **rig_env_kwargs(settings))
         self.task: str | None = None
         self.env: Any = None
 
     def episode(self, task: str, k: int) -> dict[str, Any]:
-        from action_images.sim import make_env
-
+        make_env = self.suite.make_env
         s = self.settings
         if task != self.task:                                      # pairs come task by task: one env at a time
             self.close()
@@ -537,7 +549,7 @@ def settings_from_args(args: argparse.Namespace) -> EvalSettings:
                         image_size=args.image_size, perturb_cameras=args.perturb_cameras, max_steps=args.max_steps,
                         videos=args.videos, video_format=args.video_format, video_px=args.video_px, jobs=args.jobs,
                         camera_rig=args.camera_rig, random_rig=args.random_rig, rig_distribution=args.rig_distribution,
-                        rig_views=args.rig_views, policy=policy)
+                        rig_views=args.rig_views, policy=policy, suite=getattr(args, "suite", "sim"))
 
 
 def check_files(args: argparse.Namespace) -> None:

@@ -1,6 +1,10 @@
-"""``action-images collect``: run the scripted experts in the built-in sim and write a LeRobot v3.0 dataset.
+"""``action-images collect``: run the scripted experts of a benchmark suite and write a LeRobot v3.0 dataset.
 
     action-images collect --tasks pick_cube --episodes 100 --out data/pick_cube
+    action-images collect --suite metaworld --tasks drawer-open-v3,reach-v3 --episodes 50 --out data/mw
+
+``--suite`` picks the simulator (``sim``: the built-in tabletop; ``metaworld``: Meta-World v3 with its own scripted
+policies, docs/metaworld.md); the dataset layout is the same.
 
 ``--episodes`` is per task; one dataset holds every task (``task_index`` per episode). Attempt ``k`` of task ``t`` uses
 the seed ``episode_seed(--seed, t, k)`` whatever else is collected, and attempts run in the order (k, task position),
@@ -29,8 +33,8 @@ from .lerobot_writer import DatasetWriter, plan_start
 
 DEFAULT_CAMERAS = "front,left,right,top"
 # settings that must match to continue a run with --resume
-RESUME_KEYS = ("seed", "cameras", "image_size", "perturb_cameras", "keep_failed", "hold_steps", "random_rig",
-               "rig_views", "camera_rig")
+RESUME_KEYS = ("suite", "seed", "cameras", "image_size", "perturb_cameras", "keep_failed", "hold_steps",
+               "random_rig", "rig_views", "camera_rig")
 RIG_SPLITS = ("train", "heldout")
 
 
@@ -42,6 +46,11 @@ CRF_RANGE = (0, 51)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..sim.suites import DEFAULT_SUITE, SUITES
+
+    p.add_argument("--suite", default=DEFAULT_SUITE, choices=SUITES,
+                   help="benchmark suite: the built-in tabletop (sim, default) or Meta-World v3 (metaworld: task "
+                        "names like drawer-open-v3, views corner,corner2,corner3,corner4 by default)")
     p.add_argument("--tasks", default=None, help="task name, comma-separated names, or 'all' (default)")
     p.add_argument("--task", dest="task_deprecated", default=None, help=argparse.SUPPRESS)  # old name of --tasks
     p.add_argument("--episodes", type=int, default=100, help="episodes to store per task, >= 1 (default 100)")
@@ -53,7 +62,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "distribution (views rig0..; calibration stored per frame)")
     p.add_argument("--random-rig", dest="random_rig_deprecated", default=None, choices=RIG_SPLITS,
                    help=argparse.SUPPRESS)   # old name of --rig-distribution
-    p.add_argument("--rig-views", type=int, default=4, help="views of a --rig-distribution rig, 2..8 (default 4)")
+    p.add_argument("--rig-views", type=int, default=4,
+                   help="views of a --rig-distribution rig, 2..8 (2..5 with --suite metaworld; default 4)")
     p.add_argument("--camera-rig", default=None,
                    help="place the static cameras exactly as in this meta/cameras.json-format file")
     p.add_argument("--image-size", type=int, default=64,
@@ -174,22 +184,34 @@ def _fail(msg: str) -> int:
 
 def _names(spec: str, flag: str, choices: tuple[str, ...], allow_all: bool) -> list[str]:
     """A comma separated list of distinct names from ``choices`` (or ``all``); ``ValueError`` naming ``flag``."""
+    import difflib
+
     names = list(choices) if allow_all and spec.strip() == "all" else split_list(spec, flag)
     bad = [n for n in names if n not in choices]
     if bad or not names or len(set(names)) != len(names):
-        what = f"unknown {bad}" if bad else ("repeated names" if names else "no names")
+        close = sorted({c for n in bad for c in difflib.get_close_matches(n, choices, n=3, cutoff=0.6)})
+        what = (f"unknown {bad}" + (f" (did you mean {', '.join(close)}?)" if close else "")) if bad \
+            else ("repeated names" if names else "no names")
         raise ValueError(f"{flag}: {what} in {spec!r}; choose from {', '.join(choices)}"
                          + (" or 'all'" if allow_all else "") + ", each at most once")
     return names
 
 
 def check_args(args: argparse.Namespace, all_tasks: tuple[str, ...],
-               all_cameras: tuple[str, ...]) -> tuple[list[str], list[str]]:
-    """(tasks, cameras) from the command line; ``ValueError`` with one line naming the flag and its allowed range."""
+               all_cameras: tuple[str, ...], suite: Any = None) -> tuple[list[str], list[str]]:
+    """(tasks, cameras) from the command line; ``ValueError`` with one line naming the flag and its allowed range.
+    ``suite``: a ``sim.suites.Suite`` other than the built-in sim (its task parser, default views, rig limits)."""
     spec = args.tasks if args.tasks is not None else args.task_deprecated
     if args.tasks is not None and args.task_deprecated is not None:
         raise ValueError("--task is the old name of --tasks; give only --tasks")
-    tasks = _names("all" if spec is None else spec, "--tasks", all_tasks, allow_all=True)
+    if suite is not None:
+        tasks = suite.parse_tasks("all" if spec is None else spec, "--tasks")
+    else:
+        tasks = _names("all" if spec is None else spec, "--tasks", all_tasks, allow_all=True)
+    hand = ("wrist",) if suite is None else tuple(suite.hand_cameras)
+    max_views = 8 if suite is None else int(suite.max_rig_views)
+    if suite is not None and args.camera_rig and not suite.camera_rig_files:
+        raise ValueError(f"--camera-rig is not supported with --suite {suite.name}; use --rig-distribution")
     if args.random_rig_deprecated is not None:
         if args.rig_distribution is not None:
             raise ValueError("--random-rig is the old name of --rig-distribution; give only --rig-distribution")
@@ -199,9 +221,9 @@ def check_args(args: argparse.Namespace, all_tasks: tuple[str, ...],
     if (args.rig_distribution or args.camera_rig) and args.perturb_cameras:
         raise ValueError("--perturb-cameras cannot be combined with --rig-distribution or --camera-rig")
     if args.rig_distribution:
-        if not 2 <= args.rig_views <= 8:
-            raise ValueError(f"--rig-views must be in 2..8; got {args.rig_views}")
-        all_cameras = tuple(f"rig{i}" for i in range(args.rig_views)) + ("wrist",)
+        if not 2 <= args.rig_views <= max_views:
+            raise ValueError(f"--rig-views must be in 2..{max_views}; got {args.rig_views}")
+        all_cameras = tuple(f"rig{i}" for i in range(args.rig_views)) + hand
     elif args.camera_rig:
         from ..sim import load_rig
         try:
@@ -209,8 +231,8 @@ def check_args(args: argparse.Namespace, all_tasks: tuple[str, ...],
         except (OSError, ValueError) as e:
             raise ValueError(f"--camera-rig: {getattr(e, 'strerror', None) or e}") from None
         all_cameras = tuple(c.name for c in rig) + ("wrist",)
-    default = ",".join(c for c in all_cameras if c != "wrist") if (args.rig_distribution or args.camera_rig) \
-        else DEFAULT_CAMERAS
+    default = ",".join(c for c in all_cameras if c not in hand) if (args.rig_distribution or args.camera_rig) \
+        else (DEFAULT_CAMERAS if suite is None else ",".join(suite.collect_cameras))
     cameras = _names(args.cameras or default, "--cameras", all_cameras, allow_all=False)
     lo, hi = IMAGE_SIZE_RANGE
     checks = [("--episodes", args.episodes, 1, None), ("--image-size", args.image_size, lo, hi),
@@ -225,13 +247,22 @@ def check_args(args: argparse.Namespace, all_tasks: tuple[str, ...],
 
 
 def run(args: argparse.Namespace) -> int:
+    suite_name = getattr(args, "suite", "sim")
+    suite = None
     try:
-        make_env, all_tasks = _load_sim()
-        all_cameras = _load_cameras()
+        if suite_name == "sim":
+            make_env, all_tasks = _load_sim()
+            all_cameras = _load_cameras()
+        else:
+            from ..sim.suites import get_suite
+            suite = get_suite(suite_name)
+            make_env, all_tasks, all_cameras = suite.make_env, suite.task_names(), suite.camera_names
     except ImportError as e:
         return _fail(f"the simulator is not available ({e})")
+    except ValueError as e:
+        return _fail(str(e))
     try:
-        tasks, cameras = check_args(args, tuple(all_tasks), tuple(all_cameras))
+        tasks, cameras = check_args(args, tuple(all_tasks), tuple(all_cameras), suite)
     except ValueError as e:
         return _fail(str(e))
     if args.task_deprecated is not None:
@@ -240,7 +271,7 @@ def run(args: argparse.Namespace) -> int:
         print("action-images collect: --random-rig is deprecated; use --rig-distribution (same values)",
               file=sys.stderr)
     out = Path(args.out)
-    config = {"seed": int(args.seed), "cameras": cameras, "image_size": int(args.image_size),
+    config = {"suite": suite_name, "seed": int(args.seed), "cameras": cameras, "image_size": int(args.image_size),
               "perturb_cameras": bool(args.perturb_cameras), "keep_failed": bool(args.keep_failed),
               "hold_steps": int(args.hold_steps), "random_rig": args.rig_distribution,
               "rig_views": int(args.rig_views) if args.rig_distribution else None,
@@ -254,7 +285,7 @@ def run(args: argparse.Namespace) -> int:
             return _fail(str(e))
         if not isinstance(prev, dict) or not isinstance(prev.get("config", {}), dict):
             return _fail(f"{out / COLLECT_PATH}: expected a JSON object with a 'config' object")
-        before = {"hold_steps": 0, "random_rig": None, "rig_views": None, "camera_rig": None,
+        before = {"suite": "sim", "hold_steps": 0, "random_rig": None, "rig_views": None, "camera_rig": None,
                   **prev.get("config", {})}   # datasets from before these flags had none of them
         diff = {k: (before.get(k), config[k]) for k in RESUME_KEYS if before.get(k) != config[k]}
         if diff:

@@ -1,0 +1,64 @@
+"""Benchmark suites behind one interface: the built-in tabletop (``sim``) and Meta-World v3 (``metaworld``).
+
+``collect`` and ``eval`` take ``--suite`` and ask :func:`get_suite` for the environment factory, the task names,
+the camera names and the random rigs; everything downstream (dataset, windows, model, policy, codec) is the same.
+Meta-World is imported only when its suite is asked for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+SUITES = ("sim", "metaworld")
+DEFAULT_SUITE = "sim"
+
+
+@dataclass(frozen=True)
+class Suite:
+    """What the commands need from a benchmark suite.
+
+    ``make_env(task, cameras=..., image_size=..., perturb_cameras=..., camera_seed=..., render=..., rig=...,
+    rig_distribution=..., rig_views=...)`` gives an env with the built-in sim's interface (8-D absolute targets,
+    ``expert_action()``, calibrated ``cameras``); ``parse_tasks(spec, flag)`` turns "all" or "a,b" into names (one-line
+    ValueError naming ``flag``); ``camera_names``: every named view; ``hand_cameras``: views that move with the hand
+    (allowed beside a rig's views); ``collect_cameras`` / ``eval_cameras``: the defaults; ``max_rig_views``: how many
+    rig cameras the scene can place; ``random_rig(seed, n_views, size, split)``; ``camera_rig_files``: whether
+    ``--camera-rig FILE`` works."""
+
+    name: str
+    make_env: Callable[..., Any]
+    task_names: Callable[[], tuple[str, ...]]
+    parse_tasks: Callable[..., list[str]]
+    camera_names: tuple[str, ...]
+    hand_cameras: tuple[str, ...]
+    collect_cameras: tuple[str, ...]
+    eval_cameras: tuple[str, ...]
+    max_rig_views: int
+    random_rig: Callable[..., list]
+    camera_rig_files: bool
+
+
+def check_suite(name: Any, flag: str = "--suite") -> str:
+    if name not in SUITES:
+        raise ValueError(f"{flag} must be one of {', '.join(SUITES)}; got {name!r}")
+    return str(name)
+
+
+def get_suite(name: str = DEFAULT_SUITE, flag: str = "--suite") -> Suite:
+    """The suite called ``name`` (ValueError naming ``flag`` for another name; ``metaworld`` needs the package)."""
+    name = check_suite(name, flag)
+    if name == "sim":
+        from action_images import sim
+        from action_images.sim.tasks import parse_tasks
+
+        return Suite("sim", sim.make_env, lambda: tuple(sim.TASKS), parse_tasks, tuple(sim.CAMERA_NAMES),
+                     ("wrist",), tuple(sim.CAMERA_SETS["all_static"]), tuple(sim.CAMERA_SETS["eval"]),
+                     sim.RIG_SLOTS, sim.random_rig, True)
+    try:
+        from action_images.sim import metaworld as mw
+        import metaworld  # noqa: F401  (the package itself, so a missing install is reported here)
+    except ImportError as e:
+        raise ValueError(f"{flag} metaworld needs the metaworld package ({e}); pip install metaworld==3.1.1") from None
+    return Suite("metaworld", mw.make_env, mw.task_names, mw.parse_tasks, mw.CAMERA_NAMES, mw.HAND_CAMERAS,
+                 mw.DEFAULT_CAMERAS, mw.CAMERA_SETS["eval"], mw.RIG_SLOTS, mw.random_rig, False)
