@@ -11,7 +11,8 @@ plugged into the same policy, so the claims table can say whether it helps at th
 
 Network. Per view: the action image (3 channels in [-1, 1]) and the view's Plücker ray map (6 channels) -> a GroupNorm
 CNN -> K soft keypoints (spatial softmax) and, under each keypoint's attention, the expected ray map (6 numbers: the
-ray through that keypoint, a line in the world frame) -> an MLP per view; views are fused by mean and max (any
+ray through that keypoint, a line in the world frame), with the mean of each action channel (the gripper lives in
+the blue background) and the mean feature -> an MLP per view; views are fused by mean and max (any
 number, any order) -> an MLP -> the absolute pose: position (metres, relative to ``center``, / ``pos_scale``),
 6-D rotation, gripper logit. The camera enters only through its rays, as in the video model, so the head works from
 any calibrated view.
@@ -98,7 +99,8 @@ class DecodeHead(nn.Module):
         self.cnn = nn.Sequential(*blocks)
         self.keypoints = SpatialSoftmax(prev, cfg.keypoints)
         K = cfg.keypoints
-        self.view_mlp = nn.Sequential(nn.Linear(8 * K, cfg.view_dim), nn.SiLU(), nn.Linear(cfg.view_dim, cfg.view_dim))
+        self.view_mlp = nn.Sequential(nn.Linear(8 * K + 3 + prev, cfg.view_dim), nn.SiLU(),
+                                      nn.Linear(cfg.view_dim, cfg.view_dim))
         self.out = nn.Sequential(nn.Linear(2 * cfg.view_dim, cfg.view_dim), nn.SiLU(), nn.Linear(cfg.view_dim, 10))
 
     def forward(self, act: torch.Tensor, plucker: torch.Tensor) -> torch.Tensor:
@@ -115,7 +117,10 @@ class DecodeHead(nn.Module):
         uv = torch.einsum("nkp,cp->nkc", prob, grid)                            # [B*V, K, 2]
         rays = F.adaptive_avg_pool2d(plucker.flatten(0, 1).float(), (h, w)).flatten(2)  # [B*V, 6, h*w]
         ray = torch.einsum("nkp,ncp->nkc", prob, rays)                         # [B*V, K, 6]: the ray there
-        v = self.view_mlp(torch.cat([uv, ray], -1).flatten(1)).view(B, V, -1)
+        # GroupNorm removes a constant offset and the keypoints carry positions only: the mean of each action
+        # channel (the blue background holds the gripper) and the mean feature enter the view vector directly
+        glob = torch.cat([x[:, :3].mean((-2, -1)), f.mean((-2, -1))], -1)
+        v = self.view_mlp(torch.cat([uv.flatten(1), ray.flatten(1), glob], -1)).view(B, V, -1)
         return self.out(torch.cat([v.mean(1), v.amax(1)], -1))
 
     def poses(self, act: torch.Tensor, plucker: torch.Tensor) -> np.ndarray:
