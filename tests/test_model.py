@@ -316,3 +316,30 @@ def test_config_with_nan_is_not_strict_json(tmp_path):
     (tmp_path / "config.json").write_text(text)
     with pytest.raises(ValueError, match="config.json: not JSON .*NaN is not strict JSON"):
         WorldActionModel.from_pretrained(tmp_path)
+
+
+def test_conv_stem_sees_sub_patch_detail_and_trains(tmp_path):
+    """stem_channels > 0: a full-resolution conv stem before the patch embedding; its weights get gradients, it
+    survives save/load, and one pixel moved inside a patch changes its features where a linear embedding of a
+    patch-wise mean would not see it."""
+    cfg = WAMConfig.from_preset("cpu-tiny")
+    cfg.backbone = {**cfg.backbone, "stem_channels": 4}
+    torch.manual_seed(0)
+    m = randomize_output(WorldActionModel(cfg))              # zero-initialised outputs pass no gradient back
+    assert m.backbone.x_in.in_features == (6 + 4) * 8 * 8
+    assert "stem_channels" not in WAMConfig.from_preset("cpu-tiny").to_dict()["backbone"]   # old configs as before
+    ds = SyntheticWindows(WindowConfig(image_size=32, num_views=2, horizon=2, stride=4), seed=0, num_scenes=2)
+    b = collate([ds[0], ds[1]])
+    loss = m(b, torch.Generator().manual_seed(1))["loss"]
+    loss.backward()
+    assert m.backbone.stem[0].weight.grad.abs().sum() > 0
+    m.save_pretrained(tmp_path / "stem")
+    again = WorldActionModel.from_pretrained(tmp_path / "stem")
+    assert again.config.backbone["stem_channels"] == 4
+    for k, v in m.state_dict().items():
+        torch.testing.assert_close(again.state_dict()[k], v)
+    x = torch.zeros(1, 6, 8, 8)
+    y = x.clone()
+    x[..., 1, 1], y[..., 5, 5] = 1.0, 1.0
+    fx, fy = m.backbone.stem(x), m.backbone.stem(y)
+    assert not torch.allclose(fx.mean((-2, -1)), fy.mean((-2, -1))) or not torch.allclose(fx, fy)

@@ -67,6 +67,8 @@ class ModelRecipe:
     workspace: list | None = _f(None, "world box of --crop workspace: --workspace=x0,y0,z0,x1,y1,z1 in metres", kind="box")
     refine_channels: int | None = _f(None, "DiT only: full-resolution conv refinement head with this many channels "
                                            "(0 = off)", lo=0, hi=512)
+    stem_channels: int | None = _f(None, "DiT only: full-resolution conv stem with this many channels before the "
+                                         "patch embedding (0 = off)", lo=0, hi=512)
     baseline: dict = _f({}, "bc/dp/tokens only: overrides of the baseline's config, e.g. {\"plucker\": false, "
                             "\"pool\": \"avg\"} (recipe file only)", kind="file_only")
     pretrained: str | None = _f(None, "wan presets: a local diffusers pipeline folder to start from (transformer/, and "

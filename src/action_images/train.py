@@ -90,10 +90,12 @@ def build_config(r: TrainRecipe, camera_names: list[str] | None = None) -> WAMCo
                                 act_peak_weight=m.act_peak_weight, loss_target=m.loss_target, crop=m.crop,
                                 workspace=m.workspace)
     cfg.camera_names = list(camera_names or r.data.cameras or []) or None
-    if m.refine_channels is not None:
-        if cfg.backbone_kind != "dit":
-            raise ValueError("--refine-channels applies to DiT presets only")
-        cfg.backbone = {**cfg.backbone, "refine_channels": int(m.refine_channels)}
+    for name in ("refine_channels", "stem_channels"):
+        value = getattr(m, name)
+        if value is not None:
+            if cfg.backbone_kind != "dit":
+                raise ValueError(f"--{name.replace('_', '-')} applies to DiT presets only")
+            cfg.backbone = {**cfg.backbone, name: int(value)}
     apply_scale_options(cfg, m)
     cfg.validate()
     return cfg

@@ -106,6 +106,8 @@ class WAMConfig:
         d = asdict(self)
         if d["latent"] is None:   # pixel-space configs read and compare as before the field existed
             d.pop("latent")
+        if self.backbone_kind == "dit" and not d["backbone"].get("stem_channels", 1):
+            d["backbone"] = {k: v for k, v in d["backbone"].items() if k != "stem_channels"}   # likewise
         return d
 
     @classmethod

@@ -35,7 +35,8 @@ CONFIGS: dict[str, type] = {"bc": BCConfig, "dp": DPConfig, "tokens": TokensConf
 # default samples per step (the WAM's come from its preset; tokens: the cpu-small preset's, as its backbone)
 BATCH_SIZE = {"bc": 32, "dp": 32, "tokens": 8}
 # recipe model fields that shape only the world action model
-WAM_ONLY = ("task_mix", "p_drop_text", "t_mean", "act_peak_weight", "loss_target", "refine_channels")
+WAM_ONLY = ("task_mix", "p_drop_text", "t_mean", "act_peak_weight", "loss_target", "refine_channels",
+            "stem_channels")
 
 __all__ = ["METHODS", "BCConfig", "BCModel", "DPConfig", "DiffusionPolicyModel", "TokensConfig", "ActionTokensModel",
            "BaselinePolicy", "make_policy",

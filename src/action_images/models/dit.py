@@ -17,6 +17,10 @@ the transformer's output, ``refine_channels`` unpatchified token features, that 
 frame (where the target object is, to the pixel), and adds a zero-initialised correction from two 3x3 convolutions
 (translation-equivariant, so "draw the blob where the object is" is learned once for every position).
 
+Optional full-resolution stem (``stem_channels`` > 0): a linear embedding of an 8-px patch sees where a 2-4 px
+object sits inside it only through 384 raw numbers; two 3x3 convolutions per (view, frame) first turn the pixels
+into ``stem_channels`` local features (edges, blobs: what a CNN policy sees), patchified beside the raw channels.
+
 The interface (:class:`VideoBackbone`) is deliberately small so a pretrained video model (e.g. diffusers Wan2.2) can
 be dropped in behind it later: ``forward(x, t, state, plucker, text, text_mask) -> x_out`` with the same shapes.
 """
@@ -49,6 +53,7 @@ class DiTConfig:
     text_dim: int = 128         # width of the text tokens handed in by the text encoder
     text_conditioning: str = "adaln"  # "adaln" (pooled tokens added to the timestep) or "cross" (cross-attention)
     refine_channels: int = 0    # > 0: a full-resolution conv head (see DiT) with this many feature channels
+    stem_channels: int = 0      # > 0: a full-resolution conv stem (see DiT) with this many feature channels
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -178,7 +183,12 @@ class DiT(VideoBackbone):
             raise ValueError("in_channels must split evenly into streams")
         self.config = cfg
         D, p = cfg.width, cfg.patch
-        self.x_in = nn.Linear(cfg.in_channels * p * p, D)
+        self.stem = None
+        if cfg.stem_channels > 0:
+            Cs = cfg.stem_channels
+            self.stem = nn.Sequential(nn.Conv2d(cfg.in_channels, Cs, 3, padding=1), nn.GELU(approximate="tanh"),
+                                      nn.Conv2d(Cs, Cs, 3, padding=1), nn.GELU(approximate="tanh"))
+        self.x_in = nn.Linear((cfg.in_channels + max(0, cfg.stem_channels)) * p * p, D)
         self.plucker_in = nn.Linear(cfg.plucker_channels * p * p, D)
         self.view_emb = nn.Embedding(cfg.max_views, D)
         self.frame_emb = nn.Embedding(cfg.max_frames, D)
@@ -227,7 +237,11 @@ class DiT(VideoBackbone):
             raise ValueError(f"{V} views x {Fr} frames exceeds max_views={cfg.max_views}/max_frames={cfg.max_frames}")
         h, w = H // p, W // p
         dev = x.device
-        tok = self.x_in(patchify(x, p))                                      # [B, V, F, h, w, D]
+        xs = x
+        if self.stem is not None:                                            # local features at full resolution
+            feat = self.stem(x.reshape(B * V * Fr, C, H, W)).reshape(B, V, Fr, -1, H, W)
+            xs = torch.cat([x, feat], dim=3)
+        tok = self.x_in(patchify(xs, p))                                     # [B, V, F, h, w, D]
         cam = self.plucker_in(patchify(plucker, p))                          # [B, V, h, w, D]
         pos = _sincos_2d(h, w, cfg.width).to(dev)                            # [h, w, D]
         view = self.view_emb(torch.arange(V, device=dev))                    # [V, D]
