@@ -6,8 +6,8 @@ up; OpenCV looks along +z with y down). The principal point is ((W-1)/2, (H-1)/2
 segmentation masks (W/2 is measurably worse). A camera with MuJoCo intrinsics (``cam_sensorsize`` non-zero, set by
 sim/rig.py for a K that fovy cannot express) has ``fx = intrinsic[0]·W/sensorsize[0]``,
 ``cx = (W-1)/2 - intrinsic[2]·W/sensorsize[0]`` and ``cy = (H-1)/2 - INTRINSIC_Y_SIGN·intrinsic[3]·H/sensorsize[1]``:
-MuJoCo 4 shifts the image up for a positive ``intrinsic[3]``, MuJoCo 3.3 down (measured against segmentation masks with
-3.3.0 and 4.0.0; tests/test_rig.py checks whichever version is installed).
+``INTRINSIC_Y_SIGN`` is +1 for MuJoCo 4 and -1 before: MuJoCo 3.3 applies ``intrinsic[3]`` in the opposite vertical
+direction (measured against segmentation masks with 3.3.0 and 4.0.0; tests/test_rig.py checks the installed version).
 """
 
 from __future__ import annotations
