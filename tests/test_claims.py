@@ -60,3 +60,21 @@ def test_table_fills_the_marked_block(tmp_path, monkeypatch):
     assert text.startswith("intro\n<!-- claims table -->\nClosed loop, 20 episodes per task and camera condition, "
                            "seed 31337") and "| method" in text and "old" not in text and text.endswith("after\n")
     assert claims.main(["table", "--episodes", "0"]) == 2
+
+
+def test_train_runs_only_what_is_missing(tmp_path, monkeypatch):
+    """``claims train`` runs each missing row's commands (the model, then an extra head) and skips what exists."""
+    calls = []
+    monkeypatch.setattr(claims.subprocess, "run", lambda argv: calls.append(argv) or argparse.Namespace(returncode=0))
+    done = tmp_path / "done"
+    done.mkdir()
+    (done / "model.safetensors").write_bytes(b"")
+    monkeypatch.setattr(claims, "METHODS", (
+        Method("a", "a", "r.json", str(done)),
+        Method("b", "b", "r.json", str(tmp_path / "missing")),
+        Method("c", "c", "r.json", str(done), train_cmd=f"python -m action_images.decode_head train --out "
+                                                        f"{tmp_path / 'head'}", extra=str(tmp_path / "head"))))
+    assert claims.main(["train"]) == 0
+    assert [c[1:4] for c in calls] == [["-m", "action_images.cli", "train"],
+                                       ["-m", "action_images.decode_head", "train"]]
+    assert calls[0][calls[0].index("--out") + 1] == str(tmp_path / "missing")

@@ -2,10 +2,11 @@
 distribution, from held-out rigs and from a fixed camera pair none of them saw, and written to ``docs/claims.md``.
 
     python -m action_images.claims commands --episodes 20 --seed 31337     # print the training and eval commands
+    python -m action_images.claims train                                   # train the rows that are missing
     python -m action_images.claims run --episodes 20 --seed 31337          # run the evaluations that are missing
     python -m action_images.claims table --out docs/claims.md              # the table from what was run
 
-``make claims`` runs all three. A method whose run directory is missing is listed as "not trained"; a condition
+``make claims`` runs all four. A method whose run directory is missing is listed as "not trained"; a condition
 that was not evaluated as "not measured": the table never invents a number. Success rates carry 95 % Wilson
 intervals; latency is per replanning step on this machine (``bench policy`` measures it alone).
 """
@@ -158,7 +159,7 @@ def table(eval_dir: str = EVAL_DIR, methods: tuple[Method, ...] = METHODS, episo
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m action_images.claims", description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=("commands", "run", "table"))
+    p.add_argument("what", choices=("commands", "train", "run", "table"))
     p.add_argument("--episodes", type=int, default=20, help="episodes per task and condition (default 20)")
     p.add_argument("--seed", type=int, default=31337, help="evaluation seed (default 31337, never tuned on)")
     p.add_argument("--eval-dir", default=EVAL_DIR)
@@ -173,6 +174,20 @@ def main(argv: list[str] | None = None) -> int:
         for m in METHODS:
             for c in CONDITIONS:
                 print(eval_command(m, c, args.episodes, args.seed, args.eval_dir))
+        return 0
+    if args.what == "train":
+        for m in METHODS:
+            if trained(m):
+                continue
+            for part in train_command(m).split(" && "):
+                if part.startswith("action-images train") and (Path(m.run) / "model.safetensors").exists():
+                    continue                                   # the row's model exists; only its head is missing
+                print(part, file=sys.stderr)
+                words = shlex.split(part)
+                argv = ([sys.executable, "-m", "action_images.cli", *words[1:]] if words[0] == "action-images"
+                        else [sys.executable, *words[1:]])
+                if subprocess.run(argv).returncode != 0:
+                    return 1
         return 0
     if args.what == "run":
         for m in METHODS:
