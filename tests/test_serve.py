@@ -348,3 +348,167 @@ def test_no_pickle_import_in_the_package():
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             found += [f"{file.relative_to(root)}:{node.lineno} {n}" for n in names if n.split(".")[0] in banned]
     assert len(list(root.rglob("serve/*.py"))) >= 4 and not found, found
+
+
+# ---- batching across clients: --max-batch, --batch-wait-ms -----------------------------------------------------------
+def together(n, fn):
+    """Run ``fn(i)`` for i < n in threads that send at the same moment; the results in order (errors raise)."""
+    barrier, out, errors = threading.Barrier(n), [None] * n, []
+
+    def run(i):
+        try:
+            out[i] = fn(i, barrier)
+        except Exception as e:           # noqa: BLE001 -- reported by the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    return out
+
+
+def batched_server(model, **kw):
+    # a long wait: the requests sent together meet in one batch even on a loaded machine (a full batch goes at once)
+    srv = PolicyServer(model, SETTINGS, port=0, **{"max_batch": 4, "batch_wait_ms": 1000.0, **kw})
+    srv.start_in_thread()
+    return srv
+
+
+def test_batched_clients_each_get_the_chunk_of_their_own_seed(model, client, sim):
+    obs, cameras = sim
+    seeds = [3, 11, 12, 40]
+    # the unbatched server, one request at a time: two chunks of each seed's episode
+    alone = [[client.infer(obs, cameras, reset=True, seed=s), client.infer(obs, cameras)] for s in seeds]
+    srv = batched_server(model)
+    try:
+        def robot(i, barrier):
+            with PolicyClient(f"ws://127.0.0.1:{srv.port}") as c:
+                c.reset(seed=seeds[i])
+                barrier.wait(60)
+                return [c.infer(obs, cameras) for _ in range(2)]           # the second chunk continues the noise
+
+        replies = together(len(seeds), robot)
+    finally:
+        srv.stop()
+    assert max(r["batch"] for rs in replies for r in rs) >= 2
+    for rs, a in zip(replies, alone):
+        for r, r_alone in zip(rs, a):
+            check_chunk(r)
+            # Each request's starting noise is drawn from its own generator exactly as a batch of 1 draws it, so only
+            # the model's arithmetic differs with the batch size: matrix products over a larger batch may take other
+            # kernels and summation orders, which moves the last bits (on this CPU they happen to agree exactly).
+            np.testing.assert_allclose(r["actions"], r_alone["actions"], rtol=0, atol=1e-5)
+            assert r["decision"] == r_alone["decision"]
+    assert not np.array_equal(alone[0][0]["actions"], alone[1][0]["actions"])       # the seeds do differ
+
+
+@pytest.fixture(scope="module")
+def sim3():
+    from action_images.sim import make_env
+
+    env = make_env("reach_target", cameras=("left", "right", "front"), image_size=32)
+    obs, _ = env.reset(seed=0)
+    cameras = list(env.cameras)
+    env.close()
+    return obs, cameras
+
+
+def recording(model, monkeypatch, calls, fail_on=None):
+    """``model.sample`` that records the (batch size, views) of each call and raises when an instruction is
+    ``fail_on`` (a model that fails on one accepted input)."""
+    original = model.sample
+
+    def sample(batch, **kw):
+        calls.append(tuple(batch["rgb"].shape[:2]))
+        if fail_on in batch["instruction"]:
+            raise RuntimeError("the model failed on this input")
+        return original(batch, **kw)
+
+    monkeypatch.setattr(model, "sample", sample)
+
+
+def test_a_batch_never_mixes_view_counts(tmp_path, sim3, monkeypatch):
+    from action_images.wam import WAMConfig, WorldActionModel
+
+    torch.manual_seed(0)        # no camera_names and 3 views: a request with 2 cameras is planned on 2 views
+    WorldActionModel(WAMConfig.from_preset("cpu-tiny", num_views=3)).save_pretrained(tmp_path)
+    model3, calls = load_model(tmp_path), []
+    recording(model3, monkeypatch, calls)
+    obs, cameras = sim3
+    views = [cameras, cameras[:2], cameras, cameras[:2]]
+    srv = batched_server(model3)
+    try:
+        def robot(i, barrier):
+            with PolicyClient(f"ws://127.0.0.1:{srv.port}") as c:
+                barrier.wait(60)
+                return c.infer(obs, views[i])
+
+        replies = together(4, robot)
+    finally:
+        srv.stop()
+    assert [len(r["view_names"]) for r in replies] == [3, 2, 3, 2]
+    assert sorted(calls) == [(2, 2), (2, 3)], calls       # one call per view count, both requests of each in it
+    assert all(r["batch"] == 2 for r in replies)
+
+
+def test_plan_batch_keeps_models_and_image_sizes_apart(model, sim):
+    from action_images.policy import ActionImagesPolicy, plan_batch
+    from action_images.wam import WAMConfig, WorldActionModel
+
+    torch.manual_seed(0)
+    small = WorldActionModel(WAMConfig.from_preset("cpu-tiny", image_size=16, camera_names=["left", "right"]))
+    policies = [ActionImagesPolicy(m, SETTINGS, seed=s) for s, m in enumerate([model, small, model, small])]
+    chunks = plan_batch([(p, *sim) for p in policies])
+    assert [c.batch for c in chunks] == [2, 2, 2, 2]
+    assert [c.future_act.shape[2] for c in chunks] == [32, 16, 32, 16]
+    for s, m, c in zip(range(4), [model, small, model, small], chunks):       # each as it plans alone
+        alone = ActionImagesPolicy(m, SETTINGS, seed=s).plan(*sim)
+        np.testing.assert_allclose(c.actions, alone.actions, rtol=0, atol=1e-5)
+
+
+def test_a_bad_request_in_a_batch_gets_its_own_error(checkpoint, client, sim, monkeypatch):
+    obs, cameras = sim
+    alone = [client.infer(obs, cameras, reset=True, seed=s) for s in (5, 6)]
+    failing, calls = load_model(checkpoint), []
+    recording(failing, monkeypatch, calls, fail_on="boom")
+    srv = batched_server(failing)
+    messages = [observation(obs, cameras, reset=True, seed=5), observation(dict(obs, instruction="boom"), cameras),
+                observation(obs, cameras, reset=True, seed=6), observation(dict(obs, ee_pose=obs["ee_pose"] * np.nan),
+                                                                           cameras)]
+    try:
+        def robot(i, barrier):
+            with connect(f"ws://127.0.0.1:{srv.port}", max_size=2**24, compression=None) as ws:
+                ws.recv(timeout=30)
+                barrier.wait(60)
+                ws.send(pack(messages[i]))
+                return unpack(ws.recv(timeout=60))
+
+        replies = together(4, robot)
+    finally:
+        srv.stop()
+    assert set(replies[1]) == {"error"} and "the model failed" in replies[1]["error"], replies[1]
+    assert set(replies[3]) == {"error"} and "ee_pose" in replies[3]["error"], replies[3]    # refused before the queue
+    assert calls[0] == (3, 2), calls               # the shared call failed; each request was then planned alone
+    for r, a in zip((replies[0], replies[2]), alone):
+        check_chunk(r)
+        np.testing.assert_allclose(r["actions"], a["actions"], rtol=0, atol=1e-5)   # the noise was drawn again
+
+
+def test_batching_flags_are_range_checked(model, checkpoint, capsys):
+    from action_images.cli import main
+
+    for kw, flag in (({"max_batch": 0}, "--max-batch"), ({"max_batch": 1.5}, "--max-batch"),
+                     ({"batch_wait_ms": -1}, "--batch-wait-ms"), ({"batch_wait_ms": float("nan")}, "--batch-wait-ms")):
+        with pytest.raises(ValueError, match=flag):
+            PolicyServer(model, SETTINGS, port=0, **kw)
+    for argv in (["--max-batch", "0"], ["--max-batch", "257"], ["--batch-wait-ms", "-1"],
+                 ["--batch-wait-ms", "nan"], ["--batch-wait-ms", "1001"]):
+        assert main(["serve", "--checkpoint", str(checkpoint), *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("action-images serve: ") and argv[0] in err[0], err
+    assert main(["bench", "serve", "--max-batch", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--max-batch" in err[0], err

@@ -35,6 +35,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-clients", type=whole_number, default=8, help="open connections at most (default 8)")
     p.add_argument("--seed", type=whole_number, default=0, help="sampler seed of a new connection or reset")
     p.add_argument("--threads", type=whole_number, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--max-batch", type=whole_number, default=1,
+                   help="plan up to N queued requests in one model call, 1..256 (default 1: one at a time)")
+    p.add_argument("--batch-wait-ms", type=float, default=5.0,
+                   help="with --max-batch > 1, how long the oldest queued request waits for company, in ms, "
+                        "0..1000 (default 5)")
     g = p.add_argument_group("policy (as in action-images eval)")
     g.add_argument("--policy-cameras", default=None,
                    help="cameras the model sees, comma separated, >= 2 (default: the checkpoint's camera_names)")
@@ -59,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
 
     token = args.token if args.token is not None else (os.environ.get(TOKEN_ENV) or None)
     try:                                           # every check before the model loads: bad input exits 2
-        from action_images.serve.server import check_bind
+        from action_images.serve.server import check_batching, check_bind
     except ModuleNotFoundError as e:
         return fail(f"needs the serve extra ({e.name} is missing): pip install 'action-images[serve]'")
     try:
@@ -68,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--port must be in 0..65535; got {args.port}")
         if not 0.001 <= args.max_message_mb <= 1024:
             raise ValueError(f"--max-message-mb must be in [0.001, 1024]; got {args.max_message_mb}")
+        check_batching(args.max_batch, args.batch_wait_ms)
         import torch
 
         from action_images.baselines import load_model
@@ -83,14 +89,17 @@ def run(args: argparse.Namespace) -> int:
         model = load_model(args.checkpoint)
         server = PolicyServer(model, settings, host=args.host, port=args.port, token=token,
                               max_message_bytes=int(args.max_message_mb * 2**20), max_clients=args.max_clients,
-                              seed=args.seed, checkpoint=str(args.checkpoint))
+                              seed=args.seed, checkpoint=str(args.checkpoint), max_batch=args.max_batch,
+                              batch_wait_ms=args.batch_wait_ms)
     except (ValueError, TypeError, FileNotFoundError) as e:
         return fail(str(e))
     import asyncio
 
     server.on_listening = lambda: print(
         f"action-images serve: listening on ws://{args.host}:{server.port} (model {server.metadata['model']}, "
-        f"cameras {','.join(server.camera_names or ['any'])}, auth {server.metadata['auth']}; GET /healthz)",
+        f"cameras {','.join(server.camera_names or ['any'])}, auth {server.metadata['auth']}"
+        + (f", batches of <= {server.max_batch} within {server.batch_wait_ms:g} ms" if server.max_batch > 1 else "")
+        + "; GET /healthz)",
         file=sys.stderr, flush=True)
     try:
         asyncio.run(server.serve_forever())

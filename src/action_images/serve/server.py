@@ -35,6 +35,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request as HTTPRequest
 from websockets.http11 import Response
+from websockets.protocol import State
 
 from action_images.geometry import POSE_NAMES
 from action_images.serve import TOKEN_ENV
@@ -46,6 +47,33 @@ log = logging.getLogger("action_images.serve")
 DEFAULT_MAX_MESSAGE_BYTES = 8 * 2**20
 DEFAULT_MAX_CLIENTS = 8
 MIN_TOKEN_LEN = 16
+MAX_BATCH = 256                # --max-batch at most
+MAX_BATCH_WAIT_MS = 1000.0     # --batch-wait-ms at most
+DEFAULT_BATCH_WAIT_MS = 5.0
+
+
+def check_batching(max_batch: Any, batch_wait_ms: Any) -> tuple[int, float]:
+    """(max_batch, batch_wait_ms) checked: an integer in [1, MAX_BATCH] and a number of ms in
+    [0, MAX_BATCH_WAIT_MS]; else ValueError naming the flag."""
+    if isinstance(max_batch, bool) or not isinstance(max_batch, (int, np.integer)) or not 1 <= max_batch <= MAX_BATCH:
+        raise ValueError(f"--max-batch must be an integer in [1, {MAX_BATCH}]; got {max_batch!r}")
+    try:
+        wait = float(batch_wait_ms)
+    except (TypeError, ValueError):
+        wait = float("nan")
+    if isinstance(batch_wait_ms, bool) or not 0.0 <= wait <= MAX_BATCH_WAIT_MS:
+        raise ValueError(f"--batch-wait-ms must be a number of milliseconds in [0, {MAX_BATCH_WAIT_MS:g}]; "
+                         f"got {batch_wait_ms!r}")
+    return int(max_batch), wait
+
+
+class _Queued:
+    """A checked request waiting for a batched model call, and the future its connection awaits."""
+
+    def __init__(self, policy: Any, req: Any, future: asyncio.Future, ws: Any) -> None:
+        self.policy, self.req, self.future, self.ws = policy, req, future, ws
+        self.queued = time.perf_counter()
+        self.started = self.queued
 
 
 def is_loopback(host: str) -> bool:
@@ -70,16 +98,20 @@ def check_bind(host: str, token: str | None) -> None:
 
 class PolicyServer:
     """Serves the closed-loop policy of ``model`` over websockets: one policy object per connection (its episode
-    state), all sharing the model, which answers one request at a time.
+    state), all sharing the model, which answers one request at a time, or with ``max_batch`` > 1 plans the
+    requests queued together (waiting at most ``batch_wait_ms`` for company) in shared model calls of at most
+    ``max_batch`` (:func:`~action_images.policy.plan_batch`).
 
     ``model``: what :func:`action_images.baselines.load_model` returns; ``settings``: a
     :class:`~action_images.policy.PolicySettings`; ``seed``: the sampler seed of a new connection and of a reset
-    without one. Raises ValueError for a bind that :func:`check_bind` refuses or settings the model cannot take.
+    without one. Raises ValueError for a bind that :func:`check_bind` refuses, batching flags out of range or
+    settings the model cannot take.
     """
 
     def __init__(self, model: Any, settings: Any = None, *, host: str = "127.0.0.1", port: int = 8000,
                  token: str | None = None, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 max_clients: int = DEFAULT_MAX_CLIENTS, seed: int = 0, checkpoint: str | None = None):
+                 max_clients: int = DEFAULT_MAX_CLIENTS, seed: int = 0, checkpoint: str | None = None,
+                 max_batch: int = 1, batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS):
         from action_images.baselines import make_policy, method_of
 
         check_bind(host, token)
@@ -87,6 +119,7 @@ class PolicyServer:
             raise ValueError(f"max_message_bytes must be >= 1024; got {max_message_bytes}")
         if max_clients < 1:
             raise ValueError(f"max_clients must be >= 1; got {max_clients}")
+        self.max_batch, self.batch_wait_ms = check_batching(max_batch, batch_wait_ms)
         self.model, self.settings, self.seed = model, settings, int(seed)
         self.host, self.port, self.token = host, int(port), token
         self.max_message_bytes, self.max_clients = int(max_message_bytes), int(max_clients)
@@ -104,6 +137,8 @@ class PolicyServer:
             "max_message_bytes": self.max_message_bytes, "auth": "bearer" if token else "none",
             "settings": settings.to_dict() if settings is not None else None}
         self._lock: asyncio.Lock | None = None
+        self._pending: list[_Queued] = []             # max_batch > 1: requests waiting for the model, oldest first
+        self._wake: asyncio.Event | None = None
         self._clients = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -134,7 +169,10 @@ class PolicyServer:
             policy.reset(self.seed if req.seed is None else req.seed)
         if req.obs is None:
             return {"reset": True, "seed": self.seed if req.seed is None else req.seed}
-        chunk = policy.plan(req.obs, req.cameras)
+        return self._chunk_reply(policy, policy.plan(req.obs, req.cameras))
+
+    @staticmethod
+    def _chunk_reply(policy: Any, chunk: Any) -> dict[str, Any]:
         policy.chunks.clear()    # no history kept: a connection that runs for hours stays the same size
         # the robot executes the chunk: the next chunk starts from the gripper it last commanded
         policy.last_command = np.asarray(chunk.actions[-1], dtype=np.float64).copy()
@@ -142,20 +180,82 @@ class PolicyServer:
         reply["timing_ms"] = {k: 1000.0 * float(v) for k, v in chunk.timings.items()}
         return reply
 
-    async def _reply(self, policy: Any, message: Any) -> dict[str, Any]:
+    def _answer_batch(self, items: list[_Queued]) -> list[Any]:
+        """The replies (or exceptions) to queued observations, planned together (runs in a worker thread)."""
+        from action_images.policy import plan_batch
+
+        for it in items:
+            if it.req.reset:
+                it.policy.reset(self.seed if it.req.seed is None else it.req.seed)
+        out: list[Any] = plan_batch([(it.policy, it.req.obs, it.req.cameras) for it in items], self.max_batch)
+        for i, (it, chunk) in enumerate(zip(items, out)):
+            if not isinstance(chunk, BaseException):
+                out[i] = self._chunk_reply(it.policy, chunk)
+                out[i]["batch"] = int(chunk.batch)
+        return out
+
+    async def _batcher(self) -> None:
+        """Takes the oldest queued request, waits until ``max_batch`` are queued or the oldest has waited
+        ``batch_wait_ms`` (no wait when it queued while the model was busy), and plans up to ``max_batch`` together."""
+        wait = self.batch_wait_ms / 1000.0
+        while True:
+            while not self._pending:
+                self._wake.clear()
+                await self._wake.wait()
+            while len(self._pending) < self.max_batch:
+                left = self._pending[0].queued + wait - time.perf_counter()
+                if left <= 0:
+                    break
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), left)
+                except asyncio.TimeoutError:
+                    break
+            items = []
+            for it in self._pending[:self.max_batch]:
+                if it.future.done():
+                    continue
+                if it.ws is not None and it.ws.state in (State.CLOSING, State.CLOSED):    # the client went away:
+                    it.future.set_result({"error": "the connection closed"})     # no model time; the slot frees
+                else:
+                    items.append(it)
+            del self._pending[:self.max_batch]
+            if not items:
+                continue
+            t = time.perf_counter()
+            for it in items:
+                it.started = t
+            try:
+                results = await asyncio.to_thread(self._answer_batch, items)
+            except Exception as e:        # noqa: BLE001 -- each request of the batch gets the error
+                results = [e] * len(items)
+            for it, res in zip(items, results):
+                if not it.future.done():
+                    it.future.set_result(res)
+
+    async def _reply(self, policy: Any, message: Any, ws: Any = None) -> dict[str, Any]:
         t0 = time.perf_counter()
         try:
             req = await asyncio.to_thread(self._parse, message)
-            async with self._lock:
-                t1 = time.perf_counter()
-                reply = await asyncio.to_thread(self._answer, policy, req)
+            if self.max_batch == 1 or req.obs is None:     # a reset alone needs no model: no queue
+                async with self._lock:
+                    t1 = time.perf_counter()
+                    reply = await asyncio.to_thread(self._answer, policy, req)
+            else:
+                item = _Queued(policy, req, asyncio.get_running_loop().create_future(), ws)
+                self._pending.append(item)
+                self._wake.set()
+                reply = await item.future
+                t1 = item.started
+                if isinstance(reply, BaseException):
+                    raise reply
         except RequestError as e:
             return {"error": str(e)}
         except Exception as e:    # the model or the decoder failed on accepted input: say so, keep serving
             log.exception("request failed")
             return {"error": f"internal error: {type(e).__name__}: {e}"[:500]}
         timing = reply.setdefault("timing_ms", {})
-        timing["queue"] = 1000.0 * (t1 - t0)                        # parse + wait for the model
+        timing["queue"] = 1000.0 * (t1 - t0)                        # parse + wait for the model (and company)
         timing["server"] = 1000.0 * (time.perf_counter() - t0)      # message in -> reply ready
         return reply
 
@@ -165,7 +265,7 @@ class PolicyServer:
             policy = self._make_policy(self.model, self.settings, seed=self.seed)
             await ws.send(pack(self.metadata))
             async for message in ws:
-                await ws.send(pack(await self._reply(policy, message)))
+                await ws.send(pack(await self._reply(policy, message, ws)))
         except ConnectionClosed as e:     # e.g. 1009 for an oversize message: this connection ends, the server not
             log.info("connection closed: %s", e)
         finally:
@@ -176,8 +276,10 @@ class PolicyServer:
         """Listen until ``stop`` is set (or the task is cancelled); ``self.port`` is the bound port once
         listening (useful with port 0)."""
         self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
         self._stop = stop or asyncio.Event()
         self._loop = asyncio.get_running_loop()
+        batcher = asyncio.create_task(self._batcher()) if self.max_batch > 1 else None
         async with serve(self._handler, self.host, self.port, process_request=self._process_request,
                          max_size=self.max_message_bytes, max_queue=4, compression=None,
                          logger=log) as server:
@@ -185,7 +287,11 @@ class PolicyServer:
             self._ready.set()
             if self.on_listening is not None:
                 self.on_listening()
-            await self._stop.wait()
+            try:
+                await self._stop.wait()
+            finally:
+                if batcher is not None:
+                    batcher.cancel()
 
     def start_in_thread(self, timeout: float = 30.0) -> int:
         """Serve from a daemon thread; returns the bound port once listening."""
