@@ -56,6 +56,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "the requests in flight come on top)")
     p.add_argument("--sampler-steps", type=int, default=2, help="the server's ODE sampler steps (default 2)")
     p.add_argument("--max-message-mb", type=float, default=1.0, help="the server's message limit (default 1 MiB)")
+    p.add_argument("--max-batch", type=int, default=1,
+                   help="the server's --max-batch: requests planned in one model call, at most (default 1)")
+    p.add_argument("--batch-wait-ms", type=float, default=5.0,
+                   help="the server's --batch-wait-ms (default 5; used with --max-batch > 1)")
     p.add_argument("--fault-interval", type=float, default=0.2,
                    help="seconds between the faults of each injector (default 0.2)")
     p.add_argument("--seed", type=int, default=0, help="model weights and the observation's episode seed")
@@ -80,7 +84,8 @@ def _rss_mb(pid: int) -> dict[str, float | None]:
 def _start_server(checkpoint: Path, args: argparse.Namespace, log: Path) -> tuple[subprocess.Popen, int]:
     cmd = [sys.executable, "-m", "action_images.cli", "serve", "--checkpoint", str(checkpoint), "--port", "0",
            "--threads", "1", "--sampler-steps", str(args.sampler_steps), "--max-resamples", "0",
-           "--max-clients", str(args.clients + 2 * len(FAULTS) + 4), "--max-message-mb", str(args.max_message_mb)]
+           "--max-clients", str(args.clients + 2 * len(FAULTS) + 4), "--max-message-mb", str(args.max_message_mb),
+           "--max-batch", str(args.max_batch), "--batch-wait-ms", str(args.batch_wait_ms)]
     env = dict(os.environ, ACTION_IMAGES_SERVE_TOKEN=TOKEN, OMP_NUM_THREADS="1")
     errf = open(log, "w+")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=errf, env=env, text=True)
@@ -117,6 +122,7 @@ class Tally:
         self.failures: list[str] = []
         self.latencies: list[float] = []
         self.server_ms: list[float] = []
+        self.batches: list[int] = []
         self.robot_errors: list[str] = []
 
     def fault(self, kind: str, ok: bool, why: str = "") -> None:
@@ -152,6 +158,7 @@ def _robot(url: str, request: dict[str, Any], stop: threading.Event, tally: Tall
             with tally.lock:
                 tally.latencies.append(rtt)
                 tally.server_ms.append(float(reply["timing_ms"]["server"]))
+                tally.batches.append(int(reply.get("batch", 1)))
     finally:
         client.close()
 
@@ -249,6 +256,8 @@ def _check(args: argparse.Namespace) -> None:
         raise ValueError(f"--max-message-mb must be in [0.05, 64]; got {args.max_message_mb}")
     if not 0 <= args.fault_interval <= 60:
         raise ValueError(f"--fault-interval must be in [0, 60]; got {args.fault_interval}")
+    from action_images.serve.server import check_batching
+    check_batching(args.max_batch, args.batch_wait_ms)
 
 
 def _stats(xs: list[float]) -> dict[str, float | None]:
@@ -287,6 +296,7 @@ def run(args: argparse.Namespace) -> int:
         checkpoint = Path(tmp) / "tiny"
         WorldActionModel(WAMConfig.from_preset("cpu-tiny", camera_names=["left", "right"])).save_pretrained(checkpoint)
         t_start = time.perf_counter()
+        load_start = os.getloadavg()[0]
         proc, port = _start_server(checkpoint, args, Path(tmp) / "server.log")
         url = f"ws://127.0.0.1:{port}"
         memory: dict[str, Any] = {"start": _rss_mb(proc.pid)}
@@ -348,6 +358,10 @@ def run(args: argparse.Namespace) -> int:
         "wall_s": {"startup": t0 - t_start, "load": t_stop - t0, "drain": t_drained - t_stop},
         "requests": served, "throughput_per_s": served / max(t_drained - t0, 1e-9),
         "latency": _stats(tally.latencies), "server_latency": _stats([x / 1000.0 for x in tally.server_ms]),
+        "batching": {"max_batch": args.max_batch, "batch_wait_ms": args.batch_wait_ms if args.max_batch > 1 else None,
+                     "mean_batch": float(np.mean(tally.batches)) if tally.batches else None,
+                     "largest_batch": max(tally.batches, default=None)},
+        "load_avg_1min": {"start": load_start, "end": os.getloadavg()[0]},
         "robot_errors": len(tally.robot_errors), "robot_error_examples": tally.robot_errors[:10],
         "faults": {k: {"counted": tally.counted[k], "survived": tally.survived[k]} for k in FAULTS},
         "fault_failures": tally.failures,
@@ -360,7 +374,10 @@ def run(args: argparse.Namespace) -> int:
         result["server_log_tail"] = server_log
     write_json(args.json, result)
     lat = result["latency"]
-    print(f"{args.clients} clients, {served} chunks in {t_drained - t0:.1f} s = {result['throughput_per_s']:.1f}/s; "
+    batching = (f" (batches of <= {args.max_batch}, mean {result['batching']['mean_batch'] or 0:.1f})"
+                if args.max_batch > 1 else "")
+    print(f"{args.clients} clients{batching}, {served} chunks in {t_drained - t0:.1f} s = "
+          f"{result['throughput_per_s']:.1f}/s; "
           f"round trip p50 {lat['p50_ms'] or 0:.0f} ms, p95 {lat['p95_ms'] or 0:.0f} ms; faults survived "
           + ", ".join(f"{k} {tally.survived[k]}/{tally.counted[k]}" for k in FAULTS)
           + f"; server RSS {memory['start']['rss_mb'] or 0:.0f} -> {memory['end']['rss_mb'] or 0:.0f} MiB"
