@@ -183,6 +183,26 @@ def test_random_rig_per_episode_is_calibrated():
     env.close()
 
 
+def test_perturbed_cameras_and_a_fixed_heldout_rig():
+    from action_images.eval_settings import EvalSettings, resolve_settings, rig_env_kwargs
+
+    env = make_env("reach-v3", cameras=("corner", "corner2"), image_size=16, perturb_cameras=True)
+    T = [env.reset(seed=s)[0]["camera_T_cam_world"].copy() for s in (1, 2, 1)]
+    assert not np.allclose(T[0], T[1]) and np.array_equal(T[0], T[2])      # a jitter per episode seed
+    env.close()
+    # eval --random-rig SEED: one held-out rig for every episode
+    cfg = argparse.Namespace(num_views=2, camera_names=None)
+    s = resolve_settings(EvalSettings(suite="metaworld", tasks="reach-v3", random_rig=4, rig_views=3,
+                                      image_size=16), cfg, warn=False)
+    kwargs = rig_env_kwargs(s)
+    env = make_env("reach-v3", cameras=s.cameras, image_size=16, **kwargs)
+    obs, _ = env.reset(seed=0)
+    assert env.camera_names == ("rig0", "rig1", "rig2")
+    np.testing.assert_allclose(obs["camera_T_cam_world"][1], kwargs["rig"][1].T_cam_world, atol=1e-9)
+    np.testing.assert_allclose(obs["camera_K"][1], kwargs["rig"][1].K)
+    env.close()
+
+
 def test_named_cameras():
     env = make_env("reach-v3", cameras=CAMERA_NAMES, image_size=16)
     obs, _ = env.reset(seed=0)
