@@ -2,6 +2,7 @@
 
     action-images bench serve --json bench/results/serve.json                     # 100 clients, 20 s
     action-images bench serve --clients 5 --seconds 3 --json /tmp/serve.json      # smoke run
+    action-images bench serve --max-batch 8 --json bench/results/serve_batch8.json # requests planned 8 at a time
 
 Starts ``action-images serve`` in its own process on a tiny random model (``cpu-tiny``, 2 views at 32 px, untrained:
 what is measured is the serving path, not a useful policy) with a token, then for ``--seconds`` runs ``--clients``
@@ -18,8 +19,10 @@ waiting for its chunk, again and again. Alongside them, fault injectors repeat, 
 A fault is *survived* when the server reacted as described and the next connection is served. At the end the server
 process must be alive, answer ``GET /healthz`` and serve a fresh client. The JSON holds the round-trip latency of
 the robots' requests (p50, p95, mean, max), the throughput (chunks/s), the server's resident memory (VmRSS) when it
-started listening, its largest value while sampled once a second and at the end, and every fault counted and
-survived. Exit 1 when any fault was not survived or a robot's request failed.
+started listening, its largest value while sampled once a second and at the end, its CPU time per chunk, the batch
+sizes (``--max-batch`` > 1 passes ``--max-batch`` and ``--batch-wait-ms`` to the server), the 1-minute load average
+before and after, and every fault counted and survived. Exit 1 when any fault was not survived or a robot's request
+failed.
 """
 
 from __future__ import annotations
@@ -101,6 +104,15 @@ def _start_server(checkpoint: Path, args: argparse.Namespace, log: Path) -> tupl
     proc.kill()
     errf.seek(0)
     raise RuntimeError(f"the server did not start: {errf.read()[-500:]}")
+
+
+def _cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a process so far, from /proc (None where there is none)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _healthy(port: int) -> bool:
@@ -317,7 +329,7 @@ def run(args: argparse.Namespace) -> int:
                          for kind in FAULTS]
             sampler = threading.Thread(target=sample_memory, daemon=True)
             sampler.start()
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), _cpu_s(proc.pid)
             for t in robots + injectors:
                 t.start()
             stop.wait(args.seconds)
@@ -325,7 +337,7 @@ def run(args: argparse.Namespace) -> int:
             t_stop = time.perf_counter()
             for t in robots + injectors:
                 t.join(300)
-            t_drained = time.perf_counter()
+            t_drained, cpu1 = time.perf_counter(), _cpu_s(proc.pid)
             hung = sum(t.is_alive() for t in robots + injectors)
             alive = proc.poll() is None
             healthy = alive and _healthy(port)
@@ -350,6 +362,7 @@ def run(args: argparse.Namespace) -> int:
         server_log = (Path(tmp) / "server.log").read_text()[-2000:]
     memory["max_sampled_rss_mb"] = max(samples) if samples else None
     served = len(tally.latencies)
+    cpu_s = cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None
     result = {
         "benchmark": "serve", "arguments": args_dict(args), "seed": args.seed,
         "model": {"preset": "cpu-tiny", "weights": "random", "views": 2, "image_px": 32,
@@ -362,6 +375,8 @@ def run(args: argparse.Namespace) -> int:
                      "mean_batch": float(np.mean(tally.batches)) if tally.batches else None,
                      "largest_batch": max(tally.batches, default=None)},
         "load_avg_1min": {"start": load_start, "end": os.getloadavg()[0]},
+        # the server's CPU time while the robots ran: its cost per chunk, less sensitive than wall time to other load
+        "server_cpu_s": cpu_s, "server_cpu_ms_per_chunk": 1000.0 * cpu_s / served if cpu_s and served else None,
         "robot_errors": len(tally.robot_errors), "robot_error_examples": tally.robot_errors[:10],
         "faults": {k: {"counted": tally.counted[k], "survived": tally.survived[k]} for k in FAULTS},
         "fault_failures": tally.failures,
@@ -380,6 +395,7 @@ def run(args: argparse.Namespace) -> int:
           f"{result['throughput_per_s']:.1f}/s; "
           f"round trip p50 {lat['p50_ms'] or 0:.0f} ms, p95 {lat['p95_ms'] or 0:.0f} ms; faults survived "
           + ", ".join(f"{k} {tally.survived[k]}/{tally.counted[k]}" for k in FAULTS)
+          + f"; server CPU {result['server_cpu_ms_per_chunk'] or 0:.1f} ms per chunk"
           + f"; server RSS {memory['start']['rss_mb'] or 0:.0f} -> {memory['end']['rss_mb'] or 0:.0f} MiB"
           + ("" if result["ok"] else "; FAILED"))
     return 0 if result["ok"] else 1
