@@ -195,8 +195,8 @@ class PolicyServer:
         return out
 
     async def _batcher(self) -> None:
-        """Takes the oldest queued request, waits until ``max_batch`` are queued or the oldest has waited
-        ``batch_wait_ms`` (no wait when it queued while the model was busy), and plans up to ``max_batch`` together."""
+        """Takes the oldest queued request, waits until ``max_batch`` are queued or the oldest has been queued for
+        ``batch_wait_ms`` (one that queued behind a busy model mostly has), and plans up to ``max_batch`` together."""
         wait = self.batch_wait_ms / 1000.0
         while True:
             while not self._pending:
