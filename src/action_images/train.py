@@ -1,4 +1,4 @@
-"""``action-images train``: train the world action model (AdamW + warmup, EMA, clipping, accelerate DDP).
+"""``action-images train``: train the world action model (AdamW + warmup, EMA, clipping, accelerate DDP or FSDP).
 
     action-images train --config recipes/cpu-small.json --out runs/cpu-small --collect-missing   # shipped checkpoint
     action-images train --data data/pick_cube --out runs/pick --preset cpu-small --minutes 30 --seed 0
@@ -27,8 +27,10 @@ Paper scale (docs/scale.md): ``--preset wan2.2-5b-latent`` (Wan2.2 VAE latents),
 diffusers folder), ``--text-encoder DIR`` (UMT5), ``--finetune full|lora`` with ``--lora-rank/--lora-alpha``,
 ``--gradient-checkpointing`` and ``--mixed-precision bf16`` (GPU only; CPU runs stay fp32). Frozen weights (the VAE, a
 LoRA run's base) are neither optimised nor averaged. ``accelerate launch --config_file configs/accelerate/ddp.yaml``
-(or ``fsdp.yaml``) runs N processes; a checkpoint records its number of processes, and ``--resume`` with another
-number needs ``--allow-world-size-change`` (the batch keys are per (step, rank), so the data order changes).
+(or ``fsdp.yaml``: parameters, gradients, AdamW moments and EMA sharded with ``fully_shard``, :mod:`action_images.
+sharding`; checkpoints gathered on rank 0 into the same full layout) runs N processes; a checkpoint records its number
+of processes, and ``--resume`` with another number needs ``--allow-world-size-change`` (the batch keys are per
+(step, rank), so the data order changes). DeepSpeed is refused with a message (``DEEPSPEED_REFUSED``).
 
 ``--method bc|dp|tokens`` trains a baseline (:mod:`action_images.baselines`) in the same loop, on the same windows,
 with the same optimiser, EMA, checkpoints and ``--resume``; ``action_images.baselines.load_model(RUN)`` loads any run.
@@ -37,6 +39,7 @@ with the same optimiser, EMA, checkpoints and ``--resume``; ``action_images.base
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -51,6 +54,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from action_images import recipe as recipes
+from action_images import sharding
 from action_images.data.windows import SyntheticWindows, WindowConfig, Windows, collate
 from action_images.models import PRESETS
 from action_images.recipe import RECIPE_NAME, TrainRecipe
@@ -58,6 +62,11 @@ from action_images.runfiles import atomic_write_json, atomic_write_text, read_js
 from action_images.wam import CONFIG_NAME, WEIGHTS_NAME, WAMConfig, WorldActionModel
 
 EXIT_USAGE, EXIT_NONFINITE = 2, 3
+DEEPSPEED_REFUSED = ("DeepSpeed is not supported by this trainer: its EMA, checkpoints and --resume hold full tensors, "
+                     "and on a machine without CUDA accelerate 1.15.0 + deepspeed 0.19.8 do not start a DeepSpeed "
+                     "group (every process reports rank 0 of 1; deepspeed.initialize fails: train_batch_size 1 != 1 "
+                     "* 1 * 2), so it cannot be tested here. Use configs/accelerate/fsdp.yaml (sharded) or ddp.yaml "
+                     "(docs/scale.md)")
 
 
 class NonFiniteError(RuntimeError):
@@ -209,6 +218,15 @@ def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
 
 
+def make_optimizer(wam: torch.nn.Module, o: Any) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters: weight decay on matrices except embeddings (``o``: the recipe's optim)."""
+    trainable = [(n, p) for n, p in wam.named_parameters() if p.requires_grad]
+    decay_params = [p for n, p in trainable if p.ndim >= 2 and "emb" not in n]
+    other_params = [p for n, p in trainable if not (p.ndim >= 2 and "emb" not in n)]
+    return torch.optim.AdamW([{"params": decay_params, "weight_decay": o.weight_decay},
+                              {"params": other_params, "weight_decay": 0.0}], lr=o.lr, betas=(0.9, 0.99))
+
+
 def lr_at(step: int, lr: float, warmup: int) -> float:
     return lr * min(1.0, (step + 1) / max(1, warmup))
 
@@ -234,20 +252,25 @@ def checkpoints(out: Path) -> list[Path]:
 
 
 def save_checkpoint(out: Path, step: int, wam: WorldActionModel, ema: dict[str, torch.Tensor],
-                    opt: torch.optim.Optimizer, recipe: TrainRecipe, keep: int, world_size: int = 1) -> Path:
+                    opt: torch.optim.Optimizer | None, recipe: TrainRecipe, keep: int, world_size: int = 1,
+                    weights: dict[str, torch.Tensor] | None = None,
+                    optimizer: tuple[dict[str, torch.Tensor], list[dict]] | None = None) -> Path:
     """Write checkpoints/step_N atomically (temp dir, then rename) and refresh the run's EMA export.
 
+    ``weights`` / ``optimizer``: full state gathered from a sharded (FSDP) run (:mod:`action_images.sharding`),
+    used instead of ``wam.state_dict()`` and ``opt``, so the files have the layout of a one-process run.
     Refuses non-finite weights (raw or EMA): a checkpoint or export never holds NaN or inf."""
-    for name, sd in (("weights", wam.state_dict()), ("EMA weights", ema)):
+    weights = wam.state_dict() if weights is None else weights
+    for name, sd in (("weights", weights), ("EMA weights", ema)):
         bad = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
         if bad:
             raise NonFiniteError(f"step {step}: non-finite {name} ({bad[:3]}); nothing was written")
     final = out / "checkpoints" / f"step_{step:08d}"
     tmp = out / "checkpoints" / f".tmp-step_{step:08d}"
     shutil.rmtree(tmp, ignore_errors=True)
-    wam.save_pretrained(tmp)                                             # config.json + model.safetensors (raw)
+    wam.save_pretrained(tmp, state_dict=weights)                         # config.json + model.safetensors (raw)
     save_file({k: v.contiguous().cpu() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
-    tensors, groups = _optimizer_tensors(opt)
+    tensors, groups = _optimizer_tensors(opt) if optimizer is None else optimizer
     save_file(tensors, str(tmp / "optimizer.safetensors"))
     save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
     np_state = np.random.get_state()
@@ -261,7 +284,7 @@ def save_checkpoint(out: Path, step: int, wam: WorldActionModel, ema: dict[str, 
         shutil.rmtree(final)
     os.rename(tmp, final)
     # the run-level export (EMA weights; frozen weights as they are) for from_pretrained(RUN)
-    export = {**wam.state_dict(), **ema}
+    export = {**weights, **ema}
     save_file({k: v.detach().contiguous().cpu() for k, v in export.items()}, str(out / f".{WEIGHTS_NAME}.tmp"))
     os.replace(out / f".{WEIGHTS_NAME}.tmp", out / WEIGHTS_NAME)
     atomic_write_text(out / CONFIG_NAME, (final / CONFIG_NAME).read_text())
@@ -382,12 +405,16 @@ def train(recipe: TrainRecipe, out: Path, resume: bool = False, allow_world_size
     if rr.mixed_precision != "no" and not cuda:
         print(f"action-images train: --mixed-precision {rr.mixed_precision} applies on a GPU; this CPU run stays fp32",
               file=sys.stderr)
-    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
-        raise ValueError("FSDP is not supported by this trainer yet: its EMA, checkpoints and --resume hold full "
-                         "tensors in one process. Use configs/accelerate/ddp.yaml (docs/scale.md: LoRA or a GPU "
-                         "with room for the full fine-tune)")
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true"):
+        raise ValueError(DEEPSPEED_REFUSED)
+    fsdp = sharding.requested()                      # accelerate launch --config_file configs/accelerate/fsdp.yaml
+    fsdp_options = sharding.check_environment() if fsdp else {}
     accelerator = Accelerator(cpu=not cuda, mixed_precision=rr.mixed_precision if cuda else "no")
     world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
+    if fsdp and not torch.distributed.is_initialized():
+        raise ValueError("FSDP needs the processes started by accelerate launch --config_file "
+                         "configs/accelerate/fsdp.yaml --num_processes N (without --cpu, which starts one "
+                         "process without FSDP); this process has no process group")
     if accelerator.device.type == "cpu":
         torch.set_num_threads(rr.threads or default_threads(world))
     preset_cfg = build_config(recipe)
@@ -404,11 +431,7 @@ def train(recipe: TrainRecipe, out: Path, resume: bool = False, allow_world_size
     # frozen weights (the VAE, a LoRA run's base) are neither averaged nor optimised; the export adds them back
     frozen = {n for n, p in wam.named_parameters() if not p.requires_grad}
     ema = {k: v.detach().clone().float() for k, v in wam.state_dict().items() if k not in frozen}
-    trainable = [(n, p) for n, p in wam.named_parameters() if p.requires_grad]
-    decay_params = [p for n, p in trainable if p.ndim >= 2 and "emb" not in n]
-    other_params = [p for n, p in trainable if not (p.ndim >= 2 and "emb" not in n)]
-    opt = torch.optim.AdamW([{"params": decay_params, "weight_decay": o.weight_decay},
-                             {"params": other_params, "weight_decay": 0.0}], lr=o.lr, betas=(0.9, 0.99))
+    opt = make_optimizer(wam, o)
 
     start = 0
     warn = (lambda m: print(m, file=sys.stderr)) if main else (lambda m: None)
@@ -445,9 +468,26 @@ def train(recipe: TrainRecipe, out: Path, resume: bool = False, allow_world_size
         atomic_write_json(out / RECIPE_NAME, recipe.to_dict())
     accelerator.wait_for_everyone()
 
-    model = torch.compile(wam) if rr.compile else wam
-    model, opt = accelerator.prepare(model, opt)
-    ema = {k: v.to(accelerator.device) for k, v in ema.items()}          # averaged where the weights are
+    if fsdp:
+        # resumed (or fresh) full state first, then shard: parameters become DTensors, so the optimizer is rebuilt
+        # over them and its moments and the EMA are laid out like the shards (sharding.py)
+        opt_tensors, opt_groups = _optimizer_tensors(opt)
+        units = sharding.shard(wam, accelerator.device, **fsdp_options)
+        opt = make_optimizer(wam, o)
+        if opt_tensors:
+            _load_optimizer(opt, sharding.shard_optimizer_state(opt, opt_tensors), opt_groups)
+        sd = wam.state_dict()
+        ema = {k: sharding.shard_like(ema[k].float(), sd[k]).float() for k in sorted(ema)}
+        del opt_tensors, sd
+        model = torch.compile(wam) if rr.compile else wam
+        if main:
+            print(f"FSDP: {units} fully_shard units over {world} process(es)", file=sys.stderr)
+    else:
+        model = torch.compile(wam) if rr.compile else wam
+        model, opt = accelerator.prepare(model, opt)
+        ema = {k: v.to(accelerator.device) for k, v in ema.items()}      # averaged where the weights are
+    # a prepared (DDP) model autocasts inside its forward; the sharded one is not prepared, so the loop does it
+    autocast = accelerator.autocast if fsdp else contextlib.nullcontext
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=StepBatches(start, batch_size, rank, world),
                                          num_workers=rr.workers, collate_fn=collate,
                                          persistent_workers=rr.workers > 0)
@@ -464,12 +504,16 @@ def train(recipe: TrainRecipe, out: Path, resume: bool = False, allow_world_size
             lr = lr_at(step, o.lr, o.warmup)
             for gr in opt.param_groups:
                 gr["lr"] = lr
-            metrics = model(batch, generator=step_generator(o.seed, step, rank))
+            with autocast():
+                metrics = model(batch, generator=step_generator(o.seed, step, rank))
             if not torch.isfinite(metrics["loss"]).all():
                 raise NonFiniteError(f"step {step + 1}: the loss is {metrics['loss'].item()}; stopped before the "
                                      f"update (lower --lr, now {o.lr:g}?). The last checkpoint is intact.")
             accelerator.backward(metrics["loss"])
-            grad_norm = accelerator.clip_grad_norm_(wam.parameters(), o.grad_clip)
+            if fsdp:                                                     # a replicated DTensor -> its value
+                grad_norm = sharding.full_tensor(torch.nn.utils.clip_grad_norm_(wam.parameters(), o.grad_clip))
+            else:
+                grad_norm = accelerator.clip_grad_norm_(wam.parameters(), o.grad_clip)
             if not torch.isfinite(grad_norm).all():
                 raise NonFiniteError(f"step {step + 1}: the gradient norm is {float(grad_norm)}; stopped before the "
                                      f"update (lower --lr, now {o.lr:g}?). The last checkpoint is intact.")
@@ -505,8 +549,15 @@ def train(recipe: TrainRecipe, out: Path, resume: bool = False, allow_world_size
                 sums, last_logged, t_last = {}, step, now
             bar.update(1)
             if step % rr.checkpoint_every == 0 or time_ckpt or stop or step == o.steps:
+                if fsdp:                    # every rank takes part in the gathers; rank 0 keeps the full tensors
+                    full = {"weights": sharding.gather(wam.state_dict(), main),
+                            "optimizer": sharding.gather_optimizer(opt, main)}
+                    ema_full = sharding.gather(ema, main)
                 if main:
-                    save_checkpoint(out, step, wam, ema, opt, recipe, rr.keep_checkpoints, world)
+                    if fsdp:
+                        save_checkpoint(out, step, wam, ema_full, None, recipe, rr.keep_checkpoints, world, **full)
+                    else:
+                        save_checkpoint(out, step, wam, ema, opt, recipe, rr.keep_checkpoints, world)
                     plot_log(out)
                 accelerator.wait_for_everyone()
                 t_ckpt = time.perf_counter()
