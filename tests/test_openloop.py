@@ -261,3 +261,60 @@ def test_checkpoint_cameras_are_cut_to_the_views_per_window():
     cfg = SimpleNamespace(camera_names=["rig0", "rig1", "rig2", "rig3"], num_views=2)
     assert resolve_cameras(cfg, ["rig0", "rig1", "rig2", "rig3"]) == ["rig0", "rig1"]
     assert resolve_cameras(cfg, ["rig0", "rig1", "rig2", "rig3"], ["rig3", "rig1", "rig0"]) == ["rig3", "rig1", "rig0"]
+
+
+def test_latent_model_trains_then_runs_openloop_on_pixels(lerobot_root, tmp_path):
+    """A wan-tiny-latent run (Wan VAE latents) through the openloop command: the starting noise is drawn in the
+    folded latent layout, the sampler decodes to pixels, every mode is scored on pixels, and the one-step probe
+    decodes its latent prediction; scores do not depend on the batch size."""
+    pytest.importorskip("diffusers")
+    import contextlib
+    import io
+
+    from action_images import train
+    from action_images.models.latent import latent_frames
+
+    run = tmp_path / "latent"
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = train.main(["--preset", "wan-tiny-latent", "--data", "synthetic:2", "--batch-size", "2", "--steps", "2",
+                         "--no-progress", "--threads", "1", "--out", str(run)])
+    assert rc == 0, err.getvalue()[-2000:]
+    cfg = WorldActionModel.from_pretrained(run).config
+    assert cfg.latent is not None
+    shape = openloop.noise_shape(cfg, 2, 1 + cfg.horizon, cfg.image_size, cfg.image_size)
+    z, s = cfg.latent["vae"]["z_dim"], cfg.image_size // 8                  # the tiny VAE: 8x spatial
+    assert shape == (2, latent_frames(1 + cfg.horizon), 6, z // 3 * s, s)
+    assert openloop.noise_shape(WAMConfig.from_preset("cpu-tiny"), 2, 3, 32, 32) == (2, 3, 6, 32, 32)
+    results = []
+    for bs in (1, 4):
+        out = tmp_path / f"ol{bs}.json"
+        argv = ["--checkpoint", str(run), "--data", str(lerobot_root), "--episodes", "2", "--starts", "2",
+                "--sampler-steps", "2", "--modes", "all", "--noise-levels", "0.5,1", "--batch-size", str(bs),
+                "--json", str(out)] + (["--figure", str(tmp_path / "streams.png")] if bs == 1 else [])
+        assert _cli(argv) == 0
+        results.append(json.loads(out.read_text()))
+    res = results[0]
+    assert (tmp_path / "streams.png").stat().st_size > 0
+    assert res["windows"] == 4 and set(res["open_loop"]["tasks"]) == set(openloop.OPEN_LOOP_TASKS)
+    for t in ("policy", "world_model", "video"):
+        assert math.isfinite(res["open_loop"]["tasks"][t]["video"]["psnr"])
+    assert res["open_loop"]["tasks"]["labeler"]["action_2d"]["count"] >= 0
+    assert res["keyframes"] == 4 * cfg.horizon and 0.0 <= res["decode_valid_rate"] <= 1.0
+    assert set(res["one_step_mse"]) == {"0.5", "1"}
+    assert all(math.isfinite(v) for lv in res["one_step_mse"].values() for v in lv.values())
+    flat = [_leaves(r["open_loop"]["tasks"]) for r in results]            # batched VAE convolutions: float noise
+    assert flat[0].keys() == flat[1].keys()
+    assert all(flat[0][k] == (flat[1][k] if flat[1][k] is None else pytest.approx(flat[1][k], rel=1e-4, abs=1e-5))
+               for k in flat[0])
+
+
+def _leaves(d: dict, prefix: str = "") -> dict:
+    """Numeric leaves of a nested dict as {"a.b.c": value} (None kept)."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_leaves(v, f"{prefix}{k}."))
+        elif v is None or isinstance(v, (int, float)):
+            out[f"{prefix}{k}"] = v
+    return out

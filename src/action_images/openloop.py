@@ -24,6 +24,10 @@ The one open-loop evaluator: this command, ``python -m action_images.openloop`` 
   current frame. At t = 1 the future is pure noise, so this asks whether the model predicts from the current frame
   and the instruction at all: a denoiser that ignores the context is no better than copying there, however low its
   training loss.
+* **Latent models** (``config.latent``, e.g. ``--preset wan-tiny-latent``): the sampler works on Wan VAE latents
+  and decodes them to pixels, so every score above is computed on pixels as for a pixel model; the starting noise is
+  drawn in the folded latent layout (:func:`noise_shape`), and the one-step probe noises the encoded latents and
+  decodes its clean-clip prediction before scoring it against the pixels.
 * **LPIPS / FVD** need local weights (``--lpips-weights``, ``--i3d-weights``; nothing is downloaded). The I3D file is
   TorchScript, and ``torch.jit.load`` runs the code inside it, so it is loaded only with ``--trust-i3d-torchscript``.
 
@@ -107,6 +111,29 @@ def held_out_windows(data: Any, episodes: Sequence[int], per_episode: int, views
         for t0 in np.unique(np.linspace(0, last, per_episode).round().astype(int)):
             out.append(data.window(0, int(i), int(t0), rng, views=list(views), augment=False))
     return out
+
+
+def noise_shape(config: Any, views: int, frames: int, height: int, width: int) -> tuple[int, ...]:
+    """The shape of one window's starting noise for ``model.sample(noise=...)``: ``[V, F, 6, H, W]`` in pixel space;
+    for a latent model (``config.latent``) the folded latent layout ``[V, F', 6, Z/3 * h, w]`` (F' = 1 + (F - 1) / 4
+    latent frames, h x w the VAE's latent grid, models/latent.py)."""
+    if not getattr(config, "latent", None):
+        return (views, frames, 6, height, width)
+    from action_images.models.latent import factors, latent_frames
+
+    vae = config.latent["vae"]
+    spatial = factors(vae)[0]
+    h, w = height // spatial, width // spatial
+    return (views, latent_frames(frames), 6, int(vae["z_dim"]) // 3 * h, w)
+
+
+def _decode_latent(model: Any, x: torch.Tensor, h: int) -> torch.Tensor:
+    """Folded latents ``[B, V, F', 6, Z/3*h, w]`` -> pixels ``[B, V, F, 6, H, W]`` (RGB then action image)."""
+    from action_images.models.latent import unfold
+
+    z = unfold(x, h)                                                          # [B, V, F', 2Z, h, w]
+    Z = model.vae.z_dim
+    return torch.cat([model.vae.decode(z[:, :, :, s * Z:(s + 1) * Z]) for s in range(2)], dim=3)
 
 
 # ---- scores ----------------------------------------------------------------------------------------------------------
@@ -204,7 +231,7 @@ def evaluate_open_loop(model: Any, data_root: Any, episodes: Sequence[int] | Non
         items = windows[s:s + batch_size]
         batch = collate(items)
         # each window's noise comes from (seed, window index): scores do not depend on the batch size
-        shape = (*batch["rgb"].shape[1:3], 6, *batch["rgb"].shape[-2:])                  # [V, F, 6, H, W]
+        shape = noise_shape(cfg, *batch["rgb"].shape[1:3], *batch["rgb"].shape[-2:])      # [V, F, 6, H, W]
         noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(
             int(np.random.SeedSequence([seed, s + b]).generate_state(1)[0]))) for b in range(len(items))])
         outs = {t: model.sample(batch, task=t, steps=steps, cfg_scale=cfg_scale, noise=noise) for t in tasks}
@@ -283,22 +310,31 @@ def one_step_mse(model: WorldActionModel, data: Any, episodes: Sequence[int], st
                  levels: Sequence[float], seed: int = 0) -> dict[str, dict[str, float]]:
     """Per noise level t: MSE of the clean-clip prediction x0_hat of the future frames (policy task, one network
     call on :meth:`WorldActionModel.noisy_input` at t) and of copying the current frame, per stream (``data``: a
-    dataset path or a ``Windows``)."""
+    dataset path or a ``Windows``). A latent model is noised and called on the encoded latents and its prediction
+    decoded to pixels, so the MSE is always on pixels in [-1, 1]."""
     from action_images.data.windows import collate
 
     w = open_windows(data, model.config, seed)
     b = collate(held_out_windows(w, episodes, starts, views, seed))
     x0 = torch.cat([b["rgb"], b["act"]], dim=3)                               # [B, V, F, 6, H, W]
     B, V, Fr = x0.shape[:3]
-    state = task_state(["policy"] * B, V, Fr)
+    latent = getattr(model.config, "latent", None) is not None
+    if latent:
+        z0, plucker = model.to_latent(b)                                      # [B, V, F', 6, Z/3*h, w]
+    else:
+        z0, plucker = x0, b["plucker"]
+    state = task_state(["policy"] * B, V, z0.shape[2])
     text, mask = model.encode_text(b["instruction"])
     copy = (x0[:, :, :1] - x0[:, :, 1:]).square()                             # [B, V, H, 6, R, R]
     out = {}
     for t in levels:
-        eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
+        eps = torch.randn(z0.shape, generator=torch.Generator().manual_seed(seed))
         tt = torch.full((B,), float(t))
-        x_in = WorldActionModel.noisy_input(x0, state, tt, eps)
-        err = (model.predict_x0(x_in, tt, state, b["plucker"], text, mask)[:, :, 1:] - x0[:, :, 1:]).square()
+        x_in = WorldActionModel.noisy_input(z0, state, tt, eps)
+        x0_hat = model.predict_x0(x_in, tt, state, plucker, text, mask)
+        if latent:
+            x0_hat = _decode_latent(model, x0_hat, plucker.shape[-2])
+        err = (x0_hat[:, :, 1:] - x0[:, :, 1:]).square()
         out[f"{t:g}"] = {"rgb_model": float(err[:, :, :, :3].mean()), "rgb_copy": float(copy[:, :, :, :3].mean()),
                          "act_model": float(err[:, :, :, 3:].mean()), "act_copy": float(copy[:, :, :, 3:].mean())}
     return out
