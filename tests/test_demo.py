@@ -41,6 +41,21 @@ def test_demo_policy_cameras_follow_the_checkpoint(tmp_path, capsys):
     assert json.loads((out / "metrics.json").read_text())["policy"]["views"] == ["top", "right"]
 
 
+def test_demo_on_unseen_random_rigs(tmp_path, capsys):
+    """--rig-distribution heldout: a random-rig checkpoint looks through a rig no training episode had."""
+    torch.manual_seed(0)
+    ckpt = tmp_path / "rigs"
+    WorldActionModel(WAMConfig.from_preset("cpu-tiny", camera_names=["rig0", "rig1", "rig2", "rig3"])
+                     ).save_pretrained(ckpt)
+    out = tmp_path / "demo"
+    assert demo.run(parse(["--quick", "--checkpoint", str(ckpt), "--out", str(out), "--no-progress",
+                           "--rig-distribution", "heldout"])) == 0
+    assert "heldout rig per episode" in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["rig_distribution"] == "heldout" and metrics["policy"]["views"] == ["rig0", "rig1"]
+    assert metrics["settings"]["rig_distribution"] == "heldout"
+
+
 def test_demo_without_checkpoint_says_how_to_make_one(tmp_path, capsys):
     assert demo.run(parse(["--checkpoint", str(tmp_path / "missing")])) == 1
     err = capsys.readouterr().err

@@ -3,6 +3,8 @@
     action-images demo                       # checkpoints/cpu-small, 4 core tasks x 3 episodes (1-3 min)
     action-images demo --quick               # CI smoke: 1 task, 1 episode, a few control steps
     action-images demo --checkpoint runs/pick --tasks pick_cube --episodes 10 --out runs/demo
+    action-images demo --checkpoint checkpoints/rig8-quick --tasks all --episodes 1 --rig-distribution heldout
+                                             # a random-rig model from camera rigs it never saw
 
 It is ``action-images eval`` with fixed, fast settings; the shipped checkpoint is looked up in the current directory
 and in the repository that holds this package. Without it the demo says how to make one and exits with status 1.
@@ -19,6 +21,7 @@ from pathlib import Path
 import torch
 
 from action_images.cliflags import add_sampler_steps, whole_number
+from action_images.eval_settings import RIG_SPLITS
 from action_images.evaluate import EvalSettings, Evaluation, write_outputs
 from action_images.policy import PolicySettings
 from action_images.runfiles import args_dict, environment
@@ -43,6 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy-cameras", default=None,
                    help="cameras the model sees, comma separated (default: the checkpoint's camera_names)")
     add_sampler_steps(p, 6, "ODE sampler steps per chunk, 1..1000 (default 6)")
+    p.add_argument("--rig-distribution", default=None, choices=RIG_SPLITS,
+                   help="render a new random camera rig per episode from this split instead of the scene's cameras "
+                        "(heldout: rigs no training episode had; for checkpoints trained on random rigs)")
     p.add_argument("--quick", action="store_true", help="CI mode: 1 task, 1 episode, 12 control steps, 2 sampler steps")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1, see action-images eval)")
     p.add_argument("--no-progress", action="store_true")
@@ -80,7 +86,8 @@ def settings_from_args(args: argparse.Namespace) -> EvalSettings:
     tasks = parse_tasks(args.tasks)[:1] if args.quick else args.tasks
     policy = PolicySettings(camera_names=args.policy_cameras, sampler_steps=2 if args.quick else args.sampler_steps)
     return EvalSettings(tasks=tasks, episodes=1 if args.quick else args.episodes, seed=args.seed,
-                        max_steps=12 if args.quick else None, videos=1 if args.quick else 2, policy=policy)
+                        max_steps=12 if args.quick else None, videos=1 if args.quick else 2, policy=policy,
+                        rig_distribution=args.rig_distribution)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -109,9 +116,10 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     print(f"demo: {ckpt} ({model.config.preset}, {model.num_parameters() / 1e6:.2f} M parameters), tasks "
           f"{', '.join(s.tasks)}, {s.episodes} episode(s) each, policy cameras {','.join(s.policy.camera_names)}"
+          f"{f' of a new {s.rig_distribution} rig per episode' if s.rig_distribution else ''}"
           f"{' (quick mode)' if args.quick else ''}")
     metrics = {"command": "demo", "arguments": args_dict(args), "seed": args.seed, "checkpoint": str(ckpt),
-               "perturb_cameras": False}
+               "perturb_cameras": False, "rig_distribution": s.rig_distribution}
     metrics.update(ev.run(progress=not args.no_progress))
     metrics["open_loop"] = None
     metrics["wall_s"] = time.perf_counter() - t0
