@@ -175,6 +175,42 @@ def test_layout_matches_lerobot_v3_schema(tmp_path):
     assert all(c["static"] is True and {"width", "height", "K", "T_cam_world"} <= set(c) for c in cams["cameras"])
 
 
+def test_declared_columns_are_written_with_features_and_stats(tmp_path):
+    """``columns=``: extra per-frame columns land in the data files, info.json and the episode stats; the reader
+    keeps working; bad columns are refused before anything is written."""
+    cols = {"score": {"dtype": "float32", "shape": [1], "names": None},
+            "flag": {"dtype": "bool", "shape": [1], "names": None},
+            "other_pose": {"dtype": "float64", "shape": [8], "names": list(POSE_NAMES)}}
+    root = tmp_path / "ds"
+    a, s, im = make_episode(5, seed=0)
+    score = np.linspace(0, 1, 5)
+    with DatasetWriter(root, fps=10, cameras=cameras(), image_size=(H, W), columns=cols) as w:
+        w.add_episode("pick", a, s, im, columns={"score": score, "flag": score > 0.5, "other_pose": a[::-1]})
+        for bad, match in (({"score": score, "flag": score > 0.5}, "exactly the declared"),
+                           ({"score": score[:4], "flag": score > 0.5, "other_pose": a}, "'score' must be"),
+                           ({"score": score * np.nan, "flag": score > 0.5, "other_pose": a}, "NaN")):
+            with pytest.raises(ValueError, match=match):
+                w.add_episode("pick", a, s, im, columns=bad)
+    info = json.loads((root / "meta/info.json").read_text())
+    assert info["total_episodes"] == 1 and all(info["features"][k] == v for k, v in cols.items())
+    table = pq.read_table(next((root / "data").rglob("*.parquet")))
+    assert table.schema.field("score").type == pa.float32() and table.schema.field("flag").type == pa.bool_()
+    np.testing.assert_array_equal(table.column("score").to_numpy(), score.astype(np.float32))
+    np.testing.assert_array_equal(np.stack(table.column("other_pose").to_numpy(zero_copy_only=False)), a[::-1])
+    ds = LeRobotDataset(root)
+    np.testing.assert_array_equal(ds.episode(0).actions, a)
+    assert ds.episode_stats(0)["score"]["max"][0] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="features every dataset has"):
+        DatasetWriter(tmp_path / "x", fps=10, cameras=cameras(), image_size=(H, W),
+                      columns={"action": {"dtype": "float64", "shape": [8], "names": None}})
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        DatasetWriter(tmp_path / "y", fps=10, cameras=cameras(), image_size=(H, W),
+                      columns={"z": {"dtype": "int8", "shape": [1]}})
+    with pytest.raises(ValueError, match="cannot resume"):
+        DatasetWriter(root, fps=10, cameras=cameras(), image_size=(H, W), resume=True,
+                      columns={"score": {"dtype": "float64", "shape": [1], "names": None}})
+
+
 def test_per_frame_cameras_round_trip(tmp_path):
     root = tmp_path / "ds"
     T = 4

@@ -31,13 +31,28 @@ from .video import encode_video
 CamerasArg = Sequence[Camera] | Mapping[str, Camera | Sequence[Camera]] | None
 
 
+COLUMN_DTYPES = ("float64", "float32", "bool")   # per-frame columns a writer can add (``columns``)
+
+
 class DatasetWriter:
     """Append episodes to a dataset directory. ``per_frame_cameras=True`` stores calibration per frame (cameras
-    perturbed per episode or moving); otherwise every episode must use the ``cameras`` given here."""
+    perturbed per episode or moving); otherwise every episode must use the ``cameras`` given here.
+
+    ``columns``: more per-frame columns of the data files, ``{name: {"dtype": one of COLUMN_DTYPES, "shape": [D],
+    "names": list | None}}`` (LeRobot's feature format); they are declared in ``info.json`` and every episode gives
+    them to :meth:`add_episode` (``columns=``), with per-episode statistics like every other feature."""
 
     def __init__(self, root: str | Path, fps: int, cameras: Sequence[Camera], image_size: tuple[int, int],
                  resume: bool = False, per_frame_cameras: bool = False, crf: int = DEFAULT_CRF,
-                 robot_type: str | None = "action-images-sim", chunks_size: int = CHUNKS_SIZE) -> None:
+                 robot_type: str | None = "action-images-sim", chunks_size: int = CHUNKS_SIZE,
+                 columns: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+        self.columns = {k: dict(v) for k, v in (columns or {}).items()}
+        for name, feat in self.columns.items():
+            shape = feat.get("shape")
+            if feat.get("dtype") not in COLUMN_DTYPES or not (isinstance(shape, list) and len(shape) == 1
+                                                              and isinstance(shape[0], int) and shape[0] >= 1):
+                raise ValueError(f"column {name!r}: dtype must be one of {COLUMN_DTYPES} and shape [D >= 1]; got "
+                                 f"{feat}")
         self.root = Path(root)
         self.fps = int(fps)
         self.image_size = (int(image_size[0]), int(image_size[1]))
@@ -62,6 +77,10 @@ class DatasetWriter:
             if (c.height, c.width) != (H, W):
                 raise ValueError(f"camera {c.name!r} is calibrated for {c.width}x{c.height}, image_size is {W}x{H}")
         features = build_features(self.fps, self.camera_names, self.image_size, self.per_frame_cameras)
+        clash = sorted(set(self.columns) & set(features))
+        if clash:
+            raise ValueError(f"columns {clash} are features every dataset has already")
+        features.update(self.columns)
         self.info = build_info(self.fps, features, robot_type, chunks_size)
         self.tasks: list[str] = []
         self.num_episodes = 0
@@ -96,6 +115,10 @@ class DatasetWriter:
                 if not _same_camera(c, ds.cameras[c.name]):
                     raise ValueError(f"{self.root / CAMERAS_PATH}: cannot resume: camera {c.name!r} calibration "
                                      "differs from the one given")
+        missing = sorted(k for k in self.columns if ds.info["features"].get(k) != self.columns[k])
+        if missing:
+            raise ValueError(f"{self.root / INFO_PATH}: cannot resume: its features do not declare the columns "
+                             f"{missing} as asked")
         self.info = ds.info
         self.tasks = list(ds.tasks)
         self.num_episodes = ds.num_episodes
@@ -105,12 +128,14 @@ class DatasetWriter:
 
     # ---- writing -----------------------------------------------------------------------------------------------------
     def add_episode(self, instruction: str, actions: np.ndarray, states: np.ndarray, images: Mapping[str, np.ndarray],
-                    cameras: CamerasArg = None, extra: Mapping[str, Any] | None = None) -> int:
+                    cameras: CamerasArg = None, extra: Mapping[str, Any] | None = None,
+                    columns: Mapping[str, np.ndarray] | None = None) -> int:
         """Append one episode and commit it; returns its index.
 
         ``cameras``: ``None`` (the writer's cameras), or for per-frame datasets a list of Camera (one per view, fixed
         for the episode) or ``{name: Camera | [Camera] * T}``. ``extra``: scalar per-episode values stored as
-        ``extra/<key>`` columns of the episode metadata; every episode must use the same keys.
+        ``extra/<key>`` columns of the episode metadata; every episode must use the same keys. ``columns``: the
+        writer's declared per-frame columns, ``{name: [T] or [T, D]}``.
         """
         if self._closed:
             raise ValueError("DatasetWriter is closed")
@@ -131,6 +156,7 @@ class DatasetWriter:
                 raise ValueError(f"images[{cam!r}] must be uint8 [T={T}, H={H}, W={W}, 3]; got "
                                  f"{getattr(im, 'dtype', type(im))} {getattr(im, 'shape', None)}")
         frame_cams = self._frame_cameras(cameras, T)
+        columns = self._check_columns(columns, T)
         extra = dict(extra or {})
         keys = sorted(extra)
         if self._extra_keys is not None and keys != self._extra_keys:
@@ -153,10 +179,11 @@ class DatasetWriter:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 written.append(partial_path(path))
                 encode_video(partial_path(path), images[cam], self.fps, self.crf)
-            table = self._data_table(i, task_index, actions, states, frame_cams)  # 2. data
+            table = self._data_table(i, task_index, actions, states, frame_cams, columns)  # 2. data
             written.append(partial_path(paths["data"]))
             write_parquet(paths["data"], table)
             stats = self._stats(table, actions, states, images)
+            stats.update({k: array_stats(v) for k, v in columns.items()})
             meta = self._meta_table(i, T, instruction, stats, extra)
             written.append(partial_path(paths["meta"]))
             write_parquet(paths["meta"], meta)
@@ -217,8 +244,27 @@ class DatasetWriter:
             return None
         return out
 
+    def _check_columns(self, columns: Mapping[str, np.ndarray] | None, T: int) -> dict[str, np.ndarray]:
+        """The episode's declared columns as ``[T, D]`` arrays of their dtype; ValueError names a bad one."""
+        columns = dict(columns or {})
+        if set(columns) != set(self.columns):
+            raise ValueError(f"columns must be exactly the declared {sorted(self.columns)}; got {sorted(columns)}")
+        out = {}
+        for name, feat in self.columns.items():
+            D = feat["shape"][0]
+            v = np.asarray(columns[name])
+            v = v.reshape(T, D) if v.size == T * D and v.shape[0] == T else v
+            if v.shape != (T, D):
+                raise ValueError(f"column {name!r} must be [T={T}] or [T, {D}]; got {np.asarray(columns[name]).shape}")
+            v = v.astype(feat["dtype"])
+            if v.dtype.kind == "f" and not np.isfinite(v).all():
+                raise ValueError(f"column {name!r} holds NaN or infinite values")
+            out[name] = v
+        return out
+
     def _data_table(self, i: int, task_index: int, actions: np.ndarray, states: np.ndarray,
-                    frame_cams: dict[str, list[Camera]] | None) -> pa.Table:
+                    frame_cams: dict[str, list[Camera]] | None,
+                    columns: Mapping[str, np.ndarray] | None = None) -> pa.Table:
         T = actions.shape[0]
         cols: dict[str, pa.Array] = {ACTION_KEY: fixed_list(actions), STATE_KEY: fixed_list(states)}
         if frame_cams is not None:
@@ -232,7 +278,12 @@ class DatasetWriter:
         cols["episode_index"] = pa.array(np.full(T, i, dtype=np.int64))
         cols["index"] = pa.array(self.num_frames + frame_index)
         cols["task_index"] = pa.array(np.full(T, task_index, dtype=np.int64))
-        return pa.table(cols, schema=data_schema(self.camera_names, self.per_frame_cameras))
+        table = pa.table(cols, schema=data_schema(self.camera_names, self.per_frame_cameras))
+        for name, v in (columns or {}).items():       # [T, 1] as a plain column, [T, D] as a fixed-size list
+            flat = pa.array(np.ascontiguousarray(v).reshape(-1))
+            table = table.append_column(name, flat if v.shape[1] == 1 else pa.FixedSizeListArray.from_arrays(
+                flat, v.shape[1]))
+        return table
 
     def _stats(self, table: pa.Table, actions: np.ndarray, states: np.ndarray,
                images: Mapping[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:

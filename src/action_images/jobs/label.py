@@ -54,7 +54,7 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from action_images.codec import ActionImageCodec
-from action_images.data.lerobot_format import array_stats, fixed_list, format_template
+from action_images.data.lerobot_format import format_template
 from action_images.data.lerobot_writer import DatasetWriter
 from action_images.data.windows import collate, keyframe_times
 from action_images.geometry import POSE_NAMES, Camera
@@ -184,50 +184,6 @@ def compare(labels: Labels, original: np.ndarray, states: np.ndarray) -> dict[st
 
 
 # ---- the output dataset ----------------------------------------------------------------------------------------------
-class LabelWriter(DatasetWriter):
-    """``DatasetWriter`` whose data files also hold the label columns (``LABEL_FEATURES``): ``add_episode`` takes
-    them as ``columns``, they are declared in ``info.json``'s features and get per-episode statistics like every
-    other feature. The writer's commit protocol is unchanged (the columns live in the episode's data file)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._columns: dict[str, np.ndarray] | None = None
-        super().__init__(*args, **kwargs)
-
-    def add_episode(self, *args: Any, columns: dict[str, np.ndarray], **kwargs: Any) -> int:
-        if set(columns) != set(LABEL_FEATURES):
-            raise ValueError(f"columns must be exactly {sorted(LABEL_FEATURES)}; got {sorted(columns)}")
-        self._columns = columns
-        try:
-            return super().add_episode(*args, **kwargs)
-        finally:
-            self._columns = None
-
-    def _write_info(self) -> None:
-        self.info["features"].update(LABEL_FEATURES)
-        super()._write_info()
-
-    def _data_table(self, i: int, task_index: int, actions: np.ndarray, states: np.ndarray,
-                    frame_cams: Any) -> pa.Table:
-        table = super()._data_table(i, task_index, actions, states, frame_cams)
-        c = self._columns
-        T = actions.shape[0]
-        for key in LABEL_FEATURES:
-            if len(c[key]) != T:
-                raise ValueError(f"column {key!r} has {len(c[key])} rows for an episode of {T} frames")
-        table = table.append_column(ORIGINAL_KEY, fixed_list(c[ORIGINAL_KEY]))
-        table = table.append_column(CONFIDENCE_KEY, pa.array(np.asarray(c[CONFIDENCE_KEY], np.float32)))
-        table = table.append_column(VALID_KEY, pa.array(np.asarray(c[VALID_KEY], bool)))
-        return table.append_column(DISAGREE_KEY, pa.array(np.asarray(c[DISAGREE_KEY], bool)))
-
-    def _stats(self, table: pa.Table, actions: np.ndarray, states: np.ndarray, images: Any) -> dict:
-        stats = super()._stats(table, actions, states, images)
-        c = self._columns
-        stats[ORIGINAL_KEY] = array_stats(c[ORIGINAL_KEY])
-        for key in (CONFIDENCE_KEY, VALID_KEY, DISAGREE_KEY):
-            stats[key] = array_stats(np.asarray(c[key], np.float64)[:, None])
-        return stats
-
-
 def read_label_columns(root: str | Path, episode: int) -> dict[str, np.ndarray]:
     """The label columns of one episode of a labeled dataset: ``{key: array [T, ...]}`` (``LABEL_FEATURES``)."""
     from action_images.data import LeRobotDataset
@@ -310,8 +266,9 @@ def run(args: argparse.Namespace) -> int:
     t_start = time.perf_counter()
     summary = []
     H, W = ds.image_size
-    writer = LabelWriter(args.out, fps=ds.fps, cameras=[ds.cameras[c] for c in ds.camera_names], image_size=(H, W),
-                         per_frame_cameras=ds.per_frame_cameras, robot_type=ds.info.get("robot_type"))
+    writer = DatasetWriter(args.out, fps=ds.fps, cameras=[ds.cameras[c] for c in ds.camera_names], image_size=(H, W),
+                           per_frame_cameras=ds.per_frame_cameras, robot_type=ds.info.get("robot_type"),
+                           columns=LABEL_FEATURES)
     with writer:
         for i in episodes:
             ep = ds.episode(i)
