@@ -78,3 +78,15 @@ def test_train_runs_only_what_is_missing(tmp_path, monkeypatch):
     assert [c[1:4] for c in calls] == [["-m", "action_images.cli", "train"],
                                        ["-m", "action_images.decode_head", "train"]]
     assert calls[0][calls[0].index("--out") + 1] == str(tmp_path / "missing")
+
+
+def test_training_minutes_add_up_over_resumed_runs(tmp_path):
+    run = tmp_path / "run"
+    torch.manual_seed(0)
+    WorldActionModel(WAMConfig.from_preset("cpu-tiny")).save_pretrained(run)
+    rows = [{"step": 10, "elapsed_s": 300.0}, {"step": 20, "elapsed_s": 600.0},      # first sitting: 10 min
+            {"step": 30, "elapsed_s": 240.0}, {"step": 40, "elapsed_s": 480.0}]      # resumed: 8 min more
+    (run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    facts = claims._run_facts(run)
+    assert facts["steps"] == 40 and facts["minutes"] == pytest.approx(18.0)
+

@@ -115,8 +115,15 @@ def _run_facts(run: Path) -> dict[str, Any]:
     except ValueError:                     # no run yet
         pass
     try:
-        last = read_jsonl(run / "log.jsonl")[-1]
-        facts["steps"], facts["minutes"] = last["step"], last["elapsed_s"] / 60
+        rows = read_jsonl(run / "log.jsonl")
+        facts["steps"] = rows[-1]["step"]
+        # each invocation (a --resume) restarts the clock: add up the last time of every stretch
+        total, prev = 0.0, 0.0
+        for r in rows:
+            if r["elapsed_s"] < prev:
+                total += prev
+            prev = r["elapsed_s"]
+        facts["minutes"] = (total + prev) / 60
     except (ValueError, IndexError, KeyError):
         pass
     return facts
