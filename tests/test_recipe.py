@@ -134,6 +134,11 @@ def test_workspace_crop_reaches_the_model_config(capsys):
 def test_collect_section_becomes_collect_flags(tmp_path):
     argv = recipe.collect_argv({"tasks": "all", "episodes": 3, "keep_failed": True, "perturb_cameras": False})
     assert argv == ["--tasks", "all", "--episodes", "3", "--keep-failed"]
+    # the name older recipes and checkpoints saved (checkpoints/rig8-quick/train_config.json) still loads
+    assert recipe.collect_argv({"random_rig": "train"}) == ["--rig-distribution", "train"]
+    shipped = Path(__file__).resolve().parents[1] / "checkpoints" / "rig8-quick" / "train_config.json"
+    if shipped.exists():
+        TrainRecipe.from_dict(json.loads(shipped.read_text()), str(shipped))
     for section, message in (({"episode": 3}, "data.collect.episode: not an option"),
                              ({"keep_failed": "yes"}, "expected true or false"),
                              ({"episodes": float("nan")}, "NaN is not strict JSON"),

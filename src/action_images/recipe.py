@@ -192,6 +192,10 @@ class TrainRecipe:
         return d
 
 
+# data.collect keys of older recipes (and of the train_config.json saved beside older checkpoints) -> today's names
+COLLECT_RENAMED = {"random_rig": "rig_distribution"}
+
+
 def collect_argv(options: dict[str, Any], where: str = "data.collect") -> list[str]:
     """The ``action-images collect`` arguments of a recipe's ``data.collect`` section: every key must be one of
     collect's options (spelled out, no prefixes); true/false options become a bare flag or nothing."""
@@ -202,6 +206,7 @@ def collect_argv(options: dict[str, Any], where: str = "data.collect") -> list[s
     known = {a.dest: a for a in parser._actions if a.option_strings and a.help != argparse.SUPPRESS}
     argv: list[str] = []
     for key, value in options.items():
+        key = COLLECT_RENAMED.get(key, key)           # recipes saved before an option was renamed still load
         action = known.get(key)
         if action is None or key in ("out", "help"):
             raise ValueError(f"{where}.{key}: not an option of action-images collect; known "
