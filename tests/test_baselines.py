@@ -322,3 +322,16 @@ def test_image_dependence_sees_a_blind_encoder(lerobot_root, tmp_path):
     blind = image_dependence(model, str(lerobot_root), windows=4, start=1)
     assert live["moved_cm_images_swapped"] > 100 * blind["moved_cm_images_swapped"] + 1e-6
     assert blind["moved_cm_images_zeroed"] < 1e-4 and blind["cnn_output_std"] < 1e-5
+
+
+def test_image_dependence_command_writes_json(lerobot_root, tmp_path, capsys):
+    from action_images.baselines.bc import BCConfig, BCModel
+    from action_images.baselines.image_dependence import main
+
+    torch.manual_seed(0)
+    BCModel(BCConfig(image_size=32, horizon=2, stride=2)).save_pretrained(tmp_path / "bc")
+    out = tmp_path / "dep.json"
+    assert main(["--checkpoint", str(tmp_path / "bc"), "--data", str(lerobot_root), "--windows", "2",
+                 "--json", str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert json.loads(out.read_text()) == printed and printed["windows"] == 2

@@ -37,7 +37,8 @@ def summary(root):
 
 def test_collect_all_tasks_into_one_dataset(tmp_path, capsys):
     out = tmp_path / "d"
-    assert collect.run(args_for(out, "--tasks", "all", "--episodes", "3")) == 0
+    assert collect.run(args_for(out, "--tasks", "all", "--episodes", "3", "--no-progress")) == 0
+    assert "collect " not in capsys.readouterr().err                    # no progress bar
     ds = LeRobotDataset(out)
     assert ds.num_episodes == 6 and ds.camera_names == ["front", "top"] and ds.image_size == (16, 16)
     names = [ds.episode_info(i)["extra/task_name"] for i in range(6)]
@@ -53,6 +54,8 @@ def test_collect_all_tasks_into_one_dataset(tmp_path, capsys):
     rec = json.loads((out / "meta/collect.json").read_text())
     assert rec["status"] == "complete" and rec["seed"] == 0 and rec["args"]["episodes"] == 3
     failed = sum(v["failed_attempts"] for v in rec["tasks"].values())
+    assert "no_progress" not in rec["args"]
+    assert collect.run(args_for(out, "--tasks", "all", "--episodes", "3", "--resume")) == 0   # not a setting
     assert f"{failed} failed attempt(s) dropped" in capsys.readouterr().out
 
 

@@ -47,7 +47,7 @@ def image_dependence(model: Any, data: str, windows: int = 8, start: int = 3, se
 
 def main(argv: list[str] | None = None) -> int:
     from action_images.baselines import load_model
-    from action_images.runfiles import dumps
+    from action_images.runfiles import atomic_write_json, dumps
 
     p = argparse.ArgumentParser(prog="python -m action_images.baselines.image_dependence",
                                 description=__doc__.split("\n\n")[0])
@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", required=True, help="held-out LeRobot dataset")
     p.add_argument("--windows", type=int, default=8, help="windows, one per episode (default 8)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, help="also write the result to this file")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     try:
@@ -67,7 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"image_dependence: {e}", file=sys.stderr)
         return 2
-    print(dumps({"checkpoint": args.checkpoint, "data": args.data, "seed": args.seed, **res}))
+    out = {"checkpoint": args.checkpoint, "data": args.data, "seed": args.seed, **res}
+    if args.json:
+        atomic_write_json(args.json, out)
+    print(dumps(out))
     return 0
 
 

@@ -80,6 +80,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hold-steps", type=int, default=0,
                    help="keep recording this many expert steps after success, >= 0 (default 0: stop at success); "
                         "they give training windows real future keyframes instead of the clipped last frame")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
 
 
 def episode_seed(base_seed: int, task: str, attempt: int) -> int:
@@ -297,7 +298,8 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as e:
         return _fail(str(e))
     max_attempts = args.max_attempts if args.max_attempts is not None else 3 * args.episodes + 10
-    cli = {k: v for k, v in args_dict(args).items() if k not in ("task_deprecated", "random_rig_deprecated")}
+    cli = {k: v for k, v in args_dict(args).items()
+           if k not in ("task_deprecated", "random_rig_deprecated", "no_progress")}
     record = {"command": "collect", "args": {**cli, "tasks": ",".join(tasks)},
               "seed": int(args.seed), "config": config}
 
@@ -312,7 +314,7 @@ def run(args: argparse.Namespace) -> int:
         target_total = args.episodes * len(tasks)
         bar = tqdm(total=target_total, initial=min(target_total, sum(progress.stored[t] for t in tasks)),
                    desc=f"collect {','.join(tasks) if len(tasks) <= 3 else f'{len(tasks)} tasks'}", unit="ep",
-                   dynamic_ncols=True)
+                   dynamic_ncols=True, disable=args.no_progress)
         while True:
             pending = [t for t in tasks if progress.stored[t] < args.episodes and progress.next_attempt[t] < max_attempts]
             if not pending:
