@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from action_images.baselines.common import CROPS, ROTATIONS, BaselineModel, decode_chunk, pose_features
+from action_images.baselines.common import CROPS, ROTATIONS, BaselineConfig, BaselineModel, decode_chunk, pose_features
 from action_images.flow import GEN, GIVEN, NUM_STATES, channel_state, noisy_input, sample_t, time_grid
 from action_images.models.dit import DiT, DiTConfig
 from action_images.text import HashTextEncoder, TextConfig, drop_instructions
@@ -105,13 +105,7 @@ class TokensConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "TokensConfig":
-        names = {f.name for f in fields(cls)}
-        unknown, missing = sorted(set(d) - names), sorted(names - set(d))
-        if unknown or missing:
-            raise ValueError(f"config does not match this code: unknown keys {unknown}, missing keys {missing}")
-        return cls(**d)
+    from_dict = classmethod(BaselineConfig.from_dict.__func__)    # the same strict key check as every baseline
 
     def validate(self) -> None:
         """Types and ranges of every field (a config read from a file is checked before a model is built)."""
