@@ -147,3 +147,19 @@ def test_collect_section_becomes_collect_flags(tmp_path):
         path.write_text(json.dumps({"data": {"data": ["d"], "collect": section}}))
         with pytest.raises(ValueError, match=message):
             TrainRecipe.load(path)
+
+
+def test_action_loss_weight_reaches_the_model_config_and_is_checked():
+    """--action-loss-weight sets the action stream's share of the loss (default 4, the preset's); the tokens
+    ablation takes it too, bc and dp warn that it does not apply; 0 or a negative weight is refused."""
+    r = recipe.from_args(parse("--preset", "cpu-tiny", "--data", "synthetic:2", "--action-loss-weight", "40"))
+    assert train.build_config(r).action_loss_weight == 40.0
+    assert train.build_config(recipe.from_args(parse("--preset", "cpu-tiny", "--data", "synthetic:2"))
+                              ).action_loss_weight == 4.0
+    tokens = recipe.from_args(parse("--method", "tokens", "--data", "synthetic:2", "--action-loss-weight", "2"))
+    assert train.build_config(tokens).action_loss_weight == 2.0
+    with pytest.warns(UserWarning, match="model.action_loss_weight"):
+        train.build_config(recipe.from_args(parse("--method", "bc", "--data", "synthetic:2",
+                                                  "--action-loss-weight", "2")))
+    with pytest.raises((SystemExit, ValueError)):
+        recipe.from_args(parse("--action-loss-weight", "0"))

@@ -57,6 +57,9 @@ class ModelRecipe:
     p_drop_text: float | None = _f(None, "instruction dropout for classifier-free guidance (default 0.1)", lo=0, hi=1)
     t_mean: float | None = _f(None, "mean of the logit-normal training noise level (default 0; > 0 trains more at "
                                     "high noise)", lo=-10, hi=10)
+    action_loss_weight: float | None = _f(None, "loss weight of the action stream relative to the RGB stream (default "
+                                                "4; larger spends more of each window's loss on the action)",
+                                          lo=0, lo_open=True, hi=1e4)
     act_peak_weight: float | None = _f(None, "extra loss weight on the action images' blob pixels (default 10; 0 = "
                                              "uniform)", lo=0, hi=1e4)
     loss_target: str | None = _f(None, "x0 (default): clean-clip error, every noise level weighted alike; velocity: "

@@ -35,7 +35,7 @@ CONFIGS: dict[str, type] = {"bc": BCConfig, "dp": DPConfig, "tokens": TokensConf
 # default samples per step (the WAM's come from its preset; tokens: the cpu-small preset's, as its backbone)
 BATCH_SIZE = {"bc": 32, "dp": 32, "tokens": 8}
 # recipe model fields that shape only the world action model
-WAM_ONLY = ("task_mix", "p_drop_text", "t_mean", "act_peak_weight", "loss_target", "refine_channels",
+WAM_ONLY = ("task_mix", "p_drop_text", "t_mean", "action_loss_weight", "act_peak_weight", "loss_target", "refine_channels",
             "stem_channels")
 
 __all__ = ["METHODS", "BCConfig", "BCModel", "DPConfig", "DiffusionPolicyModel", "TokensConfig", "ActionTokensModel",
@@ -54,7 +54,7 @@ def method_of(config: Any) -> str:
 def build_config(recipe: Any, camera_names: list[str] | None = None) -> Any:
     """The baseline config of a training recipe whose ``model.method`` is "bc", "dp" or "tokens": the recipe's data
     shape (image_size, num_views, horizon, stride, crop, workspace) and the WAM settings the config also has (its
-    ``RECIPE_FIELDS``: tokens takes t_mean and p_drop_text) over the method's defaults, then the recipe file's
+    ``RECIPE_FIELDS``: tokens takes t_mean, p_drop_text and action_loss_weight) over the method's defaults, then the recipe file's
     ``model.baseline`` object over any config field (e.g. ``{"plucker": false, "pool": "avg"}``). The preset and
     the other world action model settings are ignored, with a warning, so a WAM recipe file serves as is."""
     m = recipe.model

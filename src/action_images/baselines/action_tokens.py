@@ -52,7 +52,7 @@ class TokensConfig:
     """Data shape and backbone of the ``cpu-small`` world action model; the fields named as in ``WAMConfig`` and
     ``DiTConfig`` mean the same."""
 
-    RECIPE_FIELDS = ("t_mean", "p_drop_text")      # recipe model settings it shares with the world action model
+    RECIPE_FIELDS = ("t_mean", "p_drop_text", "action_loss_weight")      # recipe model settings it shares with the world action model
     preset: str = "tokens"
     image_size: int = 48
     num_views: int = 2
