@@ -4,11 +4,17 @@ distribution, from held-out rigs and from a fixed camera pair none of them saw, 
     python -m action_images.claims commands --episodes 20 --seed 31337     # print the training and eval commands
     python -m action_images.claims train                                   # train the rows that are missing
     python -m action_images.claims run --episodes 20 --seed 31337          # run the evaluations that are missing
+    python -m action_images.claims openloop --data data/rig8_val_heldout --episodes 40 --starts 2 --seed 0
     python -m action_images.claims table --out docs/claims.md              # the table from what was run
 
-``make claims`` runs all four. A method whose run directory is missing is listed as "not trained"; a condition
+``make claims`` runs all five. A method whose run directory is missing is listed as "not trained"; a condition
 that was not evaluated as "not measured": the table never invents a number. Success rates carry 95 % Wilson
 intervals; latency is per replanning step on this machine (``bench policy`` measures it alone).
+
+``openloop`` scores every trained row open loop on held-out demos (:mod:`action_images.baselines.keyframes`): the
+same windows for every row, each row's predicted keyframes compared at the world action model's keyframe times
+(control steps ahead) with the true poses, against holding the current pose. One JSON per row,
+``EVAL_DIR/<key>_openloop.json``; a row whose JSON exists is skipped unless ``--force``.
 """
 
 from __future__ import annotations
@@ -23,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from action_images.runfiles import atomic_write_text, read_jsonl
-from action_images.wam import weights_header
+from action_images.runfiles import atomic_write_json, atomic_write_text, environment, json_safe, read_jsonl
+from action_images.wam import read_meta, weights_header
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,9 @@ CONDITIONS: dict[str, tuple[str, str]] = {
     "left_top": ("fixed pair left + top (never seen)", "--cameras left,top"),
 }
 EVAL_DIR = "runs/claims"
+OPENLOOP_DATA = "data/rig8_val_heldout"
+OPENLOOP_COLUMN = "open-loop keyframe error (held-out demos)"
+OPENLOOP_SAME = ("data", "episodes", "starts", "seed", "steps", "views", "keyframe_steps")   # equal in every row
 
 
 def train_command(m: Method) -> str:
@@ -73,6 +82,12 @@ def eval_command(m: Method, condition: str, episodes: int, seed: int, out_dir: s
     flags = " ".join(f for f in (CONDITIONS[condition][1], m.eval_flags) if f)
     return (f"action-images eval --checkpoint {m.run} --tasks all --episodes {episodes} --seed {seed} {flags} "
             f"--sampler-steps 6 --videos 1 --jobs 2 --no-progress --out {out_dir}/{m.key}_{condition}")
+
+
+def openloop_command(data: str, episodes: int, starts: int, seed: int, steps: int = 6,
+                     eval_dir: str = EVAL_DIR) -> str:
+    return (f"python -m action_images.claims openloop --data {data} --episodes {episodes} --starts {starts} "
+            f"--seed {seed} --sampler-steps {steps} --eval-dir {eval_dir}")
 
 
 def trained(m: Method) -> bool:
@@ -129,11 +144,48 @@ def _run_facts(run: Path) -> dict[str, Any]:
     return facts
 
 
+def openloop_results(eval_dir: str = EVAL_DIR, methods: tuple[Method, ...] = METHODS) -> dict[str, dict[str, Any]]:
+    """The rows' open-loop JSONs (``<key>_openloop.json``) that exist; ``ValueError`` when two ran other windows."""
+    out: dict[str, dict[str, Any]] = {}
+    for m in methods:
+        path = Path(eval_dir) / f"{m.key}_openloop.json"
+        try:
+            out[m.key] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        first_key, first = next(iter(out.items()))
+        diff = [k for k in OPENLOOP_SAME if out[m.key].get(k) != first.get(k)]
+        if diff:
+            raise ValueError(f"{path} ran other {', '.join(diff)} than {first_key}_openloop.json; re-run it with "
+                             "claims openloop --force")
+    return out
+
+
+def openloop_caption(results: dict[str, dict[str, Any]]) -> str:
+    """The sentence under the table's caption saying how the open-loop column was measured ('' without results)."""
+    if not results:
+        return ""
+    r = next(iter(results.values()))
+    steps = ", ".join(str(t) for t in r["keyframe_steps"])
+    return (f"The open-loop column: median keyframe position error over the {r['keyframes']} keyframes of "
+            f"{r['windows']} held-out windows ({len(r['episodes'])} episodes × {r['starts']} start frames of "
+            f"`{r['data']}`, views {' + '.join(r['views'])}, seed {r['seed']}, {r['steps']} sampler steps), every "
+            f"method compared at the same {steps} control steps ahead; holding the current pose (\"nothing "
+            f"moves\") scores {r['still_baseline_cm_median']:.1f} cm on the same windows.")
+
+
+def _openloop_cell(r: dict[str, Any] | None) -> str:
+    return "not measured" if r is None else f"{r['pos_err_cm_median']:.1f} cm"
+
+
 def table(eval_dir: str = EVAL_DIR, methods: tuple[Method, ...] = METHODS, episodes: int | None = None,
           seed: int | None = None) -> str:
     """The markdown claims table (and the per-task breakdown) from the evaluation folders; every cell must come
-    from an evaluation with ``episodes`` per task and ``seed`` (when given)."""
-    head = ["method", "parameters", "training"] + [CONDITIONS[c][0] for c in CONDITIONS] + ["latency / replan"]
+    from an evaluation with ``episodes`` per task and ``seed`` (when given); the open-loop column from the rows'
+    ``<key>_openloop.json`` (:func:`openloop_results`)."""
+    openloop = openloop_results(eval_dir, methods)
+    head = (["method", "parameters", "training"] + [CONDITIONS[c][0] for c in CONDITIONS]
+            + [OPENLOOP_COLUMN, "latency / replan"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     per_task: list[str] = []
     for m in methods:
@@ -142,7 +194,7 @@ def table(eval_dir: str = EVAL_DIR, methods: tuple[Method, ...] = METHODS, episo
             extra = _run_facts(Path(m.extra))
             facts["params"] = None if extra["params"] is None else facts["params"] + extra["params"]
         if facts["params"] is None or not trained(m):
-            lines.append(f"| {m.name} | – | not trained | " + " | ".join(["–"] * len(CONDITIONS)) + " | – |")
+            lines.append(f"| {m.name} | – | not trained | " + " | ".join(["–"] * (len(CONDITIONS) + 2)) + " |")
             continue
         cells, lat = [], None
         for c in CONDITIONS:
@@ -156,7 +208,7 @@ def table(eval_dir: str = EVAL_DIR, methods: tuple[Method, ...] = METHODS, episo
                 task_names = list(tasks)
         train = f"{facts['steps']} steps, {facts['minutes']:.0f} min" if facts["steps"] else "–"
         lines.append(f"| {m.name} | {facts['params'] / 1e6:.2f} M | {train} | " + " | ".join(cells)
-                     + f" | {'–' if lat is None else f'{lat:.0f} ms'} |")
+                     + f" | {_openloop_cell(openloop.get(m.key))} | {'–' if lat is None else f'{lat:.0f} ms'} |")
     out = "\n".join(lines) + "\n"
     if per_task:
         out += ("\nPer task (successes / episodes):\n\n| method | cameras | " + " | ".join(task_names) + " |\n|"
@@ -164,14 +216,87 @@ def table(eval_dir: str = EVAL_DIR, methods: tuple[Method, ...] = METHODS, episo
     return out
 
 
+def reference_keyframes(methods: tuple[Method, ...] = METHODS) -> tuple[int, int]:
+    """(H, stride) of the world action model row's checkpoint: the keyframe times every row is scored at."""
+    wam = next((m for m in methods if m.key == "wam"), None)
+    if wam is None:
+        raise ValueError("no 'wam' row")
+    cfg = read_meta(wam.run)[1]["config"]
+    return int(cfg["horizon"]), int(cfg["stride"])
+
+
+def measure_openloop(m: Method, data: str, episodes: int, starts: int, seed: int, steps: int,
+                     reference: tuple[int, int]) -> dict[str, Any]:
+    """One row's open-loop keyframe error (:func:`~action_images.baselines.keyframes.evaluate_keyframes`)."""
+    from action_images.baselines import load_model, method_of
+    from action_images.baselines.keyframes import evaluate_keyframes
+
+    model = load_model(m.run).eval()
+    head = m.extra if "--decode-head" in m.eval_flags else None
+    res = evaluate_keyframes(model, data, num_episodes=episodes, starts=starts, steps=steps, seed=seed,
+                             reference=reference, decode_head=head)
+    return {"command": "claims openloop", "method": m.key, "kind": method_of(model.config), "checkpoint": m.run,
+            "decode_head": head, "data": str(data), **res}
+
+
+def _openloop(args: argparse.Namespace) -> int:
+    """``claims openloop``: a JSON per trained row that has none (every row with ``--force``)."""
+    import time
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    keys = [m.key for m in METHODS]
+    rows = [k for k in (args.rows or ",".join(keys)).split(",") if k]
+    bad = [k for k in rows if k not in keys]
+    if bad or args.starts < 1 or args.sampler_steps < 1:
+        print(f"python -m action_images.claims openloop: --rows must name rows of {keys} (got {bad}); --starts and "
+              "--sampler-steps must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        reference = reference_keyframes(METHODS)
+    except (OSError, ValueError, KeyError) as e:
+        print(f"python -m action_images.claims openloop: the world action model row sets the keyframe times: {e}",
+              file=sys.stderr)
+        return 2
+    for m in (m for m in METHODS if m.key in rows):
+        out = Path(args.eval_dir) / f"{m.key}_openloop.json"
+        if not trained(m):
+            print(f"skipping {m.key}: not trained ({train_command(m)})", file=sys.stderr)
+            continue
+        if out.exists() and not args.force:
+            print(f"skipping {m.key}: {out} exists (--force measures it again)", file=sys.stderr)
+            continue
+        print(f"open loop: {m.key} ({m.run})", file=sys.stderr)
+        t0 = time.perf_counter()
+        res = measure_openloop(m, args.data, args.episodes, args.starts, args.seed, args.sampler_steps, reference)
+        res.update(seconds=time.perf_counter() - t0, environment=environment())
+        atomic_write_json(out, json_safe(res))
+        print(f"{m.key}: {res['pos_err_cm_median']:.2f} cm (holding still {res['still_baseline_cm_median']:.2f} cm)"
+              f" -> {out}", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m action_images.claims", description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=("commands", "train", "run", "table"))
-    p.add_argument("--episodes", type=int, default=20, help="episodes per task and condition (default 20)")
-    p.add_argument("--seed", type=int, default=31337, help="evaluation seed (default 31337, never tuned on)")
+    p.add_argument("what", choices=("commands", "train", "run", "openloop", "table"))
+    p.add_argument("--episodes", type=int, default=None,
+                   help="episodes per task and condition (default 20); openloop: held-out episodes (default 40)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="evaluation seed (default 31337, never tuned on); openloop: window and noise seed (default 0)")
     p.add_argument("--eval-dir", default=EVAL_DIR)
     p.add_argument("--out", default=None, help="table: write the markdown table into this file's marked block")
+    p.add_argument("--data", default=OPENLOOP_DATA, help=f"openloop: held-out dataset (default {OPENLOOP_DATA})")
+    p.add_argument("--starts", type=int, default=2, help="openloop: start frames per episode (default 2)")
+    p.add_argument("--sampler-steps", type=int, default=6, help="openloop: sampler steps (default 6)")
+    p.add_argument("--rows", default=None, help="openloop: comma separated row keys (default: every row)")
+    p.add_argument("--force", action="store_true", help="openloop: measure rows whose JSON exists again")
+    p.add_argument("--threads", type=int, default=1, help="openloop: torch threads (default 1)")
     args = p.parse_args(argv)
+    if args.episodes is None:
+        args.episodes = 40 if args.what == "openloop" else 20
+    if args.seed is None:
+        args.seed = 0 if args.what == "openloop" else 31337
     if args.episodes < 1 or args.seed < 0:
         print("python -m action_images.claims: --episodes must be >= 1 and --seed >= 0", file=sys.stderr)
         return 2
@@ -181,7 +306,10 @@ def main(argv: list[str] | None = None) -> int:
         for m in METHODS:
             for c in CONDITIONS:
                 print(eval_command(m, c, args.episodes, args.seed, args.eval_dir))
+        print(openloop_command(OPENLOOP_DATA, 40, 2, 0, 6, args.eval_dir))
         return 0
+    if args.what == "openloop":
+        return _openloop(args)
     if args.what == "train":
         for m in METHODS:
             if trained(m):
@@ -216,12 +344,13 @@ def main(argv: list[str] | None = None) -> int:
                     return 1
         return 0
     try:
-        text = table(args.eval_dir, episodes=args.episodes, seed=args.seed)
+        text = table(args.eval_dir, METHODS, episodes=args.episodes, seed=args.seed)
     except ValueError as e:
         print(f"python -m action_images.claims: {e}", file=sys.stderr)
         return 2
+    caption = openloop_caption(openloop_results(args.eval_dir, METHODS))
     text = (f"Closed loop, {args.episodes} episodes per task and camera condition, seed {args.seed}; success "
-            f"with 95 % Wilson intervals.\n\n" + text)
+            f"with 95 % Wilson intervals.{' ' + caption if caption else ''}\n\n" + text)
     if args.out:
         path = Path(args.out)
         doc = path.read_text() if path.exists() else "<!-- claims table -->\n<!-- /claims table -->\n"

@@ -136,7 +136,50 @@ def _decode_latent(model: Any, x: torch.Tensor, h: int) -> torch.Tensor:
     return torch.cat([model.vae.decode(z[:, :, :, s * Z:(s + 1) * Z]) for s in range(2)], dim=3)
 
 
+def window_seed(seed: int, index: int) -> int:
+    """The noise seed of window ``index`` of an evaluation with ``seed`` (scores do not depend on the batch size)."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+def batch_noise(config: Any, batch: dict[str, Any], seed: int, start: int) -> torch.Tensor:
+    """The starting noise of the windows ``start``, ``start + 1``, ... of a collated ``batch``, each drawn from
+    :func:`window_seed`."""
+    shape = noise_shape(config, *batch["rgb"].shape[1:3], *batch["rgb"].shape[-2:])       # [V, F, 6, H, W]
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(window_seed(seed, start + b)))
+                        for b in range(len(batch["rgb"]))])
+
+
+def window_cameras(w: dict[str, Any], size: int) -> list[Camera]:
+    """The cameras of a window (its crop, at ``size`` pixels)."""
+    return [Camera(K=K, T_cam_world=Tc, width=size, height=size) for K, Tc in
+            zip(w["K"].numpy(), w["T_cam_world"].numpy())]
+
+
 # ---- scores ----------------------------------------------------------------------------------------------------------
+def keyframe_rows(pred: np.ndarray, valid: np.ndarray, poses: np.ndarray) -> dict[str, np.ndarray]:
+    """One window's keyframe check: ``pred`` [H, 8] predicted keyframes, ``valid`` [H] which of them were decoded
+    (an invalid one counts as "did not move"), ``poses`` [1 + H, 8] the current pose then the true keyframes."""
+    now, truth = poses[0], poses[1:]
+    moved = np.where(valid[:, None], pred[:, :3], now[:3])
+    g = np.nan_to_num(pred[:, 7], nan=now[7])
+    return {"model_m": np.linalg.norm(moved - truth[:, :3], axis=-1),
+            "still_m": np.linalg.norm(truth[:, :3] - now[:3], axis=-1),
+            "gripper_ok": (g > 0.5) == (truth[:, 7] > 0.5), "valid": np.array(valid, dtype=bool)}
+
+
+def keyframe_summary(check: dict[str, list[np.ndarray]]) -> dict[str, Any]:
+    """The keyframe statistics of the windows' :func:`keyframe_rows` (lists per key): position error (cm) median,
+    mean and median per keyframe, the same for holding the current pose, gripper accuracy, decodable fraction."""
+    m, st = 100 * np.stack(check["model_m"]), 100 * np.stack(check["still_m"])           # [N, H] cm
+    return {"keyframes": int(m.size),
+            "pos_err_cm_median": float(np.median(m)), "pos_err_cm_mean": float(m.mean()),
+            "still_baseline_cm_median": float(np.median(st)), "still_baseline_cm_mean": float(st.mean()),
+            "pos_err_cm_median_by_keyframe": np.median(m, axis=0).round(3).tolist(),
+            "still_baseline_cm_median_by_keyframe": np.median(st, axis=0).round(3).tolist(),
+            "gripper_accuracy": float(np.mean(check["gripper_ok"])),
+            "decode_valid_rate": float(np.mean(check["valid"]))}
+
+
 def _unit(x: torch.Tensor) -> np.ndarray:
     """[..., 3, H, W] in [-1, 1] -> float32 [..., H, W, 3] in [0, 1]."""
     return ((x.clamp(-1, 1) + 1) * 0.5).float().movedim(-3, -1).cpu().numpy()
@@ -230,17 +273,13 @@ def evaluate_open_loop(model: Any, data_root: Any, episodes: Sequence[int] | Non
     for s in range(0, len(windows), batch_size):
         items = windows[s:s + batch_size]
         batch = collate(items)
-        # each window's noise comes from (seed, window index): scores do not depend on the batch size
-        shape = noise_shape(cfg, *batch["rgb"].shape[1:3], *batch["rgb"].shape[-2:])      # [V, F, 6, H, W]
-        noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(
-            int(np.random.SeedSequence([seed, s + b]).generate_state(1)[0]))) for b in range(len(items))])
+        noise = batch_noise(cfg, batch, seed, s)      # from (seed, window index): independent of the batch size
         outs = {t: model.sample(batch, task=t, steps=steps, cfg_scale=cfg_scale, noise=noise) for t in tasks}
         if figure and s == 0:
             from action_images.report import save_streams_figure
             save_streams_figure(batch, outs[tasks[0]], figure)
         for b, w in enumerate(items):
-            cams = [Camera(K=K, T_cam_world=Tc, width=R, height=R) for K, Tc in
-                    zip(w["K"].numpy(), w["T_cam_world"].numpy())]
+            cams = window_cameras(w, R)
             poses = w["poses"].numpy()                                         # [F, 8]
             real = to_u8(w["rgb"])                                             # [V, F, R, R, 3]
             true_uv, true_vis = true_projections(poses, cams, codec)           # [V, F, 3, 2], [V, F, 3]
@@ -270,13 +309,8 @@ def evaluate_open_loop(model: Any, data_root: Any, episodes: Sequence[int] | Non
                         row["tracks"] = jaccard(uv, peak >= codec.min_confidence, true_uv, true_vis, thresholds)
                         row["trajectory_error_m"] = row["action_3d"]["position_m_mean"]
                     else:
-                        now, truth = poses[0], poses[1:]
-                        moved = np.where(dec.valid[:, None], dec.poses[:, :3], now[:3])   # undecodable = stay
-                        check["model_m"].append(np.linalg.norm(moved - truth[:, :3], axis=-1))
-                        check["still_m"].append(np.linalg.norm(truth[:, :3] - now[:3], axis=-1))
-                        g = np.nan_to_num(dec.poses[:, 7], nan=now[7])
-                        check["gripper_ok"].append((g > 0.5) == (truth[:, 7] > 0.5))
-                        check["valid"].append(dec.valid.copy())
+                        for k, v in keyframe_rows(dec.poses, dec.valid, poses).items():
+                            check[k].append(v)
                 rows[t].append(row)
     result: dict[str, Any] = {"windows": len(windows), "episodes": [int(i) for i in episodes], "views": names,
                               "steps": steps, "cfg_scale": cfg_scale, "seed": seed,
@@ -284,15 +318,8 @@ def evaluate_open_loop(model: Any, data_root: Any, episodes: Sequence[int] | Non
                               "tasks": {t: _summarise(r) for t, r in rows.items() if r},
                               "baselines": _summarise(base_rows) if base_rows else {}, "notes": notes}
     if check["model_m"]:
-        m, st = 100 * np.stack(check["model_m"]), 100 * np.stack(check["still_m"])       # [N, H] cm
         result["learning_check"] = {
-            "keyframes": int(m.size),
-            "pos_err_cm_median": float(np.median(m)), "pos_err_cm_mean": float(m.mean()),
-            "still_baseline_cm_median": float(np.median(st)), "still_baseline_cm_mean": float(st.mean()),
-            "pos_err_cm_median_by_keyframe": np.median(m, axis=0).round(3).tolist(),
-            "still_baseline_cm_median_by_keyframe": np.median(st, axis=0).round(3).tolist(),
-            "gripper_accuracy": float(np.mean(check["gripper_ok"])),
-            "decode_valid_rate": float(np.mean(check["valid"])),
+            **keyframe_summary(check),
             "rgb_psnr_db": result["tasks"]["policy"]["video"]["psnr"],
             "copy_frame_psnr_db": result["baselines"]["copy_frame"]["psnr"]}
     fvd_scores: dict[str, Any] = {}
