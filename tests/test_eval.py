@@ -236,3 +236,40 @@ def test_report_renders_in_headless_chromium(eval_run):
                     f"--screenshot={shot}", "--window-size=1200,1600", (eval_run / "report.html").resolve().as_uri()],
                    capture_output=True, timeout=120)
     assert shot.exists() and shot.stat().st_size > 10_000
+
+
+def test_rollout_renders_only_what_the_policy_or_the_video_reads(checkpoint):
+    """Rendering is most of a simulated step's cost, so a rollout turns the env's images off between replanning
+    steps. The episode is the same as when every step is rendered, and only planning steps (or, when a video is
+    recorded, every step) are rendered."""
+    from action_images.codec import ActionImageCodec
+    from action_images.policy import ActionImagesPolicy
+    from action_images.sim import make_env
+
+    model = WorldActionModel.from_pretrained(checkpoint)
+
+    class AlwaysRender:
+        """The env with images on every step, whatever the rollout asks."""
+        def __init__(self, env):
+            self.env = env
+
+        def __getattr__(self, name):
+            return getattr(self.env, name)
+
+    def run(always: bool, record: bool):
+        env = make_env("reach_target", cameras=("left", "right"), image_size=32)
+        rendered = []
+        real_render = env._renderer.render
+        env._renderer.render = lambda *a: rendered.append(env.step_count) or real_render(*a)
+        policy = ActionImagesPolicy(model, PolicySettings(sampler_steps=1, execute_k=3), seed=5)
+        rec = evaluate.rollout(AlwaysRender(env) if always else env, policy, 11, 10, record, ActionImageCodec(), 64)
+        env.close()
+        return rec, rendered
+
+    (fast, rendered), (slow, every) = run(False, False), run(True, False)
+    drop = ("wall_s", "latency_parts_s", "latency_s", "_frames")
+    assert {k: v for k, v in fast.items() if k not in drop} == {k: v for k, v in slow.items() if k not in drop}
+    assert fast["length"] == 10 and every == list(range(11))             # reset + 10 steps, every one rendered
+    assert rendered == [0, 3, 6, 9]                                       # reset and the steps that plan (every 3)
+    video, rendered_video = run(False, True)
+    assert rendered_video == list(range(11)) and len(video["_frames"]) == 10

@@ -160,6 +160,8 @@ def episode_pairs(tasks: Sequence[str], episodes: int, skip: set[tuple[str, int]
 def rollout(env: Any, policy: ActionImagesPolicy, seed: int, max_steps: int, record: bool,
             codec: ActionImageCodec, video_px: int = 256) -> dict[str, Any]:
     """One closed-loop episode; returns its record (and video frames if ``record``)."""
+    if hasattr(env, "observe_images"):
+        env.observe_images = True
     obs, info = env.reset(seed=seed)
     policy.reset(seed)
     # where each camera stood in this episode (differs per episode under --perturb-cameras)
@@ -173,6 +175,8 @@ def rollout(env: Any, policy: ActionImagesPolicy, seed: int, max_steps: int, rec
             ch = policy.last_chunk
             done = len(ch.actions) - len(policy.queue) - 1 if ch is not None else 0
             frames.append(compose_frame(obs, env.cameras, action, ch, done, policy.stride, codec, video_px))
+        if hasattr(env, "observe_images"):   # render the next observation only if the policy or the video reads it
+            env.observe_images = record or policy.replanning
         obs, _, terminated, truncated, info = env.step(action)
         success = bool(info.get("success", False))
         if terminated or truncated:

@@ -121,6 +121,9 @@ class SimEnv(gym.Env):
 
         self.step_count, self.instruction, self._success = 0, "", False
         self._last_images: dict[str, np.ndarray] = {}
+        # False: observations carry no images until set back (rendering is most of a step's cost; the evaluator
+        # renders only the steps where the policy plans or a video is recorded). render() keeps the last frame.
+        self.observe_images = True
         if camera_seed is not None and self.perturb_cameras:
             simcam.perturb(self.model, self._cam_ids, self._cam_pos0, self._cam_quat0,
                            np.random.default_rng(camera_seed))
@@ -209,7 +212,7 @@ class SimEnv(gym.Env):
     # ---- internals ---------------------------------------------------------------------------------------------------
     def _obs(self) -> dict[str, Any]:
         obs: dict[str, Any] = {}
-        if self._renderer is not None:
+        if self._renderer is not None and self.observe_images:
             self._last_images = dict(zip(self.camera_names, self._renderer.render(self.data, self._cam_ids)))
             obs["images"] = self._last_images
         if self.camera_names:

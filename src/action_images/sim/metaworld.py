@@ -332,6 +332,9 @@ class MetaWorldEnv(gym.Env):
         self.step_count, self._success = 0, False
         self._mw_obs: np.ndarray | None = None
         self._last_images: dict[str, np.ndarray] = {}
+        # False: observations carry no images until set back (rendering is most of a step's cost; the evaluator
+        # renders only the steps where the policy plans or a video is recorded). render() keeps the last frame.
+        self.observe_images = True
 
     # ---- cameras -----------------------------------------------------------------------------------------------------
     @property
@@ -440,7 +443,7 @@ class MetaWorldEnv(gym.Env):
     # ---- internals ---------------------------------------------------------------------------------------------------
     def _obs(self) -> dict[str, Any]:
         obs: dict[str, Any] = {}
-        if self._renderer is not None:
+        if self._renderer is not None and self.observe_images:
             self._last_images = dict(zip(self.camera_names, self._renderer.render(self.data, self._cam_ids)))
             obs["images"] = self._last_images
         if self.camera_names:
