@@ -322,12 +322,81 @@ def apply_checkpoint(ck: dict[str, Any], wam: WorldActionModel, ema: dict[str, t
     for k, v in ck["ema"].items():
         ema[k].copy_(v)
     _load_optimizer(opt, ck["optimizer"], state["param_groups"])
-    torch.set_rng_state(ck["rng"])
+    restore_rng(state, ck["rng"])
+    return int(state["step"])
+
+
+def build_model(cfg: Any, meta: bool = False) -> torch.nn.Module:
+    """The model of ``cfg`` (any ``--method``). ``meta``: the same modules on PyTorch's meta device, without storage
+    and without reading the ``--pretrained`` folders (the pretrained model has the names and shapes of the one built
+    without them); the config keeps the folders. An FSDP rank other than 0 builds this skeleton (sharding.py)."""
+    from action_images import baselines
+    if not meta:
+        return baselines.build_model(cfg)
+    import copy
+    skeleton = copy.deepcopy(cfg)
+    for part in ("backbone", "latent"):
+        d = getattr(skeleton, part, None)
+        if isinstance(d, dict) and d.get("pretrained"):
+            setattr(skeleton, part, {**d, "pretrained": None})
+    with torch.device("meta"):
+        model = baselines.build_model(skeleton)
+    if getattr(model, "config", None) is skeleton:
+        model.config = cfg
+    return model
+
+
+def checkpoint_header(found: tuple[Path, dict[str, Any]] | None) -> dict[str, Any] | None:
+    """What the other FSDP ranks need of the checkpoint rank 0 read: its path, trainer state, config and the shapes
+    and dtypes of its tensors (JSON; the tensors follow one at a time)."""
+    if found is None:
+        return None
+    path, ck = found
+    return {"path": str(path), "state": ck["state"], "config": ck["config"],
+            **{part: sharding.specs(ck[part]) for part in ("weights", "ema", "optimizer")},
+            "rng": sharding.specs({"torch": ck["rng"]})["torch"]}
+
+
+def check_checkpoint_shapes(head: dict[str, Any], wam: torch.nn.Module, out: Path) -> None:
+    """Raise on every FSDP rank alike when the checkpoint's weights do not fit the model (names or shapes), before
+    any tensor is sent: the check a one-process ``load_state_dict`` makes."""
+    own = {k: list(v.shape) for k, v in wam.state_dict().items()}
+    have = {k: shape for k, (shape, _) in head["weights"].items()}
+    if own != have:
+        bad = sorted(set(own) ^ set(have)) + sorted(k for k in set(own) & set(have) if own[k] != have[k])
+        raise ValueError(f"--resume {out}: the checkpoint's weights do not fit the model ({bad[:5]})")
+
+
+def load_sharded_checkpoint(ck: dict[str, Any] | None, head: dict[str, Any], ema: dict[str, torch.Tensor],
+                            opt: torch.optim.Optimizer, sd: dict[str, torch.Tensor], device: torch.device) -> None:
+    """:func:`apply_checkpoint` for an FSDP run whose weights are already loaded: rank 0 (``ck``: the checkpoint it
+    read; None elsewhere) sends the EMA, optimizer and RNG tensors one at a time and every rank keeps its shards.
+    The EMA and the AdamW moments are laid out like their parameters; per-parameter scalars (``step``) stay plain."""
+    for k in sorted(head["ema"]):
+        ema[k] = sharding.distribute_from_rank0(ck["ema"][k] if ck else None, sd[k], device, torch.float32)
+    params = [p for g in opt.param_groups for p in g["params"]]
+    tensors = {}
+    for key in sorted(head["optimizer"]):
+        shape, dtype = head["optimizer"][key]
+        p = params[int(key.split(".", 1)[0])]
+        v = ck["optimizer"][key] if ck else None
+        if sharding.is_sharded(p) and shape == list(p.shape):
+            tensors[key] = sharding.distribute_from_rank0(v, p, device)
+        else:
+            tensors[key] = sharding.broadcast_full(v, shape, getattr(torch, dtype), device).cpu()
+    _load_optimizer(opt, tensors, head["state"]["param_groups"])
+    shape, dtype = head["rng"]
+    rng = sharding.broadcast_full(ck["rng"] if ck else None, shape, getattr(torch, dtype), device).cpu()
+    restore_rng(head["state"], rng)
+
+
+def restore_rng(state: dict[str, Any], rng: torch.Tensor) -> None:
+    """The torch, numpy and Python RNG states of a checkpoint (``rng``: its torch state)."""
+    torch.set_rng_state(rng)
     s = state["numpy_rng"]
     np.random.set_state((s[0], np.asarray(s[1], dtype=np.uint32), *s[2:]))
     p = state["python_rng"]
     random.setstate((p[0], tuple(p[1]), p[2]))
-    return int(state["step"])
 
 
 def saved_recipe(ck: dict[str, Any]) -> dict[str, Any] | None:
@@ -425,17 +494,26 @@ def train(recipe: TrainRecipe, out: Path, resume: bool = False, allow_world_size
         PRESETS[recipe.model.preset]["batch_size"]
 
     torch.manual_seed(o.seed)
-    wam = baselines.build_model(cfg)                                     # WorldActionModel for --method wam
+    # FSDP: rank 0 builds the model as one process does; the other ranks build it on the meta device and receive
+    # their shards from rank 0 after sharding (below; sharding.py)
+    wam = build_model(cfg, meta=fsdp and not main)                      # WorldActionModel for --method wam
     if getattr(getattr(wam, "text_encoder", None), "set_cache_dir", None):   # UMT5: features cached per dataset
         wam.text_encoder.set_cache_dir(text_cache_dir(recipe, out))
     # frozen weights (the VAE, a LoRA run's base) are neither averaged nor optimised; the export adds them back
     frozen = {n for n, p in wam.named_parameters() if not p.requires_grad}
-    ema = {k: v.detach().clone().float() for k, v in wam.state_dict().items() if k not in frozen}
-    opt = make_optimizer(wam, o)
+    if not fsdp:                                          # FSDP: the EMA and the optimizer are built on the shards
+        ema = {k: v.detach().clone().float() for k, v in wam.state_dict().items() if k not in frozen}
+        opt = make_optimizer(wam, o)
 
     start = 0
     warn = (lambda m: print(m, file=sys.stderr)) if main else (lambda m: None)
-    found = latest_intact_checkpoint(out, warn) if resume else None
+    if fsdp and resume:       # rank 0 reads the checkpoint; the others get its state and shapes (JSON), tensors later
+        found = latest_intact_checkpoint(out, warn) if main else None
+        head = sharding.broadcast_json(checkpoint_header(found) if main else None, accelerator.device)
+        if head is not None and not main:
+            found = Path(head["path"]), {"state": head["state"], "config": head["config"]}
+    else:
+        found = latest_intact_checkpoint(out, warn) if resume else None
     if found is not None:
         path, ck = found
         want = recipe.defining()
@@ -454,7 +532,7 @@ def train(recipe: TrainRecipe, out: Path, resume: bool = False, allow_world_size
         if saved_world != world:
             warn(f"action-images train: resuming a {saved_world}-process run on {world} process(es): same weights, "
                  "optimizer state and step; another data order and global batch from here on")
-        start = apply_checkpoint(ck, wam, ema, opt)
+        start = int(ck["state"]["step"]) if fsdp else apply_checkpoint(ck, wam, ema, opt)
         if main:
             _truncate_log(out / "log.jsonl", start)
             print(f"resumed from {path} (step {start})", file=sys.stderr)
@@ -469,16 +547,26 @@ def train(recipe: TrainRecipe, out: Path, resume: bool = False, allow_world_size
     accelerator.wait_for_everyone()
 
     if fsdp:
-        # resumed (or fresh) full state first, then shard: parameters become DTensors, so the optimizer is rebuilt
-        # over them and its moments and the EMA are laid out like the shards (sharding.py)
-        opt_tensors, opt_groups = _optimizer_tensors(opt)
+        # shard first, then fill the shards from rank 0: its freshly built (or --pretrained) weights, or the resumed
+        # checkpoint's; parameters are DTensors from here on, and the optimizer and EMA are built over them
+        ck = found[1] if found is not None else None
+        if ck is not None:
+            check_checkpoint_shapes(head, wam, out)
+        full = (dict(ck["weights"]) if ck is not None else wam.state_dict()) if main else None
         units = sharding.shard(wam, accelerator.device, **fsdp_options)
+        sharding.materialise(wam, accelerator.device)
+        sharding.load_full_state(wam, full, accelerator.device)
         opt = make_optimizer(wam, o)
-        if opt_tensors:
-            _load_optimizer(opt, sharding.shard_optimizer_state(opt, opt_tensors), opt_groups)
         sd = wam.state_dict()
-        ema = {k: sharding.shard_like(ema[k].float(), sd[k]).float() for k in sorted(ema)}
-        del opt_tensors, sd
+        ema = {k: v.detach().clone().float() for k, v in sd.items() if k not in frozen}
+        if ck is not None:
+            load_sharded_checkpoint(ck if main else None, head, ema, opt, sd, accelerator.device)
+        else:                   # a meta build draws no random numbers: all ranks go on from rank 0's state, as in DDP
+            rng = torch.get_rng_state()
+            torch.set_rng_state(sharding.broadcast_full(rng if main else None, rng.shape, rng.dtype,
+                                                        accelerator.device).cpu())
+        del full, sd, ck
+        found = None
         model = torch.compile(wam) if rr.compile else wam
         if main:
             print(f"FSDP: {units} fully_shard units over {world} process(es)", file=sys.stderr)
