@@ -213,6 +213,25 @@ def test_named_cameras():
     env.close()
 
 
+def test_observe_images_off_skips_rendering_without_changing_the_episode():
+    """``observe_images = False`` (the evaluator, between replanning steps): observations carry no images, and the
+    episode is the same as with every step rendered."""
+    def run(skip):
+        env = make_env("reach-v3", cameras=("corner", "corner4"), image_size=16)
+        env.reset(seed=3)
+        poses, shown = [], []
+        for k in range(12):
+            env.observe_images = not (skip and k % 3)
+            obs, *_ = env.step(env.expert_action())
+            poses.append(obs["ee_pose"])
+            shown.append("images" in obs)
+        env.close()
+        return np.array(poses), shown
+
+    (a, shown_a), (b, shown_b) = run(True), run(False)
+    assert np.array_equal(a, b) and all(shown_b) and shown_a == [k % 3 == 0 for k in range(12)]
+
+
 # ---- collect, train, eval --------------------------------------------------------------------------------------------
 
 def collect_main(*argv):
