@@ -181,6 +181,8 @@ def rollout(env: Any, policy: ActionImagesPolicy, seed: int, max_steps: int, rec
         success = bool(info.get("success", False))
         if terminated or truncated:
             break
+    if hasattr(env, "observe_images"):   # the env leaves the rollout as it came: every observation rendered
+        env.observe_images = True
     chunks = policy.chunks
     decisions = [c.decision for c in chunks]
     return {"seed": seed, "success": success, "length": steps, "wall_s": time.perf_counter() - t_begin,
