@@ -343,3 +343,47 @@ def test_conv_stem_sees_sub_patch_detail_and_trains(tmp_path):
     x[..., 1, 1], y[..., 5, 5] = 1.0, 1.0
     fx, fy = m.backbone.stem(x), m.backbone.stem(y)
     assert not torch.allclose(fx.mean((-2, -1)), fy.mean((-2, -1))) or not torch.allclose(fx, fy)
+
+
+def test_context_encoder_reads_the_current_frame_and_trains(tmp_path):
+    """context_channels > 0: a strided CNN on each view's current frame adds features at the token grid; it gets
+    gradients, survives save/load, old configs read as before, and only frame 0 of the input reaches it."""
+    cfg = WAMConfig.from_preset("cpu-tiny")
+    cfg.backbone = {**cfg.backbone, "context_channels": 4}
+    torch.manual_seed(0)
+    m = randomize_output(WorldActionModel(cfg))
+    assert "context_channels" not in WAMConfig.from_preset("cpu-tiny").to_dict()["backbone"]
+    ds = SyntheticWindows(WindowConfig(image_size=32, num_views=2, horizon=2, stride=4), seed=0, num_scenes=2)
+    b = collate([ds[0], ds[1]])
+    m(b, torch.Generator().manual_seed(1))["loss"].backward()
+    assert m.backbone.context.net[0].weight.grad.abs().sum() > 0
+    m.save_pretrained(tmp_path / "ctx")
+    again = WorldActionModel.from_pretrained(tmp_path / "ctx")
+    assert again.config.backbone["context_channels"] == 4
+    for k, v in m.state_dict().items():
+        torch.testing.assert_close(again.state_dict()[k], v)
+    # the encoder maps a 32 px view to the 4 x 4 token grid at the model width
+    feats = m.backbone.context(torch.zeros(3, 6, 32, 32))
+    assert feats.shape == (3, 4, 4, cfg.backbone["width"])
+    # its input is frame 0 of each view: a change in frame 1 leaves what it reads unchanged
+    calls = []
+    hook = m.backbone.context.register_forward_hook(lambda mod, inp, out: calls.append(inp[0].clone()))
+    B, V, Fr = 1, 2, 3
+    x = torch.zeros(B, V, Fr, 6, 32, 32)
+    st = torch.zeros(B, V, Fr, 2, dtype=torch.long)
+    pl = torch.zeros(B, V, 6, 32, 32)
+    text, mask = m.encode_text(["x"])
+    y = x.clone()
+    y[:, :, 1] = 1.0
+    with torch.no_grad():
+        m.backbone(x, torch.tensor([0.5]), st, pl, text, mask)
+        m.backbone(y, torch.tensor([0.5]), st, pl, text, mask)
+    hook.remove()
+    torch.testing.assert_close(calls[0], calls[1])
+    torch.testing.assert_close(calls[0], x[:, :, 0].reshape(B * V, 6, 32, 32))
+
+
+def test_context_encoder_needs_a_power_of_two_patch():
+    from action_images.models.dit import DiT, DiTConfig
+    with pytest.raises(ValueError, match="power-of-two patch"):
+        DiT(DiTConfig(width=32, depth=1, heads=2, patch=6, text_dim=32, context_channels=4))

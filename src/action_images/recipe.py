@@ -72,6 +72,9 @@ class ModelRecipe:
                                            "(0 = off)", lo=0, hi=512)
     stem_channels: int | None = _f(None, "DiT only: full-resolution conv stem with this many channels before the "
                                          "patch embedding (0 = off)", lo=0, hi=512)
+    context_channels: int | None = _f(None, "DiT only: a strided CNN (this many channels in its first stage) reads "
+                                            "each view's current frame and adds its features to that view's tokens "
+                                            "(0 = off)", lo=0, hi=512)
     baseline: dict = _f({}, "bc/dp/tokens only: overrides of the baseline's config, e.g. {\"plucker\": false, "
                             "\"pool\": \"avg\"} (recipe file only)", kind="file_only")
     pretrained: str | None = _f(None, "wan presets: a local diffusers pipeline folder to start from (transformer/, and "

@@ -106,8 +106,9 @@ class WAMConfig:
         d = asdict(self)
         if d["latent"] is None:   # pixel-space configs read and compare as before the field existed
             d.pop("latent")
-        if self.backbone_kind == "dit" and not d["backbone"].get("stem_channels", 1):
-            d["backbone"] = {k: v for k, v in d["backbone"].items() if k != "stem_channels"}   # likewise
+        for key in ("stem_channels", "context_channels"):                  # likewise, for configs from before them
+            if self.backbone_kind == "dit" and not d["backbone"].get(key, 1):
+                d["backbone"] = {k: v for k, v in d["backbone"].items() if k != key}
         return d
 
     @classmethod

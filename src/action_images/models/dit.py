@@ -21,6 +21,11 @@ Optional full-resolution stem (``stem_channels`` > 0): a linear embedding of an 
 object sits inside it only through 384 raw numbers; two 3x3 convolutions per (view, frame) first turn the pixels
 into ``stem_channels`` local features (edges, blobs: what a CNN policy sees), patchified beside the raw channels.
 
+Optional context encoder (``context_channels`` > 0): the perception of a CNN policy, on the clean current frame only.
+A strided CNN (GroupNorm, stride 2 per stage down to the token grid) reads each view's frame 0 (its RGB and current
+action image) and adds its features to every frame's tokens of that view at the same grid cell, the way the Plücker
+map is added. It costs two CNN passes per window (one per view), not one per frame as the full-resolution stem does.
+
 The interface (:class:`VideoBackbone`) is deliberately small so a pretrained video model (e.g. diffusers Wan2.2) can
 be dropped in behind it later: ``forward(x, t, state, plucker, text, text_mask) -> x_out`` with the same shapes.
 """
@@ -54,6 +59,7 @@ class DiTConfig:
     text_conditioning: str = "adaln"  # "adaln" (pooled tokens added to the timestep) or "cross" (cross-attention)
     refine_channels: int = 0    # > 0: a full-resolution conv head (see DiT) with this many feature channels
     stem_channels: int = 0      # > 0: a full-resolution conv stem (see DiT) with this many feature channels
+    context_channels: int = 0   # > 0: a strided CNN on the current frame (see DiT), first stage this wide
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -166,6 +172,30 @@ class DiTBlock(nn.Module):
         return x + g2[:, None] * self.mlp(modulate(self.norm2(x), sh2, sc2))
 
 
+class ContextEncoder(nn.Module):
+    """Strided CNN [N, C, H, W] -> [N, H/p, W/p, D]: a 3x3 conv at full resolution, then one stride-2 stage per
+    factor of 2 in the patch size p, doubling the channels (GroupNorm + SiLU, as in the image policies' encoders),
+    and a linear map to the token width."""
+
+    def __init__(self, in_channels: int, channels: int, patch: int, width: int):
+        super().__init__()
+        stages = int(math.log2(patch))
+        if 2 ** stages != patch:
+            raise ValueError(f"context_channels needs a power-of-two patch size; got {patch}")
+        groups = math.gcd(8, channels)
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, channels, 3, padding=1), nn.GroupNorm(groups, channels),
+                                   nn.SiLU()]
+        c = channels
+        for _ in range(stages):
+            layers += [nn.Conv2d(c, 2 * c, 3, stride=2, padding=1), nn.GroupNorm(groups, 2 * c), nn.SiLU()]
+            c *= 2
+        self.net = nn.Sequential(*layers)
+        self.proj = nn.Linear(c, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.net(x).permute(0, 2, 3, 1))
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # the backbone
 # ----------------------------------------------------------------------------------------------------------------------
@@ -188,6 +218,9 @@ class DiT(VideoBackbone):
             Cs = cfg.stem_channels
             self.stem = nn.Sequential(nn.Conv2d(cfg.in_channels, Cs, 3, padding=1), nn.GELU(approximate="tanh"),
                                       nn.Conv2d(Cs, Cs, 3, padding=1), nn.GELU(approximate="tanh"))
+        self.context = None
+        if cfg.context_channels > 0:
+            self.context = ContextEncoder(cfg.in_channels, cfg.context_channels, cfg.patch, D)
         self.x_in = nn.Linear((cfg.in_channels + max(0, cfg.stem_channels)) * p * p, D)
         self.plucker_in = nn.Linear(cfg.plucker_channels * p * p, D)
         self.view_emb = nn.Embedding(cfg.max_views, D)
@@ -249,6 +282,9 @@ class DiT(VideoBackbone):
         stream_offset = torch.arange(cfg.streams, device=dev) * NUM_STATES
         st = self.state_emb(state + stream_offset).sum(dim=-2)               # [B, V, F, D]
         tok = (tok + cam[:, :, None] + pos + (view[:, None] + frame[None] + st)[..., None, None, :])
+        if self.context is not None:                                         # CNN features of the current frame
+            ctx = self.context(x[:, :, 0].reshape(B * V, C, H, W))               # [B*V, h, w, D]
+            tok = tok + ctx.reshape(B, V, 1, h, w, cfg.width)
         tok = tok.reshape(B, V * Fr * h * w, cfg.width)                      # [B, N, D]
         n_video = tok.shape[1]
         if extra_tokens is not None:
