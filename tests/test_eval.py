@@ -244,6 +244,7 @@ def test_rollout_renders_only_what_the_policy_or_the_video_reads(checkpoint):
     recorded, every step) are rendered."""
     from action_images.codec import ActionImageCodec
     from action_images.policy import ActionImagesPolicy
+    from action_images.rollout import rollout
     from action_images.sim import make_env
 
     model = WorldActionModel.from_pretrained(checkpoint)
@@ -262,7 +263,7 @@ def test_rollout_renders_only_what_the_policy_or_the_video_reads(checkpoint):
         real_render = env._renderer.render
         env._renderer.render = lambda *a: rendered.append(env.step_count) or real_render(*a)
         policy = ActionImagesPolicy(model, PolicySettings(sampler_steps=1, execute_k=3), seed=5)
-        rec = evaluate.rollout(AlwaysRender(env) if always else env, policy, 11, 10, record, ActionImageCodec(), 64)
+        rec = rollout(AlwaysRender(env) if always else env, policy, 11, 10, record, ActionImageCodec(), 64)
         env.close()
         return rec, rendered
 

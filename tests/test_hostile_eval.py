@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 
-from action_images import evaluate
+from action_images import evaluate, rollout
 from action_images.runfiles import read_jsonl
 from action_images.wam import WAMConfig, WorldActionModel
 
@@ -91,7 +91,7 @@ class Stop(Exception):
 
 def stop_after(monkeypatch, n, real=True):
     """EpisodeRunner.episode runs ``n`` episodes (real ones, or instant fakes), then raises Stop."""
-    original = evaluate.EpisodeRunner.episode
+    original = rollout.EpisodeRunner.episode
     calls = []
 
     def episode(self, task, k):
@@ -105,7 +105,7 @@ def stop_after(monkeypatch, n, real=True):
                 "latency_parts_s": dict.fromkeys(("observe", "generate", "decode", "chunk")),
                 "decisions": dict.fromkeys(("execute", "replan", "hold", "hold_invalid"), 0),
                 "disagree_keyframes": 0, "keyframes": 0, "reproj_error_px": [], "views": None}
-    monkeypatch.setattr(evaluate.EpisodeRunner, "episode", episode)
+    monkeypatch.setattr(rollout.EpisodeRunner, "episode", episode)
     return calls
 
 

@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from action_images.baselines import load_model
-from action_images.evaluate import EpisodeRunner, EvalSettings, Evaluation, resolve_settings
+from action_images.evaluate import EvalSettings, Evaluation, resolve_settings
 from action_images.policy import PolicySettings
+from action_images.rollout import EpisodeRunner
 from action_images.serve.server import PolicyServer
 
 torch.set_num_threads(1)

@@ -25,35 +25,35 @@ and flushed as it finishes, so an interrupted run keeps its episodes and ``--res
 ``videos/`` (all views side by side, upscaled nearest-neighbour to >= ``--video-px`` per view, with the executed
 target's action image overlaid; below, the generated future keyframe the policy is heading to, with its generated
 action image) -- every path relative, so the folder can move.
+
+This module holds the command (:func:`add_arguments`, :func:`run`, :func:`main`), :class:`Evaluation` (the checks,
+``episodes.jsonl`` and ``--resume``, the metrics) and the report outputs (:func:`write_outputs`); the episodes
+themselves, in this process or in ``--jobs`` worker processes, run in :mod:`action_images.rollout`.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import multiprocessing
 import os
 import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 
 from action_images.cliflags import DeprecatedAlias, add_sampler_steps, whole_number
-from action_images.codec import ActionImageCodec
 from action_images.eval_settings import (DEFAULT_CAMERAS, MAX_JOBS, RIG_SPLITS, VIDEO_FORMATS, EvalSettings,
-                                         resolve_settings, rig_env_kwargs)  # noqa: F401 (re-export)
+                                         resolve_settings)  # noqa: F401 (re-export)
 from action_images.metrics import wilson_interval
-from action_images.policy import DISAGREE_CHOICES, GRIPPER_MODES, METHODS, ActionImagesPolicy, PolicySettings
+from action_images.policy import DISAGREE_CHOICES, GRIPPER_MODES, METHODS, PolicySettings
+from action_images.rollout import EpisodeRunner, episode_pairs, run_in_workers
 from action_images.runfiles import (append_jsonl, args_dict, atomic_write_json, atomic_write_text, dumps, environment,
                                     json_safe, read_jsonl)
-from action_images.seeds import episode_seed
-from action_images.videos import compose_frame, write_video
 
 EPISODES_FILE = "episodes.jsonl"
 EPISODES_FORMAT = "action-images-eval-episodes"
@@ -147,57 +147,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--no-progress", action="store_true")
 
 
-def episode_pairs(tasks: Sequence[str], episodes: int, skip: set[tuple[str, int]] | frozenset = frozenset()
-                  ) -> Iterator[tuple[str, int]]:
-    """The (task, k) pairs in run order, generated one at a time (a large --episodes costs no memory up front)."""
-    for task in tasks:
-        for k in range(episodes):
-            if (task, k) not in skip:
-                yield task, k
-
-
-# ---- rollouts --------------------------------------------------------------------------------------------------------
-def rollout(env: Any, policy: ActionImagesPolicy, seed: int, max_steps: int, record: bool,
-            codec: ActionImageCodec, video_px: int = 256) -> dict[str, Any]:
-    """One closed-loop episode; returns its record (and video frames if ``record``)."""
-    if hasattr(env, "observe_images"):
-        env.observe_images = True
-    obs, info = env.reset(seed=seed)
-    policy.reset(seed)
-    # where each camera stood in this episode (differs per episode under --perturb-cameras)
-    positions = {c.name: [round(float(x), 6) for x in c.position] for c in env.cameras}
-    frames: list[np.ndarray] = []
-    success, steps = False, 0
-    t_begin = time.perf_counter()
-    for steps in range(1, max_steps + 1):
-        action = policy.act(obs, env.cameras)
-        if record:
-            ch = policy.last_chunk
-            done = len(ch.actions) - len(policy.queue) - 1 if ch is not None else 0
-            frames.append(compose_frame(obs, env.cameras, action, ch, done, policy.stride, codec, video_px))
-        if hasattr(env, "observe_images"):   # render the next observation only if the policy or the video reads it
-            env.observe_images = record or policy.replanning
-        obs, _, terminated, truncated, info = env.step(action)
-        success = bool(info.get("success", False))
-        if terminated or truncated:
-            break
-    if hasattr(env, "observe_images"):   # the env leaves the rollout as it came: every observation rendered
-        env.observe_images = True
-    chunks = policy.chunks
-    decisions = [c.decision for c in chunks]
-    return {"seed": seed, "success": success, "length": steps, "wall_s": time.perf_counter() - t_begin,
-            "plans": len(chunks), "samples": int(sum(c.samples for c in chunks)),
-            "latency_s": [c.latency_s for c in chunks],
-            "latency_parts_s": {k: float(np.mean([c.timings[k] for c in chunks])) if chunks else None
-                                for k in ("observe", "generate", "decode", "chunk")},
-            "decisions": {d: decisions.count(d) for d in ("execute", "replan", "hold", "hold_invalid")},
-            "invalid_keyframes": int(sum((~c.valid).sum() for c in chunks)),
-            "disagree_keyframes": int(sum(c.disagree.sum() for c in chunks)),
-            "keyframes": int(sum(len(c.valid) for c in chunks)),
-            "reproj_error_px": [u for u in (c.uncertainty()["reproj_error_px_mean"] for c in chunks) if u is not None],
-            "camera_positions": positions, "_frames": frames}
-
-
 def _latency(samples: list[float]) -> dict[str, Any]:
     if not samples:
         return {"count": 0, "mean_ms": None, "p50_ms": None, "p95_ms": None}
@@ -222,73 +171,6 @@ def summarise_task(eps: list[dict[str, Any]]) -> dict[str, Any]:
                                                                   if kf else None),
             "disagree_keyframe_fraction": sum(e["disagree_keyframes"] for e in eps) / kf if kf else None,
             "reproj_error_px_mean": float(np.mean(errs)) if errs else None}
-
-
-class EpisodeRunner:
-    """Runs single episodes by (task, k): one policy, the current task's env kept open, videos written as they finish.
-
-    Episode k of a task depends only on its seed, not on what ran before it, so any split of the (task, k) pairs
-    over processes gives the same records (``--jobs``). ``settings`` must be resolved (:func:`resolve_settings`)."""
-
-    def __init__(self, model: Any, out: Path, settings: EvalSettings, policy: Any = None):
-        self.settings = settings
-        from action_images.baselines.policy import make_policy   # BaselinePolicy for models that predict poses
-
-        # ``policy``: a ready policy (e.g. serve.remote.RemotePolicy, model None) instead of one around ``model``
-        self.policy = policy if policy is not None else make_policy(model, settings.policy, seed=settings.seed)
-        self.codec = ActionImageCodec()
-        self.out = Path(out)
-        from action_images.sim.suites import get_suite
-
-        self.suite = get_suite(settings.suite)
-        self.env_kwargs = dict(cameras=tuple(settings.cameras or self.suite.eval_cameras),
-                               image_size=settings.image_size, perturb_cameras=settings.perturb_cameras,
-                               **rig_env_kwargs(settings))
-        self.task: str | None = None
-        self.env: Any = None
-
-    def episode(self, task: str, k: int) -> dict[str, Any]:
-        make_env = self.suite.make_env
-        s = self.settings
-        if task != self.task:                                      # pairs come task by task: one env at a time
-            self.close()
-            self.task, self.env = task, make_env(task, **self.env_kwargs)
-        env = self.env
-        limit = min(env.max_steps, s.max_steps) if s.max_steps else env.max_steps
-        rec = rollout(env, self.policy, episode_seed(s.seed, task, k), limit, k < s.videos, self.codec, s.video_px)
-        frames = rec.pop("_frames")
-        if frames:
-            rel = f"videos/{task}_ep{k:03d}.{s.video_format}"
-            write_video(self.out / rel, frames, int(getattr(env, "fps", 10)))
-            rec["video"] = rel
-        chunks = self.policy.chunks
-        rec.update(task=task, episode=k, views=list(chunks[0].view_names) if chunks else None)
-        return rec
-
-    def close(self) -> None:
-        if self.env is not None:
-            self.env.close()
-        self.task, self.env = None, None
-
-
-_WORKER: dict[str, EpisodeRunner] = {}
-
-
-def _worker_init(checkpoint: str, threads: int, out: str, settings: EvalSettings,
-                 server: tuple[str, str | None] | None = None) -> None:
-    torch.set_num_threads(threads)
-    if server is not None:                       # each worker its own connection (its own episode state)
-        from action_images.serve.remote import RemotePolicy
-        policy = RemotePolicy(server[0], server[1], settings.policy.camera_names, seed=settings.seed)
-        _WORKER["runner"] = EpisodeRunner(None, Path(out), settings, policy=policy)
-        return
-    from action_images.baselines import load_model
-
-    _WORKER["runner"] = EpisodeRunner(load_model(checkpoint), Path(out), settings)
-
-
-def _worker_episode(pair: tuple[str, int]) -> dict[str, Any]:
-    return _WORKER["runner"].episode(*pair)
 
 
 def model_digest(model: Any) -> str:
@@ -420,37 +302,14 @@ class Evaluation:
         return self.metrics(read_jsonl(self.path)[1:])
 
     def _run_workers(self, pairs: Iterator[tuple[str, int]], done: Any) -> None:
-        """Episodes in ``jobs`` spawned processes, at most 2 per worker queued; a dead worker fails the run at once
-        (ProcessPoolExecutor notices the lost process; multiprocessing.Pool would wait for its result forever)."""
-        s = self.settings
-        ex = ProcessPoolExecutor(s.jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
-                                 initargs=(str(self.checkpoint), 1, str(self.out), s, self.server))
-        pending: set[Any] = set()
-        finished_ok = False
+        """Episodes in ``jobs`` worker processes (:func:`~action_images.rollout.run_in_workers`); a worker that dies
+        fails the run at once with a RuntimeError (the finished episodes stay in episodes.jsonl)."""
         try:
-            while True:
-                for pair in pairs:
-                    pending.add(ex.submit(_worker_episode, pair))
-                    if len(pending) >= 2 * s.jobs:
-                        break
-                if not pending:
-                    break
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    done(fut.result())
-            finished_ok = True
+            run_in_workers(pairs, done, self.settings, self.checkpoint, self.out, self.server)
         except BrokenProcessPool as e:
             n = len(read_jsonl(self.path)) - 1
             raise RuntimeError(f"a worker process died ({e}); {n} finished episodes are kept in {self.path}; "
                                "rerun with --resume to continue") from None
-        finally:
-            for fut in pending:
-                fut.cancel()
-            # on an error, stop the workers now instead of letting them finish their queued episodes
-            for proc in list((getattr(ex, "_processes", None) or {}).values()):
-                if not finished_ok and proc.is_alive():
-                    proc.terminate()
-            ex.shutdown(wait=True, cancel_futures=True)
 
     def metrics(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         """The metrics dict from episode records (in run order, whatever order they finished in)."""

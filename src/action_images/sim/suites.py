@@ -8,10 +8,44 @@ Meta-World is imported only when its suite is asked for.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from action_images.geometry import Camera
 
 SUITES = ("sim", "metaworld")
 DEFAULT_SUITE = "sim"
+
+
+class Env(Protocol):
+    """The environment every suite's ``make_env`` gives (:class:`~action_images.sim.env.SimEnv`,
+    :class:`~action_images.sim.metaworld.MetaWorldEnv`): the gymnasium API with an absolute 8-D target
+    ``[x, y, z, qx, qy, qz, qw, gripper]`` as the action. Observations hold ``ee_pose``, ``instruction``, ``camera_K``,
+    ``camera_T_cam_world`` and, when the env renders and ``observe_images`` is True, ``images`` (view name -> HxWx3
+    uint8); ``info["success"]`` says whether the task is done."""
+
+    max_steps: int
+    # False: the next observations carry no ``images`` until it is set back to True (rendering is most of a step's
+    # cost; the evaluator renders only the steps where the policy plans or a video is recorded)
+    observe_images: bool
+
+    @property
+    def cameras(self) -> list[Camera]:
+        """Calibrated cameras for the current state, in the order of the env's ``cameras``."""
+        ...
+
+    def reset(self, *, seed: int | None = None,
+              options: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]: ...
+
+    def step(self, action: np.ndarray) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]: ...
+
+    def expert_action(self) -> np.ndarray:
+        """The scripted expert's absolute 8-D target for the current state."""
+        ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -19,15 +53,15 @@ class Suite:
     """What the commands need from a benchmark suite.
 
     ``make_env(task, cameras=..., image_size=..., perturb_cameras=..., camera_seed=..., render=..., rig=...,
-    rig_distribution=..., rig_views=...)`` gives an env with the built-in sim's interface (8-D absolute targets,
-    ``expert_action()``, calibrated ``cameras``); ``parse_tasks(spec, flag)`` turns "all" or "a,b" into names (one-line
+    rig_distribution=..., rig_views=...)`` gives an :class:`Env` (8-D absolute targets, ``expert_action()``,
+    calibrated ``cameras``, ``observe_images``); ``parse_tasks(spec, flag)`` turns "all" or "a,b" into names (one-line
     ValueError naming ``flag``); ``camera_names``: every named view; ``hand_cameras``: views that move with the hand
     (allowed beside a rig's views); ``collect_cameras`` / ``eval_cameras``: the defaults; ``max_rig_views``: how many
     rig cameras the scene can place; ``random_rig(seed, n_views, size, split)``; ``camera_rig_files``: whether
     ``--camera-rig FILE`` works."""
 
     name: str
-    make_env: Callable[..., Any]
+    make_env: Callable[..., Env]
     task_names: Callable[[], tuple[str, ...]]
     parse_tasks: Callable[..., list[str]]
     camera_names: tuple[str, ...]
