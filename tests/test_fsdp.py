@@ -2,7 +2,8 @@
 tiny DiT and tiny Wan presets. The FSDP run's losses equal the DDP run's, its checkpoints have the one-process layout
 (full tensors, safetensors) and load in one process, and ``--resume`` moves between FSDP, DDP and one process. Rank 1
 builds the model on the meta device, reads neither the ``--pretrained`` weights nor the checkpoint, and only ever
-holds its shards plus one full tensor in transit."""
+holds its shards plus one full tensor in transit; rank 0 reads the ``--pretrained`` and checkpoint tensors one at a time
+as it sends them, and alone loads the UMT5 text encoder."""
 
 import contextlib
 import io
@@ -16,12 +17,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from action_images import train
+from action_images import sharding, train
 from action_images.data.windows import SyntheticWindows, WindowConfig, collate
 from action_images.wam import WorldActionModel
 
 REPO = Path(__file__).resolve().parents[1]
 STEP2 = Path("checkpoints") / "step_00000002"
+RNG_BYTES = torch.get_rng_state().numel()                 # a checkpoint's torch RNG state (uint8)
 FILES = ("model.safetensors", STEP2 / "model.safetensors", STEP2 / "ema.safetensors",
          STEP2 / "optimizer.safetensors")
 
@@ -104,59 +106,143 @@ def test_fsdp_resumes_a_ddp_checkpoint_like_ddp(tmp_path):
 
 # Runs action_images.train in each process and writes what that rank did to $PROBE_OUT/rank<R>.json: the files it
 # opened under $PROBE_WATCH (Python-level opens through an audit hook, and every safetensors open, which happens in
-# Rust), the bytes of parameters with storage when sharding starts, the bytes of its shards at the end, and the
-# largest tensor it received whole from rank 0.
+# Rust), the bytes of parameters with storage when sharding starts, the bytes of its shards at the end, the largest
+# tensor it received whole from rank 0, the most bytes of tensors read from watched files it held at once, its calls
+# of safetensors.torch.load_file and its UMT5 loads; rank 0 also writes the state right after loading, gathered
+# (loaded_<part>.safetensors).
 PROBE = r"""
-import json, os, sys
+import json, os, sys, weakref
 
 import safetensors, safetensors.torch, torch
 
-from action_images import sharding, train
-
 rank = int(os.environ["RANK"])
+out = os.environ["PROBE_OUT"]
 watch = [os.path.realpath(p) for p in os.environ["PROBE_WATCH"].split(os.pathsep)]
-report = {"opened": [], "largest_received": 0}
+report = {"opened": [], "largest_received": 0, "load_file_calls": 0, "umt5_loads": 0, "held_from_files": 0,
+          "most_held_from_files": 0, "largest_file_tensor": 0}
+nbytes = lambda t: t.numel() * t.element_size()
 
 
-def note(path):
+def watched(path):
     try:
         p = os.path.realpath(os.fsdecode(path))
     except TypeError:                                   # a file descriptor
-        return
-    if any(p.startswith(w + os.sep) for w in watch):
+        return None
+    return p if any(p.startswith(w + os.sep) for w in watch) else None
+
+
+def note(path):
+    p = watched(path)
+    if p:
         report["opened"].append(p)
 
 
+def released(n):
+    report["held_from_files"] -= n
+
+
+class Handle:                                           # counts the bytes of tensors read from watched files, alive
+    def __init__(self, inner, path):
+        self.inner, self.path = inner, path
+
+    def __enter__(self):
+        self.inner.__enter__()
+        return self
+
+    def __exit__(self, *a):
+        return self.inner.__exit__(*a)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def get_tensor(self, name):
+        t = self.inner.get_tensor(name)
+        if self.path:
+            n = nbytes(t)
+            report["held_from_files"] += n
+            report["most_held_from_files"] = max(report["most_held_from_files"], report["held_from_files"])
+            report["largest_file_tensor"] = max(report["largest_file_tensor"], n)
+            weakref.finalize(t, released, n)
+        return t
+
+
 sys.addaudithook(lambda event, args: note(args[0]) if event == "open" else None)
-real_open = safetensors.safe_open
+real_open, real_load_file = safetensors.safe_open, safetensors.torch.load_file
 
 
 def safe_open(path, *a, **k):
     note(path)
-    return real_open(path, *a, **k)
+    return Handle(real_open(path, *a, **k), watched(path))
+
+
+def load_file(*a, **k):
+    report["load_file_calls"] += 1
+    return real_load_file(*a, **k)
 
 
 safetensors.safe_open = safetensors.torch.safe_open = safe_open
+safetensors.torch.load_file = load_file                 # before train imports it
 
-nbytes = lambda t: t.numel() * t.element_size()
+from action_images import sharding, train  # noqa: E402
+
+try:
+    import transformers
+    real_umt5 = transformers.UMT5EncoderModel.from_pretrained.__func__
+
+    def umt5(cls, *a, **k):
+        report["umt5_loads"] += 1
+        return real_umt5(cls, *a, **k)
+
+    transformers.UMT5EncoderModel.from_pretrained = classmethod(umt5)
+except ImportError:
+    pass
+
 local = lambda t: t.to_local() if sharding.is_sharded(t) else t
-real_shard, real_broadcast, models = sharding.shard, sharding.broadcast_full, []
+real = {k: getattr(sharding, k) for k in ("shard", "broadcast_full", "load_full_state", "load_sharded_checkpoint",
+                                          "defer_to_files")}
+models, held = [], []
+
+
+def save(part, tensors):                                # every rank gathers, rank 0 writes
+    full = sharding.gather(tensors, rank == 0)
+    if rank == 0:
+        safetensors.torch.save_file(full, os.path.join(out, f"loaded_{part}.safetensors"))
 
 
 def shard(model, *a, **k):
     models.append(model)
     report["param_bytes"] = sum(nbytes(p) for p in model.parameters())
     report["materialised_before_shard"] = sum(nbytes(p) for p in model.parameters() if not p.is_meta)
-    return real_shard(model, *a, **k)
+    return real["shard"](model, *a, **k)
 
 
 def broadcast_full(full, shape, dtype, device):
-    t = real_broadcast(full, shape, dtype, device)
+    t = real["broadcast_full"](full, shape, dtype, device)
     report["largest_received"] = max(report["largest_received"], nbytes(t))
     return t
 
 
-sharding.shard, sharding.broadcast_full = shard, broadcast_full
+def load_full_state(model, full, device):
+    real["load_full_state"](model, full, device)
+    save("weights", model.state_dict())
+
+
+def load_sharded_checkpoint(ck, head, ema, opt, sd, device):
+    real["load_sharded_checkpoint"](ck, head, ema, opt, sd, device)
+    save("ema", ema)
+    save("optimizer", sharding.gather_optimizer(opt, True)[0])
+    held.extend([*ema.values(), *(v for st in opt.state.values() for v in st.values() if torch.is_tensor(v))])
+
+
+def defer_to_files(model, placeholders):
+    streamed = real["defer_to_files"](model, placeholders)
+    report["streamed_bytes"] = sum(nbytes(p) for n, p in model.named_parameters() if n in streamed)
+    return streamed
+
+
+for k, v in (("shard", shard), ("broadcast_full", broadcast_full), ("load_full_state", load_full_state),
+             ("load_sharded_checkpoint", load_sharded_checkpoint), ("defer_to_files", defer_to_files)):
+    setattr(sharding, k, v)
 rc = train.main(sys.argv[1:])
 model = models[0]
 report["shard_bytes"] = sum(nbytes(local(p)) for p in model.parameters())
@@ -169,8 +255,13 @@ def own_rows(n):                                        # dim-0 chunks of torch.
 
 
 report["expected_shard_bytes"] = sum(nbytes(p) // p.shape[0] * own_rows(p.shape[0]) for p in model.parameters())
-report["largest_param"] = max(nbytes(p) for p in model.parameters())
-with open(os.path.join(os.environ["PROBE_OUT"], f"rank{rank}.json"), "w") as f:
+report["largest_tensor"] = max(nbytes(t) for t in (*model.parameters(), *model.buffers()))
+# the resumed EMA and AdamW state: the bytes of their storage, against the bytes of their local parts (a shard that
+# is a view of the full tensor it was cut from would keep that tensor alive)
+report["held_storage_bytes"] = sum({local(t).untyped_storage().data_ptr(): local(t).untyped_storage().nbytes()
+                                    for t in held}.values())
+report["held_local_bytes"] = sum(nbytes(local(t)) for t in held)
+with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
     json.dump(report, f)
 sys.exit(rc)
 """
@@ -193,43 +284,92 @@ def _tiny_pipeline(folder: Path) -> Path:
     return folder
 
 
-def test_fsdp_rank_1_reads_no_weights_and_holds_only_its_shards(tmp_path):
-    """--pretrained and --resume under FSDP: rank 0 reads the folder and the checkpoint and sends the tensors; rank 1
-    builds on the meta device, opens none of those files, and holds its shards (and one full tensor in transit). The
-    run equals the DDP run, through the resume."""
+def _one_process_model(argv: list[str]) -> torch.nn.Module:
+    """The model a one-process ``train`` with ``argv`` builds before its first step (same recipe, dataset, seed)."""
+    import argparse
+    from action_images import recipe as recipes
+
+    parser = argparse.ArgumentParser()
+    train.add_arguments(parser)
+    recipe = recipes.from_args(parser.parse_args(argv), warn=lambda m: None)
+    dataset = train.build_dataset(recipe, train.build_config(recipe))
+    cfg = train.build_config(recipe, camera_names=recipe.data.cameras or dataset.camera_names)
+    torch.manual_seed(recipe.optim.seed)
+    return train.build_model(cfg)
+
+
+def _assert_equal_tensors(have: dict, want: dict, what: str) -> None:
+    assert set(have) == set(want), what
+    for k in want:
+        assert have[k].dtype == want[k].dtype and torch.equal(have[k], want[k]), (what, k)
+
+
+def test_fsdp_rank_0_streams_pretrained_and_resumed_tensors_rank_1_reads_none(tmp_path):
+    """--pretrained, --resume and --text-encoder under FSDP on 2 processes. Rank 0 reads the folder's and the
+    checkpoint's tensors one at a time as it sends them (never load_file, never more than one file tensor held at once;
+    on resume it does not open the --pretrained weights) and alone loads UMT5; rank 1 builds on the meta device, opens
+    no weights file, loads no UMT5 and holds its shards (and one full tensor in transit). The loaded state equals the
+    one-process build and the checkpoint's files bit for bit, and the run equals the DDP run through the resume."""
     pytest.importorskip("diffusers")
+    pytest.importorskip("transformers")
+    from test_scale import make_umt5
+
     pipe = _tiny_pipeline(tmp_path / "pipe")
+    umt5 = make_umt5(tmp_path / "umt5")
     ddp, fsdp = tmp_path / "ddp", tmp_path / "fsdp"
-    proc = _launch("ddp.yaml", "wan-tiny-latent", ddp, "--steps", "3", "--pretrained", str(pipe))
+    scale = ("--pretrained", str(pipe), "--text-encoder", str(umt5))
+    proc = _launch("ddp.yaml", "wan-tiny-latent", ddp, "--steps", "3", *scale)
     assert proc.returncode == 0, proc.stderr[-3000:]
     script = tmp_path / "probe.py"
     script.write_text(PROBE)
-    reports = []
+    reports, probes = [], []
     for steps in ("2", "3"):                                       # fresh from --pretrained, then --resume
         probe = tmp_path / f"probe{steps}"
         probe.mkdir()
         extra = ("--resume",) if steps == "3" else ()
-        proc = _launch("fsdp.yaml", "wan-tiny-latent", fsdp, "--steps", steps, "--pretrained", str(pipe), *extra,
+        proc = _launch("fsdp.yaml", "wan-tiny-latent", fsdp, "--steps", steps, *scale, *extra,
                        script=script, env={"PROBE_OUT": str(probe),
                                            "PROBE_WATCH": os.pathsep.join([str(pipe), str(fsdp / "checkpoints")])})
         assert proc.returncode == 0, proc.stderr[-3000:]
         reports.append([json.loads((probe / f"rank{r}.json").read_text()) for r in (0, 1)])
+        probes.append(probe)
     assert "resumed from" in proc.stderr
 
     weights = str((pipe / "transformer" / "diffusion_pytorch_model.safetensors").resolve())
+    vae = str((pipe / "vae" / "diffusion_pytorch_model.safetensors").resolve())
     ckpt = str((fsdp / STEP2 / "model.safetensors").resolve())
     (fresh0, fresh1), (resumed0, resumed1) = reports
-    assert weights in fresh0["opened"] and weights in resumed0["opened"]          # the probe sees rank 0's reads
-    assert ckpt in resumed0["opened"]
+    assert weights in fresh0["opened"] and vae in fresh0["opened"]              # the probe sees rank 0's reads
+    assert ckpt in resumed0["opened"] and weights not in resumed0["opened"]     # resumed: the checkpoint only
+    assert fresh0["umt5_loads"] == 1 and resumed0["umt5_loads"] == 0            # then the per-dataset cache
     for r0, r1 in reports:
         # rank 1: the folders' config.json files only; a meta skeleton; its dim-0 chunk of every parameter; one full
-        # tensor at a time in transit, none bigger than the largest parameter
+        # tensor at a time in transit, none bigger than the model's largest; no UMT5
         assert all(p.endswith("config.json") and p.startswith(str(pipe.resolve())) for p in r1["opened"]), r1
         assert r1["materialised_before_shard"] == 0 < r1["param_bytes"]
         assert r1["shard_bytes"] == r1["expected_shard_bytes"] < r1["param_bytes"]
-        assert r1["largest_received"] <= r1["largest_param"]
-        assert r0["materialised_before_shard"] == r0["param_bytes"]           # rank 0 built the whole model
+        assert r1["largest_received"] <= r1["largest_tensor"]
+        assert r1["umt5_loads"] == 0
         assert r0["shard_bytes"] == r0["expected_shard_bytes"] == r0["param_bytes"] - r1["shard_bytes"]
+        # no whole-file reads; rank 0 holds at most one tensor read from a file at a time (resuming, plus the
+        # checkpoint's torch RNG state, read first); the resumed EMA and AdamW shards own their storage
+        assert r0["load_file_calls"] == r1["load_file_calls"] == 0
+        assert 0 < r0["most_held_from_files"] <= r0["largest_file_tensor"] + RNG_BYTES
+        assert r1["most_held_from_files"] == 0
+        assert r0["held_storage_bytes"] == r0["held_local_bytes"] and r1["held_storage_bytes"] == r1["held_local_bytes"]
+    # rank 0 built only what the folder does not hold (the seeded init, the re-shaped input and output layers); the
+    # folder's other weights were read as they were sent. Resuming, it built nothing with storage
+    assert fresh0["materialised_before_shard"] + fresh0["streamed_bytes"] == fresh0["param_bytes"]
+    assert fresh0["streamed_bytes"] > 0.75 * fresh0["param_bytes"]
+    assert resumed0["materialised_before_shard"] == 0 and resumed1["held_local_bytes"] > 0
+
+    # exact: the sharded fresh load is the one-process build, the resumed one the checkpoint's files
+    fresh = load_file(str(probes[0] / "loaded_weights.safetensors"))
+    want = _one_process_model(_args("wan-tiny-latent", fsdp, "--steps", "2", *scale)).state_dict()
+    _assert_equal_tensors(fresh, {k: v.contiguous() for k, v in want.items()}, "fresh weights")
+    for part, name in (("weights", "model"), ("ema", "ema"), ("optimizer", "optimizer")):
+        _assert_equal_tensors(load_file(str(probes[1] / f"loaded_{part}.safetensors")),
+                              load_file(str(fsdp / STEP2 / f"{name}.safetensors")), part)
 
     rows = {run: train.read_log(run / "log.jsonl") for run in (ddp, fsdp)}
     assert [r["step"] for r in rows[fsdp]] == [1, 2, 3]
@@ -238,6 +378,25 @@ def test_fsdp_rank_1_reads_no_weights_and_holds_only_its_shards(tmp_path):
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5)
     have, want = load_file(str(fsdp / "model.safetensors")), load_file(str(ddp / "model.safetensors"))
     assert set(have) == set(want) and all(torch.allclose(have[k], want[k], atol=1e-6) for k in want)
+    assert len(list((fsdp / "cache" / "text").glob("umt5-*/*.safetensors"))) == 4    # 3 synthetic instructions + ""
+
+
+def test_open_checkpoint_reads_headers_then_one_tensor_at_a_time_and_skips_a_damaged_one(tmp_path):
+    """What FSDP's rank 0 opens to resume: the same checkpoint and values as read_checkpoint, the tensors read one at
+    a time on demand; a truncated file fails its header check, so the previous checkpoint is taken."""
+    out = tmp_path / "r"
+    with contextlib.redirect_stderr(io.StringIO()):
+        assert train.main(_args("cpu-tiny", out, "--steps", "4", "--checkpoint-every", "2")) == 0
+    f = out / "checkpoints" / "step_00000004" / "optimizer.safetensors"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    warnings: list[str] = []
+    path, ck = train.latest_intact_checkpoint(out, warnings.append, read=train.open_checkpoint)
+    assert path.name == "step_00000002" and "skipping damaged checkpoint" in warnings[0]
+    full = train.read_checkpoint(path)
+    assert ck["state"] == full["state"] and ck["config"] == full["config"] and torch.equal(ck["rng"], full["rng"])
+    for part in ("weights", "ema", "optimizer"):
+        assert isinstance(ck[part], sharding.SafetensorsFile) and ck[part].specs == sharding.specs(full[part])
+        _assert_equal_tensors({k: ck[part][k] for k in ck[part]}, full[part], part)
 
 
 def test_fsdp_settings_the_trainer_cannot_honour_are_refused(tmp_path, monkeypatch):

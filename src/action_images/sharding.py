@@ -13,19 +13,28 @@ What is sharded: every block of each ``nn.ModuleList`` named ``blocks`` (the DiT
 also under a LoRA wrapper) is its own FSDP unit; the rest of the model (embedders, output head, text encoder,
 the frozen VAE) is the root unit. Parameters, gradients, AdamW moments and the EMA are all sharded DTensors.
 
-Building and loading (no rank but rank 0 holds or reads a full model): rank 0 builds the model as a one-process run
-does (the same seeded init, or the ``--pretrained`` folder's weights) and reads the ``--resume`` checkpoint; every
-other rank builds the same modules on PyTorch's ``meta`` device (no storage; of the ``--pretrained`` folder it reads
-only the ``config.json`` files that size the model) and allocates only its shards after ``fully_shard``
-(:func:`materialise`); it never opens the checkpoint. Rank 0 then
-sends every tensor, one at a time in sorted key order, and each rank keeps its slice (:func:`load_full_state`,
-:func:`distribute_from_rank0`); the checkpoint's step, trainer state and tensor shapes go out first as JSON
-(:func:`broadcast_json`), and the other ranks take rank 0's RNG state. So a non-zero rank never holds more than one
-full tensor beyond its shards, and the initial weights are bit for bit those of a one-process (or DDP) run with the
-same seed. The full state is not sent
-with ``torch.distributed.checkpoint``'s ``set_model_state_dict(broadcast_from_rank0=True)``: it works on gloo (tried
-with torch 2.13), but it sends its metadata with ``broadcast_object_list`` (pickle) and allocates a whole bucket of
-full tensors at once.
+Building and loading (no rank but 0 builds a whole model, and no rank reads a whole file): every rank but 0 builds the modules on PyTorch's
+``meta`` device (no storage; of the ``--pretrained`` folder it reads only the ``config.json`` files that size the
+model) and allocates only its shards after ``fully_shard`` (:func:`materialise`); it never opens a weights file.
+Rank 0 builds what it must compute itself and leaves the rest on ``meta`` to be read from its file when it is sent:
+
+* a fresh run without ``--pretrained``: the whole model, with the seeded init of a one-process run;
+* ``--pretrained``: the model as a one-process run builds it (the same seeded init of everything the folder does
+  not hold, the same random numbers drawn), except that the diffusers models of the folder are built from their
+  config and every tensor of their weights files is read only when it is sent (:func:`pretrained_on_demand`);
+* ``--resume``: the modules with parameters on ``meta`` and buffers computed (the rotary tables, the VAE's latent
+  statistics: the buffers a state dict leaves out); every weight, EMA and optimizer tensor comes from the
+  checkpoint's safetensors files (:class:`SafetensorsFile`), the ``--pretrained`` weights are not opened.
+
+Rank 0 then sends every tensor, one at a time in sorted name order, and each rank keeps its slice
+(:func:`load_full_state`, :class:`RankZeroState`, :func:`distribute_from_rank0`); a tensor from a file is read
+(``safe_open`` + ``get_tensor``, the file closed again) just before it is sent, so rank 0, too, holds the tensors it
+computed itself plus one full tensor in transit, never a whole state dict. The checkpoint's step, trainer state and
+tensor shapes go out first as JSON (:func:`broadcast_json`, :func:`checkpoint_header`), and on a fresh run the
+other ranks take rank 0's RNG state. So the initial weights are bit for bit those of a one-process (or DDP) run with
+the same seed or checkpoint. The full state is not sent with ``torch.distributed.checkpoint``'s
+``set_model_state_dict(broadcast_from_rank0=True)``: it works on gloo (tried with torch 2.13), but it sends its
+metadata with ``broadcast_object_list`` (pickle) and allocates a whole bucket of full tensors at once.
 
 Checkpoints stay the trainer's usual full state dicts: :func:`gather` gathers every tensor (one at a time, in the
 same order on every rank) and only rank 0 keeps a CPU copy, so ``checkpoints/step_N`` and the run's
@@ -35,10 +44,14 @@ of processes, with or without FSDP, resumes under FSDP and the other way round.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from typing import Any
+import random
+from pathlib import Path
+from typing import Any, Iterator
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -121,11 +134,17 @@ def _rank() -> int:
 
 
 def materialise(model: nn.Module, device: torch.device) -> None:
-    """Allocate (uninitialised) storage for a model built on the ``meta`` device and then sharded: each rank gets its
-    shards of the parameters and whole buffers; :func:`load_full_state` fills them. A model with real storage (rank
-    0's) is left as it is."""
+    """Allocate (uninitialised) storage for a model built (wholly or partly) on the ``meta`` device and then sharded:
+    each rank gets its shards of the parameters and whole buffers; :func:`load_full_state` fills them. Rank 0 takes
+    what it built with storage (:func:`own_tensors`) before this. A model without meta tensors is left as it is."""
     if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
         model.to_empty(device=device)
+
+
+def own_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer of ``model`` that has storage, by name, non-persistent buffers included: what rank 0
+    computed itself and sends from memory (:class:`RankZeroState`)."""
+    return {n: t.detach() for n, t in (*model.named_parameters(), *model.named_buffers()) if not t.is_meta}
 
 
 def broadcast_json(obj: Any, device: torch.device) -> Any:
@@ -180,19 +199,88 @@ def distribute_from_rank0(full: torch.Tensor | None, like: torch.Tensor, device:
     return local_part(broadcast_full(full, like.shape, dtype, device), like, dtype)
 
 
-def load_full_state(model: nn.Module, full: dict[str, torch.Tensor] | None, device: torch.device) -> None:
-    """Fill a sharded model from rank 0: ``full`` (rank 0; the other ranks pass None) maps every key of
-    ``model.state_dict()`` to its full tensor and is consumed (each entry is dropped once sent). Buffers outside the
-    state dict (non-persistent: rotary tables, VAE normalisation) are sent from rank 0's own model. One tensor at a
-    time, in sorted name order; each rank copies its slice into its shard."""
+# ---- safetensors files read one tensor at a time ---------------------------------------------------------------------
+_DTYPE_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+                "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "U16": "uint16", "U32": "uint32",
+                "U64": "uint64", "BOOL": "bool", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
+
+
+class SafetensorsFile:
+    """A safetensors file read one tensor at a time. Construction reads only the header (names, shapes, dtypes:
+    :attr:`specs`) and raises on a truncated or damaged file as ``load_file`` does; ``file[name]`` opens the file,
+    copies out that one tensor and closes the file again, so nothing of it stays in memory between reads."""
+
+    def __init__(self, path: str | os.PathLike):
+        import safetensors
+        self.path = str(path)
+        self.specs: dict[str, list] = {}
+        with safetensors.safe_open(self.path, framework="pt") as f:
+            for k in f.keys():
+                sl = f.get_slice(k)
+                if sl.get_dtype() not in _DTYPE_NAMES:
+                    raise ValueError(f"{self.path}: tensor {k!r} has dtype {sl.get_dtype()}, which this trainer "
+                                     "does not read")
+                self.specs[k] = [list(sl.get_shape()), _DTYPE_NAMES[sl.get_dtype()]]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.specs
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.specs)
+
+    def __len__(self) -> int:
+        return len(self.specs)
+
+    def keys(self):
+        return self.specs.keys()
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self.specs:
+            raise KeyError(f"{self.path} holds no tensor {name!r}")
+        import safetensors
+        with safetensors.safe_open(self.path, framework="pt") as f:
+            return f.get_tensor(name)
+
+
+class RankZeroState:
+    """What rank 0 sends to fill a sharded model (:func:`load_full_state`): tensors it holds (``own``: name -> tensor,
+    each dropped once sent) and tensors of safetensors files (``files``: name -> (file, name in the file), each read
+    when it is sent). A name in both is read from the file: a resumed checkpoint's weights replace the buffers rank 0
+    computed while it built the model."""
+
+    def __init__(self, own: dict[str, torch.Tensor] | None = None,
+                 files: dict[str, tuple[SafetensorsFile, str]] | None = None):
+        self.own, self.files = dict(own or {}), dict(files or {})
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.files or name in self.own
+
+    def pop(self, name: str) -> torch.Tensor:
+        own = self.own.pop(name, None)
+        if name in self.files:
+            f, key = self.files.pop(name)
+            return f[key]
+        if own is None:
+            raise KeyError(name)
+        return own
+
+
+def load_full_state(model: nn.Module, full: RankZeroState | dict[str, torch.Tensor] | None,
+                    device: torch.device) -> None:
+    """Fill a sharded model from rank 0: ``full`` (rank 0; the other ranks pass None) gives every parameter and buffer
+    of ``model`` (non-persistent buffers included: :func:`own_tensors`) by name, a :class:`RankZeroState` or a dict;
+    entries are dropped (or read from their file) as they are sent. One tensor at a time, in sorted name order; each
+    rank copies its slice into its shard. A name rank 0 cannot give stops every rank with the same message."""
     params = dict(model.named_parameters())
     buffers = dict(model.named_buffers())
+    names = sorted({**params, **buffers})
+    missing = broadcast_json([n for n in names if n not in full] if full is not None else None, device)
+    if missing:
+        raise ValueError(f"rank 0 has no value to send for {len(missing)} tensor(s) of the model: {missing[:5]}")
     with torch.no_grad():
-        for name in sorted({**params, **buffers}):
+        for name in names:
             local = params[name] if name in params else buffers[name]
-            src = None
-            if full is not None:
-                src = full.pop(name) if name in full else local
+            src = full.pop(name) if full is not None else None
             t = broadcast_full(src, local.shape, local.dtype, device)
             if is_sharded(local):
                 local.to_local().copy_(local_part(t, local).to_local())
@@ -201,6 +289,186 @@ def load_full_state(model: nn.Module, full: dict[str, torch.Tensor] | None, devi
             del t, src
 
 
+# ---- --pretrained on rank 0: diffusers models whose weights are read when they are sent ---------------------------
+# WanBackbone builds its input and output layers from the file's (models/wan.py copies the patch embedding into a
+# wider one and replaces the output projection): rank 0 reads these small tensors while it builds the model
+READ_AT_BUILD = ("patch_embedding.", "proj_out.")
+WEIGHTS_FILE, WEIGHTS_INDEX = "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json"
+
+
+def weight_files(folder: Path) -> dict[str, tuple[SafetensorsFile, str]]:
+    """name -> (file, name in the file) of a diffusers model folder's weights (one file, or the shards of an index)."""
+    if (folder / WEIGHTS_INDEX).exists():
+        weight_map = json.loads((folder / WEIGHTS_INDEX).read_text())["weight_map"]
+        files = {fn: SafetensorsFile(folder / fn) for fn in sorted(set(weight_map.values()))}
+        return {k: (files[fn], k) for k, fn in weight_map.items()}
+    if (folder / WEIGHTS_FILE).exists():
+        f = SafetensorsFile(folder / WEIGHTS_FILE)
+        return {k: (f, k) for k in f}
+    raise FileNotFoundError(f"{folder}: missing {folder / WEIGHTS_FILE} (safetensors only; nothing is downloaded)")
+
+
+def _set_tensor(model: nn.Module, name: str, value: torch.Tensor) -> torch.Tensor:
+    """Put ``value`` in place of the parameter (keeping its ``requires_grad``) or buffer ``name``; returns it."""
+    path, _, attr = name.rpartition(".")
+    mod = model.get_submodule(path)
+    if attr in mod._parameters:
+        new = nn.Parameter(value, requires_grad=mod._parameters[attr].requires_grad)
+        mod._parameters[attr] = new
+        return new
+    mod._buffers[attr] = value
+    return value
+
+
+def _empty_from_config(cls: Any, folder: Path) -> nn.Module:
+    """The model of a diffusers folder's config, built as diffusers' ``from_pretrained`` builds it before it reads the
+    weights: parameters on ``meta`` (the same random numbers drawn), buffers computed."""
+    from accelerate import init_empty_weights
+    try:
+        from diffusers.models.modeling_utils import no_init_weights
+    except ImportError:                               # pragma: no cover - depends on the diffusers version
+        no_init_weights = contextlib.nullcontext
+    config = cls.load_config(str(folder), local_files_only=True)
+    with no_init_weights(), init_empty_weights():
+        return cls.from_config(config)
+
+
+@contextlib.contextmanager
+def pretrained_on_demand() -> Iterator[dict[int, tuple[torch.Tensor, SafetensorsFile, str]]]:
+    """While active, every diffusers model's ``from_pretrained`` builds the model as diffusers does (from the
+    folder's config, parameters first on ``meta``, so the same random numbers are drawn) and checks the weights file's
+    names and shapes against it, but reads no weight: each parameter becomes a placeholder without storage (one
+    element, expanded), which :func:`defer_to_files` turns into a tensor read from its file when it is sent. Persistent
+    buffers and :data:`READ_AT_BUILD` are read at once (small). Yields the placeholders: id -> (placeholder, file,
+    name in the file). Rank 0 of an FSDP run builds its ``--pretrained`` model inside this."""
+    from diffusers import ModelMixin
+    original = ModelMixin.__dict__["from_pretrained"]
+    placeholders: dict[int, tuple[torch.Tensor, SafetensorsFile, str]] = {}
+
+    def from_pretrained(cls: Any, path: str | os.PathLike, **kwargs: Any) -> nn.Module:
+        for k in ("use_safetensors", "local_files_only"):
+            kwargs.pop(k, None)
+        if kwargs:
+            raise ValueError(f"{cls.__name__}.from_pretrained({str(path)!r}): {sorted(kwargs)} are not supported "
+                             "while rank 0 reads the weights one tensor at a time")
+        folder = Path(path)
+        model = _empty_from_config(cls, folder)
+        files = weight_files(folder)
+        own = model.state_dict(keep_vars=True)
+        bad = sorted(set(own) ^ set(files)) + sorted(
+            k for k in set(own) & set(files) if list(own[k].shape) != files[k][0].specs[files[k][1]][0])
+        if bad:
+            raise ValueError(f"{folder}: the weights file does not fit {cls.__name__} built from its config.json "
+                             f"({bad[:5]})")
+        for name, t in own.items():
+            f, key = files[name]
+            if isinstance(t, nn.Parameter) and t.numel() > 1 and not name.startswith(READ_AT_BUILD):
+                new = _set_tensor(model, name, torch.zeros((), dtype=t.dtype).expand(t.shape))
+                placeholders[id(new)] = (new, f, key)
+            else:
+                _set_tensor(model, name, f[key].to(t.dtype))
+        model.register_to_config(_name_or_path=str(path))
+        return model.eval()
+
+    ModelMixin.from_pretrained = classmethod(from_pretrained)
+    try:
+        yield placeholders
+    finally:
+        ModelMixin.from_pretrained = original
+
+
+def defer_to_files(model: nn.Module, placeholders: dict[int, tuple[torch.Tensor, SafetensorsFile, str]]
+                   ) -> dict[str, tuple[SafetensorsFile, str]]:
+    """After a build inside :func:`pretrained_on_demand`: every placeholder of ``model`` put back on ``meta``, and
+    name -> (file, name in the file) of each, for :class:`RankZeroState`. Raises when the build replaced or copied a
+    placeholder (its value would be lost)."""
+    out: dict[str, tuple[SafetensorsFile, str]] = {}
+    for name, t in (*model.named_parameters(), *model.named_buffers()):
+        hit = placeholders.get(id(t))
+        if hit is not None and hit[0] is t:
+            out[name] = hit[1:]
+            _set_tensor(model, name, torch.empty(t.shape, dtype=t.dtype, device="meta"))
+        elif t.numel() > 1 and not t.is_meta and not any(t.stride()):
+            raise RuntimeError(f"{name}: built from a pretrained weight that rank 0 has not read yet")
+    if len(out) != len(placeholders):
+        raise RuntimeError(f"{len(placeholders) - len(out)} pretrained weight(s) were replaced while the model was "
+                           "built, so rank 0 cannot read them when it sends them")
+    placeholders.clear()
+    return out
+
+
+# ---- the checkpoint of a sharded run --------------------------------------------------------------------------------
+def _specs_of(part: SafetensorsFile | dict[str, torch.Tensor]) -> dict[str, list]:
+    return dict(part.specs) if isinstance(part, SafetensorsFile) else specs(part)
+
+
+def checkpoint_header(found: tuple[Path, dict[str, Any]] | None) -> dict[str, Any] | None:
+    """What the other FSDP ranks need of the checkpoint rank 0 opened: its path, trainer state, config and the shapes
+    and dtypes of its tensors (JSON; the tensors follow one at a time). The weights, EMA and optimizer parts are
+    :class:`SafetensorsFile` (only their headers are read here) or dicts of tensors."""
+    if found is None:
+        return None
+    path, ck = found
+    return {"path": str(path), "state": ck["state"], "config": ck["config"],
+            **{part: _specs_of(ck[part]) for part in ("weights", "ema", "optimizer")},
+            "rng": specs({"torch": ck["rng"]})["torch"]}
+
+
+def check_checkpoint_shapes(head: dict[str, Any], model: nn.Module, out: Path) -> None:
+    """Raise on every FSDP rank alike when the checkpoint's weights do not fit the model (names or shapes), before
+    any tensor is sent: the check a one-process ``load_state_dict`` makes."""
+    own = {k: list(v.shape) for k, v in model.state_dict().items()}
+    have = {k: shape for k, (shape, _) in head["weights"].items()}
+    if own != have:
+        bad = sorted(set(own) ^ set(have)) + sorted(k for k in set(own) & set(have) if own[k] != have[k])
+        raise ValueError(f"--resume {out}: the checkpoint's weights do not fit the model ({bad[:5]})")
+
+
+def load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list[dict]) -> None:
+    """The optimizer state as a checkpoint stores it (``"<param index>.<name>"`` -> tensor, and the param groups)."""
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, v in tensors.items():
+        i, name = key.split(".", 1)
+        state.setdefault(int(i), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def restore_rng(state: dict[str, Any], rng: torch.Tensor) -> None:
+    """The torch, numpy and Python RNG states of a checkpoint (``rng``: its torch state)."""
+    torch.set_rng_state(rng)
+    s = state["numpy_rng"]
+    np.random.set_state((s[0], np.asarray(s[1], dtype=np.uint32), *s[2:]))
+    p = state["python_rng"]
+    random.setstate((p[0], tuple(p[1]), p[2]))
+
+
+def load_sharded_checkpoint(ck: dict[str, Any] | None, head: dict[str, Any], ema: dict[str, torch.Tensor],
+                            opt: torch.optim.Optimizer, sd: dict[str, torch.Tensor], device: torch.device) -> None:
+    """A checkpoint's EMA, optimizer and RNG state for an FSDP run whose weights are already loaded: rank 0 (``ck``:
+    the checkpoint it opened; None elsewhere) reads and sends the EMA, optimizer and RNG tensors one at a time and
+    every rank keeps its shards. The EMA and the AdamW moments are laid out like their parameters; per-parameter
+    scalars (``step``) stay plain."""
+    for k in sorted(head["ema"]):
+        ema[k] = distribute_from_rank0(ck["ema"][k] if ck else None, sd[k], device, torch.float32)
+    params = [p for g in opt.param_groups for p in g["params"]]
+    tensors = {}
+    for key in sorted(head["optimizer"]):
+        shape, dtype = head["optimizer"][key]
+        p = params[int(key.split(".", 1)[0])]
+        v = ck["optimizer"][key] if ck else None
+        if is_sharded(p) and shape == list(p.shape):
+            tensors[key] = distribute_from_rank0(v, p, device)
+        else:
+            tensors[key] = broadcast_full(v, shape, getattr(torch, dtype), device).cpu()
+        del v
+    load_optimizer(opt, tensors, head["state"]["param_groups"])
+    shape, dtype = head["rng"]
+    rng = broadcast_full(ck["rng"] if ck else None, shape, getattr(torch, dtype), device).cpu()
+    restore_rng(head["state"], rng)
+
+
 __all__ = ["requested", "check_environment", "shard", "is_sharded", "full_tensor", "gather", "gather_optimizer",
-           "materialise", "broadcast_json", "specs", "broadcast_full", "local_part", "distribute_from_rank0",
-           "load_full_state"]
+           "materialise", "own_tensors", "broadcast_json", "specs", "broadcast_full", "local_part",
+           "distribute_from_rank0", "SafetensorsFile", "RankZeroState", "load_full_state", "READ_AT_BUILD",
+           "weight_files", "pretrained_on_demand", "defer_to_files", "checkpoint_header", "check_checkpoint_shapes",
+           "load_optimizer", "restore_rng", "load_sharded_checkpoint"]

@@ -59,6 +59,7 @@ from action_images.data.windows import SyntheticWindows, WindowConfig, Windows, 
 from action_images.models import PRESETS
 from action_images.recipe import RECIPE_NAME, TrainRecipe
 from action_images.runfiles import atomic_write_json, atomic_write_text, read_jsonl
+from action_images.sharding import load_optimizer, restore_rng
 from action_images.wam import CONFIG_NAME, WEIGHTS_NAME, WAMConfig, WorldActionModel
 
 EXIT_USAGE, EXIT_NONFINITE = 2, 3
@@ -150,6 +151,34 @@ def text_cache_dir(r: TrainRecipe, out: Path) -> Path:
     return (out if first.startswith("synthetic") else Path(first)) / "cache" / "text"
 
 
+def dataset_instructions(dataset: Any) -> list[str]:
+    """Every instruction a training batch can hold: the datasets' tasks (synthetic data: those of its scenes; endless
+    synthetic scenes draw from a few colours, which 256 scenes show) and "", the instruction classifier-free guidance
+    trains with."""
+    if isinstance(dataset, Windows):
+        texts = {t for ds in dataset.datasets for t in ds.tasks}
+    elif isinstance(dataset, SyntheticWindows):
+        texts = {dataset.episode(s)["instruction"] for s in range(dataset.num_scenes or 256)}
+    else:
+        texts = set()
+    return sorted(texts | {""})
+
+
+def share_instructions(encoder: Any, texts: list[str], main: bool, world: int, device: torch.device) -> None:
+    """UMT5 features of ``texts`` on every rank before the first step: rank 0 reads them from the per-dataset cache or
+    encodes them (the encoder loads there only, and is freed afterwards) and sends them, one instruction at a time,
+    to the other ranks, which keep them in memory and never load UMT5 for them."""
+    feats = encoder.features(texts) if main else {}
+    if main:
+        encoder.release()
+    if world > 1:
+        shapes = sharding.broadcast_json({s: list(f.shape) for s, f in feats.items()} if main else None, device)
+        for s in sorted(shapes):
+            t = sharding.broadcast_full(feats.get(s), shapes[s], torch.float32, device)
+            if not main:
+                encoder.remember({s: t.cpu()})
+
+
 def build_dataset(r: TrainRecipe, cfg: WAMConfig):
     wcfg = WindowConfig.from_model(cfg, views=r.data.cameras)
     data = r.data.data
@@ -238,14 +267,6 @@ def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tens
     return tensors, sd["param_groups"]
 
 
-def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list[dict]) -> None:
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, v in tensors.items():
-        i, name = key.split(".", 1)
-        state.setdefault(int(i), {})[name] = v
-    opt.load_state_dict({"state": state, "param_groups": groups})
-
-
 def checkpoints(out: Path) -> list[Path]:
     d = out / "checkpoints"
     return sorted(p for p in d.glob("step_*") if (p / "trainer_state.json").exists()) if d.exists() else []
@@ -305,11 +326,27 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
             "config": json.loads((path / CONFIG_NAME).read_text())["config"]}
 
 
-def latest_intact_checkpoint(out: Path, warn: Any = print) -> tuple[Path, dict[str, Any]] | None:
-    """The newest checkpoint whose files all read back; damaged newer ones are reported and skipped."""
+def open_checkpoint(path: Path) -> dict[str, Any]:
+    """:func:`read_checkpoint` without reading the weights, EMA and optimizer tensors: those parts are
+    :class:`sharding.SafetensorsFile` (headers read and checked, each tensor read when it is asked for); the trainer
+    state, config and torch RNG state are read. What FSDP's rank 0 opens to resume."""
+    state = json.loads((path / "trainer_state.json").read_text())
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise ValueError("trainer_state.json has no integer step")
+    return {"state": state, "weights": sharding.SafetensorsFile(path / WEIGHTS_NAME),
+            "ema": sharding.SafetensorsFile(path / "ema.safetensors"),
+            "optimizer": sharding.SafetensorsFile(path / "optimizer.safetensors"),
+            "rng": sharding.SafetensorsFile(path / "rng.safetensors")["torch"],
+            "config": json.loads((path / CONFIG_NAME).read_text())["config"]}
+
+
+def latest_intact_checkpoint(out: Path, warn: Any = print, read: Any = read_checkpoint
+                             ) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint whose files all read back (``read``: :func:`read_checkpoint`, or :func:`open_checkpoint`,
+    which checks every file's header and reads the tensors later); damaged newer ones are reported and skipped."""
     for path in reversed(checkpoints(out)):
         try:
-            return path, read_checkpoint(path)
+            return path, read(path)
         except Exception as e:   # truncated safetensors, garbage JSON, missing file: fall back to an older one
             warn(f"action-images train: skipping damaged checkpoint {path} ({type(e).__name__}: {e})")
     return None
@@ -321,15 +358,23 @@ def apply_checkpoint(ck: dict[str, Any], wam: WorldActionModel, ema: dict[str, t
     wam.load_state_dict(ck["weights"])
     for k, v in ck["ema"].items():
         ema[k].copy_(v)
-    _load_optimizer(opt, ck["optimizer"], state["param_groups"])
+    load_optimizer(opt, ck["optimizer"], state["param_groups"])
     restore_rng(state, ck["rng"])
     return int(state["step"])
 
 
-def build_model(cfg: Any, meta: bool = False) -> torch.nn.Module:
+def pretrained_folders(cfg: Any) -> list[str]:
+    """The ``--pretrained`` folders a model config reads its weights from (none for most presets)."""
+    parts = (getattr(cfg, part, None) for part in ("backbone", "latent"))
+    return [d["pretrained"] for d in parts if isinstance(d, dict) and d.get("pretrained")]
+
+
+def build_model(cfg: Any, meta: bool = False, buffers: bool = False) -> torch.nn.Module:
     """The model of ``cfg`` (any ``--method``). ``meta``: the same modules on PyTorch's meta device, without storage
     and without reading the ``--pretrained`` folders (the pretrained model has the names and shapes of the one built
-    without them); the config keeps the folders. An FSDP rank other than 0 builds this skeleton (sharding.py)."""
+    without them); the config keeps the folders. An FSDP rank other than 0 builds this skeleton (sharding.py).
+    ``buffers`` (with ``meta``): parameters on meta, buffers computed (FSDP's rank 0 when it resumes: every weight
+    comes from the checkpoint, the buffers a state dict leaves out from here)."""
     from action_images import baselines
     if not meta:
         return baselines.build_model(cfg)
@@ -339,64 +384,16 @@ def build_model(cfg: Any, meta: bool = False) -> torch.nn.Module:
         d = getattr(skeleton, part, None)
         if isinstance(d, dict) and d.get("pretrained"):
             setattr(skeleton, part, {**d, "pretrained": None})
-    with torch.device("meta"):
+    if buffers:
+        from accelerate import init_empty_weights
+        context = init_empty_weights(include_buffers=False)
+    else:
+        context = torch.device("meta")
+    with context:
         model = baselines.build_model(skeleton)
     if getattr(model, "config", None) is skeleton:
         model.config = cfg
     return model
-
-
-def checkpoint_header(found: tuple[Path, dict[str, Any]] | None) -> dict[str, Any] | None:
-    """What the other FSDP ranks need of the checkpoint rank 0 read: its path, trainer state, config and the shapes
-    and dtypes of its tensors (JSON; the tensors follow one at a time)."""
-    if found is None:
-        return None
-    path, ck = found
-    return {"path": str(path), "state": ck["state"], "config": ck["config"],
-            **{part: sharding.specs(ck[part]) for part in ("weights", "ema", "optimizer")},
-            "rng": sharding.specs({"torch": ck["rng"]})["torch"]}
-
-
-def check_checkpoint_shapes(head: dict[str, Any], wam: torch.nn.Module, out: Path) -> None:
-    """Raise on every FSDP rank alike when the checkpoint's weights do not fit the model (names or shapes), before
-    any tensor is sent: the check a one-process ``load_state_dict`` makes."""
-    own = {k: list(v.shape) for k, v in wam.state_dict().items()}
-    have = {k: shape for k, (shape, _) in head["weights"].items()}
-    if own != have:
-        bad = sorted(set(own) ^ set(have)) + sorted(k for k in set(own) & set(have) if own[k] != have[k])
-        raise ValueError(f"--resume {out}: the checkpoint's weights do not fit the model ({bad[:5]})")
-
-
-def load_sharded_checkpoint(ck: dict[str, Any] | None, head: dict[str, Any], ema: dict[str, torch.Tensor],
-                            opt: torch.optim.Optimizer, sd: dict[str, torch.Tensor], device: torch.device) -> None:
-    """:func:`apply_checkpoint` for an FSDP run whose weights are already loaded: rank 0 (``ck``: the checkpoint it
-    read; None elsewhere) sends the EMA, optimizer and RNG tensors one at a time and every rank keeps its shards.
-    The EMA and the AdamW moments are laid out like their parameters; per-parameter scalars (``step``) stay plain."""
-    for k in sorted(head["ema"]):
-        ema[k] = sharding.distribute_from_rank0(ck["ema"][k] if ck else None, sd[k], device, torch.float32)
-    params = [p for g in opt.param_groups for p in g["params"]]
-    tensors = {}
-    for key in sorted(head["optimizer"]):
-        shape, dtype = head["optimizer"][key]
-        p = params[int(key.split(".", 1)[0])]
-        v = ck["optimizer"][key] if ck else None
-        if sharding.is_sharded(p) and shape == list(p.shape):
-            tensors[key] = sharding.distribute_from_rank0(v, p, device)
-        else:
-            tensors[key] = sharding.broadcast_full(v, shape, getattr(torch, dtype), device).cpu()
-    _load_optimizer(opt, tensors, head["state"]["param_groups"])
-    shape, dtype = head["rng"]
-    rng = sharding.broadcast_full(ck["rng"] if ck else None, shape, getattr(torch, dtype), device).cpu()
-    restore_rng(head["state"], rng)
-
-
-def restore_rng(state: dict[str, Any], rng: torch.Tensor) -> None:
-    """The torch, numpy and Python RNG states of a checkpoint (``rng``: its torch state)."""
-    torch.set_rng_state(rng)
-    s = state["numpy_rng"]
-    np.random.set_state((s[0], np.asarray(s[1], dtype=np.uint32), *s[2:]))
-    p = state["python_rng"]
-    random.setstate((p[0], tuple(p[1]), p[2]))
 
 
 def saved_recipe(ck: dict[str, Any]) -> dict[str, Any] | None:
@@ -493,23 +490,12 @@ def train(recipe: TrainRecipe, out: Path, resume: bool = False, allow_world_size
     batch_size = o.batch_size or baselines.BATCH_SIZE.get(recipe.model.method) or \
         PRESETS[recipe.model.preset]["batch_size"]
 
-    torch.manual_seed(o.seed)
-    # FSDP: rank 0 builds the model as one process does; the other ranks build it on the meta device and receive
-    # their shards from rank 0 after sharding (below; sharding.py)
-    wam = build_model(cfg, meta=fsdp and not main)                      # WorldActionModel for --method wam
-    if getattr(getattr(wam, "text_encoder", None), "set_cache_dir", None):   # UMT5: features cached per dataset
-        wam.text_encoder.set_cache_dir(text_cache_dir(recipe, out))
-    # frozen weights (the VAE, a LoRA run's base) are neither averaged nor optimised; the export adds them back
-    frozen = {n for n, p in wam.named_parameters() if not p.requires_grad}
-    if not fsdp:                                          # FSDP: the EMA and the optimizer are built on the shards
-        ema = {k: v.detach().clone().float() for k, v in wam.state_dict().items() if k not in frozen}
-        opt = make_optimizer(wam, o)
-
     start = 0
     warn = (lambda m: print(m, file=sys.stderr)) if main else (lambda m: None)
-    if fsdp and resume:       # rank 0 reads the checkpoint; the others get its state and shapes (JSON), tensors later
-        found = latest_intact_checkpoint(out, warn) if main else None
-        head = sharding.broadcast_json(checkpoint_header(found) if main else None, accelerator.device)
+    if fsdp and resume:     # rank 0 opens the checkpoint (its tensors are read as they are sent); the others get its
+        # state and tensor shapes as JSON
+        found = latest_intact_checkpoint(out, warn, read=open_checkpoint) if main else None
+        head = sharding.broadcast_json(sharding.checkpoint_header(found) if main else None, accelerator.device)
         if head is not None and not main:
             found = Path(head["path"]), {"state": head["state"], "config": head["config"]}
     else:
@@ -532,15 +518,43 @@ def train(recipe: TrainRecipe, out: Path, resume: bool = False, allow_world_size
         if saved_world != world:
             warn(f"action-images train: resuming a {saved_world}-process run on {world} process(es): same weights, "
                  "optimizer state and step; another data order and global batch from here on")
-        start = int(ck["state"]["step"]) if fsdp else apply_checkpoint(ck, wam, ema, opt)
-        if main:
-            _truncate_log(out / "log.jsonl", start)
-            print(f"resumed from {path} (step {start})", file=sys.stderr)
+        start = int(ck["state"]["step"])
     elif resume:
         if main and (out / "log.jsonl").exists():   # killed before the first checkpoint: start over, cleanly
             _truncate_log(out / "log.jsonl", 0)
     elif main and (checkpoints(out) or (out / "log.jsonl").exists()):
         raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+
+    torch.manual_seed(o.seed)
+    # FSDP (sharding.py): ranks > 0 build on the meta device and receive their shards after sharding (below); rank 0
+    # builds what it computes itself and leaves on meta what it reads from a file tensor by tensor as it sends it:
+    # ``streamed`` maps those names to (file, name in the file)
+    streamed: dict[str, Any] = {}
+    if not fsdp:
+        wam = build_model(cfg)                                          # WorldActionModel for --method wam
+    elif not main:
+        wam = build_model(cfg, meta=True)
+    elif found is not None:                                             # every weight comes from the checkpoint
+        wam = build_model(cfg, meta=True, buffers=True)
+        streamed = {k: (found[1]["weights"], k) for k in found[1]["weights"]}
+    elif pretrained_folders(cfg):              # seeded init as one process; the folder's weights read when sent
+        with sharding.pretrained_on_demand() as placeholders:
+            wam = build_model(cfg)
+        streamed = sharding.defer_to_files(wam, placeholders)
+    else:
+        wam = build_model(cfg)
+    if getattr(getattr(wam, "text_encoder", None), "set_cache_dir", None):   # UMT5: features cached per dataset
+        wam.text_encoder.set_cache_dir(text_cache_dir(recipe, out))
+    # frozen weights (the VAE, a LoRA run's base) are neither averaged nor optimised; the export adds them back
+    frozen = {n for n, p in wam.named_parameters() if not p.requires_grad}
+    if not fsdp:                                          # FSDP: the EMA and the optimizer are built on the shards
+        ema = {k: v.detach().clone().float() for k, v in wam.state_dict().items() if k not in frozen}
+        opt = make_optimizer(wam, o)
+        if found is not None:
+            apply_checkpoint(found[1], wam, ema, opt)
+    if found is not None and main:
+        _truncate_log(out / "log.jsonl", start)
+        print(f"resumed from {found[0]} (step {start})", file=sys.stderr)
     if main:
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / RECIPE_NAME, recipe.to_dict())
@@ -551,8 +565,8 @@ def train(recipe: TrainRecipe, out: Path, resume: bool = False, allow_world_size
         # checkpoint's; parameters are DTensors from here on, and the optimizer and EMA are built over them
         ck = found[1] if found is not None else None
         if ck is not None:
-            check_checkpoint_shapes(head, wam, out)
-        full = (dict(ck["weights"]) if ck is not None else wam.state_dict()) if main else None
+            sharding.check_checkpoint_shapes(head, wam, out)
+        full = sharding.RankZeroState(sharding.own_tensors(wam), streamed) if main else None
         units = sharding.shard(wam, accelerator.device, **fsdp_options)
         sharding.materialise(wam, accelerator.device)
         sharding.load_full_state(wam, full, accelerator.device)
@@ -560,12 +574,12 @@ def train(recipe: TrainRecipe, out: Path, resume: bool = False, allow_world_size
         sd = wam.state_dict()
         ema = {k: v.detach().clone().float() for k, v in sd.items() if k not in frozen}
         if ck is not None:
-            load_sharded_checkpoint(ck if main else None, head, ema, opt, sd, accelerator.device)
+            sharding.load_sharded_checkpoint(ck if main else None, head, ema, opt, sd, accelerator.device)
         else:                   # a meta build draws no random numbers: all ranks go on from rank 0's state, as in DDP
             rng = torch.get_rng_state()
             torch.set_rng_state(sharding.broadcast_full(rng if main else None, rng.shape, rng.dtype,
                                                         accelerator.device).cpu())
-        del full, sd, ck
+        del full, sd, ck, streamed
         found = None
         model = torch.compile(wam) if rr.compile else wam
         if main:
@@ -574,6 +588,9 @@ def train(recipe: TrainRecipe, out: Path, resume: bool = False, allow_world_size
         model = torch.compile(wam) if rr.compile else wam
         model, opt = accelerator.prepare(model, opt)
         ema = {k: v.to(accelerator.device) for k, v in ema.items()}      # averaged where the weights are
+    text_encoder = getattr(wam, "text_encoder", None)
+    if hasattr(text_encoder, "remember"):   # UMT5: encoded once on rank 0, before the first step, and shared
+        share_instructions(text_encoder, dataset_instructions(dataset), main, world, accelerator.device)
     # a prepared (DDP) model autocasts inside its forward; the sharded one is not prepared, so the loop does it
     autocast = accelerator.autocast if fsdp else contextlib.nullcontext
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=StepBatches(start, batch_size, rank, world),

@@ -18,8 +18,10 @@ negative prompt: there are no learned parameters here.
 instruction string, under ``<cache>/umt5-<encoder tag>/`` where the tag hashes the encoder's config, tokenizer files
 and weight file sizes, so another encoder never reads these features. ``train`` puts the cache in the first
 dataset's folder (``<dataset>/cache/text/``; ``<out>/cache/text`` for synthetic data): each instruction of a dataset
-is encoded once, and later runs and ranks read it back. Files are written atomically; a file whose stored
-instruction differs from the one asked for is recomputed.
+is encoded once, and later runs read it back. Files are written atomically; a file whose stored instruction differs
+from the one asked for is recomputed. Before the first step ``train`` has rank 0 alone read or encode every
+instruction of the datasets (:meth:`UMT5TextEncoder.features`), free the encoder (:meth:`UMT5TextEncoder.release`)
+and send the features to the other ranks (:meth:`UMT5TextEncoder.remember`), so no other rank loads UMT5.
 """
 
 from __future__ import annotations
@@ -158,12 +160,25 @@ class UMT5TextEncoder(nn.Module):
         save_file({"features": feats.contiguous()}, str(tmp), metadata={"instruction": text})
         os.replace(tmp, f)
 
-    def forward(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def features(self, texts: Sequence[str], batch: int = 8) -> dict[str, torch.Tensor]:
+        """``text -> features [real tokens, d_model]`` (float32, CPU) of ``texts``: from memory or the disk cache, the
+        rest encoded ``batch`` at a time (the encoder loads only then) and cached."""
         texts = [str(s) for s in texts]
         todo = sorted({s for s in texts if self._cached(s) is None})
-        if todo:
-            for s, feats in zip(todo, self._encode(todo)):
+        for i in range(0, len(todo), batch):
+            for s, feats in zip(todo[i:i + batch], self._encode(todo[i:i + batch])):
                 self._store(s, feats)
+        return {s: self._memo[s] for s in texts}
+
+    def remember(self, features: dict[str, torch.Tensor]) -> None:
+        """Keep features encoded elsewhere (by rank 0 of a multi-process run) in memory: they answer like cached ones,
+        and this module loads no encoder for them."""
+        for s, feats in features.items():
+            self._memo[str(s)] = feats.detach().float().cpu()
+
+    def forward(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        texts = [str(s) for s in texts]
+        self.features(texts)
         dev = self._anchor.device
         out = torch.zeros(len(texts), self.max_tokens, self.config.dim)
         mask = torch.zeros(len(texts), self.max_tokens, dtype=torch.bool)
