@@ -100,7 +100,7 @@ def build_config(r: TrainRecipe, camera_names: list[str] | None = None) -> WAMCo
                                 action_loss_weight=m.action_loss_weight, act_peak_weight=m.act_peak_weight,
                                 loss_target=m.loss_target, crop=m.crop, workspace=m.workspace)
     cfg.camera_names = list(camera_names or r.data.cameras or []) or None
-    for name in ("refine_channels", "stem_channels"):
+    for name in ("refine_channels", "stem_channels", "context_channels"):
         value = getattr(m, name)
         if value is not None:
             if cfg.backbone_kind != "dit":
