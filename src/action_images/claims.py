@@ -60,6 +60,12 @@ METHODS = (
     Method("bc", "image behaviour cloning (regression of the pose chunk)", "recipes/rig8-bc.json", "runs/rig8-bc"),
     Method("dp", "image Diffusion Policy (flow matching over the pose chunk)", "recipes/rig8-dp.json",
            "runs/rig8-dp"),
+    Method("wam_ctx", "action images + context encoder (a CNN on the current frame, `--context-channels 16`)",
+           "recipes/rig8-ctx.json", "runs/rig8-ctx"),
+    # the same methods at three times the budget (3 hours of this CPU; the fair fight at a longer budget)
+    Method("wam_3h", "world action model (cpu-small), 3-hour recipe", "recipes/rig8.json", "runs/rig8"),
+    Method("bc_3h", "image behaviour cloning, 3-hour recipe", "recipes/rig8-bc-3h.json", "runs/rig8-bc-3h"),
+    Method("dp_3h", "image Diffusion Policy, 3-hour recipe", "recipes/rig8-dp-3h.json", "runs/rig8-dp-3h"),
 )
 # condition -> (column title, eval flags)
 CONDITIONS: dict[str, tuple[str, str]] = {
