@@ -419,3 +419,25 @@ def test_deepspeed_is_refused_with_the_measured_reason(tmp_path, monkeypatch):
     rc, err = _train(tmp_path)
     assert rc == 2 and "DeepSpeed is not supported" in err and "fsdp.yaml" in err
     assert not (tmp_path / "r" / "log.jsonl").exists()
+
+
+def test_a_weights_index_cannot_name_files_outside_its_folder(tmp_path):
+    """The shards a diffusers weights index names are read only from inside the model folder."""
+    from safetensors.torch import save_file
+
+    from action_images.sharding import WEIGHTS_INDEX, weight_files
+
+    outside = tmp_path / "secret.safetensors"
+    save_file({"w": torch.zeros(2)}, str(outside))
+    folder = tmp_path / "transformer"
+    folder.mkdir()
+    save_file({"a": torch.ones(2)}, str(folder / "part-1.safetensors"))
+    (folder / WEIGHTS_INDEX).write_text(json.dumps({"weight_map": {"a": "part-1.safetensors"}}))
+    assert set(weight_files(folder)) == {"a"}
+    for bad in ("../secret.safetensors", str(outside)):
+        (folder / WEIGHTS_INDEX).write_text(json.dumps({"weight_map": {"a": "part-1.safetensors", "w": bad}}))
+        with pytest.raises(ValueError, match="weight_map"):
+            weight_files(folder)
+    (folder / WEIGHTS_INDEX).write_text("[1, 2]")
+    with pytest.raises(ValueError, match="not a safetensors index"):
+        weight_files(folder)

@@ -299,8 +299,17 @@ WEIGHTS_FILE, WEIGHTS_INDEX = "diffusion_pytorch_model.safetensors", "diffusion_
 def weight_files(folder: Path) -> dict[str, tuple[SafetensorsFile, str]]:
     """name -> (file, name in the file) of a diffusers model folder's weights (one file, or the shards of an index)."""
     if (folder / WEIGHTS_INDEX).exists():
-        weight_map = json.loads((folder / WEIGHTS_INDEX).read_text())["weight_map"]
-        files = {fn: SafetensorsFile(folder / fn) for fn in sorted(set(weight_map.values()))}
+        from action_images.data.lerobot_format import resolve_inside
+        index = folder / WEIGHTS_INDEX
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+            names = sorted(set(weight_map.values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"{index}: not a safetensors index with a 'weight_map' object ({e})") from None
+        if not all(isinstance(fn, str) for fn in names):
+            raise ValueError(f"{index}: weight_map values must be file names")
+        # the index names its shards: each must lie inside the folder it describes
+        files = {fn: SafetensorsFile(resolve_inside(folder, fn, index, "weight_map")) for fn in names}
         return {k: (files[fn], k) for k, fn in weight_map.items()}
     if (folder / WEIGHTS_FILE).exists():
         f = SafetensorsFile(folder / WEIGHTS_FILE)
