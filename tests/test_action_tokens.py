@@ -103,7 +103,9 @@ def test_defaults_are_the_cpu_small_world_action_model():
 
 @pytest.mark.parametrize("bad, message", [({"heads": 3}, "divisible by heads"), ({"patch": 5}, "divisible by patch"),
                                           ({"horizon": 20}, "max_frames"), ({"rotation": "euler"}, "rotation"),
-                                          ({"t_std": 0.0}, "t_std"), ({"depth": True}, "depth must be an integer")])
+                                          ({"t_std": 0.0}, "t_std"), ({"depth": True}, "depth must be an integer"),
+                                          ({"context_channels": -1}, "context_channels"),
+                                          ({"context_channels": 1.5}, "context_channels")])
 def test_config_is_checked(bad, message):
     with pytest.raises(ValueError, match=message):
         TokensConfig(**bad).validate()
@@ -172,6 +174,24 @@ def test_checkpoint_round_trips_and_is_dispatched(tmp_path):
     (bad / "model.safetensors").write_bytes((tmp_path / "tok" / "model.safetensors").read_bytes())
     with pytest.raises(CheckpointError, match="do not match"):
         load_model(bad)
+
+
+def test_context_encoder_is_shared_with_the_world_action_model(tmp_path):
+    """context_channels builds the same context encoder as the world action model's DiT; a recipe gives it to
+    both, and a config written before the key existed reads as 'off'."""
+    from action_images.baselines import build_config
+    from action_images.recipe import TrainRecipe
+
+    recipe = TrainRecipe.from_dict({"model": {"method": "tokens", "context_channels": 4}})
+    cfg = build_config(recipe, ["left", "right"])
+    assert cfg.context_channels == 4
+    model = ActionTokensModel(cfg)
+    assert model.backbone.context is not None and model.backbone.context.net[0].out_channels == 4
+    model.save_pretrained(tmp_path / "ctx")
+    assert load_model(tmp_path / "ctx").config.context_channels == 4
+    meta = json.loads((tmp_path / "ctx" / "config.json").read_text())
+    del meta["config"]["context_channels"]
+    assert TokensConfig.from_dict(meta["config"]).context_channels == 0
 
 
 def test_policy_runs_it_closed_loop_in_the_sim():

@@ -62,6 +62,8 @@ METHODS = (
            "runs/rig8-dp"),
     Method("wam_ctx", "action images + context encoder (a CNN on the current frame, `--context-channels 16`)",
            "recipes/rig8-ctx.json", "runs/rig8-ctx"),
+    Method("tokens_ctx", "ablation: action tokens, the same backbone with the same context encoder",
+           "recipes/rig8-tokens-ctx.json", "runs/rig8-tokens-ctx"),
     # the same methods at three times the budget (3 hours of this CPU; the fair fight at a longer budget)
     Method("wam_3h", "world action model (cpu-small), 3-hour recipe", "recipes/rig8.json", "runs/rig8"),
     Method("bc_3h", "image behaviour cloning, 3-hour recipe", "recipes/rig8-bc-3h.json", "runs/rig8-bc-3h"),

@@ -52,7 +52,9 @@ class TokensConfig:
     """Data shape and backbone of the ``cpu-small`` world action model; the fields named as in ``WAMConfig`` and
     ``DiTConfig`` mean the same."""
 
-    RECIPE_FIELDS = ("t_mean", "p_drop_text", "action_loss_weight")      # recipe model settings it shares with the world action model
+    # recipe model settings it shares with the world action model
+    RECIPE_FIELDS = ("t_mean", "p_drop_text", "action_loss_weight", "context_channels")
+    ADDED_KEYS = {"context_channels": 0}           # keys added after configs were written -> their "off" value
     preset: str = "tokens"
     image_size: int = 48
     num_views: int = 2
@@ -70,6 +72,7 @@ class TokensConfig:
     max_frames: int = 16
     text_dim: int = 128
     text_vocab: int = 4096
+    context_channels: int = 0                      # the DiT's context encoder on the current frame (0 = off)
     rotation: str = "6d"                           # "6d" (two matrix columns) or "quat"
     pos_scale: float = 0.1                         # metres per unit of a position offset
     action_loss_weight: float = 4.0
@@ -96,7 +99,8 @@ class TokensConfig:
         """The DiT: RGB only (3 channels, one stream with its own given / generated state)."""
         return DiTConfig(width=self.width, depth=self.depth, heads=self.heads, patch=self.patch,
                          mlp_ratio=self.mlp_ratio, in_channels=3, streams=1, max_views=self.max_views,
-                         max_frames=self.max_frames, text_dim=self.text_dim)
+                         max_frames=self.max_frames, text_dim=self.text_dim,
+                         context_channels=self.context_channels)
 
     def tokens_per_sample(self, num_views: int | None = None) -> int:
         """Video patches of all frames plus the H + 1 action tokens."""
@@ -105,7 +109,10 @@ class TokensConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    from_dict = classmethod(BaselineConfig.from_dict.__func__)    # the same strict key check as every baseline
+    @classmethod
+    def from_dict(cls, d: dict) -> "TokensConfig":
+        """The same strict key check as every baseline, after filling keys added since a config was written."""
+        return BaselineConfig.from_dict.__func__(cls, {**cls.ADDED_KEYS, **d})
 
     def validate(self) -> None:
         """Types and ranges of every field (a config read from a file is checked before a model is built)."""
@@ -115,9 +122,11 @@ class TokensConfig:
 
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.type in ("int", int):
-                need(isinstance(v, int) and not isinstance(v, bool) and v >= 1,
-                     f"{f.name} must be an integer >= 1; got {v!r}")
+            is_int = isinstance(v, int) and not isinstance(v, bool)
+            if f.name == "context_channels":
+                need(is_int and 0 <= v <= 512, f"context_channels must be an integer in [0, 512]; got {v!r}")
+            elif f.type in ("int", int):
+                need(is_int and v >= 1, f"{f.name} must be an integer >= 1; got {v!r}")
             elif f.type in ("float", float):
                 need(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
                      f"{f.name} must be a finite number; got {v!r}")
