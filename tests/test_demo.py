@@ -56,10 +56,25 @@ def test_demo_on_unseen_random_rigs(tmp_path, capsys):
     assert metrics["settings"]["rig_distribution"] == "heldout"
 
 
+def test_demo_shows_a_random_rig_checkpoint_unseen_rigs_by_default(tmp_path, capsys):
+    """Without --rig-distribution, a checkpoint trained on random rigs is shown from held-out rigs; one trained on
+    named cameras from those cameras."""
+    torch.manual_seed(0)
+    ckpt = tmp_path / "rigs"
+    WorldActionModel(WAMConfig.from_preset("cpu-tiny", camera_names=["rig0", "rig1", "rig2", "rig3"])
+                     ).save_pretrained(ckpt)
+    out = tmp_path / "demo"
+    assert demo.run(parse(["--quick", "--checkpoint", str(ckpt), "--out", str(out), "--no-progress"])) == 0
+    assert json.loads((out / "metrics.json").read_text())["settings"]["rig_distribution"] == "heldout"
+    assert demo.trained_on_rigs(["rig0", "rig12"]) and not demo.trained_on_rigs(["rig0", "left"])
+    assert not demo.trained_on_rigs(None) and not demo.trained_on_rigs(["rigs"])
+    assert parse([]).tasks == "all" and parse([]).episodes == 1
+
+
 def test_demo_without_checkpoint_says_how_to_make_one(tmp_path, capsys):
     assert demo.run(parse(["--checkpoint", str(tmp_path / "missing")])) == 1
     err = capsys.readouterr().err
-    assert "action-images train" in err and "checkpoints/cpu-small" in err
+    assert "action-images train" in err and "recipes/rig8-ctx.json" in err and "checkpoints/rig8-ctx" in err
 
 
 @pytest.mark.parametrize("argv, flag", [(["--episodes", "0"], "--episodes"), (["--sampler-steps", "0"],

@@ -1,19 +1,23 @@
-"""``action-images demo``: closed-loop episodes of the shipped checkpoint on the core tasks, a summary and a report.
+"""``action-images demo``: closed-loop episodes of the shipped checkpoint on every task, a summary and a report.
 
-    action-images demo                       # checkpoints/cpu-small, 4 core tasks x 3 episodes (1-3 min)
+    action-images demo                       # checkpoints/rig8-ctx, all 8 tasks x 1 episode, each from a camera
+                                             # rig no training episode had (under a minute)
     action-images demo --quick               # CI smoke: 1 task, 1 episode, a few control steps
     action-images demo --checkpoint runs/pick --tasks pick_cube --episodes 10 --out runs/demo
-    action-images demo --checkpoint checkpoints/rig8-quick --tasks all --episodes 1 --rig-distribution heldout
-                                             # a random-rig model from camera rigs it never saw
+    action-images demo --checkpoint checkpoints/cpu-small --tasks reach_target,press_button,open_drawer,close_drawer
+                                             # the earlier 4-task checkpoint, from its two named cameras
 
 It is ``action-images eval`` with fixed, fast settings; the shipped checkpoint is looked up in the current directory
 and in the repository that holds this package. Without it the demo says how to make one and exits with status 1.
-The policy sees the cameras the checkpoint was trained on (``config.camera_names``), and those are rendered.
+The policy sees the cameras the checkpoint was trained on (``config.camera_names``), and those are rendered. A
+checkpoint trained on random camera rigs (cameras ``rig0``, ``rig1``, ...) is shown, unless ``--rig-distribution``
+says otherwise, from a new held-out rig per episode: viewpoints it never saw.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -27,20 +31,19 @@ from action_images.policy import PolicySettings
 from action_images.runfiles import args_dict, environment
 from action_images.sim.tasks import parse_tasks
 
-SHIPPED = Path("checkpoints") / "cpu-small"
-CORE_TASKS = ("reach_target", "press_button", "open_drawer", "close_drawer")   # the shipped checkpoint's eval tasks
+SHIPPED = Path("checkpoints") / "rig8-ctx"
 HOW_TO = """no checkpoint at {where}.
 Recreate the shipped CPU checkpoint (about an hour on 2 cores) with `make checkpoint`, which runs:
-    action-images train --config recipes/cpu-small.json --out runs/cpu-small --collect-missing
-(the recipe file holds the whole recipe, data collection included) and copies runs/cpu-small/ (config.json,
-model.safetensors, train_config.json, logs) to checkpoints/cpu-small/.
+    action-images train --config recipes/rig8-ctx.json --out runs/rig8-ctx --collect-missing
+(the recipe file holds the whole recipe, data collection included) and copies runs/rig8-ctx/ (config.json,
+model.safetensors, train_config.json, logs) to checkpoints/rig8-ctx/.
 Or point the demo at any run directory: action-images demo --checkpoint runs/NAME"""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None, help=f"run directory (default: {SHIPPED} in the repository)")
-    p.add_argument("--tasks", default=",".join(CORE_TASKS), help="task names, comma separated, or 'all'")
-    p.add_argument("--episodes", type=whole_number, default=3, help="episodes per task, >= 1 (default 3)")
+    p.add_argument("--tasks", default="all", help="task names, comma separated, or 'all' (default)")
+    p.add_argument("--episodes", type=whole_number, default=1, help="episodes per task, >= 1 (default 1)")
     p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
     p.add_argument("--seed", type=whole_number, default=0, help="base seed, >= 0 (default 0)")
     p.add_argument("--policy-cameras", default=None,
@@ -48,7 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_sampler_steps(p, 6, "ODE sampler steps per chunk, 1..1000 (default 6)")
     p.add_argument("--rig-distribution", default=None, choices=RIG_SPLITS,
                    help="render a new random camera rig per episode from this split instead of the scene's cameras "
-                        "(heldout: rigs no training episode had; for checkpoints trained on random rigs)")
+                        "(heldout: rigs no training episode had). Default: heldout for checkpoints trained on random "
+                        "rigs (cameras rig0, rig1, ...), the scene's cameras otherwise")
     p.add_argument("--quick", action="store_true", help="CI mode: 1 task, 1 episode, 12 control steps, 2 sampler steps")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1, see action-images eval)")
     p.add_argument("--no-progress", action="store_true")
@@ -80,14 +84,20 @@ def summary_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def settings_from_args(args: argparse.Namespace) -> EvalSettings:
+def trained_on_rigs(camera_names: list[str] | None) -> bool:
+    """A checkpoint whose cameras are all random-rig views (``rig0``, ``rig1``, ...)."""
+    return bool(camera_names) and all(re.fullmatch(r"rig\d+", c) for c in camera_names)
+
+
+def settings_from_args(args: argparse.Namespace, camera_names: list[str] | None = None) -> EvalSettings:
     """The demo's fixed, fast evaluation settings (``--quick``: 1 task, 1 episode, 12 control steps, 2 sampler
-    steps); ValueError names the bad flag."""
+    steps) for a checkpoint trained on ``camera_names``; ValueError names the bad flag."""
     tasks = parse_tasks(args.tasks)[:1] if args.quick else args.tasks
     policy = PolicySettings(camera_names=args.policy_cameras, sampler_steps=2 if args.quick else args.sampler_steps)
+    rigs = args.rig_distribution or ("heldout" if trained_on_rigs(camera_names) else None)
     return EvalSettings(tasks=tasks, episodes=1 if args.quick else args.episodes, seed=args.seed,
                         max_steps=12 if args.quick else None, videos=1 if args.quick else 2, policy=policy,
-                        rig_distribution=args.rig_distribution)
+                        rig_distribution=rigs)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -108,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     try:
         model = load_model(ckpt)
+        settings = settings_from_args(args, getattr(model.config, "camera_names", None))
         ev = Evaluation(model, settings, args.out, checkpoint=ckpt, overwrite=True)   # the demo's folder is scratch
     except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"action-images demo: {e}", file=sys.stderr)
