@@ -15,8 +15,11 @@ from action_images.recipe import SECTIONS, TrainRecipe
 from action_images.wam import WAMConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = ROOT / "checkpoints" / "cpu-small"
-RECIPE = ROOT / "recipes" / "cpu-small.json"
+SHIPPED = ROOT / "checkpoints" / "rig8-ctx"
+RECIPE = ROOT / "recipes" / "rig8-ctx.json"
+# (checkpoint, its recipe, the cameras it names): the shipped one and the earlier 4-task one
+CHECKPOINTS = [(SHIPPED, RECIPE, ["rig0", "rig1", "rig2", "rig3"]),
+               (ROOT / "checkpoints" / "cpu-small", ROOT / "recipes" / "cpu-small.json", ["left", "right"])]
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -91,31 +94,32 @@ def test_deprecated_aliases_still_work(capsys):
     assert "--views is deprecated; use --num-views" in out and "--camera-names is deprecated" in out
 
 
-pytestmark_shipped = pytest.mark.skipif(not (SHIPPED / "config.json").exists(), reason="no shipped checkpoint")
-
-
-@pytestmark_shipped
-def test_recipe_file_reproduces_the_shipped_config_exactly():
-    r = TrainRecipe.load(RECIPE)
-    built = train.build_config(r)
-    shipped = json.loads((SHIPPED / "config.json").read_text())
+@pytest.mark.parametrize("ckpt, recipe_file, cameras", CHECKPOINTS, ids=["rig8-ctx", "cpu-small"])
+def test_recipe_file_reproduces_the_shipped_config_exactly(ckpt, recipe_file, cameras):
+    if not (ckpt / "config.json").exists():
+        pytest.skip(f"no checkpoint at {ckpt}")
+    r = TrainRecipe.load(recipe_file)
+    built = train.build_config(r, None if r.data.cameras else cameras)   # else the dataset's, here its rig views
+    shipped = json.loads((ckpt / "config.json").read_text())
     assert built.to_dict() == shipped["config"]
-    assert WAMConfig.from_dict(shipped["config"]).camera_names == ["left", "right"]
-    saved = TrainRecipe.from_dict(json.loads((SHIPPED / "train_config.json").read_text()), "shipped")
+    assert WAMConfig.from_dict(shipped["config"]).camera_names == cameras
+    saved = TrainRecipe.from_dict(json.loads((ckpt / "train_config.json").read_text()), "shipped")
     assert saved.to_dict() == r.to_dict()
 
 
-@pytestmark_shipped
-def test_recipe_steps_are_the_shipped_log():
-    last_step = json.loads((SHIPPED / "log.jsonl").read_text().splitlines()[-1])["step"]
-    assert TrainRecipe.load(RECIPE).optim.steps == last_step
+@pytest.mark.parametrize("ckpt, recipe_file, cameras", CHECKPOINTS, ids=["rig8-ctx", "cpu-small"])
+def test_recipe_steps_are_the_shipped_log(ckpt, recipe_file, cameras):
+    if not (ckpt / "log.jsonl").exists():
+        pytest.skip(f"no checkpoint at {ckpt}")
+    last_step = json.loads((ckpt / "log.jsonl").read_text().splitlines()[-1])["step"]
+    assert TrainRecipe.load(recipe_file).optim.steps == last_step
 
 
 def test_make_checkpoint_and_the_demo_help_train_from_the_recipe_file():
     make = (ROOT / "Makefile").read_text().replace("\\\n", " ")
     line = next(ln for ln in make.splitlines() if "action-images train" in ln)
-    assert "--config recipes/cpu-small.json" in line and "--collect-missing" in line
-    assert "--config recipes/cpu-small.json" in demo.HOW_TO
+    assert "--config recipes/rig8-ctx.json" in line and "--collect-missing" in line
+    assert "--config recipes/rig8-ctx.json" in demo.HOW_TO
 
 
 def test_workspace_crop_reaches_the_model_config(capsys):
