@@ -66,6 +66,8 @@ METHODS = (
            "recipes/rig8-tokens-ctx.json", "runs/rig8-tokens-ctx"),
     # the same methods at three times the budget (3 hours of this CPU; the fair fight at a longer budget)
     Method("wam_3h", "world action model (cpu-small), 3-hour recipe", "recipes/rig8.json", "runs/rig8"),
+    Method("wam_ctx_3h", "action images + context encoder, 3-hour recipe", "recipes/rig8-ctx-3h.json",
+           "runs/rig8-ctx-3h"),
     Method("bc_3h", "image behaviour cloning, 3-hour recipe", "recipes/rig8-bc-3h.json", "runs/rig8-bc-3h"),
     Method("dp_3h", "image Diffusion Policy, 3-hour recipe", "recipes/rig8-dp-3h.json", "runs/rig8-dp-3h"),
 )
