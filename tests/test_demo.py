@@ -74,7 +74,8 @@ def test_demo_shows_a_random_rig_checkpoint_unseen_rigs_by_default(tmp_path, cap
 def test_demo_without_checkpoint_says_how_to_make_one(tmp_path, capsys):
     assert demo.run(parse(["--checkpoint", str(tmp_path / "missing")])) == 1
     err = capsys.readouterr().err
-    assert "action-images train" in err and "recipes/rig8-ctx.json" in err and "checkpoints/rig8-ctx" in err
+    assert "action-images train" in err and "recipes/rig8-ctx-3h.json" in err and "checkpoints/rig8-ctx-3h/" in err
+    assert "make checkpoint-quick" in err
 
 
 @pytest.mark.parametrize("argv, flag", [(["--episodes", "0"], "--episodes"), (["--sampler-steps", "0"],

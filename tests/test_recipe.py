@@ -15,10 +15,12 @@ from action_images.recipe import SECTIONS, TrainRecipe
 from action_images.wam import WAMConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = ROOT / "checkpoints" / "rig8-ctx"
-RECIPE = ROOT / "recipes" / "rig8-ctx.json"
-# (checkpoint, its recipe, the cameras it names): the shipped one and the earlier 4-task one
-CHECKPOINTS = [(SHIPPED, RECIPE, ["rig0", "rig1", "rig2", "rig3"]),
+SHIPPED = ROOT / "checkpoints" / "rig8-ctx-3h"
+RECIPE = ROOT / "recipes" / "rig8-ctx-3h.json"
+QUICK = ROOT / "recipes" / "rig8-ctx.json"
+RIGS = ["rig0", "rig1", "rig2", "rig3"]
+# (checkpoint, its recipe, the cameras it names): the shipped one, its quick version and the earlier 4-task one
+CHECKPOINTS = [(SHIPPED, RECIPE, RIGS), (ROOT / "checkpoints" / "rig8-ctx", QUICK, RIGS),
                (ROOT / "checkpoints" / "cpu-small", ROOT / "recipes" / "cpu-small.json", ["left", "right"])]
 
 
@@ -94,7 +96,7 @@ def test_deprecated_aliases_still_work(capsys):
     assert "--views is deprecated; use --num-views" in out and "--camera-names is deprecated" in out
 
 
-@pytest.mark.parametrize("ckpt, recipe_file, cameras", CHECKPOINTS, ids=["rig8-ctx", "cpu-small"])
+@pytest.mark.parametrize("ckpt, recipe_file, cameras", CHECKPOINTS, ids=["rig8-ctx-3h", "rig8-ctx", "cpu-small"])
 def test_recipe_file_reproduces_the_shipped_config_exactly(ckpt, recipe_file, cameras):
     if not (ckpt / "config.json").exists():
         pytest.skip(f"no checkpoint at {ckpt}")
@@ -107,7 +109,7 @@ def test_recipe_file_reproduces_the_shipped_config_exactly(ckpt, recipe_file, ca
     assert saved.to_dict() == r.to_dict()
 
 
-@pytest.mark.parametrize("ckpt, recipe_file, cameras", CHECKPOINTS, ids=["rig8-ctx", "cpu-small"])
+@pytest.mark.parametrize("ckpt, recipe_file, cameras", CHECKPOINTS, ids=["rig8-ctx-3h", "rig8-ctx", "cpu-small"])
 def test_recipe_steps_are_the_shipped_log(ckpt, recipe_file, cameras):
     if not (ckpt / "log.jsonl").exists():
         pytest.skip(f"no checkpoint at {ckpt}")
@@ -117,9 +119,19 @@ def test_recipe_steps_are_the_shipped_log(ckpt, recipe_file, cameras):
 
 def test_make_checkpoint_and_the_demo_help_train_from_the_recipe_file():
     make = (ROOT / "Makefile").read_text().replace("\\\n", " ")
-    line = next(ln for ln in make.splitlines() if "action-images train" in ln)
-    assert "--config recipes/rig8-ctx.json" in line and "--collect-missing" in line
-    assert "--config recipes/rig8-ctx.json" in demo.HOW_TO
+    lines = [ln for ln in make.splitlines() if "action-images train" in ln]
+    assert "--config recipes/rig8-ctx-3h.json" in lines[0] and "--collect-missing" in lines[0]
+    assert "--config recipes/rig8-ctx.json" in lines[1] and "--collect-missing" in lines[1]
+    assert "--config recipes/rig8-ctx-3h.json" in demo.HOW_TO
+    assert demo.SHIPPED.name == SHIPPED.name
+
+
+def test_the_quick_recipe_is_the_first_steps_of_the_shipped_one():
+    """Continuing a finished quick run with --resume gives the shipped checkpoint: the two recipes differ only in
+    the step count, and the learning rate is constant after warm-up."""
+    full, quick = TrainRecipe.load(RECIPE).to_dict(), TrainRecipe.load(QUICK).to_dict()
+    assert full["optim"].pop("steps") > quick["optim"].pop("steps")
+    assert full == quick
 
 
 def test_workspace_crop_reaches_the_model_config(capsys):

@@ -1,6 +1,6 @@
 """``action-images demo``: closed-loop episodes of the shipped checkpoint on every task, a summary and a report.
 
-    action-images demo                       # checkpoints/rig8-ctx, all 8 tasks x 1 episode, each from a camera
+    action-images demo                       # checkpoints/rig8-ctx-3h, all 8 tasks x 1 episode, each from a camera
                                              # rig no training episode had (under a minute)
     action-images demo --quick               # CI smoke: 1 task, 1 episode, a few control steps
     action-images demo --checkpoint runs/pick --tasks pick_cube --episodes 10 --out runs/demo
@@ -31,12 +31,13 @@ from action_images.policy import PolicySettings
 from action_images.runfiles import args_dict, environment
 from action_images.sim.tasks import parse_tasks
 
-SHIPPED = Path("checkpoints") / "rig8-ctx"
+SHIPPED = Path("checkpoints") / "rig8-ctx-3h"
 HOW_TO = """no checkpoint at {where}.
-Recreate the shipped CPU checkpoint (about an hour on 2 cores) with `make checkpoint`, which runs:
-    action-images train --config recipes/rig8-ctx.json --out runs/rig8-ctx --collect-missing
-(the recipe file holds the whole recipe, data collection included) and copies runs/rig8-ctx/ (config.json,
-model.safetensors, train_config.json, logs) to checkpoints/rig8-ctx/.
+Recreate the shipped CPU checkpoint (about two hours on 2 cores) with `make checkpoint`, which runs:
+    action-images train --config recipes/rig8-ctx-3h.json --out runs/rig8-ctx-3h --collect-missing
+(the recipe file holds the whole recipe, data collection included) and copies runs/rig8-ctx-3h/ (config.json,
+model.safetensors, train_config.json, logs) to checkpoints/rig8-ctx-3h/. `make checkpoint-quick` trains the
+under-an-hour version (recipes/rig8-ctx.json) into checkpoints/rig8-ctx.
 Or point the demo at any run directory: action-images demo --checkpoint runs/NAME"""
 
 
@@ -59,7 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def find_checkpoint(given: str | None) -> Path | None:
-    """The checkpoint to use: ``given``, else ./checkpoints/cpu-small, else <repo>/checkpoints/cpu-small."""
+    """The checkpoint to use: ``given``, else ./SHIPPED, else SHIPPED in the repository that holds this package."""
     if given:
         return Path(given)
     repo = Path(__file__).resolve().parents[2]
