@@ -111,7 +111,7 @@ class EpisodeRunner:
         frames = rec.pop("_frames")
         if frames:
             rel = f"videos/{task}_ep{k:03d}.{s.video_format}"
-            write_video(self.out / rel, frames, int(getattr(env, "fps", 10)))
+            write_video(self.out / rel, frames, int(env.fps))
             rec["video"] = rel
         chunks = self.policy.chunks
         rec.update(task=task, episode=k, views=list(chunks[0].view_names) if chunks else None)

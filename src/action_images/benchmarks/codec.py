@@ -42,9 +42,7 @@ def _sim_cameras(size: int) -> tuple[Camera, ...]:
     try:
         return tuple(env.cameras)
     finally:
-        close = getattr(env, "close", None)
-        if close is not None:
-            close()
+        env.close()
 
 
 def sim_cameras(n_views: int, size: int) -> list[Camera]:

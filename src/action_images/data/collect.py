@@ -357,7 +357,7 @@ def run(args: argparse.Namespace) -> int:
         if writer is not None:
             writer.close()
         for env in envs.values():
-            getattr(env, "close", lambda: None)()
+            env.close()
 
     wall = time.time() - t0
     summary = {t: {"stored": progress.stored[t], "failed_attempts": progress.failed(t, args.keep_failed),

@@ -27,6 +27,7 @@ class Env(Protocol):
     uint8); ``info["success"]`` says whether the task is done."""
 
     max_steps: int
+    fps: int                # control steps per second (videos play at this rate)
     # False: the next observations carry no ``images`` until it is set back to True (rendering is most of a step's
     # cost; the evaluator renders only the steps where the policy plans or a video is recorded)
     observe_images: bool
