@@ -240,8 +240,37 @@ def defer_to_files(model, placeholders):
     return streamed
 
 
+saving = []                                             # the full tensors gathered while a checkpoint is written
+report.update(saves=0, gathered_while_saving=0, full_alive=0, most_full_alive=0)
+
+
+def write_checkpoint_tensors(folder, *a, **k):
+    report["saves"] += 1
+    saving.append(True)
+    try:
+        return real["write_checkpoint_tensors"](folder, *a, **k)
+    finally:
+        saving.pop()
+
+
+def gone():
+    report["full_alive"] -= 1
+
+
+def full_tensor(x):
+    t = real["full_tensor"](x)
+    if saving and sharding.is_sharded(x):
+        report["gathered_while_saving"] += 1
+        report["full_alive"] += 1
+        report["most_full_alive"] = max(report["most_full_alive"], report["full_alive"])
+        weakref.finalize(t, gone)
+    return t
+
+
+real.update(write_checkpoint_tensors=sharding.write_checkpoint_tensors, full_tensor=sharding.full_tensor)
 for k, v in (("shard", shard), ("broadcast_full", broadcast_full), ("load_full_state", load_full_state),
-             ("load_sharded_checkpoint", load_sharded_checkpoint), ("defer_to_files", defer_to_files)):
+             ("load_sharded_checkpoint", load_sharded_checkpoint), ("defer_to_files", defer_to_files),
+             ("write_checkpoint_tensors", write_checkpoint_tensors), ("full_tensor", full_tensor)):
     setattr(sharding, k, v)
 rc = train.main(sys.argv[1:])
 model = models[0]
@@ -357,6 +386,9 @@ def test_fsdp_rank_0_streams_pretrained_and_resumed_tensors_rank_1_reads_none(tm
         assert 0 < r0["most_held_from_files"] <= r0["largest_file_tensor"] + RNG_BYTES
         assert r1["most_held_from_files"] == 0
         assert r0["held_storage_bytes"] == r0["held_local_bytes"] and r1["held_storage_bytes"] == r1["held_local_bytes"]
+        # checkpoints: each rank gathers one full tensor at a time, which rank 0 streams into its file
+        for r in (r0, r1):
+            assert r["saves"] >= 1 and r["gathered_while_saving"] > 0 and r["most_full_alive"] == 1, r
     # rank 0 built only what the folder does not hold (the seeded init, the re-shaped input and output layers); the
     # folder's other weights were read as they were sent. Resuming, it built nothing with storage
     assert fresh0["materialised_before_shard"] + fresh0["streamed_bytes"] == fresh0["param_bytes"]
@@ -441,3 +473,34 @@ def test_a_weights_index_cannot_name_files_outside_its_folder(tmp_path):
     (folder / WEIGHTS_INDEX).write_text("[1, 2]")
     with pytest.raises(ValueError, match="not a safetensors index"):
         weight_files(folder)
+
+
+def test_streamed_safetensors_read_back_like_save_file(tmp_path):
+    """What a sharded checkpoint is written with: the header first, then one tensor at a time (any dtype, 0-d and
+    empty tensors, non-contiguous sources); the file loads as save_file's does, and merging two files copies them
+    tensor by tensor with the later file's tensor winning."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    ts = {"w": torch.randn(3, 4).to(torch.bfloat16), "flag": torch.tensor(True), "empty": torch.empty(0, 5),
+          "step": torch.tensor(3.0), "idx": torch.arange(7), "view": torch.rand(2, 3, 5)[..., 1]}
+    asked: list[str] = []
+
+    def get(k):
+        asked.append(k)
+        return ts[k]
+
+    sharding.write_safetensors(tmp_path / "a.safetensors", sharding.specs(ts), get, {"format": "pt"})
+    assert asked == sharding.write_order(sharding.specs(ts)) and asked[0] == "idx"      # int64 first: aligned
+    _assert_equal_tensors(load_file(str(tmp_path / "a.safetensors")), {k: v.contiguous() for k, v in ts.items()}, "a")
+    with safe_open(str(tmp_path / "a.safetensors"), framework="pt") as f:
+        assert f.metadata() == {"format": "pt"}
+    save_file({"w": torch.zeros(3, 4), "extra": torch.ones(2)}, str(tmp_path / "b.safetensors"))
+    sharding.merge_safetensors(tmp_path / "m.safetensors", [tmp_path / "a.safetensors", tmp_path / "b.safetensors"])
+    merged = load_file(str(tmp_path / "m.safetensors"))
+    assert set(merged) == set(ts) | {"extra"} and torch.equal(merged["w"], torch.zeros(3, 4))
+    assert torch.equal(merged["idx"], ts["idx"])
+    with pytest.raises(ValueError, match="announced"):
+        sharding.write_safetensors(tmp_path / "c.safetensors", {"w": [[2], "float32"]}, lambda k: torch.zeros(3))
+    assert sharding.nonfinite({"a": torch.tensor([1.0, float("nan")]), "b": torch.ones(2),
+                               "i": torch.arange(2)}, torch.device("cpu")) == ["a"]

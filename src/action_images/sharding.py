@@ -121,10 +121,8 @@ def gather(tensors: dict[str, torch.Tensor], keep: bool) -> dict[str, torch.Tens
 def gather_optimizer(opt: torch.optim.Optimizer, keep: bool) -> tuple[dict[str, torch.Tensor], list[dict]]:
     """The optimizer state as ``train._optimizer_tensors`` writes it (``"<param index>.<name>"`` -> full tensor),
     gathered as in :func:`gather`."""
-    sd = opt.state_dict()
-    flat = {f"{i}.{k}": v if torch.is_tensor(v) else torch.tensor(v)
-            for i, st in sd["state"].items() for k, v in st.items()}
-    return gather(flat, keep), sd["param_groups"]
+    flat, groups = optimizer_tensors(opt)
+    return gather(flat, keep), groups
 
 
 # ---- building on meta, loading on rank 0 --------------------------------------------------------------------------------
@@ -476,8 +474,114 @@ def load_sharded_checkpoint(ck: dict[str, Any] | None, head: dict[str, Any], ema
     restore_rng(head["state"], rng)
 
 
+
+# ---- the checkpoint of a sharded run, written tensor by tensor ----------------------------------------------------
+_SAFETENSORS_DTYPE = {name: code for code, name in _DTYPE_NAMES.items()}
+
+
+def _itemsize(dtype: str) -> int:
+    return torch.empty((), dtype=getattr(torch, dtype)).element_size()
+
+
+def write_order(tensor_specs: dict[str, list]) -> list[str]:
+    """The order in which :func:`write_safetensors` lays tensors out: wider dtypes first, then by name (as
+    ``save_file`` does), so every tensor starts at a multiple of its element size."""
+    return sorted(tensor_specs, key=lambda k: (-_itemsize(tensor_specs[k][1]), k))
+
+
+def write_safetensors(path: str | os.PathLike, tensor_specs: dict[str, list], get: Any,
+                      metadata: dict[str, str] | None = None) -> None:
+    """A safetensors file of the tensors ``tensor_specs`` names (name -> [shape, dtype name], as :func:`specs`), written
+    one tensor at a time: the header first (every offset follows from the shapes and dtypes), then the bytes of
+    ``get(name)`` for each name in :func:`write_order`, so the writer holds one tensor at a time. The file reads back with
+    ``load_file`` and ``safe_open`` as one written by ``save_file``; a tensor whose shape or dtype is not the one
+    announced raises (the file is then incomplete: callers write into a temporary folder)."""
+    names = write_order(tensor_specs)
+    header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
+    offset = 0
+    for k in names:
+        shape, dtype = tensor_specs[k]
+        size = int(np.prod(shape, dtype=np.int64)) * _itemsize(dtype)
+        header[k] = {"dtype": _SAFETENSORS_DTYPE[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)                     # the 8-byte alignment save_file keeps
+    with open(path, "wb") as f:
+        f.write(len(head).to_bytes(8, "little"))
+        f.write(head)
+        for k in names:
+            t = get(k)
+            shape, dtype = tensor_specs[k]
+            if list(t.shape) != list(shape) or t.dtype != getattr(torch, dtype):
+                raise ValueError(f"{path}: {k} is {list(t.shape)} {t.dtype}, announced as {shape} {dtype}")
+            f.write(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data)
+            del t
+
+
+def write_gathered(path: str | os.PathLike | None, tensors: dict[str, torch.Tensor]) -> None:
+    """``tensors`` (DTensors or plain tensors) as one safetensors file of full tensors, written by rank 0 (``path``;
+    the other ranks pass None). A collective: every rank gathers each tensor in sorted name order, rank 0 writes its
+    bytes and drops it before the next one (:func:`write_safetensors`), so no rank holds more than its shards and one
+    full tensor."""
+    tensors = {k: v.detach() for k, v in tensors.items()}
+    if path is None:
+        for k in write_order(specs(tensors)):
+            full_tensor(tensors[k])
+        return
+    write_safetensors(path, specs(tensors), lambda k: full_tensor(tensors[k]))
+
+
+def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """The optimizer state as a checkpoint stores it (``"<param index>.<name>"`` -> tensor, DTensors as they are)
+    and the param groups; nothing is gathered or copied."""
+    sd = opt.state_dict()
+    flat = {f"{i}.{k}": v if torch.is_tensor(v) else torch.tensor(v)
+            for i, st in sd["state"].items() for k, v in st.items()}
+    return flat, sd["param_groups"]
+
+
+def nonfinite(tensors: dict[str, torch.Tensor], device: torch.device) -> list[str]:
+    """The names of the floating-point tensors of ``tensors`` that hold a NaN or inf on any rank, on every rank
+    alike: each rank checks its own shards, and one ``all_reduce`` of the flags joins them (nothing is gathered)."""
+    import torch.distributed as dist
+    names = sorted(k for k, v in tensors.items() if v.is_floating_point())
+    local = lambda t: t.to_local() if is_sharded(t) else t
+    flags = torch.tensor([0.0 if torch.isfinite(local(tensors[k].detach())).all() else 1.0 for k in names],
+                         dtype=torch.float32, device=device)
+    if dist.is_initialized() and flags.numel():
+        dist.all_reduce(flags)
+    return [k for k, f in zip(names, flags.tolist()) if f > 0]
+
+
+CHECKPOINT_TENSOR_FILES = ("model.safetensors", "ema.safetensors", "optimizer.safetensors")
+
+
+def write_checkpoint_tensors(folder: Path | None, weights: dict[str, torch.Tensor], ema: dict[str, torch.Tensor],
+                             opt: torch.optim.Optimizer) -> None:
+    """The weights, EMA and optimizer files of a checkpoint of a sharded run (:data:`CHECKPOINT_TENSOR_FILES`), in
+    the layout of a one-process run: a collective, rank 0 (``folder``, created empty; None elsewhere) streams each
+    gathered tensor into its file (:func:`write_gathered`), so it never holds a whole state dict."""
+    if folder is not None:
+        import shutil
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+    flat, _ = optimizer_tensors(opt)
+    for name, part in zip(CHECKPOINT_TENSOR_FILES, (weights, ema, flat)):
+        write_gathered(folder / name if folder is not None else None, part)
+
+
+def merge_safetensors(path: str | os.PathLike, parts: list[str | os.PathLike]) -> None:
+    """One safetensors file of the tensors of ``parts`` (files), a later part's tensor replacing an earlier one of the
+    same name, copied one tensor at a time (:class:`SafetensorsFile`, :func:`write_safetensors`)."""
+    source: dict[str, SafetensorsFile] = {}
+    for p in parts:
+        f = SafetensorsFile(p)
+        source.update({k: f for k in f})
+    write_safetensors(path, {k: f.specs[k] for k, f in source.items()}, lambda k: source[k][k])
+
 __all__ = ["requested", "check_environment", "shard", "is_sharded", "full_tensor", "gather", "gather_optimizer",
            "materialise", "own_tensors", "broadcast_json", "specs", "broadcast_full", "local_part",
            "distribute_from_rank0", "SafetensorsFile", "RankZeroState", "load_full_state", "READ_AT_BUILD",
            "weight_files", "pretrained_on_demand", "defer_to_files", "checkpoint_header", "check_checkpoint_shapes",
-           "load_optimizer", "restore_rng", "load_sharded_checkpoint"]
+           "load_optimizer", "restore_rng", "load_sharded_checkpoint", "write_order", "write_safetensors", "write_gathered",
+           "optimizer_tensors", "nonfinite", "CHECKPOINT_TENSOR_FILES", "write_checkpoint_tensors", "merge_safetensors"]

@@ -274,25 +274,31 @@ def checkpoints(out: Path) -> list[Path]:
 
 def save_checkpoint(out: Path, step: int, wam: WorldActionModel, ema: dict[str, torch.Tensor],
                     opt: torch.optim.Optimizer | None, recipe: TrainRecipe, keep: int, world_size: int = 1,
-                    weights: dict[str, torch.Tensor] | None = None,
-                    optimizer: tuple[dict[str, torch.Tensor], list[dict]] | None = None) -> Path:
+                    streamed: bool = False) -> Path:
     """Write checkpoints/step_N atomically (temp dir, then rename) and refresh the run's EMA export.
 
-    ``weights`` / ``optimizer``: full state gathered from a sharded (FSDP) run (:mod:`action_images.sharding`),
-    used instead of ``wam.state_dict()`` and ``opt``, so the files have the layout of a one-process run.
-    Refuses non-finite weights (raw or EMA): a checkpoint or export never holds NaN or inf."""
-    weights = wam.state_dict() if weights is None else weights
-    for name, sd in (("weights", weights), ("EMA weights", ema)):
-        bad = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-        if bad:
-            raise NonFiniteError(f"step {step}: non-finite {name} ({bad[:3]}); nothing was written")
+    ``streamed``: the weights, EMA and optimizer files are already in the temp dir (:func:`checkpoint_tmp`), written
+    tensor by tensor by the ranks of a sharded (FSDP) run (:func:`sharding.write_checkpoint_tensors`); this writes
+    the rest, and the export is copied from those files one tensor at a time. Refuses non-finite weights (raw or
+    EMA): a checkpoint or export never holds NaN or inf (a sharded run checks before it streams)."""
     final = out / "checkpoints" / f"step_{step:08d}"
-    tmp = out / "checkpoints" / f".tmp-step_{step:08d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    wam.save_pretrained(tmp, state_dict=weights)                         # config.json + model.safetensors (raw)
-    save_file({k: v.contiguous().cpu() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
-    tensors, groups = _optimizer_tensors(opt) if optimizer is None else optimizer
-    save_file(tensors, str(tmp / "optimizer.safetensors"))
+    tmp = checkpoint_tmp(out, step)
+    if streamed:
+        from action_images.wam import FORMAT, FORMAT_VERSION
+        atomic_write_json(tmp / CONFIG_NAME, {"format": FORMAT, "format_version": FORMAT_VERSION,
+                                              "config": wam.config.to_dict()})
+        groups = opt.state_dict()["param_groups"]
+    else:
+        weights = wam.state_dict()
+        for name, sd in (("weights", weights), ("EMA weights", ema)):
+            bad = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+            if bad:
+                raise NonFiniteError(f"step {step}: non-finite {name} ({bad[:3]}); nothing was written")
+        shutil.rmtree(tmp, ignore_errors=True)
+        wam.save_pretrained(tmp, state_dict=weights)                     # config.json + model.safetensors (raw)
+        save_file({k: v.contiguous().cpu() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
+        tensors, groups = _optimizer_tensors(opt)
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
     save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
     np_state = np.random.get_state()
     state = {"step": step, "recipe": recipe.to_dict(), "world_size": world_size,
@@ -305,13 +311,21 @@ def save_checkpoint(out: Path, step: int, wam: WorldActionModel, ema: dict[str, 
         shutil.rmtree(final)
     os.rename(tmp, final)
     # the run-level export (EMA weights; frozen weights as they are) for from_pretrained(RUN)
-    export = {**weights, **ema}
-    save_file({k: v.detach().contiguous().cpu() for k, v in export.items()}, str(out / f".{WEIGHTS_NAME}.tmp"))
+    if streamed:
+        sharding.merge_safetensors(out / f".{WEIGHTS_NAME}.tmp", [final / WEIGHTS_NAME, final / "ema.safetensors"])
+    else:
+        export = {**weights, **ema}
+        save_file({k: v.detach().contiguous().cpu() for k, v in export.items()}, str(out / f".{WEIGHTS_NAME}.tmp"))
     os.replace(out / f".{WEIGHTS_NAME}.tmp", out / WEIGHTS_NAME)
     atomic_write_text(out / CONFIG_NAME, (final / CONFIG_NAME).read_text())
     for old in checkpoints(out)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def checkpoint_tmp(out: Path, step: int) -> Path:
+    """The temp dir checkpoints/step_N is written into before it is renamed."""
+    return out / "checkpoints" / f".tmp-step_{step:08d}"
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
@@ -654,15 +668,17 @@ def train(recipe: TrainRecipe, out: Path, resume: bool = False, allow_world_size
                 sums, last_logged, t_last = {}, step, now
             bar.update(1)
             if step % rr.checkpoint_every == 0 or time_ckpt or stop or step == o.steps:
-                if fsdp:                    # every rank takes part in the gathers; rank 0 keeps the full tensors
-                    full = {"weights": sharding.gather(wam.state_dict(), main),
-                            "optimizer": sharding.gather_optimizer(opt, main)}
-                    ema_full = sharding.gather(ema, main)
+                if fsdp:        # every rank checks its shards, then gathers each tensor in turn: rank 0 streams
+                    # it into the checkpoint's files, so no rank holds more than its shards and one full tensor
+                    sd = wam.state_dict()
+                    for name, part in (("weights", sd), ("EMA weights", ema)):
+                        bad = sharding.nonfinite(part, accelerator.device)
+                        if bad:
+                            raise NonFiniteError(f"step {step}: non-finite {name} ({bad[:3]}); nothing was written")
+                    sharding.write_checkpoint_tensors(checkpoint_tmp(out, step) if main else None, sd, ema, opt)
+                    del sd
                 if main:
-                    if fsdp:
-                        save_checkpoint(out, step, wam, ema_full, None, recipe, rr.keep_checkpoints, world, **full)
-                    else:
-                        save_checkpoint(out, step, wam, ema, opt, recipe, rr.keep_checkpoints, world)
+                    save_checkpoint(out, step, wam, ema, opt, recipe, rr.keep_checkpoints, world, streamed=fsdp)
                     plot_log(out)
                 accelerator.wait_for_everyone()
                 t_ckpt = time.perf_counter()
