@@ -59,6 +59,7 @@ def test_two_process_fsdp_equals_ddp_saves_full_weights_and_resumes_on_one(prese
         proc = _launch(config, preset, out, "--steps", "2")
         assert proc.returncode == 0, proc.stderr[-3000:]
     assert "fully_shard units over 2 process(es)" in proc.stderr
+    assert "builds the whole model" not in proc.stderr               # rank 0 recorded the build on meta
     rows = {run: train.read_log(run / "log.jsonl") for run in (ddp, fsdp)}
     assert [r["step"] for r in rows[fsdp]] == [1, 2] and rows[fsdp][-1]["world_size"] == 2
     for a, b in zip(rows[ddp], rows[fsdp]):                       # the same steps, sharded or not
@@ -313,8 +314,8 @@ def _tiny_pipeline(folder: Path) -> Path:
     return folder
 
 
-def _one_process_model(argv: list[str]) -> torch.nn.Module:
-    """The model a one-process ``train`` with ``argv`` builds before its first step (same recipe, dataset, seed)."""
+def _config_and_seed(argv: list[str]) -> tuple:
+    """The model config and seed of a ``train`` with ``argv`` (same recipe, dataset)."""
     import argparse
     from action_images import recipe as recipes
 
@@ -322,8 +323,13 @@ def _one_process_model(argv: list[str]) -> torch.nn.Module:
     train.add_arguments(parser)
     recipe = recipes.from_args(parser.parse_args(argv), warn=lambda m: None)
     dataset = train.build_dataset(recipe, train.build_config(recipe))
-    cfg = train.build_config(recipe, camera_names=recipe.data.cameras or dataset.camera_names)
-    torch.manual_seed(recipe.optim.seed)
+    return train.build_config(recipe, camera_names=recipe.data.cameras or dataset.camera_names), recipe.optim.seed
+
+
+def _one_process_model(argv: list[str]) -> torch.nn.Module:
+    """The model a one-process ``train`` with ``argv`` builds before its first step (same recipe, dataset, seed)."""
+    cfg, seed = _config_and_seed(argv)
+    torch.manual_seed(seed)
     return train.build_model(cfg)
 
 
@@ -411,6 +417,73 @@ def test_fsdp_rank_0_streams_pretrained_and_resumed_tensors_rank_1_reads_none(tm
     have, want = load_file(str(fsdp / "model.safetensors")), load_file(str(ddp / "model.safetensors"))
     assert set(have) == set(want) and all(torch.allclose(have[k], want[k], atol=1e-6) for k in want)
     assert len(list((fsdp / "cache" / "text").glob("umt5-*/*.safetensors"))) == 4    # 3 synthetic instructions + ""
+
+
+def test_fsdp_fresh_build_no_rank_holds_the_whole_model(tmp_path):
+    """A fresh run without --pretrained under FSDP on 2 processes: rank 0 records the seeded build on the meta device
+    and computes each tensor as it sends it, so neither rank materialises the model before sharding; the loaded state
+    equals the one-process build bit for bit."""
+    pytest.importorskip("diffusers")
+    out, probe = tmp_path / "fsdp", tmp_path / "probe"
+    probe.mkdir()
+    script = tmp_path / "probe.py"
+    script.write_text(PROBE)
+    proc = _launch("fsdp.yaml", "wan-tiny-latent", out, "--steps", "1", script=script,
+                   env={"PROBE_OUT": str(probe), "PROBE_WATCH": str(out / "checkpoints")})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "builds the whole model" not in proc.stderr
+    r0, r1 = (json.loads((probe / f"rank{r}.json").read_text()) for r in (0, 1))
+    for r in (r0, r1):
+        assert r["materialised_before_shard"] == 0 < r["param_bytes"]
+        assert r["shard_bytes"] == r["expected_shard_bytes"] < r["param_bytes"]
+        assert r["most_full_alive"] == 1 and r["load_file_calls"] == 0
+    want = _one_process_model(_args("wan-tiny-latent", out, "--steps", "1")).state_dict()
+    _assert_equal_tensors(load_file(str(probe / "loaded_weights.safetensors")),
+                          {k: v.contiguous() for k, v in want.items()}, "fresh weights")
+
+
+@pytest.mark.parametrize("argv", [("cpu-tiny",), ("cpu-tiny", "--method", "dp"), ("cpu-tiny", "--method", "tokens"),
+                                  ("cpu-tiny", "--context-channels", "8"), ("wan-tiny",),
+                                  ("wan-tiny-latent", "--finetune", "lora", "--lora-rank", "2")])
+def test_recorded_build_computes_every_tensor_of_the_real_build(argv, tmp_path):
+    """What rank 0 of a fresh FSDP run builds: the model on meta, and each parameter and buffer computed on demand
+    equal bit for bit to a real build with the same seed; the generator is left where a real build leaves it."""
+    if argv[0].startswith("wan"):
+        pytest.importorskip("diffusers")
+    if "lora" in argv:
+        pytest.importorskip("peft")
+    cfg, seed = _config_and_seed(_args(argv[0], tmp_path / "r", "--steps", "1", *argv[1:]))
+    torch.manual_seed(seed)
+    want = train.build_model(cfg)
+    after = torch.get_rng_state()
+    real = {n: t for n, t in (*want.named_parameters(), *want.named_buffers())}
+    torch.manual_seed(seed)
+    model, sources = sharding.build_recorded(lambda: train.build_model(cfg), warn=pytest.fail)
+    assert torch.equal(torch.get_rng_state(), after)
+    assert all(t.is_meta for t in (*model.parameters(), *model.buffers()))
+    assert set(sources) == set(real)
+    for name, (source, key) in sources.items():
+        _assert_equal_tensors({name: source[key]}, {name: real[name]}, "recorded")
+    assert torch.equal(torch.get_rng_state(), after)       # computing a tensor leaves the generator alone
+
+
+def test_a_build_the_recorder_cannot_replay_runs_for_real():
+    """A build that reads data (here ``.item()``) is not recordable: it runs again for real, with the same result."""
+    class Odd(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(3, 4)
+            self.scale = torch.nn.Parameter(torch.ones(1) * float(self.lin.weight.abs().max().item()))
+
+    torch.manual_seed(0)
+    want = Odd()
+    after = torch.get_rng_state()
+    torch.manual_seed(0)
+    said: list[str] = []
+    model, sources = sharding.build_recorded(Odd, warn=said.append)
+    assert sources == {} and "rank 0 builds the whole model" in said[0]
+    assert torch.equal(torch.get_rng_state(), after)
+    _assert_equal_tensors(model.state_dict(), want.state_dict(), "fallback")
 
 
 def test_open_checkpoint_reads_headers_then_one_tensor_at_a_time_and_skips_a_damaged_one(tmp_path):

@@ -541,8 +541,8 @@ def train(recipe: TrainRecipe, out: Path, resume: bool = False, allow_world_size
 
     torch.manual_seed(o.seed)
     # FSDP (sharding.py): ranks > 0 build on the meta device and receive their shards after sharding (below); rank 0
-    # builds what it computes itself and leaves on meta what it reads from a file tensor by tensor as it sends it:
-    # ``streamed`` maps those names to (file, name in the file)
+    # builds what it computes itself and leaves on meta what it reads from a file or computes from the recorded build,
+    # tensor by tensor as it sends it: ``streamed`` maps those names to (source, name in the source)
     streamed: dict[str, Any] = {}
     if not fsdp:
         wam = build_model(cfg)                                          # WorldActionModel for --method wam
@@ -555,8 +555,8 @@ def train(recipe: TrainRecipe, out: Path, resume: bool = False, allow_world_size
         with sharding.pretrained_on_demand() as placeholders:
             wam = build_model(cfg)
         streamed = sharding.defer_to_files(wam, placeholders)
-    else:
-        wam = build_model(cfg)
+    else:                # the seeded init of one process, recorded on meta; each tensor computed when it is sent
+        wam, streamed = sharding.build_recorded(lambda: build_model(cfg), warn)
     if getattr(getattr(wam, "text_encoder", None), "set_cache_dir", None):   # UMT5: features cached per dataset
         wam.text_encoder.set_cache_dir(text_cache_dir(recipe, out))
     # frozen weights (the VAE, a LoRA run's base) are neither averaged nor optimised; the export adds them back
