@@ -13,12 +13,17 @@ What is sharded: every block of each ``nn.ModuleList`` named ``blocks`` (the DiT
 also under a LoRA wrapper) is its own FSDP unit; the rest of the model (embedders, output head, text encoder,
 the frozen VAE) is the root unit. Parameters, gradients, AdamW moments and the EMA are all sharded DTensors.
 
-Building and loading (no rank but 0 builds a whole model, and no rank reads a whole file): every rank but 0 builds the modules on PyTorch's
-``meta`` device (no storage; of the ``--pretrained`` folder it reads only the ``config.json`` files that size the
-model) and allocates only its shards after ``fully_shard`` (:func:`materialise`); it never opens a weights file.
-Rank 0 builds what it must compute itself and leaves the rest on ``meta`` to be read from its file when it is sent:
+Building and loading (no rank builds a whole model, and no rank reads a whole file): every rank but 0 builds the
+modules on PyTorch's ``meta`` device (no storage; of the ``--pretrained`` folder it reads only the ``config.json``
+files that size the model) and allocates only its shards after ``fully_shard`` (:func:`materialise`); it never opens
+a weights file. Rank 0 builds what it must compute itself and leaves the rest on ``meta`` to be read from its file or
+computed when it is sent:
 
-* a fresh run without ``--pretrained``: the whole model, with the seeded init of a one-process run;
+* a fresh run without ``--pretrained``: the build of a one-process run recorded on ``meta`` (:class:`InitRecorder`,
+  :func:`build_recorded`): every operation runs on ``meta``, random ops also on a throwaway CPU tensor so the
+  generator advances as in a real build, and each parameter and buffer is computed from the recorded operations
+  (with the recorded generator states) when it is sent, bit for bit the seeded init of a one-process run. A build
+  with an operation the recorder cannot replay (one that reads data) runs for real instead, with a warning;
 * ``--pretrained``: the model as a one-process run builds it (the same seeded init of everything the folder does
   not hold, the same random numbers drawn), except that the diffusers models of the folder are built from their
   config and every tensor of their weights files is read only when it is sent (:func:`pretrained_on_demand`);
@@ -36,10 +41,13 @@ the same seed or checkpoint. The full state is not sent with ``torch.distributed
 ``set_model_state_dict(broadcast_from_rank0=True)``: it works on gloo (tried with torch 2.13), but it sends its
 metadata with ``broadcast_object_list`` (pickle) and allocates a whole bucket of full tensors at once.
 
-Checkpoints stay the trainer's usual full state dicts: :func:`gather` gathers every tensor (one at a time, in the
-same order on every rank) and only rank 0 keeps a CPU copy, so ``checkpoints/step_N`` and the run's
-``model.safetensors`` have the layout of a one-process run and load without FSDP. A checkpoint written by any number
-of processes, with or without FSDP, resumes under FSDP and the other way round.
+Checkpoints stay the trainer's usual full state dicts, written tensor by tensor: every rank checks its shards for
+NaN and inf (:func:`nonfinite`, one ``all_reduce``), then gathers each tensor in turn, and rank 0 writes its bytes
+into the file whose header it wrote first and drops it (:func:`write_checkpoint_tensors`, :func:`write_gathered`,
+:func:`write_safetensors`); the run's export is copied from the checkpoint's files one tensor at a time
+(:func:`merge_safetensors`). So no rank holds more than its shards and one full tensor, and ``checkpoints/step_N`` and
+the run's ``model.safetensors`` have the layout of a one-process run and load without FSDP. A checkpoint written by
+any number of processes, with or without FSDP, resumes under FSDP and the other way round.
 """
 
 from __future__ import annotations
