@@ -136,6 +136,28 @@ def test_hold_steps_record_frames_after_success(tmp_path, capsys):
     assert collect.run(args_for(tmp_path / "c", "--hold-steps", "-1")) == 2
 
 
+def test_hold_action_still_holds_the_pose_at_success(tmp_path, capsys):
+    """--hold-action still: the frames after success command one fixed target, the hand's pose at success with the
+    last gripper command, instead of the expert's next moves; the frames up to success are the expert's."""
+    argv = ("--tasks", "reach_fake", "--episodes", "3", "--hold-steps", "3")
+    assert collect.run(args_for(tmp_path / "e", *argv)) == 0
+    assert collect.run(args_for(tmp_path / "s", *argv, "--hold-action", "still")) == 0
+    e, s = LeRobotDataset(tmp_path / "e"), LeRobotDataset(tmp_path / "s")
+    for i in range(3):
+        ee, es = e.episode(i), s.episode(i)
+        n = len(es) - 3                                    # frames up to and including the successful step
+        assert len(es) == len(ee) and n > 0
+        np.testing.assert_array_equal(es.actions[:n], ee.actions[:n])
+        still = np.concatenate([es.states[n, :7], es.actions[n - 1, 7:]])
+        np.testing.assert_allclose(es.actions[n:], np.tile(still, (3, 1)), atol=1e-6)
+        assert not np.allclose(ee.actions[n:], es.actions[n:])       # the expert would have moved on
+    assert collect.run(args_for(tmp_path / "s", *argv[:-4], "--episodes", "4", "--hold-steps", "3",
+                                "--resume")) == 2
+    assert "hold_action: was 'still', now 'expert'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="hold_action must be one of"):
+        collect.run_episode(None, 0, [], 1, "freeze")
+
+
 def test_bad_arguments(tmp_path, capsys):
     assert collect.run(args_for(tmp_path / "d", "--tasks", "nope")) == 2
     assert "choose from" in capsys.readouterr().err

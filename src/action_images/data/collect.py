@@ -34,8 +34,9 @@ from .lerobot_writer import DatasetWriter, plan_start
 DEFAULT_CAMERAS = "front,left,right,top"
 # settings that must match to continue a run with --resume
 RESUME_KEYS = ("suite", "seed", "cameras", "image_size", "perturb_cameras", "keep_failed", "hold_steps",
-               "random_rig", "rig_views", "camera_rig")
+               "hold_action", "random_rig", "rig_views", "camera_rig")
 RIG_SPLITS = ("train", "heldout")
+HOLD_ACTIONS = ("expert", "still")
 
 
 # Allowed ranges of the numeric flags, checked before any work starts. Images: at least 8 px (the sim's floor) and at
@@ -80,6 +81,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hold-steps", type=int, default=0,
                    help="keep recording this many expert steps after success, >= 0 (default 0: stop at success); "
                         "they give training windows real future keyframes instead of the clipped last frame")
+    p.add_argument("--hold-action", choices=HOLD_ACTIONS, default="expert",
+                   help="the action of the frames after success: 'expert' (default) goes on running the scripted "
+                        "expert, 'still' holds the pose the hand had at success with the last gripper command, so "
+                        "an expert that moves on after success (push_cube lifts and re-approaches) does not teach "
+                        "the policy to leave a finished task")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
 
 
@@ -115,11 +121,15 @@ class Recorded:
                    for seq in self.cameras.values() for c in seq)
 
 
-def run_episode(env: Any, seed: int, camera_names: list[str], hold_steps: int = 0) -> Recorded:
+def run_episode(env: Any, seed: int, camera_names: list[str], hold_steps: int = 0,
+                hold_action: str = "expert") -> Recorded:
     """Roll the expert out from ``reset(seed)``; frame t = (images_t, ee_pose_t, calibration_t, expert action_t).
 
-    The episode ends at success (or the task's step limit); with ``hold_steps`` > 0 the expert goes on for that many
-    more recorded steps after the first success (the env keeps stepping past ``terminated``)."""
+    The episode ends at success (or the task's step limit); with ``hold_steps`` > 0 it goes on for that many more
+    recorded steps after the first success (the env keeps stepping past ``terminated``): the expert's actions, or
+    with ``hold_action="still"`` one fixed target, the hand's pose at success with the last gripper command."""
+    if hold_action not in HOLD_ACTIONS:
+        raise ValueError(f"hold_action must be one of {HOLD_ACTIONS}; got {hold_action!r}")
     obs, info = env.reset(seed=seed)
     instruction = str(obs["instruction"])
     imgs: dict[str, list[np.ndarray]] = {c: [] for c in camera_names}
@@ -127,13 +137,20 @@ def run_episode(env: Any, seed: int, camera_names: list[str], hold_steps: int = 
     states, actions = [], []
     success = bool(info.get("success", False))
     held = 0
+    still: np.ndarray | None = None
     for _ in range(int(env.max_steps) + int(hold_steps)):
         for c in camera_names:
             imgs[c].append(np.array(obs["images"][c], dtype=np.uint8, copy=True))
         for c, cam in zip(camera_names, env.cameras):
             cams[c].append(cam)
         states.append(np.asarray(obs["ee_pose"], dtype=np.float64).copy())
-        a = np.asarray(env.expert_action(), dtype=np.float64).copy()
+        if success and hold_action == "still":
+            if still is None:
+                last_gripper = actions[-1][7:] if actions else np.asarray(env.expert_action(), np.float64)[7:]
+                still = np.concatenate([states[-1][:7], last_gripper])
+            a = still.copy()
+        else:
+            a = np.asarray(env.expert_action(), dtype=np.float64).copy()
         actions.append(a)
         if success:
             held += 1
@@ -274,7 +291,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     config = {"suite": suite_name, "seed": int(args.seed), "cameras": cameras, "image_size": int(args.image_size),
               "perturb_cameras": bool(args.perturb_cameras), "keep_failed": bool(args.keep_failed),
-              "hold_steps": int(args.hold_steps), "random_rig": args.rig_distribution,
+              "hold_steps": int(args.hold_steps), "hold_action": args.hold_action,
+              "random_rig": args.rig_distribution,
               "rig_views": int(args.rig_views) if args.rig_distribution else None,
               "camera_rig": str(Path(args.camera_rig).resolve()) if args.camera_rig else None}
     if (out / INFO_PATH).exists():
@@ -286,7 +304,7 @@ def run(args: argparse.Namespace) -> int:
             return _fail(str(e))
         if not isinstance(prev, dict) or not isinstance(prev.get("config", {}), dict):
             return _fail(f"{out / COLLECT_PATH}: expected a JSON object with a 'config' object")
-        before = {"suite": "sim", "hold_steps": 0, "random_rig": None, "rig_views": None, "camera_rig": None,
+        before = {"suite": "sim", "hold_steps": 0, "hold_action": "expert", "random_rig": None, "rig_views": None, "camera_rig": None,
                   **prev.get("config", {})}   # datasets from before these flags had none of them
         diff = {k: (before.get(k), config[k]) for k in RESUME_KEYS if before.get(k) != config[k]}
         if diff:
@@ -329,7 +347,7 @@ def run(args: argparse.Namespace) -> int:
             env = envs[task]
             k = progress.next_attempt[task]
             seed = episode_seed(args.seed, task, k)
-            rec = run_episode(env, seed, cameras, args.hold_steps)
+            rec = run_episode(env, seed, cameras, args.hold_steps, args.hold_action)
             progress.next_attempt[task] = k + 1
             if rec.success or args.keep_failed:
                 if writer is None:
