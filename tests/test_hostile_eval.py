@@ -156,6 +156,29 @@ def test_resume_continues_an_interrupted_run(checkpoint, tmp_path, monkeypatch, 
     assert len(read_jsonl(out / "episodes.jsonl")) == 5                   # the torn line is gone
 
 
+def test_resume_with_more_episodes_extends_a_finished_run(checkpoint, tmp_path, monkeypatch, capsys):
+    """--resume --episodes N (more than recorded) runs only the new episodes, and they are the episodes a straight
+    N-episode run has; fewer episodes than recorded are refused, with nothing rewritten."""
+    out = tmp_path / "out"
+    assert evaluate.run(parse(fast(checkpoint, out, "--episodes", "1"))) == 0
+    calls = stop_after(monkeypatch, 99)
+    assert evaluate.run(parse(fast(checkpoint, out, "--episodes", "2", "--resume"))) == 0
+    assert calls == [("reach_target", 1), ("press_button", 1)]
+    monkeypatch.undo()
+    assert read_jsonl(out / "episodes.jsonl")[0]["settings"]["episodes"] == 2
+    assert evaluate.run(parse(fast(checkpoint, tmp_path / "straight", "--episodes", "2"))) == 0
+    drop = ("wall_s", "latency_parts_s", "latency_s")
+    key = lambda e: (e["task"], e["episode"])                                            # noqa: E731
+    extended = sorted(json.loads((out / "metrics.json").read_text())["episodes"], key=key)
+    straight = sorted(json.loads((tmp_path / "straight" / "metrics.json").read_text())["episodes"], key=key)
+    assert [{k: v for k, v in e.items() if k not in drop} for e in extended] == \
+        [{k: v for k, v in e.items() if k not in drop} for e in straight]
+    before = (out / "episodes.jsonl").read_bytes()
+    assert evaluate.run(parse(fast(checkpoint, out, "--episodes", "1", "--resume"))) == 2
+    assert "episodes 2 -> 1" in capsys.readouterr().err
+    assert (out / "episodes.jsonl").read_bytes() == before
+
+
 def test_finished_records_are_kept_unless_overwrite(checkpoint, tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
     stop_after(monkeypatch, 99, real=False)

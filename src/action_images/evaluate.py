@@ -3,7 +3,8 @@
     action-images eval --checkpoint runs/pick --tasks reach_target,pick_cube --episodes 20 --out runs/pick/eval
     action-images eval --checkpoint runs/pick --tasks all --episodes 20 --perturb-cameras --out runs/pick/eval_shift
     action-images eval --checkpoint runs/pick --tasks pick_cube --episodes 5 --open-loop-data data/demos --out DIR
-    action-images eval --checkpoint runs/pick --tasks all --episodes 100 --out DIR --resume     # after a crash
+    action-images eval --checkpoint runs/pick --tasks all --episodes 100 --out DIR --resume     # after a crash, or
+                                                                      # to extend a 20-episode run to 100
     action-images eval --server ws://127.0.0.1:8000 --tasks reach_target --episodes 20 --out DIR   # via serve
     action-images eval --suite metaworld --checkpoint runs/mw --tasks drawer-open-v3 --episodes 50 --out DIR
 
@@ -78,7 +79,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="output directory (episodes.jsonl, metrics.json, report.html, videos/)")
     p.add_argument("--resume", action="store_true",
                    help="continue the evaluation in --out: skip the episodes episodes.jsonl holds; refused if the "
-                        "settings or the checkpoint differ from the recorded ones")
+                        "settings or the checkpoint differ from the recorded ones, except a larger --episodes, "
+                        "which extends a finished run")
     p.add_argument("--overwrite", action="store_true",
                    help="start over in an --out that holds finished episodes (default: refuse; see --resume)")
     p.add_argument("--perturb-cameras", action="store_true", help="viewpoint shift: jitter cameras every episode")
@@ -193,7 +195,8 @@ class Evaluation:
 
     ``out/episodes.jsonl``: a header line ``{"format", "version", "settings", "model_sha256", "checkpoint"}``, then one
     line per finished episode, appended and flushed as it finishes. ``resume=True`` keeps the finished episodes and
-    runs the others; it raises ValueError when the recorded settings or weights differ from these.
+    runs the others; it raises ValueError when the recorded settings or weights differ from these, except a larger
+    ``episodes``, which extends a finished run (its episodes are the first ones of the longer run).
     ``jobs > 1`` runs episodes in worker processes (each loads ``checkpoint``, one torch thread); records are the
     same as with one process. A worker that dies raises RuntimeError at once (finished episodes stay on disk).
 
@@ -244,8 +247,13 @@ class Evaluation:
                                                                  and isinstance(r.get("success"), bool))]
             if bad:
                 raise ValueError(f"--resume: {self.path}: line {bad[0]} is not an episode record")
+            # a larger --episodes extends the run: episode k's seed depends on (seed, task, k) only, so the recorded
+            # episodes are the first ones of the longer run; a smaller one would drop records and is refused
+            was, now = head["settings"].get("episodes"), self.header["settings"].get("episodes")
+            extend = isinstance(was, int) and isinstance(now, int) and now > was
             diff = sorted(k for k in set(head["settings"]) | set(self.header["settings"])
-                          if head["settings"].get(k) != self.header["settings"].get(k))
+                          if head["settings"].get(k) != self.header["settings"].get(k)
+                          and not (k == "episodes" and extend))
             if diff:
                 raise ValueError(f"--resume: settings differ from the ones recorded in {self.path}: "
                                  + "; ".join(f"{k} {head['settings'].get(k)!r} -> {self.header['settings'].get(k)!r}"
