@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from action_images import sharding, train
+from action_images import recorded_init, sharding, train
 from action_images.data.windows import SyntheticWindows, WindowConfig, collate
 from action_images.wam import WorldActionModel
 
@@ -205,9 +205,7 @@ models, held = [], []
 
 
 def save(part, tensors):                                # every rank gathers, rank 0 writes
-    full = sharding.gather(tensors, rank == 0)
-    if rank == 0:
-        safetensors.torch.save_file(full, os.path.join(out, f"loaded_{part}.safetensors"))
+    sharding.write_gathered(os.path.join(out, f"loaded_{part}.safetensors") if rank == 0 else None, tensors)
 
 
 def shard(model, *a, **k):
@@ -231,7 +229,7 @@ def load_full_state(model, full, device):
 def load_sharded_checkpoint(ck, head, ema, opt, sd, device):
     real["load_sharded_checkpoint"](ck, head, ema, opt, sd, device)
     save("ema", ema)
-    save("optimizer", sharding.gather_optimizer(opt, True)[0])
+    save("optimizer", sharding.optimizer_tensors(opt)[0])
     held.extend([*ema.values(), *(v for st in opt.state.values() for v in st.values() if torch.is_tensor(v))])
 
 
@@ -458,7 +456,7 @@ def test_recorded_build_computes_every_tensor_of_the_real_build(argv, tmp_path):
     after = torch.get_rng_state()
     real = {n: t for n, t in (*want.named_parameters(), *want.named_buffers())}
     torch.manual_seed(seed)
-    model, sources = sharding.build_recorded(lambda: train.build_model(cfg), warn=pytest.fail)
+    model, sources = recorded_init.build_recorded(lambda: train.build_model(cfg), warn=pytest.fail)
     assert torch.equal(torch.get_rng_state(), after)
     assert all(t.is_meta for t in (*model.parameters(), *model.buffers()))
     assert set(sources) == set(real)
@@ -480,7 +478,7 @@ def test_a_build_the_recorder_cannot_replay_runs_for_real():
     after = torch.get_rng_state()
     torch.manual_seed(0)
     said: list[str] = []
-    model, sources = sharding.build_recorded(Odd, warn=said.append)
+    model, sources = recorded_init.build_recorded(Odd, warn=said.append)
     assert sources == {} and "rank 0 builds the whole model" in said[0]
     assert torch.equal(torch.get_rng_state(), after)
     _assert_equal_tensors(model.state_dict(), want.state_dict(), "fallback")

@@ -19,9 +19,9 @@ files that size the model) and allocates only its shards after ``fully_shard`` (
 a weights file. Rank 0 builds what it must compute itself and leaves the rest on ``meta`` to be read from its file or
 computed when it is sent:
 
-* a fresh run without ``--pretrained``: the build of a one-process run recorded on ``meta`` (:class:`InitRecorder`,
-  :func:`build_recorded`): every operation runs on ``meta``, random ops also on a throwaway CPU tensor so the
-  generator advances as in a real build, and each parameter and buffer is computed from the recorded operations
+* a fresh run without ``--pretrained``: the build of a one-process run recorded on ``meta``
+  (:mod:`action_images.recorded_init`): every operation runs on ``meta``, random ops also on a throwaway CPU tensor
+  so the generator advances as in a real build, and each parameter and buffer is computed from the recorded operations
   (with the recorded generator states) when it is sent, bit for bit the seeded init of a one-process run. A build
   with an operation the recorder cannot replay (one that reads data) runs for real instead, with a warning;
 * ``--pretrained``: the model as a one-process run builds it (the same seeded init of everything the folder does
@@ -114,26 +114,6 @@ def full_tensor(x: torch.Tensor) -> torch.Tensor:
     return x.full_tensor() if is_sharded(x) else x
 
 
-def gather(tensors: dict[str, torch.Tensor], keep: bool) -> dict[str, torch.Tensor]:
-    """Full CPU copies of ``tensors`` where ``keep`` (rank 0), ``{}`` elsewhere; every rank takes part in each
-    gather, one tensor at a time in sorted key order, so no rank holds more than one full tensor beyond its shards."""
-    out = {}
-    for k in sorted(tensors):
-        v = full_tensor(tensors[k].detach())
-        if keep:
-            out[k] = v.cpu().contiguous()
-        del v
-    return out
-
-
-def gather_optimizer(opt: torch.optim.Optimizer, keep: bool) -> tuple[dict[str, torch.Tensor], list[dict]]:
-    """The optimizer state as ``train._optimizer_tensors`` writes it (``"<param index>.<name>"`` -> full tensor),
-    gathered as in :func:`gather`."""
-    flat, groups = optimizer_tensors(opt)
-    return gather(flat, keep), groups
-
-
-# ---- building on meta, loading on rank 0 --------------------------------------------------------------------------------
 def _rank() -> int:
     import torch.distributed as dist
     return dist.get_rank()
@@ -295,202 +275,6 @@ def load_full_state(model: nn.Module, full: RankZeroState | dict[str, torch.Tens
             del t, src
 
 
-
-# ---- a fresh build on rank 0: the seeded init recorded on meta, each tensor computed when it is sent ---------------
-class NotRecordable(RuntimeError):
-    """An operation of a model's build that :class:`InitRecorder` cannot replay (it reads data, or draws random
-    numbers in a way that depends on values)."""
-
-
-# random ops whose draws depend only on the shapes: replaying them from the generator state taken before the op gives
-# the same numbers, and running them on an uninitialised tensor of the same shape advances the generator as they do
-_RANDOM = {"uniform_", "normal_", "randn", "rand", "randint", "random_", "randperm", "exponential_", "log_normal_",
-           "cauchy_", "geometric_"}
-
-
-def _storage(t: torch.Tensor) -> int:
-    return t.untyped_storage()._cdata
-
-
-class _Ref:
-    """A recorded tensor: a view (size, stride, offset, dtype) of the storage ``key``; a leaf of pytree maps."""
-
-    def __init__(self, key: int, size: tuple, stride: tuple, offset: int, dtype: torch.dtype):
-        self.key, self.size, self.stride, self.offset, self.dtype = key, size, stride, offset, dtype
-
-
-class _Const:
-    """A real tensor the build made from Python data (``torch.tensor([...])``), kept as it is."""
-
-    def __init__(self, value: torch.Tensor):
-        self.value = value
-
-
-class InitRecorder:
-    """Records a model's build on the ``meta`` device and computes any of its tensors later, one at a time, exactly as
-    the build computed it. While active (``with InitRecorder() as rec: model = build()``) every aten operation runs on
-    ``meta`` (factories too, whatever device they name), so the model gets no storage; each operation that creates or
-    writes a storage is recorded with its arguments (tensors by storage, size, stride and offset; real tensors the
-    build makes from Python data as constants) and, for random ops, the torch generator state before it. Random ops
-    also run on an uninitialised CPU tensor of their shape, so the generator advances as in a real build and what the
-    build draws afterwards, and the state it leaves, are those of a real build.
-
-    ``rec[name]`` (after :meth:`bind`) replays the operations that created and wrote that tensor's storage, and
-    recursively those of their inputs, in their recorded order with the recorded generator states: bit for bit the
-    tensor of a real build (the CPU kernels run on the same layouts), holding only that tensor and its inputs. An
-    operation the recorder cannot replay raises :class:`NotRecordable` during the build."""
-
-    def __init__(self) -> None:
-        from torch.utils._python_dispatch import TorchDispatchMode
-        recorder = self
-
-        class Mode(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                return recorder._op(func, args, kwargs or {})
-
-        self._mode = Mode()
-        self._entries: list[tuple] = []       # (func, args, kwargs, rng state or None, [(output index, storage)])
-        self._writers: dict[int, list[int]] = {}   # storage -> indices of the entries that create or write it
-        self._inputs: list[set[int]] = []      # per entry: the storages it reads
-        self._alive: list[torch.Tensor] = []   # every meta tensor seen: keeps storage ids unique
-        self._sources: dict[str, tuple] = {}
-
-    def __enter__(self) -> "InitRecorder":
-        self._mode.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._mode.__exit__(*exc)
-
-    # -- recording
-    def _desc(self, t: torch.Tensor) -> "_Ref | _Const":
-        if t.is_meta:
-            key = _storage(t)
-            if key not in self._writers:
-                raise NotRecordable(f"a meta tensor made outside the recorded build ({tuple(t.shape)})")
-            return _Ref(key, tuple(t.shape), tuple(t.stride()), t.storage_offset(), t.dtype)
-        return _Const(t.detach().clone())
-
-    def _op(self, func: Any, args: tuple, kwargs: dict) -> Any:
-        from torch.utils._pytree import tree_flatten, tree_map
-        name = func.overloadpacket.__name__
-        random = torch.Tag.nondeterministic_seeded in func.tags
-        if random and (name not in _RANDOM or kwargs.get("generator") is not None):
-            raise NotRecordable(f"{func} draws random numbers the recorder cannot replay")
-        if random and any(torch.is_tensor(a) for a in tree_flatten((args, kwargs))[0][1:]):
-            raise NotRecordable(f"{func} with tensor arguments besides the one it fills")
-        tensors = [a for a in tree_flatten((args, kwargs))[0] if torch.is_tensor(a)]
-        descs = {id(a): self._desc(a) for a in tensors}
-        meta = lambda a: (a if a.is_meta else a.detach().to("meta")) if torch.is_tensor(a) else a
-        margs, mkwargs = tree_map(meta, (args, kwargs))
-        if "device" in mkwargs:
-            mkwargs["device"] = torch.device("meta")
-        state = None
-        if random:                      # advance the generator as the real op does
-            state = torch.get_rng_state()
-            real = lambda a: torch.empty_strided(a.shape, a.stride(), dtype=a.dtype) if torch.is_tensor(a) else a
-            func(*tree_map(real, args), **tree_map(real, kwargs))
-        try:
-            out = func(*margs, **mkwargs)
-        except (NotImplementedError, RuntimeError) as e:
-            raise NotRecordable(f"{func} does not run on meta tensors ({e})") from None
-        inputs = {d.key for d in descs.values() if isinstance(d, _Ref)}
-        written = {descs[id(a)].key for a, arg in self._schema_args(func, args, kwargs)
-                   if torch.is_tensor(a) and a.is_meta and arg.alias_info is not None and arg.alias_info.is_write}
-        flat_out = tree_flatten(out)[0]
-        if any(not torch.is_tensor(o) for o in flat_out if o is not None):
-            raise NotRecordable(f"{func} returns data, which a meta build does not have")
-        created = []
-        for i, o in enumerate(flat_out):
-            if torch.is_tensor(o) and _storage(o) not in inputs:
-                created.append((i, _storage(o)))
-            if torch.is_tensor(o):
-                self._alive.append(o)
-        self._alive.extend(a for a in tensors if a.is_meta)
-        if created or written:
-            index = len(self._entries)
-            # the build sees meta tensors and may name their device (``device=x.device``): the replay runs on CPU
-            enc = lambda a: descs[id(a)] if torch.is_tensor(a) else \
-                torch.device("cpu") if isinstance(a, torch.device) and a.type == "meta" else a
-            self._entries.append((func, tree_map(enc, args), tree_map(enc, kwargs), state, created))
-            self._inputs.append(inputs)
-            for key in {k for _, k in created} | written:
-                self._writers.setdefault(key, []).append(index)
-        return out
-
-    @staticmethod
-    def _schema_args(func: Any, args: tuple, kwargs: dict) -> Iterator[tuple[Any, Any]]:
-        schema = func._schema.arguments
-        for a, arg in zip(args, schema):
-            yield a, arg
-        for arg in schema:
-            if arg.name in kwargs:
-                yield kwargs[arg.name], arg
-
-    # -- replay
-    def bind(self, model: nn.Module) -> dict[str, tuple["InitRecorder", str]]:
-        """name -> (self, name) for every parameter and buffer of ``model`` (non-persistent buffers included), as
-        :class:`RankZeroState` takes them; raises :class:`NotRecordable` for one the build did not record."""
-        out = {}
-        for name, t in (*model.named_parameters(), *model.named_buffers()):
-            if not t.is_meta or _storage(t) not in self._writers:
-                raise NotRecordable(f"{name} was not built by the recorded operations")
-            self._sources[name] = self._desc(t)
-            out[name] = (self, name)
-        return out
-
-    def __getitem__(self, name: str) -> torch.Tensor:
-        return self.compute(self._sources[name])
-
-    def compute(self, desc: "_Ref") -> torch.Tensor:
-        """The real tensor of a recorded meta tensor."""
-        from torch.utils._pytree import tree_flatten, tree_map
-        needed, todo, seen = set(), [desc.key], set()
-        while todo:
-            key = todo.pop()
-            if key in seen:
-                continue
-            seen.add(key)
-            for i in self._writers.get(key, ()):
-                if i not in needed:
-                    needed.add(i)
-                    todo.extend(self._inputs[i])
-        storages: dict[int, Any] = {}
-
-        def dec(a: Any) -> Any:
-            if isinstance(a, _Ref):
-                return torch.empty(0, dtype=a.dtype).set_(storages[a.key], a.offset, a.size, a.stride)
-            return a.value if isinstance(a, _Const) else a
-
-        saved = torch.get_rng_state()
-        try:
-            with torch.no_grad():
-                for i in sorted(needed):
-                    func, args, kwargs, state, created = self._entries[i]
-                    if state is not None:
-                        torch.set_rng_state(state)
-                    out = func(*tree_map(dec, args), **tree_map(dec, kwargs))
-                    flat = tree_flatten(out)[0]
-                    for j, key in created:
-                        storages[key] = flat[j].untyped_storage()
-                return dec(desc)
-        finally:
-            torch.set_rng_state(saved)
-
-
-def build_recorded(build: Any, warn: Any = print) -> tuple[nn.Module, dict[str, tuple[InitRecorder, str]]]:
-    """``build()`` on rank 0 of a fresh FSDP run: the model on ``meta`` and name -> (recorder, name) of every tensor,
-    each computed when it is sent (:class:`InitRecorder`, :class:`RankZeroState`), with the values and the generator
-    state of a real build. A build the recorder cannot replay runs again for real (``warn`` says why)."""
-    state = torch.get_rng_state()
-    try:
-        with InitRecorder() as rec:
-            model = build()
-        return model, rec.bind(model)
-    except NotRecordable as e:
-        warn(f"FSDP: rank 0 builds the whole model ({e})")
-        torch.set_rng_state(state)
-        return build(), {}
 
 # ---- --pretrained on rank 0: diffusers models whose weights are read when they are sent ---------------------------
 # WanBackbone builds its input and output layers from the file's (models/wan.py copies the patch embedding into a
@@ -784,10 +568,10 @@ def merge_safetensors(path: str | os.PathLike, parts: list[str | os.PathLike]) -
         source.update({k: f for k in f})
     write_safetensors(path, {k: f.specs[k] for k, f in source.items()}, lambda k: source[k][k])
 
-__all__ = ["requested", "check_environment", "shard", "is_sharded", "full_tensor", "gather", "gather_optimizer",
-           "materialise", "own_tensors", "broadcast_json", "specs", "broadcast_full", "local_part",
-           "distribute_from_rank0", "SafetensorsFile", "RankZeroState", "load_full_state", "READ_AT_BUILD",
-           "weight_files", "pretrained_on_demand", "defer_to_files", "checkpoint_header", "check_checkpoint_shapes",
-           "load_optimizer", "restore_rng", "load_sharded_checkpoint", "write_order", "write_safetensors", "write_gathered",
-           "optimizer_tensors", "nonfinite", "CHECKPOINT_TENSOR_FILES", "write_checkpoint_tensors", "merge_safetensors", "NotRecordable", "InitRecorder",
-           "build_recorded"]
+
+__all__ = ["requested", "check_environment", "shard", "is_sharded", "full_tensor", "materialise", "own_tensors",
+           "broadcast_json", "specs", "broadcast_full", "local_part", "distribute_from_rank0", "SafetensorsFile",
+           "RankZeroState", "load_full_state", "READ_AT_BUILD", "weight_files", "pretrained_on_demand",
+           "defer_to_files", "checkpoint_header", "check_checkpoint_shapes", "load_optimizer", "restore_rng",
+           "load_sharded_checkpoint", "write_order", "write_safetensors", "write_gathered", "optimizer_tensors",
+           "nonfinite", "CHECKPOINT_TENSOR_FILES", "write_checkpoint_tensors", "merge_safetensors"]

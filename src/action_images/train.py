@@ -54,7 +54,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from action_images import recipe as recipes
-from action_images import sharding
+from action_images import recorded_init, sharding
 from action_images.data.windows import SyntheticWindows, WindowConfig, Windows, collate
 from action_images.models import PRESETS
 from action_images.recipe import RECIPE_NAME, TrainRecipe
@@ -261,10 +261,8 @@ def lr_at(step: int, lr: float, warmup: int) -> float:
 
 
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
-    sd = opt.state_dict()
-    tensors = {f"{i}.{k}": v.detach().cpu().contiguous() if torch.is_tensor(v) else torch.tensor(v)
-               for i, st in sd["state"].items() for k, v in st.items()}
-    return tensors, sd["param_groups"]
+    tensors, groups = sharding.optimizer_tensors(opt)
+    return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, groups
 
 
 def checkpoints(out: Path) -> list[Path]:
@@ -556,7 +554,7 @@ def train(recipe: TrainRecipe, out: Path, resume: bool = False, allow_world_size
             wam = build_model(cfg)
         streamed = sharding.defer_to_files(wam, placeholders)
     else:                # the seeded init of one process, recorded on meta; each tensor computed when it is sent
-        wam, streamed = sharding.build_recorded(lambda: build_model(cfg), warn)
+        wam, streamed = recorded_init.build_recorded(lambda: build_model(cfg), warn)
     if getattr(getattr(wam, "text_encoder", None), "set_cache_dir", None):   # UMT5: features cached per dataset
         wam.text_encoder.set_cache_dir(text_cache_dir(recipe, out))
     # frozen weights (the VAE, a LoRA run's base) are neither averaged nor optimised; the export adds them back
