@@ -56,13 +56,15 @@ checkpoint-quick: $(STAMP)
 # The claims table (docs/claims.md): each method and ablation trained on the same random-rig demos (the recipes
 # fix the step counts), then evaluated closed loop from new training-distribution rigs, held-out rigs and the
 # fixed pair left + top, and open loop on held-out demos (keyframe error). Rows already trained or evaluated are
-# skipped.
+# skipped. The results are copied to bench/results/claims, which the table is written from (so a fresh checkout
+# regenerates it with the last command alone).
 claims: $(STAMP)
 	$(BIN)/python -m action_images.claims train
 	$(BIN)/python -m action_images.claims run --episodes 20 --seed 31337
 	$(BIN)/python -m action_images.claims openloop --data data/rig8_val_heldout --episodes 40 --starts 2 --seed 0 \
 		--sampler-steps 6
-	$(BIN)/python -m action_images.claims table --out docs/claims.md
+	$(BIN)/python -m action_images.claims archive
+	$(BIN)/python -m action_images.claims table --results bench/results/claims --out docs/claims.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

@@ -90,3 +90,45 @@ def test_training_minutes_add_up_over_resumed_runs(tmp_path):
     facts = claims._run_facts(run)
     assert facts["steps"] == 40 and facts["minutes"] == pytest.approx(18.0)
 
+
+
+def test_archive_copies_what_the_table_reads_and_the_table_reads_it_back(tmp_path):
+    """``claims archive`` copies each trained row's facts, metrics and open loop; ``table --results`` then gives the
+    same table as the run folders, and rows not run here keep their archived copies."""
+    run = tmp_path / "run"
+    torch.manual_seed(0)
+    WorldActionModel(WAMConfig.from_preset("cpu-tiny")).save_pretrained(run)
+    (run / "log.jsonl").write_text(json.dumps({"step": 40, "elapsed_s": 600.0}) + "\n")
+    ev = tmp_path / "ev"
+    (ev / "x_left_top").mkdir(parents=True)
+    (ev / "x_left_top" / "metrics.json").write_text(json.dumps({"settings": {"episodes": 4, "seed": 7}, "overall": {
+        "successes": 1, "episodes": 4, "success_rate": 0.25, "success_ci95": [0.05, 0.7],
+        "latency": {"mean_ms": 9.0}}, "tasks": {"reach_target": {"successes": 1, "episodes": 4}}}))
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / claims.RUNS_FILE).write_text(json.dumps({"rows": {"old": {
+        "params": None, "params_millions": 3.21, "steps": 9, "minutes": 2.0, "source": "gone"}}}))
+    methods = (Method("x", "model x", "r.json", str(run)), Method("old", "model old", "r.json", str(tmp_path / "no")))
+    written = claims.archive(str(ev), str(results), methods)
+    assert sorted(p.name for p in written) == [claims.RUNS_FILE, "x_left_top.json"]
+    rows = json.loads((results / claims.RUNS_FILE).read_text())["rows"]
+    assert rows["x"]["steps"] == 40 and rows["x"]["minutes"] == 10.0 and rows["old"]["params_millions"] == 3.21
+    from_runs = claims.table(str(ev), methods[:1], episodes=4, seed=7)
+    assert claims.table("/nonexistent", methods[:1], episodes=4, seed=7, results=str(results)) == from_runs
+    archived = claims.table("/nonexistent", methods, results=str(results))
+    assert "| model old | 3.21 M | 9 steps, 2 min |" in archived and "**1/4** = 25 %" in archived
+    assert "| model old | – | not trained |" in claims.table(str(ev), methods)       # the run folders know less
+
+
+def test_the_published_table_is_what_the_archive_gives():
+    """docs/claims.md's table regenerates, character for character, from the committed bench/results/claims."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    doc = (root / "docs" / "claims.md").read_text()
+    block = doc.split("<!-- claims table -->\n", 1)[1].split("<!-- /claims table -->", 1)[0]
+    results = str(root / claims.RESULTS_DIR)
+    text = claims.table(str(root / "nonexistent"), METHODS, episodes=20, seed=31337, results=results)
+    assert block.endswith(text)
+    caption = claims.openloop_caption(claims.openloop_results("/nonexistent", METHODS, results))
+    assert caption and caption in block

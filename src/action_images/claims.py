@@ -5,9 +5,13 @@ distribution, from held-out rigs and from a fixed camera pair none of them saw, 
     python -m action_images.claims train                                   # train the rows that are missing
     python -m action_images.claims run --episodes 20 --seed 31337          # run the evaluations that are missing
     python -m action_images.claims openloop --data data/rig8_val_heldout --episodes 40 --starts 2 --seed 0
-    python -m action_images.claims table --out docs/claims.md              # the table from what was run
+    python -m action_images.claims archive                                 # copy results to bench/results/claims
+    python -m action_images.claims table --results bench/results/claims --out docs/claims.md
 
-``make claims`` runs all five. A method whose run directory is missing is listed as "not trained"; a condition
+``make claims`` runs all six. ``table`` reads the run folders and ``EVAL_DIR`` by default; with ``--results`` it
+reads the copies ``archive`` keeps under version control (``RESULTS_DIR``: each evaluation's metrics as
+``<key>_<condition>.json``, each open loop as ``openloop_<key>.json``, each run's parameters, steps and minutes in
+``runs.json``), so a fresh checkout regenerates the published table without a run folder. A method whose run directory is missing is listed as "not trained"; a condition
 that was not evaluated as "not measured": the table never invents a number. Success rates carry 95 % Wilson
 intervals; latency is per replanning step on this machine (``bench policy`` measures it alone).
 
@@ -78,6 +82,8 @@ CONDITIONS: dict[str, tuple[str, str]] = {
     "left_top": ("fixed pair left + top (never seen)", "--cameras left,top"),
 }
 EVAL_DIR = "runs/claims"
+RESULTS_DIR = "bench/results/claims"
+RUNS_FILE = "runs.json"     # RESULTS_DIR's record of each row's training run: {key: {params_millions, steps, ...}}
 OPENLOOP_DATA = "data/rig8_val_heldout"
 OPENLOOP_COLUMN = "open-loop keyframe error (held-out demos)"
 OPENLOOP_SAME = ("data", "episodes", "starts", "seed", "steps", "views", "keyframe_steps")   # equal in every row
@@ -107,16 +113,21 @@ def trained(m: Method) -> bool:
 
 
 def _metrics(path: Path, episodes: int | None = None, seed: int | None = None) -> dict[str, Any] | None:
-    """An evaluation's metrics, or None when there is none; ``ValueError`` when it ran other settings."""
+    """An evaluation folder's metrics, or None when there is none; ``ValueError`` when it ran other settings."""
+    return _metrics_file(path / "metrics.json", episodes, seed)
+
+
+def _metrics_file(path: Path, episodes: int | None = None, seed: int | None = None) -> dict[str, Any] | None:
+    """A metrics JSON, or None when there is none; ``ValueError`` when it ran other settings."""
     try:
-        m = json.loads((path / "metrics.json").read_text())
+        m = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
     s = m.get("settings", {})
     for key, want in (("episodes", episodes), ("seed", seed)):
         if want is not None and s.get(key) != want:
-            raise ValueError(f"{path / 'metrics.json'} ran {key} {s.get(key)!r}, not {want}; remove the folder to "
-                             "re-run it or pass the same --episodes / --seed")
+            raise ValueError(f"{path} ran {key} {s.get(key)!r}, not {want}; remove it to re-run it or pass the same "
+                             "--episodes / --seed")
     return m
 
 
@@ -154,11 +165,77 @@ def _run_facts(run: Path) -> dict[str, Any]:
     return facts
 
 
-def openloop_results(eval_dir: str = EVAL_DIR, methods: tuple[Method, ...] = METHODS) -> dict[str, dict[str, Any]]:
-    """The rows' open-loop JSONs (``<key>_openloop.json``) that exist; ``ValueError`` when two ran other windows."""
+def row_facts(m: Method, results: str | None = None) -> dict[str, Any] | None:
+    """A trained row's ``params_millions`` (model plus its extra folder), ``steps`` and ``minutes``: from its run
+    folders, or with ``results`` from that folder's ``runs.json``; None when the row is not trained (or not
+    archived)."""
+    if results is not None:
+        try:
+            return json.loads((Path(results) / RUNS_FILE).read_text())["rows"].get(m.key)
+        except (OSError, ValueError, KeyError):
+            return None
+    if not trained(m):
+        return None
+    facts = _run_facts(Path(m.run))
+    if facts["params"] is None:
+        return None
+    params = facts["params"] + ((_run_facts(Path(m.extra))["params"] or 0) if m.extra else 0)
+    return {"params": params, "params_millions": round(params / 1e6, 4), "steps": facts["steps"],
+            "minutes": facts["minutes"], "source": m.run + (f" + {m.extra}" if m.extra else "")}
+
+
+def _metrics_path(m: Method, condition: str, eval_dir: str, results: str | None) -> Path:
+    if results is not None:
+        return Path(results) / f"{m.key}_{condition}.json"
+    return Path(eval_dir) / f"{m.key}_{condition}" / "metrics.json"
+
+
+def _openloop_path(m: Method, eval_dir: str, results: str | None) -> Path:
+    if results is not None:
+        return Path(results) / f"openloop_{m.key}.json"
+    return Path(eval_dir) / f"{m.key}_openloop.json"
+
+
+def archive(eval_dir: str = EVAL_DIR, results: str = RESULTS_DIR, methods: tuple[Method, ...] = METHODS) -> list[Path]:
+    """Copy every trained row's facts, evaluations and open loop from the run folders and ``eval_dir`` into
+    ``results`` (the layout ``table(results=...)`` reads); rows and files that do not exist here are left as they
+    are in ``results``. Returns the files written."""
+    out, written = Path(results), []
+    out.mkdir(parents=True, exist_ok=True)
+    runs_path = out / RUNS_FILE
+    try:
+        runs = json.loads(runs_path.read_text())
+    except (OSError, ValueError):
+        runs = {}
+    rows = dict(runs.get("rows", {}))
+    for m in methods:
+        facts = row_facts(m)
+        if facts is None:
+            continue
+        rows[m.key] = facts
+        for c in CONDITIONS:
+            src, dst = _metrics_path(m, c, eval_dir, None), _metrics_path(m, c, eval_dir, results)
+            if src.exists():
+                atomic_write_text(dst, src.read_text())
+                written.append(dst)
+        src, dst = _openloop_path(m, eval_dir, None), _openloop_path(m, eval_dir, results)
+        if src.exists():
+            atomic_write_text(dst, src.read_text())
+            written.append(dst)
+    runs = {"comment": runs.get("comment", "Each claims row's training run: parameters (millions, with its extra "
+                                           "folder), steps and minutes, as `claims archive` read them from the run "
+                                           "folder named in source."), "rows": rows}
+    atomic_write_json(runs_path, runs)
+    return [runs_path, *written]
+
+
+def openloop_results(eval_dir: str = EVAL_DIR, methods: tuple[Method, ...] = METHODS,
+                     results: str | None = None) -> dict[str, dict[str, Any]]:
+    """The rows' open-loop JSONs that exist (``eval_dir/<key>_openloop.json``, or ``results/openloop_<key>.json``
+    with ``results``); ``ValueError`` when two ran other windows."""
     out: dict[str, dict[str, Any]] = {}
     for m in methods:
-        path = Path(eval_dir) / f"{m.key}_openloop.json"
+        path = _openloop_path(m, eval_dir, results)
         try:
             out[m.key] = json.loads(path.read_text())
         except (OSError, ValueError):
@@ -189,26 +266,23 @@ def _openloop_cell(r: dict[str, Any] | None) -> str:
 
 
 def table(eval_dir: str = EVAL_DIR, methods: tuple[Method, ...] = METHODS, episodes: int | None = None,
-          seed: int | None = None) -> str:
-    """The markdown claims table (and the per-task breakdown) from the evaluation folders; every cell must come
-    from an evaluation with ``episodes`` per task and ``seed`` (when given); the open-loop column from the rows'
-    ``<key>_openloop.json`` (:func:`openloop_results`)."""
-    openloop = openloop_results(eval_dir, methods)
+          seed: int | None = None, results: str | None = None) -> str:
+    """The markdown claims table (and the per-task breakdown) from the run and evaluation folders, or from the
+    archived copies in ``results``; every cell must come from an evaluation with ``episodes`` per task and ``seed``
+    (when given); the open-loop column from the rows' open-loop JSONs (:func:`openloop_results`)."""
+    openloop = openloop_results(eval_dir, methods, results)
     head = (["method", "parameters", "training"] + [CONDITIONS[c][0] for c in CONDITIONS]
             + [OPENLOOP_COLUMN, "latency / replan"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     per_task: list[str] = []
     for m in methods:
-        facts = _run_facts(Path(m.run))
-        if m.extra and facts["params"] is not None:
-            extra = _run_facts(Path(m.extra))
-            facts["params"] = None if extra["params"] is None else facts["params"] + extra["params"]
-        if facts["params"] is None or not trained(m):
+        facts = row_facts(m, results)
+        if facts is None:
             lines.append(f"| {m.name} | – | not trained | " + " | ".join(["–"] * (len(CONDITIONS) + 2)) + " |")
             continue
         cells, lat = [], None
         for c in CONDITIONS:
-            res = _metrics(Path(eval_dir) / f"{m.key}_{c}", episodes, seed)
+            res = _metrics_file(_metrics_path(m, c, eval_dir, results), episodes, seed)
             cells.append(_cell(res))
             if res is not None:
                 lat = lat or res["overall"]["latency"]["mean_ms"]
@@ -217,7 +291,7 @@ def table(eval_dir: str = EVAL_DIR, methods: tuple[Method, ...] = METHODS, episo
                     f"{t['successes']}/{t['episodes']}" for t in tasks.values()) + " |")
                 task_names = list(tasks)
         train = f"{facts['steps']} steps, {facts['minutes']:.0f} min" if facts["steps"] else "–"
-        lines.append(f"| {m.name} | {facts['params'] / 1e6:.2f} M | {train} | " + " | ".join(cells)
+        lines.append(f"| {m.name} | {facts['params_millions']:.2f} M | {train} | " + " | ".join(cells)
                      + f" | {_openloop_cell(openloop.get(m.key))} | {'–' if lat is None else f'{lat:.0f} ms'} |")
     out = "\n".join(lines) + "\n"
     if per_task:
@@ -289,13 +363,16 @@ def _openloop(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m action_images.claims", description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=("commands", "train", "run", "openloop", "table"))
+    p.add_argument("what", choices=("commands", "train", "run", "openloop", "archive", "table"))
     p.add_argument("--episodes", type=int, default=None,
                    help="episodes per task and condition (default 20); openloop: held-out episodes (default 40)")
     p.add_argument("--seed", type=int, default=None,
                    help="evaluation seed (default 31337, never tuned on); openloop: window and noise seed (default 0)")
     p.add_argument("--eval-dir", default=EVAL_DIR)
     p.add_argument("--out", default=None, help="table: write the markdown table into this file's marked block")
+    p.add_argument("--results", default=None,
+                   help=f"archive: the folder to copy into (default {RESULTS_DIR}); table: read this archive instead "
+                        "of the run folders and --eval-dir")
     p.add_argument("--data", default=OPENLOOP_DATA, help=f"openloop: held-out dataset (default {OPENLOOP_DATA})")
     p.add_argument("--starts", type=int, default=2, help="openloop: start frames per episode (default 2)")
     p.add_argument("--sampler-steps", type=int, default=6, help="openloop: sampler steps (default 6)")
@@ -320,6 +397,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.what == "openloop":
         return _openloop(args)
+    if args.what == "archive":
+        written = archive(args.eval_dir, args.results or RESULTS_DIR, METHODS)
+        print(f"archived {len(written)} files into {args.results or RESULTS_DIR}", file=sys.stderr)
+        return 0
     if args.what == "train":
         for m in METHODS:
             if trained(m):
@@ -354,11 +435,11 @@ def main(argv: list[str] | None = None) -> int:
                     return 1
         return 0
     try:
-        text = table(args.eval_dir, METHODS, episodes=args.episodes, seed=args.seed)
+        text = table(args.eval_dir, METHODS, episodes=args.episodes, seed=args.seed, results=args.results)
     except ValueError as e:
         print(f"python -m action_images.claims: {e}", file=sys.stderr)
         return 2
-    caption = openloop_caption(openloop_results(args.eval_dir, METHODS))
+    caption = openloop_caption(openloop_results(args.eval_dir, METHODS, args.results))
     text = (f"Closed loop, {args.episodes} episodes per task and camera condition, seed {args.seed}; success "
             f"with 95 % Wilson intervals.{' ' + caption if caption else ''}\n\n" + text)
     if args.out:
