@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from action_images import recorded_init, sharding, train
+from action_images import checkpointing, recorded_init, sharding, train
 from action_images.data.windows import SyntheticWindows, WindowConfig, collate
 from action_images.wam import WorldActionModel
 
@@ -493,9 +493,9 @@ def test_open_checkpoint_reads_headers_then_one_tensor_at_a_time_and_skips_a_dam
     f = out / "checkpoints" / "step_00000004" / "optimizer.safetensors"
     f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
     warnings: list[str] = []
-    path, ck = train.latest_intact_checkpoint(out, warnings.append, read=train.open_checkpoint)
+    path, ck = checkpointing.latest_intact_checkpoint(out, warnings.append, read=checkpointing.open_checkpoint)
     assert path.name == "step_00000002" and "skipping damaged checkpoint" in warnings[0]
-    full = train.read_checkpoint(path)
+    full = checkpointing.read_checkpoint(path)
     assert ck["state"] == full["state"] and ck["config"] == full["config"] and torch.equal(ck["rng"], full["rng"])
     for part in ("weights", "ema", "optimizer"):
         assert isinstance(ck[part], sharding.SafetensorsFile) and ck[part].specs == sharding.specs(full[part])

@@ -15,7 +15,7 @@ pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
-from action_images import train  # noqa: E402
+from action_images import checkpointing, train  # noqa: E402
 from action_images.data.windows import SyntheticWindows, WindowConfig, collate  # noqa: E402
 from action_images.geometry import Camera  # noqa: E402
 from action_images.models import PRESETS  # noqa: E402
@@ -300,7 +300,7 @@ def test_end_to_end_lora_umt5_latent(assets, tmp_path):
     cfg = m.config
     assert cfg.text["kind"] == "umt5" and cfg.backbone["lora_rank"] == 4 and cfg.backbone["gradient_checkpointing"]
     assert cfg.backbone["pretrained"] is None and cfg.latent["pretrained"] is None
-    ck = train.read_checkpoint(run / "checkpoints" / "step_00000002")
+    ck = checkpointing.read_checkpoint(run / "checkpoints" / "step_00000002")
     trainable = {n for n, p in m.named_parameters() if p.requires_grad}
     assert set(ck["ema"]) <= set(m.state_dict()) and not any(k.startswith("vae.") for k in ck["ema"])
     assert {k for k in ck["ema"] if "lora_" in k} == {k for k in trainable if "lora_" in k}

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from action_images import train
+from action_images import checkpointing, train
 from action_images.wam import WorldActionModel
 
 TINY = ["--preset", "cpu-tiny", "--data", "synthetic:4", "--batch-size", "2", "--log-every", "1", "--no-progress",
@@ -79,7 +79,7 @@ def test_non_finite_loss_stops_without_writing(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(WorldActionModel, "forward", forward)
     assert train_main(*TINY, "--out", str(run), "--steps", "6", "--checkpoint-every", "2") == 3
     assert "step 3: the loss is nan" in capsys.readouterr().err
-    assert [p.name for p in train.checkpoints(run)] == ["step_00000002"]
+    assert [p.name for p in checkpointing.checkpoints(run)] == ["step_00000002"]
     for name in ("model.safetensors", "ema.safetensors"):
         w = load_file(str(run / "checkpoints" / "step_00000002" / name))
         assert all(torch.isfinite(v).all() for v in w.values())

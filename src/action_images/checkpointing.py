@@ -1,0 +1,156 @@
+"""A training run's checkpoints: ``RUN/checkpoints/step_N/`` written atomically, read back and checked before
+anything is applied, and the run-level EMA export refreshed with each one.
+
+A checkpoint folder holds ``config.json`` + ``model.safetensors`` (raw weights), ``ema.safetensors``,
+``optimizer.safetensors`` (AdamW moments, flattened by :func:`sharding.optimizer_tensors`), ``rng.safetensors``
+(torch's global RNG state), ``train_config.json`` (the recipe) and ``trainer_state.json`` (the step, the number of
+processes, numpy's and Python's RNG states, the optimizer's parameter groups), written last: a folder without it is
+incomplete and never read. Nothing here unpickles: every file is safetensors or JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from action_images import sharding
+from action_images.recipe import RECIPE_NAME, TrainRecipe
+from action_images.runfiles import atomic_write_json, atomic_write_text
+from action_images.sharding import load_optimizer, restore_rng
+from action_images.wam import CONFIG_NAME, WEIGHTS_NAME, WorldActionModel
+
+
+class NonFiniteError(RuntimeError):
+    """The loss or the gradient stopped being finite: the run stops before anything is written."""
+
+
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    tensors, groups = sharding.optimizer_tensors(opt)
+    return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, groups
+
+
+def checkpoints(out: Path) -> list[Path]:
+    d = out / "checkpoints"
+    return sorted(p for p in d.glob("step_*") if (p / "trainer_state.json").exists()) if d.exists() else []
+
+
+def save_checkpoint(out: Path, step: int, wam: WorldActionModel, ema: dict[str, torch.Tensor],
+                    opt: torch.optim.Optimizer | None, recipe: TrainRecipe, keep: int, world_size: int = 1,
+                    streamed: bool = False) -> Path:
+    """Write checkpoints/step_N atomically (temp dir, then rename) and refresh the run's EMA export.
+
+    ``streamed``: the weights, EMA and optimizer files are already in the temp dir (:func:`checkpoint_tmp`), written
+    tensor by tensor by the ranks of a sharded (FSDP) run (:func:`sharding.write_checkpoint_tensors`); this writes
+    the rest, and the export is copied from those files one tensor at a time. Refuses non-finite weights (raw or
+    EMA): a checkpoint or export never holds NaN or inf (a sharded run checks before it streams)."""
+    final = out / "checkpoints" / f"step_{step:08d}"
+    tmp = checkpoint_tmp(out, step)
+    if streamed:
+        from action_images.wam import FORMAT, FORMAT_VERSION
+        atomic_write_json(tmp / CONFIG_NAME, {"format": FORMAT, "format_version": FORMAT_VERSION,
+                                              "config": wam.config.to_dict()})
+        groups = opt.state_dict()["param_groups"]
+    else:
+        weights = wam.state_dict()
+        for name, sd in (("weights", weights), ("EMA weights", ema)):
+            bad = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+            if bad:
+                raise NonFiniteError(f"step {step}: non-finite {name} ({bad[:3]}); nothing was written")
+        shutil.rmtree(tmp, ignore_errors=True)
+        wam.save_pretrained(tmp, state_dict=weights)                     # config.json + model.safetensors (raw)
+        save_file({k: v.contiguous().cpu() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
+        tensors, groups = _optimizer_tensors(opt)
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+    save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
+    np_state = np.random.get_state()
+    state = {"step": step, "recipe": recipe.to_dict(), "world_size": world_size,
+             "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+             "python_rng": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+             "param_groups": groups, "time": time.time()}
+    atomic_write_json(tmp / RECIPE_NAME, recipe.to_dict())
+    atomic_write_json(tmp / "trainer_state.json", state)                 # written last: marks the folder complete
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    # the run-level export (EMA weights; frozen weights as they are) for from_pretrained(RUN)
+    if streamed:
+        sharding.merge_safetensors(out / f".{WEIGHTS_NAME}.tmp", [final / WEIGHTS_NAME, final / "ema.safetensors"])
+    else:
+        export = {**weights, **ema}
+        save_file({k: v.detach().contiguous().cpu() for k, v in export.items()}, str(out / f".{WEIGHTS_NAME}.tmp"))
+    os.replace(out / f".{WEIGHTS_NAME}.tmp", out / WEIGHTS_NAME)
+    atomic_write_text(out / CONFIG_NAME, (final / CONFIG_NAME).read_text())
+    for old in checkpoints(out)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def checkpoint_tmp(out: Path, step: int) -> Path:
+    """The temp dir checkpoints/step_N is written into before it is renamed."""
+    return out / "checkpoints" / f".tmp-step_{step:08d}"
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """Every file of a checkpoint folder, read and checked before anything is applied (raises on damage)."""
+    state = json.loads((path / "trainer_state.json").read_text())
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise ValueError("trainer_state.json has no integer step")
+    return {"state": state, "weights": load_file(str(path / WEIGHTS_NAME)),
+            "ema": load_file(str(path / "ema.safetensors")),
+            "optimizer": load_file(str(path / "optimizer.safetensors")),
+            "rng": load_file(str(path / "rng.safetensors"))["torch"],
+            "config": json.loads((path / CONFIG_NAME).read_text())["config"]}
+
+
+def open_checkpoint(path: Path) -> dict[str, Any]:
+    """:func:`read_checkpoint` without reading the weights, EMA and optimizer tensors: those parts are
+    :class:`sharding.SafetensorsFile` (headers read and checked, each tensor read when it is asked for); the trainer
+    state, config and torch RNG state are read. What FSDP's rank 0 opens to resume."""
+    state = json.loads((path / "trainer_state.json").read_text())
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise ValueError("trainer_state.json has no integer step")
+    return {"state": state, "weights": sharding.SafetensorsFile(path / WEIGHTS_NAME),
+            "ema": sharding.SafetensorsFile(path / "ema.safetensors"),
+            "optimizer": sharding.SafetensorsFile(path / "optimizer.safetensors"),
+            "rng": sharding.SafetensorsFile(path / "rng.safetensors")["torch"],
+            "config": json.loads((path / CONFIG_NAME).read_text())["config"]}
+
+
+def latest_intact_checkpoint(out: Path, warn: Any = print, read: Any = read_checkpoint
+                             ) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint whose files all read back (``read``: :func:`read_checkpoint`, or :func:`open_checkpoint`,
+    which checks every file's header and reads the tensors later); damaged newer ones are reported and skipped."""
+    for path in reversed(checkpoints(out)):
+        try:
+            return path, read(path)
+        except Exception as e:   # truncated safetensors, garbage JSON, missing file: fall back to an older one
+            warn(f"action-images train: skipping damaged checkpoint {path} ({type(e).__name__}: {e})")
+    return None
+
+
+def apply_checkpoint(ck: dict[str, Any], wam: WorldActionModel, ema: dict[str, torch.Tensor],
+                     opt: torch.optim.Optimizer) -> int:
+    state = ck["state"]
+    wam.load_state_dict(ck["weights"])
+    for k, v in ck["ema"].items():
+        ema[k].copy_(v)
+    load_optimizer(opt, ck["optimizer"], state["param_groups"])
+    restore_rng(state, ck["rng"])
+    return int(state["step"])
+
+
+def saved_recipe(ck: dict[str, Any]) -> dict[str, Any] | None:
+    """The defining settings a checkpoint was trained with (None for checkpoints written before recipes)."""
+    d = ck["state"].get("recipe")
+    if d is None:
+        return None
+    return TrainRecipe.from_dict(d, "checkpoint recipe").defining()
