@@ -169,3 +169,33 @@ def test_collect_missing_collects_the_recipe_dataset_then_trains(tmp_path):
     assert (data / "meta" / "info.json").exists() and (run / "model.safetensors").exists()
     assert WorldActionModel.from_pretrained(run).config.camera_names == ["left", "right"]
     assert train_main("--config", str(recipe), "--out", str(tmp_path / "run2")) == 0     # present: no collection
+
+
+def test_linear_schedule_warms_up_then_decays_to_zero():
+    assert [train.lr_at(s, 1.0, 2) for s in (0, 1, 5)] == [0.5, 1.0, 1.0]                   # constant after warm-up
+    rates = [train.lr_at(s, 1.0, 2, "linear", 10) for s in range(10)]
+    assert rates[:3] == [0.5, 1.0, 1.0] and rates[-1] == pytest.approx(1 / 8) and train.lr_at(10, 1.0, 2, "linear", 10) == 0
+    assert all(a >= b for a, b in zip(rates[1:], rates[2:]))
+
+
+def test_init_from_starts_from_another_runs_export(tmp_path, capsys):
+    """``--init-from RUN`` loads RUN's exported weights (fresh optimizer and EMA); another model is refused by name."""
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    assert train_main(*TINY, "--out", str(a), "--steps", "3", "--seed", "3") == 0
+    assert train_main(*TINY, "--out", str(b), "--steps", "2", "--seed", "4", "--init-from", str(a),
+                      "--lr", "1e-12", "--schedule", "linear") == 0
+    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)   # lr ~ 0: kept
+    fresh = train_main(*TINY, "--out", str(c), "--steps", "2", "--seed", "4", "--lr", "1e-12")
+    wc = load_file(str(c / "model.safetensors"))
+    assert fresh == 0 and not all(torch.equal(wa[k], wc[k]) for k in wa)
+    saved = json.loads((b / "train_config.json").read_text())
+    assert saved["model"]["init_from"] == str(a) and saved["optim"]["schedule"] == "linear"
+    capsys.readouterr()
+    assert train_main(*TINY, "--out", str(tmp_path / "d"), "--steps", "2", "--init-from", str(tmp_path / "none")) == 2
+    assert "--init-from" in capsys.readouterr().err
+    assert train_main(*TINY, "--out", str(tmp_path / "e"), "--steps", "2", "--init-from", str(a),
+                      "--context-channels", "4") == 2
+    assert "context_channels" in capsys.readouterr().err
+    assert train_main(*TINY, "--out", str(tmp_path / "f"), "--minutes", "1", "--schedule", "linear") == 2
+    assert "schedule" in capsys.readouterr().err

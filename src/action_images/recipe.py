@@ -87,6 +87,8 @@ class ModelRecipe:
     lora_alpha: float | None = _f(None, "LoRA alpha (default: the rank)", lo=0, lo_open=True, hi=1e6)
     gradient_checkpointing: bool = _f(False, "wan presets: recompute each block's activations in the backward pass "
                                              "(less memory, ~30 % more compute)")
+    init_from: str | None = _f(None, "start from another run's exported weights (RUN/model.safetensors; the same "
+                                     "model config), with a fresh optimizer and EMA: a second stage of a recipe")
 
 
 @dataclass
@@ -112,6 +114,8 @@ class OptimRecipe:
     weight_decay: float = _f(0.01, "AdamW weight decay on matrices", lo=0, hi=10)
     ema: float = _f(0.999, "EMA decay of the exported weights", lo=0, hi=1)
     grad_clip: float = _f(1.0, "gradient norm clip", lo=0, lo_open=True, hi=1e6)
+    schedule: str = _f("constant", "learning rate after the warm-up: constant, or linear decay to 0 at --steps",
+                       choices=("constant", "linear"))
 
 
 @dataclass
@@ -185,6 +189,8 @@ class TrainRecipe:
             raise ValueError(f"{source}: model.baseline applies to model.method bc, dp or tokens only")
         if self.data.collect:
             collect_argv(self.data.collect, f"{source}: data.collect")
+        if self.optim.schedule == "linear" and self.optim.steps is None:
+            raise ValueError(f"{source}: optim.schedule 'linear' decays to 0 at optim.steps; set --steps N")
         if self.model.crop == "workspace" and self.model.workspace is None:
             raise ValueError(f"{source}: model.crop 'workspace' needs model.workspace (--workspace x0,y0,z0,x1,y1,z1)")
 
@@ -193,7 +199,8 @@ class TrainRecipe:
         d = self.to_dict()
         d["data"].pop("collect", None)
         for k in BUDGET_KEYS:
-            d["optim"].pop(k, None)
+            if not (k == "steps" and self.optim.schedule != "constant"):    # a decay to 0 is shaped by its steps
+                d["optim"].pop(k, None)
         d.pop("run")
         return d
 

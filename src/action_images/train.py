@@ -250,8 +250,39 @@ def make_optimizer(wam: torch.nn.Module, o: Any) -> torch.optim.AdamW:
                               {"params": other_params, "weight_decay": 0.0}], lr=o.lr, betas=(0.9, 0.99))
 
 
-def lr_at(step: int, lr: float, warmup: int) -> float:
-    return lr * min(1.0, (step + 1) / max(1, warmup))
+def lr_at(step: int, lr: float, warmup: int, schedule: str = "constant", steps: int | None = None) -> float:
+    """The learning rate of optimizer step ``step`` (0-based): a linear warm-up, then constant, or (``linear``) a
+    straight line from the peak after the warm-up down to 0 at ``steps``."""
+    rate = lr * min(1.0, (step + 1) / max(1, warmup))
+    if schedule == "linear" and steps is not None and step >= warmup:
+        rate *= max(0.0, (steps - step) / max(1, steps - warmup))
+    return rate
+
+
+def init_weights(model: torch.nn.Module, run: str) -> None:
+    """Load another run's exported weights (``RUN/model.safetensors``) into ``model`` (``model.init_from``); its
+    ``config.json`` must describe the same model."""
+    from safetensors.torch import load_file
+
+    from action_images.wam import CONFIG_NAME, WEIGHTS_NAME
+    folder = Path(run)
+    if not (folder / WEIGHTS_NAME).is_file() or not (folder / CONFIG_NAME).is_file():
+        raise FileNotFoundError(f"--init-from {run}: needs {WEIGHTS_NAME} and {CONFIG_NAME} (a run's export)")
+    try:
+        theirs = json.loads((folder / CONFIG_NAME).read_text())["config"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"--init-from {run}: unreadable {CONFIG_NAME} ({e})") from None
+    def flat(d: dict, pre: str = "") -> dict:
+        return {k2: v2 for k, v in d.items()
+                for k2, v2 in (flat(v, f"{pre}{k}.").items() if isinstance(v, dict) else [(pre + k, v)])}
+    ours, theirs = flat(model.config.to_dict()), flat(theirs)
+    diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+    if diff:
+        raise ValueError(f"--init-from {run}: its model differs from this recipe's in {diff}")
+    missing, unexpected = model.load_state_dict(load_file(str(folder / WEIGHTS_NAME)), strict=False)
+    if missing or unexpected:
+        raise ValueError(f"--init-from {run}: {WEIGHTS_NAME} does not fit the model (missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]})")
 
 
 def pretrained_folders(cfg: Any) -> list[str]:
@@ -413,8 +444,12 @@ def train(recipe: TrainRecipe, out: Path, resume: bool = False, allow_world_size
     # builds what it computes itself and leaves on meta what it reads from a file or computes from the recorded build,
     # tensor by tensor as it sends it: ``streamed`` maps those names to (source, name in the source)
     streamed: dict[str, Any] = {}
+    if recipe.model.init_from and fsdp:
+        raise ValueError("--init-from runs in one process or under DDP; under FSDP start from a --resume checkpoint")
     if not fsdp:
         wam = build_model(cfg)                                          # WorldActionModel for --method wam
+        if recipe.model.init_from and found is None:                  # a resumed run has its own weights
+            init_weights(wam, recipe.model.init_from)
     elif not main:
         wam = build_model(cfg, meta=True)
     elif found is not None:                                             # every weight comes from the checkpoint
@@ -489,7 +524,7 @@ def train(recipe: TrainRecipe, out: Path, resume: bool = False, allow_world_size
     try:
         while o.steps is None or step < o.steps:
             batch = next(it)
-            lr = lr_at(step, o.lr, o.warmup)
+            lr = lr_at(step, o.lr, o.warmup, o.schedule, o.steps)
             for gr in opt.param_groups:
                 gr["lr"] = lr
             with autocast():
