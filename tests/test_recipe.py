@@ -179,3 +179,20 @@ def test_action_loss_weight_reaches_the_model_config_and_is_checked():
                                                   "--action-loss-weight", "2")))
     with pytest.raises((SystemExit, ValueError)):
         recipe.from_args(parse("--action-loss-weight", "0"))
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "recipes").glob("*.json")), ids=lambda p: p.stem)
+def test_every_recipe_file_loads_and_validates(path):
+    r = TrainRecipe.load(path)
+    r.validate(str(path))
+    assert r.optim.steps is not None or r.optim.minutes is not None        # a recipe says how long it trains
+
+
+def test_the_anneal_stage_continues_the_3_hour_recipe():
+    """The second stage starts from the first's run folder and changes only its start, seed, steps and schedule."""
+    first, second = TrainRecipe.load(RECIPE).to_dict(), TrainRecipe.load(ROOT / "recipes" / "rig8-ctx-anneal.json").to_dict()
+    assert second["model"].pop("init_from") == "runs/rig8-ctx-3h" and first["model"].pop("init_from") is None
+    assert second["optim"].pop("schedule") == "linear" and first["optim"].pop("schedule") == "constant"
+    for key in ("seed", "steps"):
+        first["optim"].pop(key), second["optim"].pop(key)
+    assert first == second
