@@ -132,3 +132,17 @@ def test_the_published_table_is_what_the_archive_gives():
     assert block.endswith(text)
     caption = claims.openloop_caption(claims.openloop_results("/nonexistent", METHODS, results))
     assert caption and caption in block
+
+
+def test_a_run_started_from_another_counts_both_stages(tmp_path):
+    torch.manual_seed(0)
+    first, second = tmp_path / "first", tmp_path / "second"
+    for run, steps, secs in ((first, 100, 1200.0), (second, 30, 300.0)):
+        WorldActionModel(WAMConfig.from_preset("cpu-tiny")).save_pretrained(run)
+        (run / "log.jsonl").write_text(json.dumps({"step": steps, "elapsed_s": secs}) + "\n")
+    (second / "train_config.json").write_text(json.dumps({"model": {"init_from": str(first)}}))
+    facts = claims._run_facts(second)
+    assert facts["steps"] == 130 and facts["minutes"] == pytest.approx(25.0)
+    (first / "log.jsonl").unlink()
+    with pytest.raises(ValueError, match="log.jsonl is missing"):
+        claims._run_facts(second)

@@ -72,6 +72,8 @@ METHODS = (
     Method("wam_3h", "world action model (cpu-small), 3-hour recipe", "recipes/rig8.json", "runs/rig8"),
     Method("wam_ctx_3h", "action images + context encoder, 3-hour recipe", "recipes/rig8-ctx-3h.json",
            "runs/rig8-ctx-3h"),
+    Method("wam_ctx_anneal", "action images + context encoder, the 3-hour recipe then an annealing stage "
+           "(`recipes/rig8-ctx-anneal.json`)", "recipes/rig8-ctx-anneal.json", "runs/rig8-ctx-anneal"),
     Method("bc_3h", "image behaviour cloning, 3-hour recipe", "recipes/rig8-bc-3h.json", "runs/rig8-bc-3h"),
     Method("dp_3h", "image Diffusion Policy, 3-hour recipe", "recipes/rig8-dp-3h.json", "runs/rig8-dp-3h"),
 )
@@ -143,8 +145,10 @@ def _cell(m: dict[str, Any] | None) -> str:
     return f"**{ov['successes']}/{ov['episodes']}** = {_pct(ov['success_rate'])} ({_pct(lo)}–{_pct(hi)})"
 
 
-def _run_facts(run: Path) -> dict[str, Any]:
-    """Parameters, steps and minutes of a training run (from its files)."""
+def _run_facts(run: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Parameters, steps and minutes of a training run (from its files); a run started ``--init-from`` another
+    (its ``train_config.json``'s ``model.init_from``) adds that run's steps and minutes, so a two-stage recipe
+    counts its whole training."""
     facts: dict[str, Any] = {"params": None, "steps": None, "minutes": None}
     try:
         facts["params"] = sum(math.prod(shape) for shape in weights_header(run / "model.safetensors").values())
@@ -162,6 +166,16 @@ def _run_facts(run: Path) -> dict[str, Any]:
         facts["minutes"] = (total + prev) / 60
     except (ValueError, IndexError, KeyError):
         pass
+    try:
+        parent = json.loads((run / "train_config.json").read_text())["model"].get("init_from")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        parent = None
+    if parent and facts["steps"] is not None and Path(parent).resolve() not in _seen:
+        before = _run_facts(Path(parent), (*_seen, run.resolve()))
+        if before["steps"] is None or before["minutes"] is None:
+            raise ValueError(f"{run} started from {parent}, whose log.jsonl is missing: its training is not counted")
+        facts["steps"] += before["steps"]
+        facts["minutes"] += before["minutes"]
     return facts
 
 
