@@ -224,3 +224,48 @@ def test_a_killed_worker_fails_the_run_within_seconds(checkpoint, tmp_path, caps
     rows = read_jsonl(out / "episodes.jsonl")
     assert rows[0]["format"] == evaluate.EPISODES_FORMAT and len(rows) >= 2   # finished episodes are kept
     assert not [p for p in multiprocessing.active_children() if p.is_alive()]   # the other worker is gone too
+
+
+def test_workers_die_with_a_killed_evaluation(tmp_path):
+    """A worker process asks the kernel to end it when its parent dies, so SIGKILL on ``eval`` leaves no worker
+    playing its queued episodes."""
+    import subprocess
+    import sys
+
+    ready = tmp_path / "ready"
+    script = tmp_path / "parent.py"
+    script.write_text(f'''
+import multiprocessing, sys, time
+from action_images import rollout
+
+def child():
+    assert rollout.die_with_parent()
+    open({str(ready)!r}, "w").close()
+    time.sleep(120)
+
+if __name__ == "__main__":
+    p = multiprocessing.get_context("spawn").Process(target=child)
+    p.start()
+    print(p.pid, flush=True)
+    time.sleep(120)
+''')
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+
+    def alive(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                return "\nState:\tZ" not in f.read()
+        except FileNotFoundError:
+            return False
+
+    t_end = time.time() + 60
+    while not ready.exists() and time.time() < t_end:
+        time.sleep(0.1)
+    assert ready.exists() and alive(child)
+    parent.kill()
+    parent.wait()
+    t_end = time.time() + 10
+    while alive(child) and time.time() < t_end:
+        time.sleep(0.1)
+    assert not alive(child)

@@ -127,8 +127,29 @@ class EpisodeRunner:
 _WORKER: dict[str, EpisodeRunner] = {}
 
 
+def die_with_parent() -> bool:
+    """Ask Linux to send this process SIGTERM when its parent dies (``prctl(PR_SET_PDEATHSIG)``), so a killed
+    evaluation leaves no worker running its queued episodes; returns whether the request was made (False elsewhere)."""
+    import ctypes
+    import ctypes.util
+    import os
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    parent = os.getppid()
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    if libc.prctl(1, int(signal.SIGTERM), 0, 0, 0) != 0:          # 1 = PR_SET_PDEATHSIG
+        return False
+    if os.getppid() != parent:                                      # the parent died before the request
+        os.kill(os.getpid(), signal.SIGTERM)
+    return True
+
+
 def _worker_init(checkpoint: str, threads: int, out: str, settings: EvalSettings,
                  server: tuple[str, str | None] | None = None) -> None:
+    die_with_parent()
     torch.set_num_threads(threads)
     if server is not None:                       # each worker its own connection (its own episode state)
         from action_images.serve.remote import RemotePolicy
