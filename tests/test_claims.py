@@ -146,3 +146,23 @@ def test_a_run_started_from_another_counts_both_stages(tmp_path):
     (first / "log.jsonl").unlink()
     with pytest.raises(ValueError, match="log.jsonl is missing"):
         claims._run_facts(second)
+
+
+def test_archive_keeps_an_open_loop_on_other_windows_out(tmp_path, capsys):
+    """A dataset collected again under the same name holds other windows: its open loop is not mixed into the column."""
+    run = tmp_path / "run"
+    torch.manual_seed(0)
+    WorldActionModel(WAMConfig.from_preset("cpu-tiny")).save_pretrained(run)
+    (run / "log.jsonl").write_text(json.dumps({"step": 4, "elapsed_s": 60.0}) + "\n")
+    same = {"data": "d", "episodes": 2, "starts": 1, "seed": 0, "steps": 6, "views": ["a"], "keyframe_steps": [2]}
+    results, ev = tmp_path / "results", tmp_path / "ev"
+    results.mkdir()
+    ev.mkdir()
+    (results / "openloop_old.json").write_text(json.dumps({**same, "still_baseline_cm_median": 9.3}))
+    (ev / "x_openloop.json").write_text(json.dumps({**same, "still_baseline_cm_median": 9.2}))
+    written = claims.archive(str(ev), str(results), (Method("x", "x", "r.json", str(run)),))
+    assert not (results / "openloop_x.json").exists() and len(written) == 1
+    assert "openloop_old.json" in capsys.readouterr().err
+    (ev / "x_openloop.json").write_text(json.dumps({**same, "still_baseline_cm_median": 9.3}))
+    claims.archive(str(ev), str(results), (Method("x", "x", "r.json", str(run)),))
+    assert (results / "openloop_x.json").exists()

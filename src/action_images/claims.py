@@ -88,7 +88,9 @@ RESULTS_DIR = "bench/results/claims"
 RUNS_FILE = "runs.json"     # RESULTS_DIR's record of each row's training run: {key: {params_millions, steps, ...}}
 OPENLOOP_DATA = "data/rig8_val_heldout"
 OPENLOOP_COLUMN = "open-loop keyframe error (held-out demos)"
-OPENLOOP_SAME = ("data", "episodes", "starts", "seed", "steps", "views", "keyframe_steps")   # equal in every row
+# equal in every row: the windows' settings, and what holding still scores on them (a dataset of the same name
+# collected again holds other windows, and scores otherwise)
+OPENLOOP_SAME = ("data", "episodes", "starts", "seed", "steps", "views", "keyframe_steps", "still_baseline_cm_median")
 
 
 def train_command(m: Method) -> str:
@@ -234,6 +236,11 @@ def archive(eval_dir: str = EVAL_DIR, results: str = RESULTS_DIR, methods: tuple
                 written.append(dst)
         src, dst = _openloop_path(m, eval_dir, None), _openloop_path(m, eval_dir, results)
         if src.exists():
+            other = _openloop_mismatch(json.loads(src.read_text()), results, m.key)
+            if other:
+                print(f"claims archive: not copying {src}: it ran other windows than {other} "
+                      f"({', '.join(k for k in OPENLOOP_SAME)} must match)", file=sys.stderr)
+                continue
             atomic_write_text(dst, src.read_text())
             written.append(dst)
     runs = {"comment": runs.get("comment", "Each claims row's training run: parameters (millions, with its extra "
@@ -241,6 +248,20 @@ def archive(eval_dir: str = EVAL_DIR, results: str = RESULTS_DIR, methods: tuple
                                            "folder named in source."), "rows": rows}
     atomic_write_json(runs_path, runs)
     return [runs_path, *written]
+
+
+def _openloop_mismatch(result: dict[str, Any], results: str, key: str) -> str:
+    """The name of an archived open-loop JSON of another row that ran other windows than ``result`` ('' if none)."""
+    for path in sorted(Path(results).glob("openloop_*.json")):
+        if path.name == f"openloop_{key}.json":
+            continue
+        try:
+            theirs = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if any(theirs.get(k) != result.get(k) for k in OPENLOOP_SAME):
+            return path.name
+    return ""
 
 
 def openloop_results(eval_dir: str = EVAL_DIR, methods: tuple[Method, ...] = METHODS,
