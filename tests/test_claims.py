@@ -166,3 +166,15 @@ def test_archive_keeps_an_open_loop_on_other_windows_out(tmp_path, capsys):
     (ev / "x_openloop.json").write_text(json.dumps({**same, "still_baseline_cm_median": 9.3}))
     claims.archive(str(ev), str(results), (Method("x", "x", "r.json", str(run)),))
     assert (results / "openloop_x.json").exists()
+
+
+def test_a_run_still_training_is_not_a_row_yet(tmp_path):
+    run = tmp_path / "run"
+    torch.manual_seed(0)
+    WorldActionModel(WAMConfig.from_preset("cpu-tiny")).save_pretrained(run)
+    (run / "log.jsonl").write_text(json.dumps({"step": 40, "elapsed_s": 600.0}) + "\n")
+    (run / "train_config.json").write_text(json.dumps({"optim": {"steps": 100}}))
+    m = Method("x", "model x", "r.json", str(run))
+    assert claims.row_facts(m) is None and "| model x | – | not trained |" in claims.table(str(tmp_path), (m,))
+    (run / "log.jsonl").write_text(json.dumps({"step": 100, "elapsed_s": 1500.0}) + "\n")
+    assert claims.row_facts(m)["steps"] == 100

@@ -116,6 +116,16 @@ def trained(m: Method) -> bool:
                                                                or (Path(m.extra) / "model.safetensors").exists())
 
 
+def finished(run: Path) -> bool:
+    """The run reached its recipe's step count (``train_config.json``'s ``optim.steps``; a run without one, or
+    without a log, counts as finished: its export is what there is)."""
+    try:
+        want = json.loads((run / "train_config.json").read_text())["optim"]["steps"]
+        return want is None or read_jsonl(run / "log.jsonl")[-1]["step"] >= want
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return True
+
+
 def _metrics(path: Path, episodes: int | None = None, seed: int | None = None) -> dict[str, Any] | None:
     """An evaluation folder's metrics, or None when there is none; ``ValueError`` when it ran other settings."""
     return _metrics_file(path / "metrics.json", episodes, seed)
@@ -190,7 +200,7 @@ def row_facts(m: Method, results: str | None = None) -> dict[str, Any] | None:
             return json.loads((Path(results) / RUNS_FILE).read_text())["rows"].get(m.key)
         except (OSError, ValueError, KeyError):
             return None
-    if not trained(m):
+    if not trained(m) or not finished(Path(m.run)):
         return None
     facts = _run_facts(Path(m.run))
     if facts["params"] is None:
