@@ -249,7 +249,7 @@ def archive(eval_dir: str = EVAL_DIR, results: str = RESULTS_DIR, methods: tuple
             other = _openloop_mismatch(json.loads(src.read_text()), results, m.key)
             if other:
                 print(f"claims archive: not copying {src}: it ran other windows than {other} "
-                      f"({', '.join(k for k in OPENLOOP_SAME)} must match)", file=sys.stderr)
+                      f"({', '.join(OPENLOOP_SAME)} must match)", file=sys.stderr)
                 continue
             atomic_write_text(dst, src.read_text())
             written.append(dst)
