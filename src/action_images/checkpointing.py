@@ -1,5 +1,6 @@
 """A training run's checkpoints: ``RUN/checkpoints/step_N/`` written atomically, read back and checked before
-anything is applied, and the run-level EMA export refreshed with each one.
+anything is applied, and the run-level EMA export refreshed with each one (and read by :func:`init_weights` when
+another run starts from it).
 
 A checkpoint folder holds ``config.json`` + ``model.safetensors`` (raw weights), ``ema.safetensors``,
 ``optimizer.safetensors`` (AdamW moments, flattened by :func:`sharding.optimizer_tensors`), ``rng.safetensors``
@@ -154,3 +155,26 @@ def saved_recipe(ck: dict[str, Any]) -> dict[str, Any] | None:
     if d is None:
         return None
     return TrainRecipe.from_dict(d, "checkpoint recipe").defining()
+
+
+def init_weights(model: torch.nn.Module, run: str) -> None:
+    """Load another run's exported weights (``RUN/model.safetensors``) into ``model`` (``model.init_from``); its
+    ``config.json`` must describe the same model."""
+    folder = Path(run)
+    if not (folder / WEIGHTS_NAME).is_file() or not (folder / CONFIG_NAME).is_file():
+        raise FileNotFoundError(f"--init-from {run}: needs {WEIGHTS_NAME} and {CONFIG_NAME} (a run's export)")
+    try:
+        theirs = json.loads((folder / CONFIG_NAME).read_text())["config"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"--init-from {run}: unreadable {CONFIG_NAME} ({e})") from None
+    def flat(d: dict, pre: str = "") -> dict:
+        return {k2: v2 for k, v in d.items()
+                for k2, v2 in (flat(v, f"{pre}{k}.").items() if isinstance(v, dict) else [(pre + k, v)])}
+    ours, theirs = flat(model.config.to_dict()), flat(theirs)
+    diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+    if diff:
+        raise ValueError(f"--init-from {run}: its model differs from this recipe's in {diff}")
+    missing, unexpected = model.load_state_dict(load_file(str(folder / WEIGHTS_NAME)), strict=False)
+    if missing or unexpected:
+        raise ValueError(f"--init-from {run}: {WEIGHTS_NAME} does not fit the model (missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]})")

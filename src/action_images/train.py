@@ -53,7 +53,8 @@ import torch
 from action_images import recipe as recipes
 from action_images import recorded_init, sharding
 from action_images.checkpointing import (NonFiniteError, apply_checkpoint, checkpoint_tmp, checkpoints,
-                                         latest_intact_checkpoint, open_checkpoint, save_checkpoint, saved_recipe)
+                                         init_weights, latest_intact_checkpoint, open_checkpoint, save_checkpoint,
+                                         saved_recipe)
 from action_images.data.windows import SyntheticWindows, WindowConfig, Windows, collate
 from action_images.models import PRESETS
 from action_images.recipe import RECIPE_NAME, TrainRecipe
@@ -257,32 +258,6 @@ def lr_at(step: int, lr: float, warmup: int, schedule: str = "constant", steps: 
     if schedule == "linear" and steps is not None and step >= warmup:
         rate *= max(0.0, (steps - step) / max(1, steps - warmup))
     return rate
-
-
-def init_weights(model: torch.nn.Module, run: str) -> None:
-    """Load another run's exported weights (``RUN/model.safetensors``) into ``model`` (``model.init_from``); its
-    ``config.json`` must describe the same model."""
-    from safetensors.torch import load_file
-
-    from action_images.wam import CONFIG_NAME, WEIGHTS_NAME
-    folder = Path(run)
-    if not (folder / WEIGHTS_NAME).is_file() or not (folder / CONFIG_NAME).is_file():
-        raise FileNotFoundError(f"--init-from {run}: needs {WEIGHTS_NAME} and {CONFIG_NAME} (a run's export)")
-    try:
-        theirs = json.loads((folder / CONFIG_NAME).read_text())["config"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"--init-from {run}: unreadable {CONFIG_NAME} ({e})") from None
-    def flat(d: dict, pre: str = "") -> dict:
-        return {k2: v2 for k, v in d.items()
-                for k2, v2 in (flat(v, f"{pre}{k}.").items() if isinstance(v, dict) else [(pre + k, v)])}
-    ours, theirs = flat(model.config.to_dict()), flat(theirs)
-    diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
-    if diff:
-        raise ValueError(f"--init-from {run}: its model differs from this recipe's in {diff}")
-    missing, unexpected = model.load_state_dict(load_file(str(folder / WEIGHTS_NAME)), strict=False)
-    if missing or unexpected:
-        raise ValueError(f"--init-from {run}: {WEIGHTS_NAME} does not fit the model (missing {missing[:3]}, "
-                         f"unexpected {unexpected[:3]})")
 
 
 def pretrained_folders(cfg: Any) -> list[str]:
