@@ -188,11 +188,21 @@ def test_every_recipe_file_loads_and_validates(path):
     assert r.optim.steps is not None or r.optim.minutes is not None        # a recipe says how long it trains
 
 
-def test_the_anneal_stage_continues_the_3_hour_recipe():
-    """The second stage starts from the first's run folder and changes only its start, seed, steps and schedule."""
-    first, second = TrainRecipe.load(RECIPE).to_dict(), TrainRecipe.load(ROOT / "recipes" / "rig8-ctx-anneal.json").to_dict()
-    assert second["model"].pop("init_from") == "runs/rig8-ctx-3h" and first["model"].pop("init_from") is None
+@pytest.mark.parametrize("first_file, second_name, parent", [(RECIPE, "rig8-ctx-anneal", "runs/rig8-ctx-3h"),
+                                                              (QUICK, "rig8-ctx-decay", "runs/rig8-ctx")])
+def test_a_second_stage_continues_its_first(first_file, second_name, parent):
+    """A second stage starts from the first's run folder and changes only its start, seed, steps and schedule."""
+    first = TrainRecipe.load(first_file).to_dict()
+    second = TrainRecipe.load(ROOT / "recipes" / f"{second_name}.json").to_dict()
+    assert second["model"].pop("init_from") == parent and first["model"].pop("init_from") is None
     assert second["optim"].pop("schedule") == "linear" and first["optim"].pop("schedule") == "constant"
     for key in ("seed", "steps"):
         first["optim"].pop(key), second["optim"].pop(key)
     assert first == second
+
+
+def test_the_two_stage_decay_recipe_has_the_3_hour_step_count():
+    """The quick recipe and its decaying second stage together take the 3-hour recipe's steps, so the two-stage
+    checkpoint and the constant-rate one compare at the same budget."""
+    quick, decay = TrainRecipe.load(QUICK), TrainRecipe.load(ROOT / "recipes" / "rig8-ctx-decay.json")
+    assert quick.optim.steps + decay.optim.steps == TrainRecipe.load(RECIPE).optim.steps
