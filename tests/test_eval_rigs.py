@@ -45,6 +45,15 @@ def test_settings_take_the_rigs_views():
     assert s.policy.camera_names == ("rig2", "rig0")
     with pytest.raises(ValueError, match="--cameras: unknown camera"):
         resolve_settings(EvalSettings(tasks="reach_target", random_rig=1, cameras=("rig0", "rig1", "front")), rigs)
+    every = PolicySettings(camera_names="all")          # --policy-cameras all: every rendered view
+    s = resolve_settings(EvalSettings(tasks="reach_target", rig_distribution="heldout", policy=every), rigs)
+    assert s.cameras == s.policy.camera_names == ("rig0", "rig1", "rig2", "rig3")
+    s = resolve_settings(EvalSettings(tasks="reach_target", random_rig=2, rig_views=3, policy=every), fixed)
+    assert s.policy.camera_names == ("rig0", "rig1", "rig2")
+    s = resolve_settings(EvalSettings(tasks="reach_target", cameras=("left", "top", "right"), policy=every), rigs)
+    assert s.policy.camera_names == ("left", "top", "right")
+    s = resolve_settings(EvalSettings(tasks="reach_target", policy=every), rigs)       # the scene's eval cameras
+    assert s.policy.camera_names == evaluate.DEFAULT_CAMERAS == s.cameras
 
 
 def test_eval_on_a_rig_file_and_per_episode_rigs(rig_checkpoint, tmp_path):

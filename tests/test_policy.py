@@ -204,7 +204,8 @@ def test_nothing_decodes_holds_current_pose_never_nan():
     (dict(cfg_scale=float("nan")), "--cfg-scale"), (dict(cfg_scale=float("inf")), "--cfg-scale"),
     (dict(sampler_steps=0), "--sampler-steps"), (dict(max_resamples=-1), "--max-resamples"),
     (dict(gripper="loose"), "--gripper"), (dict(method="rk45"), "--method"),
-    (dict(camera_names=("left",)), "--policy-cameras"), (dict(camera_names=("left", "left")), "--policy-cameras")])
+    (dict(camera_names=("left",)), "--policy-cameras"), (dict(camera_names=("left", "left")), "--policy-cameras"),
+    (dict(camera_names="all,left"), "--policy-cameras")])
 def test_settings_reject_out_of_range_values(kwargs, flag):
     """One line naming the flag and what is allowed; a zero is not read as "use the default"."""
     with pytest.raises(ValueError, match=flag) as e:
@@ -235,6 +236,26 @@ def test_checkpoint_cameras_are_the_default(capsys):
         ch = ActionImagesPolicy(model, PolicySettings(camera_names=("right", "front"), sampler_steps=1,
                                                       execute_k=1)).plan(obs, env.cameras)
         assert ch.view_names == ["right", "front"]
+    finally:
+        env.close()
+
+
+def test_all_views_plans_on_every_view_given():
+    """camera_names "all": the model sees as many views as the observation has (here 3, trained on 2)."""
+    from action_images.sim import make_env
+
+    model = tiny_model()
+    model.config.camera_names = ["left", "right"]
+    env = make_env("reach_target", cameras=("front", "left", "right"), image_size=32)
+    try:
+        obs, _ = env.reset(seed=0)
+        pol = ActionImagesPolicy(model, PolicySettings(camera_names="all", sampler_steps=1, execute_k=1))
+        ch = pol.plan(obs, env.cameras)
+        assert ch.view_names == ["front", "left", "right"] and ch.future_act.shape[0] == 3
+        assert np.isfinite(ch.actions).all()
+        obs2 = {**obs, "images": {"left": obs["images"]["left"]}}
+        with pytest.raises(ValueError, match=">= 2 views"):
+            pol.plan(obs2, env.cameras)
     finally:
         env.close()
 

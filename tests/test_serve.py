@@ -430,6 +430,22 @@ def recording(model, monkeypatch, calls, fail_on=None):
     monkeypatch.setattr(model, "sample", sample)
 
 
+def test_policy_cameras_all_takes_every_view_a_request_sends(model, sim3):
+    """``--policy-cameras all``: any >= 2 views per request, planned on all of them; fewer than 2 is an error."""
+    obs, cameras = sim3
+    srv = PolicyServer(model, PolicySettings(camera_names="all", execute_k=3, sampler_steps=1), port=0)
+    srv.start_in_thread()
+    try:
+        with PolicyClient(f"ws://127.0.0.1:{srv.port}") as c:
+            assert c.metadata["camera_names"] is None
+            assert c.infer(obs, cameras)["view_names"] == [cam.name for cam in cameras]
+            assert c.infer(obs, cameras[1:])["view_names"] == [cam.name for cam in cameras[1:]]
+            with pytest.raises(ServerError, match=">= 2"):
+                c.infer({**obs, "images": {cameras[0].name: obs["images"][cameras[0].name]}}, cameras[:1])
+    finally:
+        srv.stop()
+
+
 def test_a_batch_never_mixes_view_counts(tmp_path, sim3, monkeypatch):
     from action_images.wam import WAMConfig, WorldActionModel
 

@@ -7,7 +7,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from action_images.policy import PolicySettings, check_choice, check_int, check_names, resolve_policy_cameras
+from action_images.policy import (ALL_VIEWS, PolicySettings, check_choice, check_int, check_names,
+                                  resolve_policy_cameras)
 from action_images.sim.scene import CAMERA_SETS
 
 DEFAULT_CAMERAS = CAMERA_SETS["eval"]   # rendered when neither the flags nor the checkpoint name cameras
@@ -107,7 +108,8 @@ class EvalSettings:
 
 
 def resolve_settings(settings: EvalSettings, config: Any, warn: bool = True) -> EvalSettings:
-    """Settings with the cameras filled in from the checkpoint: the model sees ``--policy-cameras``, else
+    """Settings with the cameras filled in from the checkpoint: the model sees ``--policy-cameras`` (``all``: every
+    rendered camera), else
     ``config.camera_names``, else the first ``num_views`` rendered cameras (with a warning); the rendered cameras are
     ``--cameras``, else the policy cameras, else the suite's default (``DEFAULT_CAMERAS`` for the built-in sim). The
     policy cameras must be rendered."""
@@ -119,6 +121,10 @@ def resolve_settings(settings: EvalSettings, config: Any, warn: bool = True) -> 
     n_views = max(2, int(config.num_views))
     trained = getattr(config, "camera_names", None)
     pol = settings.policy.camera_names
+    if pol == (ALL_VIEWS,):                            # every rendered view: --cameras, else the rig's or the defaults
+        pol = tuple(settings.cameras or (rig if rig else suite.eval_cameras))
+        if len(pol) < 2:
+            raise ValueError(f"--policy-cameras all: needs >= 2 rendered cameras; got {','.join(pol)}")
     if not pol and trained and set(trained) <= set(available):
         pol = list(trained)[:n_views]                  # the checkpoint's cameras, as many as it saw per window
     rendered = settings.cameras or (tuple(pol) if pol else (tuple(rig) if rig else tuple(suite.eval_cameras)))

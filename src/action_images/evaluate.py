@@ -94,8 +94,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="cameras rendered, comma separated (default: the policy cameras; add more to see them in "
                         "the videos)")
     g.add_argument("--policy-cameras", default=None,
-                   help="cameras the model sees, comma separated, >= 2 (default: the checkpoint's camera_names; a "
-                        "checkpoint without them gets the first num_views rendered cameras and a warning)")
+                   help="cameras the model sees, comma separated, >= 2, or 'all' (every rendered camera, e.g. all "
+                        "of a rig's --rig-views; default: the checkpoint's camera_names, as many as it saw per "
+                        "window; a checkpoint without them gets the first num_views rendered cameras and a warning)")
     g.add_argument("--policy-views", dest="policy_cameras", default=argparse.SUPPRESS, action=DeprecatedAlias,
                    new="--policy-cameras", help="deprecated alias of --policy-cameras")
     r = p.add_argument_group("camera rigs (any calibrated viewpoint; default: the scene's named cameras)")

@@ -78,11 +78,19 @@ def check_choice(name: str, value: Any, choices: Sequence[str], flags: dict[str,
     return str(value)
 
 
+ALL_VIEWS = "all"   # camera_names = ("all",): the model sees every view it is given, in the order given
+
+
 def check_names(name: str, value: Any, min_len: int, flags: dict[str, str] = FLAGS) -> tuple[str, ...] | None:
-    """None, or a tuple of >= ``min_len`` distinct non-empty camera names (a comma separated string is split)."""
+    """None, or a tuple of >= ``min_len`` distinct non-empty camera names (a comma separated string is split), or
+    ``(ALL_VIEWS,)`` for the word ``all``."""
     if value is None:
         return None
     names = [s.strip() for s in value.split(",")] if isinstance(value, str) else list(value)
+    if names == [ALL_VIEWS]:
+        return (ALL_VIEWS,)
+    if ALL_VIEWS in names:
+        raise ValueError(f"{_label(name, flags)} must be 'all' alone (every view given) or camera names; got {value!r}")
     if (len(names) < min_len or len(set(names)) != len(names)
             or not all(isinstance(n, str) and n for n in names)):
         raise ValueError(f"{_label(name, flags)} must be {min_len} or more distinct camera names; got {value!r}")
@@ -95,7 +103,9 @@ class PolicySettings:
     horizon and execute_k upper bounds -- are checked by :class:`ActionImagesPolicy`).
 
     ``camera_names``: the views the model sees (None: the checkpoint's ``config.camera_names``; for a config without
-    them, the first ``num_views`` rendered cameras, with a warning); at least 2, decoding triangulates.
+    them, the first ``num_views`` rendered cameras, with a warning); at least 2, decoding triangulates. ``("all",)``:
+    every view of each observation, however many (the model attends over any number of views, and triangulation
+    uses them all; a model that concatenates a fixed number of views refuses other counts when it plans).
     ``horizon``: keyframes H to generate (None: the model's). ``execute_k``: control steps executed per chunk before
     replanning (None: ``stride * H // 2``). ``sampler_steps`` / ``cfg_scale`` / ``method``: the sampler.
     ``on_disagree``: "replan" or "hold" (see the module docstring). ``disagree_px``: the RMS reprojection error
@@ -306,6 +316,11 @@ class ActionImagesPolicy(ChunkQueue):
 
     def _views(self, obs: dict[str, Any], cameras: Sequence[Camera]) -> list[int]:
         names = [c.name for c in cameras]
+        if self.camera_names == [ALL_VIEWS]:           # every view of this observation, in the order given
+            views = [i for i, n in enumerate(names) if n in obs["images"]]
+            if len(views) < 2:
+                raise ValueError(f"the policy needs >= 2 views; got {sorted(obs['images'])}")
+            return views
         if self.camera_names is None:                  # the checkpoint does not say: first rendered views, once
             avail = [c.name for c in cameras if c.name in obs["images"]]
             if len(avail) < 2:

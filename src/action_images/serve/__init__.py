@@ -42,7 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "0..1000 (default 5)")
     g = p.add_argument_group("policy (as in action-images eval)")
     g.add_argument("--policy-cameras", default=None,
-                   help="cameras the model sees, comma separated, >= 2 (default: the checkpoint's camera_names)")
+                   help="cameras the model sees, comma separated, >= 2, or 'all' (every view a request sends, "
+                        "any number >= 2; default: the checkpoint's camera_names)")
     g.add_argument("--sampler-steps", type=whole_number, default=10, help="ODE sampler steps per chunk (default 10)")
     g.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale, finite, >= 0")
     g.add_argument("--horizon", type=whole_number, default=None, help="keyframes per chunk (default: the model's)")

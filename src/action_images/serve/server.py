@@ -113,6 +113,7 @@ class PolicyServer:
                  max_clients: int = DEFAULT_MAX_CLIENTS, seed: int = 0, checkpoint: str | None = None,
                  max_batch: int = 1, batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS):
         from action_images.baselines import make_policy, method_of
+        from action_images.policy import ALL_VIEWS
 
         check_bind(host, token)
         if max_message_bytes < 1024:
@@ -125,7 +126,9 @@ class PolicyServer:
         self.max_message_bytes, self.max_clients = int(max_message_bytes), int(max_clients)
         self._make_policy = make_policy
         probe = make_policy(model, settings, seed=self.seed)        # settings the model cannot take fail here
-        self.camera_names = list(probe.camera_names) if probe.camera_names else None
+        # --policy-cameras all: any >= 2 views per request (None), else exactly the model's cameras
+        self.camera_names = list(probe.camera_names) if probe.camera_names and probe.camera_names != [ALL_VIEWS] \
+            else None
         self.metadata = {
             "kind": "metadata", "protocol": PROTOCOL_VERSION, "model": method_of(model.config),
             "checkpoint": checkpoint, "camera_names": self.camera_names, "min_views": 2,
