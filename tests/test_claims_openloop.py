@@ -116,11 +116,12 @@ def test_claims_openloop_writes_a_json_per_row_and_the_table_shows_the_column(le
         Method("wam_head", "model head", "r.json", str(runs["wam"]), eval_flags=f"--decode-head {runs['head']}",
                extra=str(runs["head"])),
         Method("bc", "model bc", "r.json", str(runs["bc"])),
+        Method("wam_all", "model all views", "r.json", str(runs["wam"]), eval_flags="--policy-cameras all"),
         Method("dp", "model dp", "r.json", str(tmp_path / "missing"))))
     ev = tmp_path / "ev"
     argv = ["openloop", "--data", str(lerobot_root), "--episodes", "2", "--starts", "1", "--sampler-steps", "2",
             "--eval-dir", str(ev)]
-    assert claims.main(argv) == 0
+    assert claims.main(argv) == 0          # not the row whose setting is its views: the windows show two to all
     assert sorted(p.name for p in ev.iterdir()) == ["bc_openloop.json", "wam_head_openloop.json", "wam_openloop.json"]
     res = {k: json.loads((ev / f"{k}_openloop.json").read_text()) for k in ("wam", "wam_head", "bc")}
     assert [res[k]["kind"] for k in res] == ["wam", "wam", "bc"] and res["wam_head"]["decode_head"] == str(runs["head"])

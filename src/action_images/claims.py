@@ -72,6 +72,9 @@ METHODS = (
     Method("wam_3h", "world action model (cpu-small), 3-hour recipe", "recipes/rig8.json", "runs/rig8"),
     Method("wam_ctx_3h", "action images + context encoder, 3-hour recipe", "recipes/rig8-ctx-3h.json",
            "runs/rig8-ctx-3h"),
+    Method("wam_ctx_3h_all", "the same 3-hour checkpoint seeing every rig view at test time (`--policy-cameras "
+           "all`: the rigs' 4 views; left + top stays 2)", "recipes/rig8-ctx-3h.json", "runs/rig8-ctx-3h",
+           eval_flags="--policy-cameras all"),
     Method("wam_ctx_anneal", "action images + context encoder, the 3-hour recipe then an annealing stage "
            "(`recipes/rig8-ctx-anneal.json`)", "recipes/rig8-ctx-anneal.json", "runs/rig8-ctx-anneal"),
     Method("bc_3h", "image behaviour cloning, 3-hour recipe", "recipes/rig8-bc-3h.json", "runs/rig8-bc-3h"),
@@ -395,6 +398,10 @@ def _openloop(args: argparse.Namespace) -> int:
             continue
         if out.exists() and not args.force:
             print(f"skipping {m.key}: {out} exists (--force measures it again)", file=sys.stderr)
+            continue
+        if "--policy-cameras" in m.eval_flags:       # every row's windows show the same two views
+            print(f"skipping {m.key}: its setting is the views the policy sees ({m.eval_flags}); the open-loop "
+                  "windows show every row the same two", file=sys.stderr)
             continue
         print(f"open loop: {m.key} ({m.run})", file=sys.stderr)
         t0 = time.perf_counter()

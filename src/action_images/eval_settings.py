@@ -109,10 +109,9 @@ class EvalSettings:
 
 def resolve_settings(settings: EvalSettings, config: Any, warn: bool = True) -> EvalSettings:
     """Settings with the cameras filled in from the checkpoint: the model sees ``--policy-cameras`` (``all``: every
-    rendered camera), else
-    ``config.camera_names``, else the first ``num_views`` rendered cameras (with a warning); the rendered cameras are
-    ``--cameras``, else the policy cameras, else the suite's default (``DEFAULT_CAMERAS`` for the built-in sim). The
-    policy cameras must be rendered."""
+    rendered camera), else ``config.camera_names``, else the first ``num_views`` rendered cameras (with a warning);
+    the rendered cameras are ``--cameras``, else the policy cameras, else the suite's default (``DEFAULT_CAMERAS`` for
+    the built-in sim). The policy cameras must be rendered."""
     from action_images.sim.suites import get_suite
 
     suite = get_suite(settings.suite)
