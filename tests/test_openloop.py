@@ -109,7 +109,7 @@ def test_cli_writes_strict_json_with_the_checkpoints_cameras(dataset, checkpoint
     ol = res["open_loop"]
     assert set(ol["tasks"]) == set(openloop.OPEN_LOOP_TASKS) and ol["steps"] == 1
     assert set(ol["fvd"]) == {"policy", "world_model", "video"} and all(v is None for v in ol["fvd"].values())
-    assert {"python", "torch"} <= set(res["environment"])
+    assert {"python", "torch", "mujoco"} <= set(res["environment"]) and res["environment"]["mujoco"]
     assert fig.is_file()
 
 

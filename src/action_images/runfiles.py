@@ -111,8 +111,17 @@ def environment() -> dict[str, Any]:
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return {"python": platform.python_version(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
-            "torch": torch.__version__, "numpy": np.__version__, "torch_threads": torch.get_num_threads(),
-            "load_avg_1min": load, "date": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            "torch": torch.__version__, "numpy": np.__version__, "mujoco": _version("mujoco"),
+            "torch_threads": torch.get_num_threads(), "load_avg_1min": load, "date": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+def _version(package: str) -> str | None:
+    """An installed package's version without importing it (closed-loop numbers depend on the physics version)."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
 
 
 def args_dict(args: argparse.Namespace) -> dict[str, Any]:
