@@ -52,8 +52,11 @@ def test_demo_on_unseen_random_rigs(tmp_path, capsys):
                            "--rig-distribution", "heldout"])) == 0
     assert "heldout rig per episode" in capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["rig_distribution"] == "heldout" and metrics["policy"]["views"] == ["rig0", "rig1"]
-    assert metrics["settings"]["rig_distribution"] == "heldout"
+    assert metrics["rig_distribution"] == "heldout" and metrics["settings"]["rig_distribution"] == "heldout"
+    assert metrics["policy"]["views"] == ["rig0", "rig1", "rig2", "rig3"]         # every view of the rig
+    assert demo.run(parse(["--quick", "--checkpoint", str(ckpt), "--out", str(out), "--no-progress",
+                           "--policy-cameras", "rig0,rig1"])) == 0
+    assert json.loads((out / "metrics.json").read_text())["policy"]["views"] == ["rig0", "rig1"]
 
 
 def test_demo_shows_a_random_rig_checkpoint_unseen_rigs_by_default(tmp_path, capsys):

@@ -11,7 +11,8 @@ It is ``action-images eval`` with fixed, fast settings; the shipped checkpoint i
 and in the repository that holds this package. Without it the demo says how to make one and exits with status 1.
 The policy sees the cameras the checkpoint was trained on (``config.camera_names``), and those are rendered. A
 checkpoint trained on random camera rigs (cameras ``rig0``, ``rig1``, ...) is shown, unless ``--rig-distribution``
-says otherwise, from a new held-out rig per episode: viewpoints it never saw.
+says otherwise, from a new held-out rig per episode: viewpoints it never saw; it looks through all 4 views of each
+rig (``--policy-cameras all``; name two, e.g. ``rig0,rig1``, to see it with two).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import torch
 from action_images.cliflags import add_sampler_steps, whole_number
 from action_images.eval_settings import RIG_SPLITS
 from action_images.evaluate import EvalSettings, Evaluation, write_outputs
-from action_images.policy import PolicySettings
+from action_images.policy import ALL_VIEWS, PolicySettings
 from action_images.runfiles import args_dict, environment
 from action_images.sim.tasks import parse_tasks
 
@@ -48,7 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
     p.add_argument("--seed", type=whole_number, default=0, help="base seed, >= 0 (default 0)")
     p.add_argument("--policy-cameras", default=None,
-                   help="cameras the model sees, comma separated (default: the checkpoint's camera_names)")
+                   help="cameras the model sees, comma separated, or 'all' (default: the checkpoint's camera_names; "
+                        "every view of the rig for a checkpoint trained on random rigs)")
     add_sampler_steps(p, 6, "ODE sampler steps per chunk, 1..1000 (default 6)")
     p.add_argument("--rig-distribution", default=None, choices=RIG_SPLITS,
                    help="render a new random camera rig per episode from this split instead of the scene's cameras "
@@ -94,8 +96,10 @@ def settings_from_args(args: argparse.Namespace, camera_names: list[str] | None 
     """The demo's fixed, fast evaluation settings (``--quick``: 1 task, 1 episode, 12 control steps, 2 sampler
     steps) for a checkpoint trained on ``camera_names``; ValueError names the bad flag."""
     tasks = parse_tasks(args.tasks)[:1] if args.quick else args.tasks
-    policy = PolicySettings(camera_names=args.policy_cameras, sampler_steps=2 if args.quick else args.sampler_steps)
-    rigs = args.rig_distribution or ("heldout" if trained_on_rigs(camera_names) else None)
+    on_rigs = trained_on_rigs(camera_names)
+    cams = args.policy_cameras or (ALL_VIEWS if on_rigs else None)    # a rig checkpoint looks through every view
+    policy = PolicySettings(camera_names=cams, sampler_steps=2 if args.quick else args.sampler_steps)
+    rigs = args.rig_distribution or ("heldout" if on_rigs else None)
     return EvalSettings(tasks=tasks, episodes=1 if args.quick else args.episodes, seed=args.seed,
                         max_steps=12 if args.quick else None, videos=1 if args.quick else 2, policy=policy,
                         rig_distribution=rigs)
