@@ -290,6 +290,31 @@ def test_baseline_policy_closed_loop_in_the_sim():
         env.close()
 
 
+def test_baseline_policy_sees_every_view_given():
+    """camera_names "all": a set-fusion baseline trained on 2 views plans on all 3 of the observation, and the third
+    view changes its plan; a concat-fusion one refuses the count it was not trained on."""
+    from action_images.sim import make_env
+
+    env = make_env("reach_target", cameras=("front", "left", "right"), image_size=32)
+    try:
+        obs, _ = env.reset(seed=5)
+        for m in (bc(camera_names=["left", "right"]), dp(camera_names=["left", "right"])):
+            with torch.no_grad():                           # untrained heads start at zero: give every input a say
+                for w in m.parameters():
+                    w.add_(0.05 * torch.randn_like(w))
+            every = BaselinePolicy(m, PolicySettings(camera_names="all", sampler_steps=2))
+            two = BaselinePolicy(m, PolicySettings(camera_names=("left", "right"), sampler_steps=2))
+            every.reset(0), two.reset(0)
+            ch, ch2 = every.plan(obs, env.cameras), two.plan(obs, env.cameras)
+            assert ch.view_names == ["front", "left", "right"] and ch.future_act.shape[0] == 3
+            assert np.isfinite(ch.keyframes).all() and not np.allclose(ch.keyframes, ch2.keyframes)
+        concat = BaselinePolicy(bc(camera_names=["left", "right"], fusion="concat"), PolicySettings(camera_names="all"))
+        with pytest.raises(ValueError, match="concat' needs the trained 2 views; got 3"):
+            concat.plan(obs, env.cameras)
+    finally:
+        env.close()
+
+
 def test_eval_command_runs_a_baseline_checkpoint(tmp_path, capsys):
     ckpt = tmp_path / "bc"
     bc(camera_names=["left", "right"]).save_pretrained(ckpt)
