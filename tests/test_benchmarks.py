@@ -88,3 +88,22 @@ def test_bench_codec_writes_strict_json_and_checks_its_flags(tmp_path, capsys):
         assert bench.run(p.parse_args(argv + ["--json", str(tmp_path / "x.json")])) == 2
         assert flag in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
+
+
+def test_bench_dataset_decodes_the_same_pixels_and_times_a_dataset(tmp_path, capsys, lerobot_root):
+    from action_images.benchmarks import dataset as bench
+
+    p = argparse.ArgumentParser()
+    bench.add_arguments(p)
+    out = tmp_path / "d.json"
+    args = p.parse_args(["--sizes", "16,32", "--frames", "3", "--videos", "1", "--repeats", "1",
+                         "--data", str(lerobot_root), "--episodes", "2", "--json", str(out)])
+    assert bench.run(args) == 0
+    res = json.loads(out.read_text())
+    assert [r["image_size"] for r in res["sizes"]] == [16, 32] and all(r["same_pixels"] for r in res["sizes"])
+    assert all(r[k] > 0 for r in res["sizes"] for k in ("default_ms", "one_thread_ms", "context_per_frame_ms"))
+    assert res["dataset"]["episodes"] == 2 and res["dataset"]["frames"] > 0 and res["dataset"]["ms_per_episode"] > 0
+    for bad, flag in ((["--sizes", "8"], "--sizes"), (["--sizes", "a"], "--sizes"), (["--repeats", "0"], "--repeats"),
+                      (["--data", str(tmp_path)], "--data")):
+        assert bench.run(p.parse_args(bad)) == 2
+        assert flag in capsys.readouterr().err

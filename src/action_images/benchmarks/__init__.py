@@ -5,6 +5,7 @@
     action-images bench train  --json bench/results/train.json
     action-images bench policy --json bench/results/policy.json
     action-images bench serve  --json bench/results/serve.json
+    action-images bench dataset --data data/rig8 --json bench/results/dataset.json
 
 Speed and accuracy targets live here, never in timed unit tests.
 """
@@ -25,6 +26,7 @@ BENCHMARKS: dict[str, str] = {
     "train": "training throughput and sampling latency per preset",
     "policy": "closed-loop policy latency per replanning step",
     "serve": "the policy server under N concurrent clients and injected faults",
+    "dataset": "episode video decoding, with FFmpeg frame threads and without",
 }
 
 
