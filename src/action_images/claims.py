@@ -66,6 +66,11 @@ METHODS = (
            "runs/rig8-dp"),
     Method("wam_ctx", "action images + context encoder (a CNN on the current frame, `--context-channels 16`)",
            "recipes/rig8-ctx.json", "runs/rig8-ctx"),
+    # every view of each rig at test time (the rigs' 4; left + top stays 2): both fuse any number of views
+    Method("wam_ctx_all", "the same 46-minute checkpoint seeing every rig view at test time (`--policy-cameras all`)",
+           "recipes/rig8-ctx.json", "runs/rig8-ctx", eval_flags="--policy-cameras all"),
+    Method("bc_all", "image behaviour cloning (60 minutes) seeing every rig view at test time (`--policy-cameras "
+           "all`)", "recipes/rig8-bc.json", "runs/rig8-bc", eval_flags="--policy-cameras all"),
     Method("tokens_ctx", "ablation: action tokens, the same backbone with the same context encoder",
            "recipes/rig8-tokens-ctx.json", "runs/rig8-tokens-ctx"),
     # the same methods at three times the budget (3 hours of this CPU; the fair fight at a longer budget)
@@ -77,6 +82,8 @@ METHODS = (
            eval_flags="--policy-cameras all"),
     Method("wam_ctx_anneal", "action images + context encoder, the 3-hour recipe then an annealing stage "
            "(`recipes/rig8-ctx-anneal.json`)", "recipes/rig8-ctx-anneal.json", "runs/rig8-ctx-anneal"),
+    Method("wam_ctx_decay", "action images + context encoder, the quick recipe then a decaying stage to the 3-hour "
+           "step count (`recipes/rig8-ctx-decay.json`)", "recipes/rig8-ctx-decay.json", "runs/rig8-ctx-decay"),
     Method("bc_3h", "image behaviour cloning, 3-hour recipe", "recipes/rig8-bc-3h.json", "runs/rig8-bc-3h"),
     Method("dp_3h", "image Diffusion Policy, 3-hour recipe", "recipes/rig8-dp-3h.json", "runs/rig8-dp-3h"),
 )
