@@ -227,6 +227,9 @@ def test_per_frame_cameras_round_trip(tmp_path):
         for t in range(T):
             assert ep0.frame_cameras[name][t].to_dict() == moving[name][t].to_dict()
         assert ep1.cameras[name].to_dict() == {c.name: c for c in perturbed}[name].to_dict()
+        # a static rig's repeated rows share one checked camera; a moving camera gets one per frame
+        assert all(c is ep1.frame_cameras[name][0] for c in ep1.frame_cameras[name])
+        assert len({id(c) for c in ep0.frame_cameras[name]}) == T
     doc = json.loads((root / "meta/cameras.json").read_text())
     assert doc["cameras"][0]["static"] is False and doc["cameras"][0]["per_frame"]["K"] == "calibration.front.K"
 

@@ -425,7 +425,11 @@ class LeRobotDataset:
             K = column_to_numpy(table, kk, 9).reshape(-1, 3, 3)
             T = column_to_numpy(table, tk, 16).reshape(-1, 4, 4)
             try:
-                out[cam] = [Camera(K=K[t], T_cam_world=T[t], width=W, height=H, name=cam) for t in range(len(K))]
+                cams: list[Camera] = []
+                for t in range(len(K)):     # a static rig repeats its row: share the checked (immutable) camera
+                    same = t > 0 and np.array_equal(K[t], K[t - 1]) and np.array_equal(T[t], T[t - 1])
+                    cams.append(cams[-1] if same else Camera(K=K[t], T_cam_world=T[t], width=W, height=H, name=cam))
+                out[cam] = cams
             except ValueError as e:
                 raise ValueError(f"{path}: bad per-frame calibration: {e}") from e
         return out
