@@ -26,7 +26,7 @@ BENCHMARKS: dict[str, str] = {
     "train": "training throughput and sampling latency per preset",
     "policy": "closed-loop policy latency per replanning step",
     "serve": "the policy server under N concurrent clients and injected faults",
-    "dataset": "episode video decoding, with FFmpeg frame threads and without",
+    "dataset": "episode video decoding to RGB, three ways, and a dataset's first pass",
 }
 
 

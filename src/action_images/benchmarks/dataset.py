@@ -3,8 +3,8 @@
     action-images bench dataset --json bench/results/dataset.json                     # synthetic videos only
     action-images bench dataset --data data/rig8 --episodes 40 --json bench/results/dataset.json
 
-Training decodes every episode once per process (the windows cache them), so a fresh or resumed run spends its
-first minutes decoding. For each ``--sizes`` the benchmark encodes ``--videos`` synthetic episodes of ``--frames``
+Training decodes every episode once per process (the windows cache them), so a fresh or resumed run starts by
+decoding. For each ``--sizes`` the benchmark encodes ``--videos`` synthetic episodes of ``--frames``
 frames (a drifting gradient with mild noise, the dataset's codec settings) and decodes them ``--repeats`` times in
 three ways, reporting the median milliseconds per video:
 
@@ -129,7 +129,11 @@ def run(args: argparse.Namespace) -> int:
               f"({r['one_thread_ms']:.1f} on one thread, {r['context_per_frame_ms']:.1f} with a context per frame)")
     payload = {"arguments": args_dict(args), "seed": args.seed, "sizes": rows, "environment": environment()}
     if args.data is not None:
-        payload["dataset"] = d = measure_dataset(args.data, args.episodes)
+        try:
+            payload["dataset"] = d = measure_dataset(args.data, args.episodes)
+        except (ValueError, OSError) as e:
+            print(f"--data {args.data}: {e}", file=sys.stderr)
+            return 2
         print(f"{d['data']}: {d['ms_per_episode']:.0f} ms per episode ({d['cameras']} cameras), about "
               f"{d['every_episode_minutes_estimate']:.1f} min for every episode")
     write_json(args.json, payload)
