@@ -72,6 +72,12 @@ def test_demo_shows_a_random_rig_checkpoint_unseen_rigs_by_default(tmp_path, cap
     assert demo.trained_on_rigs(["rig0", "rig12"]) and not demo.trained_on_rigs(["rig0", "left"])
     assert not demo.trained_on_rigs(None) and not demo.trained_on_rigs(["rigs"])
     assert parse([]).tasks == "all" and parse([]).episodes == 1
+    # every view of the rig samples 3 steps (the measured rig setting), 2 given views 6, unless told
+    rigs = ["rig0", "rig1", "rig2", "rig3"]
+    assert demo.settings_from_args(parse([]), rigs).policy.sampler_steps == 3
+    assert demo.settings_from_args(parse(["--policy-cameras", "rig0,rig1"]), rigs).policy.sampler_steps == 6
+    assert demo.settings_from_args(parse([]), ["left", "right"]).policy.sampler_steps == 6
+    assert demo.settings_from_args(parse(["--sampler-steps", "5"]), rigs).policy.sampler_steps == 5
 
 
 def test_demo_without_checkpoint_says_how_to_make_one(tmp_path, capsys):
