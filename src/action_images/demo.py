@@ -134,8 +134,8 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     print(f"demo: {ckpt} ({model.config.preset}, {model.num_parameters() / 1e6:.2f} M parameters), tasks "
           f"{', '.join(s.tasks)}, {s.episodes} episode(s) each, policy cameras {','.join(s.policy.camera_names)}"
-          f"{f' of a new {s.rig_distribution} rig per episode' if s.rig_distribution else ''}"
-          f"{' (quick mode)' if args.quick else ''}")
+          f"{f' of a new {s.rig_distribution} rig per episode' if s.rig_distribution else ''}, "
+          f"{s.policy.sampler_steps} sampler steps{' (quick mode)' if args.quick else ''}")
     metrics = {"command": "demo", "arguments": args_dict(args), "seed": args.seed, "checkpoint": str(ckpt),
                "perturb_cameras": False, "rig_distribution": s.rig_distribution}
     metrics.update(ev.run(progress=not args.no_progress))
