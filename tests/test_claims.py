@@ -120,6 +120,27 @@ def test_archive_copies_what_the_table_reads_and_the_table_reads_it_back(tmp_pat
     assert "| model old | – | not trained |" in claims.table(str(ev), methods)       # the run folders know less
 
 
+def test_archive_rows_copies_only_the_rows_named(tmp_path, monkeypatch, capsys):
+    """``archive --rows a``: a retrained run of another row (here b) leaves b's archived facts as they are."""
+    runs = {}
+    for key in ("a", "b"):
+        runs[key] = run = tmp_path / key
+        torch.manual_seed(0)
+        WorldActionModel(WAMConfig.from_preset("cpu-tiny")).save_pretrained(run)
+        (run / "log.jsonl").write_text(json.dumps({"step": 5, "elapsed_s": 60.0}) + "\n")
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / claims.RUNS_FILE).write_text(json.dumps({"rows": {"b": {
+        "params": None, "params_millions": 3.21, "steps": 9, "minutes": 2.0, "source": "the first run"}}}))
+    monkeypatch.setattr(claims, "METHODS", (Method("a", "a", "r.json", str(runs["a"])),
+                                            Method("b", "b", "r.json", str(runs["b"]))))
+    assert claims.main(["archive", "--rows", "a", "--results", str(results), "--eval-dir", str(tmp_path)]) == 0
+    rows = json.loads((results / claims.RUNS_FILE).read_text())["rows"]
+    assert rows["a"]["steps"] == 5 and rows["b"]["source"] == "the first run" and rows["b"]["steps"] == 9
+    assert claims.main(["archive", "--rows", "a,zz", "--results", str(results)]) == 2
+    assert "--rows must name rows" in capsys.readouterr().err
+
+
 def test_the_published_table_is_what_the_archive_gives():
     """docs/claims.md's table regenerates, character for character, from the committed bench/results/claims."""
     from pathlib import Path

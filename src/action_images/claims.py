@@ -6,6 +6,7 @@ distribution, from held-out rigs and from a fixed camera pair none of them saw, 
     python -m action_images.claims run --episodes 20 --seed 31337          # run the evaluations that are missing
     python -m action_images.claims openloop --data data/rig8_val_heldout --episodes 40 --starts 2 --seed 0
     python -m action_images.claims archive                                 # copy results to bench/results/claims
+    python -m action_images.claims archive --rows wam_ctx_all,bc_all       # only these rows
     python -m action_images.claims table --results bench/results/claims --out docs/claims.md
 
 ``make claims`` runs all six. ``table`` reads the run folders and ``EVAL_DIR`` by default; with ``--results`` it
@@ -435,7 +436,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=OPENLOOP_DATA, help=f"openloop: held-out dataset (default {OPENLOOP_DATA})")
     p.add_argument("--starts", type=int, default=2, help="openloop: start frames per episode (default 2)")
     p.add_argument("--sampler-steps", type=int, default=6, help="openloop: sampler steps (default 6)")
-    p.add_argument("--rows", default=None, help="openloop: comma separated row keys (default: every row)")
+    p.add_argument("--rows", default=None,
+                   help="openloop, archive: comma separated row keys (default: every row; archive copies only these "
+                        "rows, leaving the others' archived results as they are)")
     p.add_argument("--force", action="store_true", help="openloop: measure rows whose JSON exists again")
     p.add_argument("--threads", type=int, default=1, help="openloop: torch threads (default 1)")
     args = p.parse_args(argv)
@@ -457,7 +460,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.what == "openloop":
         return _openloop(args)
     if args.what == "archive":
-        written = archive(args.eval_dir, args.results or RESULTS_DIR, METHODS)
+        keys = [m.key for m in METHODS]
+        rows = [k for k in (args.rows or ",".join(keys)).split(",") if k]
+        bad = [k for k in rows if k not in keys]
+        if bad:
+            print(f"python -m action_images.claims archive: --rows must name rows of {keys} (got {bad})",
+                  file=sys.stderr)
+            return 2
+        written = archive(args.eval_dir, args.results or RESULTS_DIR, tuple(m for m in METHODS if m.key in rows))
         print(f"archived {len(written)} files into {args.results or RESULTS_DIR}", file=sys.stderr)
         return 0
     if args.what == "train":
