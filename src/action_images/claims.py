@@ -70,8 +70,9 @@ METHODS = (
     # every view of each rig at test time (the rigs' 4; left + top stays 2): both fuse any number of views
     Method("wam_ctx_all", "the same 46-minute checkpoint seeing every rig view at test time (`--policy-cameras all`)",
            "recipes/rig8-ctx.json", "runs/rig8-ctx", eval_flags="--policy-cameras all"),
-    Method("bc_all", "image behaviour cloning (60 minutes) seeing every rig view at test time (`--policy-cameras "
-           "all`)", "recipes/rig8-bc.json", "runs/rig8-bc", eval_flags="--policy-cameras all"),
+    Method("bc_all", "image behaviour cloning, its 60-minute recipe trained again (on the demos as collected again), "
+           "seeing every rig view at test time (`--policy-cameras all`)", "recipes/rig8-bc.json", "runs/rig8-bc",
+           eval_flags="--policy-cameras all"),
     Method("tokens_ctx", "ablation: action tokens, the same backbone with the same context encoder",
            "recipes/rig8-tokens-ctx.json", "runs/rig8-tokens-ctx"),
     # the same methods at three times the budget (3 hours of this CPU; the fair fight at a longer budget)
