@@ -304,7 +304,8 @@ def test_baseline_policy_sees_every_view_given():
                     w.add_(0.05 * torch.randn_like(w))
             every = BaselinePolicy(m, PolicySettings(camera_names="all", sampler_steps=2))
             two = BaselinePolicy(m, PolicySettings(camera_names=("left", "right"), sampler_steps=2))
-            every.reset(0), two.reset(0)
+            every.reset(0)
+            two.reset(0)
             ch, ch2 = every.plan(obs, env.cameras), two.plan(obs, env.cameras)
             assert ch.view_names == ["front", "left", "right"] and ch.future_act.shape[0] == 3
             assert np.isfinite(ch.keyframes).all() and not np.allclose(ch.keyframes, ch2.keyframes)

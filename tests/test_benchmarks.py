@@ -102,7 +102,9 @@ def test_bench_dataset_decodes_the_same_pixels_and_times_a_dataset(tmp_path, cap
     res = json.loads(out.read_text())
     assert [r["image_size"] for r in res["sizes"]] == [16, 32] and all(r["same_pixels"] for r in res["sizes"])
     assert all(r[k] > 0 for r in res["sizes"] for k in ("default_ms", "one_thread_ms", "context_per_frame_ms"))
-    assert res["dataset"]["episodes"] == 2 and res["dataset"]["frames"] > 0 and res["dataset"]["ms_per_episode"] > 0
+    d = res["dataset"]
+    assert d["episodes"] == 2 and d["frames"] > 0 and d["ms_per_episode"] > 0
+    assert d["videos_checked"] == 2 * d["cameras"] and d["videos_same_pixels"] == d["videos_checked"]
     for bad, flag in ((["--sizes", "8"], "--sizes"), (["--sizes", "a"], "--sizes"), (["--repeats", "0"], "--repeats"),
                       (["--data", str(tmp_path)], "--data")):
         assert bench.run(p.parse_args(bad)) == 2

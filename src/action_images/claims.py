@@ -380,6 +380,13 @@ def measure_openloop(m: Method, data: str, episodes: int, starts: int, seed: int
             "decode_head": head, "data": str(data), **res}
 
 
+def _named_rows(text: str | None) -> tuple[list[str], list[str]]:
+    """``--rows``: the row keys named (every row when none is), and those that name no row."""
+    keys = [m.key for m in METHODS]
+    rows = [k for k in (text or ",".join(keys)).split(",") if k]
+    return rows, [k for k in rows if k not in keys]
+
+
 def _openloop(args: argparse.Namespace) -> int:
     """``claims openloop``: a JSON per trained row that has none (every row with ``--force``)."""
     import time
@@ -387,11 +394,10 @@ def _openloop(args: argparse.Namespace) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    keys = [m.key for m in METHODS]
-    rows = [k for k in (args.rows or ",".join(keys)).split(",") if k]
-    bad = [k for k in rows if k not in keys]
+    rows, bad = _named_rows(args.rows)
     if bad or args.starts < 1 or args.sampler_steps < 1:
-        print(f"python -m action_images.claims openloop: --rows must name rows of {keys} (got {bad}); --starts and "
+        print(f"python -m action_images.claims openloop: --rows must name rows of {[m.key for m in METHODS]} (got "
+              f"{bad}); --starts and "
               "--sampler-steps must be >= 1", file=sys.stderr)
         return 2
     try:
@@ -461,12 +467,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.what == "openloop":
         return _openloop(args)
     if args.what == "archive":
-        keys = [m.key for m in METHODS]
-        rows = [k for k in (args.rows or ",".join(keys)).split(",") if k]
-        bad = [k for k in rows if k not in keys]
+        rows, bad = _named_rows(args.rows)
         if bad:
-            print(f"python -m action_images.claims archive: --rows must name rows of {keys} (got {bad})",
-                  file=sys.stderr)
+            print(f"python -m action_images.claims archive: --rows must name rows of {[m.key for m in METHODS]} "
+                  f"(got {bad})", file=sys.stderr)
             return 2
         written = archive(args.eval_dir, args.results or RESULTS_DIR, tuple(m for m in METHODS if m.key in rows))
         print(f"archived {len(written)} files into {args.results or RESULTS_DIR}", file=sys.stderr)

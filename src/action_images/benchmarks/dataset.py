@@ -14,7 +14,8 @@ three ways, reporting the median milliseconds per video:
   builds a new swscale context per frame (PyAV's shortcut), checked to give the same pixels.
 
 With ``--data``, it also times ``LeRobotDataset``'s decoding of the first ``--episodes`` episodes (every camera, no
-cache), the path training takes. The machine is shared: the JSON records the load.
+cache), the path training takes, and checks that as many of the dataset's videos decode to the same pixels both ways
+(``videos_same_pixels`` of ``videos_checked``). The machine is shared: the JSON records the load.
 """
 
 from __future__ import annotations
@@ -91,9 +92,18 @@ def measure_dataset(root: str, episodes: int) -> dict:
     t0 = time.perf_counter()
     frames = sum(len(next(iter(ds.episode(i).images.values()))) for i in range(n))
     s = time.perf_counter() - t0
+    # the same pixels as PyAV's shortcut on the dataset's own videos (the first, in path order, one per camera and
+    # episode decoded above), outside the timer
+    from action_images.data.video import decode_video
+
+    H, W = ds.image_size
+    videos = sorted((Path(root) / "videos").rglob("*.mp4"))[:n * len(ds.camera_names)]
+    same = [np.array_equal(decode_video(v, len(a), H, W, exact=False), a)
+            for v, a in ((v, decode_context_per_frame(v)) for v in videos)]
     return {"data": str(root), "episodes": n, "cameras": len(ds.camera_names), "image_size": list(ds.image_size),
             "frames": frames, "seconds": s, "ms_per_episode": 1000 * s / n,
-            "every_episode_minutes_estimate": s / n * ds.num_episodes / 60}
+            "every_episode_minutes_estimate": s / n * ds.num_episodes / 60,
+            "videos_checked": len(same), "videos_same_pixels": int(sum(same))}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
