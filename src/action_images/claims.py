@@ -318,6 +318,12 @@ def openloop_caption(results: dict[str, dict[str, Any]]) -> str:
             f"moves\") scores {r['still_baseline_cm_median']:.1f} cm on the same windows.")
 
 
+LATENCY_CAPTION = ("The latency column: the mean time per replanning step over the training rig distribution's "
+                   "episodes (the first condition measured), under whatever ran beside that evaluation on the shared 2 cores (other evaluations, "
+                   "training runs), so it ranks the rows only roughly; `action-images bench policy` measures "
+                   "latency under control.")
+
+
 def _openloop_cell(r: dict[str, Any] | None) -> str:
     return "not measured" if r is None else f"{r['pos_err_cm_median']:.1f} cm"
 
@@ -515,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     caption = openloop_caption(openloop_results(args.eval_dir, METHODS, args.results))
     text = (f"Closed loop, {args.episodes} episodes per task and camera condition, seed {args.seed}; success "
-            f"with 95 % Wilson intervals.{' ' + caption if caption else ''}\n\n" + text)
+            f"with 95 % Wilson intervals.{' ' + caption if caption else ''} {LATENCY_CAPTION}\n\n" + text)
     if args.out:
         path = Path(args.out)
         doc = path.read_text() if path.exists() else "<!-- claims table -->\n<!-- /claims table -->\n"
