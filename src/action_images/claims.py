@@ -319,9 +319,9 @@ def openloop_caption(results: dict[str, dict[str, Any]]) -> str:
 
 
 LATENCY_CAPTION = ("The latency column: the mean time per replanning step over the training rig distribution's "
-                   "episodes (the first condition measured), under whatever ran beside that evaluation on the shared 2 cores (other evaluations, "
-                   "training runs), so it ranks the rows only roughly; `action-images bench policy` measures "
-                   "latency under control.")
+                   "episodes (the first condition measured), under whatever ran beside that evaluation on the "
+                   "shared 2 cores (other evaluations, training runs), so it ranks the rows only roughly; "
+                   "`action-images bench policy` measures latency under control.")
 
 
 def _openloop_cell(r: dict[str, Any] | None) -> str:
