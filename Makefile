@@ -36,7 +36,7 @@ bench: $(STAMP)
 	$(BIN)/action-images bench train --json bench/results/train.json
 	$(BIN)/action-images bench policy --sampler-steps 4,10 --json bench/results/policy.json
 	$(BIN)/action-images bench serve --json bench/results/serve.json
-	$(BIN)/action-images bench dataset $(if $(wildcard data/rig8/meta),--data data/rig8 --episodes 75) --json bench/results/dataset.json
+	$(BIN)/action-images bench dataset $(if $(wildcard data/rig8/meta/info.json),--data data/rig8 --episodes 75) --json bench/results/dataset.json
 
 # The shipped checkpoint: recipes/rig8-ctx-3h.json is the whole recipe (data collection, model, optimisation, step
 # count): all 8 tasks from random camera rigs, about two hours on 2 cores; docs/results.md has its measurements.
