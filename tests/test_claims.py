@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+from pathlib import Path
 
 import pytest
 import torch
@@ -78,6 +79,54 @@ def test_train_runs_only_what_is_missing(tmp_path, monkeypatch):
     assert [c[1:4] for c in calls] == [["-m", "action_images.cli", "train"],
                                        ["-m", "action_images.decode_head", "train"]]
     assert calls[0][calls[0].index("--out") + 1] == str(tmp_path / "missing")
+    assert "--resume" not in calls[0]
+
+
+def test_train_resumes_a_run_that_stopped_before_its_end(tmp_path, monkeypatch):
+    """A run killed mid-way has exported weights at its last checkpoint; ``claims train`` continues it."""
+    calls = []
+    monkeypatch.setattr(claims.subprocess, "run", lambda argv: calls.append(argv) or argparse.Namespace(returncode=0))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.safetensors").write_bytes(b"")
+    (run / "train_config.json").write_text(json.dumps({"optim": {"steps": 100}}))
+    (run / "log.jsonl").write_text(json.dumps({"step": 40, "elapsed_s": 60.0}) + "\n")
+    monkeypatch.setattr(claims, "METHODS", (Method("a", "a", "r.json", str(run)),))
+    assert claims.main(["train"]) == 0
+    assert len(calls) == 1 and calls[0][-1] == "--resume" and calls[0][calls[0].index("--out") + 1] == str(run)
+    (run / "log.jsonl").write_text(json.dumps({"step": 100, "elapsed_s": 150.0}) + "\n")
+    assert claims.main(["train"]) == 0 and len(calls) == 1                    # finished: nothing to do
+
+
+def test_run_evaluates_only_finished_runs_and_never_keeps_results_of_other_weights(tmp_path, monkeypatch, capsys):
+    """``claims run`` skips a run still training; an evaluation of other weights than the run holds now is done
+    again (``--overwrite``), an interrupted one of the same weights continues (``--resume``), a finished one is
+    kept."""
+    calls = []
+    monkeypatch.setattr(claims.subprocess, "run", lambda argv: calls.append(argv) or argparse.Namespace(returncode=0))
+    run = tmp_path / "run"
+    torch.manual_seed(0)
+    WorldActionModel(WAMConfig.from_preset("cpu-tiny")).save_pretrained(run)
+    (run / "train_config.json").write_text(json.dumps({"optim": {"steps": 100}}))
+    (run / "log.jsonl").write_text(json.dumps({"step": 40, "elapsed_s": 60.0}) + "\n")
+    m = Method("x", "x", "r.json", str(run))
+    monkeypatch.setattr(claims, "METHODS", (m,))
+    ev = tmp_path / "ev"
+    assert claims.main(["run", "--eval-dir", str(ev), "--episodes", "4"]) == 0
+    assert calls == [] and "still training (step 40 of 100)" in capsys.readouterr().err
+
+    (run / "log.jsonl").write_text(json.dumps({"step": 100, "elapsed_s": 150.0}) + "\n")
+    now = claims.current_model_digest(m)
+    metrics = {"settings": {"episodes": 4, "seed": 31337}, "overall": {}, "tasks": {}}
+    for c, digest, done in (("train_rigs", now, True), ("heldout_rigs", "0" * 64, True), ("left_top", now, False)):
+        (ev / f"x_{c}").mkdir(parents=True)
+        (ev / f"x_{c}" / "episodes.jsonl").write_text(json.dumps({"model_sha256": digest}) + "\n")
+        if done:
+            (ev / f"x_{c}" / "metrics.json").write_text(json.dumps(metrics))
+    assert claims.main(["run", "--eval-dir", str(ev), "--episodes", "4"]) == 0
+    outs = {Path(c[c.index("--out") + 1]).name: c[-1] for c in calls}
+    assert outs == {"x_heldout_rigs": "--overwrite", "x_left_top": "--resume"}
+    assert "evaluated other weights" in capsys.readouterr().err
 
 
 def test_training_minutes_add_up_over_resumed_runs(tmp_path):

@@ -128,14 +128,36 @@ def trained(m: Method) -> bool:
                                                                or (Path(m.extra) / "model.safetensors").exists())
 
 
+def run_progress(run: Path) -> tuple[int | None, int | None]:
+    """(the last logged step, the recipe's step count) of a run folder; None where it cannot be read."""
+    try:
+        want = json.loads((run / "train_config.json").read_text())["optim"]["steps"]
+    except (OSError, ValueError, KeyError, TypeError):
+        want = None
+    try:
+        at = read_jsonl(run / "log.jsonl")[-1]["step"]
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        at = None
+    return at, want
+
+
 def finished(run: Path) -> bool:
     """The run reached its recipe's step count (``train_config.json``'s ``optim.steps``; a run without one, or
     without a log, counts as finished: its export is what there is)."""
-    try:
-        want = json.loads((run / "train_config.json").read_text())["optim"]["steps"]
-        return want is None or read_jsonl(run / "log.jsonl")[-1]["step"] >= want
-    except (OSError, ValueError, KeyError, IndexError, TypeError):
-        return True
+    at, want = run_progress(run)
+    return want is None or at is None or at >= want
+
+
+def ready(m: Method) -> bool:
+    """The row's model is trained to its recipe's end (a run still training exports its weights at every
+    checkpoint, so ``model.safetensors`` alone does not say it is done)."""
+    return trained(m) and finished(Path(m.run))
+
+
+def _still_training(m: Method) -> str:
+    at, want = run_progress(Path(m.run))
+    return (f"{m.run} is still training (step {at} of {want}); finish it with "
+            f"`{train_command(m).split(' && ')[0]} --resume`")
 
 
 def _metrics(path: Path, episodes: int | None = None, seed: int | None = None) -> dict[str, Any] | None:
@@ -220,6 +242,22 @@ def row_facts(m: Method, results: str | None = None) -> dict[str, Any] | None:
     params = facts["params"] + ((_run_facts(Path(m.extra))["params"] or 0) if m.extra else 0)
     return {"params": params, "params_millions": round(params / 1e6, 4), "steps": facts["steps"],
             "minutes": facts["minutes"], "source": m.run + (f" + {m.extra}" if m.extra else "")}
+
+
+def evaluated_model(out: Path) -> str | None:
+    """The weights digest an evaluation folder's ``episodes.jsonl`` header recorded (None when there is none)."""
+    try:
+        with open(out / "episodes.jsonl") as f:
+            return json.loads(f.readline()).get("model_sha256")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def current_model_digest(m: Method) -> str:
+    """The digest ``action-images eval`` records for the row's checkpoint as it is now."""
+    from action_images.baselines import load_model
+    from action_images.evaluate import model_digest
+    return model_digest(load_model(m.run))
 
 
 def _metrics_path(m: Method, condition: str, eval_dir: str, results: str | None) -> Path:
@@ -417,6 +455,9 @@ def _openloop(args: argparse.Namespace) -> int:
         if not trained(m):
             print(f"skipping {m.key}: not trained ({train_command(m)})", file=sys.stderr)
             continue
+        if not ready(m):
+            print(f"skipping {m.key}: {_still_training(m)}", file=sys.stderr)
+            continue
         if out.exists() and not args.force:
             print(f"skipping {m.key}: {out} exists (--force measures it again)", file=sys.stderr)
             continue
@@ -483,11 +524,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.what == "train":
         for m in METHODS:
-            if trained(m):
+            if ready(m):
                 continue
             for part in train_command(m).split(" && "):
-                if part.startswith("action-images train") and (Path(m.run) / "model.safetensors").exists():
-                    continue                                   # the row's model exists; only its head is missing
+                if part.startswith("action-images train"):
+                    if (Path(m.run) / "model.safetensors").exists() and finished(Path(m.run)):
+                        continue                               # the row's model is done; only its head is missing
+                    if Path(m.run).exists():
+                        part += " --resume"                    # an interrupted run continues from its checkpoint
                 print(part, file=sys.stderr)
                 words = shlex.split(part)
                 argv = ([sys.executable, "-m", "action_images.cli", *words[1:]] if words[0] == "action-images"
@@ -500,15 +544,28 @@ def main(argv: list[str] | None = None) -> int:
             if not trained(m):
                 print(f"skipping {m.key}: {m.run} is not trained ({train_command(m)})", file=sys.stderr)
                 continue
+            if not ready(m):
+                print(f"skipping {m.key}: {_still_training(m)}", file=sys.stderr)
+                continue
+            digest = None
             for c in CONDITIONS:
                 out = Path(args.eval_dir) / f"{m.key}_{c}"
                 try:
-                    if _metrics(out, args.episodes, args.seed) is not None:
-                        continue
+                    measured = _metrics(out, args.episodes, args.seed) is not None
                 except ValueError as e:
                     print(f"python -m action_images.claims: {e}", file=sys.stderr)
                     return 2
                 cmd = eval_command(m, c, args.episodes, args.seed, args.eval_dir)
+                recorded = evaluated_model(out)
+                if recorded is not None:
+                    digest = digest or current_model_digest(m)
+                if recorded is not None and recorded != digest:
+                    print(f"{out} evaluated other weights than {m.run} holds now: evaluating again", file=sys.stderr)
+                    cmd += " --overwrite"
+                elif measured:
+                    continue
+                elif recorded is not None:
+                    cmd += " --resume"                         # an interrupted evaluation of these weights
                 print(cmd, file=sys.stderr)
                 argv = [sys.executable, "-m", "action_images.cli", *shlex.split(cmd)[1:]]   # this interpreter's CLI
                 if subprocess.run(argv).returncode != 0:
