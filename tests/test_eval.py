@@ -77,6 +77,8 @@ def test_eval_writes_valid_metrics_and_report(eval_run):
         assert m["latency"]["count"] >= 2 and m["latency"]["p95_ms"] >= m["latency"]["p50_ms"] > 0
         assert m["mean_episode_length"] <= 4
     assert metrics["overall"]["episodes"] == 4 and metrics["open_loop"] is None
+    header = json.loads((eval_run / "episodes.jsonl").read_text().splitlines()[0])
+    assert len(metrics["model_sha256"]) == 64 and metrics["model_sha256"] == header["model_sha256"]
     assert metrics["policy"]["disagree_px"] == 2.5 and metrics["policy"]["sampler_steps"] == 1
     assert metrics["settings"]["policy"]["sampler_steps"] == 1 and metrics["settings"]["max_steps"] == 4
     seeds = [e["seed"] for e in metrics["episodes"]]

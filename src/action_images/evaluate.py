@@ -483,6 +483,7 @@ def run(args: argparse.Namespace) -> int:
     metrics: dict[str, Any] = {"command": "eval", "arguments": {k: v for k, v in args_dict(args).items()
                                                                  if k != "token"},      # never the secret
                                "seed": args.seed, "checkpoint": str(args.checkpoint),
+                               "model_sha256": ev.header["model_sha256"],     # the weights these numbers are of
                                "perturb_cameras": bool(args.perturb_cameras)}
     try:
         metrics.update(ev.run(progress=not args.no_progress))
