@@ -3,6 +3,8 @@
 import argparse
 import json
 
+import pytest
+
 
 def test_benchmark_smoke(tmp_path):
     from action_images.benchmarks import train as bench
@@ -105,7 +107,34 @@ def test_bench_dataset_decodes_the_same_pixels_and_times_a_dataset(tmp_path, cap
     d = res["dataset"]
     assert d["episodes"] == 2 and d["frames"] > 0 and d["ms_per_episode"] > 0
     assert d["videos_checked"] == 2 * d["cameras"] and d["videos_same_pixels"] == d["videos_checked"]
-    for bad, flag in ((["--sizes", "8"], "--sizes"), (["--sizes", "a"], "--sizes"), (["--repeats", "0"], "--repeats"),
-                      (["--data", str(tmp_path)], "--data")):
+    broken = tmp_path / "broken"
+    (broken / "meta").mkdir(parents=True)
+    (broken / "meta" / "info.json").write_text("{")
+    for bad, flag in ((["--sizes", "8"], "--sizes"), (["--sizes", "a"], "--sizes"), (["--sizes", ",,"], "--sizes"),
+                      (["--repeats", "0"], "--repeats"), (["--seed", "-1"], "--seed"),
+                      (["--data", str(tmp_path)], "--data"), (["--data", str(broken)], "--data")):
         assert bench.run(p.parse_args(bad)) == 2
         assert flag in capsys.readouterr().err
+
+
+def test_bench_refuses_an_output_path_it_cannot_write_before_measuring(tmp_path, capsys, monkeypatch):
+    """``--json`` is checked before a benchmark runs (a folder, a path under a file, an empty name); a write that
+    still fails prints the results instead of losing them."""
+    from action_images import benchmarks
+    from action_images.cli import build_parser
+
+    (tmp_path / "afile").write_text("")
+    for path in (str(tmp_path), str(tmp_path / "afile" / "x.json"), ""):
+        args = build_parser().parse_args(["bench", "dataset", "--sizes", "16", "--json", path])
+        args._bench = lambda a: pytest.fail("the benchmark ran")
+        assert benchmarks.run(args) == 2
+        assert "--json" in capsys.readouterr().err
+    assert benchmarks.json_path_error(str(tmp_path / "new" / "folder" / "x.json")) == ""
+
+    def refuse(path, payload):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(benchmarks, "atomic_write_json", refuse)
+    with pytest.raises(SystemExit) as e:
+        benchmarks.write_json(tmp_path / "r.json", {"answer": 42})
+    out = capsys.readouterr()
+    assert e.value.code == 2 and json.loads(out.out) == {"answer": 42} and "Permission denied" in out.err

@@ -187,7 +187,7 @@ def test_archive_rows_copies_only_the_rows_named(tmp_path, monkeypatch, capsys):
     rows = json.loads((results / claims.RUNS_FILE).read_text())["rows"]
     assert rows["a"]["steps"] == 5 and rows["b"]["source"] == "the first run" and rows["b"]["steps"] == 9
     assert claims.main(["archive", "--rows", "a,zz", "--results", str(results)]) == 2
-    assert "--rows must name rows" in capsys.readouterr().err
+    assert "--rows: no row is named zz" in capsys.readouterr().err
 
 
 def test_the_published_table_is_what_the_archive_gives():
@@ -248,3 +248,42 @@ def test_a_run_still_training_is_not_a_row_yet(tmp_path):
     assert claims.row_facts(m) is None and "| model x | – | not trained |" in claims.table(str(tmp_path), (m,))
     (run / "log.jsonl").write_text(json.dumps({"step": 100, "elapsed_s": 1500.0}) + "\n")
     assert claims.row_facts(m)["steps"] == 100
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["openloop", "--rows", ""], "--rows: name at least one row"),
+    (["openloop", "--rows", ","], "--rows: name at least one row"),
+    (["openloop", "--threads", "0"], "--threads must be >= 1"),
+    (["openloop", "--starts", "0"], "--starts must be >= 1"),
+    (["openloop", "--sampler-steps", "0"], "--sampler-steps must be >= 1"),
+    (["commands", "--rows", "nope"], "--rows: no row is named nope"),
+    (["table", "--rows", "wam"], "--rows: the table always shows every row"),
+    (["run", "--episodes", "0"], "--episodes must be >= 1"),
+    (["run", "--seed", "-1"], "--seed must be >= 0"),
+])
+def test_bad_flags_fail_before_any_work_with_one_line(argv, message, monkeypatch, capsys):
+    monkeypatch.setattr(claims.subprocess, "run", lambda argv: pytest.fail(f"started {argv}"))
+    assert claims.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_a_broken_archive_is_refused_not_rewritten(tmp_path, capsys):
+    results = tmp_path / "results"
+    results.mkdir()
+    broken = '{"rows": {"bc": {"steps": 1'
+    (results / claims.RUNS_FILE).write_text(broken)
+    assert claims.main(["archive", "--results", str(results), "--eval-dir", str(tmp_path)]) == 2
+    assert claims.main(["table", "--results", str(results)]) == 2
+    assert (results / claims.RUNS_FILE).read_text() == broken
+    assert claims.main(["table", "--results", str(tmp_path / "none")]) == 2          # not an archive: no table
+    assert claims.main(["archive", "--results", str(results / claims.RUNS_FILE)]) == 2   # a file
+    (results / claims.RUNS_FILE).write_text(json.dumps({"rows": {"x": {"params_millions": 1.0, "steps": 1,
+                                                                         "minutes": 1.0}}}))
+    (results / "x_train_rigs.json").write_text("{not json")
+    with pytest.raises(ValueError, match="x_train_rigs.json: not JSON"):
+        claims.table(str(tmp_path), (Method("x", "x", "r.json", str(tmp_path)),), results=str(results))
+    doc = tmp_path / "doc"
+    doc.mkdir()
+    assert claims.main(["table", "--results", str(results), "--out", str(doc)]) == 2
+    assert "is a folder" in capsys.readouterr().err

@@ -169,8 +169,10 @@ def _metrics_file(path: Path, episodes: int | None = None, seed: int | None = No
     """A metrics JSON, or None when there is none; ``ValueError`` when it ran other settings."""
     try:
         m = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except OSError:
         return None
+    except ValueError:
+        raise ValueError(f"{path}: not JSON; remove it to measure it again") from None
     s = m.get("settings", {})
     for key, want in (("episodes", episodes), ("seed", seed)):
         if want is not None and s.get(key) != want:
@@ -281,8 +283,10 @@ def archive(eval_dir: str = EVAL_DIR, results: str = RESULTS_DIR, methods: tuple
     runs_path = out / RUNS_FILE
     try:
         runs = json.loads(runs_path.read_text())
-    except (OSError, ValueError):
+    except OSError:
         runs = {}
+    except ValueError:
+        raise ValueError(f"{runs_path} is not JSON: archiving would drop its rows; restore it first") from None
     rows = dict(runs.get("rows", {}))
     for m in methods:
         facts = row_facts(m)
@@ -333,8 +337,10 @@ def openloop_results(eval_dir: str = EVAL_DIR, methods: tuple[Method, ...] = MET
         path = _openloop_path(m, eval_dir, results)
         try:
             out[m.key] = json.loads(path.read_text())
-        except (OSError, ValueError):
+        except OSError:
             continue
+        except ValueError:
+            raise ValueError(f"{path}: not JSON; remove it to measure it again") from None
         first_key, first = next(iter(out.items()))
         diff = [k for k in OPENLOOP_SAME if out[m.key].get(k) != first.get(k)]
         if diff:
@@ -427,8 +433,45 @@ def measure_openloop(m: Method, data: str, episodes: int, starts: int, seed: int
 def _named_rows(text: str | None) -> tuple[list[str], list[str]]:
     """``--rows``: the row keys named (every row when none is), and those that name no row."""
     keys = [m.key for m in METHODS]
-    rows = [k for k in (text or ",".join(keys)).split(",") if k]
+    rows = keys if text is None else list(dict.fromkeys(k.strip() for k in text.split(",") if k.strip()))
     return rows, [k for k in rows if k not in keys]
+
+
+def _flag_error(args: argparse.Namespace) -> str:
+    """The first bad flag of ``args``, as one line ('' when all are good); checked before any work starts."""
+    keys = [m.key for m in METHODS]
+    rows, bad = _named_rows(args.rows)
+    if args.episodes < 1:
+        return f"--episodes must be >= 1; got {args.episodes}"
+    if args.seed < 0:
+        return f"--seed must be >= 0; got {args.seed}"
+    for flag, value in (("--starts", args.starts), ("--sampler-steps", args.sampler_steps),
+                        ("--threads", args.threads)):
+        if value < 1:
+            return f"{flag} must be >= 1; got {value}"
+    if args.rows is not None:
+        if args.what == "table":
+            return "--rows: the table always shows every row (archive or measure fewer rows instead)"
+        if bad:
+            return f"--rows: no row is named {', '.join(bad)}; the rows are {', '.join(keys)}"
+        if not rows:
+            return f"--rows: name at least one row of {', '.join(keys)}"
+    if args.what == "archive" or (args.what == "table" and args.results is not None):
+        res = Path(args.results or RESULTS_DIR)
+        if res.exists() and not res.is_dir():
+            return f"--results {res}: not a folder"
+        runs = res / RUNS_FILE
+        if args.what == "table" and not runs.is_file():
+            return f"--results {res}: no {RUNS_FILE} (an archive written by `claims archive`)"
+        if runs.is_file():
+            try:
+                json.loads(runs.read_text())["rows"]
+            except (OSError, ValueError, KeyError, TypeError):
+                return (f"--results {res}: {runs} is not a claims archive index (JSON with \"rows\"); restore "
+                        "it, e.g. with git checkout")
+    if args.out is not None and Path(args.out).is_dir():
+        return f"--out {args.out}: is a folder; name the markdown file"
+    return ""
 
 
 def _openloop(args: argparse.Namespace) -> int:
@@ -438,12 +481,7 @@ def _openloop(args: argparse.Namespace) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    rows, bad = _named_rows(args.rows)
-    if bad or args.starts < 1 or args.sampler_steps < 1:
-        print(f"python -m action_images.claims openloop: --rows must name rows of {[m.key for m in METHODS]} (got "
-              f"{bad}); --starts and "
-              "--sampler-steps must be >= 1", file=sys.stderr)
-        return 2
+    rows, _ = _named_rows(args.rows)
     try:
         reference = reference_keyframes(METHODS)
     except (OSError, ValueError, KeyError) as e:
@@ -491,8 +529,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--starts", type=int, default=2, help="openloop: start frames per episode (default 2)")
     p.add_argument("--sampler-steps", type=int, default=6, help="openloop: sampler steps (default 6)")
     p.add_argument("--rows", default=None,
-                   help="openloop, archive: comma separated row keys (default: every row; archive copies only these "
-                        "rows, leaving the others' archived results as they are)")
+                   help="commands, train, run, openloop, archive: comma separated row keys (default: every row; "
+                        "archive copies only these rows, leaving the others' archived results as they are)")
     p.add_argument("--force", action="store_true", help="openloop: measure rows whose JSON exists again")
     p.add_argument("--threads", type=int, default=1, help="openloop: torch threads (default 1)")
     args = p.parse_args(argv)
@@ -500,13 +538,18 @@ def main(argv: list[str] | None = None) -> int:
         args.episodes = 40 if args.what == "openloop" else 20
     if args.seed is None:
         args.seed = 0 if args.what == "openloop" else 31337
-    if args.episodes < 1 or args.seed < 0:
-        print("python -m action_images.claims: --episodes must be >= 1 and --seed >= 0", file=sys.stderr)
+    error = _flag_error(args)
+    if error:
+        print(f"python -m action_images.claims {args.what}: {error}", file=sys.stderr)
         return 2
+    rows, _ = _named_rows(args.rows)
     if args.what == "commands":
         for m in METHODS:
-            print(train_command(m))
+            if m.key in rows:
+                print(train_command(m))
         for m in METHODS:
+            if m.key not in rows:
+                continue
             for c in CONDITIONS:
                 print(eval_command(m, c, args.episodes, args.seed, args.eval_dir))
         print(openloop_command(OPENLOOP_DATA, 40, 2, 0, 6, args.eval_dir))
@@ -514,17 +557,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.what == "openloop":
         return _openloop(args)
     if args.what == "archive":
-        rows, bad = _named_rows(args.rows)
-        if bad:
-            print(f"python -m action_images.claims archive: --rows must name rows of {[m.key for m in METHODS]} "
-                  f"(got {bad})", file=sys.stderr)
-            return 2
         written = archive(args.eval_dir, args.results or RESULTS_DIR, tuple(m for m in METHODS if m.key in rows))
         print(f"archived {len(written)} files into {args.results or RESULTS_DIR}", file=sys.stderr)
         return 0
     if args.what == "train":
         for m in METHODS:
-            if ready(m):
+            if m.key not in rows or ready(m):
                 continue
             for part in train_command(m).split(" && "):
                 if part.startswith("action-images train"):
@@ -541,6 +579,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.what == "run":
         for m in METHODS:
+            if m.key not in rows:
+                continue
             if not trained(m):
                 print(f"skipping {m.key}: {m.run} is not trained ({train_command(m)})", file=sys.stderr)
                 continue
@@ -587,7 +627,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{path}: no '{a}' ... '{b}' block to fill", file=sys.stderr)
             return 2
         pre, rest = doc.split(a, 1)
-        atomic_write_text(path, pre + a + "\n" + text + rest[rest.index(b):])
+        try:
+            atomic_write_text(path, pre + a + "\n" + text + rest[rest.index(b):])
+        except OSError as e:
+            print(f"--out {path}: could not write it ({e.strerror or e})", file=sys.stderr)
+            return 2
     print(text)
     return 0
 

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from action_images.runfiles import atomic_write_json
@@ -45,9 +47,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.set_defaults(_bench=module.run)
 
 
+def json_path_error(path: str | None) -> str:
+    """Why ``--json PATH`` cannot be written ('' when it can): checked before a benchmark runs, so minutes of
+    measurement are never lost to a bad output path."""
+    if path is None:
+        return ""
+    if not str(path).strip():
+        return "--json: an empty path; name a file (or leave --json out to print only)"
+    p = Path(path)
+    if p.is_dir():
+        return f"--json {path}: is a folder; name a file in it"
+    ancestor = p.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        return f"--json {path}: {ancestor} is not a folder"
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        return f"--json {path}: {ancestor} is not writable"
+    return ""
+
+
 def run(args: argparse.Namespace) -> int:
     if args._bench is None:
         print(f"benchmark {args.benchmark!r} is not available in this build", file=sys.stderr)
+        return 2
+    error = json_path_error(getattr(args, "json", None))
+    if error:
+        print(f"action-images bench {args.benchmark}: {error}", file=sys.stderr)
         return 2
     return int(args._bench(args) or 0)
 
@@ -55,5 +81,11 @@ def run(args: argparse.Namespace) -> int:
 def write_json(path: str | os.PathLike | None, payload: dict[str, Any]) -> None:
     """Write the result atomically as strict JSON (non-finite numbers -> null) and say where."""
     if path:
-        atomic_write_json(path, payload)
+        try:
+            atomic_write_json(path, payload)
+        except OSError as e:          # the results go to stdout rather than being lost with the file
+            print(json.dumps(payload, default=str))
+            print(f"--json {path}: could not write it ({e.strerror or e}); the results are printed above",
+                  file=sys.stderr)
+            raise SystemExit(2) from None
         print(f"wrote {path}")

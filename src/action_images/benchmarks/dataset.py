@@ -121,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         sizes = [int(s) for s in str(args.sizes).split(",") if s.strip()]
     except ValueError:
+        sizes = []
+    if not sizes:
         print(f"--sizes: comma-separated integers expected; got {args.sizes!r}", file=sys.stderr)
         return 2
     for flag, value, lo in (("--sizes", min(sizes, default=0), 16), ("--frames", args.frames, 1),
@@ -129,9 +131,19 @@ def run(args: argparse.Namespace) -> int:
         if value < lo:
             print(f"{flag} must be >= {lo}; got {value}", file=sys.stderr)
             return 2
-    if args.data is not None and not (Path(args.data) / "meta" / "info.json").is_file():
-        print(f"--data {args.data}: not a LeRobot dataset (no meta/info.json)", file=sys.stderr)
+    if args.seed < 0:
+        print(f"--seed must be >= 0; got {args.seed}", file=sys.stderr)
         return 2
+    if args.data is not None:
+        if not (Path(args.data) / "meta" / "info.json").is_file():
+            print(f"--data {args.data}: not a LeRobot dataset (no meta/info.json)", file=sys.stderr)
+            return 2
+        try:                                  # open it now: a broken dataset fails before minutes of synthetic work
+            from action_images.data.lerobot import LeRobotDataset
+            LeRobotDataset(args.data, cache_size=0)
+        except (ValueError, OSError, KeyError, TypeError) as e:
+            print(f"--data {args.data}: {e}", file=sys.stderr)
+            return 2
     with tempfile.TemporaryDirectory() as tmp:
         rows = [measure_size(s, args.frames, args.videos, args.repeats, args.seed, Path(tmp)) for s in sizes]
     for r in rows:
