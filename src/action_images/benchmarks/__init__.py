@@ -7,7 +7,9 @@
     action-images bench serve  --json bench/results/serve.json
     action-images bench dataset --data data/rig8 --json bench/results/dataset.json
 
-Speed and accuracy targets live here, never in timed unit tests.
+Speed and accuracy targets live here, never in timed unit tests. ``--json`` is checked before a benchmark measures
+anything (a folder, a path under a file or an empty name exits 2 at once), and a write that still fails prints the
+results to stdout rather than losing them.
 """
 
 from __future__ import annotations
