@@ -146,6 +146,24 @@ def test_eval_rejects_bad_input(checkpoint, tmp_path, capsys):
     assert "--jobs" in capsys.readouterr().err
 
 
+def test_eval_never_writes_over_files_it_did_not_make(checkpoint, tmp_path, capsys):
+    """--out an existing file, or a folder with files but no episodes.jsonl, is refused before any episode runs;
+    --overwrite is the way to say yes."""
+    flags = ["--checkpoint", str(checkpoint), "--tasks", "reach_target", "--episodes", "1", "--image-size", "32",
+             "--sampler-steps", "1", "--max-steps", "2", "--videos", "0", "--no-progress", "--threads", "1"]
+    (tmp_path / "afile").write_text("keep")
+    assert evaluate.run(parse(evaluate, [*flags, "--out", str(tmp_path / "afile")])) == 2
+    assert "is a file" in capsys.readouterr().err and (tmp_path / "afile").read_text() == "keep"
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "metrics.json").write_text("keep")
+    assert evaluate.run(parse(evaluate, [*flags, "--out", str(theirs)])) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--overwrite" in err[0] and (theirs / "metrics.json").read_text() == "keep"
+    assert evaluate.run(parse(evaluate, [*flags, "--out", str(theirs), "--overwrite"])) == 0
+    assert json.loads((theirs / "metrics.json").read_text())["overall"]["episodes"] == 1
+
+
 def test_perturbed_cameras_move_every_episode_reproducibly(checkpoint, tmp_path):
     """--perturb-cameras: each episode's cameras stand elsewhere than the nominal rig and than the other episode's,
     and a rerun puts them in the same places."""

@@ -45,6 +45,9 @@ def test_settings_take_the_rigs_views():
     assert s.policy.camera_names == ("rig2", "rig0")
     with pytest.raises(ValueError, match="--cameras: unknown camera"):
         resolve_settings(EvalSettings(tasks="reach_target", random_rig=1, cameras=("rig0", "rig1", "front")), rigs)
+    with pytest.raises(ValueError, match="--policy-cameras: unknown camera"):      # the flag the names came from
+        resolve_settings(EvalSettings(tasks="reach_target", policy=PolicySettings(camera_names=("nope", "nope2"))),
+                         rigs)
     every = PolicySettings(camera_names="all")          # --policy-cameras all: every rendered view
     s = resolve_settings(EvalSettings(tasks="reach_target", rig_distribution="heldout", policy=every), rigs)
     assert s.cameras == s.policy.camera_names == ("rig0", "rig1", "rig2", "rig3")

@@ -155,7 +155,8 @@ BAD = [
     (["--cfg-scale", "nan"], "--cfg-scale"), (["--cfg-scale", "-1"], "--cfg-scale"),
     (["--modes", "policy,dance"], "--modes"), (["--modes", ","], "--modes"),
     (["--noise-levels", "1.5"], "--noise-levels"), (["--noise-levels", "abc"], "--noise-levels"),
-    (["--lpips-weights", "missing.safetensors"], "--lpips-weights"), (["--i3d-weights", "I3D"], "--i3d-weights"),
+    (["--lpips-weights", "missing.safetensors"], "--lpips-weights"), (["--lpips-weights", "I3D"], "--lpips-weights"),
+    (["--i3d-weights", "I3D"], "--i3d-weights"),
     (["--json", "out.txt"], "--json"), (["--json", "."], "--json"), (["--figure", "f.jpg"], "--figure"),
     (["--cameras", "front"], "--cameras"), (["--cameras", "front,top"], "--cameras"),
 ]

@@ -335,6 +335,11 @@ def test_non_loopback_bind_needs_a_token(model, checkpoint, monkeypatch, capsys)
         assert len(err) == 1 and err[0].startswith("action-images serve: ") and "token" in err[0], err
     assert main(["serve", "--checkpoint", str(checkpoint / "nope")]) == 2
     assert "config.json" in capsys.readouterr().err
+    for argv, flag in ((["--seed", "-1"], "--seed"), (["--threads", "-2"], "--threads"),
+                       (["--max-clients", "0"], "--max-clients")):
+        assert main(["serve", "--checkpoint", str(checkpoint), "--port", "0", *argv]) == 2   # before any bind
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and flag in err[0], err
 
 
 # ---- no pickle -------------------------------------------------------------------------------------------------------

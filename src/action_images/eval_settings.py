@@ -137,7 +137,8 @@ def resolve_settings(settings: EvalSettings, config: Any, warn: bool = True) -> 
                          f"{','.join(rendered)}")
     unknown = [c for c in rendered if c not in available]
     if unknown:
-        raise ValueError(f"--cameras: unknown camera(s) {','.join(unknown)}; choose from {','.join(available)}")
+        flag = "--cameras" if settings.cameras else "--policy-cameras"        # where the unknown names came from
+        raise ValueError(f"{flag}: unknown camera(s) {','.join(unknown)}; choose from {','.join(available)}")
     return replace(settings, cameras=tuple(rendered), policy=replace(settings.policy, camera_names=tuple(pol)))
 
 

@@ -216,6 +216,12 @@ class Evaluation:
         if settings.jobs > 1 and checkpoint is None and server is None:
             raise ValueError("--jobs > 1 needs the checkpoint path (each worker process loads the model)")
         self.model, self.out, self.checkpoint, self.resume = model, Path(out), checkpoint, resume
+        if self.out.exists() and not self.out.is_dir():
+            raise ValueError(f"--out {self.out}: is a file; name a folder for the evaluation")
+        if (not resume and not overwrite and self.out.is_dir() and not (self.out / EPISODES_FILE).exists()
+                and any(self.out.iterdir())):     # someone else's files: never written over without being asked
+            raise ValueError(f"--out {self.out} holds files but no {EPISODES_FILE}; choose a new or empty folder, "
+                             "or pass --overwrite")
         self.server = None if server is None else (str(server), token)
         policy = None
         if server is not None:

@@ -458,6 +458,13 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"{PROG}: {e}", file=sys.stderr)
         return 2
+    if args.lpips_weights:                     # a wrong file fails now, not after the model and data are loaded
+        from action_images.perceptual import LPIPS
+        try:
+            LPIPS.from_file(args.lpips_weights)
+        except (OSError, ValueError) as e:
+            print(f"{PROG}: --lpips-weights: {e}", file=sys.stderr)
+            return 2
     torch.set_num_threads(args.threads)
     try:
         model = WorldActionModel.from_pretrained(args.checkpoint).eval()

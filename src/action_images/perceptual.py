@@ -35,10 +35,14 @@ def load_state(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"weights file {path} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        return load_file(str(path))
-    sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            return load_file(str(path))
+        sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:    # safetensors' and the weights-only unpickler's many error types: one clear line
+        raise ValueError(f"{path}: not a {'safetensors' if path.suffix == '.safetensors' else 'weights-only torch'} "
+                         f"weights file ({type(e).__name__})") from None
     if not isinstance(sd, dict):
         raise ValueError(f"{path}: expected a state dict of tensors")
     return sd

@@ -75,6 +75,12 @@ def run(args: argparse.Namespace) -> int:
         if not 0.001 <= args.max_message_mb <= 1024:
             raise ValueError(f"--max-message-mb must be in [0.001, 1024]; got {args.max_message_mb}")
         check_batching(args.max_batch, args.batch_wait_ms)
+        if args.max_clients < 1:
+            raise ValueError(f"--max-clients must be >= 1; got {args.max_clients}")
+        if args.seed < 0:
+            raise ValueError(f"--seed must be >= 0; got {args.seed}")
+        if args.threads < 0:
+            raise ValueError(f"--threads must be >= 0 (0: torch's choice); got {args.threads}")
         import torch
 
         from action_images.baselines import load_model
