@@ -284,6 +284,11 @@ def test_imagine_writes_videos_of_the_expected_length_and_size(lerobot_root, che
     assert np.abs(gen.astype(int) - gen[:1].astype(int)).mean() < 2
     assert np.abs(both[:, 64:].astype(int) - gen.astype(int)).mean() < 2
     assert res["scores"]["psnr_db"] == pytest.approx(res["scores"]["copy_start_frame_psnr_db"], abs=0.5)
+    before = (out / "imagine.json").read_bytes()
+    again = ["--checkpoint", checkpoint, "--data", lerobot_root, "--episode", "0", "--out", out, "--sampler-steps",
+             "1", "--zoom", "1"]
+    assert _cli(imagine, again) == 2 and (out / "imagine.json").read_bytes() == before    # nothing written over
+    assert _cli(imagine, [*again, "--overwrite"]) == 0 and _strict(out / "imagine.json")["episode"] == 0
 
 
 def test_imagine_takes_a_trajectory_file(lerobot_root, checkpoint, tmp_path):

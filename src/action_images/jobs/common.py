@@ -206,6 +206,7 @@ def add_rollout_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--instruction", default=None, help="the instruction (default: the episode's)")
     p.add_argument("--out", required=True, help="output folder (videos and a JSON record)")
     p.add_argument("--zoom", type=int, default=4, help="upscale the videos by pixel repetition (1..16, default 4)")
+    p.add_argument("--overwrite", action="store_true", help="write into an --out folder that already holds files")
 
 
 def check_rollout_arguments(args: argparse.Namespace) -> None:
@@ -219,6 +220,9 @@ def check_rollout_arguments(args: argparse.Namespace) -> None:
     if args.instruction is not None and not args.instruction.strip():
         raise ValueError("--instruction must not be empty")
     check_out_dir(args.out)
+    out = Path(args.out)
+    if not args.overwrite and out.is_dir() and any(out.iterdir()):    # an earlier rollout's videos and record
+        raise ValueError(f"--out {args.out} already holds files; choose a new folder or pass --overwrite")
 
 
 def start(args: argparse.Namespace) -> tuple[Any, Any, Any, list[str], WindowConfig]:
