@@ -162,6 +162,12 @@ def test_bad_arguments(tmp_path, capsys):
     assert collect.run(args_for(tmp_path / "d", "--tasks", "nope")) == 2
     assert "choose from" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
+    (tmp_path / "afile").write_text("keep")
+    for out, says in ((tmp_path / "afile", "is a file"), (tmp_path / "afile" / "d", "a parent is a file")):
+        assert collect.run(args_for(out, "--tasks", "reach_fake", "--episodes", "1")) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--out" in err[0] and says in err[0], err
+    assert (tmp_path / "afile").read_text() == "keep"
 
 
 def test_max_attempts_gives_up_with_status_1(tmp_path, capsys):
