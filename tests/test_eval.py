@@ -144,6 +144,16 @@ def test_eval_rejects_bad_input(checkpoint, tmp_path, capsys):
     assert evaluate.run(parse(evaluate, ["--checkpoint", str(checkpoint), "--out", str(tmp_path),
                                          "--jobs", "0"])) == 2
     assert "--jobs" in capsys.readouterr().err
+    broken = tmp_path / "broken"
+    (broken / "meta").mkdir(parents=True)
+    (broken / "meta" / "info.json").write_text("{")
+    (tmp_path / "lpips.pt").write_bytes(b"not weights")
+    for extra, flag in ((["--open-loop-data", str(broken)], "--open-loop-data"),
+                        (["--lpips-weights", str(tmp_path / "lpips.pt")], "--lpips-weights")):
+        assert evaluate.run(parse(evaluate, ["--checkpoint", str(checkpoint), "--out", str(tmp_path / "o"),
+                                             *extra])) == 2               # before any episode: nothing written
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and flag in err[0] and not (tmp_path / "o").exists(), err
 
 
 def test_eval_never_writes_over_files_it_did_not_make(checkpoint, tmp_path, capsys):

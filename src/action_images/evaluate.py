@@ -436,9 +436,21 @@ def check_files(args: argparse.Namespace) -> None:
     """Files named by flags exist (and --i3d-weights is trusted) before any work; ValueError names the flag."""
     if args.open_loop_data and not Path(args.open_loop_data).exists():
         raise ValueError(f"--open-loop-data: no such dataset {args.open_loop_data}")
+    if args.open_loop_data:           # opened now: a broken dataset fails before the closed-loop episodes, not after
+        from action_images.data import LeRobotDataset
+        try:
+            LeRobotDataset(args.open_loop_data)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"--open-loop-data: {e}".replace("\n", " ")) from None
     for flag, path in (("--lpips-weights", args.lpips_weights), ("--i3d-weights", args.i3d_weights)):
         if path and not Path(path).is_file():
             raise ValueError(f"{flag}: no such file {path}")
+    if args.lpips_weights:
+        from action_images.perceptual import LPIPS
+        try:
+            LPIPS.from_file(args.lpips_weights)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"--lpips-weights: {e}") from None
     if args.i3d_weights and not args.trust_i3d_torchscript:
         raise ValueError("--i3d-weights is TorchScript, which runs code from the file when loaded; add "
                          "--trust-i3d-torchscript if you trust it")
