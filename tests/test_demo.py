@@ -30,6 +30,15 @@ def test_demo_quick_with_checkpoint(checkpoint, tmp_path, capsys):
     assert (out / "report.html").is_file() and (out / "episodes.jsonl").is_file()
     # the cameras come from the checkpoint, not from the demo
     assert metrics["policy"]["views"] == ["left", "right"] and "left,right" in text
+    # its own folder is scratch: a second demo writes over it; someone else's evaluation is never written over
+    assert demo.run(parse(["--quick", "--checkpoint", str(checkpoint), "--out", str(out), "--no-progress"])) == 0
+    theirs = tmp_path / "eval"
+    theirs.mkdir()
+    (theirs / "metrics.json").write_text(json.dumps({"command": "eval"}))
+    capsys.readouterr()
+    assert demo.run(parse(["--quick", "--checkpoint", str(checkpoint), "--out", str(theirs), "--no-progress"])) == 2
+    assert "not a demo's" in capsys.readouterr().err
+    assert json.loads((theirs / "metrics.json").read_text()) == {"command": "eval"}
 
 
 def test_demo_policy_cameras_follow_the_checkpoint(tmp_path, capsys):

@@ -18,6 +18,7 @@ rig (``--policy-cameras all``; name two, e.g. ``rig0,rig1``, to see it with two)
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 import time
@@ -107,6 +108,24 @@ def settings_from_args(args: argparse.Namespace, camera_names: list[str] | None 
                         rig_distribution=rigs)
 
 
+DEMO_MARK = ".action-images-demo"
+
+
+def check_demo_out(out: Path) -> None:
+    """The demo writes over its own folder (``DEMO_MARK``, or a finished demo's metrics.json) and nobody else's."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: is a file; name a folder")
+    if not out.is_dir() or not any(out.iterdir()) or (out / DEMO_MARK).exists():
+        return
+    try:
+        if json.loads((out / "metrics.json").read_text()).get("command") == "demo":
+            return
+    except (OSError, ValueError, AttributeError):
+        pass
+    raise ValueError(f"--out {out} holds files that are not a demo's (the demo writes over its folder); choose "
+                     "another folder")
+
+
 def run(args: argparse.Namespace) -> int:
     from action_images.baselines import load_model
 
@@ -124,9 +143,12 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     try:
+        check_demo_out(Path(args.out))
         model = load_model(ckpt)
         settings = settings_from_args(args, getattr(model.config, "camera_names", None))
         ev = Evaluation(model, settings, args.out, checkpoint=ckpt, overwrite=True)   # the demo's folder is scratch
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / DEMO_MARK).write_text("written by action-images demo; the next demo overwrites this folder\n")
     except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"action-images demo: {e}", file=sys.stderr)
         return 2
