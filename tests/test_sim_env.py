@@ -180,6 +180,9 @@ def test_gymnasium_env_checker_passes(gym_id):
 def test_bad_arguments_raise():
     with pytest.raises(ValueError, match="unknown task"):
         make_env("fly_to_moon")
+    from action_images.sim.tasks import parse_tasks
+    with pytest.raises(ValueError, match="--tasks: name at least one task"):
+        parse_tasks(" , ")
     with pytest.raises(ValueError, match="cameras"):
         make_env("pick_cube", cameras=("front", "back"))
 

@@ -90,7 +90,8 @@ def check_bind(host: str, token: str | None) -> None:
     """ValueError unless the server may listen on ``host`` with ``token``: any address other than loopback needs a
     token, and a token has at least ``MIN_TOKEN_LEN`` characters."""
     if token is not None and (len(token) < MIN_TOKEN_LEN or not token.isprintable() or " " in token):
-        raise ValueError(f"the token must be at least {MIN_TOKEN_LEN} printable characters without spaces")
+        raise ValueError(f"--token (or ${TOKEN_ENV}) must be at least {MIN_TOKEN_LEN} printable characters "
+                         "without spaces")
     if token is None and not is_loopback(host):
         raise ValueError(f"refusing to listen on {host!r} without a token: pass --token or set {TOKEN_ENV} "
                          "(clients then send 'Authorization: Bearer TOKEN'), or bind 127.0.0.1")

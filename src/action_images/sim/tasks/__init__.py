@@ -20,8 +20,10 @@ def parse_tasks(spec: str | list[str] | tuple[str, ...], flag: str = "--tasks") 
     """``"all"`` or comma separated task names -> the list of names; unknown names raise with the choices."""
     names = list(spec) if isinstance(spec, (list, tuple)) else (
         list(TASKS) if spec.strip() == "all" else [t.strip() for t in spec.split(",") if t.strip()])
+    if not names:
+        raise ValueError(f"{flag}: name at least one task; choose from {list(TASKS)} or 'all'")
     bad = [t for t in names if t not in TASK_CLASSES]
-    if bad or not names:
+    if bad:
         raise ValueError(f"{flag}: unknown task(s) {bad or spec!r}; choose from {list(TASKS)} or 'all'")
     if len(set(names)) != len(names):
         raise ValueError(f"{flag}: a task is named twice in {spec!r}")
