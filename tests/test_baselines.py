@@ -316,7 +316,7 @@ def test_baseline_policy_sees_every_view_given():
         env.close()
 
 
-def test_eval_command_runs_a_baseline_checkpoint(tmp_path, capsys):
+def test_eval_command_runs_a_baseline_checkpoint(tmp_path, capsys, lerobot_root):
     ckpt = tmp_path / "bc"
     bc(camera_names=["left", "right"]).save_pretrained(ckpt)
     p = argparse.ArgumentParser()
@@ -328,7 +328,8 @@ def test_eval_command_runs_a_baseline_checkpoint(tmp_path, capsys):
     assert metrics["overall"]["episodes"] == 1 and metrics["policy"]["model_preset"] == "bc"
     assert metrics["policy"]["views"] == ["left", "right"] and metrics["episodes"][0]["length"] == 3
     assert (tmp_path / "ev" / metrics["videos"]["press_button"][0]).is_file()
-    assert evaluate.run(p.parse_args([*common, "--out", str(tmp_path / "ol"), "--open-loop-data", str(tmp_path)])) == 2
+    assert evaluate.run(p.parse_args([*common, "--out", str(tmp_path / "ol"), "--open-loop-data",
+                                      str(lerobot_root)])) == 2
     assert "open-loop metrics score generated video" in capsys.readouterr().err
 
 
