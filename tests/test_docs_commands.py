@@ -3,13 +3,14 @@ fails here rather than in a user's terminal.
 
 Commands come from fenced code blocks (shell line continuations joined as the shell joins them) and from inline
 code spans. Placeholder notation is read the way a reader reads it: ``[--flag X]`` is optional and dropped,
-``a|b|c`` means one of them (the first is checked), and a command that leaves out required flags or ends in
-``...`` is a mention, not a full command, so only flags that do not exist, unknown sub-commands and choices and
-malformed values count as errors.
+``a|b|c`` and ``{a | b | c}`` mean one of them (the first is checked), and a command that leaves out required flags or ends in
+``...`` is a mention, not a full command (every flag is made optional for the check), so only flags that do not
+exist, unknown sub-commands and choices and malformed values count as errors.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import re
@@ -37,19 +38,37 @@ def doc_commands(text: str) -> list[str]:
     return found
 
 
+def lenient_parser() -> argparse.ArgumentParser:
+    """The CLI's parser with every flag optional, so that a mention that leaves out required flags is still checked
+    for flags that do not exist (argparse reports missing required flags first and stops)."""
+    parser = build_parser()
+    stack = [parser]
+    while stack:
+        for action in stack.pop()._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                stack.extend(action.choices.values())
+            elif action.option_strings:
+                action.required = False
+    return parser
+
+
+PARSER = lenient_parser()
+
+
 def parse_error(command: str) -> str:
     """The parser's complaint about ``command`` that a reader would call a wrong command ('' when it parses, or
     when it only leaves out required flags as a mention does)."""
+    command = re.sub(r"\{([^{}|]*)\|[^{}]*\}", r"\1", command)        # {a | b | c}: one of them, the first
     command = re.split(r" && | \| |; ", re.sub(r"\[[^\]]*\]", "", command))[0]
     argv = [tok.split("|")[0] if re.fullmatch(r"[\w-]+(\|[\w-]+)+", tok) else tok
             for tok in shlex.split(command)[1:]]
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-            build_parser().parse_args(argv)
+            PARSER.parse_args(argv)
     except SystemExit as e:
         msg = err.getvalue().strip()
-        if not e.code or "required" in msg or command.rstrip().endswith("..."):
+        if not e.code or command.rstrip().endswith("..."):
             return ""
         if re.search(r"invalid \w+ value: '([A-Z_]+|\$\{?\w+\}?)'", msg):   # a placeholder: --episode I, $b
             return ""
@@ -76,8 +95,10 @@ def test_a_wrong_flag_is_caught():
     assert "invalid choice" in parse_error("action-images bench nonsense --json x.json")
     assert parse_error("action-images eval --checkpoint R --tasks pick_cube --out D [--perturb-cameras]") == ""
     assert parse_error("action-images serve") == ""
+    assert "unrecognized arguments" in parse_error("action-images serve --no-such-flag")   # a mention, still checked
     assert parse_error("action-images bench serve --max-batch $b --json OUT") == ""
     assert "invalid int value" in parse_error("action-images bench serve --max-batch four --json OUT")
     assert parse_error("action-images bench codec|sim --json OUT") == ""
+    assert parse_error("action-images eval --out D {--rig-distribution train | --cameras left,top} --videos 1") == ""
     assert doc_commands("```bash\naction-images eval --checkpoint R \\\n  --out D   # a comment\n```") == [
         "action-images eval --checkpoint R --out D"]
