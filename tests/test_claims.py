@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from action_images import claims, evaluate, train
+from action_images import claims, claims_runner, evaluate, train
 from action_images.claims import CONDITIONS, METHODS, Method
 from action_images.wam import WAMConfig, WorldActionModel
 
@@ -66,7 +66,7 @@ def test_table_fills_the_marked_block(tmp_path, monkeypatch):
 def test_train_runs_only_what_is_missing(tmp_path, monkeypatch):
     """``claims train`` runs each missing row's commands (the model, then an extra head) and skips what exists."""
     calls = []
-    monkeypatch.setattr(claims.subprocess, "run", lambda argv: calls.append(argv) or argparse.Namespace(returncode=0))
+    monkeypatch.setattr(claims_runner.subprocess, "run", lambda argv: calls.append(argv) or argparse.Namespace(returncode=0))
     done = tmp_path / "done"
     done.mkdir()
     (done / "model.safetensors").write_bytes(b"")
@@ -85,7 +85,7 @@ def test_train_runs_only_what_is_missing(tmp_path, monkeypatch):
 def test_train_resumes_a_run_that_stopped_before_its_end(tmp_path, monkeypatch):
     """A run killed mid-way has exported weights at its last checkpoint; ``claims train`` continues it."""
     calls = []
-    monkeypatch.setattr(claims.subprocess, "run", lambda argv: calls.append(argv) or argparse.Namespace(returncode=0))
+    monkeypatch.setattr(claims_runner.subprocess, "run", lambda argv: calls.append(argv) or argparse.Namespace(returncode=0))
     run = tmp_path / "run"
     run.mkdir()
     (run / "model.safetensors").write_bytes(b"")
@@ -103,7 +103,7 @@ def test_run_evaluates_only_finished_runs_and_never_keeps_results_of_other_weigh
     again (``--overwrite``), an interrupted one of the same weights continues (``--resume``), a finished one is
     kept."""
     calls = []
-    monkeypatch.setattr(claims.subprocess, "run", lambda argv: calls.append(argv) or argparse.Namespace(returncode=0))
+    monkeypatch.setattr(claims_runner.subprocess, "run", lambda argv: calls.append(argv) or argparse.Namespace(returncode=0))
     run = tmp_path / "run"
     torch.manual_seed(0)
     WorldActionModel(WAMConfig.from_preset("cpu-tiny")).save_pretrained(run)
@@ -116,7 +116,7 @@ def test_run_evaluates_only_finished_runs_and_never_keeps_results_of_other_weigh
     assert calls == [] and "still training (step 40 of 100)" in capsys.readouterr().err
 
     (run / "log.jsonl").write_text(json.dumps({"step": 100, "elapsed_s": 150.0}) + "\n")
-    now = claims.current_model_digest(m)
+    now = claims_runner.current_model_digest(m)
     metrics = {"settings": {"episodes": 4, "seed": 31337}, "overall": {}, "tasks": {}}
     for c, digest, done in (("train_rigs", now, True), ("heldout_rigs", "0" * 64, True), ("left_top", now, False)):
         (ev / f"x_{c}").mkdir(parents=True)
@@ -262,7 +262,7 @@ def test_a_run_still_training_is_not_a_row_yet(tmp_path):
     (["run", "--seed", "-1"], "--seed must be >= 0"),
 ])
 def test_bad_flags_fail_before_any_work_with_one_line(argv, message, monkeypatch, capsys):
-    monkeypatch.setattr(claims.subprocess, "run", lambda argv: pytest.fail(f"started {argv}"))
+    monkeypatch.setattr(claims_runner.subprocess, "run", lambda argv: pytest.fail(f"started {argv}"))
     assert claims.main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1

@@ -19,7 +19,8 @@ intervals; latency is per replanning step on this machine (``bench policy`` meas
 ``openloop`` scores every trained row open loop on held-out demos (:mod:`action_images.baselines.keyframes`): the
 same windows for every row, each row's predicted keyframes compared at the world action model's keyframe times
 (control steps ahead) with the true poses, against holding the current pose. One JSON per row,
-``EVAL_DIR/<key>_openloop.json``; a row whose JSON exists is skipped unless ``--force``.
+``EVAL_DIR/<key>_openloop.json``; a row whose JSON exists is skipped unless ``--force``. ``train``, ``run`` and
+``openloop`` are carried out by :mod:`action_images.claims_runner`.
 """
 
 from __future__ import annotations
@@ -27,15 +28,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shlex
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from action_images.runfiles import atomic_write_json, atomic_write_text, environment, json_safe, read_jsonl
-from action_images.wam import read_meta, weights_header
+from action_images.runfiles import atomic_write_json, atomic_write_text, read_jsonl
+from action_images.wam import weights_header
 
 
 @dataclass(frozen=True)
@@ -246,22 +245,6 @@ def row_facts(m: Method, results: str | None = None) -> dict[str, Any] | None:
             "minutes": facts["minutes"], "source": m.run + (f" + {m.extra}" if m.extra else "")}
 
 
-def evaluated_model(out: Path) -> str | None:
-    """The weights digest an evaluation folder's ``episodes.jsonl`` header recorded (None when there is none)."""
-    try:
-        with open(out / "episodes.jsonl") as f:
-            return json.loads(f.readline()).get("model_sha256")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def current_model_digest(m: Method) -> str:
-    """The digest ``action-images eval`` records for the row's checkpoint as it is now."""
-    from action_images.baselines import load_model
-    from action_images.evaluate import model_digest
-    return model_digest(load_model(m.run))
-
-
 def _metrics_path(m: Method, condition: str, eval_dir: str, results: str | None) -> Path:
     if results is not None:
         return Path(results) / f"{m.key}_{condition}.json"
@@ -407,29 +390,6 @@ def table(eval_dir: str = EVAL_DIR, methods: tuple[Method, ...] = METHODS, episo
     return out
 
 
-def reference_keyframes(methods: tuple[Method, ...] = METHODS) -> tuple[int, int]:
-    """(H, stride) of the world action model row's checkpoint: the keyframe times every row is scored at."""
-    wam = next((m for m in methods if m.key == "wam"), None)
-    if wam is None:
-        raise ValueError("no 'wam' row")
-    cfg = read_meta(wam.run)[1]["config"]
-    return int(cfg["horizon"]), int(cfg["stride"])
-
-
-def measure_openloop(m: Method, data: str, episodes: int, starts: int, seed: int, steps: int,
-                     reference: tuple[int, int]) -> dict[str, Any]:
-    """One row's open-loop keyframe error (:func:`~action_images.baselines.keyframes.evaluate_keyframes`)."""
-    from action_images.baselines import load_model, method_of
-    from action_images.baselines.keyframes import evaluate_keyframes
-
-    model = load_model(m.run).eval()
-    head = m.extra if "--decode-head" in m.eval_flags else None
-    res = evaluate_keyframes(model, data, num_episodes=episodes, starts=starts, steps=steps, seed=seed,
-                             reference=reference, decode_head=head)
-    return {"command": "claims openloop", "method": m.key, "kind": method_of(model.config), "checkpoint": m.run,
-            "decode_head": head, "data": str(data), **res}
-
-
 def _named_rows(text: str | None) -> tuple[list[str], list[str]]:
     """``--rows``: the row keys named (every row when none is), and those that name no row."""
     keys = [m.key for m in METHODS]
@@ -474,45 +434,6 @@ def _flag_error(args: argparse.Namespace) -> str:
     return ""
 
 
-def _openloop(args: argparse.Namespace) -> int:
-    """``claims openloop``: a JSON per trained row that has none (every row with ``--force``)."""
-    import time
-
-    import torch
-
-    torch.set_num_threads(args.threads)
-    rows, _ = _named_rows(args.rows)
-    try:
-        reference = reference_keyframes(METHODS)
-    except (OSError, ValueError, KeyError) as e:
-        print(f"python -m action_images.claims openloop: the world action model row sets the keyframe times: {e}",
-              file=sys.stderr)
-        return 2
-    for m in (m for m in METHODS if m.key in rows):
-        out = Path(args.eval_dir) / f"{m.key}_openloop.json"
-        if not trained(m):
-            print(f"skipping {m.key}: not trained ({train_command(m)})", file=sys.stderr)
-            continue
-        if not ready(m):
-            print(f"skipping {m.key}: {_still_training(m)}", file=sys.stderr)
-            continue
-        if out.exists() and not args.force:
-            print(f"skipping {m.key}: {out} exists (--force measures it again)", file=sys.stderr)
-            continue
-        if "--policy-cameras" in m.eval_flags:       # every row's windows show the same two views
-            print(f"skipping {m.key}: its setting is the views the policy sees ({m.eval_flags}); the open-loop "
-                  "windows show every row the same two", file=sys.stderr)
-            continue
-        print(f"open loop: {m.key} ({m.run})", file=sys.stderr)
-        t0 = time.perf_counter()
-        res = measure_openloop(m, args.data, args.episodes, args.starts, args.seed, args.sampler_steps, reference)
-        res.update(seconds=time.perf_counter() - t0, environment=environment())
-        atomic_write_json(out, json_safe(res))
-        print(f"{m.key}: {res['pos_err_cm_median']:.2f} cm (holding still {res['still_baseline_cm_median']:.2f} cm)"
-              f" -> {out}", file=sys.stderr)
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m action_images.claims", description=__doc__.split("\n\n")[0])
     p.add_argument("what", choices=("commands", "train", "run", "openloop", "archive", "table"))
@@ -542,75 +463,30 @@ def main(argv: list[str] | None = None) -> int:
     if error:
         print(f"python -m action_images.claims {args.what}: {error}", file=sys.stderr)
         return 2
-    rows, _ = _named_rows(args.rows)
+    rows = _named_rows(args.rows)[0]
+    named = tuple(m for m in METHODS if m.key in rows)
     if args.what == "commands":
-        for m in METHODS:
-            if m.key in rows:
-                print(train_command(m))
-        for m in METHODS:
-            if m.key not in rows:
-                continue
+        for m in named:
+            print(train_command(m))
+        for m in named:
             for c in CONDITIONS:
                 print(eval_command(m, c, args.episodes, args.seed, args.eval_dir))
         print(openloop_command(OPENLOOP_DATA, 40, 2, 0, 6, args.eval_dir))
         return 0
-    if args.what == "openloop":
-        return _openloop(args)
     if args.what == "archive":
-        written = archive(args.eval_dir, args.results or RESULTS_DIR, tuple(m for m in METHODS if m.key in rows))
+        written = archive(args.eval_dir, args.results or RESULTS_DIR, named)
         print(f"archived {len(written)} files into {args.results or RESULTS_DIR}", file=sys.stderr)
         return 0
-    if args.what == "train":
-        for m in METHODS:
-            if m.key not in rows or ready(m):
-                continue
-            for part in train_command(m).split(" && "):
-                if part.startswith("action-images train"):
-                    if (Path(m.run) / "model.safetensors").exists() and finished(Path(m.run)):
-                        continue                               # the row's model is done; only its head is missing
-                    if Path(m.run).exists():
-                        part += " --resume"                    # an interrupted run continues from its checkpoint
-                print(part, file=sys.stderr)
-                words = shlex.split(part)
-                argv = ([sys.executable, "-m", "action_images.cli", *words[1:]] if words[0] == "action-images"
-                        else [sys.executable, *words[1:]])
-                if subprocess.run(argv).returncode != 0:
-                    return 1
-        return 0
-    if args.what == "run":
-        for m in METHODS:
-            if m.key not in rows:
-                continue
-            if not trained(m):
-                print(f"skipping {m.key}: {m.run} is not trained ({train_command(m)})", file=sys.stderr)
-                continue
-            if not ready(m):
-                print(f"skipping {m.key}: {_still_training(m)}", file=sys.stderr)
-                continue
-            digest = None
-            for c in CONDITIONS:
-                out = Path(args.eval_dir) / f"{m.key}_{c}"
-                try:
-                    measured = _metrics(out, args.episodes, args.seed) is not None
-                except ValueError as e:
-                    print(f"python -m action_images.claims: {e}", file=sys.stderr)
-                    return 2
-                cmd = eval_command(m, c, args.episodes, args.seed, args.eval_dir)
-                recorded = evaluated_model(out)
-                if recorded is not None:
-                    digest = digest or current_model_digest(m)
-                if recorded is not None and recorded != digest:
-                    print(f"{out} evaluated other weights than {m.run} holds now: evaluating again", file=sys.stderr)
-                    cmd += " --overwrite"
-                elif measured:
-                    continue
-                elif recorded is not None:
-                    cmd += " --resume"                         # an interrupted evaluation of these weights
-                print(cmd, file=sys.stderr)
-                argv = [sys.executable, "-m", "action_images.cli", *shlex.split(cmd)[1:]]   # this interpreter's CLI
-                if subprocess.run(argv).returncode != 0:
-                    return 1
-        return 0
+    if args.what in ("train", "run", "openloop"):
+        from action_images import claims_runner          # the runner imports this module's rows and commands
+        if args.what == "train":
+            return claims_runner.train_missing(named)
+        if args.what == "run":
+            return claims_runner.run_missing(named, args.episodes, args.seed, args.eval_dir)
+        import torch
+        torch.set_num_threads(args.threads)
+        return claims_runner.openloop_missing(METHODS, rows, args.data, args.episodes, args.starts, args.seed,
+                                              args.sampler_steps, args.eval_dir, args.force)
     try:
         text = table(args.eval_dir, METHODS, episodes=args.episodes, seed=args.seed, results=args.results)
     except ValueError as e:
