@@ -15,6 +15,15 @@ from action_images.claims import CONDITIONS, METHODS, Method
 from action_images.wam import WAMConfig, WorldActionModel
 
 
+def tiny_run(path: Path, log: list[dict] | None = None) -> Path:
+    """A run folder holding a cpu-tiny world action model (seed 0) and, when given, its training log rows."""
+    torch.manual_seed(0)
+    WorldActionModel(WAMConfig.from_preset("cpu-tiny")).save_pretrained(path)
+    if log is not None:
+        (path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+    return path
+
+
 def test_every_printed_command_parses():
     for m in METHODS:
         p = argparse.ArgumentParser()
@@ -31,9 +40,7 @@ def test_every_printed_command_parses():
 
 def test_table_cells_come_from_metrics_files(tmp_path):
     run = tmp_path / "run"
-    torch.manual_seed(0)
-    WorldActionModel(WAMConfig.from_preset("cpu-tiny")).save_pretrained(run)
-    (run / "log.jsonl").write_text(json.dumps({"step": 40, "elapsed_s": 600.0}) + "\n")
+    tiny_run(run, [{"step": 40, "elapsed_s": 600.0}])
     ev = tmp_path / "ev" / "x_heldout_rigs"
     ev.mkdir(parents=True)
     tasks = {"reach_target": {"successes": 3, "episodes": 4}, "press_button": {"successes": 1, "episodes": 4}}
@@ -105,8 +112,7 @@ def test_run_evaluates_only_finished_runs_and_never_keeps_results_of_other_weigh
     calls = []
     monkeypatch.setattr(claims_runner.subprocess, "run", lambda argv: calls.append(argv) or argparse.Namespace(returncode=0))
     run = tmp_path / "run"
-    torch.manual_seed(0)
-    WorldActionModel(WAMConfig.from_preset("cpu-tiny")).save_pretrained(run)
+    tiny_run(run)
     (run / "train_config.json").write_text(json.dumps({"optim": {"steps": 100}}))
     (run / "log.jsonl").write_text(json.dumps({"step": 40, "elapsed_s": 60.0}) + "\n")
     m = Method("x", "x", "r.json", str(run))
@@ -130,24 +136,17 @@ def test_run_evaluates_only_finished_runs_and_never_keeps_results_of_other_weigh
 
 
 def test_training_minutes_add_up_over_resumed_runs(tmp_path):
-    run = tmp_path / "run"
-    torch.manual_seed(0)
-    WorldActionModel(WAMConfig.from_preset("cpu-tiny")).save_pretrained(run)
-    rows = [{"step": 10, "elapsed_s": 300.0}, {"step": 20, "elapsed_s": 600.0},      # first sitting: 10 min
-            {"step": 30, "elapsed_s": 240.0}, {"step": 40, "elapsed_s": 480.0}]      # resumed: 8 min more
-    (run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = tiny_run(tmp_path / "run", [{"step": 10, "elapsed_s": 300.0}, {"step": 20, "elapsed_s": 600.0},  # 10 min
+                                      {"step": 30, "elapsed_s": 240.0}, {"step": 40, "elapsed_s": 480.0}])  # +8 min
     facts = claims._run_facts(run)
     assert facts["steps"] == 40 and facts["minutes"] == pytest.approx(18.0)
-
 
 
 def test_archive_copies_what_the_table_reads_and_the_table_reads_it_back(tmp_path):
     """``claims archive`` copies each trained row's facts, metrics and open loop; ``table --results`` then gives the
     same table as the run folders, and rows not run here keep their archived copies."""
     run = tmp_path / "run"
-    torch.manual_seed(0)
-    WorldActionModel(WAMConfig.from_preset("cpu-tiny")).save_pretrained(run)
-    (run / "log.jsonl").write_text(json.dumps({"step": 40, "elapsed_s": 600.0}) + "\n")
+    tiny_run(run, [{"step": 40, "elapsed_s": 600.0}])
     ev = tmp_path / "ev"
     (ev / "x_left_top").mkdir(parents=True)
     (ev / "x_left_top" / "metrics.json").write_text(json.dumps({"settings": {"episodes": 4, "seed": 7}, "overall": {
@@ -174,9 +173,7 @@ def test_archive_rows_copies_only_the_rows_named(tmp_path, monkeypatch, capsys):
     runs = {}
     for key in ("a", "b"):
         runs[key] = run = tmp_path / key
-        torch.manual_seed(0)
-        WorldActionModel(WAMConfig.from_preset("cpu-tiny")).save_pretrained(run)
-        (run / "log.jsonl").write_text(json.dumps({"step": 5, "elapsed_s": 60.0}) + "\n")
+        tiny_run(run, [{"step": 5, "elapsed_s": 60.0}])
     results = tmp_path / "results"
     results.mkdir()
     (results / claims.RUNS_FILE).write_text(json.dumps({"rows": {"b": {
@@ -205,11 +202,9 @@ def test_the_published_table_is_what_the_archive_gives():
 
 
 def test_a_run_started_from_another_counts_both_stages(tmp_path):
-    torch.manual_seed(0)
     first, second = tmp_path / "first", tmp_path / "second"
     for run, steps, secs in ((first, 100, 1200.0), (second, 30, 300.0)):
-        WorldActionModel(WAMConfig.from_preset("cpu-tiny")).save_pretrained(run)
-        (run / "log.jsonl").write_text(json.dumps({"step": steps, "elapsed_s": secs}) + "\n")
+        tiny_run(run, [{"step": steps, "elapsed_s": secs}])
     (second / "train_config.json").write_text(json.dumps({"model": {"init_from": str(first)}}))
     facts = claims._run_facts(second)
     assert facts["steps"] == 130 and facts["minutes"] == pytest.approx(25.0)
@@ -221,9 +216,7 @@ def test_a_run_started_from_another_counts_both_stages(tmp_path):
 def test_archive_keeps_an_open_loop_on_other_windows_out(tmp_path, capsys):
     """A dataset collected again under the same name holds other windows: its open loop is not mixed into the column."""
     run = tmp_path / "run"
-    torch.manual_seed(0)
-    WorldActionModel(WAMConfig.from_preset("cpu-tiny")).save_pretrained(run)
-    (run / "log.jsonl").write_text(json.dumps({"step": 4, "elapsed_s": 60.0}) + "\n")
+    tiny_run(run, [{"step": 4, "elapsed_s": 60.0}])
     same = {"data": "d", "episodes": 2, "starts": 1, "seed": 0, "steps": 6, "views": ["a"], "keyframe_steps": [2]}
     results, ev = tmp_path / "results", tmp_path / "ev"
     results.mkdir()
@@ -240,9 +233,7 @@ def test_archive_keeps_an_open_loop_on_other_windows_out(tmp_path, capsys):
 
 def test_a_run_still_training_is_not_a_row_yet(tmp_path):
     run = tmp_path / "run"
-    torch.manual_seed(0)
-    WorldActionModel(WAMConfig.from_preset("cpu-tiny")).save_pretrained(run)
-    (run / "log.jsonl").write_text(json.dumps({"step": 40, "elapsed_s": 600.0}) + "\n")
+    tiny_run(run, [{"step": 40, "elapsed_s": 600.0}])
     (run / "train_config.json").write_text(json.dumps({"optim": {"steps": 100}}))
     m = Method("x", "model x", "r.json", str(run))
     assert claims.row_facts(m) is None and "| model x | – | not trained |" in claims.table(str(tmp_path), (m,))
