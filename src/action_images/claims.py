@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from action_images.cliflags import Parser
 from action_images.runfiles import atomic_write_json, atomic_write_text, read_jsonl
 from action_images.wam import weights_header
 
@@ -435,7 +436,7 @@ def _flag_error(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m action_images.claims", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m action_images.claims", description=__doc__.split("\n\n")[0])
     p.add_argument("what", choices=("commands", "train", "run", "openloop", "archive", "table"))
     p.add_argument("--episodes", type=int, default=None,
                    help="episodes per task and condition (default 20); openloop: held-out episodes (default 40)")

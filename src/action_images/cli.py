@@ -17,6 +17,8 @@ import argparse
 import importlib
 import sys
 
+from action_images.cliflags import Parser
+
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "collect": ("action_images.data.collect", "run scripted experts (built-in sim or --suite metaworld) and write a "
@@ -38,7 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="action-images", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="action-images", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)

@@ -1,4 +1,5 @@
-"""Command-line helpers the sub-commands share: whole numbers written as 1e3, deprecated flag names, sampler steps."""
+"""Command-line helpers the sub-commands share: one-line usage errors, whole numbers written as 1e3, deprecated flag
+names, sampler steps."""
 
 from __future__ import annotations
 
@@ -6,6 +7,15 @@ import argparse
 import math
 import sys
 from typing import Any
+
+
+class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one line naming the flag (argparse prints the whole usage block
+    first, which buries the line that matters); ``--help`` still prints everything."""
+
+    def error(self, message: str) -> None:                   # type: ignore[override]
+        print(f"{self.prog}: {message} (--help lists the flags)", file=sys.stderr)
+        sys.exit(2)
 
 
 class DeprecatedAlias(argparse.Action):

@@ -25,7 +25,6 @@ outputs (that would cost a sampler run per sample); :func:`compare` measures bot
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import time
@@ -39,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from action_images.baselines.common import SpatialSoftmax, conv_block, quat_to_matrix, rot6d_to_matrix
+from action_images.cliflags import Parser
 from action_images.codec import ActionImageCodec, DecodeResult
 from action_images.geometry import Camera, matrix_to_quat
 from action_images.wam import CheckpointError, load_checked, read_meta, write_checkpoint
@@ -66,8 +66,8 @@ class DecodeHeadConfig:
         need(isinstance(self.channels, list) and 1 <= len(self.channels) <= 5 and all(
             isinstance(c, int) and c > 0 and c % self.groups == 0 for c in self.channels),
             f"channels must be 1-5 integers divisible by groups={self.groups}; got {self.channels!r}")
-        need(isinstance(self.keypoints, int) and 1 <= self.keypoints <= 256, f"keypoints must be in [1, 256]")
-        need(isinstance(self.view_dim, int) and 8 <= self.view_dim <= 4096, f"view_dim must be in [8, 4096]")
+        need(isinstance(self.keypoints, int) and 1 <= self.keypoints <= 256, "keypoints must be in [1, 256]")
+        need(isinstance(self.view_dim, int) and 8 <= self.view_dim <= 4096, "view_dim must be in [8, 4096]")
         need(isinstance(self.center, list) and len(self.center) == 3 and all(
             isinstance(v, (int, float)) and math.isfinite(v) for v in self.center), "center must be 3 finite numbers")
         need(isinstance(self.pos_scale, (int, float)) and self.pos_scale > 0, "pos_scale must be > 0")
@@ -366,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m action_images.decode_head train|compare ...`` (see the module docstring)."""
     from action_images.runfiles import atomic_write_json, dumps
 
-    p = argparse.ArgumentParser(prog="python -m action_images.decode_head", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m action_images.decode_head", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train a head on a checkpoint's training windows")
     c = sub.add_parser("compare", help="triangulation vs the head on generated action images of held-out demos")

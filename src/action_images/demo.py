@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from action_images.cliflags import add_sampler_steps, whole_number
+from action_images.cliflags import Parser, add_sampler_steps, whole_number
 from action_images.eval_settings import RIG_SPLITS
 from action_images.evaluate import EvalSettings, Evaluation, write_outputs
 from action_images.policy import ALL_VIEWS, PolicySettings
@@ -171,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="action-images demo", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="action-images demo", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

@@ -47,7 +47,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from action_images.cliflags import DeprecatedAlias, add_sampler_steps, whole_number
+from action_images.cliflags import DeprecatedAlias, Parser, add_sampler_steps, whole_number
 from action_images.eval_settings import (DEFAULT_CAMERAS, MAX_JOBS, RIG_SPLITS, VIDEO_FORMATS, EvalSettings,
                                          resolve_settings)  # noqa: F401 (re-export)
 from action_images.metrics import wilson_interval
@@ -529,7 +529,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="action-images eval", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="action-images eval", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

@@ -46,6 +46,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from action_images.cliflags import Parser
 from action_images.geometry import Camera
 from action_images.metrics import (JACCARD_THRESHOLDS, jaccard, pixel_error, pose_error, psnr, ssim, to_u8,
                                    true_projections)
@@ -505,7 +506,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION)
+    p = Parser(prog=PROG, description=DESCRIPTION)
     add_arguments(p)
     return run(p.parse_args(argv))
 

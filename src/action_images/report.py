@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from action_images.cliflags import Parser
 from action_images.runfiles import atomic_write_bytes, atomic_write_text
 
 CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
@@ -217,9 +218,7 @@ def save_rollout_strip(video: str | Path, path: str | Path, frames: int = 4, zoo
 def main(argv: list[str] | None = None) -> int:
     """``python -m action_images.report strip VIDEO OUT.png [--frames N] [--min-view-px P] [--view-rows R]
     [--zoom Z]``"""
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m action_images.report")
+    p = Parser(prog="python -m action_images.report")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("strip", help="evenly spaced frames of a rollout video, stacked, as one PNG")
     s.add_argument("video")

@@ -11,12 +11,13 @@ its images can only act on the current pose and the instruction.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import Any
 
 import numpy as np
 import torch
+
+from action_images.cliflags import Parser
 
 
 @torch.no_grad()
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     from action_images.baselines import load_model
     from action_images.runfiles import atomic_write_json, dumps
 
-    p = argparse.ArgumentParser(prog="python -m action_images.baselines.image_dependence",
+    p = Parser(prog="python -m action_images.baselines.image_dependence",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="a bc or dp run directory")
     p.add_argument("--data", required=True, help="held-out LeRobot dataset")

@@ -20,6 +20,7 @@ from functools import lru_cache
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from action_images.cliflags import Parser
 from action_images.codec import ActionImageCodec
 from action_images.geometry import Camera, pose_to_matrix, project_points, rotation_angle_deg, stack_cameras
 from action_images.runfiles import args_dict, atomic_write_json, environment
@@ -324,6 +325,6 @@ def _print_row(r: dict) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = Parser(description=__doc__)
     add_arguments(parser)
     raise SystemExit(run(parser.parse_args()))

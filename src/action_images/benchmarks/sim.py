@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 from action_images.benchmarks import write_json
+from action_images.cliflags import Parser
 from action_images.runfiles import args_dict, environment
 from action_images.sim.scene import CAMERA_SETS
 
@@ -166,6 +167,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="simulator benchmark")
+    parser = Parser(description="simulator benchmark")
     add_arguments(parser)
     raise SystemExit(run(parser.parse_args()))

@@ -18,6 +18,7 @@ import sys
 import time
 from typing import Any
 
+from action_images.cliflags import Parser
 from action_images.runfiles import args_dict, atomic_write_json, environment
 
 DEFAULT_PRESET = "cpu-small"
@@ -136,6 +137,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="action-images bench train")
+    parser = Parser(prog="action-images bench train")
     add_arguments(parser)
     sys.exit(run(parser.parse_args()))

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from action_images.cliflags import Parser
 from action_images.codec import ActionImageCodec
 from action_images.jobs.common import (add_model_arguments, add_rollout_arguments, check_rollout_arguments,
                                        episode_views, real_times, roll_forward, save_videos, start, video_scores)
@@ -70,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION)
+    p = Parser(prog=PROG, description=DESCRIPTION)
     add_arguments(p)
     return run(p.parse_args(argv))
 

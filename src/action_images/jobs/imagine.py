@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from action_images.cliflags import Parser
 from action_images.codec import ActionImageCodec
 from action_images.geometry import validate_poses
 from action_images.jobs.common import (add_model_arguments, add_rollout_arguments, check_rollout_arguments,
@@ -126,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION)
+    p = Parser(prog=PROG, description=DESCRIPTION)
     add_arguments(p)
     return run(p.parse_args(argv))
 

@@ -53,6 +53,7 @@ import pyarrow.parquet as pq
 import torch
 from scipy.spatial.transform import Rotation
 
+from action_images.cliflags import Parser
 from action_images.codec import ActionImageCodec
 from action_images.data.lerobot_format import format_template
 from action_images.data.lerobot_writer import DatasetWriter
@@ -296,7 +297,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION)
+    p = Parser(prog=PROG, description=DESCRIPTION)
     add_arguments(p)
     return run(p.parse_args(argv))
 

@@ -14,7 +14,6 @@ intervals and the labels' error against the true actions.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import subprocess
@@ -22,6 +21,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from action_images.cliflags import Parser
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ def summary(plan: Plan) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     from action_images.runfiles import atomic_write_json, dumps
 
-    p = argparse.ArgumentParser(prog="python -m action_images.jobs.usecase", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m action_images.jobs.usecase", description=__doc__.split("\n\n")[0])
     p.add_argument("what", choices=("commands", "run"))
     for f in Plan.__dataclass_fields__.values():
         p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)

@@ -20,15 +20,15 @@ and returns a model without adapters, whose checkpoint loads without ``peft``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
+
+from action_images.cliflags import Parser
 
 LORA_WEIGHTS, LORA_CONFIG = "lora.safetensors", "lora.json"
 FORMAT = "action-images-lora"
@@ -144,7 +144,7 @@ def merge_lora(model: nn.Module) -> nn.Module:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m action_images.models.lora", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m action_images.models.lora", description=__doc__.split("\n\n")[0])
     p.add_argument("what", choices=("save", "merge"), help="save: the trained tensors only; merge: a plain checkpoint")
     p.add_argument("run", help="a LoRA run (or checkpoint) folder")
     p.add_argument("out", help="output folder")

@@ -6,11 +6,11 @@ episode (rows).
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 
+from action_images.cliflags import Parser
 from action_images.sim.scene import CAMERA_SETS
 
 VIEWS = CAMERA_SETS["all_static"]
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from action_images.sim import TASKS
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = Parser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="docs/img")
     p.add_argument("--size", type=int, default=96)
     p.add_argument("--seed", type=int, default=0)
