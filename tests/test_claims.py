@@ -136,8 +136,9 @@ def test_run_evaluates_only_finished_runs_and_never_keeps_results_of_other_weigh
 
 
 def test_training_minutes_add_up_over_resumed_runs(tmp_path):
-    run = tiny_run(tmp_path / "run", [{"step": 10, "elapsed_s": 300.0}, {"step": 20, "elapsed_s": 600.0},  # 10 min
-                                      {"step": 30, "elapsed_s": 240.0}, {"step": 40, "elapsed_s": 480.0}])  # +8 min
+    run = tiny_run(tmp_path / "run", [{"step": 10, "elapsed_s": 300.0}, {"step": 20, "elapsed_s": 600.0},  # first
+                                      {"step": 30, "elapsed_s": 240.0}, {"step": 40, "elapsed_s": 480.0}])  # resumed
+    # the first sitting logs 10 minutes, the resumed one 8 more: its clock starts again at 0
     facts = claims._run_facts(run)
     assert facts["steps"] == 40 and facts["minutes"] == pytest.approx(18.0)
 

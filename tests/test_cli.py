@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from action_images import claims, cli
+from action_images import claims, cli, report, train
 from action_images.jobs import imagine
 
 
@@ -14,7 +14,8 @@ from action_images.jobs import imagine
     (["train"], "--out"),
     (["collect", "--out", "x", "--episodes", "1.5"], "--episodes"),
     (["serve", "--checkpoint", "c", "--port", "http"], "--port"),
-    (["bench", "policy", "--no-such-flag"], "--no-such-flag"),
+    (["bench", "policy", "--threads", "x"], "action-images bench policy: argument --threads"),
+    (["eval", "--out", "x", "--no-such-flag"], "action-images eval: unrecognized arguments: --no-such-flag"),
 ])
 def test_a_usage_error_is_one_line_naming_the_flag(argv, names, capsys):
     with pytest.raises(SystemExit) as e:
@@ -24,7 +25,8 @@ def test_a_usage_error_is_one_line_naming_the_flag(argv, names, capsys):
     assert err.startswith("action-images") and "--help" in err
 
 
-@pytest.mark.parametrize("main, argv", [(claims.main, ["tabel"]), (imagine.main, ["--episode", "x"])])
+@pytest.mark.parametrize("main, argv", [(claims.main, ["tabel"]), (imagine.main, ["--episode", "x"]),
+                                        (report.main, ["strip"]), (train.main, ["--out", "x", "--bogus"])])
 def test_module_entry_points_report_usage_errors_the_same_way(main, argv, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)

@@ -479,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"archived {len(written)} files into {args.results or RESULTS_DIR}", file=sys.stderr)
         return 0
     if args.what in ("train", "run", "openloop"):
-        from action_images import claims_runner          # the runner imports this module's rows and commands
+        from action_images import claims_runner          # imported here: the runner imports this module
         if args.what == "train":
             return claims_runner.train_missing(named)
         if args.what == "run":

@@ -6,15 +6,15 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 
 class Parser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose usage errors are one line naming the flag (argparse prints the whole usage block
     first, which buries the line that matters); ``--help`` still prints everything."""
 
-    def error(self, message: str) -> None:                   # type: ignore[override]
-        print(f"{self.prog}: {message} (--help lists the flags)", file=sys.stderr)
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: {message} ({self.prog} --help lists the flags)", file=sys.stderr)
         sys.exit(2)
 
 

@@ -55,6 +55,7 @@ from action_images import recorded_init, sharding
 from action_images.checkpointing import (NonFiniteError, apply_checkpoint, checkpoint_tmp, checkpoints,
                                          init_weights, latest_intact_checkpoint, open_checkpoint, save_checkpoint,
                                          saved_recipe)
+from action_images.cliflags import Parser
 from action_images.data.windows import SyntheticWindows, WindowConfig, Windows, collate
 from action_images.models import PRESETS
 from action_images.recipe import RECIPE_NAME, TrainRecipe
@@ -209,7 +210,7 @@ def collect_missing(r: TrainRecipe) -> None:
         raise ValueError(f"--collect-missing: collects one dataset; {todo} are missing")
     argv = ["--out", todo[0], *recipes.collect_argv(r.data.collect)]
     print("collecting: action-images collect " + " ".join(argv), file=sys.stderr)
-    parser = argparse.ArgumentParser(prog="action-images collect")
+    parser = Parser(prog="action-images collect")
     collect.add_arguments(parser)
     if collect.run(parser.parse_args(argv)) != 0:
         raise ValueError(f"--collect-missing: collecting {todo[0]} failed")
@@ -574,7 +575,7 @@ def train(recipe: TrainRecipe, out: Path, resume: bool = False, allow_world_size
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="action-images train", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="action-images train", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     from action_images.runfiles import atomic_write_json, dumps
 
     p = Parser(prog="python -m action_images.baselines.image_dependence",
-                                description=__doc__.split("\n\n")[0])
+               description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="a bc or dp run directory")
     p.add_argument("--data", required=True, help="held-out LeRobot dataset")
     p.add_argument("--windows", type=int, default=8, help="windows, one per episode (default 8)")
