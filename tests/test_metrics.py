@@ -11,8 +11,8 @@ import torch
 
 from action_images.codec import ActionImageCodec
 from action_images.geometry import Camera, euler_to_quat
-from action_images.metrics import (jaccard, json_safe, pixel_error, pose_error, psnr, ssim, true_projections,
-                                   to_u8, wilson_interval)
+from action_images.metrics import (jaccard, json_safe, paired_outcomes, pixel_error, pose_error, psnr, ssim,
+                                   true_projections, to_u8, wilson_interval)
 from action_images.perceptual import LPIPS, frechet_distance, lpips_uint8
 
 torch.set_num_threads(1)
@@ -132,3 +132,19 @@ def test_lpips_and_frechet_distance_maths(tmp_path):
     f = np.random.default_rng(0).normal(size=(200, 3))
     assert frechet_distance(f, f) == pytest.approx(0.0, abs=1e-6)
     assert frechet_distance(f, f + [1.0, 0, 0]) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_paired_outcomes_counts_wins_and_losses_episode_by_episode():
+    def ep(task, i, ok, seed=None):
+        return {"task": task, "episode": i, "seed": seed if seed is not None else 100 + i, "success": ok}
+    base = [ep("a", i, i < 2) for i in range(10)]                       # episodes 0, 1 succeed
+    new = [ep("a", i, i in (1, 2, 3, 4, 5, 6, 7, 8, 9)) for i in range(10)]    # loses 0, wins 2-9
+    r = paired_outcomes(base, new)
+    assert (r["episodes"], r["both"], r["won"], r["lost"]) == (10, 1, 8, 1)
+    assert r["sign_test_p"] == pytest.approx(2 * (1 + 9) / 2 ** 9)      # exact two-sided: P(X <= 1 of 9) twice
+    assert paired_outcomes(base, base)["sign_test_p"] == 1.0             # nothing differs
+    with pytest.raises(ValueError, match="not the same episode"):
+        paired_outcomes(base, [ep("a", 0, True, seed=7)])
+    with pytest.raises(ValueError, match="not the same episode"):
+        paired_outcomes(base, [ep("b", 0, True)])
+

@@ -42,6 +42,13 @@ def current_model_digest(m: Method) -> str:
     return model_digest(load_model(m.run))
 
 
+def _skip_reason(m: Method) -> str:
+    """Why the row cannot be measured yet ('' when its model is trained to its recipe's end)."""
+    if not trained(m):
+        return f"{m.run} is not trained ({train_command(m)})"
+    return "" if ready(m) else _still_training(m)
+
+
 def _cli(command: str) -> list[str]:
     """``command`` as argv for this interpreter (``action-images ...`` through its CLI module, ``python ...``)."""
     words = shlex.split(command)
@@ -70,11 +77,8 @@ def run_missing(methods: tuple[Method, ...], episodes: int, seed: int, eval_dir:
     """Runs every condition's evaluation of each trained row that has no result for these weights; 1 when one
     fails, 2 when a folder holds a result of other settings."""
     for m in methods:
-        if not trained(m):
-            print(f"skipping {m.key}: {m.run} is not trained ({train_command(m)})", file=sys.stderr)
-            continue
-        if not ready(m):
-            print(f"skipping {m.key}: {_still_training(m)}", file=sys.stderr)
+        if skip := _skip_reason(m):
+            print(f"skipping {m.key}: {skip}", file=sys.stderr)
             continue
         digest = None
         for c in CONDITIONS:
@@ -136,11 +140,8 @@ def openloop_missing(methods: tuple[Method, ...], rows: list[str], data: str, ep
         return 2
     for m in (m for m in methods if m.key in rows):
         out = Path(eval_dir) / f"{m.key}_openloop.json"
-        if not trained(m):
-            print(f"skipping {m.key}: not trained ({train_command(m)})", file=sys.stderr)
-            continue
-        if not ready(m):
-            print(f"skipping {m.key}: {_still_training(m)}", file=sys.stderr)
+        if skip := _skip_reason(m):
+            print(f"skipping {m.key}: {skip}", file=sys.stderr)
             continue
         if out.exists() and not force:
             print(f"skipping {m.key}: {out} exists (--force measures it again)", file=sys.stderr)

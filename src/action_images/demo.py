@@ -30,7 +30,7 @@ from action_images.cliflags import Parser, add_sampler_steps, whole_number
 from action_images.eval_settings import RIG_SPLITS
 from action_images.evaluate import EvalSettings, Evaluation, write_outputs
 from action_images.policy import ALL_VIEWS, PolicySettings
-from action_images.runfiles import args_dict, environment
+from action_images.runfiles import args_dict, check_out_dir, environment
 from action_images.sim.tasks import parse_tasks
 
 SHIPPED = Path("checkpoints") / "rig8-ctx-3h"
@@ -113,8 +113,7 @@ DEMO_MARK = ".action-images-demo"
 
 def check_demo_out(out: Path) -> None:
     """The demo writes over its own folder (``DEMO_MARK``, or a finished demo's metrics.json) and nobody else's."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out}: is a file; name a folder")
+    check_out_dir(out)
     if not out.is_dir() or not any(out.iterdir()) or (out / DEMO_MARK).exists():
         return
     try:

@@ -53,8 +53,8 @@ from action_images.eval_settings import (DEFAULT_CAMERAS, MAX_JOBS, RIG_SPLITS, 
 from action_images.metrics import wilson_interval
 from action_images.policy import DISAGREE_CHOICES, GRIPPER_MODES, METHODS, PolicySettings
 from action_images.rollout import EpisodeRunner, episode_pairs, run_in_workers
-from action_images.runfiles import (append_jsonl, args_dict, atomic_write_json, atomic_write_text, dumps, environment,
-                                    json_safe, read_jsonl)
+from action_images.runfiles import (append_jsonl, args_dict, atomic_write_json, atomic_write_text, check_out_dir,
+                                    dumps, environment, json_safe, read_jsonl)
 
 EPISODES_FILE = "episodes.jsonl"
 EPISODES_FORMAT = "action-images-eval-episodes"
@@ -216,8 +216,7 @@ class Evaluation:
         if settings.jobs > 1 and checkpoint is None and server is None:
             raise ValueError("--jobs > 1 needs the checkpoint path (each worker process loads the model)")
         self.model, self.out, self.checkpoint, self.resume = model, Path(out), checkpoint, resume
-        if self.out.exists() and not self.out.is_dir():
-            raise ValueError(f"--out {self.out}: is a file; name a folder for the evaluation")
+        check_out_dir(self.out)
         if (not resume and not overwrite and self.out.is_dir() and not (self.out / EPISODES_FILE).exists()
                 and any(self.out.iterdir())):     # someone else's files: never written over without being asked
             raise ValueError(f"--out {self.out} holds files but no {EPISODES_FILE}; choose a new or empty folder, "
@@ -446,11 +445,8 @@ def check_files(args: argparse.Namespace) -> None:
         if path and not Path(path).is_file():
             raise ValueError(f"{flag}: no such file {path}")
     if args.lpips_weights:
-        from action_images.perceptual import LPIPS
-        try:
-            LPIPS.from_file(args.lpips_weights)
-        except (OSError, ValueError) as e:
-            raise ValueError(f"--lpips-weights: {e}") from None
+        from action_images.perceptual import check_lpips_file
+        check_lpips_file(args.lpips_weights)
     if args.i3d_weights and not args.trust_i3d_torchscript:
         raise ValueError("--i3d-weights is TorchScript, which runs code from the file when loaded; add "
                          "--trust-i3d-torchscript if you trust it")

@@ -140,6 +140,25 @@ def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tup
     return lo, hi
 
 
+def paired_outcomes(base: Sequence[dict[str, Any]], new: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Two evaluations' episode records (``metrics.json``'s ``episodes``) compared episode by episode: the episodes
+    of ``new`` matched by (task, episode) in ``base``, which must have run the same seed; how many succeeded in both,
+    only in ``new`` (won), only in ``base`` (lost), and the exact two-sided sign test's p on won against lost."""
+    from scipy.stats import binomtest
+
+    by_key = {(e["task"], e["episode"]): e for e in base}
+    won = lost = both = 0
+    for e in new:
+        b = by_key.get((e["task"], e["episode"]))
+        if b is None or b["seed"] != e["seed"]:
+            raise ValueError(f"{e['task']} episode {e['episode']}: not the same episode in both evaluations")
+        both += bool(e["success"] and b["success"])
+        won += bool(e["success"] and not b["success"])
+        lost += bool(b["success"] and not e["success"])
+    p = binomtest(won, won + lost, 0.5).pvalue if won + lost else 1.0
+    return {"episodes": len(new), "both": both, "won": won, "lost": lost, "sign_test_p": float(p)}
+
+
 # ---- image helpers ---------------------------------------------------------------------------------------------------
 def to_u8(x: torch.Tensor) -> np.ndarray:
     """[..., 3, H, W] in [-1, 1] -> uint8 [..., H, W, 3]."""

@@ -436,6 +436,9 @@ def _check_args(args: argparse.Namespace) -> tuple[list[str], list[float]]:
     for flag, path in (("--lpips-weights", args.lpips_weights), ("--i3d-weights", args.i3d_weights)):
         if path is not None and not Path(path).is_file():
             raise ValueError(f"{flag}: {path} is not a file")
+    if args.lpips_weights:                     # a wrong file fails now, not after the model and data are loaded
+        from action_images.perceptual import check_lpips_file
+        check_lpips_file(args.lpips_weights)
     if args.i3d_weights and not args.trust_i3d_torchscript:
         raise ValueError("--i3d-weights: loading TorchScript runs code from the file; add --trust-i3d-torchscript "
                          "if you trust it")
@@ -459,13 +462,6 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"{PROG}: {e}", file=sys.stderr)
         return 2
-    if args.lpips_weights:                     # a wrong file fails now, not after the model and data are loaded
-        from action_images.perceptual import LPIPS
-        try:
-            LPIPS.from_file(args.lpips_weights)
-        except (OSError, ValueError) as e:
-            print(f"{PROG}: --lpips-weights: {e}", file=sys.stderr)
-            return 2
     torch.set_num_threads(args.threads)
     try:
         model = WorldActionModel.from_pretrained(args.checkpoint).eval()

@@ -94,6 +94,15 @@ class LPIPS(nn.Module):
         return d
 
 
+def check_lpips_file(path: str | Path, flag: str = "--lpips-weights") -> None:
+    """Reads an LPIPS weights file once, so that a wrong file fails before any other work; ValueError naming
+    ``flag``."""
+    try:
+        LPIPS.from_file(path)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{flag}: {e}") from None
+
+
 def lpips_uint8(net: LPIPS, a: np.ndarray, b: np.ndarray) -> float:
     """Mean LPIPS over frames of uint8 [..., H, W, 3] arrays (images smaller than 32 px are upsampled)."""
     ta = torch.from_numpy(a.reshape(-1, *a.shape[-3:])).permute(0, 3, 1, 2).float() / 127.5 - 1
@@ -134,3 +143,4 @@ class I3DFeatures:
 
 def fvd(extractor: I3DFeatures, real_u8: np.ndarray, fake_u8: np.ndarray) -> float:
     return frechet_distance(extractor(real_u8), extractor(fake_u8))
+

@@ -130,6 +130,15 @@ def args_dict(args: argparse.Namespace) -> dict[str, Any]:
             if not k.startswith("_") and not callable(v) and k not in ("command", "benchmark")}
 
 
+def check_out_dir(path: str | os.PathLike, flag: str = "--out") -> None:
+    """An output folder: a folder or nothing yet, with no file in the way; ValueError naming ``flag`` otherwise."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"{flag}: {path} is a file, not a folder")
+    if any(q.exists() and not q.is_dir() for q in p.parents):
+        raise ValueError(f"{flag}: cannot create {path} (a parent is a file)")
+
+
 def split_list(spec: str | None, flag: str = "") -> list[str]:
     """``"a, b,,c"`` -> ``["a", "b", "c"]``; None or "" -> [] (``flag`` names the option in errors)."""
     if spec is None:

@@ -26,7 +26,7 @@ import numpy as np
 
 from .. import seeds
 from ..geometry import Camera
-from ..runfiles import args_dict, atomic_write_json, split_list
+from ..runfiles import args_dict, atomic_write_json, check_out_dir, split_list
 from .lerobot import LeRobotDataset
 from .lerobot_format import COLLECT_PATH, DEFAULT_CRF, INFO_PATH, read_json
 from .lerobot_writer import DatasetWriter, plan_start
@@ -289,10 +289,10 @@ def run(args: argparse.Namespace) -> int:
         print("action-images collect: --random-rig is deprecated; use --rig-distribution (same values)",
               file=sys.stderr)
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        return _fail(f"--out {out}: is a file; name a folder for the dataset")
-    if any(q.exists() and not q.is_dir() for q in out.parents):
-        return _fail(f"--out {out}: cannot be created (a parent is a file)")
+    try:
+        check_out_dir(out)
+    except ValueError as e:
+        return _fail(str(e))
     config = {"suite": suite_name, "seed": int(args.seed), "cameras": cameras, "image_size": int(args.image_size),
               "perturb_cameras": bool(args.perturb_cameras), "keep_failed": bool(args.keep_failed),
               "hold_steps": int(args.hold_steps), "hold_action": args.hold_action,

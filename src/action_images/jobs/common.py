@@ -27,7 +27,7 @@ from action_images.data.windows import (WindowConfig, collate, crop_resize, fini
                                         window_poses)
 from action_images.geometry import Camera
 from action_images.metrics import to_u8
-from action_images.runfiles import split_list
+from action_images.runfiles import check_out_dir, split_list
 from action_images.videos import write_video
 
 
@@ -64,15 +64,6 @@ def check_model_arguments(args: argparse.Namespace) -> None:
         cams = split_list(args.cameras, "--cameras")
         if len(cams) < 2 or len(set(cams)) != len(cams):
             raise ValueError(f"--cameras: need >= 2 distinct camera names; got {args.cameras!r}")
-
-
-def check_out_dir(path: str, flag: str = "--out") -> None:
-    """An output folder: a folder or nothing yet, with no file in the way."""
-    p = Path(path)
-    if p.exists() and not p.is_dir():
-        raise ValueError(f"{flag}: {path} is a file, not a folder")
-    if any(q.exists() and not q.is_dir() for q in p.parents):
-        raise ValueError(f"{flag}: cannot create {path} (a parent is a file)")
 
 
 def load(args: argparse.Namespace) -> tuple[Any, Any, list[str], WindowConfig]:

@@ -60,7 +60,8 @@ from action_images.data.lerobot_writer import DatasetWriter
 from action_images.data.windows import collate, keyframe_times
 from action_images.geometry import POSE_NAMES, Camera
 from action_images.jobs.common import add_model_arguments, check_model_arguments, load, window_at
-from action_images.runfiles import args_dict, atomic_write_json, dumps, environment, json_safe, split_list
+from action_images.runfiles import (args_dict, atomic_write_json, check_out_dir, dumps, environment, json_safe,
+                                    split_list)
 
 PROG = "action-images label"
 DESCRIPTION = "label a dataset's videos with actions (the labeler job) and write a new LeRobot dataset"
@@ -232,10 +233,9 @@ def _check_args(args: argparse.Namespace) -> list[int] | None:
         if value < 1:
             raise ValueError(f"{flag} must be >= 1; got {value}")
     out = Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    check_out_dir(out)
+    if out.is_dir() and any(out.iterdir()):
         raise ValueError(f"--out: {out} already exists and is not an empty folder (nothing is overwritten)")
-    if any(q.exists() and not q.is_dir() for q in out.parents):
-        raise ValueError(f"--out: cannot create {out} (a parent is a file)")
     if out.resolve() == Path(args.data).resolve():
         raise ValueError("--out: must differ from --data")
     if args.calibration is not None and not Path(args.calibration).is_file():
