@@ -187,7 +187,7 @@ LABEL_BAD = [
     (["--cfg-scale", "nan"], "--cfg-scale"), (["--window-step", "0"], "--window-step"),
     (["--batch-size", "0"], "--batch-size"), (["--episodes", "1,x"], "--episodes"),
     (["--episodes", "1,1"], "--episodes"),
-    (["--episodes", "7"], "--episodes"), (["--cameras", "cam0"], "--cameras"), (["--cameras", "cam0,top"], "--cameras"),
+    (["--episodes", "7"], "--episodes"), (["--episodes", "-1"], "--episodes"), (["--cameras", "cam0"], "--cameras"), (["--cameras", "cam0,top"], "--cameras"),
 ]
 
 
@@ -323,7 +323,7 @@ ROLL_BAD = [
     (["--start-frame", "12"], "--start-frame"), (["--zoom", "0"], "--zoom"), (["--instruction", " "], "--instruction"),
     (["--sampler-steps", "0"], "--sampler-steps"), (["--cfg-scale", "-1"], "--cfg-scale"), (["--seed", "-2"], "--seed"),
     (["--cameras", "cam0,cam0"], "--cameras"), (["--cameras", "cam0,top"], "--cameras"),
-    (["--chunks", "0"], "--chunks"),
+    (["--chunks", "0"], "--chunks"), (["--chunks", str(common.MAX_CHUNKS + 1)], "--chunks"),
 ]
 IMAGINE_BAD = [(["--actions", "missing.npz"], "--actions"), (["--actions", "traj.txt"], "--actions"),
                (["--actions", "bad.json"], "--actions"), (["--actions", "obj.npz"], "--actions"),
@@ -350,6 +350,35 @@ def test_rollout_bad_flags_exit_2_naming_the_flag(lerobot_root, checkpoint, tmp_
     err = capsys.readouterr().err.strip()
     assert rc == 2 and not calls and not (tmp_path / "o").exists()
     assert len(err.splitlines()) == 1 and flag in err, err
+
+
+def test_episode_out_of_range_is_refused_before_the_model_loads(lerobot_root, checkpoint, tmp_path, monkeypatch,
+                                                                capsys):
+    """meta/info.json's episode count is checked first: no model or dataset is loaded for a flag out of range."""
+    loads = []
+    monkeypatch.setattr(common, "load", lambda *a, **k: loads.append(a))
+    monkeypatch.setattr(label, "load", lambda *a, **k: loads.append(a))
+    n = common.declared_episodes(lerobot_root)
+    assert n == LeRobotDataset(lerobot_root).num_episodes
+    base = ["--checkpoint", checkpoint, "--data", lerobot_root, "--out", tmp_path / "o"]
+    for module, extra, flag in ((imagine, ["--episode", str(n)], "--episode"),
+                                (generate, ["--episode", str(n)], "--episode"),
+                                (label, ["--episodes", f"0,{n}"], "--episodes")):
+        assert _cli(module, base + extra) == 2
+        err = capsys.readouterr().err.strip()
+        assert flag in err and f"it has {n}" in err, err
+    assert not loads and not (tmp_path / "o").exists()
+
+
+def test_imagine_refuses_a_trajectory_longer_than_the_chunk_cap(lerobot_root, checkpoint, tmp_path, monkeypatch,
+                                                                capsys):
+    calls = []
+    monkeypatch.setattr(imagine, "roll_forward", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(common, "MAX_CHUNKS", 1)
+    monkeypatch.setattr(imagine, "MAX_CHUNKS", 1)
+    rc = _cli(imagine, ["--checkpoint", checkpoint, "--data", lerobot_root, "--out", tmp_path / "o", "--episode", "0"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and not calls and "--chunks" in err and "more than 1" in err, err
 
 
 def test_cli_routes_the_three_jobs():

@@ -15,6 +15,7 @@ Cameras: ``--cameras``, else the checkpoint's ``config.camera_names``, else the 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -64,6 +65,25 @@ def check_model_arguments(args: argparse.Namespace) -> None:
         cams = split_list(args.cameras, "--cameras")
         if len(cams) < 2 or len(set(cams)) != len(cams):
             raise ValueError(f"--cameras: need >= 2 distinct camera names; got {args.cameras!r}")
+
+
+def declared_episodes(data: str) -> int | None:
+    """The episode count ``meta/info.json`` declares, read without loading the dataset, so that an episode flag out
+    of range fails before the model and the dataset load; None when it cannot be read (the full load then says why)."""
+    try:
+        n = json.loads((Path(data) / "meta" / "info.json").read_text())["total_episodes"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return n if isinstance(n, int) and not isinstance(n, bool) and n >= 0 else None
+
+
+def check_declared_episodes(data: str, episodes: Sequence[int], flag: str) -> None:
+    """ValueError naming ``flag`` when an episode is past the count ``meta/info.json`` declares."""
+    n = declared_episodes(data)
+    bad = [i for i in episodes if n is not None and i >= n]
+    if bad:
+        what = f"episode {bad[0]} is" if len(bad) == 1 else f"episodes {bad} are"
+        raise ValueError(f"{flag}: {what} not in the dataset (it has {n})")
 
 
 def load(args: argparse.Namespace) -> tuple[Any, Any, list[str], WindowConfig]:
@@ -200,12 +220,22 @@ def add_rollout_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="write into an --out folder that already holds files")
 
 
+MAX_CHUNKS = 256   # a rollout of 1 + 256 * H frames; beyond, the frames held in memory grow past what a video is for
+
+
+def check_chunks(chunks: int | None) -> None:
+    """--chunks: None (the command's default) or 1..MAX_CHUNKS; ValueError naming the flag."""
+    if chunks is not None and not 1 <= chunks <= MAX_CHUNKS:
+        raise ValueError(f"--chunks must be in 1..{MAX_CHUNKS}; got {chunks}")
+
+
 def check_rollout_arguments(args: argparse.Namespace) -> None:
     check_model_arguments(args)
     if args.episode < 0:
         raise ValueError(f"--episode must be >= 0; got {args.episode}")
     if args.start_frame < 0:
         raise ValueError(f"--start-frame must be >= 0; got {args.start_frame}")
+    check_declared_episodes(args.data, [args.episode], "--episode")
     if not 1 <= args.zoom <= 16:
         raise ValueError(f"--zoom must be in 1..16; got {args.zoom}")
     if args.instruction is not None and not args.instruction.strip():

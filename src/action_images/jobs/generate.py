@@ -25,8 +25,9 @@ from typing import Any
 
 from action_images.cliflags import Parser
 from action_images.codec import ActionImageCodec
-from action_images.jobs.common import (add_model_arguments, add_rollout_arguments, check_rollout_arguments,
-                                       episode_views, real_times, roll_forward, save_videos, start, video_scores)
+from action_images.jobs.common import (add_model_arguments, add_rollout_arguments, check_chunks,
+                                       check_rollout_arguments, episode_views, real_times, roll_forward, save_videos,
+                                       start, video_scores)
 from action_images.runfiles import args_dict, atomic_write_json, dumps, environment, json_safe
 
 PROG = "action-images generate"
@@ -42,8 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         check_rollout_arguments(args)
-        if args.chunks < 1:
-            raise ValueError(f"--chunks must be >= 1; got {args.chunks}")
+        check_chunks(args.chunks)
         model, ds, ep, names, wcfg = start(args)
     except ValueError as e:
         print(f"{PROG}: {e}", file=sys.stderr)

@@ -36,8 +36,9 @@ import numpy as np
 from action_images.cliflags import Parser
 from action_images.codec import ActionImageCodec
 from action_images.geometry import validate_poses
-from action_images.jobs.common import (add_model_arguments, add_rollout_arguments, check_rollout_arguments,
-                                       episode_views, real_times, roll_forward, save_videos, start, video_scores)
+from action_images.jobs.common import (MAX_CHUNKS, add_model_arguments, add_rollout_arguments, check_chunks,
+                                       check_rollout_arguments, episode_views, real_times, roll_forward, save_videos,
+                                       start, video_scores)
 from action_images.runfiles import args_dict, atomic_write_json, dumps, environment, json_safe
 
 PROG = "action-images imagine"
@@ -92,18 +93,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         check_rollout_arguments(args)
-        if args.chunks is not None and args.chunks < 1:
-            raise ValueError(f"--chunks must be >= 1; got {args.chunks}")
+        check_chunks(args.chunks)
         own = args.actions is None
         file_actions = None if own else read_actions(args.actions)
         model, ds, ep, names, wcfg = start(args)
+        t0, H, s = args.start_frame, wcfg.horizon, wcfg.stride
+        trajectory = ep.actions[t0:] if own else file_actions
+        chunks = args.chunks or max(1, math.ceil(len(trajectory) / (H * s)))
+        if chunks > MAX_CHUNKS:
+            raise ValueError(f"--chunks: covering {len(trajectory)} actions takes {chunks} chunks, more than "
+                             f"{MAX_CHUNKS}; pass --chunks {MAX_CHUNKS} or fewer")
     except ValueError as e:
         print(f"{PROG}: {e}", file=sys.stderr)
         return 2
     t_start = time.perf_counter()
-    t0, H, s = args.start_frame, wcfg.horizon, wcfg.stride
-    trajectory = ep.actions[t0:] if own else file_actions
-    chunks = args.chunks or max(1, math.ceil(len(trajectory) / (H * s)))
     first, cams = episode_views(ep, names, [t0], t0, wcfg)
     instruction = args.instruction or ep.instruction
     gen = roll_forward(model, "world_model", first[:, 0], cams, instruction, chunks, ActionImageCodec(),

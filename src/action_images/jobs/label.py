@@ -59,7 +59,8 @@ from action_images.data.lerobot_format import format_template
 from action_images.data.lerobot_writer import DatasetWriter
 from action_images.data.windows import collate, keyframe_times
 from action_images.geometry import POSE_NAMES, Camera
-from action_images.jobs.common import add_model_arguments, check_model_arguments, load, window_at
+from action_images.jobs.common import (add_model_arguments, check_declared_episodes, check_model_arguments, load,
+                                       window_at)
 from action_images.runfiles import (args_dict, atomic_write_json, check_out_dir, dumps, environment, json_safe,
                                     split_list)
 
@@ -248,6 +249,9 @@ def _check_args(args: argparse.Namespace) -> list[int] | None:
         raise ValueError(f"--episodes: {args.episodes!r} is not 'all' or a list of episode indices") from None
     if not eps or len(set(eps)) != len(eps):
         raise ValueError(f"--episodes: {args.episodes!r} is not 'all' or a list of distinct episode indices")
+    if min(eps) < 0:
+        raise ValueError(f"--episodes: {[i for i in eps if i < 0]} are not in the dataset (indices start at 0)")
+    check_declared_episodes(args.data, eps, "--episodes")
     return eps
 
 
