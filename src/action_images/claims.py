@@ -87,6 +87,9 @@ METHODS = (
     Method("wam_ctx_decay", "action images + context encoder, the quick recipe then a decaying stage to the 3-hour "
            "step count (`recipes/rig8-ctx-decay.json`)", "recipes/rig8-ctx-decay.json", "runs/rig8-ctx-decay"),
     Method("bc_3h", "image behaviour cloning, 3-hour recipe", "recipes/rig8-bc-3h.json", "runs/rig8-bc-3h"),
+    Method("bc_3h_all", "image behaviour cloning, its 3-hour recipe trained again (on the demos as collected again), "
+           "seeing every rig view at test time (`--policy-cameras all`)", "recipes/rig8-bc-3h.json", "runs/rig8-bc-3h",
+           eval_flags="--policy-cameras all"),
     Method("dp_3h", "image Diffusion Policy, 3-hour recipe", "recipes/rig8-dp-3h.json", "runs/rig8-dp-3h"),
 )
 # condition -> (column title, eval flags)
