@@ -220,7 +220,7 @@ def add_rollout_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="write into an --out folder that already holds files")
 
 
-MAX_CHUNKS = 256   # a rollout of 1 + 256 * H frames; beyond, the frames held in memory grow past what a video is for
+MAX_CHUNKS = 256   # 1 + 256 * H frames at most: a rollout holds every generated frame in memory until it is written
 
 
 def check_chunks(chunks: int | None) -> None:
