@@ -187,7 +187,8 @@ LABEL_BAD = [
     (["--cfg-scale", "nan"], "--cfg-scale"), (["--window-step", "0"], "--window-step"),
     (["--batch-size", "0"], "--batch-size"), (["--episodes", "1,x"], "--episodes"),
     (["--episodes", "1,1"], "--episodes"),
-    (["--episodes", "7"], "--episodes"), (["--episodes", "-1"], "--episodes"), (["--cameras", "cam0"], "--cameras"), (["--cameras", "cam0,top"], "--cameras"),
+    (["--episodes", "7"], "--episodes"), (["--episodes", "-1"], "--episodes"), (["--cameras", "cam0"], "--cameras"),
+    (["--cameras", "cam0,top"], "--cameras"),
 ]
 
 

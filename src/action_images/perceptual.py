@@ -143,4 +143,3 @@ class I3DFeatures:
 
 def fvd(extractor: I3DFeatures, real_u8: np.ndarray, fake_u8: np.ndarray) -> float:
     return frechet_distance(extractor(real_u8), extractor(fake_u8))
-
