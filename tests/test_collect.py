@@ -158,6 +158,45 @@ def test_hold_action_still_holds_the_pose_at_success(tmp_path, capsys):
         collect.run_episode(None, 0, [], 1, "freeze")
 
 
+def test_action_noise_moves_the_executed_targets_and_stores_the_experts(tmp_path, capsys):
+    """--action-noise: the hand goes where the noisy targets sent it (the fake env puts it there), the stored actions
+    are the expert's own targets from those states, the noise is seeded per episode, and a resume must match it."""
+    argv = ("--tasks", "reach_fake", "--episodes", "3")
+    assert collect.run(args_for(tmp_path / "a", *argv)) == 0
+    assert collect.run(args_for(tmp_path / "n", *argv, "--action-noise", "0.02", "--action-noise-prob", "1")) == 0
+    assert collect.run(args_for(tmp_path / "m", *argv, "--action-noise", "0.02", "--action-noise-prob", "1")) == 0
+    a, n, m = (LeRobotDataset(tmp_path / d) for d in "anm")
+    for i in range(3):
+        ea, en = a.episode(i), n.episode(i)
+        assert len(en) == len(ea)                               # the fake's episode length comes from the seed
+        np.testing.assert_allclose(en.states[0], ea.states[0])  # the scene's draws are not touched by the noise
+        # the fake expert targets the hand's position + 1 cm: the stored action is that, from the noisy state ...
+        np.testing.assert_allclose(en.actions[:, :3], en.states[:, :3] + 0.01, atol=1e-6)
+        # ... and the next state is not it (the executed target was moved), unlike the noise-free run
+        np.testing.assert_allclose(ea.states[1:, :3], ea.actions[:-1, :3], atol=1e-6)
+        offsets = en.states[1:, :3] - en.actions[:-1, :3]
+        assert np.all(np.linalg.norm(offsets, axis=1) > 1e-4) and np.abs(offsets).max() < 0.2
+        np.testing.assert_array_equal(m.episode(i).actions, en.actions)
+    assert collect.run(args_for(tmp_path / "n", *argv[:2], "--episodes", "4", "--resume")) == 2
+    assert "action_noise: was 0.02, now 0.0" in capsys.readouterr().err
+    for flag, value in (("--action-noise", "-0.01"), ("--action-noise", "0.2"), ("--action-noise", "nan"),
+                        ("--action-noise-prob", "1.5")):
+        assert collect.run(args_for(tmp_path / "bad", *argv, flag, value)) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and flag in err[0], err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_action_noise_prob_zero_is_the_experts_run(tmp_path):
+    """No step drawn for noise: the same dataset as a noise-free collection."""
+    argv = ("--tasks", "reach_fake", "--episodes", "2")
+    assert collect.run(args_for(tmp_path / "a", *argv)) == 0
+    assert collect.run(args_for(tmp_path / "z", *argv, "--action-noise", "0.03", "--action-noise-prob", "0")) == 0
+    a, z = LeRobotDataset(tmp_path / "a"), LeRobotDataset(tmp_path / "z")
+    for i in range(2):
+        np.testing.assert_array_equal(a.episode(i).actions, z.episode(i).actions)
+
+
 def test_bad_arguments(tmp_path, capsys):
     assert collect.run(args_for(tmp_path / "d", "--tasks", "nope")) == 2
     assert "choose from" in capsys.readouterr().err

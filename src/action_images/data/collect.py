@@ -34,7 +34,7 @@ from .lerobot_writer import DatasetWriter, plan_start
 DEFAULT_CAMERAS = "front,left,right,top"
 # settings that must match to continue a run with --resume
 RESUME_KEYS = ("suite", "seed", "cameras", "image_size", "perturb_cameras", "keep_failed", "hold_steps",
-               "hold_action", "random_rig", "rig_views", "camera_rig")
+               "hold_action", "random_rig", "rig_views", "camera_rig", "action_noise", "action_noise_prob")
 RIG_SPLITS = ("train", "heldout")
 HOLD_ACTIONS = ("expert", "still")
 
@@ -44,6 +44,8 @@ HOLD_ACTIONS = ("expert", "still")
 # a gigabyte) and MuJoCo's offscreen buffer grows with it. crf: the range libx264 accepts.
 IMAGE_SIZE_RANGE = (8, 1024)
 CRF_RANGE = (0, 51)
+# --action-noise in metres: up to 5 cm per axis, about one expert step; beyond that the demos are mostly noise
+ACTION_NOISE_RANGE = (0.0, 0.05)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -86,7 +88,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "expert, 'still' holds the pose the hand had at success with the last gripper command, so "
                         "an expert that moves on after success (push_cube lifts and re-approaches) does not teach "
                         "the policy to leave a finished task")
+    p.add_argument("--action-noise", type=float, default=0.0,
+                   help="noise injection (DART): before success, each executed target's position moves by "
+                        "N(0, sigma^2) metres per axis on a random --action-noise-prob share of the steps, while the "
+                        "stored action stays the expert's, so the demos show the expert recovering from states it "
+                        "would not visit itself; sigma in 0..0.05 (default 0: the expert's own actions)")
+    p.add_argument("--action-noise-prob", type=float, default=0.5,
+                   help="share of the steps before success that get --action-noise, in 0..1 (default 0.5; the "
+                        "noise-free steps let the expert's own tolerances be met)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
+
+
+def noise_rng(seed: int) -> np.random.Generator:
+    """The action-noise stream of the episode with this seed: its own stream, so the noise leaves the scene's draws
+    (and a noise-free collection with the same seeds) unchanged."""
+    return np.random.default_rng([int(seed), 0x6E6F6973])
 
 
 def episode_seed(base_seed: int, task: str, attempt: int) -> int:
@@ -122,14 +138,18 @@ class Recorded:
 
 
 def run_episode(env: Any, seed: int, camera_names: list[str], hold_steps: int = 0,
-                hold_action: str = "expert") -> Recorded:
+                hold_action: str = "expert", action_noise: float = 0.0, action_noise_prob: float = 0.5) -> Recorded:
     """Roll the expert out from ``reset(seed)``; frame t = (images_t, ee_pose_t, calibration_t, expert action_t).
 
     The episode ends at success (or the task's step limit); with ``hold_steps`` > 0 it goes on for that many more
     recorded steps after the first success (the env keeps stepping past ``terminated``): the expert's actions, or
-    with ``hold_action="still"`` one fixed target, the hand's pose at success with the last gripper command."""
+    with ``hold_action="still"`` one fixed target, the hand's pose at success with the last gripper command.
+    With ``action_noise`` > 0, before success a random ``action_noise_prob`` share of the steps executes the
+    expert's target moved by N(0, action_noise^2) per position axis (``noise_rng(seed)``); the frame stores the
+    expert's own target, the label of the state the noise led to."""
     if hold_action not in HOLD_ACTIONS:
         raise ValueError(f"hold_action must be one of {HOLD_ACTIONS}; got {hold_action!r}")
+    rng = noise_rng(seed) if action_noise > 0 else None
     obs, info = env.reset(seed=seed)
     instruction = str(obs["instruction"])
     imgs: dict[str, list[np.ndarray]] = {c: [] for c in camera_names}
@@ -152,9 +172,15 @@ def run_episode(env: Any, seed: int, camera_names: list[str], hold_steps: int = 
         else:
             a = np.asarray(env.expert_action(), dtype=np.float64).copy()
         actions.append(a)
+        executed = a
+        if rng is not None and not success:
+            kick, offset = rng.uniform() < action_noise_prob, rng.normal(0.0, action_noise, 3)
+            if kick:
+                executed = a.copy()
+                executed[:3] += offset
         if success:
             held += 1
-        obs, _, terminated, truncated, info = env.step(a)
+        obs, _, terminated, truncated, info = env.step(executed)
         success = success or bool(info.get("success", False))
         if (success and held >= hold_steps) or (truncated and not success):
             break
@@ -255,11 +281,12 @@ def check_args(args: argparse.Namespace, all_tasks: tuple[str, ...],
     lo, hi = IMAGE_SIZE_RANGE
     checks = [("--episodes", args.episodes, 1, None), ("--image-size", args.image_size, lo, hi),
               ("--seed", args.seed, 0, None), ("--hold-steps", args.hold_steps, 0, None),
-              ("--video-crf", args.video_crf, *CRF_RANGE)]
+              ("--video-crf", args.video_crf, *CRF_RANGE), ("--action-noise", args.action_noise, *ACTION_NOISE_RANGE),
+              ("--action-noise-prob", args.action_noise_prob, 0.0, 1.0)]
     if args.max_attempts is not None:
         checks.append(("--max-attempts", args.max_attempts, 1, None))
     for flag, value, lo, hi in checks:
-        if value < lo or (hi is not None and value > hi):
+        if not np.isfinite(value) or value < lo or (hi is not None and value > hi):
             raise ValueError(f"{flag} must be {f'in {lo}..{hi}' if hi is not None else f'>= {lo}'}; got {value}")
     return tasks, cameras
 
@@ -298,7 +325,9 @@ def run(args: argparse.Namespace) -> int:
               "hold_steps": int(args.hold_steps), "hold_action": args.hold_action,
               "random_rig": args.rig_distribution,
               "rig_views": int(args.rig_views) if args.rig_distribution else None,
-              "camera_rig": str(Path(args.camera_rig).resolve()) if args.camera_rig else None}
+              "camera_rig": str(Path(args.camera_rig).resolve()) if args.camera_rig else None,
+              "action_noise": float(args.action_noise),
+              "action_noise_prob": float(args.action_noise_prob) if args.action_noise > 0 else None}
     if (out / INFO_PATH).exists():
         if not args.resume:
             return _fail(f"{out} already holds a dataset; pass --resume to continue it or choose another --out")
@@ -309,7 +338,7 @@ def run(args: argparse.Namespace) -> int:
         if not isinstance(prev, dict) or not isinstance(prev.get("config", {}), dict):
             return _fail(f"{out / COLLECT_PATH}: expected a JSON object with a 'config' object")
         before = {"suite": "sim", "hold_steps": 0, "hold_action": "expert", "random_rig": None, "rig_views": None,
-                  "camera_rig": None, **prev.get("config", {})}   # datasets from before these flags had none of them
+                  "camera_rig": None, "action_noise": 0.0, "action_noise_prob": None, **prev.get("config", {})}   # datasets from before these flags had none of them
         diff = {k: (before.get(k), config[k]) for k in RESUME_KEYS if before.get(k) != config[k]}
         if diff:
             return _fail(f"--resume with different settings than {out / COLLECT_PATH}: "
@@ -351,7 +380,8 @@ def run(args: argparse.Namespace) -> int:
             env = envs[task]
             k = progress.next_attempt[task]
             seed = episode_seed(args.seed, task, k)
-            rec = run_episode(env, seed, cameras, args.hold_steps, args.hold_action)
+            rec = run_episode(env, seed, cameras, args.hold_steps, args.hold_action, args.action_noise,
+                              args.action_noise_prob)
             progress.next_attempt[task] = k + 1
             if rec.success or args.keep_failed:
                 if writer is None:
