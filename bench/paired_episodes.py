@@ -7,16 +7,16 @@ episodes the second wins (succeeds where the first failed) and loses, and the ex
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
+from action_images.cliflags import Parser
 from action_images.metrics import paired_outcomes
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = Parser(description=__doc__.split("\n\n")[0])
     p.add_argument("base", help="the first evaluation's metrics.json")
     p.add_argument("new", help="the second evaluation's metrics.json (its episodes are looked up in base)")
     args = p.parse_args(argv)

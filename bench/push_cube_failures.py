@@ -32,7 +32,6 @@ Writes the per-episode summary (and the per-step logs) to ``--json``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -42,6 +41,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy.spatial.transform import Rotation
+
+from action_images.cliflags import Parser
 
 TASK = "push_cube"
 LOW_Z = 0.06          # TCP below this: at pushing height (PUSH_Z = 0.03; cube top at 0.05)
@@ -625,7 +626,7 @@ def _stats(x: np.ndarray) -> dict:
 
 # ---- main ----------------------------------------------------------------------------------------------------------
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = Parser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", default="checkpoints/rig8-ctx-3h")
     p.add_argument("--episodes", type=int, default=10)
     p.add_argument("--seed", type=int, default=4242)
