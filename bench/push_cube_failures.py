@@ -446,6 +446,9 @@ def analyse_data(root: str, max_seg: int, horizon: int = 4, stride: int = 2) -> 
     from action_images.sim.suites import get_suite
 
     ds = LeRobotDataset(root, check_files=False)
+    collect_path = Path(root) / "meta" / "collect.json"
+    collected = json.loads(collect_path.read_text()).get("config", {}) if collect_path.exists() else {}
+    noise = float(collected.get("action_noise") or 0.0)
     eps = [i for i in range(ds.num_episodes) if ds.episode_info(i).get("extra/task_name") == TASK]
     all_lens = {}
     for i in range(ds.num_episodes):
@@ -581,6 +584,11 @@ def analyse_data(root: str, max_seg: int, horizon: int = 4, stride: int = 2) -> 
         },
         "replay_note": "replaying the stored actions reproduces the hand exactly but the pushed cube only to ~1 cm "
                        "(contact sensitivity), so the replay's phases after the first contact are approximate",
+        "action_noise": noise,
+        **({"noise_note": "collected with --action-noise: the stored actions are the expert's labels, not what ran, so "
+                          "the replay's phases and aborts do not follow the demos, and a re-approach read from the "
+                          "stored arrays also counts corrections of noise that pushed the hand down"}
+           if noise > 0 else {}),
         "steps_to_success": {"mean": round(float(ts_.mean()), 2), "min": int(ts_.min()), "max": int(ts_.max())},
         "frames_after_success_fraction": round(float((lens - ts_).sum() / lens.sum()), 3),
         "demos_with_aborts_before_success": int((ab > 0).sum()), "aborts_before_success_total": int(ab.sum()),
