@@ -337,8 +337,9 @@ def run(args: argparse.Namespace) -> int:
             return _fail(str(e))
         if not isinstance(prev, dict) or not isinstance(prev.get("config", {}), dict):
             return _fail(f"{out / COLLECT_PATH}: expected a JSON object with a 'config' object")
+        # datasets from before these flags had none of them
         before = {"suite": "sim", "hold_steps": 0, "hold_action": "expert", "random_rig": None, "rig_views": None,
-                  "camera_rig": None, "action_noise": 0.0, "action_noise_prob": None, **prev.get("config", {})}   # datasets from before these flags had none of them
+                  "camera_rig": None, "action_noise": 0.0, "action_noise_prob": None, **prev.get("config", {})}
         diff = {k: (before.get(k), config[k]) for k in RESUME_KEYS if before.get(k) != config[k]}
         if diff:
             return _fail(f"--resume with different settings than {out / COLLECT_PATH}: "
