@@ -442,12 +442,13 @@ def run_expert_perturbed(seeds: list[int], chunk: int = 4) -> dict:
 # ---- 4. the training data ------------------------------------------------------------------------------------------
 def analyse_data(root: str, max_seg: int, horizon: int = 4, stride: int = 2) -> dict:
     from action_images.data.lerobot import LeRobotDataset
+    from action_images.data.lerobot_format import COLLECT_PATH, read_json
     from action_images.data.windows import center_box
     from action_images.sim.suites import get_suite
 
     ds = LeRobotDataset(root, check_files=False)
-    collect_path = Path(root) / "meta" / "collect.json"
-    collected = json.loads(collect_path.read_text()).get("config", {}) if collect_path.exists() else {}
+    collect_path = Path(root) / COLLECT_PATH
+    collected = read_json(collect_path, "collection record").get("config", {}) if collect_path.exists() else {}
     noise = float(collected.get("action_noise") or 0.0)
     eps = [i for i in range(ds.num_episodes) if ds.episode_info(i).get("extra/task_name") == TASK]
     all_lens = {}
