@@ -371,6 +371,28 @@ def test_episode_out_of_range_is_refused_before_the_model_loads(lerobot_root, ch
     assert not loads and not (tmp_path / "o").exists()
 
 
+def test_unknown_camera_and_start_frame_past_the_end_are_refused_before_the_model_loads(
+        lerobot_root, checkpoint, tmp_path, monkeypatch, capsys):
+    """meta/info.json's cameras and meta/episodes' lengths are checked first, as the episode count is."""
+    loads = []
+    monkeypatch.setattr(common, "load", lambda *a, **k: loads.append(a))
+    monkeypatch.setattr(label, "load", lambda *a, **k: loads.append(a))
+    ds = LeRobotDataset(lerobot_root)
+    assert common.declared_cameras(lerobot_root) == list(ds.camera_names)
+    length = len(ds.episode(1))
+    assert common.declared_length(lerobot_root, 1) == length and common.declared_length(lerobot_root, 99) is None
+    base = ["--checkpoint", checkpoint, "--data", lerobot_root, "--out", tmp_path / "o"]
+    for module, extra, words in (
+            (label, ["--cameras", "cam0,nope"], ["--cameras", "['nope']"]),
+            (imagine, ["--episode", "0", "--cameras", "nope,cam1"], ["--cameras", "['nope']"]),
+            (generate, ["--episode", "1", "--start-frame", str(length)], ["--start-frame", f"({length} frames)"]),
+            (imagine, ["--episode", "1", "--start-frame", str(length)], ["--start-frame", f"({length} frames)"])):
+        assert _cli(module, base + extra) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and all(w in err for w in words), err
+    assert not loads and not (tmp_path / "o").exists()
+
+
 def test_imagine_refuses_a_trajectory_longer_than_the_chunk_cap(lerobot_root, checkpoint, tmp_path, monkeypatch,
                                                                 capsys):
     calls = []

@@ -175,6 +175,14 @@ def test_bad_flags_exit_2_with_one_line_naming_the_flag(dataset, checkpoint, tmp
     assert len(err.splitlines()) == 1 and flag in err, err
 
 
+def test_unknown_camera_is_refused_before_the_model_loads(dataset, checkpoint, monkeypatch, capsys):
+    loads = []
+    monkeypatch.setattr(openloop.WorldActionModel, "from_pretrained", lambda *a, **k: loads.append(a))
+    assert _cli(["--checkpoint", str(checkpoint), "--data", str(dataset), "--cameras", "front,nope"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--cameras" in err and "['nope']" in err and not loads, err
+
+
 def test_bad_paths_and_argparse_errors_exit_2(dataset, checkpoint, tmp_path, capsys):
     assert _cli(["--checkpoint", str(tmp_path), "--data", str(dataset)]) == 2
     assert "--checkpoint" in capsys.readouterr().err

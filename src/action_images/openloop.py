@@ -48,6 +48,7 @@ import torch
 
 from action_images.cliflags import Parser
 from action_images.geometry import Camera
+from action_images.jobs.common import check_declared_cameras
 from action_images.metrics import (JACCARD_THRESHOLDS, jaccard, pixel_error, pose_error, psnr, ssim, to_u8,
                                    true_projections)
 from action_images.runfiles import args_dict, atomic_write_json, dumps, environment, json_safe, split_list
@@ -453,6 +454,7 @@ def _check_args(args: argparse.Namespace) -> tuple[list[str], list[float]]:
         cams = split_list(args.cameras, "--cameras")
         if len(cams) < 2 or len(set(cams)) != len(cams):
             raise ValueError(f"--cameras: need >= 2 distinct camera names; got {args.cameras!r}")
+        check_declared_cameras(args.data, args.cameras)
     return modes, levels
 
 

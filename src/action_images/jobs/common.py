@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from action_images.codec import ActionImageCodec
+from action_images.data.lerobot_format import IMAGE_PREFIX, INFO_PATH
 from action_images.data.windows import (WindowConfig, collate, crop_resize, finish_window, keyframe_times, view_box,
                                         window_poses)
 from action_images.geometry import Camera
@@ -65,16 +66,57 @@ def check_model_arguments(args: argparse.Namespace) -> None:
         cams = split_list(args.cameras, "--cameras")
         if len(cams) < 2 or len(set(cams)) != len(cams):
             raise ValueError(f"--cameras: need >= 2 distinct camera names; got {args.cameras!r}")
+    check_declared_cameras(args.data, args.cameras)
+
+
+def _declared_info(data: str) -> dict | None:
+    try:
+        info = json.loads((Path(data) / INFO_PATH).read_text())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
 
 
 def declared_episodes(data: str) -> int | None:
     """The episode count ``meta/info.json`` declares, read without loading the dataset, so that an episode flag out
     of range fails before the model and the dataset load; None when it cannot be read (the full load then says why)."""
-    try:
-        n = json.loads((Path(data) / "meta" / "info.json").read_text())["total_episodes"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    n = (_declared_info(data) or {}).get("total_episodes")
     return n if isinstance(n, int) and not isinstance(n, bool) and n >= 0 else None
+
+
+def declared_cameras(data: str) -> list[str] | None:
+    """The camera names ``meta/info.json`` declares (its ``observation.images.<name>`` features), read without
+    loading the dataset; None when it cannot be read or declares none (the full load then says why)."""
+    features = (_declared_info(data) or {}).get("features")
+    if not isinstance(features, dict):
+        return None
+    names = [k[len(IMAGE_PREFIX):] for k in features if isinstance(k, str) and k.startswith(IMAGE_PREFIX)]
+    return names or None
+
+
+def check_declared_cameras(data: str, cameras: str | None, flag: str = "--cameras") -> None:
+    """ValueError naming ``flag`` when a camera of ``cameras`` (comma separated) is not one ``meta/info.json``
+    declares, so that a misspelt name fails before the model and the dataset load."""
+    have = declared_cameras(data) if cameras is not None else None
+    missing = [c for c in split_list(cameras, flag) if c not in have] if have is not None else []
+    if missing:
+        raise ValueError(f"{flag}: cameras {missing} are not in the dataset (it has {have})")
+
+
+def declared_length(data: str, episode: int) -> int | None:
+    """The frame count of ``episode`` in ``meta/episodes/`` (its ``length`` column), read without decoding any
+    video; None when it cannot be read (the full load then says why)."""
+    import pyarrow.parquet as pq
+
+    for path in sorted((Path(data) / "meta" / "episodes").glob("chunk-*/file-*.parquet")):
+        try:
+            table = pq.read_table(path, columns=["episode_index", "length"]).to_pydict()
+        except (OSError, ValueError, KeyError):
+            return None
+        for i, n in zip(table["episode_index"], table["length"]):
+            if i == episode:
+                return n if isinstance(n, int) and n >= 0 else None
+    return None
 
 
 def check_declared_episodes(data: str, episodes: Sequence[int], flag: str) -> None:
@@ -236,6 +278,10 @@ def check_rollout_arguments(args: argparse.Namespace) -> None:
     if args.start_frame < 0:
         raise ValueError(f"--start-frame must be >= 0; got {args.start_frame}")
     check_declared_episodes(args.data, [args.episode], "--episode")
+    n = declared_length(args.data, args.episode)
+    if n is not None and args.start_frame >= n:
+        raise ValueError(f"--start-frame: frame {args.start_frame} is past the end of episode {args.episode} "
+                         f"({n} frames)")
     if not 1 <= args.zoom <= 16:
         raise ValueError(f"--zoom must be in 1..16; got {args.zoom}")
     if args.instruction is not None and not args.instruction.strip():
