@@ -98,7 +98,9 @@ def check_declared_cameras(data: str, cameras: str | None, flag: str = "--camera
     """ValueError naming ``flag`` when a camera of ``cameras`` (comma separated) is not one ``meta/info.json``
     declares, so that a misspelt name fails before the model and the dataset load."""
     have = declared_cameras(data) if cameras is not None else None
-    missing = [c for c in split_list(cameras, flag) if c not in have] if have is not None else []
+    if have is None:
+        return
+    missing = [c for c in split_list(cameras, flag) if c not in have]
     if missing:
         raise ValueError(f"{flag}: cameras {missing} are not in the dataset (it has {have})")
 
