@@ -197,6 +197,25 @@ def test_action_noise_prob_zero_is_the_experts_run(tmp_path):
         np.testing.assert_array_equal(a.episode(i).actions, z.episode(i).actions)
 
 
+def test_missed_grasps_is_checked_and_recorded(tmp_path, capsys):
+    """--missed-grasps: a share in 0..1, refused otherwise before anything is written; 0 is a plain collection, its
+    value is recorded in meta/collect.json and a resume must match it (the planted misses themselves are tested on
+    the real tasks in test_sim_tasks.py)."""
+    argv = ("--tasks", "reach_fake", "--episodes", "2")
+    for value in ("-0.1", "1.5", "nan"):
+        assert collect.run(args_for(tmp_path / "bad", *argv, "--missed-grasps", value)) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--missed-grasps" in err[0], err
+    assert not (tmp_path / "bad").exists()
+    assert collect.run(args_for(tmp_path / "a", *argv, "--missed-grasps", "0")) == 0
+    rec = json.loads((tmp_path / "a" / "meta/collect.json").read_text())
+    assert rec["config"]["missed_grasps"] == 0.0
+    assert "extra/grasp_miss" not in LeRobotDataset(tmp_path / "a").episode_info(0)
+    assert collect.run(args_for(tmp_path / "a", *argv[:2], "--episodes", "3", "--missed-grasps", "0.5",
+                                "--resume")) == 2
+    assert "missed_grasps: was 0.0, now 0.5" in capsys.readouterr().err
+
+
 def test_bad_arguments(tmp_path, capsys):
     assert collect.run(args_for(tmp_path / "d", "--tasks", "nope")) == 2
     assert "choose from" in capsys.readouterr().err
@@ -240,6 +259,21 @@ def test_real_sim_smoke(tmp_path, monkeypatch):
     ep = ds.episode(0)
     assert ep.images["front"].shape == (len(ep), 32, 32, 3) and ep.actions.shape == (len(ep), 8)
     assert ds.cameras["front"].width == 32
+
+
+def test_real_sim_missed_grasps_are_stored(tmp_path, monkeypatch):
+    """A pick_cube demo with a planted miss: stored, with the miss in extra/grasp_miss (metres, 0 when none)."""
+    sim = pytest.importorskip("action_images.sim")
+    monkeypatch.setattr(collect, "_load_sim", lambda: (sim.make_env, tuple(sim.TASKS)))
+    monkeypatch.setattr(collect, "_load_cameras", lambda: tuple(sim.CAMERA_NAMES))
+    out = tmp_path / "miss"
+    p = argparse.ArgumentParser()
+    collect.add_arguments(p)
+    assert collect.run(p.parse_args(["--tasks", "pick_cube", "--episodes", "1", "--out", str(out), "--cameras",
+                                     "front,top", "--image-size", "16", "--missed-grasps", "1"])) == 0
+    info = LeRobotDataset(out).episode_info(0)
+    assert info["extra/success"] is True
+    assert collect.MISS_DISTANCE[0] <= abs(info["extra/grasp_miss"]) <= collect.MISS_DISTANCE[1]
 
 
 def test_cli_routes_collect(capsys):

@@ -300,6 +300,9 @@ def test_collect_refuses_bad_metaworld_flags(tmp_path, capsys):
     assert collect_main("--suite", "metaworld", "--tasks", "reach-v3", "--camera-rig", "x.json",
                         "--out", str(tmp_path / "c")) == 2
     assert "--camera-rig is not supported with --suite metaworld" in capsys.readouterr().err
+    assert collect_main("--suite", "metaworld", "--tasks", "reach-v3", "--missed-grasps", "0.5",
+                        "--out", str(tmp_path / "e")) == 2
+    assert "--missed-grasps is not supported with --suite metaworld" in capsys.readouterr().err
     assert collect_main("--suite", "metaworld", "--tasks", "reach-v3", "--cameras", "front",
                         "--out", str(tmp_path / "d")) == 2
     assert "--cameras" in capsys.readouterr().err

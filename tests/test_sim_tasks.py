@@ -88,3 +88,54 @@ def test_expert_recovers_from_a_perturbation():
 def test_expert_success_rate_20_seeds(task):
     env = make_env(task, render=False)
     assert sum(rollout(env, 1000 + s)[0] for s in range(20)) >= 19
+
+
+def _jaw_and_executed(env):
+    """Wrap ``env.step`` to record the jaw opening after each step and the executed targets."""
+    opening, executed = [], []
+    inner = env.step
+
+    def step(action):
+        executed.append(np.asarray(action, dtype=np.float64).copy())
+        out = inner(action)
+        opening.append(env.arm.opening())
+        return out
+
+    env.step = step
+    return opening, executed
+
+
+@pytest.mark.parametrize("task", ["pick_cube", "place_in_bin", "stack_cube"])
+def test_planted_missed_grasp_then_recovery(task):
+    """``collect --missed-grasps``: the expert's first grasp closes beside the cube, the jaw shuts on nothing, the
+    expert opens it and grasps again, and the episode succeeds. The stored labels are the undisplaced targets: they
+    differ from the executed ones while the miss lasts, and equal them from the reopening on."""
+    from action_images.data.collect import MISS_DISTANCE, run_episode
+
+    env = make_env(task, render=False)
+    for seed in range(2):
+        opening, executed = _jaw_and_executed(env)
+        rec = run_episode(env, seed, [], missed_grasps=1.0)
+        env.step = type(env).step.__get__(env)
+        assert rec.success and MISS_DISTANCE[0] <= abs(rec.grasp_miss) <= MISS_DISTANCE[1]
+        op, ex = np.array(opening), np.stack(executed)
+        shut = np.flatnonzero(op < 0.05)                     # a held cube keeps the jaw ~0.4 open
+        assert shut.size, "the jaw never shut on nothing"
+        reopened = shut[0] + np.flatnonzero(op[shut[0]:] > 0.5)
+        assert reopened.size, "the jaw never opened again"
+        gap = np.linalg.norm(rec.actions[:, :2] - ex[:, :2], axis=1)
+        assert gap[:shut[0]].max() > 0.01                     # labels point at the cube while the hand goes beside it
+        np.testing.assert_allclose(rec.actions[reopened[0]:], ex[reopened[0]:])
+        plain = run_episode(env, seed, [])                    # the scene and its instruction are the same draws
+        assert plain.instruction == rec.instruction and plain.grasp_miss is None
+        np.testing.assert_allclose(plain.states[0], rec.states[0])
+
+
+def test_missed_grasps_leave_tasks_without_a_grasp_alone():
+    """reach_target has no grasp: a planted miss changes nothing."""
+    from action_images.data.collect import run_episode
+
+    env = make_env("reach_target", render=False)
+    plain, missed = run_episode(env, 3, []), run_episode(env, 3, [], missed_grasps=1.0)
+    np.testing.assert_array_equal(plain.actions, missed.actions)
+    np.testing.assert_array_equal(plain.states, missed.states)

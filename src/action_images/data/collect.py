@@ -34,7 +34,8 @@ from .lerobot_writer import DatasetWriter, plan_start
 DEFAULT_CAMERAS = "front,left,right,top"
 # settings that must match to continue a run with --resume
 RESUME_KEYS = ("suite", "seed", "cameras", "image_size", "perturb_cameras", "keep_failed", "hold_steps",
-               "hold_action", "random_rig", "rig_views", "camera_rig", "action_noise", "action_noise_prob")
+               "hold_action", "random_rig", "rig_views", "camera_rig", "action_noise", "action_noise_prob",
+               "missed_grasps")
 RIG_SPLITS = ("train", "heldout")
 HOLD_ACTIONS = ("expert", "still")
 
@@ -46,6 +47,9 @@ IMAGE_SIZE_RANGE = (8, 1024)
 CRF_RANGE = (0, 51)
 # --action-noise in metres: up to 5 cm per axis, about one expert step; beyond that the demos are mostly noise
 ACTION_NOISE_RANGE = (0.0, 0.05)
+# --missed-grasps: how far (metres, along tool x, either sign) a planted miss displaces the first grasp. The cubes are
+# 4-4.4 cm wide and a finger pad ~1 cm: from 3.5 cm on, the closing fingers pass in front of or behind the cube.
+MISS_DISTANCE = (0.035, 0.05)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -96,6 +100,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--action-noise-prob", type=float, default=0.5,
                    help="share of the steps before success that get --action-noise, in 0..1 (default 0.5; the "
                         "noise-free steps let the expert's own tolerances be met)")
+    p.add_argument("--missed-grasps", type=float, default=0.0,
+                   help="recovery demos: the share of episodes, in 0..1, whose first grasp the expert makes "
+                        f"{MISS_DISTANCE[0] * 100:g}-{MISS_DISTANCE[1] * 100:g} cm beside the cube (the jaw closes "
+                        "on nothing), then sees it, opens and grasps again; the stored actions stay the undisplaced "
+                        "expert's, so the demos teach reopening a jaw shut on nothing (tasks that grasp: pick_cube, "
+                        "place_in_bin, stack_cube; default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
 
 
@@ -103,6 +113,11 @@ def noise_rng(seed: int) -> np.random.Generator:
     """The action-noise stream of the episode with this seed: its own stream, so the noise leaves the scene's draws
     (and a noise-free collection with the same seeds) unchanged."""
     return np.random.default_rng([int(seed), 0x6E6F6973])
+
+
+def miss_rng(seed: int) -> np.random.Generator:
+    """The missed-grasp stream of the episode with this seed (its own stream, like :func:`noise_rng`)."""
+    return np.random.default_rng([int(seed), 0x6D697373])
 
 
 def episode_seed(base_seed: int, task: str, attempt: int) -> int:
@@ -131,6 +146,7 @@ class Recorded:
     cameras: dict[str, list[Camera]]
     success: bool
     hold_steps: int = 0   # frames recorded after the first success (at the end of the episode)
+    grasp_miss: float | None = None   # the planted miss of the first grasp (metres along tool x), if any
 
     def cameras_move(self) -> bool:
         return any(not (np.array_equal(c.K, seq[0].K) and np.array_equal(c.T_cam_world, seq[0].T_cam_world))
@@ -138,7 +154,8 @@ class Recorded:
 
 
 def run_episode(env: Any, seed: int, camera_names: list[str], hold_steps: int = 0,
-                hold_action: str = "expert", action_noise: float = 0.0, action_noise_prob: float = 0.5) -> Recorded:
+                hold_action: str = "expert", action_noise: float = 0.0, action_noise_prob: float = 0.5,
+                missed_grasps: float = 0.0) -> Recorded:
     """Roll the expert out from ``reset(seed)``; frame t = (images_t, ee_pose_t, calibration_t, expert action_t).
 
     The episode ends at success (or the task's step limit); with ``hold_steps`` > 0 it goes on for that many more
@@ -146,11 +163,20 @@ def run_episode(env: Any, seed: int, camera_names: list[str], hold_steps: int = 
     with ``hold_action="still"`` one fixed target, the hand's pose at success with the last gripper command.
     With ``action_noise`` > 0, before success a random ``action_noise_prob`` share of the steps executes the
     expert's target moved by N(0, action_noise^2) per position axis (``noise_rng(seed)``); the frame stores the
-    expert's own target, the label of the state the noise led to."""
+    expert's own target, the label of the state the noise led to. With ``missed_grasps`` > 0, that share of the
+    episodes (``miss_rng(seed)``) plants a miss in the expert's first grasp (``Task.grasp_miss``, a distance drawn
+    from ``MISS_DISTANCE`` with a random sign); the frames store :meth:`Task.expert_label`, the undisplaced target,
+    so the demo shows the jaw closing beside the cube, then the expert's own recovery."""
     if hold_action not in HOLD_ACTIONS:
         raise ValueError(f"hold_action must be one of {HOLD_ACTIONS}; got {hold_action!r}")
     rng = noise_rng(seed) if action_noise > 0 else None
     obs, info = env.reset(seed=seed)
+    miss = None
+    if missed_grasps > 0:
+        mrng = miss_rng(seed)
+        if mrng.uniform() < missed_grasps:
+            miss = float(mrng.choice((-1.0, 1.0)) * mrng.uniform(*MISS_DISTANCE))
+            env.task.grasp_miss = miss
     instruction = str(obs["instruction"])
     imgs: dict[str, list[np.ndarray]] = {c: [] for c in camera_names}
     cams: dict[str, list[Camera]] = {c: [] for c in camera_names}
@@ -171,8 +197,10 @@ def run_episode(env: Any, seed: int, camera_names: list[str], hold_steps: int = 
             a = still.copy()
         else:
             a = np.asarray(env.expert_action(), dtype=np.float64).copy()
-        actions.append(a)
         executed = a
+        if miss is not None and not success:          # the miss is executed, the undisplaced target is stored
+            a = np.asarray(env.task.expert_label(env), dtype=np.float64).copy()
+        actions.append(a)
         if rng is not None and not success:
             kick, offset = rng.uniform() < action_noise_prob, rng.normal(0.0, action_noise, 3)
             if kick:
@@ -185,7 +213,7 @@ def run_episode(env: Any, seed: int, camera_names: list[str], hold_steps: int = 
         if (success and held >= hold_steps) or (truncated and not success):
             break
     return Recorded(instruction, np.stack(actions), np.stack(states), {c: np.stack(v) for c, v in imgs.items()},
-                    cams, success, held)
+                    cams, success, held, miss)
 
 
 @dataclass
@@ -254,6 +282,9 @@ def check_args(args: argparse.Namespace, all_tasks: tuple[str, ...],
         tasks = _names("all" if spec is None else spec, "--tasks", all_tasks, allow_all=True)
     hand = ("wrist",) if suite is None else tuple(suite.hand_cameras)
     max_views = 8 if suite is None else int(suite.max_rig_views)
+    if suite is not None and args.missed_grasps:
+        raise ValueError(f"--missed-grasps is not supported with --suite {suite.name}: it plants misses in the "
+                         "built-in experts' grasps")
     if suite is not None and args.camera_rig and not suite.camera_rig_files:
         raise ValueError(f"--camera-rig is not supported with --suite {suite.name}; use --rig-distribution")
     if args.random_rig_deprecated is not None:
@@ -282,7 +313,8 @@ def check_args(args: argparse.Namespace, all_tasks: tuple[str, ...],
     checks = [("--episodes", args.episodes, 1, None), ("--image-size", args.image_size, lo, hi),
               ("--seed", args.seed, 0, None), ("--hold-steps", args.hold_steps, 0, None),
               ("--video-crf", args.video_crf, *CRF_RANGE), ("--action-noise", args.action_noise, *ACTION_NOISE_RANGE),
-              ("--action-noise-prob", args.action_noise_prob, 0.0, 1.0)]
+              ("--action-noise-prob", args.action_noise_prob, 0.0, 1.0),
+              ("--missed-grasps", args.missed_grasps, 0.0, 1.0)]
     if args.max_attempts is not None:
         checks.append(("--max-attempts", args.max_attempts, 1, None))
     for flag, value, lo, hi in checks:
@@ -327,7 +359,8 @@ def run(args: argparse.Namespace) -> int:
               "rig_views": int(args.rig_views) if args.rig_distribution else None,
               "camera_rig": str(Path(args.camera_rig).resolve()) if args.camera_rig else None,
               "action_noise": float(args.action_noise),
-              "action_noise_prob": float(args.action_noise_prob) if args.action_noise > 0 else None}
+              "action_noise_prob": float(args.action_noise_prob) if args.action_noise > 0 else None,
+              "missed_grasps": float(args.missed_grasps)}
     if (out / INFO_PATH).exists():
         if not args.resume:
             return _fail(f"{out} already holds a dataset; pass --resume to continue it or choose another --out")
@@ -339,7 +372,8 @@ def run(args: argparse.Namespace) -> int:
             return _fail(f"{out / COLLECT_PATH}: expected a JSON object with a 'config' object")
         # datasets from before these flags had none of them
         before = {"suite": "sim", "hold_steps": 0, "hold_action": "expert", "random_rig": None, "rig_views": None,
-                  "camera_rig": None, "action_noise": 0.0, "action_noise_prob": None, **prev.get("config", {})}
+                  "camera_rig": None, "action_noise": 0.0, "action_noise_prob": None, "missed_grasps": 0.0,
+                  **prev.get("config", {})}
         diff = {k: (before.get(k), config[k]) for k in RESUME_KEYS if before.get(k) != config[k]}
         if diff:
             return _fail(f"--resume with different settings than {out / COLLECT_PATH}: "
@@ -382,7 +416,7 @@ def run(args: argparse.Namespace) -> int:
             k = progress.next_attempt[task]
             seed = episode_seed(args.seed, task, k)
             rec = run_episode(env, seed, cameras, args.hold_steps, args.hold_action, args.action_noise,
-                              args.action_noise_prob)
+                              args.action_noise_prob, args.missed_grasps)
             progress.next_attempt[task] = k + 1
             if rec.success or args.keep_failed:
                 if writer is None:
@@ -398,7 +432,10 @@ def run(args: argparse.Namespace) -> int:
                 writer.add_episode(instruction=rec.instruction, actions=rec.actions, states=rec.states,
                                    images=rec.images, cameras=rec.cameras,
                                    extra={"task_name": task, "attempt": k, "seed": seed, "success": rec.success,
-                                          "hold_steps": rec.hold_steps})
+                                          "hold_steps": rec.hold_steps,
+                                          # metres; 0: none planted (a miss is >= 3.5 cm). Only in datasets
+                                          # collected with misses: every episode of a dataset has the same keys
+                                          **({"grasp_miss": rec.grasp_miss or 0.0} if args.missed_grasps else {})})
                 progress.stored[task] += 1
                 progress.failed_stored[task] += 0 if rec.success else 1
                 new_frames += len(rec.actions)

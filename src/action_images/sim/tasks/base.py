@@ -85,9 +85,25 @@ class Task:
         raise NotImplementedError
 
     # ---- expert ------------------------------------------------------------------------------------------------------
+    # A planted missed grasp (``collect --missed-grasps``): the tool-x distance (metres, signed) by which the expert's
+    # first grasp of the episode is displaced, so the jaw closes beside the object; None: no miss. Tasks whose
+    # phases come from ``pick_cube.grasp_phases`` honour it; the miss ends when the first "lift" phase starts, where
+    # the lift's abort sees nothing held and sends the expert back to an open-jawed approach.
+    grasp_miss: float | None = None
+    _label_mode: bool = False
+
     def expert_reset(self) -> None:
         self._phase, self._phase_start = 0, 0
         self._phase_list = self.phases()
+        self.grasp_miss, self._label_mode = None, False
+
+    def grasp_miss_xy(self, yaw: float) -> np.ndarray:
+        """The xy displacement of a grasp at tool yaw ``yaw``: along tool x, across the jaw's closing axis (tool y),
+        so the fingers close in front of or behind the object instead of on it. Zero without a miss, and while
+        :meth:`expert_label` asks for the undisplaced target."""
+        if self.grasp_miss is None or self._label_mode:
+            return np.zeros(2)
+        return self.grasp_miss * np.array([np.cos(yaw), np.sin(yaw)])
 
     def expert(self, env: "SimEnv") -> np.ndarray:
         """The expert's absolute 8-D target for the current state."""
@@ -96,11 +112,24 @@ class Task:
             while self._phase < len(phases) - 1 and phases[self._phase].done(env, env.step_count - self._phase_start):
                 self._phase += 1
                 self._phase_start = env.step_count
+                if phases[self._phase].name == "lift":   # the displaced jaw has closed: grasp for real from now
+                    self.grasp_miss = None
             ph = phases[self._phase]
             if ph.abort is None or not ph.abort(env):
                 break
             self._phase, self._phase_start = 0, env.step_count
         pos, quat, g = ph.goal(env)
+        return step_toward(env, pos, quat, g, ph.step_pos)
+
+    def expert_label(self, env: "SimEnv") -> np.ndarray:
+        """The target the expert would command from this state without a planted miss: the label a recovery demo
+        stores (call after :meth:`expert`, which advances the phases; the executed target is :meth:`expert`'s)."""
+        ph = self._phase_list[self._phase]
+        self._label_mode = True
+        try:
+            pos, quat, g = ph.goal(env)
+        finally:
+            self._label_mode = False
         return step_toward(env, pos, quat, g, ph.step_pos)
 
     @property

@@ -18,15 +18,18 @@ def cube_xml(name: str, half: float = 0.022, mass: float = 0.05) -> str:
 
 
 def grasp_phases(task: Task, cube: str, lift_z: float = 0.15) -> list[Phase]:
-    """Above the cube (yaw-aligned) -> down -> close -> lift: shared by pick, place and stack."""
+    """Above the cube (yaw-aligned) -> down -> close -> lift: shared by pick, place and stack. A planted miss
+    (``Task.grasp_miss``) displaces the approach and the close."""
 
     def above(env):
-        p = task.body_pos(cube)
-        return np.array([p[0], p[1], max(p[2] + 0.1, 0.12)]), down(wrap_yaw_90(task.body_yaw(cube))), OPEN
+        p, yaw = task.body_pos(cube), wrap_yaw_90(task.body_yaw(cube))
+        xy = p[:2] + task.grasp_miss_xy(yaw)
+        return np.array([xy[0], xy[1], max(p[2] + 0.1, 0.12)]), down(yaw), OPEN
 
     def at(env):
-        p = task.body_pos(cube)
-        return np.array([p[0], p[1], p[2]]), down(wrap_yaw_90(task.body_yaw(cube))), OPEN
+        p, yaw = task.body_pos(cube), wrap_yaw_90(task.body_yaw(cube))
+        xy = p[:2] + task.grasp_miss_xy(yaw)
+        return np.array([xy[0], xy[1], p[2]]), down(yaw), OPEN
 
     def close(env):
         pos, quat, _ = at(env)
