@@ -1,20 +1,24 @@
-"""Why does the world action model fail stack_cube? A closed-loop probe beside the scripted expert on the same seeds.
+"""Why does the world action model fail stack_cube (and the other grasping tasks)? A closed-loop probe beside the
+scripted expert on the same seeds.
 
     OMP_NUM_THREADS=1 MUJOCO_GL=egl .venv/bin/python bench/stack_cube_failures.py \
         --checkpoint checkpoints/rig8-ctx-3h --episodes 20 --seed 4242 \
-        --json bench/results/stack_cube_failures/rig8_ctx_3h.json
+        --json bench/results/stack_cube_failures/stack_cube_rig8_ctx_3h.json   # and --task pick_cube, place_in_bin
 
-``--episodes`` stack_cube episodes of the checkpoint, built as ``action-images eval --tasks stack_cube
---rig-distribution RIGS --sampler-steps N [--policy-cameras all]`` builds them (:class:`EvalSettings` ->
-:func:`resolve_settings` -> :class:`EpisodeRunner`), with ``env.step`` wrapped to log, per control step, both cubes,
-the TCP and the jaw. Each episode gets one class (:func:`classify`, first match):
+``--episodes`` episodes of the checkpoint, built as ``action-images eval --tasks TASK --rig-distribution RIGS
+--sampler-steps N [--policy-cameras all]`` builds them (:class:`EvalSettings` -> :func:`resolve_settings` ->
+:class:`EpisodeRunner`), with ``env.step`` wrapped to log, per control step, the grasped cube, the place target (the
+big cube, the bin), the TCP and the jaw. Each episode gets one class (:func:`classify`, first match):
 
 - ``success``;
-- ``no_grasp``: the small cube never rises 2 cm off the table;
-- ``dropped``: lifted, then back on the table away from the big cube (more than 2 cm beside it);
-- ``released_off_target``: let go over the big cube but its centre more than 2 cm (the success tolerance) off;
-- ``not_released``: on the big cube within 2 cm, still held when the episode ends;
+- ``no_grasp``: the cube never rises 2 cm off the table;
+- ``dropped``: lifted, then back on the table (for stack_cube: more than 2 cm beside the big cube);
+- ``released_off_target`` (stack_cube): let go over the big cube but its centre more than 2 cm (the tolerance) off;
+- ``not_released`` (stack_cube): on the big cube within 2 cm, still held when the episode ends;
 - ``other``.
+
+Every episode also counts the steps where the jaw is shut on nothing (after a missed or lost grasp) and whether it
+opened again afterwards.
 
 Two numbers test one hypothesis, for the policy and the expert alike: the *grasp offset* (where the small cube sits in
 the closed jaw, xy from the TCP, measured while it is carried) and the *release error* (small cube xy from the big
@@ -36,15 +40,19 @@ import torch
 
 from action_images.cliflags import Parser
 
-TASK = "stack_cube"
+TASKS = {"stack_cube": ("small", "big"), "place_in_bin": ("cube", "bin"), "pick_cube": ("cube", None)}
 LIFTED = 0.02         # small cube centre this far above its resting height: in the air
 XY_TOL = 0.02         # the task's success tolerance (sim.tasks.stack_cube.XY_TOL)
-OPEN_AT = 0.5         # jaw opening (0 closed, 1 open) above which the cube counts as let go
+OPEN_AT = 0.7         # jaw opening (0 closed, 1 open) above which the cube counts as let go (as in success)
 
 
 def state_row(env) -> dict:
+    """The grasped cube ("small"), the place target ("big": the big cube, the bin, or the cube itself for pick_cube),
+    the TCP and the jaw opening."""
     task = env.task
-    small, big, tcp = task.body_pos("small"), task.body_pos("big"), env.arm.tcp_pos()
+    obj, target = TASKS[task.name]
+    small, tcp = task.body_pos(obj), env.arm.tcp_pos()
+    big = task.body_pos(target) if target else small
     return {"small": small.round(4).tolist(), "big": big.round(4).tolist(), "tcp": tcp.round(4).tolist(),
             "opening": round(float(env.arm.opening()), 3)}
 
@@ -63,13 +71,17 @@ def wrap_step(env, log: list) -> None:
     env.step = step
 
 
-def classify(log: list[dict], success: bool, top_half: float, base_half: float) -> dict:
-    """The class of one episode (module docstring) with its grasp offset and release error."""
+def classify(log: list[dict], success: bool, task: str) -> dict:
+    """The class of one episode (module docstring) with its grasp offset and (stack_cube) release error."""
+    from action_images.sim.tasks.stack_cube import BASE_HALF, TOP_HALF
+
+    stack = task == "stack_cube"
+    top_half, base_half = TOP_HALF, BASE_HALF
     small = np.array([r["small"] for r in log])
     big = np.array([r["big"] for r in log])
     tcp = np.array([r["tcp"] for r in log])
     opening = np.array([r["opening"] for r in log])
-    lifted = small[:, 2] > top_half + LIFTED
+    lifted = small[:, 2] > small[0, 2] + LIFTED
     rel = small - tcp                                  # a cube held high or low in the jaw is still held
     held = lifted & (opening < OPEN_AT) & (np.linalg.norm(rel[:, :2], axis=1) < 0.03) & (np.abs(rel[:, 2]) < 0.04)
     xy_err = np.linalg.norm(small[:, :2] - big[:, :2], axis=1)
@@ -82,6 +94,7 @@ def classify(log: list[dict], success: bool, top_half: float, base_half: float) 
     info["reopened_after_empty"] = bool(empty.any() and (opening[int(np.flatnonzero(empty)[0]):] > OPEN_AT).any())
     if held.any():
         info["grasp_offset_m"] = round(float(np.median(np.linalg.norm(small[held, :2] - tcp[held, :2], axis=1))), 4)
+    if held.any() and stack:
         last_held = int(np.flatnonzero(held)[-1])
         after = np.flatnonzero((opening > OPEN_AT) & (np.arange(len(log)) > last_held))
         if after.size:
@@ -92,6 +105,8 @@ def classify(log: list[dict], success: bool, top_half: float, base_half: float) 
         cls = "success"
     elif not lifted.any():
         cls = "no_grasp"
+    elif not stack:
+        cls = "dropped" if small[-1, 2] < small[0, 2] + 0.01 else "other"
     elif not on_top[-1] and small[-1, 2] < top_half + 0.01 and xy_err[-1] > XY_TOL:
         cls = "dropped" if info["release_err_m"] is None or info["release_err_m"] > 0.06 else "released_off_target"
     elif info["release_err_m"] is not None and info["release_err_m"] > XY_TOL:
@@ -103,10 +118,9 @@ def classify(log: list[dict], success: bool, top_half: float, base_half: float) 
     return {"class": cls, **info}
 
 
-def run(checkpoint: str | None, episodes: int, seed: int, rigs: str, sampler_steps: int, cameras: str | None,
-        out: Path) -> list[dict]:
+def run(task: str, checkpoint: str | None, episodes: int, seed: int, rigs: str, sampler_steps: int,
+        cameras: str | None, out: Path) -> list[dict]:
     """Policy episodes (``checkpoint``), or the scripted expert on the same seeds (``checkpoint`` None)."""
-    from action_images.sim.tasks.stack_cube import BASE_HALF, TOP_HALF
 
     rows = []
     if checkpoint is None:
@@ -114,15 +128,15 @@ def run(checkpoint: str | None, episodes: int, seed: int, rigs: str, sampler_ste
         from action_images.seeds import episode_seed
         from action_images.sim.suites import get_suite
 
-        env = get_suite("sim").make_env(TASK, render=False, rig_distribution=rigs, rig_views=4, image_size=64)
+        env = get_suite("sim").make_env(task, render=False, rig_distribution=rigs, rig_views=4, image_size=64)
         for k in range(episodes):
             log: list[dict] = []
             wrap_step(env, log)
-            rec = run_episode(env, episode_seed(seed, TASK, k), [], hold_steps=0)
+            rec = run_episode(env, episode_seed(seed, task, k), [], hold_steps=0)
             env.step = type(env).step.__get__(env)
             log.append(state_row(env))                  # the state the last step left
             rows.append({"episode": k, "success": bool(rec.success),
-                         **classify(log, bool(rec.success), TOP_HALF, BASE_HALF)})
+                         **classify(log, bool(rec.success), task)})
         env.close()
         return rows
     from action_images.baselines import load_model
@@ -131,21 +145,21 @@ def run(checkpoint: str | None, episodes: int, seed: int, rigs: str, sampler_ste
     from action_images.rollout import EpisodeRunner
 
     names = tuple(cameras.split(",")) if cameras else None
-    settings = EvalSettings(tasks=(TASK,), episodes=episodes, seed=seed, rig_distribution=rigs, rig_views=4,
+    settings = EvalSettings(tasks=(task,), episodes=episodes, seed=seed, rig_distribution=rigs, rig_views=4,
                             image_size=64, videos=0,
                             policy=PolicySettings(sampler_steps=sampler_steps, camera_names=names))
     model = load_model(checkpoint)
     runner = EpisodeRunner(model, out, resolve_settings(settings, model.config))
-    env = runner.suite.make_env(TASK, **runner.env_kwargs)
-    runner.task, runner.env = TASK, env                 # runner.episode reuses this env (its step wrapped)
+    env = runner.suite.make_env(task, **runner.env_kwargs)
+    runner.task, runner.env = task, env                 # runner.episode reuses this env (its step wrapped)
     for k in range(episodes):
         log = []
         wrap_step(env, log)
         t0 = time.perf_counter()
-        rec = runner.episode(TASK, k)
+        rec = runner.episode(task, k)
         env.step = type(env).step.__get__(env)
         log.append(state_row(env))
-        row = {"episode": k, "success": bool(rec["success"]), **classify(log, rec["success"], TOP_HALF, BASE_HALF),
+        row = {"episode": k, "success": bool(rec["success"]), **classify(log, rec["success"], task),
                "wall_s": round(time.perf_counter() - t0, 1)}
         rows.append(row)
         print(f"  ep {k:2d}: {row['class']:20s} grasp offset {row['grasp_offset_m']} release err "
@@ -178,26 +192,28 @@ def summary(rows: list[dict]) -> dict:
 
 def main(argv=None) -> int:
     p = Parser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--task", default="stack_cube", choices=tuple(TASKS))
     p.add_argument("--checkpoint", default="checkpoints/rig8-ctx-3h")
     p.add_argument("--episodes", type=int, default=20)
     p.add_argument("--seed", type=int, default=4242)
     p.add_argument("--rig-distribution", default="train", choices=("train", "heldout"))
     p.add_argument("--sampler-steps", type=int, default=6)
     p.add_argument("--policy-cameras", default=None, help="e.g. all (default: the checkpoint's, as eval)")
-    p.add_argument("--json", default="bench/results/stack_cube_failures/rig8_ctx_3h.json")
+    p.add_argument("--json", default=None, help="default: bench/results/stack_cube_failures/TASK_rig8_ctx_3h.json")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     out: dict = {"command": " ".join(["bench/stack_cube_failures.py", *(argv or sys.argv[1:])]),
-                 "checkpoint": a.checkpoint, "seed": a.seed, "rig_distribution": a.rig_distribution,
+                 "task": a.task, "checkpoint": a.checkpoint, "seed": a.seed, "rig_distribution": a.rig_distribution,
                  "sampler_steps": a.sampler_steps, "policy_cameras": a.policy_cameras}
     with tempfile.TemporaryDirectory() as tmp:
-        pol = run(a.checkpoint, a.episodes, a.seed, a.rig_distribution, a.sampler_steps, a.policy_cameras, Path(tmp))
-    exp = run(None, a.episodes, a.seed, a.rig_distribution, a.sampler_steps, None, Path("."))
+        pol = run(a.task, a.checkpoint, a.episodes, a.seed, a.rig_distribution, a.sampler_steps, a.policy_cameras,
+                  Path(tmp))
+    exp = run(a.task, None, a.episodes, a.seed, a.rig_distribution, a.sampler_steps, None, Path("."))
     out["policy"] = {"summary": summary(pol), "episodes": pol}
     out["expert"] = {"summary": summary(exp), "episodes": exp}
     out["wall_s"] = round(time.perf_counter() - t0, 1)
-    path = Path(a.json)
+    path = Path(a.json or f"bench/results/stack_cube_failures/{a.task}_rig8_ctx_3h.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1))
     print(json.dumps({"policy": out["policy"]["summary"], "expert": out["expert"]["summary"]}, indent=1))

@@ -206,3 +206,21 @@ def test_the_two_stage_decay_recipe_has_the_3_hour_step_count():
     checkpoint and the constant-rate one compare at the same budget."""
     quick, decay = TrainRecipe.load(QUICK), TrainRecipe.load(ROOT / "recipes" / "rig8-ctx-decay.json")
     assert quick.optim.steps + decay.optim.steps == TrainRecipe.load(RECIPE).optim.steps
+
+
+def test_the_recovery_stage_is_the_annealing_stage_with_missed_grasp_demos():
+    """recipes/rig8-ctx-recover.json: the annealing stage's settings at its own step count, started from the shipped
+    3-hour export (what ``make checkpoint``'s first stage copies there), on the 3-hour recipe's demos plus the
+    missed-grasp demos that ``--collect-missing`` collects (``collect --missed-grasps 1``)."""
+    anneal = TrainRecipe.load(ROOT / "recipes" / "rig8-ctx-anneal.json").to_dict()
+    recover = TrainRecipe.load(ROOT / "recipes" / "rig8-ctx-recover.json").to_dict()
+    assert recover["model"].pop("init_from") == "checkpoints/rig8-ctx-3h"
+    assert anneal["model"].pop("init_from") == "runs/rig8-ctx-3h"
+    assert recover["run"].pop("workers") == 1 and anneal["run"].pop("workers") == 0   # batches do not depend on it
+    assert recover["data"]["data"] == anneal["data"]["data"] + ["data/rig8_grasp_miss"]
+    collect = recover["data"]["collect"]
+    assert collect["missed_grasps"] == 1.0 and collect["tasks"] == "pick_cube,place_in_bin,stack_cube"
+    assert recover["optim"]["steps"] < anneal["optim"]["steps"]
+    for d in (anneal, recover):
+        d["data"].pop("data"), d["data"].pop("collect"), d["optim"].pop("steps")
+    assert anneal == recover

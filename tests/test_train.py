@@ -199,3 +199,14 @@ def test_init_from_starts_from_another_runs_export(tmp_path, capsys):
     assert "context_channels" in capsys.readouterr().err
     assert train_main(*TINY, "--out", str(tmp_path / "f"), "--minutes", "1", "--schedule", "linear") == 2
     assert "schedule" in capsys.readouterr().err
+
+
+def test_data_workers_do_not_change_training(tmp_path):
+    """``--workers``: windows are drawn from a generator seeded by their key, so loading them in a worker process
+    gives the same batches, hence the same run, as loading them in the training process."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert train_main(*TINY, "--out", str(a), "--steps", "3", "--seed", "5") == 0
+    assert train_main(*TINY, "--out", str(b), "--steps", "3", "--seed", "5", "--workers", "1") == 0
+    assert losses(a) == losses(b)
+    wa, wb = (load_file(str(r / "model.safetensors")) for r in (a, b))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)

@@ -84,6 +84,9 @@ METHODS = (
            eval_flags="--policy-cameras all"),
     Method("wam_ctx_anneal", "action images + context encoder, the 3-hour recipe then an annealing stage "
            "(`recipes/rig8-ctx-anneal.json`)", "recipes/rig8-ctx-anneal.json", "runs/rig8-ctx-anneal"),
+    Method("wam_ctx_recover", "action images + context encoder, the 3-hour recipe then a recovery stage: 2,000 "
+           "steps with demos whose first grasp misses (`recipes/rig8-ctx-recover.json`)",
+           "recipes/rig8-ctx-recover.json", "runs/rig8-ctx-recover"),
     Method("wam_ctx_decay", "action images + context encoder, the quick recipe then a decaying stage to the 3-hour "
            "step count (`recipes/rig8-ctx-decay.json`)", "recipes/rig8-ctx-decay.json", "runs/rig8-ctx-decay"),
     Method("bc_3h", "image behaviour cloning, 3-hour recipe", "recipes/rig8-bc-3h.json", "runs/rig8-bc-3h"),
