@@ -139,3 +139,13 @@ def test_missed_grasps_leave_tasks_without_a_grasp_alone():
     plain, missed = run_episode(env, 3, []), run_episode(env, 3, [], missed_grasps=1.0)
     np.testing.assert_array_equal(plain.actions, missed.actions)
     np.testing.assert_array_equal(plain.states, missed.states)
+
+
+def test_missed_grasps_with_action_noise_still_miss():
+    """The noise moves the executed (displaced) target, not the stored label: the jaw still shuts on nothing."""
+    from action_images.data.collect import run_episode
+
+    env = make_env("pick_cube", render=False)
+    opening, executed = _jaw_and_executed(env)
+    rec = run_episode(env, 0, [], action_noise=0.005, action_noise_prob=1.0, missed_grasps=1.0)
+    assert rec.grasp_miss is not None and (np.array(opening) < 0.05).any()

@@ -204,7 +204,7 @@ def run_episode(env: Any, seed: int, camera_names: list[str], hold_steps: int = 
         if rng is not None and not success:
             kick, offset = rng.uniform() < action_noise_prob, rng.normal(0.0, action_noise, 3)
             if kick:
-                executed = a.copy()
+                executed = executed.copy()
                 executed[:3] += offset
         if success:
             held += 1
