@@ -243,17 +243,21 @@ def test_max_attempts_gives_up_with_status_1(tmp_path, capsys):
     assert stored == 1 and LeRobotDataset(out).episode_info(0)["extra/attempt"] == 0
 
 
-def test_real_sim_smoke(tmp_path, monkeypatch):
-    """One episode of the real simulator: the expert solves reach_target, so the run completes and stores it."""
+def collect_real(monkeypatch, out, *argv: str) -> int:
+    """``collect`` on the real simulator (in place of the fake one), views front + top."""
     sim = pytest.importorskip("action_images.sim")
     monkeypatch.setattr(collect, "_load_sim", lambda: (sim.make_env, tuple(sim.TASKS)))
     monkeypatch.setattr(collect, "_load_cameras", lambda: tuple(sim.CAMERA_NAMES))
-    out = tmp_path / "real"
     p = argparse.ArgumentParser()
     collect.add_arguments(p)
-    rc = collect.run(p.parse_args(["--tasks", "reach_target", "--episodes", "1", "--out", str(out), "--cameras",
-                                   "front,top", "--image-size", "32", "--max-attempts", "3"]))
-    assert rc == 0
+    return collect.run(p.parse_args(["--out", str(out), "--cameras", "front,top", *argv]))
+
+
+def test_real_sim_smoke(tmp_path, monkeypatch):
+    """One episode of the real simulator: the expert solves reach_target, so the run completes and stores it."""
+    out = tmp_path / "real"
+    assert collect_real(monkeypatch, out, "--tasks", "reach_target", "--episodes", "1", "--image-size", "32",
+                        "--max-attempts", "3") == 0
     ds = LeRobotDataset(out)
     assert ds.num_episodes == 1 and ds.episode_info(0)["extra/success"] is True
     ep = ds.episode(0)
@@ -263,14 +267,9 @@ def test_real_sim_smoke(tmp_path, monkeypatch):
 
 def test_real_sim_missed_grasps_are_stored(tmp_path, monkeypatch):
     """A pick_cube demo with a planted miss: stored, with the miss in extra/grasp_miss (metres, 0 when none)."""
-    sim = pytest.importorskip("action_images.sim")
-    monkeypatch.setattr(collect, "_load_sim", lambda: (sim.make_env, tuple(sim.TASKS)))
-    monkeypatch.setattr(collect, "_load_cameras", lambda: tuple(sim.CAMERA_NAMES))
     out = tmp_path / "miss"
-    p = argparse.ArgumentParser()
-    collect.add_arguments(p)
-    assert collect.run(p.parse_args(["--tasks", "pick_cube", "--episodes", "1", "--out", str(out), "--cameras",
-                                     "front,top", "--image-size", "16", "--missed-grasps", "1"])) == 0
+    assert collect_real(monkeypatch, out, "--tasks", "pick_cube", "--episodes", "1", "--image-size", "16",
+                        "--missed-grasps", "1") == 0
     info = LeRobotDataset(out).episode_info(0)
     assert info["extra/success"] is True
     assert collect.MISS_DISTANCE[0] <= abs(info["extra/grasp_miss"]) <= collect.MISS_DISTANCE[1]
