@@ -88,7 +88,7 @@ def classify(log: list[dict], success: bool, task: str) -> dict:
     on_top = np.abs(small[:, 2] - big[:, 2] - top_half - base_half) < 0.01
     info = {"grasp_offset_m": None, "release_err_m": None, "final_xy_err_m": round(float(xy_err[-1]), 4),
             "big_moved_m": round(float(np.linalg.norm(big[-1, :2] - big[0, :2])), 4), "steps": len(log) - 1}
-    # the jaw shut on nothing (a held 4 cm cube keeps it ~0.4 open): after a missed or lost grasp
+    # the jaw shut on nothing (a held cube keeps it 0.1-0.6 open): after a missed or lost grasp
     empty = (opening < 0.05) & ~held
     info["empty_closed_steps"] = int(empty.sum())
     info["reopened_after_empty"] = bool(empty.any() and (opening[int(np.flatnonzero(empty)[0]):] > OPEN_AT).any())
@@ -121,7 +121,6 @@ def classify(log: list[dict], success: bool, task: str) -> dict:
 def run(task: str, checkpoint: str | None, episodes: int, seed: int, rigs: str, sampler_steps: int,
         cameras: str | None, out: Path) -> list[dict]:
     """Policy episodes (``checkpoint``), or the scripted expert on the same seeds (``checkpoint`` None)."""
-
     rows = []
     if checkpoint is None:
         from action_images.data.collect import run_episode
