@@ -211,6 +211,11 @@ def test_missed_grasps_is_checked_and_recorded(tmp_path, capsys):
     rec = json.loads((tmp_path / "a" / "meta/collect.json").read_text())
     assert rec["config"]["missed_grasps"] == 0.0
     assert "extra/grasp_miss" not in LeRobotDataset(tmp_path / "a").episode_info(0)
+    capsys.readouterr()
+    # a task whose expert does not grasp gets no miss, and says so
+    assert collect.run(args_for(tmp_path / "m", *argv, "--missed-grasps", "1")) == 0
+    assert "--missed-grasps plants misses only where the expert grasps; reach_fake: none" in capsys.readouterr().err
+    assert LeRobotDataset(tmp_path / "m").episode_info(0)["extra/grasp_miss"] == 0.0
     assert collect.run(args_for(tmp_path / "a", *argv[:2], "--episodes", "3", "--missed-grasps", "0.5",
                                 "--resume")) == 2
     assert "missed_grasps: was 0.0, now 0.5" in capsys.readouterr().err

@@ -132,11 +132,14 @@ def test_planted_missed_grasp_then_recovery(task):
 
 
 def test_missed_grasps_leave_tasks_without_a_grasp_alone():
-    """reach_target has no grasp: a planted miss changes nothing."""
+    """reach_target has no grasp: no miss is planted, and the episode is the plain one."""
     from action_images.data.collect import run_episode
 
     env = make_env("reach_target", render=False)
+    assert not env.task.grasps and all(make_env(t, render=False).task.grasps
+                                       for t in ("pick_cube", "place_in_bin", "stack_cube"))
     plain, missed = run_episode(env, 3, []), run_episode(env, 3, [], missed_grasps=1.0)
+    assert missed.grasp_miss is None
     np.testing.assert_array_equal(plain.actions, missed.actions)
     np.testing.assert_array_equal(plain.states, missed.states)
 

@@ -115,6 +115,12 @@ def noise_rng(seed: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), 0x6E6F6973])
 
 
+def _grasps(task: str) -> bool:
+    """Whether the built-in task ``task``'s expert grasps (so ``--missed-grasps`` can plant a miss in it)."""
+    from ..sim.tasks import TASK_CLASSES
+    return task in TASK_CLASSES and TASK_CLASSES[task]().grasps
+
+
 def miss_rng(seed: int) -> np.random.Generator:
     """The missed-grasp stream of the episode with this seed (its own stream, like :func:`noise_rng`)."""
     return np.random.default_rng([int(seed), 0x6D697373])
@@ -166,13 +172,14 @@ def run_episode(env: Any, seed: int, camera_names: list[str], hold_steps: int = 
     expert's own target, the label of the state the noise led to. With ``missed_grasps`` > 0, that share of the
     episodes (``miss_rng(seed)``) plants a miss in the expert's first grasp (``Task.grasp_miss``, a distance drawn
     from ``MISS_DISTANCE`` with a random sign); the frames store :meth:`Task.expert_label`, the undisplaced target,
-    so the demo shows the jaw closing beside the cube, then the expert's own recovery."""
+    so the demo shows the jaw closing beside the cube, then the expert's own recovery. Tasks whose expert does not
+    grasp (``Task.grasps``) get no miss."""
     if hold_action not in HOLD_ACTIONS:
         raise ValueError(f"hold_action must be one of {HOLD_ACTIONS}; got {hold_action!r}")
     rng = noise_rng(seed) if action_noise > 0 else None
     obs, info = env.reset(seed=seed)
     miss = None
-    if missed_grasps > 0:
+    if missed_grasps > 0 and getattr(getattr(env, "task", None), "grasps", False):
         mrng = miss_rng(seed)
         if mrng.uniform() < missed_grasps:
             miss = float(mrng.choice((-1.0, 1.0)) * mrng.uniform(*MISS_DISTANCE))
@@ -342,6 +349,11 @@ def run(args: argparse.Namespace) -> int:
         tasks, cameras = check_args(args, tuple(all_tasks), tuple(all_cameras), suite)
     except ValueError as e:
         return _fail(str(e))
+    if args.missed_grasps and suite is None:
+        without = [t for t in tasks if not _grasps(t)]
+        if without:
+            print(f"action-images collect: --missed-grasps plants misses only where the expert grasps; "
+                  f"{', '.join(without)}: none", file=sys.stderr)
     if args.task_deprecated is not None:
         print("action-images collect: --task is deprecated; use --tasks (same values)", file=sys.stderr)
     if args.random_rig_deprecated is not None:

@@ -97,6 +97,11 @@ class Task:
         self._phase_list = self.phases()
         self.grasp_miss, self._label_mode = None, False
 
+    @property
+    def grasps(self) -> bool:
+        """Whether the expert grasps (its phases include the "lift" that ends a planted miss)."""
+        return any(ph.name == "lift" for ph in self.phases())
+
     def grasp_miss_xy(self, yaw: float) -> np.ndarray:
         """The xy displacement of a grasp at tool yaw ``yaw``: along tool x, across the jaw's closing axis (tool y),
         so the fingers close in front of or behind the object instead of on it. Zero without a miss, and while
