@@ -148,3 +148,23 @@ def test_claims_openloop_writes_a_json_per_row_and_the_table_shows_the_column(le
     other = dict(res["bc"], seed=5)                                           # a cell never mixes windows
     (ev / "bc_openloop.json").write_text(json.dumps(other))
     assert claims.main(["table", "--eval-dir", str(ev)]) == 2
+
+
+def test_keyframe_times_come_from_the_recipe_when_the_reference_run_is_not_here(lerobot_root, tmp_path, monkeypatch):
+    recipe = tmp_path / "wam.json"
+    recipe.write_text(json.dumps({"model": {"preset": "cpu-tiny", "horizon": 2, "stride": 4},
+                                  "data": {"data": ["data/x"]}, "optim": {"steps": 1}}))
+    _models()["bc"].save_pretrained(tmp_path / "bc")
+    monkeypatch.setattr(claims, "METHODS", (Method("wam", "model wam", str(recipe), str(tmp_path / "not_trained")),
+                                            Method("bc", "model bc", "r.json", str(tmp_path / "bc"))))
+    ev = tmp_path / "ev"
+    argv = ["openloop", "--data", str(lerobot_root), "--episodes", "2", "--starts", "1", "--sampler-steps", "2",
+            "--eval-dir", str(ev), "--rows", "bc"]
+    assert claims.main(argv) == 0
+    assert json.loads((ev / "bc_openloop.json").read_text())["keyframe_steps"] == [4, 8]
+    recipe.write_text(json.dumps({"model": {"preset": "cpu-tiny", "horizon": 1, "stride": 8},
+                                  "data": {"data": ["data/x"]}, "optim": {"steps": 1}}))
+    assert claims.main(argv + ["--force"]) == 0                   # the recipe, not a default, sets the times
+    assert json.loads((ev / "bc_openloop.json").read_text())["keyframe_steps"] == [8]
+    recipe.unlink()
+    assert claims.main(argv + ["--force"]) == 2                   # neither the run nor its recipe: one line, no JSON

@@ -106,12 +106,20 @@ def run_missing(methods: tuple[Method, ...], episodes: int, seed: int, eval_dir:
 
 
 def reference_keyframes(methods: tuple[Method, ...]) -> tuple[int, int]:
-    """(H, stride) of the world action model row's checkpoint: the keyframe times every row is scored at."""
+    """(H, stride) of the world action model row: the keyframe times every row is scored at. From its checkpoint
+    where it is trained here, else from its recipe (the same times: the recipe sets them), so that one other row can
+    be scored on a machine without that run."""
     wam = next((m for m in methods if m.key == "wam"), None)
     if wam is None:
         raise ValueError("no 'wam' row")
-    cfg = read_meta(wam.run)[1]["config"]
-    return int(cfg["horizon"]), int(cfg["stride"])
+    if (Path(wam.run) / "config.json").is_file():
+        cfg = read_meta(wam.run)[1]["config"]
+        return int(cfg["horizon"]), int(cfg["stride"])
+    from action_images.recipe import TrainRecipe
+    from action_images.train import build_config
+
+    recipe_cfg = build_config(TrainRecipe.load(wam.recipe))
+    return int(recipe_cfg.horizon), int(recipe_cfg.stride)
 
 
 def measure_openloop(m: Method, data: str, episodes: int, starts: int, seed: int, steps: int,
