@@ -21,14 +21,17 @@ def grasp_phases(task: Task, cube: str, lift_z: float = 0.15) -> list[Phase]:
     """Above the cube (yaw-aligned) -> down -> close -> lift: shared by pick, place and stack. A planted miss
     (``Task.grasp_miss``) displaces the approach and the close."""
 
-    def above(env):
+    def spot():
+        """(cube centre, jaw yaw, grasp xy): the xy moved by the planted miss, if any."""
         p, yaw = task.body_pos(cube), wrap_yaw_90(task.body_yaw(cube))
-        xy = p[:2] + task.grasp_miss_xy(yaw)
+        return p, yaw, p[:2] + task.grasp_miss_xy(yaw)
+
+    def above(env):
+        p, yaw, xy = spot()
         return np.array([xy[0], xy[1], max(p[2] + 0.1, 0.12)]), down(yaw), OPEN
 
     def at(env):
-        p, yaw = task.body_pos(cube), wrap_yaw_90(task.body_yaw(cube))
-        xy = p[:2] + task.grasp_miss_xy(yaw)
+        p, yaw, xy = spot()
         return np.array([xy[0], xy[1], p[2]]), down(yaw), OPEN
 
     def close(env):
