@@ -198,7 +198,9 @@ def test_every_recipe_file_loads_and_validates(path):
 
 
 @pytest.mark.parametrize("first_file, second_name, parent", [(RECIPE, "rig8-ctx-anneal", "runs/rig8-ctx-3h"),
-                                                              (QUICK, "rig8-ctx-decay", "runs/rig8-ctx")])
+                                                              (QUICK, "rig8-ctx-decay", "runs/rig8-ctx"),
+                                                              (ROOT / "recipes" / "mw11-ctx-3h.json", "mw11-ctx-decay",
+                                                               "runs/mw11-ctx-3h")])
 def test_a_second_stage_continues_its_first(first_file, second_name, parent):
     """A second stage starts from the first's run folder and changes only its start, seed, steps and schedule."""
     first = TrainRecipe.load(first_file).to_dict()
@@ -233,3 +235,17 @@ def test_the_recovery_stage_is_the_annealing_stage_with_missed_grasp_demos():
     for d in (anneal, recover):
         d["data"].pop("data"), d["data"].pop("collect"), d["optim"].pop("steps")
     assert anneal == recover
+
+
+def test_the_noisy_recovery_stage_differs_from_the_recovery_stage_in_its_demos_and_steps():
+    """recipes/rig8-ctx-recover-noise.json: the recovery stage, longer, whose missed-grasp demos (other scenes) also
+    carry DART noise on the executed targets (``collect --action-noise``)."""
+    recover = TrainRecipe.load(ROOT / "recipes" / "rig8-ctx-recover.json").to_dict()
+    noisy = TrainRecipe.load(ROOT / "recipes" / "rig8-ctx-recover-noise.json").to_dict()
+    assert noisy["data"]["data"] == ["data/rig8", "data/rig8_grasp_miss_noise"]
+    a, b = recover["data"].pop("collect"), noisy["data"].pop("collect")
+    assert (b.pop("action_noise"), b.pop("action_noise_prob"), b.pop("seed")) == (0.01, 0.5, 6000)
+    assert a.pop("seed") == 5000 and a == b
+    assert noisy["optim"].pop("steps") > recover["optim"].pop("steps")
+    recover["data"].pop("data"), noisy["data"].pop("data")
+    assert recover == noisy
