@@ -39,20 +39,23 @@ bench: $(STAMP)
 	$(BIN)/action-images bench dataset $(if $(wildcard data/rig8/meta/info.json),--data data/rig8 --episodes 75) --json bench/results/dataset.json
 
 # The shipped checkpoint, in two stages whose recipe files hold the whole recipe (data collection, model,
-# optimisation, step count): all 8 tasks from random camera rigs, about two and a quarter hours on 2 cores;
+# optimisation, step count): all 8 tasks from random camera rigs, about two and three quarter hours on 2 cores;
 # docs/results.md has the measurements. Stage 1, recipes/rig8-ctx-3h.json, is written to checkpoints/rig8-ctx-3h;
 # its first 6652 steps are the quick recipe's bit for bit, so a finished `make checkpoint-quick` run copied to
-# runs/rig8-ctx-3h continues with `--resume`. Stage 2, recipes/rig8-ctx-recover.json, starts from that export and
-# adds demos whose first grasp misses (collected first), and is written to checkpoints/rig8-ctx-recover.
+# runs/rig8-ctx-3h continues with `--resume`. Stage 2, recipes/rig8-ctx-recover-noise.json, starts from that export
+# and adds demos whose first grasp misses, with noise on the executed targets (collected first), and is written to
+# checkpoints/rig8-ctx-recover-noise.
 checkpoint: $(STAMP)
 	$(BIN)/action-images train --config recipes/rig8-ctx-3h.json --out runs/rig8-ctx-3h --collect-missing
 	mkdir -p checkpoints/rig8-ctx-3h
 	cp runs/rig8-ctx-3h/config.json runs/rig8-ctx-3h/model.safetensors runs/rig8-ctx-3h/log.jsonl \
 		runs/rig8-ctx-3h/loss.png runs/rig8-ctx-3h/train_config.json checkpoints/rig8-ctx-3h/
-	$(BIN)/action-images train --config recipes/rig8-ctx-recover.json --out runs/rig8-ctx-recover --collect-missing
-	mkdir -p checkpoints/rig8-ctx-recover
-	cp runs/rig8-ctx-recover/config.json runs/rig8-ctx-recover/model.safetensors runs/rig8-ctx-recover/log.jsonl \
-		runs/rig8-ctx-recover/loss.png runs/rig8-ctx-recover/train_config.json checkpoints/rig8-ctx-recover/
+	$(BIN)/action-images train --config recipes/rig8-ctx-recover-noise.json --out runs/rig8-ctx-recover-noise \
+		--collect-missing
+	mkdir -p checkpoints/rig8-ctx-recover-noise
+	cp runs/rig8-ctx-recover-noise/config.json runs/rig8-ctx-recover-noise/model.safetensors \
+		runs/rig8-ctx-recover-noise/log.jsonl runs/rig8-ctx-recover-noise/loss.png \
+		runs/rig8-ctx-recover-noise/train_config.json checkpoints/rig8-ctx-recover-noise/
 
 # The quick recipe: the same model and data at 6652 steps (under an hour on 2 cores).
 checkpoint-quick: $(STAMP)
