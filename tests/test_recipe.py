@@ -17,11 +17,11 @@ from action_images.wam import WAMConfig
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "checkpoints" / "rig8-ctx-recover-noise"
 RECIPE = ROOT / "recipes" / "rig8-ctx-3h.json"          # the shipped checkpoint's first stage
-STAGE2 = ROOT / "recipes" / "rig8-ctx-recover-noise.json"     # and its second
+STAGE2 = ROOT / "recipes" / "rig8-ctx-recover-noise.json"   # and its second
 QUICK = ROOT / "recipes" / "rig8-ctx.json"
 RIGS = ["rig0", "rig1", "rig2", "rig3"]
-# (checkpoint, its recipe, the cameras it names): the shipped one, the earlier recovery stage, its first stage, its quick
-# version and the earlier 4-task one
+# (checkpoint, its recipe, the cameras it names): the shipped one, the earlier recovery stage, its first stage, its
+# quick version and the earlier 4-task one
 CHECKPOINTS = [(SHIPPED, STAGE2, RIGS),
                (ROOT / "checkpoints" / "rig8-ctx-recover", ROOT / "recipes" / "rig8-ctx-recover.json", RIGS),
                (ROOT / "checkpoints" / "rig8-ctx-3h", RECIPE, RIGS),

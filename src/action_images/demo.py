@@ -1,7 +1,7 @@
 """``action-images demo``: closed-loop episodes of the shipped checkpoint on every task, a summary and a report.
 
-    action-images demo                       # checkpoints/rig8-ctx-recover-noise, all 8 tasks x 1 episode, each from a camera
-                                             # rig no training episode had (under a minute)
+    action-images demo                       # checkpoints/rig8-ctx-recover-noise, all 8 tasks x 1 episode, each
+                                             # from a camera rig no training episode had (under a minute)
     action-images demo --quick               # CI smoke: 1 task, 1 episode, a few control steps
     action-images demo --checkpoint runs/pick --tasks pick_cube --episodes 10 --out runs/demo
     action-images demo --checkpoint checkpoints/cpu-small --tasks reach_target,press_button,open_drawer,close_drawer
@@ -39,8 +39,8 @@ Recreate the shipped CPU checkpoint (about two and three quarter hours on 2 core
     action-images train --config recipes/rig8-ctx-3h.json --out runs/rig8-ctx-3h --collect-missing
 copies runs/rig8-ctx-3h/ (config.json, model.safetensors, train_config.json, logs) to checkpoints/rig8-ctx-3h/, then
     action-images train --config recipes/rig8-ctx-recover-noise.json --out runs/rig8-ctx-recover-noise --collect-missing
-and copies runs/rig8-ctx-recover-noise/ to checkpoints/rig8-ctx-recover-noise/ (the recipe files hold the whole recipe, data
-collection included). `make checkpoint-quick` trains the under-an-hour version (recipes/rig8-ctx.json) into
+and copies runs/rig8-ctx-recover-noise/ to checkpoints/rig8-ctx-recover-noise/ (the recipe files hold the whole
+recipe, data collection included). `make checkpoint-quick` trains the under-an-hour version (recipes/rig8-ctx.json) into
 checkpoints/rig8-ctx.
 Or point the demo at any run directory: action-images demo --checkpoint runs/NAME"""
 
