@@ -39,7 +39,7 @@ bench: $(STAMP)
 	$(BIN)/action-images bench dataset $(if $(wildcard data/rig8/meta/info.json),--data data/rig8 --episodes 75) --json bench/results/dataset.json
 
 # The shipped checkpoint, in two stages whose recipe files hold the whole recipe (data collection, model,
-# optimisation, step count): all 8 tasks from random camera rigs, about two and three quarter hours on 2 cores;
+# optimisation, step count): all 8 tasks from random camera rigs, about two hours and forty minutes on 2 cores;
 # docs/results.md has the measurements. Stage 1, recipes/rig8-ctx-3h.json, is written to checkpoints/rig8-ctx-3h;
 # its first 6652 steps are the quick recipe's bit for bit, so a finished `make checkpoint-quick` run copied to
 # runs/rig8-ctx-3h continues with `--resume`. Stage 2, recipes/rig8-ctx-recover-noise.json, starts from that export

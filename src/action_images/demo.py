@@ -35,7 +35,7 @@ from action_images.sim.tasks import parse_tasks
 
 SHIPPED = Path("checkpoints") / "rig8-ctx-recover-noise"
 HOW_TO = """no checkpoint at {where}.
-Recreate the shipped CPU checkpoint (about two and three quarter hours on 2 cores) with `make checkpoint`, which runs:
+Recreate the shipped CPU checkpoint (about two hours and forty minutes on 2 cores) with `make checkpoint`, which runs:
     action-images train --config recipes/rig8-ctx-3h.json --out runs/rig8-ctx-3h --collect-missing
 copies runs/rig8-ctx-3h/ (config.json, model.safetensors, train_config.json, logs) to checkpoints/rig8-ctx-3h/, then
     action-images train --config recipes/rig8-ctx-recover-noise.json --out runs/rig8-ctx-recover-noise --collect-missing
