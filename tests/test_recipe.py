@@ -203,6 +203,8 @@ def test_every_recipe_file_loads_and_validates(path):
 @pytest.mark.parametrize("first_file, second_name, parent", [(RECIPE, "rig8-ctx-anneal", "runs/rig8-ctx-3h"),
                                                               (QUICK, "rig8-ctx-decay", "runs/rig8-ctx"),
                                                               (ROOT / "recipes" / "mw11-ctx-3h.json", "mw11-ctx-decay",
+                                                               "runs/mw11-ctx-3h"),
+                                                              (ROOT / "recipes" / "mw11-ctx-3h.json", "mw11-ctx-decay-long",
                                                                "runs/mw11-ctx-3h")])
 def test_a_second_stage_continues_its_first(first_file, second_name, parent):
     """A second stage starts from the first's run folder and changes only its start, seed, steps and schedule."""
@@ -252,3 +254,14 @@ def test_the_noisy_recovery_stage_differs_from_the_recovery_stage_in_its_demos_a
     assert noisy["optim"].pop("steps") > recover["optim"].pop("steps")
     recover["data"].pop("data"), noisy["data"].pop("data")
     assert recover == noisy
+
+
+@pytest.mark.parametrize("short_name, long_name", [("rig8-ctx-recover-noise", "rig8-ctx-recover-noise-long"),
+                                                   ("mw11-ctx-decay", "mw11-ctx-decay-long")])
+def test_a_longer_second_stage_differs_only_in_its_steps(short_name, long_name):
+    """The long second stages spend more of the 3-hour budget on the same recipe: only the step count (and with it the
+    length of the linear decay) changes."""
+    short = TrainRecipe.load(ROOT / "recipes" / f"{short_name}.json").to_dict()
+    long = TrainRecipe.load(ROOT / "recipes" / f"{long_name}.json").to_dict()
+    assert long["optim"].pop("steps") > short["optim"].pop("steps")
+    assert long == short
