@@ -39,23 +39,23 @@ bench: $(STAMP)
 	$(BIN)/action-images bench dataset $(if $(wildcard data/rig8/meta/info.json),--data data/rig8 --episodes 75) --json bench/results/dataset.json
 
 # The shipped checkpoint, in two stages whose recipe files hold the whole recipe (data collection, model,
-# optimisation, step count): all 8 tasks from random camera rigs, about two hours and forty minutes on 2 cores;
+# optimisation, step count): all 8 tasks from random camera rigs, about two hours and fifty minutes on 2 cores;
 # docs/results.md has the measurements. Stage 1, recipes/rig8-ctx-3h.json, is written to checkpoints/rig8-ctx-3h;
 # its first 6652 steps are the quick recipe's bit for bit, so a finished `make checkpoint-quick` run copied to
-# runs/rig8-ctx-3h continues with `--resume`. Stage 2, recipes/rig8-ctx-recover-noise.json, starts from that export
+# runs/rig8-ctx-3h continues with `--resume`. Stage 2, recipes/rig8-ctx-recover-noise-long.json, starts from that export
 # and adds demos whose first grasp misses, with noise on the executed targets (collected first), and is written to
-# checkpoints/rig8-ctx-recover-noise.
+# checkpoints/rig8-ctx-recover-noise-long.
 checkpoint: $(STAMP)
 	$(BIN)/action-images train --config recipes/rig8-ctx-3h.json --out runs/rig8-ctx-3h --collect-missing
 	mkdir -p checkpoints/rig8-ctx-3h
 	cp runs/rig8-ctx-3h/config.json runs/rig8-ctx-3h/model.safetensors runs/rig8-ctx-3h/log.jsonl \
 		runs/rig8-ctx-3h/loss.png runs/rig8-ctx-3h/train_config.json checkpoints/rig8-ctx-3h/
-	$(BIN)/action-images train --config recipes/rig8-ctx-recover-noise.json --out runs/rig8-ctx-recover-noise \
+	$(BIN)/action-images train --config recipes/rig8-ctx-recover-noise-long.json --out runs/rig8-ctx-recover-noise-long \
 		--collect-missing
-	mkdir -p checkpoints/rig8-ctx-recover-noise
-	cp runs/rig8-ctx-recover-noise/config.json runs/rig8-ctx-recover-noise/model.safetensors \
-		runs/rig8-ctx-recover-noise/log.jsonl runs/rig8-ctx-recover-noise/loss.png \
-		runs/rig8-ctx-recover-noise/train_config.json checkpoints/rig8-ctx-recover-noise/
+	mkdir -p checkpoints/rig8-ctx-recover-noise-long
+	cp runs/rig8-ctx-recover-noise-long/config.json runs/rig8-ctx-recover-noise-long/model.safetensors \
+		runs/rig8-ctx-recover-noise-long/log.jsonl runs/rig8-ctx-recover-noise-long/loss.png \
+		runs/rig8-ctx-recover-noise-long/train_config.json checkpoints/rig8-ctx-recover-noise-long/
 
 # The quick recipe: the same model and data at 6652 steps (under an hour on 2 cores).
 checkpoint-quick: $(STAMP)
