@@ -23,12 +23,14 @@ RIGS = ["rig0", "rig1", "rig2", "rig3"]
 # (checkpoint, its recipe, the cameras it names): the shipped one, the earlier noisy and plain recovery stages, its
 # first stage, its quick version and the earlier 4-task one
 CHECKPOINTS = [(SHIPPED, STAGE2, RIGS),
-               (ROOT / "checkpoints" / "rig8-ctx-recover-noise", ROOT / "recipes" / "rig8-ctx-recover-noise.json", RIGS),
+               (ROOT / "checkpoints" / "rig8-ctx-recover-noise", ROOT / "recipes" / "rig8-ctx-recover-noise.json",
+                RIGS),
                (ROOT / "checkpoints" / "rig8-ctx-recover", ROOT / "recipes" / "rig8-ctx-recover.json", RIGS),
                (ROOT / "checkpoints" / "rig8-ctx-3h", RECIPE, RIGS),
                (ROOT / "checkpoints" / "rig8-ctx", QUICK, RIGS),
                (ROOT / "checkpoints" / "cpu-small", ROOT / "recipes" / "cpu-small.json", ["left", "right"])]
-IDS = ["rig8-ctx-recover-noise-long", "rig8-ctx-recover-noise", "rig8-ctx-recover", "rig8-ctx-3h", "rig8-ctx", "cpu-small"]
+IDS = ["rig8-ctx-recover-noise-long", "rig8-ctx-recover-noise", "rig8-ctx-recover", "rig8-ctx-3h", "rig8-ctx",
+       "cpu-small"]
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -201,12 +203,13 @@ def test_every_recipe_file_loads_and_validates(path):
     assert r.optim.steps is not None or r.optim.minutes is not None        # a recipe says how long it trains
 
 
+MW_FIRST = ROOT / "recipes" / "mw11-ctx-3h.json"
+
+
 @pytest.mark.parametrize("first_file, second_name, parent", [(RECIPE, "rig8-ctx-anneal", "runs/rig8-ctx-3h"),
                                                               (QUICK, "rig8-ctx-decay", "runs/rig8-ctx"),
-                                                              (ROOT / "recipes" / "mw11-ctx-3h.json", "mw11-ctx-decay",
-                                                               "runs/mw11-ctx-3h"),
-                                                              (ROOT / "recipes" / "mw11-ctx-3h.json", "mw11-ctx-decay-long",
-                                                               "runs/mw11-ctx-3h")])
+                                                              (MW_FIRST, "mw11-ctx-decay", "runs/mw11-ctx-3h"),
+                                                              (MW_FIRST, "mw11-ctx-decay-long", "runs/mw11-ctx-3h")])
 def test_a_second_stage_continues_its_first(first_file, second_name, parent):
     """A second stage starts from the first's run folder and changes only its start, seed, steps and schedule."""
     first = TrainRecipe.load(first_file).to_dict()
