@@ -1,0 +1,69 @@
+"""Closed-loop success against the angle between the two views the policy saw, from evaluation JSONs.
+
+    python bench/success_by_view_angle.py bench/results/recover_noise_long/heldout_rigs_100.json \
+        --all-views bench/results/recover_noise_long/heldout_rigs_all_views_steps3_100.json
+
+For every episode of a 2-view evaluation (``action-images eval``'s ``metrics.json``, whose episodes record where each
+camera stood), the angle between the first two cameras as seen from the middle of the workspace (``CENTRE``), binned;
+per bin the episodes and the success rate, overall and per task. With ``--all-views``, an evaluation of the same
+episodes (same seed and rigs) seeing every view of the rig: the same bins' success there, so the two can be read side
+by side. Reads JSON only; runs nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+CENTRE = np.array([0.05, 0.0, 0.05])        # middle of the built-in workspace (sim/scene.py's table, at cube height)
+BINS = ((0, 20), (20, 40), (40, 60), (60, 90), (90, 180))
+
+
+def pair_angle_deg(positions: dict[str, list[float]]) -> float:
+    """Angle at ``CENTRE`` between the first two cameras of an episode's ``camera_positions``."""
+    a, b = (np.asarray(positions[k], dtype=np.float64) - CENTRE for k in list(positions)[:2])
+    return float(np.degrees(np.arccos(np.clip(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)), -1.0, 1.0))))
+
+
+def table(two: list[dict], every: dict[tuple[str, int], dict] | None) -> dict:
+    angle = np.array([pair_angle_deg(e["camera_positions"]) for e in two])
+    ok2 = np.array([bool(e["success"]) for e in two])
+    key = [(e["task"], int(e["episode"])) for e in two]
+    okN = np.array([bool(every[k]["success"]) for k in key]) if every is not None else None
+    tasks = sorted({e["task"] for e in two})
+    task = np.array([e["task"] for e in two])
+    out = {}
+    for lo, hi in BINS:
+        m = (angle >= lo) & (angle < hi)
+        if not m.any():
+            continue
+        row = {"episodes": int(m.sum()), "success_2_views": round(float(ok2[m].mean()), 3),
+               "per_task_2_views": {t: round(float(ok2[m & (task == t)].mean()), 2) for t in tasks
+                                    if (m & (task == t)).any()}}
+        if okN is not None:
+            row["success_all_views"] = round(float(okN[m].mean()), 3)
+        out[f"{lo}-{hi}"] = row
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("two_views", help="metrics.json of a 2-view evaluation")
+    p.add_argument("--all-views", help="metrics.json of the same episodes seeing every rig view")
+    a = p.parse_args(argv)
+    two = json.load(open(a.two_views))["episodes"]
+    every = None
+    if a.all_views:
+        every = {(e["task"], int(e["episode"])): e for e in json.load(open(a.all_views))["episodes"]}
+        missing = [(e["task"], e["episode"]) for e in two if (e["task"], int(e["episode"])) not in every]
+        if missing:
+            sys.exit(f"--all-views {a.all_views}: lacks {len(missing)} episodes of {a.two_views}, e.g. {missing[0]}")
+    print(json.dumps(table(two, every), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""The probes' arithmetic on made-up inputs: the Meta-World failure classes (bench/metaworld_failures.py), the
+view-pair angles (bench/view_pair_geometry.py, bench/success_by_view_angle.py)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+probe = load("metaworld_failures")
+pairs = load("view_pair_geometry")
+angles = load("success_by_view_angle")
+
+
+def expert(n_pre=40, n_post=20):
+    """An expert that walks from the origin to the object at (0.2, 0, 0), then rests 10 cm above it after success."""
+    pre = np.linspace([0.0, 0.0, 0.0], [0.2, 0.0, 0.0], n_pre)
+    post = np.repeat([[0.2, 0.0, 0.1]], n_post, axis=0)
+    tcp = np.concatenate([pre, post])
+    return {"success": True, "t_success": n_pre, "tcp": tcp, "obj": np.repeat([[0.2, 0.0, 0.0]], len(tcp), axis=0)}
+
+
+def policy(tcp, success=False, obj=(0.2, 0.0, 0.0)):
+    tcp = np.asarray(tcp, dtype=np.float64)
+    return {"success": success, "tcp": tcp, "obj": np.repeat([obj], len(tcp), axis=0)}
+
+
+def test_a_hand_that_stops_where_the_expert_rests_after_success_is_a_stall_there():
+    n = 300
+    path = np.concatenate([np.linspace([0, 0, 0], [0.19, 0.0, 0.09], 50), np.repeat([[0.19, 0.0, 0.09]], n - 50, 0)])
+    c = probe.classify(policy(path), expert())
+    # the stall begins where the hand comes within STALL_M (2 cm) of where it ends: |0.19, 0.09| * (1 - i / 49) < 0.02
+    assert c["stalled"] and c["t_stall"] == 45
+    assert c["at_post_success_hold"] and c["end_to_expert_post_success_m"] == pytest.approx(np.hypot(0.01, 0.01), abs=1e-4)
+    assert c["closest_to_object_m"] < 0.1
+
+    short = np.concatenate([np.linspace([0, 0, 0], [0.1, 0.0, 0.0], 50), np.repeat([[0.1, 0.0, 0.0]], n - 50, 0)])
+    c = probe.classify(policy(short), expert())
+    assert c["stalled"] and not c["at_post_success_hold"]          # halfway along the expert's path: not its rest
+    assert c["end_to_expert_pre_success_m"] < 0.01
+    assert c["closest_to_object_m"] == pytest.approx(0.1, abs=1e-6)
+    assert c["offset_at_closest_m"] == pytest.approx([-0.1, 0.0, 0.0], abs=1e-6)
+
+
+def test_a_wandering_hand_is_not_a_stall_and_its_closest_approach_is_where_it_came_nearest():
+    t = np.arange(500)
+    path = np.stack([0.1 + 0.1 * np.sin(t / 20.0), np.full(500, 0.08), np.zeros(500)], axis=1)   # 8 cm off in y
+    c = probe.classify(policy(path), expert())
+    assert not c["stalled"] and c["t_stall"] is None
+    assert c["closest_to_object_m"] == pytest.approx(0.08, abs=1e-3)
+    assert c["offset_at_closest_m"][1] == pytest.approx(0.08, abs=1e-6)
+    assert c["expert_closest_to_object_m"] == pytest.approx(0.0, abs=1e-6)
+    assert c["object_moved_m"] == 0.0
+
+
+def test_a_success_is_never_a_stall_and_a_short_failure_is_not_judged():
+    still = np.zeros((300, 3))
+    assert not probe.classify(policy(still, success=True), expert())["stalled"]
+    assert not probe.classify(policy(np.zeros((probe.STALL_STEPS - 1, 3))), expert())["stalled"]
+    assert probe.classify(policy(still), expert())["stalled"]
+
+
+def test_the_angle_between_two_views_and_the_depth_part_of_an_error():
+    x = np.zeros(3)
+    assert pairs.view_angle_deg(np.array([1.0, 0, 0]), np.array([0, 2.0, 0]), x) == pytest.approx(90.0)
+    assert pairs.view_angle_deg(np.array([1.0, 0, 0]), np.array([3.0, 0, 0]), x) == pytest.approx(0.0, abs=1e-6)
+    centres = np.array([[0.0, 0, 1], [0.1, 0, 1]])                 # both cameras above: depth is about z
+    assert pairs.depth_component(np.array([0.0, 0, 0.05]), centres, x) == pytest.approx(0.05, rel=1e-2)
+    assert pairs.depth_component(np.array([0.0, 0.05, 0]), centres, x) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_success_by_view_angle_bins_the_pairs_and_reads_the_all_view_run_episode_by_episode(tmp_path, capsys):
+    c = angles.CENTRE
+    near = {"a": (c + [1, 0, 0]).tolist(), "b": (c + [1, 0.1, 0]).tolist(), "c": (c + [0, 1, 0]).tolist()}
+    wide = {"a": (c + [1, 0, 0]).tolist(), "b": (c + [0, 1, 0]).tolist(), "c": (c + [0, 0, 1]).tolist()}
+    two = [{"task": "t", "episode": 0, "success": False, "camera_positions": near},
+           {"task": "t", "episode": 1, "success": True, "camera_positions": wide},
+           {"task": "u", "episode": 0, "success": True, "camera_positions": near}]
+    every = [{"task": "t", "episode": 0, "success": True}, {"task": "t", "episode": 1, "success": True},
+             {"task": "u", "episode": 0, "success": True}]
+    (tmp_path / "two.json").write_text(json.dumps({"episodes": two}))
+    (tmp_path / "all.json").write_text(json.dumps({"episodes": every}))
+    assert angles.main([str(tmp_path / "two.json"), "--all-views", str(tmp_path / "all.json")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["0-20"] == {"episodes": 2, "success_2_views": 0.5, "per_task_2_views": {"t": 0.0, "u": 1.0},
+                           "success_all_views": 1.0}
+    assert out["90-180"]["episodes"] == 1 and "60-90" not in out
+    (tmp_path / "short.json").write_text(json.dumps({"episodes": every[:1]}))
+    with pytest.raises(SystemExit, match="lacks 2 episodes"):
+        angles.main([str(tmp_path / "two.json"), "--all-views", str(tmp_path / "short.json")])
