@@ -14,10 +14,13 @@ What it does (one process, one thread):
    ``action-images collect``, with the training data's ``--hold-steps``), keeping its TCP path, its first success step
    and the frames it records after success.
 3. Classifies every failure: **stalled** when the TCP moves less than ``STALL_M`` over the last ``STALL_STEPS`` control
-   steps (the policy plans motion no more: every later plan keeps the hand where it is), with the step the stall begins;
-   whether the stall lies within ``NEAR_M`` of a TCP position the expert's demo holds **after success** (the
-   frames ``--hold-steps`` adds, whose future keyframes do not move: a state the training data labels "stay"), and
-   how far it lies from the expert's path before success; how far the object got toward where the expert left it.
+   steps, with the step the stall begins (each plan's own motion, from the pose it starts at to its last keyframe, is
+   logged beside it as ``plan_move_m``: a stalled hand may still be given plans that move); whether the end lies within
+   ``NEAR_M`` of a TCP position the expert's demo holds **after success** (the frames ``--hold-steps`` adds) and closer
+   to those than to the expert's path before success, and how far it lies from each; how far the object moved from its
+   start; the TCP's closest approach to the object (Meta-World's ``obs[4:7]``: the handle, the puck, ...) with the
+   offset there, against the expert's closest approach before success. A failure "never within the expert's reach" comes
+   no closer to the object than the expert's closest approach plus ``REACH_M``.
 
 Writes the per-episode summary to ``--json`` and prints the counts.
 """
@@ -38,7 +41,7 @@ from action_images.cliflags import Parser
 STALL_STEPS = 150     # a failure whose TCP moves less than STALL_M over its last STALL_STEPS steps has stalled
 STALL_M = 0.02
 NEAR_M = 0.03         # a stall this close to an expert TCP position counts as "at" it
-REACH_M = 0.02        # a failure whose TCP never comes within the expert's closest approach + REACH_M of the object
+REACH_M = 0.02        # margin over the expert's closest approach to the object (see the docstring's point 3)
 
 
 def run_policy(checkpoint: str, tasks: list[str], episodes: int, seed: int, sampler_steps: int, out: Path

@@ -40,7 +40,8 @@ def test_a_hand_that_stops_where_the_expert_rests_after_success_is_a_stall_there
     c = probe.classify(policy(path), expert())
     # the stall begins where the hand comes within STALL_M (2 cm) of where it ends: |0.19, 0.09| * (1 - i / 49) < 0.02
     assert c["stalled"] and c["t_stall"] == 45
-    assert c["at_post_success_hold"] and c["end_to_expert_post_success_m"] == pytest.approx(np.hypot(0.01, 0.01), abs=1e-4)
+    assert c["at_post_success_hold"]
+    assert c["end_to_expert_post_success_m"] == pytest.approx(np.hypot(0.01, 0.01), abs=1e-4)
     assert c["closest_to_object_m"] < 0.1
 
     short = np.concatenate([np.linspace([0, 0, 0], [0.1, 0.0, 0.0], 50), np.repeat([[0.1, 0.0, 0.0]], n - 50, 0)])
@@ -87,7 +88,8 @@ def test_success_by_view_angle_bins_the_pairs_and_reads_the_all_view_run_episode
            {"task": "u", "episode": 0, "success": True, "camera_positions": near}]
     every = [{"task": "t", "episode": 0, "success": True}, {"task": "t", "episode": 1, "success": True},
              {"task": "u", "episode": 0, "success": True}]
-    (tmp_path / "two.json").write_text(json.dumps({"episodes": two}))
+    settings = {"policy": {"camera_names": ["a", "b"]}}
+    (tmp_path / "two.json").write_text(json.dumps({"settings": settings, "episodes": two}))
     (tmp_path / "all.json").write_text(json.dumps({"episodes": every}))
     assert angles.main([str(tmp_path / "two.json"), "--all-views", str(tmp_path / "all.json")]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -97,3 +99,7 @@ def test_success_by_view_angle_bins_the_pairs_and_reads_the_all_view_run_episode
     (tmp_path / "short.json").write_text(json.dumps({"episodes": every[:1]}))
     with pytest.raises(SystemExit, match="lacks 2 episodes"):
         angles.main([str(tmp_path / "two.json"), "--all-views", str(tmp_path / "short.json")])
+    settings["policy"]["camera_names"] = ["a", "b", "c"]
+    (tmp_path / "three.json").write_text(json.dumps({"settings": settings, "episodes": two}))
+    with pytest.raises(SystemExit, match="reads 2-view runs"):
+        angles.main([str(tmp_path / "three.json")])
