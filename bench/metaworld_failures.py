@@ -20,7 +20,9 @@ What it does (one process, one thread):
    to those than to the expert's path before success, and how far it lies from each; how far the object moved from its
    start; the TCP's closest approach to the object (Meta-World's ``obs[4:7]``: the handle, the puck, ...) with the
    offset there, against the expert's closest approach before success. A failure "never within the expert's reach" comes
-   no closer to the object than the expert's closest approach plus ``REACH_M``.
+   no closer to the object than the expert's closest approach plus ``REACH_M``. At the end: the hand's offset from the
+   object, and whether Meta-World's mocap (which the hand follows) sits at its box limit, where targets beyond the box
+   no longer move the hand.
 
 Writes the per-episode summary to ``--json`` and prints the counts.
 """
@@ -85,11 +87,14 @@ def run_policy(checkpoint: str, tasks: list[str], episodes: int, seed: int, samp
             plans_at.clear()
             rec = runner.episode(task, k)
             env.step = inner
+            # the hand's mocap at Meta-World's box limit (within 1 mm on some axis): targets beyond it do not move it
+            mocap = env.mocap_pos
+            at_limit = bool(np.any(np.minimum(mocap - env.mw.mocap_low, env.mw.mocap_high - mocap) < 1e-3))
             moves = [float(np.linalg.norm(c.keyframes[-1][:3] - c.current[:3])) if c.valid[-1] else None
                      for c in pol.chunks]
             results.append({"task": task, "episode": k, "seed": rec["seed"], "success": rec["success"],
                             "length": rec["length"], "tcp": np.array(tcp), "obj": np.array(obj),
-                            "plans_at": list(plans_at), "plan_move_m": moves})
+                            "mocap_at_limit_end": at_limit, "plans_at": list(plans_at), "plan_move_m": moves})
             print(f"{task} {k}: {'ok' if rec['success'] else 'FAIL'} {rec['length']}", file=sys.stderr)
         pol.plan = plan_inner
     runner.close()
@@ -150,7 +155,8 @@ def classify(p: dict, e: dict) -> dict:
             "at_post_success_hold": bool(d_post is not None and d_post < NEAR_M
                                          and (d_pre is None or d_post <= d_pre)),
             "object_moved_m": round(float(np.linalg.norm(objN - obj0)), 4),
-            "end_tcp": end.round(4).tolist()}
+            "end_tcp": end.round(4).tolist(), "end_offset_from_object_m": (end - objN).round(4).tolist(),
+            "mocap_at_limit_end": p.get("mocap_at_limit_end")}
 
 
 def main(argv=None) -> int:
@@ -178,7 +184,7 @@ def main(argv=None) -> int:
                      "plan_move_m": [None if m is None else round(m, 4) for m in r["plan_move_m"]], **c})
         s = summary.setdefault(r["task"], {"episodes": 0, "successes": 0, "failures": 0, "stalled": 0,
                                            "stalled_at_post_success_hold": 0, "expert_successes": 0,
-                                           "failures_never_within_expert_reach": 0})
+                                           "failures_never_within_expert_reach": 0, "stalled_with_mocap_at_limit": 0})
         s["episodes"] += 1
         s["successes"] += int(r["success"])
         s["expert_successes"] += int(e["success"])
@@ -186,6 +192,7 @@ def main(argv=None) -> int:
             s["failures"] += 1
             s["stalled"] += int(c["stalled"])
             s["stalled_at_post_success_hold"] += int(c["stalled"] and c["at_post_success_hold"])
+            s["stalled_with_mocap_at_limit"] += int(c["stalled"] and bool(c["mocap_at_limit_end"]))
             # never as close to the object as the expert gets, plus REACH_M: the hand did not get to it
             s["failures_never_within_expert_reach"] += int(
                 c["closest_to_object_m"] > (c["expert_closest_to_object_m"] or 0.0) + REACH_M)
