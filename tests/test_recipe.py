@@ -221,6 +221,19 @@ def test_a_second_stage_continues_its_first(first_file, second_name, parent):
     assert first == second
 
 
+def test_the_meta_world_stage_with_more_demos_differs_only_in_its_data():
+    """The stage with twice the demos is the longer decaying stage on data/mw11 plus demos from other episode seeds,
+    collected the same way, from the two cameras it trains on."""
+    long = json.loads((ROOT / "recipes" / "mw11-ctx-decay-long.json").read_text())
+    more = json.loads((ROOT / "recipes" / "mw11-ctx-decay-more.json").read_text())
+    assert more["data"].pop("data") == long["data"].pop("data") + ["data/mw11_more"]
+    a, b = long["data"].pop("collect"), more["data"].pop("collect")
+    assert (b.pop("seed"), b.pop("cameras")) == (1000, "corner,corner4") and a.pop("seed") == 0 and a == b
+    assert more["data"]["cameras"] == ["corner", "corner4"]
+    long.pop("comment"), more.pop("comment")
+    assert long == more
+
+
 def test_the_two_stage_decay_recipe_has_the_3_hour_step_count():
     """The quick recipe and its decaying second stage together take the 3-hour recipe's steps, so the two-stage
     checkpoint and the constant-rate one compare at the same budget."""
