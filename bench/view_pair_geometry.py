@@ -44,6 +44,12 @@ def depth_component(err: np.ndarray, centres: np.ndarray, x: np.ndarray) -> floa
     return float(abs(err @ (d / np.linalg.norm(d))))
 
 
+def _median(xs: list, digits: int) -> float | None:
+    """Median of the values that are not None (a keyframe no view sees has no 2D error)."""
+    xs = [x for x in xs if x is not None]
+    return round(float(np.median(xs)), digits) if xs else None
+
+
 def summarise(rows: list[dict]) -> dict:
     out = {}
     for lo, hi in BINS:
@@ -55,14 +61,14 @@ def summarise(rows: list[dict]) -> dict:
                              "err_cm_median": round(float(np.nanmedian(e3)), 2),
                              "err_cm_mean": round(float(np.nanmean(e3)), 2),
                              "depth_err_cm_median": round(float(np.nanmedian([r["depth_err_cm"] for r in sel])), 2),
-                             "px_err_median": round(float(np.nanmedian([r["px_err"] for r in sel])), 3),
+                             "px_err_median": _median([r["px_err"] for r in sel], 3),
                              "undecodable": int(sum(not r["valid"] for r in sel))}
     allv = [r for r in rows if r["pair"] == "all"]
     if allv:
         out["all four views"] = {"keyframes": len(allv),
                                  "err_cm_median": round(float(np.nanmedian([r["err_cm"] for r in allv])), 2),
                                  "err_cm_mean": round(float(np.nanmean([r["err_cm"] for r in allv])), 2),
-                                 "px_err_median": round(float(np.nanmedian([r["px_err"] for r in allv])), 3)}
+                                 "px_err_median": _median([r["px_err"] for r in allv], 3)}
     return out
 
 

@@ -79,6 +79,18 @@ def test_the_angle_between_two_views_and_the_depth_part_of_an_error():
     assert pairs.depth_component(np.array([0.0, 0.05, 0]), centres, x) == pytest.approx(0.0, abs=1e-9)
 
 
+def test_the_view_pair_summary_bins_by_angle_and_skips_keyframes_no_view_sees():
+    row = {"pair": "a,b", "valid": True, "depth_err_cm": 1.0}
+    rows = [{**row, "angle_deg": 5.0, "err_cm": 8.0, "px_err": 1.0},
+            {**row, "angle_deg": 7.0, "err_cm": 6.0, "px_err": None},
+            {**row, "angle_deg": 70.0, "err_cm": 2.0, "px_err": 0.5},
+            {"pair": "all", "angle_deg": None, "valid": True, "err_cm": 1.5, "depth_err_cm": 0.5, "px_err": 0.4}]
+    out = pairs.summarise(rows)
+    assert out["0-10"]["keyframes"] == 2 and out["0-10"]["err_cm_median"] == 7.0 and out["0-10"]["px_err_median"] == 1.0
+    assert out["60-90"]["err_cm_median"] == 2.0 and "10-20" not in out
+    assert out["all four views"] == {"keyframes": 1, "err_cm_median": 1.5, "err_cm_mean": 1.5, "px_err_median": 0.4}
+
+
 def test_success_by_view_angle_bins_the_pairs_and_reads_the_all_view_run_episode_by_episode(tmp_path, capsys):
     c = angles.CENTRE
     near = {"a": (c + [1, 0, 0]).tolist(), "b": (c + [1, 0.1, 0]).tolist(), "c": (c + [0, 1, 0]).tolist()}
