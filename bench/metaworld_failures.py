@@ -101,29 +101,38 @@ def run_policy(checkpoint: str, tasks: list[str], episodes: int, seed: int, samp
     return results
 
 
-def run_expert(task: str, seed: int, hold_steps: int) -> dict:
-    """The scripted expert from the same seed: its TCP path, first success step, object path."""
+def run_experts(episodes: list[tuple[str, int]], hold_steps: int) -> list[dict]:
+    """The scripted expert on each (task, seed), one env per task: its TCP path, first success step, object path."""
     from action_images.data.collect import run_episode
     from action_images.sim.metaworld import make_env
 
-    env = make_env(task, cameras=("corner",), image_size=16)
+    out: list[dict] = []
+    env, env_task = None, None
     obj: list[np.ndarray] = []
-    inner = env.step
-
-    def step(action):
-        obj.append(np.asarray(env._mw_obs[4:7], dtype=np.float64).copy())     # the object before the step
-        return inner(action)
-
-    env.step = step
     try:
-        rec = run_episode(env, seed, ["corner"], hold_steps=hold_steps)
-        # states are the TCP before each step; the frames after success are the last rec.hold_steps ones
-        tcp = np.asarray(rec.states)[:, :3]
-        n = len(tcp)
-        return {"success": bool(rec.success), "t_success": n - int(rec.hold_steps), "tcp": tcp,
-                "obj": np.array(obj[:n])}
+        for task, seed in episodes:
+            if task != env_task:
+                if env is not None:
+                    env.close()
+                env, env_task = make_env(task, cameras=("corner",), image_size=16), task
+                inner = env.step
+
+                def step(action, _inner=inner, _env=env):
+                    obj.append(np.asarray(_env._mw_obs[4:7], dtype=np.float64).copy())   # the object before the step
+                    return _inner(action)
+
+                env.step = step
+            obj.clear()
+            rec = run_episode(env, seed, ["corner"], hold_steps=hold_steps)
+            # states are the TCP before each step; the frames after success are the last rec.hold_steps ones
+            tcp = np.asarray(rec.states)[:, :3]
+            n = len(tcp)
+            out.append({"success": bool(rec.success), "t_success": n - int(rec.hold_steps), "tcp": tcp,
+                        "obj": np.array(obj[:n])})
     finally:
-        env.close()
+        if env is not None:
+            env.close()
+    return out
 
 
 def classify(p: dict, e: dict) -> dict:
@@ -175,8 +184,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         pol = run_policy(a.checkpoint, tasks, a.episodes, a.seed, a.sampler_steps, Path(tmp))
     rows, summary = [], {}
-    for r in pol:
-        e = run_expert(r["task"], r["seed"], a.hold_steps)
+    experts = run_experts([(r["task"], r["seed"]) for r in pol], a.hold_steps)
+    for r, e in zip(pol, experts):
         c = classify(r, e)
         rows.append({"task": r["task"], "episode": r["episode"], "seed": r["seed"], "success": r["success"],
                      "length": r["length"], "expert_success": e["success"], "expert_t_success": e["t_success"],

@@ -19,6 +19,7 @@ import sys
 import numpy as np
 
 from action_images.cliflags import Parser
+from action_images.geometry import ray_angle_deg
 from action_images.sim.rig import WORKSPACE_CENTRE as CENTRE
 
 BINS = ((0, 20), (20, 40), (40, 60), (60, 90), (90, 180))
@@ -26,8 +27,7 @@ BINS = ((0, 20), (20, 40), (40, 60), (60, 90), (90, 180))
 
 def pair_angle_deg(positions: dict[str, list[float]], names: list[str]) -> float:
     """Angle at ``CENTRE`` between the cameras ``names`` (two) of an episode's ``camera_positions``."""
-    a, b = (np.asarray(positions[k], dtype=np.float64) - CENTRE for k in names)
-    return float(np.degrees(np.arccos(np.clip(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)), -1.0, 1.0))))
+    return ray_angle_deg(positions[names[0]], positions[names[1]], CENTRE)
 
 
 def table(two: list[dict], names: list[str], every: dict[tuple[str, int], dict] | None) -> dict:

@@ -27,15 +27,10 @@ import numpy as np
 import torch
 
 from action_images.cliflags import Parser
+from action_images.geometry import ray_angle_deg
 
 PER_VIEW = ("rgb", "act", "plucker", "K", "T_cam_world")          # window entries with one row per view
 BINS = ((0, 10), (10, 20), (20, 30), (30, 45), (45, 60), (60, 90), (90, 180))
-
-
-def view_angle_deg(c0: np.ndarray, c1: np.ndarray, x: np.ndarray) -> float:
-    """Angle at ``x`` between the rays to the camera centres ``c0`` and ``c1``."""
-    u, v = c0 - x, c1 - x
-    return float(np.degrees(np.arccos(np.clip(u @ v / (np.linalg.norm(u) * np.linalg.norm(v)), -1.0, 1.0))))
 
 
 def depth_component(err: np.ndarray, centres: np.ndarray, x: np.ndarray) -> float:
@@ -114,9 +109,8 @@ def main(argv=None) -> int:
                 act = _unit(out.act[0])                                         # [V, F, R, R, 3] in [0, 1]
                 cams = [cams_all[i] for i in idx]
                 dec = codec.decode(act[:, 1:], cams)
-                uv, _ = codec.peaks(act[:, 1:])
                 true_uv, vis = true_projections(poses[1:], cams, codec)
-                px = np.linalg.norm(uv[..., 0, :] - true_uv[..., 0, :], axis=-1)        # [V, H] the position point
+                px = np.linalg.norm(dec.uv[..., 0, :] - true_uv[..., 0, :], axis=-1)    # [V, H] the position point
                 px = np.where(vis[..., 0], px, np.nan)
                 for k in range(poses.shape[0] - 1):
                     x_true = poses[1 + k, :3]
@@ -125,7 +119,7 @@ def main(argv=None) -> int:
                     centres = np.array([centres_all[n] for n in pair])
                     rows.append({"episode": ep, "window": wi, "pair": "all" if len(pair) > 2 else ",".join(pair),
                                  "keyframe": k, "valid": valid,
-                                 "angle_deg": round(view_angle_deg(centres[0], centres[1], x_true), 2)
+                                 "angle_deg": round(ray_angle_deg(centres[0], centres[1], x_true), 2)
                                  if len(pair) == 2 else None,
                                  "err_cm": round(100 * float(np.linalg.norm(err)), 3),
                                  "depth_err_cm": round(100 * depth_component(err, centres, x_true), 3),

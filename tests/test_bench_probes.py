@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from action_images.geometry import ray_angle_deg
+
 
 def load(name):
     spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "bench" / f"{name}.py")
@@ -72,8 +74,9 @@ def test_a_success_is_never_a_stall_and_a_short_failure_is_not_judged():
 
 def test_the_angle_between_two_views_and_the_depth_part_of_an_error():
     x = np.zeros(3)
-    assert pairs.view_angle_deg(np.array([1.0, 0, 0]), np.array([0, 2.0, 0]), x) == pytest.approx(90.0)
-    assert pairs.view_angle_deg(np.array([1.0, 0, 0]), np.array([3.0, 0, 0]), x) == pytest.approx(0.0, abs=1e-6)
+    assert ray_angle_deg(np.array([1.0, 0, 0]), np.array([0, 2.0, 0]), x) == pytest.approx(90.0)
+    assert ray_angle_deg(np.array([1.0, 0, 0]), np.array([3.0, 0, 0]), x) == pytest.approx(0.0, abs=1e-6)
+    assert ray_angle_deg([1.0, 0, 1], [-1.0, 0, 1], x) == pytest.approx(90.0)
     centres = np.array([[0.0, 0, 1], [0.1, 0, 1]])                 # both cameras above: depth is about z
     assert pairs.depth_component(np.array([0.0, 0, 0.05]), centres, x) == pytest.approx(0.05, rel=1e-2)
     assert pairs.depth_component(np.array([0.0, 0.05, 0]), centres, x) == pytest.approx(0.0, abs=1e-9)

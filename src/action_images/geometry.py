@@ -120,6 +120,14 @@ def rotation_angle_deg(R_a: np.ndarray, R_b: np.ndarray) -> np.ndarray:
     return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
 
 
+def ray_angle_deg(c0: np.ndarray, c1: np.ndarray, x: np.ndarray) -> float:
+    """Angle (degrees) at ``x`` between the rays to ``c0`` and ``c1``: for two camera centres, how far apart the two
+    views see ``x`` (near 0: their rays are nearly parallel and fix ``x`` poorly along them)."""
+    u = np.asarray(c0, dtype=np.float64) - x
+    v = np.asarray(c1, dtype=np.float64) - x
+    return float(np.degrees(np.arccos(np.clip(u @ v / (np.linalg.norm(u) * np.linalg.norm(v)), -1.0, 1.0))))
+
+
 def nearest_rotation(M: np.ndarray) -> np.ndarray:
     """Project ``[..., 3, 3]`` matrices to the nearest rotation (SVD, det +1)."""
     U, _, Vt = np.linalg.svd(M)
