@@ -48,7 +48,8 @@ REACH_M = 0.02        # margin over the expert's closest approach to the object 
 
 def run_policy(checkpoint: str, tasks: list[str], episodes: int, seed: int, sampler_steps: int, out: Path
                ) -> list[dict]:
-    """Closed-loop episodes as ``eval`` plays them; per episode the TCP and object path and each plan's keyframes."""
+    """Closed-loop episodes as ``eval`` plays them; per episode the TCP and object path after each step, the control
+    step of each plan and how far it moves the hand (its start to its last keyframe)."""
     from action_images.baselines import load_model
     from action_images.eval_settings import EvalSettings, resolve_settings
     from action_images.policy import PolicySettings
