@@ -263,6 +263,8 @@ def test_baseline_policy_closed_loop_in_the_sim():
     assert type(make_policy(WorldActionModel(WAMConfig.from_preset("cpu-tiny")))) is ActionImagesPolicy
     with pytest.raises(ValueError, match="horizon"):
         BaselinePolicy(model, PolicySettings(horizon=3))
+    with pytest.raises(ValueError, match="--ensemble"):              # averages action images, which BC has none of
+        BaselinePolicy(model, PolicySettings(ensemble=2))
     env = make_env("reach_target", cameras=("front", "left", "right"), image_size=32)
     try:
         for m, k in ((model, 2), (dp(camera_names=["right", "left"]), 3)):

@@ -1,5 +1,6 @@
 """The probes' arithmetic on made-up inputs: the Meta-World failure classes (bench/metaworld_failures.py), the
-view-pair angles (bench/view_pair_geometry.py, bench/success_by_view_angle.py)."""
+view-pair angles (bench/view_pair_geometry.py, bench/success_by_view_angle.py), the ensemble scores
+(bench/ensemble_openloop.py)."""
 
 import importlib.util
 import json
@@ -21,6 +22,7 @@ def load(name):
 probe = load("metaworld_failures")
 pairs = load("view_pair_geometry")
 angles = load("success_by_view_angle")
+ensemble = load("ensemble_openloop")
 
 
 def expert(n_pre=40, n_post=20):
@@ -118,3 +120,13 @@ def test_success_by_view_angle_bins_the_pairs_and_reads_the_all_view_run_episode
     (tmp_path / "three.json").write_text(json.dumps({"settings": settings, "episodes": two}))
     with pytest.raises(SystemExit, match="reads 2-view runs"):
         angles.main([str(tmp_path / "three.json")])
+
+
+def test_ensemble_scores_count_an_undecodable_keyframe_as_not_moving_and_summarise_every_keyframe():
+    true = np.array([[0.1, 0.0, 0.0], [0.2, 0.0, 0.0]])
+    start = np.zeros(3)
+    pred = np.array([[0.1, 0.03, 0.0], [np.nan, np.nan, np.nan]])
+    err = ensemble.position_error_cm(pred, np.array([True, False]), start, true)
+    np.testing.assert_allclose(err, [3.0, 20.0])
+    out = ensemble.summarise({"one": [err, np.array([1.0])]})
+    assert out == {"one": {"keyframes": 3, "err_cm_median": 3.0, "err_cm_mean": 8.0}}

@@ -271,3 +271,78 @@ def test_default_disagreement_threshold_is_two_sigma():
     assert ch.decision == "execute" and not ch.disagree.any()
 
 
+
+
+# ---- ensembles -------------------------------------------------------------------------------------------------------
+class SpreadModel(StubModel):
+    """Sample i of a batch draws the targets moved by ``offsets[i]`` metres along x in every view."""
+
+    offsets: tuple = ()
+
+    def sample(self, batch, task="policy", steps=1, cfg_scale=1.0, generator=None, method="euler"):
+        self.calls += 1
+        B, R = batch["act"].shape[0], self.config.image_size
+        cams = [Camera(K=K, T_cam_world=T, width=R, height=R) for K, T in
+                zip(batch["K"][0].numpy(), batch["T_cam_world"][0].numpy())]
+        act = batch["act"].clone()
+        for b in range(B):
+            poses = self.targets.copy()
+            poses[:, 0] += self.offsets[b]
+            for v, cam in enumerate(cams):
+                act[b, v, 1:] = torch.from_numpy(ActionImageCodec().encode(poses, [cam])[0]).permute(0, 3, 1, 2) * 2 - 1
+        return SimpleNamespace(rgb=batch["rgb"].clone(), act=act)
+
+
+def test_ensemble_averages_the_samples_action_images_in_one_call():
+    """Two samples 1 cm either side of the targets: their averaged action images decode between them."""
+    obs, cams = fake_obs_and_cameras()
+    model = SpreadModel(TARGETS, np.zeros(3))
+    model.offsets = (0.01, -0.01)
+    ch = ActionImagesPolicy(model, PolicySettings(execute_k=6, ensemble=2)).plan(obs, cams)
+    assert model.calls == 1 and ch.decision == "execute"
+    np.testing.assert_allclose(ch.keyframes[:, :3], TARGETS[:, :3], atol=2e-3)
+    model.calls = 0
+    ch = ActionImagesPolicy(model, PolicySettings(execute_k=6)).plan(obs, cams)   # one sample: the first offset
+    assert model.calls == 1
+    np.testing.assert_allclose(ch.keyframes[:, 0], TARGETS[:, 0] + 0.01, atol=2e-3)
+
+
+def test_ensemble_first_sample_is_the_single_sample():
+    """The ensemble's first sample draws the noise a single sample draws (same seed), so ``--ensemble 1`` is the
+    default policy exactly; the video frames shown are that first sample's."""
+    obs, cams = fake_obs_and_cameras()
+    model = tiny_model()
+    with torch.no_grad():                      # an untrained model ignores its noise (zero-initialised output)
+        for prm in model.parameters():
+            prm.add_(0.05 * torch.randn_like(prm))
+
+    def plan(seed, n):
+        return ActionImagesPolicy(model, PolicySettings(sampler_steps=1, execute_k=2, ensemble=n),
+                                  seed=seed).plan(obs, cams)
+
+    one, three = plan(5, 1), plan(5, 3)
+    np.testing.assert_array_equal(one.future_rgb, three.future_rgb)
+    assert three.future_act.shape == one.future_act.shape
+    assert not np.array_equal(one.future_rgb, plan(6, 1).future_rgb)        # the noise does reach the frames
+    assert not np.allclose(one.future_act, three.future_act)                # and the average differs from sample 0
+
+
+@pytest.mark.parametrize("value", [0, -1, 65, 2.5])
+def test_ensemble_size_is_checked(value):
+    with pytest.raises(ValueError, match="--ensemble"):
+        PolicySettings(ensemble=value)
+
+
+def test_an_ensemble_plans_alone_in_a_batched_server():
+    """Requests share a model call only when each draws one sample (serve --max-batch)."""
+    from action_images.policy import _joinable, plan_batch
+
+    obs, cams = fake_obs_and_cameras()
+    model = SpreadModel(TARGETS, np.zeros(3))
+    model.offsets = (0.01, -0.01)
+    assert _joinable(ActionImagesPolicy(tiny_model(), PolicySettings()))
+    pols = [ActionImagesPolicy(model, PolicySettings(execute_k=6, ensemble=2)) for _ in range(2)]
+    assert not _joinable(pols[0])
+    chunks = plan_batch([(p, obs, cams) for p in pols])
+    assert model.calls == 2 and all(c.decision == "execute" for c in chunks)
+    np.testing.assert_allclose(chunks[1].keyframes[:, :3], TARGETS[:, :3], atol=2e-3)

@@ -197,6 +197,9 @@ def test_init_from_starts_from_another_runs_export(tmp_path, capsys):
     assert train_main(*TINY, "--out", str(tmp_path / "e"), "--steps", "2", "--init-from", str(a),
                       "--context-channels", "4") == 2
     assert "context_channels" in capsys.readouterr().err
+    assert train_main(*TINY, "--out", str(tmp_path / "g"), "--steps", "1", "--init-from", str(a),
+                      "--cameras", "cam0,cam2") == 0               # other cameras: the same weights, trained on
+    assert WorldActionModel.from_pretrained(tmp_path / "g").config.camera_names == ["cam0", "cam2"]
     assert train_main(*TINY, "--out", str(tmp_path / "f"), "--minutes", "1", "--schedule", "linear") == 2
     assert "schedule" in capsys.readouterr().err
 

@@ -157,9 +157,13 @@ def saved_recipe(ck: dict[str, Any]) -> dict[str, Any] | None:
     return TrainRecipe.from_dict(d, "checkpoint recipe").defining()
 
 
+# config fields that record what a model was trained on, not its weights: a stage may train on other cameras
+TRAINED_ON_KEYS = frozenset({"camera_names"})
+
+
 def init_weights(model: torch.nn.Module, run: str) -> None:
     """Load another run's exported weights (``RUN/model.safetensors``) into ``model`` (``model.init_from``); its
-    ``config.json`` must describe the same model."""
+    ``config.json`` must describe the same model (the cameras it was trained on may differ)."""
     folder = Path(run)
     if not (folder / WEIGHTS_NAME).is_file() or not (folder / CONFIG_NAME).is_file():
         raise FileNotFoundError(f"--init-from {run}: needs {WEIGHTS_NAME} and {CONFIG_NAME} (a run's export)")
@@ -171,7 +175,7 @@ def init_weights(model: torch.nn.Module, run: str) -> None:
         return {k2: v2 for k, v in d.items()
                 for k2, v2 in (flat(v, f"{pre}{k}.").items() if isinstance(v, dict) else [(pre + k, v)])}
     ours, theirs = flat(model.config.to_dict()), flat(theirs)
-    diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+    diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k) and k not in TRAINED_ON_KEYS)
     if diff:
         raise ValueError(f"--init-from {run}: its model differs from this recipe's in {diff}")
     missing, unexpected = model.load_state_dict(load_file(str(folder / WEIGHTS_NAME)), strict=False)

@@ -126,6 +126,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-resamples", type=whole_number, default=2,
                    help="immediate resamples when the first keyframe disagrees, >= 0 (default 2)")
     g.add_argument("--method", default="euler", choices=METHODS, help="ODE sampler (default euler)")
+    g.add_argument("--ensemble", type=whole_number, default=1,
+                   help="samples per replanning step, 1..64, drawn in one model call; their action images are "
+                        "averaged before decoding (default 1)")
     g.add_argument("--decode-head", default=None, metavar="DIR",
                    help="decode the generated action images with this learned head (python -m "
                         "action_images.decode_head train) instead of triangulating them")
@@ -361,6 +364,7 @@ class Evaluation:
                            "sampler_steps": s.policy.sampler_steps, "cfg_scale": s.policy.cfg_scale,
                            "method": s.policy.method, "on_disagree": s.policy.on_disagree,
                            "gripper": s.policy.gripper, "max_resamples": s.policy.max_resamples,
+                           "ensemble": s.policy.ensemble,
                            "disagree_px": policy.codec.reject_px, "model_image_size": cfg.image_size,
                            "model_preset": cfg.preset, "model_camera_names": getattr(cfg, "camera_names", None),
                            "model_parameters": (int(sum(p.numel() for p in model.parameters()))
@@ -423,7 +427,7 @@ def settings_from_args(args: argparse.Namespace) -> EvalSettings:
     policy = PolicySettings(camera_names=args.policy_cameras, horizon=args.horizon, execute_k=args.execute_k,
                             sampler_steps=args.sampler_steps, cfg_scale=args.cfg_scale, on_disagree=args.on_disagree,
                             disagree_px=args.disagree_px, gripper=args.gripper, max_resamples=args.max_resamples,
-                            method=args.method, decode_head=args.decode_head)
+                            method=args.method, decode_head=args.decode_head, ensemble=args.ensemble)
     return EvalSettings(tasks=args.tasks, episodes=args.episodes, seed=args.seed, cameras=args.cameras,
                         image_size=args.image_size, perturb_cameras=args.perturb_cameras, max_steps=args.max_steps,
                         videos=args.videos, video_format=args.video_format, video_px=args.video_px, jobs=args.jobs,

@@ -40,11 +40,12 @@ DISAGREE_CHOICES = ("replan", "hold")
 GRIPPER_MODES = ("linear", "step")
 METHODS = ("euler", "heun")        # the ODE samplers of WorldActionModel.sample
 MAX_SAMPLER_STEPS = 1000
+MAX_ENSEMBLE = 64
 # setting -> the command-line flag that sets it (errors name both, so the CLI and the library share one message)
 FLAGS = {"camera_names": "--policy-cameras", "horizon": "--horizon", "execute_k": "--execute-k",
          "sampler_steps": "--sampler-steps", "cfg_scale": "--cfg-scale", "on_disagree": "--on-disagree",
          "disagree_px": "--disagree-px", "gripper": "--gripper", "max_resamples": "--max-resamples",
-         "method": "--method", "decode_head": "--decode-head"}
+         "method": "--method", "decode_head": "--decode-head", "ensemble": "--ensemble"}
 
 
 def _label(name: str, flags: dict[str, str]) -> str:
@@ -113,7 +114,9 @@ class PolicySettings:
     a blob width: generated blobs are less precise than rendered ones). ``gripper``: "linear" or "step"
     interpolation. ``max_resamples``: immediate replans per step before falling back to holding.
     ``decode_head``: the folder of a learned decoder (:mod:`action_images.decode_head`) that decodes the generated
-    action images in place of triangulation (None: triangulation).
+    action images in place of triangulation (None: triangulation). ``ensemble``: samples drawn per replanning step,
+    in one model call with independent starting noise; their action images are averaged pixel by pixel before
+    decoding, so a peak lands where the samples agree (1: a single sample).
     """
 
     camera_names: tuple[str, ...] | None = None
@@ -127,6 +130,7 @@ class PolicySettings:
     max_resamples: int = 2
     method: str = "euler"
     decode_head: str | None = None
+    ensemble: int = 1
 
     def __post_init__(self) -> None:
         put = object.__setattr__
@@ -143,6 +147,7 @@ class PolicySettings:
         check_choice("gripper", self.gripper, GRIPPER_MODES)
         put(self, "max_resamples", check_int("max_resamples", self.max_resamples, 0))
         check_choice("method", self.method, METHODS)
+        put(self, "ensemble", check_int("ensemble", self.ensemble, 1, MAX_ENSEMBLE))
         if self.decode_head is not None:
             if not isinstance(self.decode_head, str) or not self.decode_head:
                 raise ValueError(f"{_label('decode_head', FLAGS)} must be a folder; got {self.decode_head!r}")
@@ -290,6 +295,7 @@ class ActionImagesPolicy(ChunkQueue):
         self.camera_names = list(s.camera_names or getattr(cfg, "camera_names", None) or []) or None
         self.steps, self.cfg_scale, self.method = s.sampler_steps, s.cfg_scale, s.method
         self.on_disagree, self.gripper, self.max_resamples = s.on_disagree, s.gripper, s.max_resamples
+        self.ensemble = s.ensemble
         if codec is None:
             sigma = ActionImageCodec().sigma(self.image_size, self.image_size)
             reject = s.disagree_px if s.disagree_px is not None else 2.0 * sigma
@@ -357,9 +363,16 @@ class ActionImagesPolicy(ChunkQueue):
         return collate([window]), cams, [cameras[i].name for i in views]
 
     def _generate(self, batch: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        n = self.ensemble
+        if n > 1:                                      # n copies of the one request, each with its own noise
+            batch = {k: (v.repeat(n, *([1] * (v.dim() - 1))) if torch.is_tensor(v) else list(v) * n)
+                     for k, v in batch.items()}
         out = self.model.sample(batch, task="policy", steps=self.steps, cfg_scale=self.cfg_scale,
                                 generator=self.generator, method=self.method)
-        return _frames(out, 0)
+        rgb, act = _frames(out, 0)
+        if n > 1:                                      # the samples' action images, averaged before decoding
+            act = np.mean([act, *(_frames(out, i)[1] for i in range(1, n))], axis=0)
+        return rgb, act
 
     def _decide(self, dec: DecodeResult) -> tuple[str, int]:
         """(decision, steps to execute) from the decode of the keyframes that the first ``execute_k`` steps use."""
@@ -437,9 +450,10 @@ def batch_key(batch: dict[str, Any]) -> tuple:
 
 def _joinable(policy: Any) -> bool:
     """Whether ``policy`` draws its first sample in a shared model call: the world action model in pixel space
-    (its starting noise is drawn per request, so the call adds no randomness); baselines and latent models plan
-    alone."""
-    return type(policy).plan is ActionImagesPolicy.plan and getattr(policy.model.config, "latent", None) is None
+    (its starting noise is drawn per request, so the call adds no randomness) drawing one sample per step;
+    baselines, latent models and ensembles plan alone."""
+    return (type(policy).plan is ActionImagesPolicy.plan and getattr(policy.model.config, "latent", None) is None
+            and policy.ensemble == 1)
 
 
 def plan_batch(jobs: Sequence[tuple[ActionImagesPolicy, dict[str, Any], Sequence[Camera]]],

@@ -56,6 +56,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-resamples", type=whole_number, default=2,
                    help="immediate resamples when the first keyframe disagrees, >= 0 (default 2)")
     g.add_argument("--method", default="euler", choices=METHODS, help="ODE sampler (default euler)")
+    g.add_argument("--ensemble", type=whole_number, default=1,
+                   help="samples per replanning step, 1..64, their action images averaged before decoding "
+                        "(default 1)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -90,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         settings = PolicySettings(camera_names=args.policy_cameras, horizon=args.horizon, execute_k=args.execute_k,
                                   sampler_steps=args.sampler_steps, cfg_scale=args.cfg_scale,
                                   on_disagree=args.on_disagree, disagree_px=args.disagree_px, gripper=args.gripper,
-                                  max_resamples=args.max_resamples, method=args.method)
+                                  max_resamples=args.max_resamples, method=args.method, ensemble=args.ensemble)
         if args.threads:
             torch.set_num_threads(args.threads)
         model = load_model(args.checkpoint)

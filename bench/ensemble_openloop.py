@@ -1,0 +1,104 @@
+"""How much do the policy's samples vary, and how much does averaging them buy, open loop?
+
+    OMP_NUM_THREADS=1 MUJOCO_GL=egl .venv/bin/python bench/ensemble_openloop.py \
+        --checkpoint checkpoints/rig8-ctx-recover-noise-long --data data/rig8_val_heldout --samples 8 \
+        --sampler-steps 3 --json bench/results/ensemble/openloop_e8_steps3.json
+
+Each episode of ``--data`` gives ``--starts`` un-augmented policy windows (as ``action-images openloop`` picks
+them), seen through the episode's first two views (the views ``eval`` gives the policy on a random rig). Each window
+is sampled ``--samples`` times with independent noise in one model call and every sample is decoded by the codec's
+triangulation. Per keyframe it scores, against the demo's pose: one sample (the mean over the samples of each
+sample's error), the average of the first k samples' action images decoded once (what ``eval --ensemble k`` does),
+the per-coordinate median of the first k samples' decoded positions, and the best single sample (an oracle: how far
+the samples spread). A keyframe that does not decode counts as "did not move".
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from action_images.cliflags import Parser
+
+PER_VIEW = ("rgb", "act", "plucker", "K", "T_cam_world")          # window entries with one row per view
+
+
+def position_error_cm(pred: np.ndarray, valid: np.ndarray, start: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """[H] cm; an undecodable keyframe scores as the start position (nothing moves)."""
+    return 100 * np.linalg.norm(np.where(valid[:, None], pred, start) - true, axis=-1)
+
+
+def summarise(errors: dict[str, list[np.ndarray]]) -> dict[str, dict[str, float]]:
+    return {k: {"keyframes": int(sum(len(e) for e in v)),
+                "err_cm_median": round(float(np.median(np.concatenate(v))), 2),
+                "err_cm_mean": round(float(np.mean(np.concatenate(v))), 2)} for k, v in errors.items()}
+
+
+def main(argv=None) -> int:
+    p = Parser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", default="checkpoints/rig8-ctx-recover-noise-long")
+    p.add_argument("--data", default="data/rig8_val_heldout")
+    p.add_argument("--starts", type=int, default=2, help="windows per episode (as openloop --starts)")
+    p.add_argument("--samples", type=int, default=8, help="samples per window, >= 2")
+    p.add_argument("--sampler-steps", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default="bench/results/ensemble/openloop_e8_steps3.json")
+    a = p.parse_args(argv)
+    if a.samples < 2:
+        raise SystemExit(f"--samples must be >= 2; got {a.samples}")
+    torch.set_num_threads(1)
+    from action_images.baselines import load_model
+    from action_images.data.windows import collate
+    from action_images.openloop import _unit, held_out_windows, noise_shape, open_windows, window_cameras, window_seed
+
+    t0 = time.perf_counter()
+    model = load_model(a.checkpoint)
+    cfg, R, K = model.config, model.config.image_size, a.samples
+    data = open_windows(a.data, cfg, a.seed)
+    ds, codec = data.datasets[0], data.codec
+    names = list(ds.camera_names)
+    ks = [k for k in (2, 4, 8, 16) if k <= K]
+    errors: dict[str, list[np.ndarray]] = {"one sample": [], "best of all samples (oracle)": []}
+    for k in ks:
+        errors[f"average of {k} samples' action images"] = []
+        errors[f"median of {k} samples' positions"] = []
+    for ep in range(ds.num_episodes):
+        for wi, w_all in enumerate(held_out_windows(data, [ep], a.starts, names, a.seed)):
+            poses = w_all["poses"].numpy()
+            cams = window_cameras(w_all, R)[:2]
+            w = {key: (v[:2] if key in PER_VIEW else v) for key, v in w_all.items()}
+            gen = torch.Generator().manual_seed(window_seed(a.seed, ep * a.starts + wi))
+            noise = torch.randn((K, *noise_shape(cfg, 2, poses.shape[0], R, R)), generator=gen)
+            out = model.sample(collate([w] * K), task="policy", steps=a.sampler_steps, noise=noise)
+            acts = np.stack([_unit(out.act[i])[:, 1:] for i in range(K)])           # [K, V, H, R, R, 3]
+            true, start = poses[1:, :3], poses[0, :3]
+            decs = [codec.decode(x, cams) for x in acts]
+            pos = np.stack([np.where(d.valid[:, None], d.poses[:, :3], start) for d in decs])    # [K, H, 3]
+            each = np.stack([position_error_cm(d.poses[:, :3], d.valid, start, true) for d in decs])
+            errors["one sample"].append(each.mean(axis=0))
+            errors["best of all samples (oracle)"].append(each.min(axis=0))
+            for k in ks:
+                d = codec.decode(acts[:k].mean(axis=0), cams)
+                errors[f"average of {k} samples' action images"].append(
+                    position_error_cm(d.poses[:, :3], d.valid, start, true))
+                errors[f"median of {k} samples' positions"].append(
+                    100 * np.linalg.norm(np.median(pos[:k], axis=0) - true, axis=-1))
+        print(f"episode {ep + 1}/{ds.num_episodes}", file=sys.stderr)
+    summary = summarise(errors)
+    out = {"command": " ".join(["bench/ensemble_openloop.py", *(argv if argv is not None else sys.argv[1:])]),
+           "checkpoint": a.checkpoint, "data": a.data, "starts": a.starts, "samples": K,
+           "sampler_steps": a.sampler_steps, "seed": a.seed, "views": names[:2], "summary": summary,
+           "wall_s": round(time.perf_counter() - t0, 1)}
+    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.json).write_text(json.dumps(out, indent=1) + "\n")
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
