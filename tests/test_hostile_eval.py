@@ -144,6 +144,12 @@ def test_resume_continues_an_interrupted_run(checkpoint, tmp_path, monkeypatch, 
     assert "weights differ" in capsys.readouterr().err
     assert (out / "episodes.jsonl").read_bytes() == before
 
+    rows = read_jsonl(out / "episodes.jsonl")                            # a record written before --ensemble
+    del rows[0]["settings"]["policy"]["ensemble"]
+    (out / "episodes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"task": "press_button", "epis')
+    assert evaluate.run(parse(fast(checkpoint, out, "--resume", "--ensemble", "2"))) == 2
+    assert "ensemble" in capsys.readouterr().err
+
     calls = stop_after(monkeypatch, 99)
     assert evaluate.run(parse(fast(checkpoint, out, "--resume"))) == 0
     assert calls == [("press_button", 0), ("press_button", 1)]            # only the unfinished episodes ran

@@ -58,6 +58,8 @@ from action_images.runfiles import (append_jsonl, args_dict, atomic_write_json, 
 
 EPISODES_FILE = "episodes.jsonl"
 EPISODES_FORMAT = "action-images-eval-episodes"
+# policy settings that evaluation records written before them lack, at the value those runs used
+POLICY_SETTINGS_ADDED = {"ensemble": 1}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -260,12 +262,15 @@ class Evaluation:
             # episodes are the first ones of the longer run; a smaller one would drop records and is refused
             was, now = head["settings"].get("episodes"), self.header["settings"].get("episodes")
             extend = isinstance(was, int) and isinstance(now, int) and now > was
-            diff = sorted(k for k in set(head["settings"]) | set(self.header["settings"])
-                          if head["settings"].get(k) != self.header["settings"].get(k)
+            recorded = dict(head["settings"])
+            if isinstance(recorded.get("policy"), dict):        # a record older than a setting ran at its default
+                recorded["policy"] = {**POLICY_SETTINGS_ADDED, **recorded["policy"]}
+            diff = sorted(k for k in set(recorded) | set(self.header["settings"])
+                          if recorded.get(k) != self.header["settings"].get(k)
                           and not (k == "episodes" and extend))
             if diff:
                 raise ValueError(f"--resume: settings differ from the ones recorded in {self.path}: "
-                                 + "; ".join(f"{k} {head['settings'].get(k)!r} -> {self.header['settings'].get(k)!r}"
+                                 + "; ".join(f"{k} {recorded.get(k)!r} -> {self.header['settings'].get(k)!r}"
                                              for k in diff))
             if head.get("model_sha256") != self.header["model_sha256"]:
                 raise ValueError(f"--resume: the checkpoint's weights differ from the ones recorded in {self.path}")
