@@ -234,6 +234,18 @@ def test_the_meta_world_stage_with_more_demos_differs_only_in_its_data():
     assert long == more
 
 
+def test_the_meta_world_stage_on_every_corner_view_differs_only_in_its_cameras():
+    """The stage that trains on random pairs of the 4 corner views is the 4,000-step decaying stage otherwise."""
+    decay = json.loads((ROOT / "recipes" / "mw11-ctx-decay.json").read_text())
+    views = json.loads((ROOT / "recipes" / "mw11-ctx-decay-views.json").read_text())
+    assert decay["data"].pop("cameras") == ["corner", "corner4"]
+    assert views["data"].pop("cameras") == ["corner", "corner2", "corner3", "corner4"]
+    from action_images.train import build_config
+    assert build_config(TrainRecipe.load(ROOT / "recipes" / "mw11-ctx-decay-views.json")).num_views == 2   # a pair
+    decay.pop("comment"), views.pop("comment")
+    assert decay == views
+
+
 def test_the_two_stage_decay_recipe_has_the_3_hour_step_count():
     """The quick recipe and its decaying second stage together take the 3-hour recipe's steps, so the two-stage
     checkpoint and the constant-rate one compare at the same budget."""
