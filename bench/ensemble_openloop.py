@@ -54,7 +54,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     from action_images.baselines import load_model
     from action_images.data.windows import collate
-    from action_images.openloop import _unit, held_out_windows, noise_shape, open_windows, window_cameras, window_seed
+    from action_images.openloop import (held_out_windows, noise_shape, open_windows, unit_images, window_cameras,
+                                        window_seed)
 
     t0 = time.perf_counter()
     model = load_model(a.checkpoint)
@@ -75,7 +76,7 @@ def main(argv=None) -> int:
             gen = torch.Generator().manual_seed(window_seed(a.seed, ep * a.starts + wi))
             noise = torch.randn((K, *noise_shape(cfg, 2, poses.shape[0], R, R)), generator=gen)
             out = model.sample(collate([w] * K), task="policy", steps=a.sampler_steps, noise=noise)
-            acts = np.stack([_unit(out.act[i])[:, 1:] for i in range(K)])           # [K, V, H, R, R, 3]
+            acts = np.stack([unit_images(out.act[i])[:, 1:] for i in range(K)])     # [K, V, H, R, R, 3]
             true, start = poses[1:, :3], poses[0, :3]
             decs = [codec.decode(x, cams) for x in acts]
             pos = np.stack([np.where(d.valid[:, None], d.poses[:, :3], start) for d in decs])    # [K, H, 3]

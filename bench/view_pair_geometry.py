@@ -80,7 +80,8 @@ def main(argv=None) -> int:
     from action_images.baselines import load_model
     from action_images.data.windows import collate
     from action_images.metrics import true_projections
-    from action_images.openloop import _unit, held_out_windows, noise_shape, open_windows, window_cameras, window_seed
+    from action_images.openloop import (held_out_windows, noise_shape, open_windows, unit_images, window_cameras,
+                                        window_seed)
 
     t0 = time.perf_counter()
     model = load_model(a.checkpoint)
@@ -106,7 +107,7 @@ def main(argv=None) -> int:
                 idx = [names.index(n) for n in pair]
                 w = {k: (v[idx] if k in PER_VIEW else v) for k, v in w_all.items()}
                 out = model.sample(collate([w]), task="policy", steps=a.sampler_steps, noise=noise4[idx][None])
-                act = _unit(out.act[0])                                         # [V, F, R, R, 3] in [0, 1]
+                act = unit_images(out.act[0])                                   # [V, F, R, R, 3] in [0, 1]
                 cams = [cams_all[i] for i in idx]
                 dec = codec.decode(act[:, 1:], cams)
                 true_uv, vis = true_projections(poses[1:], cams, codec)

@@ -182,7 +182,7 @@ def keyframe_summary(check: dict[str, list[np.ndarray]]) -> dict[str, Any]:
             "decode_valid_rate": float(np.mean(check["valid"]))}
 
 
-def _unit(x: torch.Tensor) -> np.ndarray:
+def unit_images(x: torch.Tensor) -> np.ndarray:
     """[..., 3, H, W] in [-1, 1] -> float32 [..., H, W, 3] in [0, 1]."""
     return ((x.clamp(-1, 1) + 1) * 0.5).float().movedim(-3, -1).cpu().numpy()
 
@@ -300,7 +300,7 @@ def evaluate_open_loop(model: Any, data_root: Any, episodes: Sequence[int] | Non
                     row["video"] = _video_scores(gen[:, 1:], real[:, 1:], lpips_net)
                     clips[t].append(gen[0])
                 if t in ("policy", "labeler"):
-                    act = _unit(out.act[b])                                    # [V, F, R, R, 3]
+                    act = unit_images(out.act[b])                              # [V, F, R, R, 3]
                     first = 1 if t == "policy" else 0                          # the policy is given the current pose
                     uv, peak = codec.peaks(act[:, first:])
                     row["action_2d"] = pixel_error(uv, true_uv[:, first:], true_vis[:, first:])

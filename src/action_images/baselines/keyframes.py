@@ -38,8 +38,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from action_images.openloop import (_unit, batch_noise, held_out_windows, keyframe_rows, keyframe_summary,
-                                    open_windows, pick_episodes, resolve_cameras, window_cameras, window_seed)
+from action_images.openloop import (batch_noise, held_out_windows, keyframe_rows, keyframe_summary, open_windows,
+                                    pick_episodes, resolve_cameras, unit_images, window_cameras, window_seed)
 
 Predict = Callable[[list[dict[str, Any]], int], tuple[np.ndarray, np.ndarray]]
 
@@ -107,7 +107,7 @@ def predictor(model: Any, steps: int = 6, seed: int = 0, decode_head: Any = None
         batch = collate(items)
         with torch.no_grad():
             out = model.sample(batch, task="policy", steps=steps, noise=batch_noise(model.config, batch, seed, start))
-        decs = [decoder.decode(_unit(out.act[b])[:, 1:], window_cameras(w, R)) for b, w in enumerate(items)]
+        decs = [decoder.decode(unit_images(out.act[b])[:, 1:], window_cameras(w, R)) for b, w in enumerate(items)]
         return np.stack([d.poses for d in decs]), np.stack([d.valid for d in decs])
     return predict_images
 
