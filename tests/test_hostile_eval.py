@@ -144,11 +144,14 @@ def test_resume_continues_an_interrupted_run(checkpoint, tmp_path, monkeypatch, 
     assert "weights differ" in capsys.readouterr().err
     assert (out / "episodes.jsonl").read_bytes() == before
 
-    rows = read_jsonl(out / "episodes.jsonl")                            # a record written before --ensemble
+    # a record whose policy settings lack "ensemble" reads as the default, 1: --ensemble 2 is refused here, and
+    # the resume below (default settings) goes on from this record
+    rows = read_jsonl(out / "episodes.jsonl")
     del rows[0]["settings"]["policy"]["ensemble"]
     (out / "episodes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"task": "press_button", "epis')
     assert evaluate.run(parse(fast(checkpoint, out, "--resume", "--ensemble", "2"))) == 2
-    assert "ensemble" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "'ensemble': 1" in err and "'ensemble': 2" in err
 
     calls = stop_after(monkeypatch, 99)
     assert evaluate.run(parse(fast(checkpoint, out, "--resume"))) == 0

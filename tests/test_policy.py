@@ -271,8 +271,6 @@ def test_default_disagreement_threshold_is_two_sigma():
     assert ch.decision == "execute" and not ch.disagree.any()
 
 
-
-
 # ---- ensembles -------------------------------------------------------------------------------------------------------
 class SpreadModel(StubModel):
     """Sample i of a batch draws the targets moved by ``offsets[i]`` metres along x in every view."""
@@ -308,8 +306,8 @@ def test_ensemble_averages_the_samples_action_images_in_one_call():
 
 
 def test_ensemble_first_sample_is_the_single_sample():
-    """The ensemble's first sample draws the noise a single sample draws (same seed), so ``--ensemble 1`` is the
-    default policy exactly; the video frames shown are that first sample's."""
+    """At an episode's first plan the ensemble's first sample draws the noise a single sample draws (same seed); the
+    video frames shown are that first sample's."""
     obs, cams = fake_obs_and_cameras()
     model = tiny_model()
     with torch.no_grad():                      # an untrained model ignores its noise (zero-initialised output)
@@ -321,7 +319,8 @@ def test_ensemble_first_sample_is_the_single_sample():
                                   seed=seed).plan(obs, cams)
 
     one, three = plan(5, 1), plan(5, 3)
-    np.testing.assert_array_equal(one.future_rgb, three.future_rgb)
+    # equal up to the last bit of the model's arithmetic, which may differ between batch sizes
+    assert np.abs(one.future_rgb.astype(int) - three.future_rgb.astype(int)).max() <= 1
     assert three.future_act.shape == one.future_act.shape
     assert not np.array_equal(one.future_rgb, plan(6, 1).future_rgb)        # the noise does reach the frames
     assert not np.allclose(one.future_act, three.future_act)                # and the average differs from sample 0

@@ -58,7 +58,7 @@ from action_images.runfiles import (append_jsonl, args_dict, atomic_write_json, 
 
 EPISODES_FILE = "episodes.jsonl"
 EPISODES_FORMAT = "action-images-eval-episodes"
-# policy settings that evaluation records written before them lack, at the value those runs used
+# policy settings a record may lack, with the value their absence means
 POLICY_SETTINGS_ADDED = {"ensemble": 1}
 
 
@@ -263,7 +263,7 @@ class Evaluation:
             was, now = head["settings"].get("episodes"), self.header["settings"].get("episodes")
             extend = isinstance(was, int) and isinstance(now, int) and now > was
             recorded = dict(head["settings"])
-            if isinstance(recorded.get("policy"), dict):        # a record older than a setting ran at its default
+            if isinstance(recorded.get("policy"), dict):        # a setting the record lacks reads as its default
                 recorded["policy"] = {**POLICY_SETTINGS_ADDED, **recorded["policy"]}
             diff = sorted(k for k in set(recorded) | set(self.header["settings"])
                           if recorded.get(k) != self.header["settings"].get(k)

@@ -190,7 +190,7 @@ class Chunk:
     input_rgb: np.ndarray            # [V, R, R, 3] uint8 the observed frame as the model saw it
     cameras: list[Camera]            # the V cameras at model resolution (calibration of the model input)
     view_names: list[str]
-    samples: int = 1                 # model samples drawn for this step (> 1 after immediate replans)
+    samples: int = 1                 # sampling attempts for this step (> 1 after immediate replans)
     timings: dict[str, float] = field(default_factory=dict)   # seconds: observe, generate, decode, chunk, total
     batch: int = 1                   # requests whose first sample came from the same model call (plan_batch)
 
@@ -453,7 +453,7 @@ def _joinable(policy: Any) -> bool:
     (its starting noise is drawn per request, so the call adds no randomness) drawing one sample per step;
     baselines, latent models and ensembles plan alone."""
     return (type(policy).plan is ActionImagesPolicy.plan and getattr(policy.model.config, "latent", None) is None
-            and policy.ensemble == 1)
+            and getattr(policy, "ensemble", 1) == 1)
 
 
 def plan_batch(jobs: Sequence[tuple[ActionImagesPolicy, dict[str, Any], Sequence[Camera]]],
