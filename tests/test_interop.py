@@ -110,6 +110,21 @@ def test_eval_command_through_the_server_writes_the_same_records(checkpoint, ser
         assert len(err) == 1 and err[0].startswith("action-images eval: ") and expect in err[0], (argv, err)
 
 
+def test_a_server_with_settings_this_client_does_not_know_is_still_served(server, capsys):
+    """A newer server may report settings this version lacks: they apply on the server; the client says so once."""
+    from action_images.serve.remote import RemotePolicy
+
+    server.metadata["settings"]["from_a_newer_version"] = 3
+    try:
+        policy = RemotePolicy(f"ws://127.0.0.1:{server.port}", TOKEN, SETTINGS.camera_names)
+        policy.close()
+    finally:
+        del server.metadata["settings"]["from_a_newer_version"]
+    assert policy.settings == SETTINGS
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "from_a_newer_version" in err[0]
+
+
 def test_eval_through_the_server_with_workers_and_resume(checkpoint, server, tmp_path, capsys):
     """--jobs: each spawned worker opens its own connection; --resume: an interrupted run through the server finishes
     the missing episodes only. Both give the records of one uninterrupted in-process run."""

@@ -20,7 +20,9 @@ records and reports are the in-process ones; the latency of a step is the round 
 
 from __future__ import annotations
 
+import sys
 import time
+from dataclasses import fields
 from typing import Any, Sequence
 
 import numpy as np
@@ -49,6 +51,12 @@ class RemotePolicy(ChunkQueue):
             self.image_size, self.horizon = int(meta["image_size"]), int(meta["horizon"])
             self.stride, self.execute_k = int(meta["stride"]), int(meta["execute_k"])
             raw = dict(meta.get("settings") or {})
+            known = {f.name for f in fields(PolicySettings)}
+            extra = sorted(k for k in raw if k not in known)
+            if extra:                      # a newer server's settings: they act on the server, which plans
+                print(f"note: {url} reports settings this client does not know: {extra}; the server applies them",
+                      file=sys.stderr)
+            raw = {k: v for k, v in raw.items() if k in known}
             raw["camera_names"] = tuple(raw["camera_names"]) if raw.get("camera_names") else None
             self.settings = PolicySettings(**raw)
         except (KeyError, TypeError, ValueError) as e:
