@@ -25,8 +25,6 @@ import torch
 
 from action_images.cliflags import Parser
 
-PER_VIEW = ("rgb", "act", "plucker", "K", "T_cam_world")          # window entries with one row per view
-
 
 def position_error_cm(pred: np.ndarray, valid: np.ndarray, start: np.ndarray, true: np.ndarray) -> np.ndarray:
     """[H] cm; an undecodable keyframe scores as the start position (nothing moves)."""
@@ -69,10 +67,9 @@ def main(argv=None) -> int:
         errors[f"average of {k} samples' action images"] = []
         errors[f"median of {k} samples' positions"] = []
     for ep in range(ds.num_episodes):
-        for wi, w_all in enumerate(held_out_windows(data, [ep], a.starts, names, a.seed)):
-            poses = w_all["poses"].numpy()
-            cams = window_cameras(w_all, R)[:2]
-            w = {key: (v[:2] if key in PER_VIEW else v) for key, v in w_all.items()}
+        for wi, w in enumerate(held_out_windows(data, [ep], a.starts, names[:2], a.seed)):
+            poses = w["poses"].numpy()
+            cams = window_cameras(w, R)
             gen = torch.Generator().manual_seed(window_seed(a.seed, ep * a.starts + wi))
             noise = torch.randn((K, *noise_shape(cfg, 2, poses.shape[0], R, R)), generator=gen)
             out = model.sample(collate([w] * K), task="policy", steps=a.sampler_steps, noise=noise)

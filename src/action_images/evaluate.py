@@ -58,8 +58,6 @@ from action_images.runfiles import (append_jsonl, args_dict, atomic_write_json, 
 
 EPISODES_FILE = "episodes.jsonl"
 EPISODES_FORMAT = "action-images-eval-episodes"
-# policy settings a record may lack, with the value their absence means
-POLICY_SETTINGS_ADDED = {"ensemble": 1}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -264,7 +262,7 @@ class Evaluation:
             extend = isinstance(was, int) and isinstance(now, int) and now > was
             recorded = dict(head["settings"])
             if isinstance(recorded.get("policy"), dict):        # a setting the record lacks reads as its default
-                recorded["policy"] = {**POLICY_SETTINGS_ADDED, **recorded["policy"]}
+                recorded["policy"] = {**PolicySettings().to_dict(), **recorded["policy"]}
             diff = sorted(k for k in set(recorded) | set(self.header["settings"])
                           if recorded.get(k) != self.header["settings"].get(k)
                           and not (k == "episodes" and extend))
