@@ -364,3 +364,28 @@ def test_image_dependence_command_writes_json(lerobot_root, tmp_path, capsys):
                  "--json", str(out)]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert json.loads(out.read_text()) == printed and printed["windows"] == 2
+
+
+def test_baseline_policy_projects_predicted_rotations_top_down():
+    """orientation "topdown": the pose chunk a baseline predicts keeps its positions and gripper, its rotations
+    become top-down (the untrained Diffusion Policy predicts tilted ones)."""
+    from scipy.spatial.transform import Rotation
+
+    from action_images.sim import make_env
+
+    env = make_env("reach_target", cameras=("front", "left", "right"), image_size=32)
+    try:
+        obs, _ = env.reset(seed=3)
+        chunks = {}
+        for mode in ("free", "topdown"):
+            policy = BaselinePolicy(dp(camera_names=["right", "left"]), PolicySettings(execute_k=3, sampler_steps=2,
+                                                                                       orientation=mode))
+            policy.reset(3)
+            chunks[mode] = policy.plan(obs, env.cameras)
+    finally:
+        env.close()
+    approach = {m: Rotation.from_quat(c.keyframes[:, 3:7]).as_matrix()[:, :, 2] for m, c in chunks.items()}
+    assert (approach["free"][:, 2] > -0.999).any()                                # the free chunk is tilted
+    np.testing.assert_allclose(approach["topdown"], np.tile([0.0, 0.0, -1.0], (len(approach["topdown"]), 1)),
+                               atol=1e-9)
+    np.testing.assert_allclose(chunks["topdown"].keyframes[:, [0, 1, 2, 7]], chunks["free"].keyframes[:, [0, 1, 2, 7]])

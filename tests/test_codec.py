@@ -214,3 +214,42 @@ def test_constructor_settings_are_keywords_and_validated():
                 {"refine_iters": 1.5}, {"ell": "x"}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             ActionImageCodec(**bad)
+
+
+def test_topdown_decoding_fits_a_yaw_and_ignores_tilt(rng):
+    """orientation="topdown": exact on top-down poses; on noisy points its rotation stays top-down and lands nearer
+    the truth than the free fit, and the tool centre moves no more than the free fit moves it."""
+    from action_images.geometry import matrix_to_pose, topdown_rotation
+
+    cams = sim_cameras(3, 64)
+    base = random_poses(30, seed=11)                     # positions every view sees; rotations made top-down
+    poses = matrix_to_pose(base[:, :3], topdown_rotation(rng.uniform(-np.pi, np.pi, 30)), base[:, 7])
+    img = codec.encode(poses, cams)
+    exact = codec.decode(img, cams, orientation="topdown")
+    pos_mm, rot_deg = pose_errors(poses, exact.poses)
+    assert pos_mm.max() < 0.5 and rot_deg.max() < 0.5
+    R = pose_to_matrix(exact.poses)[1]
+    np.testing.assert_allclose(R[:, :, 2], np.tile([0.0, 0.0, -1.0], (30, 1)), atol=1e-9)   # tool +z = world -z
+    shifted = img.copy()
+    for v in range(3):                                   # every view's blobs off by a different sub-pixel shift
+        shifted[v] = shift(img[v], (0, 0.8 * (v - 1), 0.6 * (1 - v), 0), order=1)
+    free, top = codec.decode(shifted, cams), codec.decode(shifted, cams, orientation="topdown")
+    assert np.median(pose_errors(poses, top.poses)[1]) < np.median(pose_errors(poses, free.poses)[1])
+    np.testing.assert_allclose(pose_to_matrix(top.poses)[1][:, 2, 2], -1.0, atol=1e-9)
+    with pytest.raises(ValueError, match="orientation"):
+        codec.decode(img, cams, orientation="tilted")
+
+
+def test_to_topdown_projects_rotations_and_keeps_the_rest():
+    from action_images.geometry import matrix_to_pose, topdown_rotation
+
+    poses = matrix_to_pose(np.array([[0.4, 0.1, 0.2], [0.5, -0.1, 0.1]]), topdown_rotation(np.array([0.3, -2.0])),
+                           np.array([1.0, 0.2]))
+    np.testing.assert_allclose(codec.to_topdown(poses), poses, atol=1e-12)      # top-down already: unchanged
+    tilted = poses.copy()
+    tilted[:, 3:7] = (Rotation.from_euler("x", 12, degrees=True) * Rotation.from_quat(poses[:, 3:7])).as_quat()
+    out = codec.to_topdown(tilted)
+    np.testing.assert_allclose(out[:, [0, 1, 2, 7]], tilted[:, [0, 1, 2, 7]])
+    # the fit follows the tilted points, so the yaw moves a little, far less than the 12° tilt it removes
+    assert (rotation_angle_deg(pose_to_matrix(out)[1], pose_to_matrix(poses)[1]) < 6.0).all()
+    np.testing.assert_allclose(pose_to_matrix(out)[1][:, 2, 2], -1.0, atol=1e-12)

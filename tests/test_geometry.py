@@ -179,3 +179,15 @@ def test_plucker_maps_requires_one_size():
     assert G.plucker_maps([a, a]).shape == (2, 8, 8, 6)
     with pytest.raises(ValueError, match="different image sizes"):
         G.plucker_maps([a, b])
+
+
+def test_topdown_rotation_is_the_top_down_tool_at_a_yaw():
+    from action_images.geometry import topdown_rotation
+
+    yaw = np.array([0.0, 0.7, -2.5])
+    R = topdown_rotation(yaw)
+    np.testing.assert_allclose(R @ np.swapaxes(R, -1, -2), np.tile(np.eye(3), (3, 1, 1)), atol=1e-12)
+    np.testing.assert_allclose(np.linalg.det(R), 1.0)
+    np.testing.assert_allclose(R[:, :, 2], np.tile([0.0, 0.0, -1.0], (3, 1)))          # approach straight down
+    np.testing.assert_allclose(R[:, :, 0], np.stack([np.cos(yaw), np.sin(yaw), 0 * yaw], -1))   # tool x at yaw
+    assert topdown_rotation(0.3).shape == (3, 3)

@@ -125,6 +125,22 @@ def test_a_server_with_settings_this_client_does_not_know_is_still_served(server
     assert len(err) == 1 and "from_a_newer_version" in err[0]
 
 
+def test_settings_at_their_defaults_that_older_clients_lack_are_left_out(server):
+    """The metadata leaves out settings newer than the first protocol while they are at their defaults (a client
+    that predates them refuses names it does not know); a client fills them in, and a server that uses one says so."""
+    from action_images.policy import LATER_SETTINGS
+    from action_images.serve.remote import RemotePolicy
+
+    sent = server.metadata["settings"]
+    assert not set(LATER_SETTINGS) & set(sent)
+    assert {**sent, **LATER_SETTINGS} == SETTINGS.to_dict()
+    policy = RemotePolicy(f"ws://127.0.0.1:{server.port}", TOKEN, SETTINGS.camera_names)
+    policy.close()
+    assert policy.settings == SETTINGS
+    top = PolicySettings(sampler_steps=2, orientation="topdown", ensemble=2)
+    assert top.to_metadata()["orientation"] == "topdown" and top.to_metadata()["ensemble"] == 2
+
+
 def test_eval_through_the_server_with_workers_and_resume(checkpoint, server, tmp_path, capsys):
     """--jobs: each spawned worker opens its own connection; --resume: an interrupted run through the server finishes
     the missing episodes only. Both give the records of one uninterrupted in-process run."""

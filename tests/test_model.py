@@ -213,14 +213,59 @@ def test_act_peak_weight_scores_blob_pixels_more():
     assert weighted > uniform * 1.05
 
 
+def test_keypoint_loss_measures_blob_centres_in_blob_widths():
+    """The blob centroid of encoded action images sits at the projected point; the keypoint loss is 0 for the true
+    images, (shift / σ)² for blobs moved by ``shift`` pixels, and its gradient reaches the pixels."""
+    import numpy as np
+
+    from action_images.benchmarks.codec import random_poses, sim_cameras
+    from action_images.codec import ActionImageCodec
+    from action_images.flow import blob_centroids, keypoint_loss
+
+    codec, cams = ActionImageCodec(), sim_cameras(2, 48)
+    poses = random_poses(6, seed=1)
+    img = codec.encode(poses, cams)                                               # [V, T, H, W, 3] in [0, 1]
+    act = torch.from_numpy(img).permute(0, 1, 4, 2, 3)[None] * 2 - 1              # [1, V, T, 3, H, W]
+    c, mass = blob_centroids(act)
+    uv, _, cut = codec.peaks(img, return_cut=True)
+    whole = torch.from_numpy(~cut)[None]
+    assert whole.sum() > 20
+    err = (c - torch.from_numpy(uv)[None].float()).norm(dim=-1)[whole]
+    assert err.max() < 0.05                                                        # pixels
+    gen = torch.ones(*act.shape[:4], 1, 1)
+    sigma = codec.sigma(48, 48)
+    assert keypoint_loss(act, act, gen, sigma).item() < 1e-6
+    moved = torch.roll(act, shifts=1, dims=-1).requires_grad_(True)             # one pixel right
+    kp = keypoint_loss(moved, act, gen, sigma)
+    assert abs(kp.item() - (1 / sigma) ** 2) < 0.2 * (1 / sigma) ** 2
+    kp.backward()
+    assert moved.grad.abs().sum() > 0
+    assert keypoint_loss(moved, act, torch.zeros_like(gen), sigma).item() == 0.0   # nothing generated, nothing scored
+
+
+def test_act_keypoint_weight_adds_the_keypoint_loss():
+    ds = SyntheticWindows(WindowConfig(image_size=32, num_views=2, horizon=2, stride=4), seed=0, num_scenes=2)
+    batch = collate([ds[0], ds[1]])
+    torch.manual_seed(0)
+    m = WorldActionModel(WAMConfig.from_preset("cpu-tiny"))
+    out = m(batch, torch.Generator().manual_seed(3), tasks=["labeler"] * 2)
+    assert "loss_keypoint" not in out
+    m.config.act_keypoint_weight = 1.0
+    with_kp = m(batch, torch.Generator().manual_seed(3), tasks=["labeler"] * 2)
+    assert "loss_keypoint" in with_kp and torch.isfinite(with_kp["loss"])
+    assert with_kp["loss"].item() == pytest.approx(out["loss"].item() + with_kp["loss_keypoint"].item(), rel=1e-5)
+    with pytest.raises(ValueError, match="act_keypoint_weight"):
+        WAMConfig.from_preset("cpu-tiny", act_keypoint_weight=-1.0).validate()
+
+
 def test_old_checkpoint_config_without_new_keys_loads(tmp_path):
     m = tiny()
     m.save_pretrained(tmp_path)
     meta = json.loads((tmp_path / "config.json").read_text())
-    del meta["config"]["act_peak_weight"], meta["config"]["loss_target"]
+    del meta["config"]["act_peak_weight"], meta["config"]["loss_target"], meta["config"]["act_keypoint_weight"]
     (tmp_path / "config.json").write_text(json.dumps(meta))
     cfg = WorldActionModel.from_pretrained(tmp_path).config
-    assert cfg.act_peak_weight == 0.0 and cfg.loss_target == "velocity"
+    assert cfg.act_peak_weight == 0.0 and cfg.loss_target == "velocity" and cfg.act_keypoint_weight == 0.0
 
 
 def test_format_v1_config_gets_its_cameras_from_the_run_arguments(tmp_path):

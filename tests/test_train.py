@@ -200,6 +200,9 @@ def test_init_from_starts_from_another_runs_export(tmp_path, capsys):
     assert train_main(*TINY, "--out", str(tmp_path / "g"), "--steps", "1", "--init-from", str(a),
                       "--cameras", "cam0,cam2") == 0               # other cameras: the same weights, trained on
     assert WorldActionModel.from_pretrained(tmp_path / "g").config.camera_names == ["cam0", "cam2"]
+    assert train_main(*TINY, "--out", str(tmp_path / "h"), "--steps", "1", "--init-from", str(a),
+                      "--act-keypoint-weight", "0.5") == 0         # another loss: the same weights, trained on
+    assert WorldActionModel.from_pretrained(tmp_path / "h").config.act_keypoint_weight == 0.5
     assert train_main(*TINY, "--out", str(tmp_path / "f"), "--minutes", "1", "--schedule", "linear") == 2
     assert "schedule" in capsys.readouterr().err
 

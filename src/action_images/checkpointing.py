@@ -157,13 +157,14 @@ def saved_recipe(ck: dict[str, Any]) -> dict[str, Any] | None:
     return TrainRecipe.from_dict(d, "checkpoint recipe").defining()
 
 
-# config fields that record what a model was trained on, not its weights: a stage may train on other cameras
-TRAINED_ON_KEYS = frozenset({"camera_names"})
+# config fields that record how a model was trained, not what its weights are: a stage may train on other cameras
+# and weigh its loss otherwise
+TRAINED_ON_KEYS = frozenset({"camera_names", "action_loss_weight", "act_peak_weight", "act_keypoint_weight"})
 
 
 def init_weights(model: torch.nn.Module, run: str) -> None:
     """Load another run's exported weights (``RUN/model.safetensors``) into ``model`` (``model.init_from``); its
-    ``config.json`` must describe the same model (the cameras it was trained on may differ)."""
+    ``config.json`` must describe the same model (the cameras it was trained on and the loss weights may differ)."""
     folder = Path(run)
     if not (folder / WEIGHTS_NAME).is_file() or not (folder / CONFIG_NAME).is_file():
         raise FileNotFoundError(f"--init-from {run}: needs {WEIGHTS_NAME} and {CONFIG_NAME} (a run's export)")

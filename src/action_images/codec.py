@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from scipy.ndimage import uniform_filter
 
-from action_images.geometry import Camera, matrix_to_pose, pose_to_matrix, project_points, stack_cameras
+from action_images.geometry import (Camera, matrix_to_pose, pose_to_matrix, project_points, stack_cameras,
+                                   topdown_rotation)
 
 PEDESTAL = 0.25
 CHANNELS = ("pos", "nrm", "up")  # R, G, B
@@ -51,6 +52,9 @@ class DecodeResult:
     cut: np.ndarray            # [T, 3, V] seen views whose blob centre is on or beyond the image border (left out
                                #          of the point where >= 2 other views see it)
     border: np.ndarray         # [T]      some point was triangulated with a cut view (its position is not reliable)
+
+
+ORIENTATIONS = ("free", "topdown")   # decode(orientation=...): any rotation, or top-down poses (a yaw)
 
 
 class ActionImageCodec:
@@ -247,13 +251,19 @@ class ActionImageCodec:
         return np.clip(np.median(b, axis=-1) / self.pedestal, 0.0, 1.0)
 
     # ------------------------------------------------------------------------------------------------------------------
-    def decode(self, images: np.ndarray, cameras: Sequence[Camera], method: str = "triangulate") -> DecodeResult:
+    def decode(self, images: np.ndarray, cameras: Sequence[Camera], method: str = "triangulate",
+               orientation: str = "free") -> DecodeResult:
         """Action images ``[V, T, H, W, 3]`` (float in [0, 1] or uint8) -> :class:`DecodeResult`.
 
         ``method``: ``"triangulate"`` (ours, default) or ``"depth_sweep"`` (the paper's main-view depth sweep).
+        ``orientation``: ``"free"`` fits any rotation to the three points (default); ``"topdown"`` fits only a yaw
+        with the tool pointing straight down (tool +z = world -z), for robots whose grasps are all top-down: the
+        tilt the three points would imply is noise there, and the constrained fit does not spread it into the yaw.
         """
         if method not in ("triangulate", "depth_sweep"):
             raise ValueError(f"unknown decode method {method!r}; use 'triangulate' or 'depth_sweep'")
+        if orientation not in ORIENTATIONS:
+            raise ValueError(f"unknown orientation {orientation!r}; use one of {', '.join(ORIENTATIONS)}")
         if len(cameras) < 2:
             raise ValueError(f"decoding needs at least 2 views to triangulate; got {len(cameras)}")
         images = self._prepare(images, cameras)
@@ -293,7 +303,8 @@ class ActionImageCodec:
         valid = point_ok.all(-1)
         poses = np.full((T, 8), np.nan)
         if valid.any():
-            R, t = self._kabsch(X[valid], conf[valid])
+            fit = self._kabsch if orientation == "free" else self._fit_topdown
+            R, t = fit(X[valid], conf[valid])
             poses[valid] = matrix_to_pose(t, R, g_view[valid].mean(-1))
         with np.errstate(invalid="ignore"):
             disagree = (rejected.any(axis=(-1, -2)) | (np.nan_to_num(rms, nan=0.0) > reject_px).any(-1)
@@ -451,6 +462,31 @@ class ActionImageCodec:
         D[:, 0, 0] = D[:, 1, 1] = 1.0
         D[:, 2, 2] = d
         R = np.swapaxes(Vt, -1, -2) @ D @ np.swapaxes(U, -1, -2)
+        t = cX - np.einsum("nij,nj->ni", R, cL)
+        return R, t
+
+    def to_topdown(self, poses: np.ndarray) -> np.ndarray:
+        """``[..., 8]`` poses with each rotation replaced by the top-down one (a yaw, tool +z = world -z) that best
+        fits the pose's three points, as ``decode(orientation="topdown")`` fits triangulated ones; position and
+        gripper unchanged (the fit keeps the tool centre where it was)."""
+        poses = np.asarray(poses, dtype=np.float64)
+        flat = poses.reshape(-1, 8)
+        R, _ = self._fit_topdown(self.points(flat), np.ones((len(flat), 3)))
+        return matrix_to_pose(flat[:, :3], R, flat[:, 7]).reshape(poses.shape)
+
+    def _fit_topdown(self, X: np.ndarray, conf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Weighted fit of the tool-frame points onto the triangulated ones over top-down poses only (a yaw and a
+        translation): ``X [N, 3, 3]`` -> (R, t). A rotation about world z leaves heights alone, so the yaw is the 2D
+        Procrustes angle of the centred points' xy and t the centroids' difference, the exact least-squares answer."""
+        L = self._local_points()                                                # [3, 3] tool frame
+        M = L @ topdown_rotation(0.0).T                                         # the points in world axes at yaw 0
+        w = np.maximum(conf, 1e-3)[..., None]                                  # [N, 3, 1]
+        cL, cM = (w * L).sum(-2) / w.sum(-2), (w * M).sum(-2) / w.sum(-2)       # [N, 3]
+        cX = (w * X).sum(-2) / w.sum(-2)
+        a, b = (M - cM[:, None])[..., :2], np.nan_to_num(X - cX[:, None])[..., :2]     # [N, 3, 2]
+        cross = (w[..., 0] * (a[..., 0] * b[..., 1] - a[..., 1] * b[..., 0])).sum(-1)
+        dot = (w[..., 0] * (a * b).sum(-1)).sum(-1)
+        R = topdown_rotation(np.arctan2(cross, dot))                           # [N, 3, 3]
         t = cX - np.einsum("nij,nj->ni", R, cL)
         return R, t
 

@@ -51,7 +51,7 @@ from action_images.cliflags import DeprecatedAlias, Parser, add_sampler_steps, w
 from action_images.eval_settings import (DEFAULT_CAMERAS, MAX_JOBS, RIG_SPLITS, VIDEO_FORMATS, EvalSettings,
                                          resolve_settings)  # noqa: F401 (re-export)
 from action_images.metrics import wilson_interval
-from action_images.policy import DISAGREE_CHOICES, GRIPPER_MODES, METHODS, PolicySettings
+from action_images.policy import DISAGREE_CHOICES, GRIPPER_MODES, METHODS, ORIENTATIONS, PolicySettings
 from action_images.rollout import EpisodeRunner, episode_pairs, run_in_workers
 from action_images.runfiles import (append_jsonl, args_dict, atomic_write_json, atomic_write_text, check_out_dir,
                                     dumps, environment, json_safe, read_jsonl)
@@ -129,6 +129,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ensemble", type=whole_number, default=1,
                    help="samples per replanning step, 1..64, drawn in one model call; their action images are "
                         "averaged before decoding (default 1)")
+    g.add_argument("--orientation", default="free", choices=ORIENTATIONS,
+                   help="free: decode any tool rotation (default); topdown: only a yaw, the tool pointing straight "
+                        "down (for robots whose grasps are all top-down)")
     g.add_argument("--decode-head", default=None, metavar="DIR",
                    help="decode the generated action images with this learned head (python -m "
                         "action_images.decode_head train) instead of triangulating them")
@@ -367,7 +370,7 @@ class Evaluation:
                            "sampler_steps": s.policy.sampler_steps, "cfg_scale": s.policy.cfg_scale,
                            "method": s.policy.method, "on_disagree": s.policy.on_disagree,
                            "gripper": s.policy.gripper, "max_resamples": s.policy.max_resamples,
-                           "ensemble": s.policy.ensemble,
+                           "ensemble": s.policy.ensemble, "orientation": s.policy.orientation,
                            "disagree_px": policy.codec.reject_px, "model_image_size": cfg.image_size,
                            "model_preset": cfg.preset, "model_camera_names": getattr(cfg, "camera_names", None),
                            "model_parameters": (int(sum(p.numel() for p in model.parameters()))
@@ -430,7 +433,8 @@ def settings_from_args(args: argparse.Namespace) -> EvalSettings:
     policy = PolicySettings(camera_names=args.policy_cameras, horizon=args.horizon, execute_k=args.execute_k,
                             sampler_steps=args.sampler_steps, cfg_scale=args.cfg_scale, on_disagree=args.on_disagree,
                             disagree_px=args.disagree_px, gripper=args.gripper, max_resamples=args.max_resamples,
-                            method=args.method, decode_head=args.decode_head, ensemble=args.ensemble)
+                            method=args.method, decode_head=args.decode_head, ensemble=args.ensemble,
+                            orientation=args.orientation)
     return EvalSettings(tasks=args.tasks, episodes=args.episodes, seed=args.seed, cameras=args.cameras,
                         image_size=args.image_size, perturb_cameras=args.perturb_cameras, max_steps=args.max_steps,
                         videos=args.videos, video_format=args.video_format, video_px=args.video_px, jobs=args.jobs,

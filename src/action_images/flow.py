@@ -114,14 +114,46 @@ def blob_weight(act: torch.Tensor, peak_weight: float) -> torch.Tensor:
     return (1.0 + peak_weight * blob).expand_as(act)
 
 
+BLOB_LEVEL = 0.5              # heat above which a pixel belongs to a blob's core (peak 1; the open-gripper B is 0.25)
+FULL_BLOB_MASS = 5.5          # core mass of a whole blob, Σ (heat - 0.5)+ = πσ²/2 ... at σ = 2.4 px; scales with σ²
+
+
+def blob_centroids(act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centroid ``[..., 3, 2]`` (u, v in pixels) and mass ``[..., 3]`` of each channel's blob core in action images
+    ``act [..., 3, H, W]`` in [-1, 1]: pixels weighted by how far their heat exceeds :data:`BLOB_LEVEL`.
+    Differentiable in the pixel values, so a loss on it moves a blob's pixels toward the true centre."""
+    H, W = act.shape[-2:]
+    core = ((act + 1.0) / 2.0 - BLOB_LEVEL).clamp_min(0.0)
+    mass = core.sum(dim=(-1, -2))
+    u = (core.sum(-2) * torch.arange(W, dtype=act.dtype, device=act.device)).sum(-1) / mass.clamp_min(1e-6)
+    v = (core.sum(-1) * torch.arange(H, dtype=act.dtype, device=act.device)).sum(-1) / mass.clamp_min(1e-6)
+    return torch.stack([u, v], dim=-1), mass
+
+
+def keypoint_loss(act_hat: torch.Tensor, act: torch.Tensor, gen: torch.Tensor, sigma_px: float) -> torch.Tensor:
+    """Mean squared distance, in blob widths σ, between the predicted and the true blob centroids of the generated
+    action frames (``act_hat``, ``act`` ``[B, V, F, 3, H, W]``; ``gen`` ``[B, V, F, 3, 1, 1]`` 1 where generated).
+    Only blobs whole in the true image count (a cut blob's centroid is biased), and only where the prediction has a
+    blob core at all (else the pixel loss must first draw one)."""
+    c_hat, m_hat = blob_centroids(act_hat)
+    with torch.no_grad():
+        c, m = blob_centroids(act)
+        full = FULL_BLOB_MASS * (sigma_px / 2.4) ** 2
+        use = (gen[..., 0, 0] > 0) & (m > 0.8 * full) & (m_hat > 0.1 * full)          # [B, V, F, 3]
+    d2 = ((c_hat - c) / sigma_px).square().sum(-1)
+    return (d2 * use).sum() / use.sum().clamp_min(1)
+
+
 def masked_loss(x0_hat: torch.Tensor, x0: torch.Tensor, x_in: torch.Tensor, eps: torch.Tensor, t: torch.Tensor,
                 state: torch.Tensor, *, target: str, t_eps: float, action_weight: float,
-                peak_weight: float) -> dict[str, torch.Tensor]:
+                peak_weight: float, keypoint_weight: float = 0.0, sigma_px: float = 2.4) -> dict[str, torch.Tensor]:
     """The loss over generated elements, and per-stream diagnostics.
 
     ``target`` "x0": |x0_hat - x0|^2 (every noise level weighted alike); "velocity": |v_hat - (eps - x0)|^2
     (= the x0 error / max(t, t_eps)^2, mostly spent on nearly clean inputs). The action stream is weighted
-    ``action_weight`` and its blob pixels up to ``1 + peak_weight`` more (:func:`blob_weight`)."""
+    ``action_weight`` and its blob pixels up to ``1 + peak_weight`` more (:func:`blob_weight`). ``keypoint_weight``
+    adds :func:`keypoint_loss` on x0_hat: the pixel loss barely changes when a blob sits a pixel off, while the
+    decoder reads exactly that position."""
     if target == "x0":
         err = (x0_hat - x0).square()                                          # [B, V, F, 6, H, W]
     elif target == "velocity":
@@ -135,6 +167,11 @@ def masked_loss(x0_hat: torch.Tensor, x0: torch.Tensor, x_in: torch.Tensor, eps:
         w = w * torch.cat([torch.ones_like(w_act), w_act], dim=3)
     hw = x0.shape[-1] * x0.shape[-2]
     loss = (err * gen * w).sum() / (gen.sum() * hw).clamp_min(1.0)
+    extra = {}
+    if keypoint_weight:
+        kp = keypoint_loss(x0_hat[:, :, :, 3:], x0[:, :, :, 3:], gen[:, :, :, 3:], sigma_px)
+        loss = loss + keypoint_weight * kp
+        extra["loss_keypoint"] = kp.detach()
     with torch.no_grad():
         n_rgb = (gen[:, :, :, :3].sum() * hw).clamp_min(1.0)
         n_act = (gen[:, :, :, 3:].sum() * hw).clamp_min(1.0)
@@ -143,4 +180,4 @@ def masked_loss(x0_hat: torch.Tensor, x0: torch.Tensor, x_in: torch.Tensor, eps:
                 "loss_rgb": (err[:, :, :, :3] * gen[:, :, :, :3]).sum() / n_rgb,
                 "loss_act": (err[:, :, :, 3:] * gen[:, :, :, 3:]).sum() / n_act,
                 "x0_mse_rgb": (x0_err[:, :, :, :3] * gen[:, :, :, :3]).sum() / n_rgb,
-                "x0_mse_act": (x0_err[:, :, :, 3:] * gen[:, :, :, 3:]).sum() / n_act}
+                "x0_mse_act": (x0_err[:, :, :, 3:] * gen[:, :, :, 3:]).sum() / n_act, **extra}

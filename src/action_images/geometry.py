@@ -128,6 +128,16 @@ def ray_angle_deg(c0: np.ndarray, c1: np.ndarray, x: np.ndarray) -> float:
     return float(np.degrees(np.arccos(np.clip(u @ v / (np.linalg.norm(u) * np.linalg.norm(v)), -1.0, 1.0))))
 
 
+def topdown_rotation(yaw: np.ndarray | float) -> np.ndarray:
+    """Tool rotations ``[..., 3, 3]`` pointing straight down (tool +z = world -z) with tool +x at ``yaw`` (radians,
+    from world +x toward +y) in the horizontal plane: the orientations of a top-down (4-DoF) grasp."""
+    yaw = np.asarray(yaw, dtype=np.float64)
+    c, s = np.cos(yaw), np.sin(yaw)
+    zero, one = np.zeros_like(yaw), np.ones_like(yaw)
+    # columns: tool x = (c, s, 0), tool y = z × x = (s, -c, 0), tool z = (0, 0, -1)
+    return np.stack([np.stack([c, s, zero], -1), np.stack([s, -c, zero], -1), np.stack([zero, zero, -one], -1)], -1)
+
+
 def nearest_rotation(M: np.ndarray) -> np.ndarray:
     """Project ``[..., 3, 3]`` matrices to the nearest rotation (SVD, det +1)."""
     U, _, Vt = np.linalg.svd(M)

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from scipy.spatial.transform import Rotation, Slerp
 
-from action_images.codec import ActionImageCodec, DecodeResult
+from action_images.codec import ORIENTATIONS, ActionImageCodec, DecodeResult
 from action_images.data.windows import center_box, collate, crop_resize, finish_window, workspace_box
 from action_images.geometry import Camera
 
@@ -41,11 +41,14 @@ GRIPPER_MODES = ("linear", "step")
 METHODS = ("euler", "heun")        # the ODE samplers of WorldActionModel.sample
 MAX_SAMPLER_STEPS = 1000
 MAX_ENSEMBLE = 64
+# settings added after the first policy-server protocol -> their defaults (PolicySettings.to_metadata)
+LATER_SETTINGS: dict[str, Any] = {"ensemble": 1, "orientation": "free"}
 # setting -> the command-line flag that sets it (errors name both, so the CLI and the library share one message)
 FLAGS = {"camera_names": "--policy-cameras", "horizon": "--horizon", "execute_k": "--execute-k",
          "sampler_steps": "--sampler-steps", "cfg_scale": "--cfg-scale", "on_disagree": "--on-disagree",
          "disagree_px": "--disagree-px", "gripper": "--gripper", "max_resamples": "--max-resamples",
-         "method": "--method", "decode_head": "--decode-head", "ensemble": "--ensemble"}
+         "method": "--method", "decode_head": "--decode-head", "ensemble": "--ensemble",
+         "orientation": "--orientation"}
 
 
 def _label(name: str, flags: dict[str, str]) -> str:
@@ -116,7 +119,9 @@ class PolicySettings:
     ``decode_head``: the folder of a learned decoder (:mod:`action_images.decode_head`) that decodes the generated
     action images in place of triangulation (None: triangulation). ``ensemble``: samples drawn per replanning step,
     in one model call with independent starting noise; their action images are averaged pixel by pixel before
-    decoding, so a peak lands where the samples agree (1: a single sample).
+    decoding, so a peak lands where the samples agree (1: a single sample). ``orientation``: "free" decodes any
+    tool rotation; "topdown" only a yaw with the tool pointing straight down, for a robot whose grasps are all
+    top-down (every built-in task's are; a baseline's predicted rotations are projected onto them the same way).
     """
 
     camera_names: tuple[str, ...] | None = None
@@ -131,6 +136,7 @@ class PolicySettings:
     method: str = "euler"
     decode_head: str | None = None
     ensemble: int = 1
+    orientation: str = "free"
 
     def __post_init__(self) -> None:
         put = object.__setattr__
@@ -148,14 +154,25 @@ class PolicySettings:
         put(self, "max_resamples", check_int("max_resamples", self.max_resamples, 0))
         check_choice("method", self.method, METHODS)
         put(self, "ensemble", check_int("ensemble", self.ensemble, 1, MAX_ENSEMBLE))
+        check_choice("orientation", self.orientation, ORIENTATIONS)
         if self.decode_head is not None:
             if not isinstance(self.decode_head, str) or not self.decode_head:
                 raise ValueError(f"{_label('decode_head', FLAGS)} must be a folder; got {self.decode_head!r}")
+            if self.orientation != "free":
+                raise ValueError(f"{_label('orientation', FLAGS)} {self.orientation} constrains triangulation; "
+                                 f"{_label('decode_head', FLAGS)} decodes without it")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["camera_names"] = list(self.camera_names) if self.camera_names else None
         return d
+
+    def to_metadata(self) -> dict[str, Any]:
+        """:meth:`to_dict` less the settings added after the server protocol's first version that are at their
+        defaults: a client of that version builds its settings from this dict and refuses names it does not know,
+        so it keeps working with a server that leaves them at their defaults (a client fills in what is absent)."""
+        d = self.to_dict()
+        return {k: v for k, v in d.items() if not (k in LATER_SETTINGS and v == LATER_SETTINGS[k])}
 
 
 def resolve_policy_cameras(settings_names: Sequence[str] | None, config: Any, rendered: Sequence[str],
@@ -295,7 +312,7 @@ class ActionImagesPolicy(ChunkQueue):
         self.camera_names = list(s.camera_names or getattr(cfg, "camera_names", None) or []) or None
         self.steps, self.cfg_scale, self.method = s.sampler_steps, s.cfg_scale, s.method
         self.on_disagree, self.gripper, self.max_resamples = s.on_disagree, s.gripper, s.max_resamples
-        self.ensemble = s.ensemble
+        self.ensemble, self.orientation = s.ensemble, s.orientation
         if codec is None:
             sigma = ActionImageCodec().sigma(self.image_size, self.image_size)
             reject = s.disagree_px if s.disagree_px is not None else 2.0 * sigma
@@ -406,7 +423,8 @@ class ActionImagesPolicy(ChunkQueue):
             else:
                 future_rgb, future_act = self._generate(batch)
             t2 = time.perf_counter()
-            dec = self.codec.decode(future_act, cams)
+            dec = (self.codec.decode(future_act, cams) if self.orientation == "free"
+                   else self.codec.decode(future_act, cams, orientation=self.orientation))
             t3 = time.perf_counter()
             t_gen, t_dec = t_gen + t2 - t1, t_dec + t3 - t2
             decision, n_exec = self._decide(dec)

@@ -94,7 +94,8 @@ def build_config(r: TrainRecipe, camera_names: list[str] | None = None) -> WAMCo
     cfg = WAMConfig.from_preset(m.preset, image_size=m.image_size, num_views=m.num_views, horizon=m.horizon,
                                 stride=m.stride, task_mix=m.task_mix, p_drop_text=m.p_drop_text, t_mean=m.t_mean,
                                 action_loss_weight=m.action_loss_weight, act_peak_weight=m.act_peak_weight,
-                                loss_target=m.loss_target, crop=m.crop, workspace=m.workspace)
+                                act_keypoint_weight=m.act_keypoint_weight, loss_target=m.loss_target, crop=m.crop,
+                                workspace=m.workspace)
     cfg.camera_names = list(camera_names or r.data.cameras or []) or None
     for name in ("refine_channels", "stem_channels", "context_channels"):
         value = getattr(m, name)

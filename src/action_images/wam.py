@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from action_images.models import build_backbone, preset as get_preset
+from action_images.codec import ActionImageCodec
 from action_images.runfiles import atomic_write_json, loads
 from action_images.text import TextConfig, build_text_encoder, drop_instructions
 
@@ -46,7 +47,7 @@ FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)                     # v1: no camera_names / crop in the config
 # config keys added after format v1 shipped -> the value that reproduces the older behaviour
 ADDED_KEYS: dict[str, Any] = {"act_peak_weight": 0.0, "loss_target": "velocity", "camera_names": None,
-                              "crop": "center", "workspace": None, "latent": None}
+                              "crop": "center", "workspace": None, "latent": None, "act_keypoint_weight": 0.0}
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 
@@ -71,6 +72,7 @@ class WAMConfig:
     predict: str = "x_rel"                         # "x_rel" (clean clip relative to the current frame) or "x"
     act_peak_weight: float = 10.0                  # extra loss weight on action-image blob pixels (0: uniform)
     loss_target: str = "x0"                        # "x0": |x0_hat - x0|^2; "velocity": |v_hat - (eps - x0)|^2
+    act_keypoint_weight: float = 0.0               # loss weight of the blob centroids' error in σ² (flow.keypoint_loss)
     camera_names: list | None = None               # cameras trained on (None: any of the dataset's)
     crop: str = "center"                           # crop of each view before the resize: "center" or "workspace"
     workspace: list | None = None                  # [[x, y, z] low, [x, y, z] high] world box of crop="workspace"
@@ -132,10 +134,12 @@ class WAMConfig:
             v = getattr(self, k)
             need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, f"{k} must be an integer >= 1; got {v!r}")
         need(8 <= self.image_size <= 4096, f"image_size must be in [8, 4096]; got {self.image_size}")
-        for k in ("p_drop_text", "action_loss_weight", "t_eps", "t_mean", "t_std", "act_peak_weight"):
+        for k in ("p_drop_text", "action_loss_weight", "t_eps", "t_mean", "t_std", "act_peak_weight",
+                  "act_keypoint_weight"):
             v = getattr(self, k)
             need(isinstance(v, num) and not isinstance(v, bool) and v == v and abs(v) != float("inf"),
                  f"{k} must be a finite number; got {v!r}")
+        need(self.act_keypoint_weight >= 0, f"act_keypoint_weight must be >= 0; got {self.act_keypoint_weight!r}")
         need(isinstance(self.backbone, dict) and isinstance(self.text, dict), "backbone and text must be objects")
         need(self.predict in ("x_rel", "x"), f"predict must be 'x_rel' or 'x'; got {self.predict!r}")
         need(self.loss_target in ("x0", "velocity"), f"loss_target must be 'x0' or 'velocity'; got {self.loss_target!r}")
@@ -157,8 +161,9 @@ class WAMConfig:
             from action_images.models.latent import check
             need(isinstance(self.latent, dict), f"latent must be null or an object; got {self.latent!r}")
             need(self.backbone_kind == "wan", "latent space needs the wan backbone")
-            need(self.act_peak_weight == 0, "act_peak_weight must be 0 in latent space (the blob weight is defined "
-                                            "on action-image pixels)")
+            need(self.act_peak_weight == 0 and self.act_keypoint_weight == 0,
+                 "act_peak_weight and act_keypoint_weight must be 0 in latent space (both are defined on action-image "
+                 "pixels)")
             check(self.latent, self.image_size, self.horizon, self.backbone["patch"])
 
 
@@ -261,7 +266,9 @@ class WorldActionModel(nn.Module):
         text, text_mask = self.encode_text(instructions)
         x0_hat = self.predict_x0(x_in, t, state, plucker, text, text_mask)
         return masked_loss(x0_hat, x0, x_in, eps, t, state, target=cfg.loss_target, t_eps=cfg.t_eps,
-                           action_weight=cfg.action_loss_weight, peak_weight=cfg.act_peak_weight)
+                           action_weight=cfg.action_loss_weight, peak_weight=cfg.act_peak_weight,
+                           keypoint_weight=cfg.act_keypoint_weight,
+                           sigma_px=ActionImageCodec().sigma(*x0.shape[-2:]))
 
     # ---- sampler -----------------------------------------------------------------------------------------------------
     @torch.no_grad()

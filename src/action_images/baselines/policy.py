@@ -29,7 +29,8 @@ class BaselinePolicy(ActionImagesPolicy):
     """Closed loop around a model with ``predict(batch, generator, steps) -> poses [B, H, 8]``; ``settings`` as for
     :class:`ActionImagesPolicy` (``sampler_steps`` is the diffusion policy's step count; ``cfg_scale``, ``method``,
     ``on_disagree``, ``disagree_px`` and ``max_resamples`` do not apply; ``decode_head`` and ``ensemble`` > 1 are
-    refused)."""
+    refused; ``orientation`` "topdown" replaces each predicted rotation by the nearest top-down one, as the world
+    action model's decoding does)."""
 
     def __init__(self, model: Any, settings: Any = None, **kwargs: Any):
         if getattr(settings, "decode_head", None) is not None:
@@ -46,8 +47,10 @@ class BaselinePolicy(ActionImagesPolicy):
         t1 = time.perf_counter()
         poses = self.model.predict(batch, generator=self.generator, steps=self.steps)[0, :self.horizon]
         poses = poses.double().cpu().numpy()
-        t2 = time.perf_counter()
         valid = np.isfinite(poses).all(axis=1)
+        if self.orientation == "topdown" and valid.any():
+            poses[valid] = self.codec.to_topdown(poses[valid])
+        t2 = time.perf_counter()
         if valid.any():
             decision = "execute"
             actions = interpolate_chunk(current, poses, valid, self.stride, self.gripper)[:self.execute_k]

@@ -21,7 +21,7 @@ TOKEN_ENV = "ACTION_IMAGES_SERVE_TOKEN"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from action_images.cliflags import whole_number
-    from action_images.policy import DISAGREE_CHOICES, GRIPPER_MODES, METHODS
+    from action_images.policy import DISAGREE_CHOICES, GRIPPER_MODES, METHODS, ORIENTATIONS
 
     p.add_argument("--checkpoint", required=True, help="run directory or checkpoint (config.json + weights)")
     p.add_argument("--host", default="127.0.0.1",
@@ -59,6 +59,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ensemble", type=whole_number, default=1,
                    help="samples per replanning step, 1..64, their action images averaged before decoding "
                         "(default 1)")
+    g.add_argument("--orientation", default="free", choices=ORIENTATIONS,
+                   help="free: decode any tool rotation (default); topdown: only a yaw, the tool pointing down")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -93,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
         settings = PolicySettings(camera_names=args.policy_cameras, horizon=args.horizon, execute_k=args.execute_k,
                                   sampler_steps=args.sampler_steps, cfg_scale=args.cfg_scale,
                                   on_disagree=args.on_disagree, disagree_px=args.disagree_px, gripper=args.gripper,
-                                  max_resamples=args.max_resamples, method=args.method, ensemble=args.ensemble)
+                                  max_resamples=args.max_resamples, method=args.method, ensemble=args.ensemble,
+                                  orientation=args.orientation)
         if args.threads:
             torch.set_num_threads(args.threads)
         model = load_model(args.checkpoint)

@@ -139,7 +139,7 @@ class PolicyServer:
             "action_convention": "absolute end-effector pose in the world frame, quaternion scalar-last (scipy), "
                                  "g gripper openness in [0, 1] with 1 = open",
             "max_message_bytes": self.max_message_bytes, "auth": "bearer" if token else "none",
-            "settings": settings.to_dict() if settings is not None else None}
+            "settings": settings.to_metadata() if settings is not None else None}
         self._lock: asyncio.Lock | None = None
         self._pending: list[_Queued] = []             # max_batch > 1: requests waiting for the model, oldest first
         self._wake: asyncio.Event | None = None

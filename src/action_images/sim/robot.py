@@ -11,7 +11,7 @@ import mujoco
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from action_images.geometry import matrix_to_pose, validate_poses
+from action_images.geometry import matrix_to_pose, topdown_rotation, validate_poses
 from action_images.sim import scene
 
 MAX_STEP_POS = 0.06   # metres the mocap may lead the hand per control step
@@ -23,10 +23,7 @@ QUAT_MIN_NORM = 1e-6  # action quaternions shorter than this keep the current to
 
 def quat_down(yaw: float = 0.0) -> np.ndarray:
     """Scalar-last quaternion of a top-down tool (+z approach = world -z) with its +x axis at ``yaw`` in the xy plane."""
-    x = np.array([np.cos(yaw), np.sin(yaw), 0.0])
-    z = np.array([0.0, 0.0, -1.0])
-    R = np.stack([x, np.cross(z, x), z], axis=1)
-    return Rotation.from_matrix(R).as_quat(canonical=True)
+    return Rotation.from_matrix(topdown_rotation(yaw)).as_quat(canonical=True)
 
 
 def wrap_yaw_90(yaw: float) -> float:
