@@ -115,7 +115,7 @@ def blob_weight(act: torch.Tensor, peak_weight: float) -> torch.Tensor:
 
 
 BLOB_LEVEL = 0.5              # heat above which a pixel belongs to a blob's core (peak 1; the open-gripper B is 0.25)
-FULL_BLOB_MASS = 5.5          # core mass of a whole blob, Σ (heat - 0.5)+ = πσ²/2 ... at σ = 2.4 px; scales with σ²
+FULL_BLOB_MASS = 5.5          # Σ (heat - 0.5)+ over a whole blob: πσ²(1 - ln 2), about 5.5 at σ = 2.4 px (∝ σ²)
 
 
 def blob_centroids(act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,14 +134,17 @@ def keypoint_loss(act_hat: torch.Tensor, act: torch.Tensor, gen: torch.Tensor, s
     """Mean squared distance, in blob widths σ, between the predicted and the true blob centroids of the generated
     action frames (``act_hat``, ``act`` ``[B, V, F, 3, H, W]``; ``gen`` ``[B, V, F, 3, 1, 1]`` 1 where generated).
     Only blobs whole in the true image count (a cut blob's centroid is biased), and only where the prediction has a
-    blob core at all (else the pixel loss must first draw one)."""
+    blob core at all (else the pixel loss must first draw one). Each blob counts in proportion to its predicted core
+    mass, up to a whole blob's: a centroid moves by (pixel position - centroid) / mass per unit of a pixel, so a faint
+    core would otherwise take the largest and noisiest gradients."""
     c_hat, m_hat = blob_centroids(act_hat)
     with torch.no_grad():
         c, m = blob_centroids(act)
         full = FULL_BLOB_MASS * (sigma_px / 2.4) ** 2
         use = (gen[..., 0, 0] > 0) & (m > 0.8 * full) & (m_hat > 0.1 * full)          # [B, V, F, 3]
+        weight = use * (m_hat / full).clamp(max=1.0)
     d2 = ((c_hat - c) / sigma_px).square().sum(-1)
-    return (d2 * use).sum() / use.sum().clamp_min(1)
+    return (d2 * weight).sum() / use.sum().clamp_min(1)
 
 
 def masked_loss(x0_hat: torch.Tensor, x0: torch.Tensor, x_in: torch.Tensor, eps: torch.Tensor, t: torch.Tensor,
