@@ -149,14 +149,16 @@ def keypoint_loss(act_hat: torch.Tensor, act: torch.Tensor, gen: torch.Tensor, s
 
 def masked_loss(x0_hat: torch.Tensor, x0: torch.Tensor, x_in: torch.Tensor, eps: torch.Tensor, t: torch.Tensor,
                 state: torch.Tensor, *, target: str, t_eps: float, action_weight: float,
-                peak_weight: float, keypoint_weight: float = 0.0, sigma_px: float = 2.4) -> dict[str, torch.Tensor]:
+                peak_weight: float, keypoint_weight: float | None = None,
+                sigma_px: float = 2.4) -> dict[str, torch.Tensor]:
     """The loss over generated elements, and per-stream diagnostics.
 
     ``target`` "x0": |x0_hat - x0|^2 (every noise level weighted alike); "velocity": |v_hat - (eps - x0)|^2
     (= the x0 error / max(t, t_eps)^2, mostly spent on nearly clean inputs). The action stream is weighted
     ``action_weight`` and its blob pixels up to ``1 + peak_weight`` more (:func:`blob_weight`). ``keypoint_weight``
     adds :func:`keypoint_loss` on x0_hat: the pixel loss barely changes when a blob sits a pixel off, while the
-    decoder reads exactly that position."""
+    decoder reads exactly that position; at 0 it is still reported (``loss_keypoint``, a diagnostic of where the
+    blobs land), at None (action images in a latent space) not."""
     if target == "x0":
         err = (x0_hat - x0).square()                                          # [B, V, F, 6, H, W]
     elif target == "velocity":
@@ -175,6 +177,9 @@ def masked_loss(x0_hat: torch.Tensor, x0: torch.Tensor, x_in: torch.Tensor, eps:
         kp = keypoint_loss(x0_hat[:, :, :, 3:], x0[:, :, :, 3:], gen[:, :, :, 3:], sigma_px)
         loss = loss + keypoint_weight * kp
         extra["loss_keypoint"] = kp.detach()
+    elif keypoint_weight is not None:
+        with torch.no_grad():
+            extra["loss_keypoint"] = keypoint_loss(x0_hat[:, :, :, 3:], x0[:, :, :, 3:], gen[:, :, :, 3:], sigma_px)
     with torch.no_grad():
         n_rgb = (gen[:, :, :, :3].sum() * hw).clamp_min(1.0)
         n_act = (gen[:, :, :, 3:].sum() * hw).clamp_min(1.0)

@@ -267,7 +267,7 @@ class WorldActionModel(nn.Module):
         x0_hat = self.predict_x0(x_in, t, state, plucker, text, text_mask)
         return masked_loss(x0_hat, x0, x_in, eps, t, state, target=cfg.loss_target, t_eps=cfg.t_eps,
                            action_weight=cfg.action_loss_weight, peak_weight=cfg.act_peak_weight,
-                           keypoint_weight=cfg.act_keypoint_weight,
+                           keypoint_weight=cfg.act_keypoint_weight if cfg.latent is None else None,
                            sigma_px=ActionImageCodec().sigma(*x0.shape[-2:]))
 
     # ---- sampler -----------------------------------------------------------------------------------------------------
