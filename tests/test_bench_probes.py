@@ -1,6 +1,6 @@
 """The probes' arithmetic on made-up inputs: the Meta-World failure classes (bench/metaworld_failures.py), the
 view-pair angles (bench/view_pair_geometry.py, bench/success_by_view_angle.py), the ensemble scores
-(bench/ensemble_openloop.py)."""
+(bench/ensemble_openloop.py), the keypoint error of checkpoints side by side (bench/keypoint_error.py)."""
 
 import importlib.util
 import json
@@ -130,3 +130,30 @@ def test_ensemble_scores_count_an_undecodable_keyframe_as_not_moving_and_summari
     np.testing.assert_allclose(err, [3.0, 20.0])
     out = ensemble.summarise({"one": [err, np.array([1.0])]})
     assert out == {"one": {"keyframes": 3, "err_cm_median": 3.0, "err_cm_mean": 8.0}}
+
+
+def test_keypoint_error_scores_checkpoints_on_the_same_windows_and_noise(tmp_path, lerobot_root):
+    """bench/keypoint_error.py: a checkpoint scored twice gives the same numbers (same windows, same noise); another
+    checkpoint, other numbers; the JSON holds one row per checkpoint."""
+    import torch
+
+    from action_images.wam import WAMConfig, WorldActionModel
+
+    for name, seed in (("a", 0), ("b", 1)):
+        torch.manual_seed(seed)
+        model = WorldActionModel(WAMConfig.from_preset("cpu-tiny"))
+        with torch.no_grad():                  # zero-initialised outputs would predict the same for both
+            for prm in model.parameters():
+                prm.add_(0.05 * torch.randn_like(prm))
+        model.save_pretrained(tmp_path / name)
+    ke = load("keypoint_error")
+    out = tmp_path / "ke.json"
+    assert ke.main(["--checkpoint", str(tmp_path / "a"), str(tmp_path / "b"), "--data", str(lerobot_root),
+                    "--starts", "1", "--repeats", "1", "--json", str(out)]) == 0
+    first = json.loads(out.read_text())["checkpoints"]
+    assert ke.main(["--checkpoint", str(tmp_path / "a"), "--data", str(lerobot_root), "--starts", "1",
+                    "--repeats", "1", "--json", str(out)]) == 0
+    again = json.loads(out.read_text())["checkpoints"]
+    a, b = first[str(tmp_path / "a")], first[str(tmp_path / "b")]
+    assert again[str(tmp_path / "a")] == a and a["windows"] == 4 and a["batches"] == 1
+    assert a["loss_act_mean"] != b["loss_act_mean"]
