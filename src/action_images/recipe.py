@@ -64,7 +64,7 @@ class ModelRecipe:
                                              "uniform)", lo=0, hi=1e4)
     act_keypoint_weight: float | None = _f(None, "loss weight of the squared distance, in blob widths, between the "
                                                  "predicted and true blob centroids of the action images (default "
-                                                 "0: off)", lo=0, hi=1e4)
+                                                 "0: logged as loss_keypoint, not trained on)", lo=0, hi=1e4)
     loss_target: str | None = _f(None, "x0 (default): clean-clip error, every noise level weighted alike; velocity: "
                                        "the flow-matching velocity error (= x0 error / t^2)", choices=("x0", "velocity"))
     crop: str = _f("center", "crop of each view before the resize: the centred square, or the square around the "
