@@ -75,6 +75,8 @@ def test_decoder_result_save_load_and_bad_files(batch, tmp_path):
     np.testing.assert_array_equal(dec.poses, again.poses)
     with pytest.raises(ValueError, match="action images of every view"):
         LearnedDecoder(head).decode(images[:1], cams)
+    with pytest.raises(ValueError, match="orientation"):          # no constrained fit: the policy refuses it first
+        LearnedDecoder(head).decode(images, cams, orientation="topdown")
 
     meta = json.loads((tmp_path / "h" / "config.json").read_text())
     for bad, match in (({**meta, "format": "action-images-wam"}, "not a decode head"),

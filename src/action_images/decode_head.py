@@ -181,7 +181,9 @@ class LearnedDecoder(ActionImageCodec):
     def from_pretrained(cls, path: str | Path, **codec_kwargs: Any) -> "LearnedDecoder":
         return cls(DecodeHead.from_pretrained(path), **codec_kwargs)
 
-    def decode(self, images: np.ndarray, cameras: Sequence[Camera]) -> DecodeResult:
+    def decode(self, images: np.ndarray, cameras: Sequence[Camera], orientation: str = "free") -> DecodeResult:
+        if orientation != "free":                     # the head regresses points; it has no constrained fit
+            raise ValueError(f"the decode head decodes any rotation; got orientation {orientation!r}")
         images = np.asarray(images, dtype=np.float32)
         V, T = images.shape[:2]
         R = self.head.config.image_size

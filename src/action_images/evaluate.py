@@ -523,7 +523,8 @@ def run(args: argparse.Namespace) -> int:
             windows_per_episode=args.open_loop_windows, steps=args.sampler_steps, cfg_scale=args.cfg_scale,
             seed=args.seed,
             views=metrics["policy"]["views"], lpips_weights=args.lpips_weights, i3d_weights=args.i3d_weights,
-            trust_i3d_torchscript=getattr(args, "trust_i3d_torchscript", False))
+            trust_i3d_torchscript=getattr(args, "trust_i3d_torchscript", False),
+            orientation=getattr(args, "orientation", "free"))
     metrics["wall_s"] = time.perf_counter() - t0
     metrics["environment"] = environment()
     report = write_outputs(out, metrics)

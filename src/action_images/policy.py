@@ -423,8 +423,7 @@ class ActionImagesPolicy(ChunkQueue):
             else:
                 future_rgb, future_act = self._generate(batch)
             t2 = time.perf_counter()
-            dec = (self.codec.decode(future_act, cams) if self.orientation == "free"
-                   else self.codec.decode(future_act, cams, orientation=self.orientation))
+            dec = self.codec.decode(future_act, cams, orientation=self.orientation)
             t3 = time.perf_counter()
             t_gen, t_dec = t_gen + t2 - t1, t_dec + t3 - t2
             decision, n_exec = self._decide(dec)
