@@ -296,3 +296,12 @@ def test_a_longer_second_stage_differs_only_in_its_steps(short_name, long_name):
     long = TrainRecipe.load(ROOT / "recipes" / f"{long_name}.json").to_dict()
     assert long["optim"].pop("steps") > short["optim"].pop("steps")
     assert long == short
+
+
+def test_the_two_thread_second_stage_differs_only_in_its_steps_and_threads():
+    """recipes/rig8-ctx-recover-noise-9k.json: the shipped second stage with more steps, trained on two threads."""
+    long = TrainRecipe.load(STAGE2).to_dict()
+    two = TrainRecipe.load(ROOT / "recipes" / "rig8-ctx-recover-noise-9k.json").to_dict()
+    assert (long["optim"].pop("steps"), two["optim"].pop("steps")) == (6500, 9000)
+    assert (long["run"].pop("threads"), two["run"].pop("threads")) == (1, 2)
+    assert long == two

@@ -216,3 +216,23 @@ def test_data_workers_do_not_change_training(tmp_path):
     assert losses(a) == losses(b)
     wa, wb = (load_file(str(r / "model.safetensors")) for r in (a, b))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_compile_compiles_the_backbone_in_place_keeping_the_weight_names():
+    """``--compile`` compiles only the backbone (fixed shapes each step; the loss around it handles strings), in
+    place, so checkpoints and exports keep their keys."""
+    from action_images.wam import WAMConfig
+    wam = WorldActionModel(WAMConfig(preset="cpu-tiny"))
+    keys = list(wam.state_dict())
+    assert train.compile_backbone(wam) is wam
+    assert list(wam.state_dict()) == keys and wam.backbone._compiled_call_impl is not None
+
+
+@pytest.mark.slow
+def test_a_compiled_run_trains_like_an_eager_one(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert train_main(*TINY, "--out", str(a), "--steps", "3", "--seed", "5") == 0
+    assert train_main(*TINY, "--out", str(b), "--steps", "3", "--seed", "5", "--compile") == 0
+    np.testing.assert_allclose([v for _, v in losses(a)], [v for _, v in losses(b)], rtol=1e-4)
+    wa, wb = (load_file(str(r / "model.safetensors")) for r in (a, b))
+    assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)

@@ -244,6 +244,14 @@ def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
 
 
+def compile_backbone(wam: torch.nn.Module) -> torch.nn.Module:
+    """Compile the backbone in place (``nn.Module.compile``) and return ``wam``. The backbone sees fixed shapes each
+    step; the rest of the loss (task sampling, tokenising instructions) is Python over strings, which makes a
+    whole-model compile recompile per task mix and give nothing. The state dict keeps its keys."""
+    wam.backbone.compile()
+    return wam
+
+
 def make_optimizer(wam: torch.nn.Module, o: Any) -> torch.optim.AdamW:
     """AdamW over the trainable parameters: weight decay on matrices except embeddings (``o``: the recipe's optim)."""
     trainable = [(n, p) for n, p in wam.named_parameters() if p.requires_grad]
@@ -476,11 +484,11 @@ def train(recipe: TrainRecipe, out: Path, resume: bool = False, allow_world_size
                                                         accelerator.device).cpu())
         del full, sd, ck, streamed
         found = None
-        model = torch.compile(wam) if rr.compile else wam
+        model = compile_backbone(wam) if rr.compile else wam
         if main:
             print(f"FSDP: {units} fully_shard units over {world} process(es)", file=sys.stderr)
     else:
-        model = torch.compile(wam) if rr.compile else wam
+        model = compile_backbone(wam) if rr.compile else wam
         model, opt = accelerator.prepare(model, opt)
         ema = {k: v.to(accelerator.device) for k, v in ema.items()}      # averaged where the weights are
     text_encoder = getattr(wam, "text_encoder", None)
