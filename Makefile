@@ -42,20 +42,20 @@ bench: $(STAMP)
 # optimisation, step count): all 8 tasks from random camera rigs, about two hours and fifty minutes on 2 cores;
 # docs/results.md has the measurements. Stage 1, recipes/rig8-ctx-3h.json, is written to checkpoints/rig8-ctx-3h;
 # its first 6652 steps are the quick recipe's bit for bit, so a finished `make checkpoint-quick` run copied to
-# runs/rig8-ctx-3h continues with `--resume`. Stage 2, recipes/rig8-ctx-recover-noise-long.json, starts from that export
-# and adds demos whose first grasp misses, with noise on the executed targets (collected first), and is written to
-# checkpoints/rig8-ctx-recover-noise-long.
+# runs/rig8-ctx-3h continues with `--resume`. Stage 2, recipes/rig8-ctx-recover-noise-9k.json, starts from that export
+# and adds demos whose first grasp misses, with noise on the executed targets (collected first); it trains on two
+# threads (about 1.2x one when nothing else runs) and is written to checkpoints/rig8-ctx-recover-noise-9k.
 checkpoint: $(STAMP)
 	$(BIN)/action-images train --config recipes/rig8-ctx-3h.json --out runs/rig8-ctx-3h --collect-missing
 	mkdir -p checkpoints/rig8-ctx-3h
 	cp runs/rig8-ctx-3h/config.json runs/rig8-ctx-3h/model.safetensors runs/rig8-ctx-3h/log.jsonl \
 		runs/rig8-ctx-3h/loss.png runs/rig8-ctx-3h/train_config.json checkpoints/rig8-ctx-3h/
-	$(BIN)/action-images train --config recipes/rig8-ctx-recover-noise-long.json --out runs/rig8-ctx-recover-noise-long \
+	$(BIN)/action-images train --config recipes/rig8-ctx-recover-noise-9k.json --out runs/rig8-ctx-recover-noise-9k \
 		--collect-missing
-	mkdir -p checkpoints/rig8-ctx-recover-noise-long
-	cp runs/rig8-ctx-recover-noise-long/config.json runs/rig8-ctx-recover-noise-long/model.safetensors \
-		runs/rig8-ctx-recover-noise-long/log.jsonl runs/rig8-ctx-recover-noise-long/loss.png \
-		runs/rig8-ctx-recover-noise-long/train_config.json checkpoints/rig8-ctx-recover-noise-long/
+	mkdir -p checkpoints/rig8-ctx-recover-noise-9k
+	cp runs/rig8-ctx-recover-noise-9k/config.json runs/rig8-ctx-recover-noise-9k/model.safetensors \
+		runs/rig8-ctx-recover-noise-9k/log.jsonl runs/rig8-ctx-recover-noise-9k/loss.png \
+		runs/rig8-ctx-recover-noise-9k/train_config.json checkpoints/rig8-ctx-recover-noise-9k/
 
 # The quick recipe: the same model and data at 6652 steps (under an hour on 2 cores).
 checkpoint-quick: $(STAMP)

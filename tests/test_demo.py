@@ -93,7 +93,7 @@ def test_demo_without_checkpoint_says_how_to_make_one(tmp_path, capsys):
     assert demo.run(parse(["--checkpoint", str(tmp_path / "missing")])) == 1
     err = capsys.readouterr().err
     assert "action-images train" in err and "recipes/rig8-ctx-3h.json" in err and "checkpoints/rig8-ctx-3h/" in err
-    assert "recipes/rig8-ctx-recover-noise-long.json" in err and "checkpoints/rig8-ctx-recover-noise-long/" in err
+    assert "recipes/rig8-ctx-recover-noise-9k.json" in err and "checkpoints/rig8-ctx-recover-noise-9k/" in err
     assert "make checkpoint-quick" in err
 
 

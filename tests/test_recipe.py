@@ -15,22 +15,25 @@ from action_images.recipe import SECTIONS, TrainRecipe
 from action_images.wam import WAMConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = ROOT / "checkpoints" / "rig8-ctx-recover-noise-long"
+SHIPPED = ROOT / "checkpoints" / "rig8-ctx-recover-noise-9k"
 RECIPE = ROOT / "recipes" / "rig8-ctx-3h.json"          # the shipped checkpoint's first stage
-STAGE2 = ROOT / "recipes" / "rig8-ctx-recover-noise-long.json"   # and its second
+STAGE2 = ROOT / "recipes" / "rig8-ctx-recover-noise-9k.json"   # and its second
+LONG = ROOT / "recipes" / "rig8-ctx-recover-noise-long.json"   # the second stage before it, on one thread
 QUICK = ROOT / "recipes" / "rig8-ctx.json"
 RIGS = ["rig0", "rig1", "rig2", "rig3"]
-# (checkpoint, its recipe, the cameras it names): the shipped one, the earlier noisy and plain recovery stages, its
+# (checkpoint, its recipe, the cameras it names): the shipped one, the earlier noisy and plain recovery stages (the
+# 6,500-step one on one thread, the 5,000-step one, the plain one), its
 # first stage, its quick version and the earlier 4-task one
 CHECKPOINTS = [(SHIPPED, STAGE2, RIGS),
+               (ROOT / "checkpoints" / "rig8-ctx-recover-noise-long", LONG, RIGS),
                (ROOT / "checkpoints" / "rig8-ctx-recover-noise", ROOT / "recipes" / "rig8-ctx-recover-noise.json",
                 RIGS),
                (ROOT / "checkpoints" / "rig8-ctx-recover", ROOT / "recipes" / "rig8-ctx-recover.json", RIGS),
                (ROOT / "checkpoints" / "rig8-ctx-3h", RECIPE, RIGS),
                (ROOT / "checkpoints" / "rig8-ctx", QUICK, RIGS),
                (ROOT / "checkpoints" / "cpu-small", ROOT / "recipes" / "cpu-small.json", ["left", "right"])]
-IDS = ["rig8-ctx-recover-noise-long", "rig8-ctx-recover-noise", "rig8-ctx-recover", "rig8-ctx-3h", "rig8-ctx",
-       "cpu-small"]
+IDS = ["rig8-ctx-recover-noise-9k", "rig8-ctx-recover-noise-long", "rig8-ctx-recover-noise", "rig8-ctx-recover",
+       "rig8-ctx-3h", "rig8-ctx", "cpu-small"]
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -132,14 +135,14 @@ def test_make_checkpoint_and_the_demo_help_train_from_the_recipe_file():
     make = (ROOT / "Makefile").read_text().replace("\\\n", " ")
     lines = [ln for ln in make.splitlines() if "action-images train" in ln]
     assert "--config recipes/rig8-ctx-3h.json" in lines[0] and "--collect-missing" in lines[0]
-    assert "--config recipes/rig8-ctx-recover-noise-long.json" in lines[1] and "--collect-missing" in lines[1]
+    assert "--config recipes/rig8-ctx-recover-noise-9k.json" in lines[1] and "--collect-missing" in lines[1]
     assert "--config recipes/rig8-ctx.json" in lines[2] and "--collect-missing" in lines[2]
     # stage 2 starts from the export stage 1 is copied to
     first_copy = make.index("checkpoints/rig8-ctx-3h/")
-    assert first_copy < make.index("--config recipes/rig8-ctx-recover-noise-long.json")
+    assert first_copy < make.index("--config recipes/rig8-ctx-recover-noise-9k.json")
     assert TrainRecipe.load(STAGE2).model.init_from == "checkpoints/rig8-ctx-3h"
     assert "--config recipes/rig8-ctx-3h.json" in demo.HOW_TO
-    assert "--config recipes/rig8-ctx-recover-noise-long.json" in demo.HOW_TO
+    assert "--config recipes/rig8-ctx-recover-noise-9k.json" in demo.HOW_TO
     assert demo.SHIPPED.name == SHIPPED.name
 
 
@@ -299,9 +302,9 @@ def test_a_longer_second_stage_differs_only_in_its_steps(short_name, long_name):
 
 
 def test_the_two_thread_second_stage_differs_only_in_its_steps_and_threads():
-    """recipes/rig8-ctx-recover-noise-9k.json: the shipped second stage with more steps, trained on two threads."""
-    long = TrainRecipe.load(STAGE2).to_dict()
-    two = TrainRecipe.load(ROOT / "recipes" / "rig8-ctx-recover-noise-9k.json").to_dict()
+    """recipes/rig8-ctx-recover-noise-9k.json, the shipped second stage: the one before it with more steps, trained on
+    two threads."""
+    long, two = TrainRecipe.load(LONG).to_dict(), TrainRecipe.load(STAGE2).to_dict()
     assert (long["optim"].pop("steps"), two["optim"].pop("steps")) == (6500, 9000)
     assert (long["run"].pop("threads"), two["run"].pop("threads")) == (1, 2)
     assert long == two

@@ -1,6 +1,6 @@
 """``action-images demo``: closed-loop episodes of the shipped checkpoint on every task, a summary and a report.
 
-    action-images demo                       # checkpoints/rig8-ctx-recover-noise-long, all 8 tasks x 1 episode, each
+    action-images demo                       # checkpoints/rig8-ctx-recover-noise-9k, all 8 tasks x 1 episode, each
                                              # from a camera rig no training episode had (under a minute)
     action-images demo --quick               # CI smoke: 1 task, 1 episode, a few control steps
     action-images demo --checkpoint runs/pick --tasks pick_cube --episodes 10 --out runs/demo
@@ -33,14 +33,14 @@ from action_images.policy import ALL_VIEWS, PolicySettings
 from action_images.runfiles import args_dict, check_out_dir, environment
 from action_images.sim.tasks import parse_tasks
 
-SHIPPED = Path("checkpoints") / "rig8-ctx-recover-noise-long"
+SHIPPED = Path("checkpoints") / "rig8-ctx-recover-noise-9k"
 HOW_TO = """no checkpoint at {where}.
 Recreate the shipped CPU checkpoint (about two hours and fifty minutes on 2 cores) with `make checkpoint`, which runs:
     action-images train --config recipes/rig8-ctx-3h.json --out runs/rig8-ctx-3h --collect-missing
 copies runs/rig8-ctx-3h/ (config.json, model.safetensors, train_config.json, logs) to checkpoints/rig8-ctx-3h/, then
-    action-images train --config recipes/rig8-ctx-recover-noise-long.json --out runs/rig8-ctx-recover-noise-long \\
+    action-images train --config recipes/rig8-ctx-recover-noise-9k.json --out runs/rig8-ctx-recover-noise-9k \\
         --collect-missing
-and copies runs/rig8-ctx-recover-noise-long/ to checkpoints/rig8-ctx-recover-noise-long/ (the recipe files hold the
+and copies runs/rig8-ctx-recover-noise-9k/ to checkpoints/rig8-ctx-recover-noise-9k/ (the recipe files hold the
 whole recipe, data collection included). `make checkpoint-quick` trains the under-an-hour version
 (recipes/rig8-ctx.json) into checkpoints/rig8-ctx.
 Or point the demo at any run directory: action-images demo --checkpoint runs/NAME"""
