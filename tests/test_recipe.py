@@ -21,9 +21,8 @@ STAGE2 = ROOT / "recipes" / "rig8-ctx-recover-noise-9k.json"   # and its second
 LONG = ROOT / "recipes" / "rig8-ctx-recover-noise-long.json"   # the second stage before it, on one thread
 QUICK = ROOT / "recipes" / "rig8-ctx.json"
 RIGS = ["rig0", "rig1", "rig2", "rig3"]
-# (checkpoint, its recipe, the cameras it names): the shipped one, the earlier noisy and plain recovery stages (the
-# 6,500-step one on one thread, the 5,000-step one, the plain one), its
-# first stage, its quick version and the earlier 4-task one
+# (checkpoint, its recipe, the cameras it names): the shipped one, the earlier second stages (noisy recovery at 6,500
+# steps on one thread and at 5,000 steps, plain recovery), its first stage, its quick version and the earlier 4-task one
 CHECKPOINTS = [(SHIPPED, STAGE2, RIGS),
                (ROOT / "checkpoints" / "rig8-ctx-recover-noise-long", LONG, RIGS),
                (ROOT / "checkpoints" / "rig8-ctx-recover-noise", ROOT / "recipes" / "rig8-ctx-recover-noise.json",

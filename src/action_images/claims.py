@@ -94,6 +94,9 @@ METHODS = (
     Method("wam_ctx_recover_noise_long", "action images + context encoder, the 3-hour recipe then the same noisy "
            "recovery stage at 6,500 steps (`recipes/rig8-ctx-recover-noise-long.json`)",
            "recipes/rig8-ctx-recover-noise-long.json", "runs/rig8-ctx-recover-noise-long"),
+    Method("wam_ctx_recover_noise_9k", "action images + context encoder, the 3-hour recipe then the same noisy "
+           "recovery stage at 9,000 steps on two threads (`recipes/rig8-ctx-recover-noise-9k.json`)",
+           "recipes/rig8-ctx-recover-noise-9k.json", "runs/rig8-ctx-recover-noise-9k"),
     Method("wam_ctx_decay", "action images + context encoder, the quick recipe then a decaying stage to the 3-hour "
            "step count (`recipes/rig8-ctx-decay.json`)", "recipes/rig8-ctx-decay.json", "runs/rig8-ctx-decay"),
     Method("bc_3h", "image behaviour cloning, 3-hour recipe", "recipes/rig8-bc-3h.json", "runs/rig8-bc-3h"),

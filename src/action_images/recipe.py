@@ -126,8 +126,8 @@ class RunRecipe:
     threads: int | None = _f(None, "torch threads per process (default: cores/processes, 1 if the machine is busy)",
                              lo=1, hi=1024)
     workers: int = _f(0, "data loader processes", lo=0, hi=64)
-    compile: bool = _f(False, "torch.compile the backbone in place (about 1 min to compile; no measurable gain "
-                                      "for cpu-small on this CPU, docs/method.md)")
+    compile: bool = _f(False, "torch.compile the backbone in place (about 1 min to compile; no measurable gain for "
+                              "cpu-small on this CPU, docs/method.md)")
     mixed_precision: str = _f("no", "autocast on GPU (bf16 for the wan presets); a CPU run stays fp32",
                               choices=("no", "bf16", "fp16"))
     log_every: int = _f(10, "steps between log lines", lo=1, hi=10 ** 9)

@@ -247,7 +247,7 @@ def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
 def compile_backbone(wam: torch.nn.Module) -> torch.nn.Module:
     """Compile the backbone in place (``nn.Module.compile``) and return ``wam``. The backbone sees fixed shapes each
     step; the rest of the loss (task sampling, tokenising instructions) is Python over strings, which makes a
-    whole-model compile recompile per task mix and give nothing. The state dict keeps its keys."""
+    whole-model compile recompile for each batch's task names and give nothing. The state dict keeps its keys."""
     wam.backbone.compile()
     return wam
 
