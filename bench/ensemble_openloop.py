@@ -18,12 +18,12 @@ from __future__ import annotations
 import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from action_images.cliflags import Parser
+from action_images.runfiles import atomic_write_json
 
 
 def position_error_cm(pred: np.ndarray, valid: np.ndarray, start: np.ndarray, true: np.ndarray) -> np.ndarray:
@@ -92,8 +92,7 @@ def main(argv=None) -> int:
            "checkpoint": a.checkpoint, "data": a.data, "starts": a.starts, "samples": K,
            "sampler_steps": a.sampler_steps, "seed": a.seed, "views": names[:2], "summary": summary,
            "wall_s": round(time.perf_counter() - t0, 1)}
-    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(json.dumps(out, indent=1) + "\n")
+    atomic_write_json(a.json, out)
     print(json.dumps(summary, indent=1))
     return 0
 

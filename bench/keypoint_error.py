@@ -17,12 +17,12 @@ from __future__ import annotations
 import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from action_images.cliflags import Parser
+from action_images.runfiles import atomic_write_json
 
 
 def main(argv=None) -> int:
@@ -63,8 +63,7 @@ def main(argv=None) -> int:
     out = {"command": " ".join(["bench/keypoint_error.py", *(argv if argv is not None else sys.argv[1:])]),
            "data": a.data, "starts": a.starts, "repeats": a.repeats, "seed": a.seed, "checkpoints": rows,
            "wall_s": round(time.perf_counter() - t0, 1)}
-    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(json.dumps(out, indent=1) + "\n")
+    atomic_write_json(a.json, out)
     print(json.dumps(rows, indent=1))
     return 0
 

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from action_images.cliflags import Parser
+from action_images.runfiles import atomic_write_json
 
 STALL_STEPS = 150     # a failure whose TCP moves less than STALL_M over its last STALL_STEPS steps has stalled
 STALL_M = 0.02
@@ -210,8 +211,7 @@ def main(argv=None) -> int:
            "checkpoint": a.checkpoint, "seed": a.seed, "sampler_steps": a.sampler_steps, "hold_steps": a.hold_steps,
            "stall": {"steps": STALL_STEPS, "metres": STALL_M}, "near_m": NEAR_M, "summary": summary,
            "episodes": rows, "wall_s": round(time.perf_counter() - t0, 1)}
-    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(json.dumps(out, indent=1) + "\n")
+    atomic_write_json(a.json, out)
     print(json.dumps(summary, indent=1))
     return 0
 

@@ -43,6 +43,7 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from action_images.cliflags import Parser
+from action_images.runfiles import atomic_write_json
 
 TASK = "push_cube"
 LOW_Z = 0.06          # TCP below this: at pushing height (PUSH_Z = 0.03; cube top at 0.05)
@@ -699,8 +700,7 @@ def main(argv=None) -> int:
     out["data"] = analyse_data(a.data, a.seg_episodes, int(mcfg.get("horizon", 4)), int(mcfg.get("stride", 2)))
     out["wall_s"] = round(time.perf_counter() - t0, 1)
     path = Path(a.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=1))
+    atomic_write_json(path, out)
     print(f"wrote {path} ({out['wall_s']} s)", file=sys.stderr)
     if "policy" in out:
         print(json.dumps({"policy_classes": out["policy"]["classes"], "expert_successes": out["expert"]["successes"]}))

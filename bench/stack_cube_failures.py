@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from action_images.cliflags import Parser
+from action_images.runfiles import atomic_write_json
 
 TASKS = {"stack_cube": ("small", "big"), "place_in_bin": ("cube", "bin"), "pick_cube": ("cube", None)}
 LIFTED = 0.02         # small cube centre this far above its resting height: in the air
@@ -213,8 +214,7 @@ def main(argv=None) -> int:
     out["expert"] = {"summary": summary(exp), "episodes": exp}
     out["wall_s"] = round(time.perf_counter() - t0, 1)
     path = Path(a.json or f"bench/results/stack_cube_failures/{a.task}_rig8_ctx_3h.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=1))
+    atomic_write_json(path, out)
     print(json.dumps({"policy": out["policy"]["summary"], "expert": out["expert"]["summary"]}, indent=1))
     print(f"wrote {path} ({out['wall_s']} s)", file=sys.stderr)
     return 0
