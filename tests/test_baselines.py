@@ -265,6 +265,8 @@ def test_baseline_policy_closed_loop_in_the_sim():
         BaselinePolicy(model, PolicySettings(horizon=3))
     with pytest.raises(ValueError, match="--ensemble"):              # averages action images, which BC has none of
         BaselinePolicy(model, PolicySettings(ensemble=2))
+    with pytest.raises(ValueError, match="--zoom"):                  # virtual views belong to the action-image policy
+        BaselinePolicy(model, PolicySettings(zoom=1.5))
     env = make_env("reach_target", cameras=("front", "left", "right"), image_size=32)
     try:
         for m, k in ((model, 2), (dp(camera_names=["right", "left"]), 3)):

@@ -56,7 +56,7 @@ class Alarm:
     (["--episodes", "0"], "--episodes"), (["--jobs", "0"], "--jobs"), (["--seed", "-1"], "--seed"),
     (["--image-size", "0"], "--image-size"), (["--videos", "-1"], "--videos"), (["--tasks", "fly"], "--tasks"),
     (["--cameras", "front,moon"], "--cameras"), (["--policy-cameras", "left"], "--policy-cameras"),
-    (["--disagree-px", "0"], "--disagree-px"), (["--open-loop-data", "/no/such/dataset"], "--open-loop-data"),
+    (["--disagree-px", "0"], "--disagree-px"), (["--zoom", "0.5"], "--zoom"), (["--open-loop-data", "/no/such/dataset"], "--open-loop-data"),
     (["--lpips-weights", "/no/such/lpips.pth"], "--lpips-weights"),
     (["--i3d-weights", "/no/such/i3d.pt", "--trust-i3d-torchscript"], "--i3d-weights")])
 def test_bad_input_exits_2_before_any_work(checkpoint, tmp_path, capsys, extra, flag):

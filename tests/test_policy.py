@@ -373,3 +373,38 @@ def test_orientation_setting_is_checked():
     with pytest.raises(ValueError, match="--orientation.*--decode-head"):
         PolicySettings(orientation="topdown", decode_head="runs/head")
     assert PolicySettings().to_dict()["orientation"] == "free"
+
+
+# ---- zoomed virtual views --------------------------------------------------------------------------------------------
+def test_zoom_box_centres_on_the_point_and_stays_inside_the_image():
+    from action_images.policy import zoom_box
+
+    cam = Camera.look_at((1.0, 0.0, 0.8), (0.3, 0.0, 0.1), 50, 64, 48, name="front")
+    x0, y0, side = zoom_box(cam, np.array([0.3, 0.0, 0.1]), 2.0)
+    assert side == 24
+    uv = cam.project(np.array([[0.3, 0.0, 0.1]]))[0][0]
+    np.testing.assert_allclose([x0 + (side - 1) / 2, y0 + (side - 1) / 2], uv, atol=0.5)
+    x0, y0, side = zoom_box(cam, np.array([0.3, 0.6, 0.1]), 2.0)      # projects near the right edge: moved inside
+    assert x0 == 64 - 24 and side == 24 and 0 <= y0 <= 48 - 24
+    assert zoom_box(cam, np.array([3.0, 0.0, 0.8]), 1.5) == ((64 - 32) // 2, (48 - 32) // 2, 32)   # behind: centred
+
+
+def test_zoom_adds_a_zoomed_virtual_view_per_view_and_decodes_from_all():
+    """zoom 2: four views (each camera and its square around the hand, K updated), the targets decode as before."""
+    obs, cams = fake_obs_and_cameras()
+    pol = ActionImagesPolicy(StubModel(TARGETS, np.zeros(3)), PolicySettings(execute_k=4, zoom=2.0))
+    ch = pol.plan(obs, cams)
+    assert ch.view_names == ["front", "left", "front@zoom", "left@zoom"] and ch.future_act.shape[0] == 4
+    assert ch.decision == "execute" and ch.valid.all()
+    np.testing.assert_allclose(ch.actions[1, :3], TARGETS[0, :3], atol=2e-3)
+    hand = obs["ee_pose"][:3][None]
+    for plain, zoomed in ((ch.cameras[0], ch.cameras[2]), (ch.cameras[1], ch.cameras[3])):
+        assert zoomed.K[0, 0] == pytest.approx(2 * plain.K[0, 0])          # twice the pixels per centimetre
+        np.testing.assert_allclose(zoomed.project(hand)[0][0], [15.5, 15.5], atol=1.0)   # the hand at the centre
+    assert PolicySettings(zoom=2.0).to_metadata()["zoom"] == 2.0 and "zoom" not in PolicySettings().to_metadata()
+
+
+@pytest.mark.parametrize("value", [0.5, 0.0, float("nan"), "x"])
+def test_zoom_below_one_is_refused_naming_the_flag(value):
+    with pytest.raises(ValueError, match="--zoom"):
+        PolicySettings(zoom=value)

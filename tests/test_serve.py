@@ -533,3 +533,12 @@ def test_batching_flags_are_range_checked(model, checkpoint, capsys):
     assert main(["bench", "serve", "--max-batch", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--max-batch" in err[0], err
+
+
+def test_serve_takes_the_zoom_policy_flag(checkpoint, capsys):
+    """--zoom is a policy flag of serve as of eval: below 1 is one line naming it, exit 2."""
+    from action_images.cli import main
+
+    assert main(["serve", "--checkpoint", str(checkpoint), "--zoom", "0.5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--zoom" in err[0], err

@@ -132,6 +132,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--orientation", default="free", choices=ORIENTATIONS,
                    help="free: decode any tool rotation (default); topdown: only a yaw, the tool pointing straight "
                         "down (for robots whose grasps are all top-down)")
+    g.add_argument("--zoom", type=float, default=1.0,
+                   help=">= 1; above 1 the model also sees each view zoomed this much on the hand, as a virtual "
+                        "camera (render a larger --image-size for the zoomed squares to gain pixels; default 1: off)")
     g.add_argument("--decode-head", default=None, metavar="DIR",
                    help="decode the generated action images with this learned head (python -m "
                         "action_images.decode_head train) instead of triangulating them")
@@ -371,7 +374,7 @@ class Evaluation:
                            "method": s.policy.method, "on_disagree": s.policy.on_disagree,
                            "gripper": s.policy.gripper, "max_resamples": s.policy.max_resamples,
                            "ensemble": s.policy.ensemble, "orientation": s.policy.orientation,
-                           "disagree_px": policy.codec.reject_px, "model_image_size": cfg.image_size,
+                           "zoom": s.policy.zoom, "disagree_px": policy.codec.reject_px, "model_image_size": cfg.image_size,
                            "model_preset": cfg.preset, "model_camera_names": getattr(cfg, "camera_names", None),
                            "model_parameters": (int(sum(p.numel() for p in model.parameters()))
                                                 if model is not None else None), "jobs": s.jobs},
@@ -434,7 +437,7 @@ def settings_from_args(args: argparse.Namespace) -> EvalSettings:
                             sampler_steps=args.sampler_steps, cfg_scale=args.cfg_scale, on_disagree=args.on_disagree,
                             disagree_px=args.disagree_px, gripper=args.gripper, max_resamples=args.max_resamples,
                             method=args.method, decode_head=args.decode_head, ensemble=args.ensemble,
-                            orientation=args.orientation)
+                            orientation=args.orientation, zoom=args.zoom)
     return EvalSettings(tasks=args.tasks, episodes=args.episodes, seed=args.seed, cameras=args.cameras,
                         image_size=args.image_size, perturb_cameras=args.perturb_cameras, max_steps=args.max_steps,
                         videos=args.videos, video_format=args.video_format, video_px=args.video_px, jobs=args.jobs,

@@ -42,13 +42,13 @@ METHODS = ("euler", "heun")        # the ODE samplers of WorldActionModel.sample
 MAX_SAMPLER_STEPS = 1000
 MAX_ENSEMBLE = 64
 # settings added after the first policy-server protocol -> their defaults (PolicySettings.to_metadata)
-LATER_SETTINGS: dict[str, Any] = {"ensemble": 1, "orientation": "free"}
+LATER_SETTINGS: dict[str, Any] = {"ensemble": 1, "orientation": "free", "zoom": 1.0}
 # setting -> the command-line flag that sets it (errors name both, so the CLI and the library share one message)
 FLAGS = {"camera_names": "--policy-cameras", "horizon": "--horizon", "execute_k": "--execute-k",
          "sampler_steps": "--sampler-steps", "cfg_scale": "--cfg-scale", "on_disagree": "--on-disagree",
          "disagree_px": "--disagree-px", "gripper": "--gripper", "max_resamples": "--max-resamples",
          "method": "--method", "decode_head": "--decode-head", "ensemble": "--ensemble",
-         "orientation": "--orientation"}
+         "orientation": "--orientation", "zoom": "--zoom"}
 
 
 def _label(name: str, flags: dict[str, str]) -> str:
@@ -122,6 +122,11 @@ class PolicySettings:
     decoding, so a peak lands where the samples agree (1: a single sample). ``orientation``: "free" decodes any
     tool rotation; "topdown" only a yaw with the tool pointing straight down, for a robot whose grasps are all
     top-down (every built-in task's are; a baseline's predicted rotations are projected onto them the same way).
+    ``zoom``: above 1, the model also sees each view a second time as a virtual camera: the square of
+    1/``zoom`` of the view's short side centred on the current hand position's projection (kept inside the image),
+    resized to the model's size, its K updated to match, so the views around the hand hold ``zoom`` times the pixels
+    per centimetre with no retraining; decoding triangulates from all of them (1: off). Render the views at a
+    larger ``--image-size`` for the zoomed squares to hold more than the model's pixels.
     """
 
     camera_names: tuple[str, ...] | None = None
@@ -137,6 +142,7 @@ class PolicySettings:
     decode_head: str | None = None
     ensemble: int = 1
     orientation: str = "free"
+    zoom: float = 1.0
 
     def __post_init__(self) -> None:
         put = object.__setattr__
@@ -155,6 +161,7 @@ class PolicySettings:
         check_choice("method", self.method, METHODS)
         put(self, "ensemble", check_int("ensemble", self.ensemble, 1, MAX_ENSEMBLE))
         check_choice("orientation", self.orientation, ORIENTATIONS)
+        put(self, "zoom", check_float("zoom", self.zoom, 1.0))
         if self.decode_head is not None:
             if not isinstance(self.decode_head, str) or not self.decode_head:
                 raise ValueError(f"{_label('decode_head', FLAGS)} must be a folder; got {self.decode_head!r}")
@@ -232,6 +239,24 @@ def prepare_view(image: np.ndarray, cam: Camera, size: int, crop: str = "center"
     box = workspace_box(cam, workspace) if crop == "workspace" else center_box(cam)
     img, cam_out = crop_resize(image[None], cam, box, size)
     return img[0].numpy(), cam_out
+
+
+ZOOM_SUFFIX = "@zoom"     # the name of a view's zoomed virtual camera: "<camera>@zoom"
+
+
+def zoom_box(cam: Camera, point: np.ndarray, zoom: float) -> tuple[int, int, int]:
+    """The square (x0, y0, side) of 1/``zoom`` of ``cam``'s short side centred on the projection of the world
+    ``point``, moved inside the image; the centred square when the point is behind the camera."""
+    short = min(cam.width, cam.height)
+    side = max(1, int(round(short / zoom)))
+    uv, depth = cam.project(np.asarray(point, dtype=np.float64)[None])
+    if not float(np.asarray(depth).reshape(-1)[0]) > 1e-6:
+        cx, cy = (cam.width - 1) / 2.0, (cam.height - 1) / 2.0
+    else:
+        cx, cy = (float(x) for x in np.asarray(uv).reshape(-1)[:2])
+    x0 = int(np.clip(round(cx - (side - 1) / 2.0), 0, cam.width - side))
+    y0 = int(np.clip(round(cy - (side - 1) / 2.0), 0, cam.height - side))
+    return x0, y0, side
 
 
 def interpolate_chunk(current: np.ndarray, keyframes: np.ndarray, valid: np.ndarray, stride: int,
@@ -312,7 +337,7 @@ class ActionImagesPolicy(ChunkQueue):
         self.camera_names = list(s.camera_names or getattr(cfg, "camera_names", None) or []) or None
         self.steps, self.cfg_scale, self.method = s.sampler_steps, s.cfg_scale, s.method
         self.on_disagree, self.gripper, self.max_resamples = s.on_disagree, s.gripper, s.max_resamples
-        self.ensemble, self.orientation = s.ensemble, s.orientation
+        self.ensemble, self.orientation, self.zoom = s.ensemble, s.orientation, s.zoom
         if codec is None:
             sigma = ActionImageCodec().sigma(self.image_size, self.image_size)
             reject = s.disagree_px if s.disagree_px is not None else 2.0 * sigma
@@ -366,18 +391,26 @@ class ActionImagesPolicy(ChunkQueue):
                                                                                      list[str]]:
         """The model input for one observation, built by the training-window code path (batch of 1)."""
         views = self._views(obs, cameras)
+        pose = np.asarray(obs["ee_pose"], dtype=np.float64)
         imgs, cams = [], []
+        names = [cameras[i].name for i in views]
         for i in views:
             img, cam = prepare_view(obs["images"][cameras[i].name], cameras[i], self.image_size, self.crop,
                                     self.workspace)
             imgs.append(img)
             cams.append(cam)
+        if self.zoom > 1.0:                                # each view again, zoomed on the hand
+            for i in views:
+                box = zoom_box(cameras[i], pose[:3], self.zoom)
+                img, cam = crop_resize(obs["images"][cameras[i].name][None], cameras[i], box, self.image_size)
+                imgs.append(img[0].numpy())
+                cams.append(cam)
+                names.append(f"{cameras[i].name}{ZOOM_SUFFIX}")
         F_ = 1 + self.horizon
         rgb = np.repeat(np.stack(imgs)[:, None], F_, axis=1)                  # [V, F, R, R, 3]; futures unused
-        pose = np.asarray(obs["ee_pose"], dtype=np.float64)
         poses = np.repeat(pose[None], F_, axis=0)                              # [F, 8]; only frame 0 is given
         window = finish_window(rgb, cams, poses, str(obs.get("instruction", "")), self.codec)
-        return collate([window]), cams, [cameras[i].name for i in views]
+        return collate([window]), cams, names
 
     def _generate(self, batch: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         n = self.ensemble

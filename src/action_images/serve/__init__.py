@@ -61,6 +61,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(default 1)")
     g.add_argument("--orientation", default="free", choices=ORIENTATIONS,
                    help="free: decode any tool rotation (default); topdown: only a yaw, the tool pointing down")
+    g.add_argument("--zoom", type=float, default=1.0,
+                   help=">= 1; above 1 the model also sees each view zoomed this much on the hand (default 1: off)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -96,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
                                   sampler_steps=args.sampler_steps, cfg_scale=args.cfg_scale,
                                   on_disagree=args.on_disagree, disagree_px=args.disagree_px, gripper=args.gripper,
                                   max_resamples=args.max_resamples, method=args.method, ensemble=args.ensemble,
-                                  orientation=args.orientation)
+                                  orientation=args.orientation, zoom=args.zoom)
         if args.threads:
             torch.set_num_threads(args.threads)
         model = load_model(args.checkpoint)
