@@ -373,8 +373,8 @@ class Evaluation:
                            "sampler_steps": s.policy.sampler_steps, "cfg_scale": s.policy.cfg_scale,
                            "method": s.policy.method, "on_disagree": s.policy.on_disagree,
                            "gripper": s.policy.gripper, "max_resamples": s.policy.max_resamples,
-                           "ensemble": s.policy.ensemble, "orientation": s.policy.orientation,
-                           "zoom": s.policy.zoom, "disagree_px": policy.codec.reject_px, "model_image_size": cfg.image_size,
+                           "ensemble": s.policy.ensemble, "orientation": s.policy.orientation, "zoom": s.policy.zoom,
+                           "disagree_px": policy.codec.reject_px, "model_image_size": cfg.image_size,
                            "model_preset": cfg.preset, "model_camera_names": getattr(cfg, "camera_names", None),
                            "model_parameters": (int(sum(p.numel() for p in model.parameters()))
                                                 if model is not None else None), "jobs": s.jobs},
