@@ -267,6 +267,8 @@ def test_baseline_policy_closed_loop_in_the_sim():
         BaselinePolicy(model, PolicySettings(ensemble=2))
     with pytest.raises(ValueError, match="--zoom"):                  # virtual views belong to the action-image policy
         BaselinePolicy(model, PolicySettings(zoom=1.5))
+    with pytest.raises(ValueError, match="--noise"):
+        BaselinePolicy(model, PolicySettings(noise="episode"))
     env = make_env("reach_target", cameras=("front", "left", "right"), image_size=32)
     try:
         for m, k in ((model, 2), (dp(camera_names=["right", "left"]), 3)):

@@ -13,7 +13,7 @@ from scipy.spatial.transform import Rotation
 
 from action_images.codec import ActionImageCodec
 from action_images.geometry import Camera, euler_to_quat
-from action_images.policy import ActionImagesPolicy, PolicySettings, interpolate_chunk, prepare_view
+from action_images.policy import ActionImagesPolicy, Chunk, PolicySettings, interpolate_chunk, prepare_view
 from action_images.wam import WAMConfig, WorldActionModel
 
 torch.set_num_threads(1)
@@ -408,3 +408,54 @@ def test_zoom_adds_a_zoomed_virtual_view_per_view_and_decodes_from_all():
 def test_zoom_below_one_is_refused_naming_the_flag(value):
     with pytest.raises(ValueError, match="--zoom"):
         PolicySettings(zoom=value)
+
+
+# ---- one starting noise per episode ----------------------------------------------------------------------------------
+class NoiseRecordingModel(StubModel):
+    """The stub, recording the starting noise each call is given (None: the model draws its own)."""
+
+    seen: list = None
+
+    def sample(self, batch, task="policy", steps=1, cfg_scale=1.0, generator=None, method="euler", noise=None):
+        self.seen = (self.seen or []) + [noise]
+        return super().sample(batch, task, steps, cfg_scale, generator, method)
+
+
+def test_episode_noise_starts_every_replan_from_one_draw_and_reset_draws_again():
+    from action_images.policy import plan_batch
+
+    obs, cams = fake_obs_and_cameras()
+    model = NoiseRecordingModel(TARGETS, np.zeros(3))
+    pol = ActionImagesPolicy(model, PolicySettings(execute_k=2, noise="episode"), seed=5)
+    pol.plan(obs, cams)
+    pol.plan(obs, cams)
+    first, second = model.seen
+    assert first.shape == (1, 2, 1 + len(TARGETS), 6, 32, 32) and second is first
+    pol.reset(6)
+    pol.plan(obs, cams)
+    assert not torch.equal(model.seen[-1], first)                    # a new episode, a new draw
+    pol.reset(5)
+    pol.plan(obs, cams)
+    assert torch.equal(model.seen[-1], first)                        # the same seed, the same draw
+    fresh = ActionImagesPolicy(model, PolicySettings(execute_k=2))
+    fresh.plan(obs, cams)
+    assert model.seen[-1] is None                                    # the default: the model draws anew each time
+    ch = plan_batch([(pol, obs, cams), (ActionImagesPolicy(model, PolicySettings(execute_k=2, noise="episode")),
+                                        obs, cams)])                 # planned alone, each with its own draw
+    assert all(isinstance(c, Chunk) for c in ch) and torch.equal(model.seen[-2], first)
+
+
+def test_episode_noise_resamples_draw_fresh_noise():
+    """A resample after disagreement must not repeat the sample it replaces."""
+    obs, cams = fake_obs_and_cameras()
+    model = NoiseRecordingModel(TARGETS, np.full(3, 0.06))
+    pol = ActionImagesPolicy(model, PolicySettings(execute_k=4, max_resamples=2, disagree_px=0.8, noise="episode"))
+    pol.plan(obs, cams)
+    assert len(model.seen) == 3 and model.seen[0] is not None and model.seen[1] is None and model.seen[2] is None
+
+
+def test_noise_mode_is_checked_and_left_out_of_old_metadata_at_its_default():
+    with pytest.raises(ValueError, match="--noise"):
+        PolicySettings(noise="frozen")
+    assert PolicySettings(noise="episode").to_metadata()["noise"] == "episode"
+    assert "noise" not in PolicySettings().to_metadata()

@@ -51,7 +51,8 @@ from action_images.cliflags import DeprecatedAlias, Parser, add_sampler_steps, w
 from action_images.eval_settings import (DEFAULT_CAMERAS, MAX_JOBS, RIG_SPLITS, VIDEO_FORMATS, EvalSettings,
                                          resolve_settings)  # noqa: F401 (re-export)
 from action_images.metrics import wilson_interval
-from action_images.policy import DISAGREE_CHOICES, GRIPPER_MODES, METHODS, ORIENTATIONS, PolicySettings
+from action_images.policy import (DISAGREE_CHOICES, GRIPPER_MODES, METHODS, NOISE_MODES, ORIENTATIONS,
+                                  PolicySettings)
 from action_images.rollout import EpisodeRunner, episode_pairs, run_in_workers
 from action_images.runfiles import (append_jsonl, args_dict, atomic_write_json, atomic_write_text, check_out_dir,
                                     dumps, environment, json_safe, read_jsonl)
@@ -135,6 +136,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--zoom", type=float, default=1.0,
                    help=">= 1; above 1 the model also sees each view zoomed this much on the hand, as a virtual "
                         "camera (render a larger --image-size for the zoomed squares to gain pixels; default 1: off)")
+    g.add_argument("--noise", default="fresh", choices=NOISE_MODES,
+                   help="the sampler's starting noise: fresh, a new draw at every replanning step (default); episode, "
+                        "one draw per episode, so nearby observations get nearby plans")
     g.add_argument("--decode-head", default=None, metavar="DIR",
                    help="decode the generated action images with this learned head (python -m "
                         "action_images.decode_head train) instead of triangulating them")
@@ -374,6 +378,7 @@ class Evaluation:
                            "method": s.policy.method, "on_disagree": s.policy.on_disagree,
                            "gripper": s.policy.gripper, "max_resamples": s.policy.max_resamples,
                            "ensemble": s.policy.ensemble, "orientation": s.policy.orientation, "zoom": s.policy.zoom,
+                           "noise": s.policy.noise,
                            "disagree_px": policy.codec.reject_px, "model_image_size": cfg.image_size,
                            "model_preset": cfg.preset, "model_camera_names": getattr(cfg, "camera_names", None),
                            "model_parameters": (int(sum(p.numel() for p in model.parameters()))
@@ -437,7 +442,7 @@ def settings_from_args(args: argparse.Namespace) -> EvalSettings:
                             sampler_steps=args.sampler_steps, cfg_scale=args.cfg_scale, on_disagree=args.on_disagree,
                             disagree_px=args.disagree_px, gripper=args.gripper, max_resamples=args.max_resamples,
                             method=args.method, decode_head=args.decode_head, ensemble=args.ensemble,
-                            orientation=args.orientation, zoom=args.zoom)
+                            orientation=args.orientation, zoom=args.zoom, noise=args.noise)
     return EvalSettings(tasks=args.tasks, episodes=args.episodes, seed=args.seed, cameras=args.cameras,
                         image_size=args.image_size, perturb_cameras=args.perturb_cameras, max_steps=args.max_steps,
                         videos=args.videos, video_format=args.video_format, video_px=args.video_px, jobs=args.jobs,

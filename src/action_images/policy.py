@@ -39,16 +39,17 @@ from action_images.geometry import Camera
 DISAGREE_CHOICES = ("replan", "hold")
 GRIPPER_MODES = ("linear", "step")
 METHODS = ("euler", "heun")        # the ODE samplers of WorldActionModel.sample
+NOISE_MODES = ("fresh", "episode")  # starting noise: a new draw at every replanning step, or one per episode
 MAX_SAMPLER_STEPS = 1000
 MAX_ENSEMBLE = 64
 # settings added after the first policy-server protocol -> their defaults (PolicySettings.to_metadata)
-LATER_SETTINGS: dict[str, Any] = {"ensemble": 1, "orientation": "free", "zoom": 1.0}
+LATER_SETTINGS: dict[str, Any] = {"ensemble": 1, "orientation": "free", "zoom": 1.0, "noise": "fresh"}
 # setting -> the command-line flag that sets it (errors name both, so the CLI and the library share one message)
 FLAGS = {"camera_names": "--policy-cameras", "horizon": "--horizon", "execute_k": "--execute-k",
          "sampler_steps": "--sampler-steps", "cfg_scale": "--cfg-scale", "on_disagree": "--on-disagree",
          "disagree_px": "--disagree-px", "gripper": "--gripper", "max_resamples": "--max-resamples",
          "method": "--method", "decode_head": "--decode-head", "ensemble": "--ensemble",
-         "orientation": "--orientation", "zoom": "--zoom"}
+         "orientation": "--orientation", "zoom": "--zoom", "noise": "--noise"}
 
 
 def _label(name: str, flags: dict[str, str]) -> str:
@@ -127,6 +128,10 @@ class PolicySettings:
     resized to the model's size, its K updated to match, so the views around the hand hold ``zoom`` times the pixels
     per centimetre with no retraining; decoding triangulates from all of them (1: off). Render the views at a
     larger ``--image-size`` for the zoomed squares to hold more than the model's pixels.
+    ``noise``: "fresh" draws the sampler's starting noise anew at every replanning step; "episode" draws it once per
+    episode (per input shape) and starts every replanning step's first sample from it, so the plan is a fixed
+    function of the observation: nearby observations get nearby plans instead of a new draw among the model's
+    modes at each replan (a resample after disagreement still draws fresh noise).
     """
 
     camera_names: tuple[str, ...] | None = None
@@ -143,6 +148,7 @@ class PolicySettings:
     ensemble: int = 1
     orientation: str = "free"
     zoom: float = 1.0
+    noise: str = "fresh"
 
     def __post_init__(self) -> None:
         put = object.__setattr__
@@ -162,6 +168,7 @@ class PolicySettings:
         put(self, "ensemble", check_int("ensemble", self.ensemble, 1, MAX_ENSEMBLE))
         check_choice("orientation", self.orientation, ORIENTATIONS)
         put(self, "zoom", check_float("zoom", self.zoom, 1.0))
+        check_choice("noise", self.noise, NOISE_MODES)
         if self.decode_head is not None:
             if not isinstance(self.decode_head, str) or not self.decode_head:
                 raise ValueError(f"{_label('decode_head', FLAGS)} must be a folder; got {self.decode_head!r}")
@@ -337,7 +344,7 @@ class ActionImagesPolicy(ChunkQueue):
         self.camera_names = list(s.camera_names or getattr(cfg, "camera_names", None) or []) or None
         self.steps, self.cfg_scale, self.method = s.sampler_steps, s.cfg_scale, s.method
         self.on_disagree, self.gripper, self.max_resamples = s.on_disagree, s.gripper, s.max_resamples
-        self.ensemble, self.orientation, self.zoom = s.ensemble, s.orientation, s.zoom
+        self.ensemble, self.orientation, self.zoom, self.noise = s.ensemble, s.orientation, s.zoom, s.noise
         if codec is None:
             sigma = ActionImageCodec().sigma(self.image_size, self.image_size)
             reject = s.disagree_px if s.disagree_px is not None else 2.0 * sigma
@@ -361,6 +368,7 @@ class ActionImagesPolicy(ChunkQueue):
         self.last_command: np.ndarray | None = None
         self.last_chunk: Chunk | None = None
         self.chunks: list[Chunk] = []
+        self.episode_noise: dict[tuple, torch.Tensor] = {}     # noise="episode": input shape -> starting noise
 
     def _views(self, obs: dict[str, Any], cameras: Sequence[Camera]) -> list[int]:
         names = [c.name for c in cameras]
@@ -412,13 +420,23 @@ class ActionImagesPolicy(ChunkQueue):
         window = finish_window(rgb, cams, poses, str(obs.get("instruction", "")), self.codec)
         return collate([window]), cams, names
 
-    def _generate(self, batch: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    def _generate(self, batch: dict[str, Any], fresh: bool = False) -> tuple[np.ndarray, np.ndarray]:
         n = self.ensemble
         if n > 1:                                      # n copies of the one request, each with its own noise
             batch = {k: (v.repeat(n, *([1] * (v.dim() - 1))) if torch.is_tensor(v) else list(v) * n)
                      for k, v in batch.items()}
+        noise = None
+        if self.noise == "episode" and not fresh:      # the episode's one draw for this input shape
+            from action_images.openloop import noise_shape
+
+            rgb = batch["rgb"]
+            shape = (rgb.shape[0], *noise_shape(self.model.config, rgb.shape[1], rgb.shape[2], *rgb.shape[-2:]))
+            if shape not in self.episode_noise:
+                self.episode_noise[shape] = torch.randn(shape, generator=self.generator)
+            noise = self.episode_noise[shape]
+        extra = {"noise": noise} if noise is not None else {}
         out = self.model.sample(batch, task="policy", steps=self.steps, cfg_scale=self.cfg_scale,
-                                generator=self.generator, method=self.method)
+                                generator=self.generator, method=self.method, **extra)
         rgb, act = _frames(out, 0)
         if n > 1:                                      # the samples' action images, averaged before decoding
             act = np.mean([act, *(_frames(out, i)[1] for i in range(1, n))], axis=0)
@@ -454,7 +472,7 @@ class ActionImagesPolicy(ChunkQueue):
             if attempt == 0 and first is not None:
                 future_rgb, future_act, t1 = first[0], first[1], t1 - first[2]
             else:
-                future_rgb, future_act = self._generate(batch)
+                future_rgb, future_act = self._generate(batch, fresh=attempt > 0)
             t2 = time.perf_counter()
             dec = self.codec.decode(future_act, cams, orientation=self.orientation)
             t3 = time.perf_counter()
@@ -501,9 +519,9 @@ def batch_key(batch: dict[str, Any]) -> tuple:
 def _joinable(policy: Any) -> bool:
     """Whether ``policy`` draws its first sample in a shared model call: the world action model in pixel space
     (its starting noise is drawn per request, so the call adds no randomness) drawing one sample per step;
-    baselines, latent models and ensembles plan alone."""
+    baselines, latent models, ensembles and episode noise plan alone."""
     return (type(policy).plan is ActionImagesPolicy.plan and getattr(policy.model.config, "latent", None) is None
-            and getattr(policy, "ensemble", 1) == 1)
+            and getattr(policy, "ensemble", 1) == 1 and getattr(policy, "noise", "fresh") == "fresh")
 
 
 def plan_batch(jobs: Sequence[tuple[ActionImagesPolicy, dict[str, Any], Sequence[Camera]]],

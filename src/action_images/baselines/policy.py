@@ -28,15 +28,18 @@ from action_images.policy import ActionImagesPolicy, Chunk, check_int, interpola
 class BaselinePolicy(ActionImagesPolicy):
     """Closed loop around a model with ``predict(batch, generator, steps) -> poses [B, H, 8]``; ``settings`` as for
     :class:`ActionImagesPolicy` (``sampler_steps`` is the diffusion policy's step count; ``cfg_scale``, ``method``,
-    ``on_disagree``, ``disagree_px`` and ``max_resamples`` do not apply; ``decode_head``, ``ensemble`` > 1 and
-    ``zoom`` > 1 are refused; ``orientation`` "topdown" replaces each predicted rotation by the nearest top-down one,
-    as the world action model's decoding does)."""
+    ``on_disagree``, ``disagree_px`` and ``max_resamples`` do not apply; ``decode_head``, ``ensemble`` > 1,
+    ``zoom`` > 1 and ``noise`` "episode" are refused; ``orientation`` "topdown" replaces each predicted rotation by
+    the nearest top-down one, as the world action model's decoding does)."""
 
     def __init__(self, model: Any, settings: Any = None, **kwargs: Any):
         if getattr(settings, "decode_head", None) is not None:
             raise ValueError("--decode-head decodes generated action images; this checkpoint predicts poses")
         if getattr(settings, "ensemble", 1) != 1:
             raise ValueError("--ensemble averages generated action images; this checkpoint predicts poses")
+        if getattr(settings, "noise", "fresh") != "fresh":
+            raise ValueError("--noise episode fixes the world action model's starting noise; this checkpoint predicts "
+                             "poses")
         if getattr(settings, "zoom", 1.0) != 1.0:
             raise ValueError("--zoom adds virtual views for a model that plans on any number of views; this "
                              "checkpoint predicts poses")

@@ -21,7 +21,7 @@ TOKEN_ENV = "ACTION_IMAGES_SERVE_TOKEN"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from action_images.cliflags import whole_number
-    from action_images.policy import DISAGREE_CHOICES, GRIPPER_MODES, METHODS, ORIENTATIONS
+    from action_images.policy import DISAGREE_CHOICES, GRIPPER_MODES, METHODS, NOISE_MODES, ORIENTATIONS
 
     p.add_argument("--checkpoint", required=True, help="run directory or checkpoint (config.json + weights)")
     p.add_argument("--host", default="127.0.0.1",
@@ -63,6 +63,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="free: decode any tool rotation (default); topdown: only a yaw, the tool pointing down")
     g.add_argument("--zoom", type=float, default=1.0,
                    help=">= 1; above 1 the model also sees each view zoomed this much on the hand (default 1: off)")
+    g.add_argument("--noise", default="fresh", choices=NOISE_MODES,
+                   help="starting noise: fresh at every replanning step (default), or one draw per episode")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -98,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
                                   sampler_steps=args.sampler_steps, cfg_scale=args.cfg_scale,
                                   on_disagree=args.on_disagree, disagree_px=args.disagree_px, gripper=args.gripper,
                                   max_resamples=args.max_resamples, method=args.method, ensemble=args.ensemble,
-                                  orientation=args.orientation, zoom=args.zoom)
+                                  orientation=args.orientation, zoom=args.zoom, noise=args.noise)
         if args.threads:
             torch.set_num_threads(args.threads)
         model = load_model(args.checkpoint)
