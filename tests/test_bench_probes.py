@@ -1,6 +1,7 @@
 """The probes' arithmetic on made-up inputs: the Meta-World failure classes (bench/metaworld_failures.py), the
 view-pair angles (bench/view_pair_geometry.py, bench/success_by_view_angle.py), the ensemble scores
-(bench/ensemble_openloop.py), the keypoint error of checkpoints side by side (bench/keypoint_error.py)."""
+(bench/ensemble_openloop.py), the keypoint error of checkpoints side by side (bench/keypoint_error.py), the hand
+standing still or stuck in place at the end of an episode (bench/stalls.py)."""
 
 import importlib.util
 import json
@@ -23,6 +24,7 @@ probe = load("metaworld_failures")
 pairs = load("view_pair_geometry")
 angles = load("success_by_view_angle")
 ensemble = load("ensemble_openloop")
+stalls = load("stalls")
 
 
 def expert(n_pre=40, n_post=20):
@@ -157,3 +159,16 @@ def test_keypoint_error_scores_checkpoints_on_the_same_windows_and_noise(tmp_pat
     a, b = first[str(tmp_path / "a")], first[str(tmp_path / "b")]
     assert again[str(tmp_path / "a")] == a and a["windows"] == 4 and a["batches"] == 1
     assert a["loss_act_mean"] != b["loss_act_mean"]
+
+
+def test_stalls_finds_the_longest_still_run_and_judges_only_the_tail():
+    walk = np.linspace([0.0, 0.0, 0.0], [0.3, 0.0, 0.0], 31)                 # 1 cm per step
+    rest = np.repeat([[0.3, 0.0, 0.0]], 12, axis=0)
+    path = np.concatenate([walk, rest, walk[::-1]])
+    run, at = stalls.still_run(path, 0.005)
+    assert (run, at) == (14, 30)                           # the walk's last point, the rest, the way back's first
+    assert stalls.still_run(path, 0.0101)[0] == 15                          # one more step counts as within 1 cm
+    dither = np.concatenate([walk, np.tile([[0.3, 0.0, 0.0], [0.33, 0.0, 0.0]], (15, 1))])   # 3 cm back and forth
+    assert stalls.tail_still(dither, 0.04, 30) and not stalls.tail_still(dither, 0.01, 30)
+    assert not stalls.tail_still(path, 0.04, 30)                            # it walked off again
+    assert not stalls.tail_still(rest, 0.04, 30)                            # shorter than the tail: not judged
