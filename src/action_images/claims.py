@@ -97,6 +97,9 @@ METHODS = (
     Method("wam_ctx_recover_noise_9k", "action images + context encoder, the 3-hour recipe then the same noisy "
            "recovery stage at 9,000 steps on two threads (`recipes/rig8-ctx-recover-noise-9k.json`)",
            "recipes/rig8-ctx-recover-noise-9k.json", "runs/rig8-ctx-recover-noise-9k"),
+    Method("wam_ctx_recover_noise_9k_all", "the same 9,000-step checkpoint seeing every rig view at test time "
+           "(`--policy-cameras all`: the rigs' 4 views; left + top stays 2)", "recipes/rig8-ctx-recover-noise-9k.json",
+           "runs/rig8-ctx-recover-noise-9k", eval_flags="--policy-cameras all"),
     Method("wam_ctx_decay", "action images + context encoder, the quick recipe then a decaying stage to the 3-hour "
            "step count (`recipes/rig8-ctx-decay.json`)", "recipes/rig8-ctx-decay.json", "runs/rig8-ctx-decay"),
     Method("bc_3h", "image behaviour cloning, 3-hour recipe", "recipes/rig8-bc-3h.json", "runs/rig8-bc-3h"),
