@@ -2,13 +2,13 @@
 
     OMP_NUM_THREADS=1 MUJOCO_GL=egl .venv/bin/python bench/stalls.py \
         --checkpoint checkpoints/rig8-ctx-recover-noise-9k --tasks push_cube,stack_cube --episodes 30 --seed 31337 \
-        --policy-cameras all --sampler-steps 3 --json bench/results/stalls/stalls_9k_all_views.json
+        --policy-cameras all --sampler-steps 3 --json bench/results/stalls/stalls_9k_all_views_train_rigs.json
 
 Plays the episodes exactly as ``action-images eval --rig-distribution RIGS`` with the same flags does (the same
 episode seeds, rigs and policy; :class:`~action_images.rollout.EpisodeRunner`) and logs the measured hand position
-after every control step. A failure *stalls* when the hand stays within ``--still-cm`` of one point for the last
-``--tail`` steps of the episode, and is *stuck* when it stays within ``--stuck-cm`` of their mean (standing still, or
-dithering in place: the path length over those steps tells which). For every episode it also reports the longest
+after every control step. Over the last ``--tail`` steps of an episode the hand is *still* when every position lies
+within ``--still-cm`` of their mean, and *stuck* when within ``--stuck-cm`` (standing still, or dithering in place:
+the path length over those steps tells which). For every episode it also reports the longest
 still stretch anywhere in the episode and the last step at which the hand moved 2 mm.
 """
 
@@ -26,7 +26,8 @@ from action_images.runfiles import atomic_write_json
 
 
 def still_run(path: np.ndarray, radius: float) -> tuple[int, int]:
-    """(longest run of steps whose positions all lie within ``radius`` of the run's first, its first step)."""
+    """(longest run of steps whose positions all lie within ``radius`` of the run's first, its first step), the runs
+    taken greedily from the start of the path."""
     best, best_at, i = 0, 0, 0
     while i < len(path):
         j = i
