@@ -124,7 +124,7 @@ class StubModel:
     def eval(self):
         return self
 
-    def sample(self, batch, task="policy", steps=1, cfg_scale=1.0, generator=None, method="euler"):
+    def sample(self, batch, task="policy", steps=1, cfg_scale=1.0, generator=None, method="euler", noise=None):
         self.calls += 1
         R = self.config.image_size
         cams = [Camera(K=K, T_cam_world=T, width=R, height=R) for K, T in
@@ -277,7 +277,7 @@ class SpreadModel(StubModel):
 
     offsets: tuple = ()
 
-    def sample(self, batch, task="policy", steps=1, cfg_scale=1.0, generator=None, method="euler"):
+    def sample(self, batch, task="policy", steps=1, cfg_scale=1.0, generator=None, method="euler", noise=None):
         self.calls += 1
         B, R = batch["act"].shape[0], self.config.image_size
         cams = [Camera(K=K, T_cam_world=T, width=R, height=R) for K, T in
@@ -418,7 +418,7 @@ class NoiseRecordingModel(StubModel):
 
     def sample(self, batch, task="policy", steps=1, cfg_scale=1.0, generator=None, method="euler", noise=None):
         self.seen = (self.seen or []) + [noise]
-        return super().sample(batch, task, steps, cfg_scale, generator, method)
+        return super().sample(batch, task, steps, cfg_scale, generator, method, noise)
 
 
 def test_episode_noise_starts_every_replan_from_one_draw_and_reset_draws_again():

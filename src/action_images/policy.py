@@ -33,7 +33,8 @@ import torch
 from scipy.spatial.transform import Rotation, Slerp
 
 from action_images.codec import ORIENTATIONS, ActionImageCodec, DecodeResult
-from action_images.data.windows import center_box, collate, crop_resize, finish_window, workspace_box
+from action_images.data.windows import (center_box, collate, crop_resize, finish_window, square_at,
+                                         workspace_box)
 from action_images.geometry import Camera
 
 DISAGREE_CHOICES = ("replan", "hold")
@@ -254,16 +255,11 @@ ZOOM_SUFFIX = "@zoom"     # the name of a view's zoomed virtual camera: "<camera
 def zoom_box(cam: Camera, point: np.ndarray, zoom: float) -> tuple[int, int, int]:
     """The square (x0, y0, side) of 1/``zoom`` of ``cam``'s short side centred on the projection of the world
     ``point``, moved inside the image; the centred square when the point is behind the camera."""
-    short = min(cam.width, cam.height)
-    side = max(1, int(round(short / zoom)))
+    side = max(1, int(round(min(cam.width, cam.height) / zoom)))
     uv, depth = cam.project(np.asarray(point, dtype=np.float64)[None])
     if not float(np.asarray(depth).reshape(-1)[0]) > 1e-6:
-        cx, cy = (cam.width - 1) / 2.0, (cam.height - 1) / 2.0
-    else:
-        cx, cy = (float(x) for x in np.asarray(uv).reshape(-1)[:2])
-    x0 = int(np.clip(round(cx - (side - 1) / 2.0), 0, cam.width - side))
-    y0 = int(np.clip(round(cy - (side - 1) / 2.0), 0, cam.height - side))
-    return x0, y0, side
+        return square_at(cam, (cam.width - 1) / 2.0, (cam.height - 1) / 2.0, side)
+    return square_at(cam, *(float(x) for x in np.asarray(uv).reshape(-1)[:2]), side)
 
 
 def interpolate_chunk(current: np.ndarray, keyframes: np.ndarray, valid: np.ndarray, stride: int,
@@ -434,9 +430,8 @@ class ActionImagesPolicy(ChunkQueue):
             if shape not in self.episode_noise:
                 self.episode_noise[shape] = torch.randn(shape, generator=self.generator)
             noise = self.episode_noise[shape]
-        extra = {"noise": noise} if noise is not None else {}
         out = self.model.sample(batch, task="policy", steps=self.steps, cfg_scale=self.cfg_scale,
-                                generator=self.generator, method=self.method, **extra)
+                                generator=self.generator, method=self.method, noise=noise)
         rgb, act = _frames(out, 0)
         if n > 1:                                      # the samples' action images, averaged before decoding
             act = np.mean([act, *(_frames(out, i)[1] for i in range(1, n))], axis=0)

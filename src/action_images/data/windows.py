@@ -71,6 +71,11 @@ def workspace_box(cam: Camera, workspace: Sequence[Sequence[float]], scale: floa
     short = min(cam.width, cam.height)
     side = int(round(min(short, max(8.0, float((b - a).max()) * WORKSPACE_MARGIN * scale))))
     cx, cy = (a + b) / 2.0 + np.asarray(shift) * side
+    return square_at(cam, float(cx), float(cy), side)
+
+
+def square_at(cam: Camera, cx: float, cy: float, side: int) -> tuple[int, int, int]:
+    """The square crop (x0, y0, side) of ``side`` pixels centred on pixel (cx, cy), moved inside ``cam``'s image."""
     x0 = int(np.clip(round(cx - (side - 1) / 2.0), 0, cam.width - side))
     y0 = int(np.clip(round(cy - (side - 1) / 2.0), 0, cam.height - side))
     return x0, y0, side
