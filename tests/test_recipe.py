@@ -307,3 +307,13 @@ def test_the_two_thread_second_stage_differs_only_in_its_steps_and_threads():
     assert (long["optim"].pop("steps"), two["optim"].pop("steps")) == (6500, 9000)
     assert (long["run"].pop("threads"), two["run"].pop("threads")) == (1, 2)
     assert long == two
+
+
+def test_the_64_px_stage_differs_from_the_shipped_stage_in_its_resolution_and_steps():
+    """recipes/rig8-ctx-recover-noise-64px.json: the shipped second stage with the model at the demos' own 64 px
+    (the 48 px export loads as it is) and fewer steps, as many as fit the same hour at 64 px."""
+    shipped = TrainRecipe.load(ROOT / "recipes" / "rig8-ctx-recover-noise-9k.json").to_dict()
+    hires = TrainRecipe.load(ROOT / "recipes" / "rig8-ctx-recover-noise-64px.json").to_dict()
+    assert (shipped["model"].pop("image_size"), hires["model"].pop("image_size")) == (None, 64)
+    assert (shipped["optim"].pop("steps"), hires["optim"].pop("steps")) == (9000, 5000)
+    assert shipped == hires

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from action_images import checkpointing, train
 from action_images.wam import WorldActionModel
@@ -203,6 +203,18 @@ def test_init_from_starts_from_another_runs_export(tmp_path, capsys):
     assert train_main(*TINY, "--out", str(tmp_path / "h"), "--steps", "1", "--init-from", str(a),
                       "--act-keypoint-weight", "0.5") == 0         # another loss: the same weights, trained on
     assert WorldActionModel.from_pretrained(tmp_path / "h").config.act_keypoint_weight == 0.5
+    assert train_main(*TINY, "--out", str(tmp_path / "i"), "--steps", "1", "--init-from", str(a),
+                      "--image-size", "48") == 0                   # another resolution: position embeddings are computed
+    assert WorldActionModel.from_pretrained(tmp_path / "i").config.image_size == 48
+    bent = tmp_path / "bent"                                        # a weight of another shape: refused by name
+    shutil.copytree(a, bent)
+    weights = dict(wa)
+    name = next(k for k, v in weights.items() if v.ndim == 2)
+    weights[name] = torch.zeros(weights[name].shape[0] + 1, weights[name].shape[1])
+    save_file(weights, str(bent / "model.safetensors"))
+    capsys.readouterr()
+    assert train_main(*TINY, "--out", str(tmp_path / "j"), "--steps", "1", "--init-from", str(bent)) == 2
+    assert "does not fit" in capsys.readouterr().err
     assert train_main(*TINY, "--out", str(tmp_path / "f"), "--minutes", "1", "--schedule", "linear") == 2
     assert "schedule" in capsys.readouterr().err
 

@@ -45,6 +45,27 @@ def test_dataset_windows_decode_to_their_poses(lerobot_root):
     assert np.median(np.linalg.norm(res.poses[res.valid, :3] - w["poses"][res.valid, :3].numpy(), axis=-1)) < 0.01
 
 
+def test_windows_keep_decoded_episodes_up_to_their_cache_size(lerobot_root, monkeypatch):
+    """Episodes are read once while they fit ``cache_episodes``; past it the oldest is dropped and read again."""
+    def reads(cache: int) -> int:
+        ds = Windows([str(lerobot_root)], WindowConfig(image_size=32, num_views=2, horizon=2, stride=2), seed=0,
+                     cache_episodes=cache)
+        calls, read = [], ds.datasets[0].episode
+
+        def counted(i):
+            calls.append(i)
+            return read(i)
+
+        monkeypatch.setattr(ds.datasets[0], "episode", counted)
+        for _ in range(2):                                              # every episode, twice
+            for d, i in ds.episode_keys():
+                ds.window(d, i, 0, np.random.default_rng(0))
+        return len(calls)
+
+    episodes = len(Windows([str(lerobot_root)], WindowConfig(image_size=32), seed=0).episode_keys())
+    assert episodes >= 2 and reads(2048) == episodes and reads(1) == 2 * episodes
+
+
 def test_window_config_from_model_and_camera_restriction(lerobot_root):
     cfg = WAMConfig.from_preset("cpu-tiny", camera_names=["cam0", "cam2"])
     wcfg = WindowConfig.from_model(cfg)

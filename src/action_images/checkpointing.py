@@ -157,9 +157,12 @@ def saved_recipe(ck: dict[str, Any]) -> dict[str, Any] | None:
     return TrainRecipe.from_dict(d, "checkpoint recipe").defining()
 
 
-# config fields that record how a model was trained, not what its weights are: a stage may train on other cameras
-# and weigh its loss otherwise
-TRAINED_ON_KEYS = frozenset({"camera_names", "action_loss_weight", "act_peak_weight", "act_keypoint_weight"})
+# config fields that record how a model was trained, not what its weights are: a stage may train on other cameras,
+# weigh its loss otherwise, or work at another resolution (the backbones' position embeddings are computed for any
+# grid of patches, and the context encoder is convolutional; a backbone whose weights depend on the grid fails the
+# shape check below instead)
+TRAINED_ON_KEYS = frozenset({"camera_names", "action_loss_weight", "act_peak_weight", "act_keypoint_weight",
+                             "image_size"})
 
 
 def init_weights(model: torch.nn.Module, run: str) -> None:
@@ -179,7 +182,11 @@ def init_weights(model: torch.nn.Module, run: str) -> None:
     diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k) and k not in TRAINED_ON_KEYS)
     if diff:
         raise ValueError(f"--init-from {run}: its model differs from this recipe's in {diff}")
-    missing, unexpected = model.load_state_dict(load_file(str(folder / WEIGHTS_NAME)), strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(load_file(str(folder / WEIGHTS_NAME)), strict=False)
+    except RuntimeError as e:  # a tensor of another shape
+        raise ValueError(f"--init-from {run}: {WEIGHTS_NAME} does not fit the model "
+                         f"({str(e).splitlines()[-1].strip()})") from None
     if missing or unexpected:
         raise ValueError(f"--init-from {run}: {WEIGHTS_NAME} does not fit the model (missing {missing[:3]}, "
                          f"unexpected {unexpected[:3]})")
