@@ -157,12 +157,11 @@ def saved_recipe(ck: dict[str, Any]) -> dict[str, Any] | None:
     return TrainRecipe.from_dict(d, "checkpoint recipe").defining()
 
 
-# config fields that record how a model was trained, not what its weights are: a stage may train on other cameras,
-# weigh its loss otherwise, or work at another resolution (the backbones' position embeddings are computed for any
-# grid of patches, and the context encoder is convolutional; a backbone whose weights depend on the grid fails the
-# shape check below instead)
-TRAINED_ON_KEYS = frozenset({"camera_names", "action_loss_weight", "act_peak_weight", "act_keypoint_weight",
-                             "image_size"})
+# config fields the weights do not depend on: a stage may train on other cameras, weigh its loss otherwise, or work
+# at another resolution (the backbones' position embeddings are computed for any grid of patches, and the context
+# encoder is convolutional; a backbone whose weights depend on the grid fails the shape check below instead)
+WEIGHT_FREE_KEYS = frozenset({"camera_names", "action_loss_weight", "act_peak_weight", "act_keypoint_weight",
+                              "image_size"})
 
 
 def init_weights(model: torch.nn.Module, run: str) -> None:
@@ -179,7 +178,7 @@ def init_weights(model: torch.nn.Module, run: str) -> None:
         return {k2: v2 for k, v in d.items()
                 for k2, v2 in (flat(v, f"{pre}{k}.").items() if isinstance(v, dict) else [(pre + k, v)])}
     ours, theirs = flat(model.config.to_dict()), flat(theirs)
-    diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k) and k not in TRAINED_ON_KEYS)
+    diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k) and k not in WEIGHT_FREE_KEYS)
     if diff:
         raise ValueError(f"--init-from {run}: its model differs from this recipe's in {diff}")
     try:
