@@ -5,7 +5,8 @@
         --sampler-steps 3 --json bench/results/ensemble/openloop_e8_steps3.json
 
 Each episode of ``--data`` gives ``--starts`` un-augmented policy windows (as ``action-images openloop`` picks
-them), seen through the episode's first two views (the views ``eval`` gives the policy on a random rig). Each window
+them), seen through the episode's first ``--views`` views (default 2, the views ``eval`` gives the policy on a random
+rig; ``all`` for every view, as ``eval --policy-cameras all``). Each window
 is sampled ``--samples`` times with independent noise in one model call and every sample is decoded by the codec's
 triangulation. It scores the position error against the demo's pose of: every single sample's keyframes (each
 sample a row of its own), the average of the first k samples' action images decoded once (what ``eval --ensemble k``
@@ -45,6 +46,7 @@ def main(argv=None) -> int:
     p.add_argument("--samples", type=int, default=8, help="samples per window, >= 2")
     p.add_argument("--sampler-steps", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--views", default="2", help="the episode's first N views, or all (default 2)")
     p.add_argument("--json", default="bench/results/ensemble/openloop_e8_steps3.json")
     a = p.parse_args(argv)
     if a.samples < 2:
@@ -61,17 +63,24 @@ def main(argv=None) -> int:
     data = open_windows(a.data, cfg, a.seed)
     ds, codec = data.datasets[0], data.codec
     names = list(ds.camera_names)
+    try:
+        V = len(names) if a.views == "all" else int(a.views)
+    except ValueError:
+        raise SystemExit(f"--views: a number or 'all'; got {a.views!r}") from None
+    if not 2 <= V <= len(names):
+        raise SystemExit(f"--views: 2 to {len(names)} (the cameras of {a.data}); got {a.views}")
+    views = names[:V]
     ks = [k for k in (2, 4, 8, 16) if k <= K]
     errors: dict[str, list[np.ndarray]] = {"one sample": [], "best sample per keyframe (oracle)": []}
     for k in ks:
         errors[f"average of {k} samples' action images"] = []
         errors[f"median of {k} samples' positions"] = []
     for ep in range(ds.num_episodes):
-        for wi, w in enumerate(held_out_windows(data, [ep], a.starts, names[:2], a.seed)):
+        for wi, w in enumerate(held_out_windows(data, [ep], a.starts, views, a.seed)):
             poses = w["poses"].numpy()
             cams = window_cameras(w, R)
             gen = torch.Generator().manual_seed(window_seed(a.seed, ep * a.starts + wi))
-            noise = torch.randn((K, *noise_shape(cfg, 2, poses.shape[0], R, R)), generator=gen)
+            noise = torch.randn((K, *noise_shape(cfg, V, poses.shape[0], R, R)), generator=gen)
             out = model.sample(collate([w] * K), task="policy", steps=a.sampler_steps, noise=noise)
             acts = np.stack([unit_images(out.act[i])[:, 1:] for i in range(K)])     # [K, V, H, R, R, 3]
             true, start = poses[1:, :3], poses[0, :3]
@@ -90,7 +99,7 @@ def main(argv=None) -> int:
     summary = summarise(errors)
     out = {"command": " ".join(["bench/ensemble_openloop.py", *(argv if argv is not None else sys.argv[1:])]),
            "checkpoint": a.checkpoint, "data": a.data, "starts": a.starts, "samples": K,
-           "sampler_steps": a.sampler_steps, "seed": a.seed, "views": names[:2], "summary": summary,
+           "sampler_steps": a.sampler_steps, "seed": a.seed, "views": views, "summary": summary,
            "wall_s": round(time.perf_counter() - t0, 1)}
     atomic_write_json(a.json, out)
     print(json.dumps(summary, indent=1))

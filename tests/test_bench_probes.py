@@ -172,3 +172,23 @@ def test_stalls_finds_the_longest_still_run_and_judges_only_the_tail():
     assert stalls.tail_still(dither, 0.04, 30) and not stalls.tail_still(dither, 0.01, 30)
     assert not stalls.tail_still(path, 0.04, 30)                            # it walked off again
     assert not stalls.tail_still(rest, 0.04, 30)                            # shorter than the tail: not judged
+
+
+def test_ensemble_probe_sees_as_many_views_as_asked(tmp_path, lerobot_root):
+    """bench/ensemble_openloop.py --views: the episode's first N views, or all of them; a count the dataset does not
+    have is refused by flag."""
+    import torch
+
+    from action_images.wam import WAMConfig, WorldActionModel
+
+    torch.manual_seed(0)
+    WorldActionModel(WAMConfig.from_preset("cpu-tiny")).save_pretrained(tmp_path / "m")
+    out = tmp_path / "e.json"
+    args = ["--checkpoint", str(tmp_path / "m"), "--data", str(lerobot_root), "--starts", "1", "--samples", "2",
+            "--sampler-steps", "1", "--json", str(out)]
+    assert ensemble.main([*args, "--views", "all"]) == 0
+    result = json.loads(out.read_text())
+    assert result["views"] == ["cam0", "cam1", "cam2"]
+    assert result["summary"]["one sample"]["keyframes"] == 4 * 2 * 2       # 4 episodes x 2 samples x H = 2
+    with pytest.raises(SystemExit, match="--views"):
+        ensemble.main([*args, "--views", "4"])
