@@ -11,7 +11,9 @@ is sampled ``--samples`` times with independent noise in one model call and ever
 triangulation. It scores the position error against the demo's pose of: every single sample's keyframes (each
 sample a row of its own), the average of the first k samples' action images decoded once (what ``eval --ensemble k``
 does), the per-coordinate median of the first k samples' decoded positions, and per keyframe the best of the
-samples (an oracle: how far the samples spread). A keyframe that does not decode counts as "did not move".
+samples (an oracle: how far the samples spread). A keyframe that does not decode counts as "did not move". The
+JSON holds the scores over all windows and, under ``by_task``, over each task's windows (the episodes'
+``extra/task_name``, where the dataset records it).
 """
 
 from __future__ import annotations
@@ -36,6 +38,12 @@ def summarise(errors: dict[str, list[np.ndarray]]) -> dict[str, dict[str, float]
     return {k: {"keyframes": int(sum(len(e) for e in v)),
                 "err_cm_median": round(float(np.median(np.concatenate(v))), 2),
                 "err_cm_mean": round(float(np.mean(np.concatenate(v))), 2)} for k, v in errors.items()}
+
+
+def summarise_by_task(errors: dict[str, list[np.ndarray]], window_tasks: list[str]) -> dict[str, dict]:
+    """``summarise`` over each task's windows; ``window_tasks[i]`` names the task of every ``errors[k][i]``."""
+    return {t: summarise({k: [e for e, wt in zip(v, window_tasks) if wt == t] for k, v in errors.items()})
+            for t in dict.fromkeys(window_tasks)}
 
 
 def main(argv=None) -> int:
@@ -75,7 +83,9 @@ def main(argv=None) -> int:
     for k in ks:
         errors[f"average of {k} samples' action images"] = []
         errors[f"median of {k} samples' positions"] = []
+    window_tasks: list[str] = []                       # one per window, in the order every errors[...] list grows
     for ep in range(ds.num_episodes):
+        task = str(ds.episode_info(ep).get("extra/task_name") or "unknown")
         for wi, w in enumerate(held_out_windows(data, [ep], a.starts, views, a.seed)):
             poses = w["poses"].numpy()
             cams = window_cameras(w, R)
@@ -87,6 +97,7 @@ def main(argv=None) -> int:
             decs = [codec.decode(x, cams) for x in acts]
             pos = np.stack([np.where(d.valid[:, None], d.poses[:, :3], start) for d in decs])    # [K, H, 3]
             each = np.stack([position_error_cm(d.poses[:, :3], d.valid, start, true) for d in decs])
+            window_tasks.append(task)
             errors["one sample"].append(each.reshape(-1))
             errors["best sample per keyframe (oracle)"].append(each.min(axis=0))
             for k in ks:
@@ -97,9 +108,10 @@ def main(argv=None) -> int:
                     100 * np.linalg.norm(np.median(pos[:k], axis=0) - true, axis=-1))
         print(f"episode {ep + 1}/{ds.num_episodes}", file=sys.stderr)
     summary = summarise(errors)
+    by_task = summarise_by_task(errors, window_tasks)
     out = {"command": " ".join(["bench/ensemble_openloop.py", *(argv if argv is not None else sys.argv[1:])]),
            "checkpoint": a.checkpoint, "data": a.data, "starts": a.starts, "samples": K,
-           "sampler_steps": a.sampler_steps, "seed": a.seed, "views": views, "summary": summary,
+           "sampler_steps": a.sampler_steps, "seed": a.seed, "views": views, "summary": summary, "by_task": by_task,
            "wall_s": round(time.perf_counter() - t0, 1)}
     atomic_write_json(a.json, out)
     print(json.dumps(summary, indent=1))

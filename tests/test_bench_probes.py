@@ -132,6 +132,9 @@ def test_ensemble_scores_count_an_undecodable_keyframe_as_not_moving_and_summari
     np.testing.assert_allclose(err, [3.0, 20.0])
     out = ensemble.summarise({"one": [err, np.array([1.0])]})
     assert out == {"one": {"keyframes": 3, "err_cm_median": 3.0, "err_cm_mean": 8.0}}
+    tasks = ensemble.summarise_by_task({"one": [err, np.array([1.0]), np.array([5.0])]}, ["push", "pick", "push"])
+    assert tasks == {"push": {"one": {"keyframes": 3, "err_cm_median": 5.0, "err_cm_mean": 9.33}},
+                     "pick": {"one": {"keyframes": 1, "err_cm_median": 1.0, "err_cm_mean": 1.0}}}
 
 
 def test_keypoint_error_scores_checkpoints_on_the_same_windows_and_noise(tmp_path, lerobot_root):
@@ -190,5 +193,7 @@ def test_ensemble_probe_sees_as_many_views_as_asked(tmp_path, lerobot_root):
     result = json.loads(out.read_text())
     assert result["views"] == ["cam0", "cam1", "cam2"]
     assert result["summary"]["one sample"]["keyframes"] == 4 * 2 * 2       # 4 episodes x 2 samples x H = 2
+    tasks = result["by_task"]                           # the synthetic dataset records no task: one group
+    assert list(tasks) == ["unknown"] and tasks["unknown"] == result["summary"]
     with pytest.raises(SystemExit, match="--views"):
         ensemble.main([*args, "--views", "4"])
