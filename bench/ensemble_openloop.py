@@ -3,6 +3,9 @@
     OMP_NUM_THREADS=1 MUJOCO_GL=egl .venv/bin/python bench/ensemble_openloop.py \
         --checkpoint checkpoints/rig8-ctx-recover-noise-long --data data/rig8_val_heldout --samples 8 \
         --sampler-steps 3 --json bench/results/ensemble/openloop_e8_steps3.json
+    OMP_NUM_THREADS=1 MUJOCO_GL=egl .venv/bin/python bench/ensemble_openloop.py \
+        --checkpoint checkpoints/rig8-ctx-recover-noise-9k --data data/rig8_val_heldout --samples 8 \
+        --sampler-steps 3 --views all --json bench/results/res64/ensemble_9k_all_views_e8_steps3.json
 
 Each episode of ``--data`` gives ``--starts`` un-augmented policy windows (as ``action-images openloop`` picks
 them), seen through the episode's first ``--views`` views (default 2, the views ``eval`` gives the policy on a random
