@@ -206,6 +206,9 @@ def test_init_from_starts_from_another_runs_export(tmp_path, capsys):
     assert train_main(*TINY, "--out", str(tmp_path / "i"), "--steps", "1", "--init-from", str(a),
                       "--image-size", "48") == 0                   # another resolution: position embeddings are computed
     assert WorldActionModel.from_pretrained(tmp_path / "i").config.image_size == 48
+    assert train_main(*TINY, "--out", str(tmp_path / "k"), "--steps", "1", "--init-from", str(a),
+                      "--num-views", "3") == 0                     # more views per window: view slots are embedded
+    assert WorldActionModel.from_pretrained(tmp_path / "k").config.num_views == 3
     bent = tmp_path / "bent"                                        # a weight of another shape: refused by name
     shutil.copytree(a, bent)
     weights = dict(wa)

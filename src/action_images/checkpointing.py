@@ -157,11 +157,12 @@ def saved_recipe(ck: dict[str, Any]) -> dict[str, Any] | None:
     return TrainRecipe.from_dict(d, "checkpoint recipe").defining()
 
 
-# config fields the weights do not depend on: a stage may train on other cameras, weigh its loss otherwise, or work
-# at another resolution (the backbones' position embeddings are computed for any grid of patches, and the context
-# encoder is convolutional; a backbone whose weights depend on the grid fails the shape check below instead)
+# config fields the weights do not depend on: a stage may train on other cameras, see more of them per window (view
+# slots have embeddings up to max_views), weigh its loss otherwise, or work at another resolution (the backbones'
+# position embeddings are computed for any grid of patches, and the context encoder is convolutional; a backbone
+# whose weights depend on the grid fails the shape check below instead)
 WEIGHT_FREE_KEYS = frozenset({"camera_names", "action_loss_weight", "act_peak_weight", "act_keypoint_weight",
-                              "image_size"})
+                              "image_size", "num_views"})
 
 
 def init_weights(model: torch.nn.Module, run: str) -> None:
