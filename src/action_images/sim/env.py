@@ -2,31 +2,31 @@
 
 from __future__ import annotations
 
-import string
 from pathlib import Path
 from typing import Any, Sequence
 
-import gymnasium as gym
 import mujoco
 import numpy as np
 from gymnasium import spaces
 
-from action_images.geometry import Camera, stack_cameras
+from action_images.geometry import Camera
 from action_images.sim import cameras as simcam
 from action_images.sim import rig as simrig
 from action_images.sim import scene
+from action_images.sim.calibrated_env import CalibratedEnv, check_env_arguments, observation_space
 from action_images.sim.robot import Arm
 from action_images.sim.tasks import TASK_CLASSES
 
 FPS = 10                     # control rate (Hz)
 TIMESTEP = 0.002             # physics step (s); set in scene.scene_xml
 SUBSTEPS = round(1.0 / (FPS * TIMESTEP))
-INSTRUCTION_CHARSET = string.ascii_letters + string.digits + " .,'-"
 RESET_SETTLE_STEPS = 25      # physics steps after reset so objects rest on the table
 
 
-class SimEnv(gym.Env):
+class SimEnv(CalibratedEnv):
     """See :func:`action_images.sim.make_env` for the arguments and docs/benchmark.md for the tasks."""
+
+    segmentation_groups = (0, 1, 2, 3)   # group 5 holds tcp_marker, a sphere at the TCP never drawn in observations
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": FPS}
 
@@ -37,12 +37,7 @@ class SimEnv(gym.Env):
                  rig_views: int = 4):
         if task not in TASK_CLASSES:
             raise ValueError(f"unknown task {task!r}; choose from {sorted(TASK_CLASSES)}")
-        if image_size is not None and int(image_size) < 8:
-            raise ValueError(f"image_size must be >= 8; got {image_size}")
-        if render_mode not in (None, "rgb_array"):
-            raise ValueError(f"render_mode must be None or 'rgb_array'; got {render_mode!r}")
-        if rig is not None and rig_distribution is not None:
-            raise ValueError("pass either rig (a fixed calibrated rig) or rig_distribution (a new rig every reset)")
+        check_env_arguments(image_size, render_mode, rig, rig_distribution)
         fixed_rig: list[Camera] | None = None
         if rig is not None:
             fixed_rig = simrig.resolve_rig(rig, None if image_size is None else int(image_size))
@@ -104,17 +99,7 @@ class SimEnv(gym.Env):
         self._renderer = simcam.MultiViewRenderer(self.model, self.image_size) if self.render_images and cameras \
             else None
 
-        V, S = len(cameras), size
-        obs_spaces: dict[str, spaces.Space] = {}
-        if self._renderer is not None:  # gymnasium forbids an empty Dict, so render=False has no "images" key
-            obs_spaces["images"] = spaces.Dict({c: spaces.Box(0, 255, (S, S, 3), np.uint8) for c in cameras})
-        self.observation_space = spaces.Dict({
-            **obs_spaces,
-            "ee_pose": spaces.Box(-np.inf, np.inf, (8,), np.float64),
-            "instruction": spaces.Text(max_length=256, charset=INSTRUCTION_CHARSET),
-            "camera_K": spaces.Box(-np.inf, np.inf, (V, 3, 3), np.float64),
-            "camera_T_cam_world": spaces.Box(-np.inf, np.inf, (V, 4, 4), np.float64),
-        })
+        self.observation_space = observation_space(cameras, size, images=self._renderer is not None)
         low = np.concatenate([scene.WORKSPACE_LOW, -np.ones(4), [0.0]])
         high = np.concatenate([scene.WORKSPACE_HIGH, np.ones(4), [1.0]])
         self.action_space = spaces.Box(low, high, dtype=np.float64)
@@ -128,34 +113,6 @@ class SimEnv(gym.Env):
             simcam.perturb(self.model, self._cam_ids, self._cam_pos0, self._cam_quat0,
                            np.random.default_rng(camera_seed))
         mujoco.mj_forward(self.model, self.data)
-
-    # ---- cameras -----------------------------------------------------------------------------------------------------
-    @property
-    def cameras(self) -> list[Camera]:
-        """Calibrated cameras for the current state, in the order of ``cameras`` (the wrist camera moves)."""
-        out = []
-        for cid, name in zip(self._cam_ids, self.camera_names):
-            cam = simcam.camera_from_mujoco(self.model, self.data, cid, self.image_size, self.image_size, name)
-            if cid in self._exact_K:
-                cam = Camera(self._exact_K[cid], cam.T_cam_world, cam.width, cam.height, name)
-            out.append(cam)
-        return out
-
-    def _place_rig(self, cams: Sequence[Camera]) -> None:
-        """Put rig camera i into slot rig{i} (pose, fovy or intrinsics); the caller runs mj_forward."""
-        self._exact_K = {}
-        for cid, cam in zip(self._slot_ids, cams):
-            simrig.place_camera(self.model, cid, cam)
-            self._exact_K[cid] = cam.K
-        self.rig = list(cams)
-
-    def segmentation(self, camera: str, groups: tuple[int, ...] = (0, 1, 2, 3)) -> np.ndarray:
-        """``[H, W]`` geom ids seen by one camera (-1 = background), only geoms in ``groups`` drawn; group 5 holds
-        ``tcp_marker``, a sphere at the TCP that is never drawn in observations (for calibration checks)."""
-        if self._renderer is None:
-            raise RuntimeError("segmentation needs render=True and at least one camera")
-        cid = self._view_ids[camera] if camera in self._view_ids else self.model.camera(camera).id
-        return self._renderer.segmentation(self.data, cid, groups)
 
     # ---- gymnasium API -----------------------------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
@@ -199,29 +156,6 @@ class SimEnv(gym.Env):
         """The scripted expert's absolute ``[x,y,z,qx,qy,qz,qw,g]`` target for the current state."""
         return self.task.expert(self).astype(np.float64)
 
-    def render(self):
-        if not self._last_images:
-            raise RuntimeError("render() needs render=True, at least one camera and a reset()")
-        return np.concatenate([self._last_images[c] for c in self.camera_names], axis=1)
-
-    def close(self) -> None:
-        if self._renderer is not None:
-            self._renderer.close()
-            self._renderer = None
-
-    # ---- internals ---------------------------------------------------------------------------------------------------
-    def _obs(self) -> dict[str, Any]:
-        obs: dict[str, Any] = {}
-        if self._renderer is not None and self.observe_images:
-            self._last_images = dict(zip(self.camera_names, self._renderer.render(self.data, self._cam_ids)))
-            obs["images"] = self._last_images
-        if self.camera_names:
-            K, T = stack_cameras(self.cameras)
-        else:
-            K, T = np.zeros((0, 3, 3)), np.zeros((0, 4, 4))
-        obs.update(ee_pose=self.arm.ee_pose(), instruction=self.instruction, camera_K=K, camera_T_cam_world=T)
-        return obs
-
-    def _info(self) -> dict[str, Any]:
-        return {"success": self._success, "is_success": self._success, "step": self.step_count,
-                "task": self.task_name}
+    def ee_pose(self) -> np.ndarray:
+        """The tool's current ``[x, y, z, qx, qy, qz, qw, g]``."""
+        return self.arm.ee_pose()

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import difflib
 import os
-import string
 import sys
 import warnings
 from typing import Any, Sequence
@@ -44,15 +43,15 @@ from typing import Any, Sequence
 if sys.platform.startswith("linux"):  # headless offscreen rendering; must precede `import mujoco`
     os.environ.setdefault("MUJOCO_GL", "egl")
 
-import gymnasium as gym  # noqa: E402
 import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 from gymnasium import spaces  # noqa: E402
 from scipy.spatial.transform import Rotation  # noqa: E402
 
-from action_images.geometry import Camera, matrix_to_quat, stack_cameras  # noqa: E402
+from action_images.geometry import Camera, matrix_to_quat  # noqa: E402
 from action_images.sim import cameras as simcam  # noqa: E402
 from action_images.sim import rig as simrig  # noqa: E402
+from action_images.sim.calibrated_env import CalibratedEnv, check_env_arguments, observation_space  # noqa: E402
 
 SUITE = "metaworld"
 FPS = 80                    # Meta-World's control rate: frame_skip 5 x timestep 2.5 ms
@@ -64,7 +63,6 @@ CAMERA_SETS = {"all_static": STATIC_CAMERAS, "collect": STATIC_CAMERAS[:4], "eva
 DEFAULT_CAMERAS = CAMERA_SETS["collect"]
 RIG_SLOTS_ORDER = STATIC_CAMERAS    # rig camera i is rendered by this static camera, moved to the rig's pose
 RIG_SLOTS = len(RIG_SLOTS_ORDER)
-INSTRUCTION_CHARSET = string.ascii_letters + string.digits + " .,'-"
 
 # The fixed hand orientation: Meta-World writes mocap_quat = [1, 0, 1, 0] (scalar first, not normalised; MuJoCo
 # normalises it): the hand frame is turned 90° about world y. In the hand frame the fingertips lie along +x and the
@@ -208,7 +206,7 @@ def _roll_upright(model: mujoco.MjModel, data: mujoco.MjData, cam_id: int) -> bo
     return True
 
 
-class MetaWorldEnv(gym.Env):
+class MetaWorldEnv(CalibratedEnv):
     """One Meta-World v3 task with absolute 8-D targets and calibrated multi-view images; see the module docstring.
 
     Arguments as :func:`action_images.sim.make_env`; ``rig`` is a list of Cameras (files are the built-in sim's)."""
@@ -224,12 +222,7 @@ class MetaWorldEnv(gym.Env):
 
         if task not in ALL_V3_ENVIRONMENTS:
             raise ValueError(unknown_task_message([task], "task", tuple(ALL_V3_ENVIRONMENTS)))
-        if image_size is not None and int(image_size) < 8:
-            raise ValueError(f"image_size must be >= 8; got {image_size}")
-        if render_mode not in (None, "rgb_array"):
-            raise ValueError(f"render_mode must be None or 'rgb_array'; got {render_mode!r}")
-        if rig is not None and rig_distribution is not None:
-            raise ValueError("pass either rig (a fixed calibrated rig) or rig_distribution (a new rig every reset)")
+        check_env_arguments(image_size, render_mode, rig, rig_distribution)
         if isinstance(rig, (str, os.PathLike)):
             raise ValueError("rig files (--camera-rig) are not supported with the Meta-World suite; use "
                              "rig_distribution / --rig-distribution or a list of Cameras")
@@ -315,17 +308,7 @@ class MetaWorldEnv(gym.Env):
             simcam.perturb(m, self._cam_ids, self._cam_pos0, self._cam_quat0, np.random.default_rng(camera_seed))
         mujoco.mj_forward(m, self.data)
 
-        V, S = len(self.camera_names), size
-        obs_spaces: dict[str, spaces.Space] = {}
-        if self._renderer is not None:
-            obs_spaces["images"] = spaces.Dict({c: spaces.Box(0, 255, (S, S, 3), np.uint8) for c in self.camera_names})
-        self.observation_space = spaces.Dict({
-            **obs_spaces,
-            "ee_pose": spaces.Box(-np.inf, np.inf, (8,), np.float64),
-            "instruction": spaces.Text(max_length=256, charset=INSTRUCTION_CHARSET),
-            "camera_K": spaces.Box(-np.inf, np.inf, (V, 3, 3), np.float64),
-            "camera_T_cam_world": spaces.Box(-np.inf, np.inf, (V, 4, 4), np.float64),
-        })
+        self.observation_space = observation_space(self.camera_names, size, images=self._renderer is not None)
         low = np.concatenate([self.mocap_low + self.tcp_offset, -np.ones(4), [0.0]])
         high = np.concatenate([self.mocap_high + self.tcp_offset, np.ones(4), [1.0]])
         self.action_space = spaces.Box(low, high, dtype=np.float64)
@@ -335,33 +318,6 @@ class MetaWorldEnv(gym.Env):
         # False: observations carry no images until set back (rendering is most of a step's cost; the evaluator
         # renders only the steps where the policy plans or a video is recorded). render() keeps the last frame.
         self.observe_images = True
-
-    # ---- cameras -----------------------------------------------------------------------------------------------------
-    @property
-    def cameras(self) -> list[Camera]:
-        """Calibrated cameras for the current state, in the order of ``cameras`` (hand cameras move)."""
-        out = []
-        for cid, name in zip(self._cam_ids, self.camera_names):
-            cam = simcam.camera_from_mujoco(self.model, self.data, cid, self.image_size, self.image_size, name)
-            if cid in self._exact_K:
-                cam = Camera(self._exact_K[cid], cam.T_cam_world, cam.width, cam.height, name)
-            out.append(cam)
-        return out
-
-    def _place_rig(self, cams: Sequence[Camera]) -> None:
-        """Put rig camera i in place of static camera RIG_SLOTS_ORDER[i]; the caller runs mj_forward."""
-        self._exact_K = {}
-        for cid, cam in zip(self._slot_ids, cams):
-            simrig.place_camera(self.model, cid, cam)
-            self._exact_K[cid] = cam.K
-        self.rig = list(cams)
-
-    def segmentation(self, camera: str, groups: tuple[int, ...] = (0, 1, 2)) -> np.ndarray:
-        """``[H, W]`` geom ids seen by one camera (-1 = background), only geoms in ``groups`` drawn."""
-        if self._renderer is None:
-            raise RuntimeError("segmentation needs render=True and at least one camera")
-        cid = self._view_ids[camera] if camera in self._view_ids else self.model.camera(camera).id
-        return self._renderer.segmentation(self.data, cid, groups)
 
     # ---- state -------------------------------------------------------------------------------------------------------
     @property
@@ -429,33 +385,9 @@ class MetaWorldEnv(gym.Env):
         """The scripted expert's action as our absolute 8-D target."""
         return self.action_to_target(self.expert_action_4d())
 
-    def render(self):
-        if not self._last_images:
-            raise RuntimeError("render() needs render=True, at least one camera and a reset()")
-        return np.concatenate([self._last_images[c] for c in self.camera_names], axis=1)
-
     def close(self) -> None:
-        if self._renderer is not None:
-            self._renderer.close()
-            self._renderer = None
+        super().close()
         self.mw.close()
-
-    # ---- internals ---------------------------------------------------------------------------------------------------
-    def _obs(self) -> dict[str, Any]:
-        obs: dict[str, Any] = {}
-        if self._renderer is not None and self.observe_images:
-            self._last_images = dict(zip(self.camera_names, self._renderer.render(self.data, self._cam_ids)))
-            obs["images"] = self._last_images
-        if self.camera_names:
-            K, T = stack_cameras(self.cameras)
-        else:
-            K, T = np.zeros((0, 3, 3)), np.zeros((0, 4, 4))
-        obs.update(ee_pose=self.ee_pose(), instruction=self.instruction, camera_K=K, camera_T_cam_world=T)
-        return obs
-
-    def _info(self) -> dict[str, Any]:
-        return {"success": self._success, "is_success": self._success, "step": self.step_count,
-                "task": self.task_name}
 
 
 def make_env(task: str, cameras: Sequence[str] | None = None, image_size: int | None = None,
