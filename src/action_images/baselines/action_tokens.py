@@ -39,7 +39,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from action_images.baselines.common import CROPS, ROTATIONS, BaselineConfig, BaselineModel, decode_chunk, pose_features
+from action_images.baselines.common import (CROPS, ROTATIONS, BaselineConfig, BaselineModel, ChunkSizes, decode_chunk,
+                                            pose_features)
 from action_images.flow import GEN, GIVEN, NUM_STATES, channel_state, noisy_input, sample_t, time_grid
 from action_images.models.dit import DiT, DiTConfig
 from action_images.text import HashTextEncoder, TextConfig, drop_instructions
@@ -48,7 +49,7 @@ FORMAT = "action-images-tokens"
 
 
 @dataclass
-class TokensConfig:
+class TokensConfig(ChunkSizes):
     """Data shape and backbone of the ``cpu-small`` world action model; the fields named as in ``WAMConfig`` and
     ``DiTConfig`` mean the same."""
 
@@ -81,19 +82,6 @@ class TokensConfig:
     t_std: float = 1.0
     t_eps: float = 0.05                            # clamp of t when an x0 prediction is turned into a velocity
     sampler_steps: int = 10                        # Euler steps when predict() is not told
-
-    @property
-    def frames(self) -> int:
-        return 1 + self.horizon
-
-    @property
-    def rot_dim(self) -> int:
-        return ROTATIONS[self.rotation]
-
-    @property
-    def action_dim(self) -> int:
-        """Numbers per action token: position offset, rotation, gripper."""
-        return 3 + self.rot_dim + 1
 
     def backbone_config(self) -> DiTConfig:
         """The DiT: RGB only (3 channels, one stream with its own given / generated state)."""

@@ -44,8 +44,29 @@ CROPS = ("center", "workspace")
 
 
 # ---- config ----------------------------------------------------------------------------------------------------------
+class ChunkSizes:
+    """The sizes a chunk of ``horizon`` keyframes takes in a baseline's config (``horizon`` and ``rotation`` are its
+    fields): frames per window, numbers per rotation and per keyframe."""
+
+    horizon: int
+    rotation: str
+
+    @property
+    def frames(self) -> int:
+        return 1 + self.horizon
+
+    @property
+    def rot_dim(self) -> int:
+        return ROTATIONS[self.rotation]
+
+    @property
+    def action_dim(self) -> int:
+        """Numbers per keyframe: position offset, rotation, gripper."""
+        return 3 + self.rot_dim + 1
+
+
 @dataclass
-class BaselineConfig:
+class BaselineConfig(ChunkSizes):
     """Fields every baseline has; the data-shape ones (image_size ... workspace) mean what they mean in ``WAMConfig``
     so that ``WindowConfig.from_model`` and the closed-loop policy read them alike."""
 
@@ -68,19 +89,6 @@ class BaselineConfig:
     text_vocab: int = 4096
     rotation: str = "6d"                           # "6d" (two matrix columns) or "quat"
     pos_scale: float = 0.1                         # metres per unit of the predicted position offset
-
-    @property
-    def frames(self) -> int:
-        return 1 + self.horizon
-
-    @property
-    def rot_dim(self) -> int:
-        return ROTATIONS[self.rotation]
-
-    @property
-    def action_dim(self) -> int:
-        """Numbers per keyframe: position offset, rotation, gripper."""
-        return 3 + self.rot_dim + 1
 
     def tokens_per_sample(self, num_views: int | None = None) -> int:
         """8-px patches of the input frames (comparable with the WAM's throughput log, which counts all frames)."""
