@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from scipy.spatial.transform import Rotation
 
 from action_images import baselines, evaluate, train
-from action_images.baselines import BCConfig, BCModel, DiffusionPolicyModel, DPConfig, load_model
+from action_images.baselines import BCConfig, BCModel, DiffusionPolicyModel, DPConfig, TokensConfig, load_model
 from action_images.baselines.common import decode_chunk, encode_chunk
 from action_images.baselines.policy import BaselinePolicy, make_policy
 from action_images.data.windows import SyntheticWindows, WindowConfig, collate
@@ -163,6 +163,18 @@ def test_dp_sampling_is_seeded_and_learns_a_batch(prediction):
 
 
 # ---- checkpoints -----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("bad, message", [({"rotation": "euler"}, "rotation must be one of"),
+                                           ({"crop": "zoom"}, "crop must be one of"),
+                                           ({"crop": "workspace"}, "crop 'workspace' needs a workspace box"),
+                                           ({"workspace": [[0, 0, 0], [0, 1, 1]]}, "workspace must be"),
+                                           ({"camera_names": ["left", ""]}, "camera_names must be")])
+def test_every_baseline_config_checks_its_chunk_fields_alike(bad, message):
+    """BC, Diffusion Policy and the action-token model refuse the same bad window / chunk fields with one message."""
+    for cls in (BCConfig, DPConfig, TokensConfig):
+        with pytest.raises(ValueError, match=message):
+            cls(**bad).validate()
+
+
 def test_save_load_and_load_model_dispatch(tmp_path):
     b = windows(bc().config)
     for name, model in (("bc", bc(rotation="quat")), ("dp", dp())):

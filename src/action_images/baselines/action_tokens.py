@@ -35,12 +35,10 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from action_images.baselines.common import (CROPS, ROTATIONS, BaselineConfig, BaselineModel, ChunkSizes, decode_chunk,
-                                            pose_features)
+from action_images.baselines.common import BaselineConfig, BaselineModel, ChunkSizes, decode_chunk, pose_features
 from action_images.flow import GEN, GIVEN, NUM_STATES, channel_state, noisy_input, sample_t, time_grid
 from action_images.models.dit import DiT, DiTConfig
 from action_images.text import HashTextEncoder, TextConfig, drop_instructions
@@ -133,17 +131,7 @@ class TokensConfig(ChunkSizes):
              "pos_scale, t_std and t_eps must be > 0, action_loss_weight >= 0")
         need(0 <= self.p_drop_text <= 1, f"p_drop_text must be in [0, 1]; got {self.p_drop_text}")
         need(self.text_vocab >= 3, f"text_vocab must be >= 3; got {self.text_vocab}")
-        need(self.rotation in ROTATIONS, f"rotation must be one of {tuple(ROTATIONS)}; got {self.rotation!r}")
-        need(self.crop in CROPS, f"crop must be one of {CROPS}; got {self.crop!r}")
-        ws = self.workspace
-        need(ws is None or (isinstance(ws, list) and len(ws) == 2 and all(
-            isinstance(c, list) and len(c) == 3 and all(isinstance(x, (int, float)) and np.isfinite(x) for x in c)
-            for c in ws) and all(lo < hi for lo, hi in zip(*ws))),
-            f"workspace must be [[x, y, z] low, [x, y, z] high]; got {ws!r}")
-        need(self.crop != "workspace" or ws is not None, "crop 'workspace' needs a workspace box")
-        need(self.camera_names is None or (isinstance(self.camera_names, list) and len(self.camera_names) >= 1
-                                           and all(isinstance(c, str) and c for c in self.camera_names)),
-             f"camera_names must be null or a list of names; got {self.camera_names!r}")
+        self.check_chunk_fields(need)
 
 
 class ActionTokensModel(BaselineModel):

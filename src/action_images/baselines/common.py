@@ -45,11 +45,28 @@ CROPS = ("center", "workspace")
 
 # ---- config ----------------------------------------------------------------------------------------------------------
 class ChunkSizes:
-    """The sizes a chunk of ``horizon`` keyframes takes in a baseline's config (``horizon`` and ``rotation`` are its
-    fields): frames per window, numbers per rotation and per keyframe."""
+    """What every baseline's config derives from its window and chunk fields (``horizon``, ``rotation``, ``crop``,
+    ``workspace``, ``camera_names``): frames per window, numbers per rotation and per keyframe, and their checks."""
 
     horizon: int
     rotation: str
+    crop: str
+    workspace: list | None
+    camera_names: list | None
+
+    def check_chunk_fields(self, need) -> None:
+        """Check the fields above with ``need(condition, message)`` (the config's own error collector)."""
+        need(self.rotation in ROTATIONS, f"rotation must be one of {tuple(ROTATIONS)}; got {self.rotation!r}")
+        need(self.crop in CROPS, f"crop must be one of {CROPS}; got {self.crop!r}")
+        ws = self.workspace
+        need(ws is None or (isinstance(ws, list) and len(ws) == 2 and all(
+            isinstance(c, list) and len(c) == 3 and all(isinstance(x, (int, float)) and np.isfinite(x) for x in c)
+            for c in ws) and all(lo < hi for lo, hi in zip(*ws))),
+            f"workspace must be [[x, y, z] low, [x, y, z] high]; got {ws!r}")
+        need(self.crop != "workspace" or ws is not None, "crop 'workspace' needs a workspace box")
+        need(self.camera_names is None or (isinstance(self.camera_names, list) and len(self.camera_names) >= 1
+                                           and all(isinstance(c, str) and c for c in self.camera_names)),
+             f"camera_names must be null or a list of names; got {self.camera_names!r}")
 
     @property
     def frames(self) -> int:
@@ -131,17 +148,7 @@ class BaselineConfig(ChunkSizes):
              f"channels must be 1-6 integers divisible by groups={self.groups}; got {self.channels!r}")
         need(self.pool in POOLS, f"pool must be one of {POOLS}; got {self.pool!r}")
         need(self.fusion in FUSIONS, f"fusion must be one of {FUSIONS}; got {self.fusion!r}")
-        need(self.rotation in ROTATIONS, f"rotation must be one of {tuple(ROTATIONS)}; got {self.rotation!r}")
-        need(self.crop in CROPS, f"crop must be one of {CROPS}; got {self.crop!r}")
-        ws = self.workspace
-        need(ws is None or (isinstance(ws, list) and len(ws) == 2 and all(
-            isinstance(c, list) and len(c) == 3 and all(isinstance(x, (int, float)) and np.isfinite(x) for x in c)
-            for c in ws) and all(lo < hi for lo, hi in zip(*ws))),
-            f"workspace must be [[x, y, z] low, [x, y, z] high]; got {ws!r}")
-        need(self.crop != "workspace" or ws is not None, "crop 'workspace' needs a workspace box")
-        need(self.camera_names is None or (isinstance(self.camera_names, list) and len(self.camera_names) >= 1
-                                           and all(isinstance(c, str) and c for c in self.camera_names)),
-             f"camera_names must be null or a list of names; got {self.camera_names!r}")
+        self.check_chunk_fields(need)
         need(self.text_vocab >= 3, f"text_vocab must be >= 3; got {self.text_vocab}")
 
 
