@@ -29,7 +29,8 @@ from action_images.data.windows import (WindowConfig, collate, crop_resize, fini
                                         window_poses)
 from action_images.geometry import Camera
 from action_images.metrics import to_u8
-from action_images.runfiles import check_out_dir, split_list
+from action_images.runfiles import (args_dict, atomic_write_json, check_out_dir, dumps, environment, json_safe,
+                                    split_list)
 from action_images.videos import write_video
 
 
@@ -303,3 +304,22 @@ def start(args: argparse.Namespace) -> tuple[Any, Any, Any, list[str], WindowCon
         raise ValueError(f"--start-frame: frame {args.start_frame} is past the end of episode {args.episode} "
                          f"({len(ep)} frames)")
     return model, ds, ep, names, wcfg
+
+
+# ---- the summary -----------------------------------------------------------------------------------------------------
+def video_job_summary(command: str, job: str, args: argparse.Namespace, views: Sequence[str], instruction: str,
+                      **rest: Any) -> dict[str, Any]:
+    """The summary a video job (``imagine``, ``generate``) writes: what ran, on which episode and views, then
+    ``rest``."""
+    return {"command": command, "job": job, "arguments": args_dict(args), "checkpoint": str(args.checkpoint),
+            "data": str(args.data), "episode": args.episode, "views": list(views), "instruction": instruction, **rest}
+
+
+def write_summary(path: str | Path, res: dict[str, Any]) -> int:
+    """Write a job's summary to ``path`` (strict JSON, atomic, with the environment) and print it without the
+    arguments; returns the exit code 0."""
+    res = json_safe(res)
+    atomic_write_json(path, {**res, "environment": environment()})
+    print(dumps({k: v for k, v in res.items() if k != "arguments"}))
+    return 0
+

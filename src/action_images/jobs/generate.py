@@ -21,14 +21,12 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from action_images.cliflags import Parser
 from action_images.codec import ActionImageCodec
 from action_images.jobs.common import (add_model_arguments, add_rollout_arguments, check_chunks,
                                        check_rollout_arguments, episode_views, real_times, roll_forward, save_videos,
-                                       start, video_scores)
-from action_images.runfiles import args_dict, atomic_write_json, dumps, environment, json_safe
+                                       start, video_job_summary, video_scores, write_summary)
 
 PROG = "action-images generate"
 DESCRIPTION = "a multi-view video from start frames and an instruction (the video job), rolled forward"
@@ -58,16 +56,11 @@ def run(args: argparse.Namespace) -> int:
     real = episode_views(ep, names, times, t0, wcfg)[0]
     fps = max(1, round(ds.fps / s))
     files = save_videos(args.out, gen, real, fps, args.zoom)
-    res: dict[str, Any] = {
-        "command": "generate", "job": "video", "arguments": args_dict(args), "checkpoint": str(args.checkpoint),
-        "data": str(args.data), "episode": args.episode, "views": names, "instruction": instruction,
-        "episode_instruction": ep.instruction, "start_frame": t0, "chunks": args.chunks,
-        "frames": int(gen.shape[1]), "episode_frames": times.tolist(), "fps": fps, "image_size": wcfg.image_size,
-        "scores": video_scores(gen, real), "files": files, "seconds": time.perf_counter() - t_start}
-    res = json_safe(res)
-    atomic_write_json(Path(args.out) / "generate.json", {**res, "environment": environment()})
-    print(dumps({k: v for k, v in res.items() if k != "arguments"}))
-    return 0
+    res = video_job_summary(
+        "generate", "video", args, names, instruction, episode_instruction=ep.instruction, start_frame=t0,
+        chunks=args.chunks, frames=int(gen.shape[1]), episode_frames=times.tolist(), fps=fps,
+        image_size=wcfg.image_size, scores=video_scores(gen, real), files=files, seconds=time.perf_counter() - t_start)
+    return write_summary(Path(args.out) / "generate.json", res)
 
 
 def main(argv: list[str] | None = None) -> int:

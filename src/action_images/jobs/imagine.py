@@ -29,7 +29,6 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -38,8 +37,7 @@ from action_images.codec import ActionImageCodec
 from action_images.geometry import validate_poses
 from action_images.jobs.common import (MAX_CHUNKS, add_model_arguments, add_rollout_arguments, check_chunks,
                                        check_rollout_arguments, episode_views, real_times, roll_forward, save_videos,
-                                       start, video_scores)
-from action_images.runfiles import args_dict, atomic_write_json, dumps, environment, json_safe
+                                       start, video_job_summary, video_scores, write_summary)
 
 PROG = "action-images imagine"
 DESCRIPTION = "the multi-view video an action trajectory would produce (the world-model job), rolled forward"
@@ -116,17 +114,12 @@ def run(args: argparse.Namespace) -> int:
     real = episode_views(ep, names, times, t0, wcfg)[0] if own else None
     fps = max(1, round(ds.fps / s))
     files = save_videos(args.out, gen, real, fps, args.zoom)
-    res: dict[str, Any] = {
-        "command": "imagine", "job": "world_model", "arguments": args_dict(args), "checkpoint": str(args.checkpoint),
-        "data": str(args.data), "episode": args.episode, "views": names, "instruction": instruction,
-        "actions": "episode" if own else str(args.actions), "start_frame": t0, "chunks": chunks,
-        "frames": int(gen.shape[1]), "episode_frames": times.tolist() if own else None, "fps": fps,
-        "image_size": wcfg.image_size, "scores": video_scores(gen, real) if own else None, "files": files,
-        "seconds": time.perf_counter() - t_start}
-    res = json_safe(res)
-    atomic_write_json(Path(args.out) / "imagine.json", {**res, "environment": environment()})
-    print(dumps({k: v for k, v in res.items() if k != "arguments"}))
-    return 0
+    res = video_job_summary(
+        "imagine", "world_model", args, names, instruction, actions="episode" if own else str(args.actions),
+        start_frame=t0, chunks=chunks, frames=int(gen.shape[1]), episode_frames=times.tolist() if own else None,
+        fps=fps, image_size=wcfg.image_size, scores=video_scores(gen, real) if own else None, files=files,
+        seconds=time.perf_counter() - t_start)
+    return write_summary(Path(args.out) / "imagine.json", res)
 
 
 def main(argv: list[str] | None = None) -> int:
