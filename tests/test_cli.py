@@ -38,3 +38,21 @@ def test_help_still_prints_every_flag(capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["eval", "--help"])
     assert e.value.code == 0 and "--episodes" in capsys.readouterr().out
+
+
+def test_eval_and_serve_read_the_policy_flags_alike():
+    """``serve`` takes ``eval``'s policy flags (one definition): the same names, defaults, choices and parsed values."""
+    import argparse
+
+    from action_images import evaluate, serve
+
+    def policy_actions(add) -> dict:
+        p = argparse.ArgumentParser()
+        add(p)
+        return {a.option_strings[0]: (a.dest, a.default, a.choices, a.type) for a in p._actions
+                if a.option_strings and a.option_strings[0] in FLAGS}
+
+    FLAGS = ("--cfg-scale", "--horizon", "--execute-k", "--on-disagree", "--disagree-px", "--gripper",
+             "--max-resamples", "--method", "--ensemble", "--orientation", "--zoom", "--noise")
+    ours, theirs = policy_actions(evaluate.add_arguments), policy_actions(serve.add_arguments)
+    assert set(ours) == set(FLAGS) and ours == theirs

@@ -47,12 +47,11 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from action_images.cliflags import DeprecatedAlias, Parser, add_sampler_steps, whole_number
+from action_images.cliflags import DeprecatedAlias, Parser, add_policy_arguments, add_sampler_steps, whole_number
 from action_images.eval_settings import (DEFAULT_CAMERAS, MAX_JOBS, RIG_SPLITS, VIDEO_FORMATS, EvalSettings,
                                          resolve_settings)  # noqa: F401 (re-export)
 from action_images.metrics import wilson_interval
-from action_images.policy import (DISAGREE_CHOICES, GRIPPER_MODES, METHODS, NOISE_MODES, ORIENTATIONS,
-                                  PolicySettings)
+from action_images.policy import PolicySettings
 from action_images.rollout import EpisodeRunner, episode_pairs, run_in_workers
 from action_images.runfiles import (append_jsonl, args_dict, atomic_write_json, atomic_write_text, check_out_dir,
                                     dumps, environment, json_safe, read_jsonl)
@@ -114,31 +113,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--image-size", type=whole_number, default=64,
                    help="render size in px, 16..1024 (the model input is resized)")
     add_sampler_steps(g, 10, "ODE sampler steps per chunk, 1..1000 (default 10)")
-    g.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale, finite, >= 0")
-    g.add_argument("--horizon", type=whole_number, default=None,
-                   help="keyframes per chunk, >= 1 (default: the model's; at most the model's frames - 1)")
-    g.add_argument("--execute-k", type=whole_number, default=None,
-                   help="control steps executed per chunk, 1..stride x horizon (default half of that)")
-    g.add_argument("--on-disagree", default="replan", choices=DISAGREE_CHOICES)
-    g.add_argument("--disagree-px", type=float, default=None,
-                   help="views disagree above this RMS reprojection error, in model pixels, > 0 (default 2 sigma = "
-                        "0.1 x the model's image size)")
-    g.add_argument("--gripper", default="linear", choices=GRIPPER_MODES)
-    g.add_argument("--max-resamples", type=whole_number, default=2,
-                   help="immediate resamples when the first keyframe disagrees, >= 0 (default 2)")
-    g.add_argument("--method", default="euler", choices=METHODS, help="ODE sampler (default euler)")
-    g.add_argument("--ensemble", type=whole_number, default=1,
-                   help="samples per replanning step, 1..64, drawn in one model call; their action images are "
-                        "averaged before decoding (default 1)")
-    g.add_argument("--orientation", default="free", choices=ORIENTATIONS,
-                   help="free: decode any tool rotation (default); topdown: only a yaw, the tool pointing straight "
-                        "down (for robots whose grasps are all top-down)")
-    g.add_argument("--zoom", type=float, default=1.0,
-                   help=">= 1; above 1 the model also sees each view zoomed this much on the hand, as a virtual "
-                        "camera (render a larger --image-size for the zoomed squares to gain pixels; default 1: off)")
-    g.add_argument("--noise", default="fresh", choices=NOISE_MODES,
-                   help="the sampler's starting noise: fresh, a new draw at every replanning step (default); episode, "
-                        "one draw per episode, so nearby observations get nearby plans")
+    add_policy_arguments(g)
     g.add_argument("--decode-head", default=None, metavar="DIR",
                    help="decode the generated action images with this learned head (python -m "
                         "action_images.decode_head train) instead of triangulating them")

@@ -20,8 +20,7 @@ TOKEN_ENV = "ACTION_IMAGES_SERVE_TOKEN"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from action_images.cliflags import whole_number
-    from action_images.policy import DISAGREE_CHOICES, GRIPPER_MODES, METHODS, NOISE_MODES, ORIENTATIONS
+    from action_images.cliflags import add_policy_arguments, whole_number
 
     p.add_argument("--checkpoint", required=True, help="run directory or checkpoint (config.json + weights)")
     p.add_argument("--host", default="127.0.0.1",
@@ -45,26 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="cameras the model sees, comma separated, >= 2, or 'all' (every view a request sends, "
                         "any number >= 2; default: the checkpoint's camera_names)")
     g.add_argument("--sampler-steps", type=whole_number, default=10, help="ODE sampler steps per chunk (default 10)")
-    g.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale, finite, >= 0")
-    g.add_argument("--horizon", type=whole_number, default=None, help="keyframes per chunk (default: the model's)")
-    g.add_argument("--execute-k", type=whole_number, default=None,
-                   help="control steps per returned chunk, 1..stride x horizon (default half of that)")
-    g.add_argument("--on-disagree", default="replan", choices=DISAGREE_CHOICES)
-    g.add_argument("--disagree-px", type=float, default=None,
-                   help="views disagree above this RMS reprojection error, in model pixels, > 0")
-    g.add_argument("--gripper", default="linear", choices=GRIPPER_MODES)
-    g.add_argument("--max-resamples", type=whole_number, default=2,
-                   help="immediate resamples when the first keyframe disagrees, >= 0 (default 2)")
-    g.add_argument("--method", default="euler", choices=METHODS, help="ODE sampler (default euler)")
-    g.add_argument("--ensemble", type=whole_number, default=1,
-                   help="samples per replanning step, 1..64, their action images averaged before decoding "
-                        "(default 1)")
-    g.add_argument("--orientation", default="free", choices=ORIENTATIONS,
-                   help="free: decode any tool rotation (default); topdown: only a yaw, the tool pointing down")
-    g.add_argument("--zoom", type=float, default=1.0,
-                   help=">= 1; above 1 the model also sees each view zoomed this much on the hand (default 1: off)")
-    g.add_argument("--noise", default="fresh", choices=NOISE_MODES,
-                   help="starting noise: fresh at every replanning step (default), or one draw per episode")
+    add_policy_arguments(g)
 
 
 def run(args: argparse.Namespace) -> int:
