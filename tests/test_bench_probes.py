@@ -1,7 +1,8 @@
 """The probes' arithmetic on made-up inputs: the Meta-World failure classes (bench/metaworld_failures.py), the
 view-pair angles (bench/view_pair_geometry.py, bench/success_by_view_angle.py), the ensemble scores
 (bench/ensemble_openloop.py), the keypoint error of checkpoints side by side (bench/keypoint_error.py), the hand
-standing still or stuck in place at the end of an episode (bench/stalls.py)."""
+standing still or stuck in place at the end of an episode (bench/stalls.py), push_cube's success by the direction of
+the push (bench/push_directions.py)."""
 
 import importlib.util
 import json
@@ -25,6 +26,7 @@ pairs = load("view_pair_geometry")
 angles = load("success_by_view_angle")
 ensemble = load("ensemble_openloop")
 stalls = load("stalls")
+pushdir = load("push_directions")
 
 
 def expert(n_pre=40, n_post=20):
@@ -197,3 +199,17 @@ def test_ensemble_probe_sees_as_many_views_as_asked(tmp_path, lerobot_root):
     assert list(tasks) == ["unknown"] and tasks["unknown"] == result["summary"]
     with pytest.raises(SystemExit, match="--views"):
         ensemble.main([*args, "--views", "4"])
+
+
+def test_push_directions_bins_success_and_marks_the_band_where_the_jaw_yaw_wraps():
+    assert pushdir.in_wrap_band([90, -95, 60, 0, 180, -114], 25).tolist() == [True, True, False, False, False, True]
+    direction = [90, -90, 100, 0, 10, 170]
+    out = pushdir.summarise(direction, [0.11, 0.12, 0.17, 0.14, 0.11, 0.15], [0, 0, 1, 1, 1, 0], band=25)
+    assert out["wrap_band"] == {"episodes": 3, "success": pytest.approx(1 / 3)}
+    assert out["outside_band"] == {"episodes": 3, "success": pytest.approx(2 / 3)}
+    assert out["by_direction_deg"]["0..45"] == {"episodes": 2, "success": 1.0}
+    assert out["by_direction_deg"]["-45..0"] == {"episodes": 0, "success": None}
+    assert out["by_distance_cm"]["10..13"]["episodes"] == 3 and 0 < out["fisher_p"] <= 1
+    angle, dist = pushdir.push_geometry(3, None)                    # the scene of a real episode seed
+    assert -180 <= angle <= 180 and 0.1 <= dist <= 0.18
+    assert pushdir.push_geometry(3, "train") == (angle, dist)     # the rig does not change the scene

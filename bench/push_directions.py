@@ -1,0 +1,88 @@
+"""Does push_cube's success depend on the direction of the push? Success by the cube-to-goal direction.
+
+    MUJOCO_GL=egl .venv/bin/python bench/push_directions.py bench/results/recover_noise_9k/train_rigs_100.json \
+        bench/results/recover_noise_9k/heldout_rigs_100.json \
+        bench/results/recover_noise_9k/train_rigs_all_views_steps3_100.json \
+        bench/results/recover_noise_9k/heldout_rigs_all_views_steps3_100.json \
+        --json bench/results/push_directions/push_directions_9k.json
+
+Reads evaluations written by ``action-images eval`` and rebuilds each push_cube episode's scene from its seed (the
+reset only, nothing rendered or simulated) to get the push direction, the angle of goal - cube in the world xy
+plane. The expert pushes with the jaw across that direction and takes the jaw's yaw within ±90° (the jaw is
+symmetric under a half turn), so pushes near ±90° (along world ±y) are where its demos jump between two
+orientations half a turn apart for nearly the same scene: the *wrap band* (``--band`` degrees either side). It
+reports success in 45° bins, by push distance, inside and outside the band, and Fisher's exact test of the two
+(over all the files' episodes pooled; the files usually replay the same scenes, so the p-value is a pointer, not
+a proof).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+from scipy.stats import fisher_exact
+
+from action_images.cliflags import Parser
+from action_images.runfiles import atomic_write_json
+
+
+def push_geometry(seed: int, rig_distribution: str | None) -> tuple[float, float]:
+    """(push direction in degrees in (-180, 180], push distance in metres) of the push_cube episode of this seed."""
+    from action_images.sim.env import SimEnv
+
+    env = SimEnv(task="push_cube", render=False, rig_distribution=rig_distribution)
+    env.reset(seed=int(seed))
+    d = env.task.goal_xy() - env.task.body_pos("cube")[:2]
+    env.close()
+    return float(np.degrees(np.arctan2(d[1], d[0]))), float(np.linalg.norm(d))
+
+
+def in_wrap_band(direction_deg: np.ndarray, band: float) -> np.ndarray:
+    """Whether each push direction lies within ``band`` degrees of ±90°, where the expert's jaw yaw wraps."""
+    return np.abs(np.abs(np.asarray(direction_deg, dtype=float)) - 90.0) < band
+
+
+def summarise(direction: np.ndarray, distance: np.ndarray, success: np.ndarray, band: float) -> dict:
+    """Success rates by 45° bin of direction, by distance, and inside / outside the wrap band."""
+    direction, distance, success = (np.asarray(a, dtype=float) for a in (direction, distance, success))
+    rate = lambda m: {"episodes": int(m.sum()), "success": float(success[m].mean()) if m.any() else None}  # noqa: E731
+    edges = np.arange(-180, 181, 45)
+    near = in_wrap_band(direction, band)
+    table = [[int(success[near].sum()), int((1 - success[near]).sum())],
+             [int(success[~near].sum()), int((1 - success[~near]).sum())]]
+    return {"by_direction_deg": {f"{lo}..{hi}": rate((direction >= lo) & (direction < hi))
+                                 for lo, hi in zip(edges[:-1], edges[1:])},
+            "by_distance_cm": {f"{lo}..{hi}": rate((distance * 100 >= lo) & (distance * 100 < hi))
+                               for lo, hi in ((10, 13), (13, 16), (16, 19))},
+            "wrap_band": rate(near), "outside_band": rate(~near),
+            "fisher_p": float(fisher_exact(table)[1]) if near.any() and (~near).any() else None}
+
+
+def main(argv=None) -> int:
+    p = Parser(description=__doc__.splitlines()[0])
+    p.add_argument("evals", nargs="+", help="JSON of action-images eval (metrics.json or a committed copy)")
+    p.add_argument("--band", type=float, default=25.0, help="degrees either side of ±90° (default 25)")
+    p.add_argument("--json", default=None, help="write the summary here")
+    a = p.parse_args(argv)
+    rows, per_file = [], {}
+    for path in a.evals:
+        d = json.loads(open(path).read())
+        rigs = (d.get("settings") or {}).get("rig_distribution")
+        eps = [e for e in d["episodes"] if e["task"] == "push_cube"]
+        if not eps:
+            sys.exit(f"{path}: no push_cube episodes")
+        mine = [(*push_geometry(e["seed"], rigs), float(e["success"])) for e in eps]
+        per_file[path] = summarise(*np.array(mine).T, band=a.band)
+        rows += mine
+    out = {"command": " ".join(["python", "bench/push_directions.py", *sys.argv[1:]]) if argv is None else None,
+           "band_deg": a.band, "files": per_file, "pooled": summarise(*np.array(rows).T, band=a.band)}
+    print(json.dumps(out["pooled"], indent=1))
+    if a.json:
+        atomic_write_json(a.json, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
