@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 from scipy.stats import fisher_exact
@@ -28,14 +29,17 @@ from action_images.cliflags import Parser
 from action_images.runfiles import atomic_write_json
 
 
-def push_geometry(seed: int, rig_distribution: str | None) -> tuple[float, float]:
-    """(push direction in degrees in (-180, 180], push distance in metres) of the push_cube episode of this seed."""
+def push_env(rig_distribution: str | None = None):
+    """A push_cube env that renders nothing (the scenes of an evaluation are rebuilt by reset(seed) alone)."""
     from action_images.sim.env import SimEnv
 
-    env = SimEnv(task="push_cube", render=False, rig_distribution=rig_distribution)
+    return SimEnv(task="push_cube", render=False, rig_distribution=rig_distribution)
+
+
+def push_geometry(env, seed: int) -> tuple[float, float]:
+    """(push direction in degrees in [-180, 180], push distance in metres) of the push_cube episode of this seed."""
     env.reset(seed=int(seed))
     d = env.task.goal_xy() - env.task.body_pos("cube")[:2]
-    env.close()
     return float(np.degrees(np.arctan2(d[1], d[0]))), float(np.linalg.norm(d))
 
 
@@ -52,7 +56,7 @@ def summarise(direction: np.ndarray, distance: np.ndarray, success: np.ndarray, 
     near = in_wrap_band(direction, band)
     table = [[int(success[near].sum()), int((1 - success[near]).sum())],
              [int(success[~near].sum()), int((1 - success[~near]).sum())]]
-    return {"by_direction_deg": {f"{lo}..{hi}": rate((direction >= lo) & (direction < hi))
+    return {"by_direction_deg": {f"{lo}..{hi}": rate((direction >= lo) & ((direction < hi) | (hi == 180)))
                                  for lo, hi in zip(edges[:-1], edges[1:])},
             "by_distance_cm": {f"{lo}..{hi}": rate((distance * 100 >= lo) & (distance * 100 < hi))
                                for lo, hi in ((10, 13), (13, 16), (16, 19))},
@@ -68,12 +72,13 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     rows, per_file = [], {}
     for path in a.evals:
-        d = json.loads(open(path).read())
-        rigs = (d.get("settings") or {}).get("rig_distribution")
+        d = json.loads(Path(path).read_text())
         eps = [e for e in d["episodes"] if e["task"] == "push_cube"]
         if not eps:
             sys.exit(f"{path}: no push_cube episodes")
-        mine = [(*push_geometry(e["seed"], rigs), float(e["success"])) for e in eps]
+        env = push_env((d.get("settings") or {}).get("rig_distribution"))
+        mine = [(*push_geometry(env, e["seed"]), float(e["success"])) for e in eps]
+        env.close()
         per_file[path] = summarise(*np.array(mine).T, band=a.band)
         rows += mine
     out = {"command": " ".join(["python", "bench/push_directions.py", *sys.argv[1:]]) if argv is None else None,

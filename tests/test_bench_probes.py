@@ -210,6 +210,9 @@ def test_push_directions_bins_success_and_marks_the_band_where_the_jaw_yaw_wraps
     assert out["by_direction_deg"]["0..45"] == {"episodes": 2, "success": 1.0}
     assert out["by_direction_deg"]["-45..0"] == {"episodes": 0, "success": None}
     assert out["by_distance_cm"]["10..13"]["episodes"] == 3 and 0 < out["fisher_p"] <= 1
-    angle, dist = pushdir.push_geometry(3, None)                    # the scene of a real episode seed
+    assert pushdir.summarise([180, -180], [0.1, 0.1], [1, 0], band=25)["by_direction_deg"]["135..180"]["episodes"] == 1
+    env = pushdir.push_env()
+    angle, dist = pushdir.push_geometry(env, 3)                     # the scene of a real episode seed
     assert -180 <= angle <= 180 and 0.1 <= dist <= 0.18
-    assert pushdir.push_geometry(3, "train") == (angle, dist)     # the rig does not change the scene
+    assert pushdir.push_geometry(pushdir.push_env("train"), 3) == (angle, dist)   # the rig does not change the scene
+    assert pushdir.push_geometry(env, 4) != (angle, dist) and pushdir.push_geometry(env, 3) == (angle, dist)

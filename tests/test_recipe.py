@@ -321,7 +321,7 @@ def test_the_64_px_stage_differs_from_the_shipped_stage_in_its_resolution_and_st
 
 def test_the_4_view_stage_differs_from_the_shipped_stage_in_its_views_and_steps():
     """recipes/rig8-ctx-recover-noise-4views.json: the shipped second stage with all 4 views of each rig per window
-    (the 2-view export loads as it is) and fewer steps, as many as fit the same hour with twice the tokens."""
+    (the 2-view export loads as it is) and fewer steps, as many as fit the stage's hour with twice the tokens."""
     shipped = TrainRecipe.load(ROOT / "recipes" / "rig8-ctx-recover-noise-9k.json").to_dict()
     wide = TrainRecipe.load(ROOT / "recipes" / "rig8-ctx-recover-noise-4views.json").to_dict()
     assert (shipped["model"].pop("num_views"), wide["model"].pop("num_views")) == (None, 4)

@@ -167,7 +167,8 @@ WEIGHT_FREE_KEYS = frozenset({"camera_names", "action_loss_weight", "act_peak_we
 
 def init_weights(model: torch.nn.Module, run: str) -> None:
     """Load another run's exported weights (``RUN/model.safetensors``) into ``model`` (``model.init_from``); its
-    ``config.json`` must describe the same model (the cameras it was trained on and the loss weights may differ)."""
+    ``config.json`` must describe the same model but for :data:`WEIGHT_FREE_KEYS` (cameras, views per window, loss
+    weights, image size)."""
     folder = Path(run)
     if not (folder / WEIGHTS_NAME).is_file() or not (folder / CONFIG_NAME).is_file():
         raise FileNotFoundError(f"--init-from {run}: needs {WEIGHTS_NAME} and {CONFIG_NAME} (a run's export)")

@@ -80,8 +80,8 @@ def add_policy_arguments(g: Any) -> None:
                         "down (for robots whose grasps are all top-down)")
     g.add_argument("--zoom", type=float, default=1.0,
                    help=">= 1; above 1 the model also sees each view zoomed this much on the hand, as a virtual "
-                        "camera (larger input images give the zoomed squares more pixels; default 1: off)")
+                        "camera (larger input images give the zoomed squares more pixels: in eval, a larger "
+                        "--image-size; default 1: off)")
     g.add_argument("--noise", default="fresh", choices=NOISE_MODES,
                    help="the sampler's starting noise: fresh, a new draw at every replanning step (default); episode, "
                         "one draw per episode, so nearby observations get nearby plans")
-

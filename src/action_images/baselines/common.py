@@ -45,8 +45,8 @@ CROPS = ("center", "workspace")
 
 # ---- config ----------------------------------------------------------------------------------------------------------
 class ChunkSizes:
-    """What every baseline's config derives from its window and chunk fields (``horizon``, ``rotation``, ``crop``,
-    ``workspace``, ``camera_names``): frames per window, numbers per rotation and per keyframe, and their checks."""
+    """What every baseline's config derives from ``horizon`` and ``rotation`` (frames per window, numbers per
+    rotation and per keyframe), and the checks of those and of ``crop``, ``workspace`` and ``camera_names``."""
 
     horizon: int
     rotation: str

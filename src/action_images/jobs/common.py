@@ -1,5 +1,5 @@
 """What ``label``, ``imagine`` and ``generate`` share: flags and their checks, the checkpoint, the episode cut into
-the model's windows, the chunk-by-chunk rollout and the videos.
+the model's windows, the chunk-by-chunk rollout, the videos and the summary JSON.
 
 The model sees what it was trained on: every window goes through the training-window code path of
 ``data.windows`` without augmentation -- the evaluation crop of each view (``view_box``: the centred square, or the
@@ -322,4 +322,3 @@ def write_summary(path: str | Path, res: dict[str, Any]) -> int:
     atomic_write_json(path, {**res, "environment": environment()})
     print(dumps({k: v for k, v in res.items() if k != "arguments"}))
     return 0
-

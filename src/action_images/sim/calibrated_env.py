@@ -1,7 +1,7 @@
 """What the built-in sim and the Meta-World adapter share: a gymnasium env whose MuJoCo cameras are calibrated views.
 
-Both environments name their views, may move static cameras to a rig's poses, render all views in one pass, and hand
-out the same observation (images, ``ee_pose``, instruction, each view's K and ``T_cam_world``). The subclass builds
+Both environments name their views, may move cameras (rig slots) to a rig's poses, render all views in one pass, and
+hand out the same observation (images, ``ee_pose``, instruction, each view's K and ``T_cam_world``). The subclass builds
 the model and sets the attributes this class reads: ``model``, ``data``, ``camera_names``, ``image_size``,
 ``_view_ids`` (view name -> MuJoCo camera id), ``_cam_ids`` (ids in view order), ``_slot_ids`` (the cameras a rig
 takes over, in rig order), ``_exact_K``, ``_renderer``, ``_last_images``, ``observe_images``, ``instruction``,
@@ -54,7 +54,7 @@ def observation_space(camera_names: Sequence[str], size: int, images: bool) -> s
 class CalibratedEnv(gym.Env):
     """Cameras, rig placement, rendering and observations of an environment; see the module docstring."""
 
-    segmentation_groups: tuple[int, ...] = (0, 1, 2)   # the geom groups an observation shows
+    segmentation_groups: tuple[int, ...] = (0, 1, 2)   # the geom groups segmentation() draws by default
 
     def ee_pose(self) -> np.ndarray:  # pragma: no cover - implemented by each environment
         """The tool's current ``[x, y, z, qx, qy, qz, qw, g]``."""
@@ -82,8 +82,8 @@ class CalibratedEnv(gym.Env):
         self.rig = list(cams)
 
     def segmentation(self, camera: str, groups: tuple[int, ...] | None = None) -> np.ndarray:
-        """``[H, W]`` geom ids seen by one camera (-1 = background), only geoms in ``groups`` drawn (default: those
-        an observation shows)."""
+        """``[H, W]`` geom ids seen by one camera (-1 = background), only geoms in ``groups`` drawn (default:
+        ``segmentation_groups``)."""
         if self._renderer is None:
             raise RuntimeError("segmentation needs render=True and at least one camera")
         cid = self._view_ids[camera] if camera in self._view_ids else self.model.camera(camera).id

@@ -26,7 +26,7 @@ RESET_SETTLE_STEPS = 25      # physics steps after reset so objects rest on the 
 class SimEnv(CalibratedEnv):
     """See :func:`action_images.sim.make_env` for the arguments and docs/benchmark.md for the tasks."""
 
-    segmentation_groups = (0, 1, 2, 3)   # group 5 holds tcp_marker, a sphere at the TCP never drawn in observations
+    segmentation_groups = (0, 1, 2, 3)   # not 5: it holds tcp_marker, a sphere at the TCP for calibration checks
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": FPS}
 
