@@ -14,7 +14,9 @@ is sampled ``--samples`` times with independent noise in one model call and ever
 triangulation. It scores the position error against the demo's pose of: every single sample's keyframes (each
 sample a row of its own), the average of the first k samples' action images decoded once (what ``eval --ensemble k``
 does), the per-coordinate median of the first k samples' decoded positions, and per keyframe the best of the
-samples (an oracle: how far the samples spread). A keyframe that does not decode counts as "did not move". The
+samples (an oracle: how far the samples spread); and two rules a policy could use, picking per window the one sample
+whose decode its own views agree on best (lowest mean reprojection error, :func:`select_sample`) or whose blobs are
+strongest (highest mean confidence). A keyframe that does not decode counts as "did not move". The
 JSON holds the scores over all windows and, under ``by_task``, over each task's windows (the episodes'
 ``extra/task_name``, where the dataset records it).
 """
@@ -35,6 +37,16 @@ from action_images.runfiles import atomic_write_json
 def position_error_cm(pred: np.ndarray, valid: np.ndarray, start: np.ndarray, true: np.ndarray) -> np.ndarray:
     """[H] cm; an undecodable keyframe scores as the start position (nothing moves)."""
     return 100 * np.linalg.norm(np.where(valid[:, None], pred, start) - true, axis=-1)
+
+
+def select_sample(scores: np.ndarray, valid: np.ndarray, lowest: bool) -> int:
+    """The sample whose valid keyframes score best on average (``scores`` [K, H], ``valid`` [K, H]): the lowest or the
+    highest mean; a sample with no valid keyframe is chosen only if no sample has one."""
+    ok = valid & np.isfinite(scores)
+    counts = ok.sum(axis=1)
+    mean = np.where(ok, scores, 0.0).sum(axis=1) / np.maximum(counts, 1)
+    mean = np.where(counts > 0, mean, np.inf if lowest else -np.inf)
+    return int(np.argmin(mean) if lowest else np.argmax(mean))
 
 
 def summarise(errors: dict[str, list[np.ndarray]]) -> dict[str, dict[str, float]]:
@@ -82,7 +94,9 @@ def main(argv=None) -> int:
         raise SystemExit(f"--views: 2 to {len(names)} (the cameras of {a.data}); got {a.views}")
     views = names[:V]
     ks = [k for k in (2, 4, 8, 16) if k <= K]
-    errors: dict[str, list[np.ndarray]] = {"one sample": [], "best sample per keyframe (oracle)": []}
+    errors: dict[str, list[np.ndarray]] = {"one sample": [], "best sample per keyframe (oracle)": [],
+                                           f"lowest reprojection error of {K} samples": [],
+                                           f"highest confidence of {K} samples": []}
     for k in ks:
         errors[f"average of {k} samples' action images"] = []
         errors[f"median of {k} samples' positions"] = []
@@ -103,6 +117,11 @@ def main(argv=None) -> int:
             window_tasks.append(task)
             errors["one sample"].append(each.reshape(-1))
             errors["best sample per keyframe (oracle)"].append(each.min(axis=0))
+            valid = np.stack([d.valid for d in decs])                                           # [K, H]
+            reproj = np.stack([d.reproj_error.mean(axis=1) for d in decs])                     # NaN: unseen
+            conf = np.stack([d.confidence.mean(axis=1) for d in decs])
+            errors[f"lowest reprojection error of {K} samples"].append(each[select_sample(reproj, valid, True)])
+            errors[f"highest confidence of {K} samples"].append(each[select_sample(conf, valid, False)])
             for k in ks:
                 d = codec.decode(acts[:k].mean(axis=0), cams)
                 errors[f"average of {k} samples' action images"].append(

@@ -216,3 +216,13 @@ def test_push_directions_bins_success_and_marks_the_band_where_the_jaw_yaw_wraps
     assert -180 <= angle <= 180 and 0.1 <= dist <= 0.18
     assert pushdir.push_geometry(pushdir.push_env("train"), 3) == (angle, dist)   # the rig does not change the scene
     assert pushdir.push_geometry(env, 4) != (angle, dist) and pushdir.push_geometry(env, 3) == (angle, dist)
+
+
+def test_ensemble_selection_takes_the_best_mean_over_valid_keyframes_and_never_an_undecodable_sample():
+    scores = np.array([[1.0, 9.0], [2.0, 2.0], [0.1, np.nan], [np.nan, np.nan]])
+    valid = np.array([[True, True], [True, True], [True, False], [False, False]])
+    assert ensemble.select_sample(scores, valid, lowest=True) == 2          # 0.1 over its one valid keyframe
+    assert ensemble.select_sample(scores, valid, lowest=False) == 0         # 5.0
+    assert ensemble.select_sample(scores[3:], valid[3:], lowest=True) == 0   # nothing decodes: the only sample
+    valid[2] = False
+    assert ensemble.select_sample(scores, valid, lowest=True) == 1
