@@ -70,6 +70,13 @@ def test_bench_policy_json(tmp_path, capsys):
     assert bench.run(p.parse_args(["--preset", "cpu-tiny", "--sampler-steps", "0"])) == 2
     assert "--sampler-steps" in capsys.readouterr().err
     assert all(r["latency"]["mean_ms"] > 0 for r in res["results"])
+    rig = tmp_path / "rig.json"                      # a random rig of 3 cameras, all of them seen
+    assert bench.run(p.parse_args(["--preset", "cpu-tiny", "--task", "reach_target", "--image-size", "32",
+                                   "--sampler-steps", "1", "--replans", "1", "--rig-views", "3",
+                                   "--json", str(rig)])) == 0
+    assert json.loads(rig.read_text())["results"][0]["views"] == ["rig0", "rig1", "rig2"]
+    assert bench.run(p.parse_args(["--preset", "cpu-tiny", "--rig-views", "9"])) == 2
+    assert "--rig-views" in capsys.readouterr().err
 
 
 def test_bench_codec_writes_strict_json_and_checks_its_flags(tmp_path, capsys):

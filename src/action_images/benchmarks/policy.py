@@ -2,6 +2,7 @@
 
     action-images bench policy --preset cpu-small --json bench/results/policy.json       # fresh (untrained) weights
     action-images bench policy --checkpoint checkpoints/cpu-small --sampler-steps 10 --json /tmp/p.json
+    action-images bench policy --checkpoint checkpoints/rig8-ctx-recover-noise-9k --rig-views 6 --sampler-steps 3
 
 A fresh model costs the same per step as a trained one of the same preset (same tokens, same network), so latency can
 be measured before a checkpoint exists. The env is stepped with the policy's actions between replans (so observations
@@ -33,6 +34,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="cameras rendered, comma separated (default: the policy cameras, else front,left,right)")
     p.add_argument("--policy-cameras", default=None,
                    help="cameras the model sees (default: the model's camera_names, else the first num_views)")
+    p.add_argument("--rig-views", type=int, default=None,
+                   help="time a random rig of this many cameras (2..8) from the training distribution instead of "
+                        "the named cameras, a new rig at every reset; the model sees all of them unless "
+                        "--policy-cameras names some")
     p.add_argument("--image-size", type=int, default=64, help="render size")
     add_sampler_steps(p, "10", "ODE sampler steps per chunk, comma separated (e.g. 4,10)", type=str)
     p.add_argument("--cfg-scale", type=float, default=1.0)
@@ -51,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from action_images.evaluate import EvalSettings, resolve_settings
-    from action_images.policy import ActionImagesPolicy, PolicySettings
+    from action_images.policy import ALL_VIEWS, ActionImagesPolicy, PolicySettings
     from action_images.sim import make_env
     from action_images.wam import WAMConfig, WorldActionModel
 
@@ -60,19 +65,24 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     try:                                           # every setting checked before the model is built
         steps_list = [int(s) for s in split_list(args.sampler_steps, "--sampler-steps")]
-        settings = [PolicySettings(camera_names=args.policy_cameras, sampler_steps=n, cfg_scale=args.cfg_scale,
+        on_rig = args.rig_views is not None
+        cams = args.policy_cameras or (ALL_VIEWS if on_rig else None)
+        settings = [PolicySettings(camera_names=cams, sampler_steps=n, cfg_scale=args.cfg_scale,
                                    max_resamples=0) for n in steps_list]
         if not settings:
             raise ValueError("--sampler-steps: give one or more step counts, e.g. 4,10")
         model = (WorldActionModel.from_pretrained(args.checkpoint) if args.checkpoint
                  else WorldActionModel(WAMConfig.from_preset(args.preset)))
         rig = resolve_settings(EvalSettings(tasks=args.task, episodes=1, cameras=args.cameras,
-                                            image_size=args.image_size, policy=settings[0]), model.config)
+                                            image_size=args.image_size, policy=settings[0],
+                                            rig_distribution="train" if on_rig else None,
+                                            rig_views=args.rig_views if on_rig else 4), model.config)
     except (ValueError, FileNotFoundError) as e:
         print(f"action-images bench policy: {e}", file=sys.stderr)
         return 2
     cfg = model.config
-    env = make_env(args.task, cameras=rig.cameras, image_size=args.image_size)
+    env = make_env(args.task, cameras=rig.cameras, image_size=args.image_size,
+                   rig_distribution=rig.rig_distribution, rig_views=rig.rig_views)
     results = []
     try:
         for ps in settings:
