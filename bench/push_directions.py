@@ -81,7 +81,7 @@ def main(argv=None) -> int:
         env.close()
         per_file[path] = summarise(*np.array(mine).T, band=a.band)
         rows += mine
-    out = {"command": " ".join(["python", "bench/push_directions.py", *sys.argv[1:]]) if argv is None else None,
+    out = {"command": " ".join(["bench/push_directions.py", *(argv if argv is not None else sys.argv[1:])]),
            "band_deg": a.band, "files": per_file, "pooled": summarise(*np.array(rows).T, band=a.band)}
     print(json.dumps(out["pooled"], indent=1))
     if a.json:
