@@ -280,6 +280,37 @@ def test_real_sim_missed_grasps_are_stored(tmp_path, monkeypatch):
     assert collect.MISS_DISTANCE[0] <= abs(info["extra/grasp_miss"]) <= collect.MISS_DISTANCE[1]
 
 
+def test_push_style_is_recorded_and_must_match_on_resume(tmp_path, capsys):
+    """--push-style: recorded in meta/collect.json (jaw by default, as datasets from before the option), a resume
+    with another style is refused, and another suite refuses it in one line."""
+    argv = ("--tasks", "push_fake", "--episodes", "1")
+    assert collect.run(args_for(tmp_path / "a", *argv)) == 0
+    assert json.loads((tmp_path / "a" / "meta/collect.json").read_text())["config"]["push_style"] == "jaw"
+    assert collect.run(args_for(tmp_path / "p", *argv, "--push-style", "palm")) == 0
+    assert json.loads((tmp_path / "p" / "meta/collect.json").read_text())["config"]["push_style"] == "palm"
+    capsys.readouterr()
+    assert collect.run(args_for(tmp_path / "p", *argv[:2], "--episodes", "2", "--resume")) == 2
+    assert "push_style: was 'palm', now 'jaw'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--push-style is not supported with --suite"):
+        collect.check_args(args_for(tmp_path / "m", *argv, "--push-style", "palm"), fake.TASKS, tuple(fake.EYES),
+                           suite=argparse.Namespace(name="metaworld", hand_cameras=(), max_rig_views=4,
+                                                    parse_tasks=lambda spec, flag: [spec],
+                                                    collect_cameras=("front",), camera_rig_files=False))
+
+
+def test_real_sim_push_style_palm_reaches_the_expert(tmp_path, monkeypatch):
+    """collect --push-style palm hands the style to push_cube's expert: the stored demo pushes with the hand
+    horizontal (tool +z, the approach axis, level with the table) and succeeds."""
+    out = tmp_path / "palm"
+    assert collect_real(monkeypatch, out, "--tasks", "push_cube", "--episodes", "1", "--image-size", "16",
+                        "--push-style", "palm") == 0
+    ds = LeRobotDataset(out)
+    assert ds.episode_info(0)["extra/success"] is True
+    from scipy.spatial.transform import Rotation
+    approach_z = Rotation.from_quat(ds.episode(0).actions[:, 3:7]).as_matrix()[:, 2, 2]
+    assert np.abs(approach_z).min() < 0.05          # level: the palm leads; the jaw style keeps it at -1 (down)
+
+
 def test_cli_routes_collect(capsys):
     from action_images.cli import main
     with pytest.raises(SystemExit) as e:

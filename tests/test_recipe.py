@@ -184,6 +184,36 @@ def test_collect_section_becomes_collect_flags(tmp_path):
             TrainRecipe.load(path)
 
 
+def test_exclude_tasks_is_checked_and_reaches_the_windows(tmp_path, monkeypatch):
+    """data.exclude_tasks (recipe file only): {dataset: [tasks]} for datasets of data.data, each a non-empty list of
+    names; build_dataset hands it to the windows."""
+    good = {"data": {"data": ["a", "b"], "exclude_tasks": {"a": ["push_cube"]}}}
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(good))
+    r = TrainRecipe.load(path)
+    assert r.data.exclude_tasks == {"a": ["push_cube"]}
+    for exclude, message in (({"c": ["push_cube"]}, "names 'c', which is not in data.data"),
+                             ({"a": []}, "expected a list of task names"), ({"a": "push_cube"}, "list of task names"),
+                             (["a"], "expected an object")):
+        path.write_text(json.dumps({"data": {"data": ["a", "b"], "exclude_tasks": exclude}}))
+        with pytest.raises(ValueError, match=message):
+            TrainRecipe.load(path)
+    from action_images import train
+    seen = {}
+
+    class FakeWindows:
+        def __init__(self, data, wcfg, seed, cameras, exclude_tasks):
+            seen["exclude"] = exclude_tasks
+
+    monkeypatch.setattr(train, "Windows", FakeWindows)
+    for d in ("a", "b"):
+        (tmp_path / d / "meta").mkdir(parents=True)
+        (tmp_path / d / "meta" / "info.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    train.build_dataset(r, train.build_config(r))
+    assert seen["exclude"] == {"a": ["push_cube"]}
+
+
 def test_action_loss_weight_reaches_the_model_config_and_is_checked():
     """--action-loss-weight sets the action stream's share of the loss (default 4, the preset's); the tokens
     ablation takes it too, bc and dp warn that it does not apply; 0 or a negative weight is refused."""

@@ -152,3 +152,33 @@ def test_missed_grasps_with_action_noise_still_miss():
     opening, executed = _jaw_and_executed(env)
     rec = run_episode(env, 0, [], action_noise=0.005, action_noise_prob=1.0, missed_grasps=1.0)
     assert rec.grasp_miss is not None and (np.array(opening) < 0.05).any()
+
+
+def _push_with_offset(style: str, seed: int, lateral: float) -> bool:
+    """push_cube's expert in ``style`` with every target moved ``lateral`` metres across the push line (the way a
+    policy's plan is off), run to the task's step limit."""
+    env = make_env("push_cube", render=False)
+    env.task.style = style
+    behind = env.task._behind
+
+    def off_line(z, extra=0.0):
+        pos, quat, g = behind(z, extra)
+        d = env.task._dir()
+        pos[:2] += lateral * np.array([-d[1], d[0]])
+        return pos, quat, g
+
+    env.task._behind = off_line
+    return rollout(env, seed)[0]
+
+
+def test_palm_push_forgives_a_hand_off_the_push_line():
+    """The palm style (``collect --push-style palm``) succeeds where it is aimed right and also with every target
+    3.5 cm beside the push line, where the jaw style loses the cube (its contact is only as wide as the cube)."""
+    for seed in range(2):
+        assert _push_with_offset("palm", seed, 0.0) and _push_with_offset("jaw", seed, 0.0)
+        assert _push_with_offset("palm", seed, 0.035)
+        assert not _push_with_offset("jaw", seed, 0.035)
+    env = make_env("push_cube", render=False)
+    env.task.style = "sideways"
+    with pytest.raises(ValueError, match="push_cube style must be one of"):
+        env.reset(seed=0)

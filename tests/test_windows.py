@@ -1,6 +1,7 @@
 """Training windows: shapes, frame alignment, determinism, calibration kept through the crop, start frames."""
 
 import numpy as np
+import pytest
 import torch
 
 from action_images.codec import ActionImageCodec
@@ -122,3 +123,32 @@ def test_workspace_crop_frames_the_box_and_keeps_calibration(lerobot_root):
         res = ActionImageCodec().decode(((w["act"].permute(0, 1, 3, 4, 2).numpy() + 1) / 2).astype(np.float32), cams)
         assert res.valid.sum() >= 2
         assert np.median(np.linalg.norm(res.poses[res.valid, :3] - w["poses"][res.valid, :3].numpy(), axis=-1)) < 0.01
+
+
+def test_exclude_tasks_leaves_out_one_tasks_episodes(tmp_path):
+    """``exclude_tasks`` drops a dataset's episodes of the named tasks (by ``extra/task_name``), only in that
+    dataset; naming a task it does not hold, a dataset not given, or a dataset without task names is an error."""
+    from action_images.data import DatasetWriter
+    syn = SyntheticWindows(WindowConfig(), seed=1, num_cameras=2, episode_len=6, native_size=16)
+    roots = []
+    for name, tasks in (("a", ("push", "reach", "push")), ("b", ("push",)), ("c", (None,))):
+        with DatasetWriter(tmp_path / name, fps=10, cameras=syn.cameras, image_size=(16, 16)) as w:
+            for k, task in enumerate(tasks):
+                ep = syn.episode(k)
+                images = {c.name: np.stack([syn.render(c, s, ep["cube"], ep["color"], 0.0) for s in ep["states"]])
+                          for c in syn.cameras}
+                w.add_episode(instruction=ep["instruction"], actions=ep["actions"], states=ep["states"],
+                              images=images, extra={} if task is None else {"task_name": task})
+        roots.append(str(tmp_path / name))
+    cfg = WindowConfig(image_size=16, num_views=2, horizon=2, stride=1)
+    full = Windows(roots[:2], cfg)
+    ds = Windows(roots[:2], cfg, exclude_tasks={roots[0]: ["push"]})
+    assert full.index == [(0, 0), (0, 1), (0, 2), (1, 0)] and ds.index == [(0, 1), (1, 0)]
+    assert len(ds) == 12 and len(full) == 24
+    assert {ds[k]["episode"] for k in range(20)} <= {0, 1}
+    with pytest.raises(ValueError, match="has no episodes of \\['pick'\\]"):
+        Windows(roots[:2], cfg, exclude_tasks={roots[0]: ["pick"]})
+    with pytest.raises(ValueError, match="not among the datasets"):
+        Windows(roots[:1], cfg, exclude_tasks={roots[1]: ["push"]})
+    with pytest.raises(ValueError, match="no extra/task_name"):
+        Windows(roots, cfg, exclude_tasks={roots[2]: ["push"]})

@@ -105,6 +105,9 @@ class DataRecipe:
                                        "which has none (docs/robot.md)")
     collect: dict = _f({}, "how to collect the dataset when it is missing: action-images collect options "
                            "(recipe file only)", kind="file_only")
+    exclude_tasks: dict = _f({}, "episodes to leave out, by the task that collected them: {dataset dir: [task "
+                                 "names]}, e.g. a task's demos replaced by another dataset's (recipe file only)",
+                             kind="file_only")
 
 
 @dataclass
@@ -194,6 +197,11 @@ class TrainRecipe:
             raise ValueError(f"{source}: model.baseline applies to model.method bc, dp or tokens only")
         if self.data.collect:
             collect_argv(self.data.collect, f"{source}: data.collect")
+        for root, names in self.data.exclude_tasks.items():
+            if root not in self.data.data:
+                raise ValueError(f"{source}: data.exclude_tasks names {root!r}, which is not in data.data")
+            if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+                raise ValueError(f"{source}: data.exclude_tasks[{root!r}]: expected a list of task names; got {names!r}")
         if self.optim.schedule == "linear" and self.optim.steps is None:
             raise ValueError(f"{source}: optim.schedule 'linear' decays to 0 at optim.steps; set --steps N")
         if self.model.crop == "workspace" and self.model.workspace is None:

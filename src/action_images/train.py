@@ -195,7 +195,7 @@ def build_dataset(r: TrainRecipe, cfg: WAMConfig):
     calibration = r.data.calibration
     if calibration is not None and not Path(calibration).is_file():
         raise ValueError(f"--calibration: no such file {calibration}")
-    return Windows(data, wcfg, seed=r.optim.seed, cameras=calibration)
+    return Windows(data, wcfg, seed=r.optim.seed, cameras=calibration, exclude_tasks=r.data.exclude_tasks)
 
 
 def collect_missing(r: TrainRecipe) -> None:

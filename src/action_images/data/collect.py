@@ -35,7 +35,7 @@ DEFAULT_CAMERAS = "front,left,right,top"
 # settings that must match to continue a run with --resume
 RESUME_KEYS = ("suite", "seed", "cameras", "image_size", "perturb_cameras", "keep_failed", "hold_steps",
                "hold_action", "random_rig", "rig_views", "camera_rig", "action_noise", "action_noise_prob",
-               "missed_grasps")
+               "missed_grasps", "push_style")
 RIG_SPLITS = ("train", "heldout")
 HOLD_ACTIONS = ("expert", "still")
 
@@ -106,6 +106,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "on nothing), then sees it, opens and grasps again; the stored actions stay the undisplaced "
                         "expert's, so the demos teach reopening a jaw shut on nothing (tasks that grasp: pick_cube, "
                         "place_in_bin, stack_cube; default 0)")
+    p.add_argument("--push-style", default="jaw", choices=("jaw", "palm"),
+                   help="how push_cube's expert pushes: jaw (top-down, the half-open jaw's fingertips on the cube; "
+                        "the default, as every dataset before this option) or palm (the hand turned horizontal, its "
+                        "13 cm palm leading: forgives a hand 3.5 cm off the push line; docs/benchmark.md)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
 
 
@@ -292,6 +296,9 @@ def check_args(args: argparse.Namespace, all_tasks: tuple[str, ...],
     if suite is not None and args.missed_grasps:
         raise ValueError(f"--missed-grasps is not supported with --suite {suite.name}: it plants misses in the "
                          "built-in experts' grasps")
+    if suite is not None and getattr(args, "push_style", "jaw") != "jaw":
+        raise ValueError(f"--push-style is not supported with --suite {suite.name}: it picks the built-in "
+                         "push_cube expert's style")
     if suite is not None and args.camera_rig and not suite.camera_rig_files:
         raise ValueError(f"--camera-rig is not supported with --suite {suite.name}; use --rig-distribution")
     if args.random_rig_deprecated is not None:
@@ -372,7 +379,7 @@ def run(args: argparse.Namespace) -> int:
               "camera_rig": str(Path(args.camera_rig).resolve()) if args.camera_rig else None,
               "action_noise": float(args.action_noise),
               "action_noise_prob": float(args.action_noise_prob) if args.action_noise > 0 else None,
-              "missed_grasps": float(args.missed_grasps)}
+              "missed_grasps": float(args.missed_grasps), "push_style": args.push_style}
     if (out / INFO_PATH).exists():
         if not args.resume:
             return _fail(f"{out} already holds a dataset; pass --resume to continue it or choose another --out")
@@ -385,7 +392,7 @@ def run(args: argparse.Namespace) -> int:
         # datasets from before these flags had none of them
         before = {"suite": "sim", "hold_steps": 0, "hold_action": "expert", "random_rig": None, "rig_views": None,
                   "camera_rig": None, "action_noise": 0.0, "action_noise_prob": None, "missed_grasps": 0.0,
-                  **prev.get("config", {})}
+                  "push_style": "jaw", **prev.get("config", {})}
         diff = {k: (before.get(k), config[k]) for k in RESUME_KEYS if before.get(k) != config[k]}
         if diff:
             return _fail(f"--resume with different settings than {out / COLLECT_PATH}: "
@@ -424,6 +431,8 @@ def run(args: argparse.Namespace) -> int:
                 envs[task] = make_env(task, cameras=tuple(cameras), image_size=args.image_size,
                                       perturb_cameras=args.perturb_cameras, camera_seed=None, render=True,
                                       **rig)  # rig arguments only when asked for (simulators without rigs work)
+                if task == "push_cube" and suite is None:
+                    envs[task].task.style = args.push_style
             env = envs[task]
             k = progress.next_attempt[task]
             seed = episode_seed(args.seed, task, k)

@@ -150,22 +150,44 @@ def finish_window(rgb_u8: np.ndarray | torch.Tensor, cams: Sequence[Camera], pos
             "instruction": instruction, **extra}
 
 
+def _task_name(ds: Any, i: int) -> str:
+    """The task that collected episode ``i`` (``extra/task_name``); an error naming the dataset where it is missing."""
+    name = ds.episode_info(i).get("extra/task_name")
+    if name is None:
+        raise ValueError(f"exclude_tasks: {ds.root} episode {i} has no extra/task_name (not written by "
+                         "`action-images collect`), so its task is not known")
+    return str(name)
+
+
 class Windows(Dataset):
     """Windows from one or more LeRobot v3 datasets (``action_images.data.LeRobotDataset``); index = key."""
 
     def __init__(self, roots: Sequence[str], cfg: WindowConfig, seed: int = 0, cache_episodes: int = 2048,
-                 cameras: str | Path | None = None):
+                 cameras: str | Path | None = None, exclude_tasks: dict[str, Sequence[str]] | None = None):
         """``cameras``: a calibration file (``meta/cameras.json`` format) for every dataset in ``roots``, in place of
         their own (a dataset written by LeRobot itself has none). ``cache_episodes``: decoded episodes kept, over all
         datasets together (about 1.5 MB each at 64 px with 4 views of 30 frames); an episode read again after
-        eviction costs its parquet read, several times the cost of a window."""
+        eviction costs its parquet read, several times the cost of a window. ``exclude_tasks``: {root: task names}
+        leaves out that dataset's episodes whose ``extra/task_name`` (written by ``action-images collect``) is
+        named, e.g. a task's demos replaced by another dataset's."""
         from action_images.data import LeRobotDataset  # the reader is another module; import late
         self.cfg, self.seed = cfg, int(seed)
         self.datasets = [LeRobotDataset(r, cache_size=cache_episodes, cameras=cameras) for r in roots]
         self._episodes: dict[tuple[int, int], Any] = {}   # decoded episodes (64 px x 4 views x 13 frames ~ 0.6 MB)
         self.cache_episodes = int(cache_episodes)
         self._n_starts: dict[tuple[int, int], int] = {}
-        self.index = [(d, i) for d, ds in enumerate(self.datasets) for i in range(ds.num_episodes)]
+        excluded = {str(r): set(v) for r, v in (exclude_tasks or {}).items()}
+        unknown = sorted(set(excluded) - {str(r) for r in roots})
+        if unknown:
+            raise ValueError(f"exclude_tasks names {unknown}, not among the datasets {list(roots)}")
+        self.index = [(d, i) for d, (r, ds) in enumerate(zip(roots, self.datasets)) for i in range(ds.num_episodes)
+                      if not excluded.get(str(r)) or _task_name(ds, i) not in excluded[str(r)]]
+        for r, ds in zip(roots, self.datasets):
+            if excluded.get(str(r)):
+                have = {_task_name(ds, i) for i in range(ds.num_episodes)}
+                if not excluded[str(r)] & have:
+                    raise ValueError(f"exclude_tasks: {r} has no episodes of {sorted(excluded[str(r)])} "
+                                     f"(its tasks: {sorted(have)})")
         if not self.index:
             raise ValueError(f"no episodes in {list(roots)}")
         for ds in self.datasets:
@@ -175,7 +197,7 @@ class Windows(Dataset):
         self.codec = ActionImageCodec()
 
     def __len__(self) -> int:
-        return sum(int(sum(ds.episode_lengths)) for ds in self.datasets)
+        return sum(int(self.datasets[d].episode_lengths[i]) for d, i in self.index)
 
     @property
     def camera_names(self) -> list[str]:

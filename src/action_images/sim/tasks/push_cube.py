@@ -1,16 +1,40 @@
-"""push_cube: push a cube across the table onto a flat goal marker (non-prehensile, needs closed-loop re-aiming)."""
+"""push_cube: push a cube across the table onto a flat goal marker (non-prehensile, needs closed-loop re-aiming).
+
+The expert pushes in one of two styles (``PushCube.style``; ``collect --push-style``):
+
+- ``"jaw"`` (the default, and every dataset collected before the option): top-down, the half-open jaw's two
+  fingertips against the cube's back face. The contact is as wide as the cube, so a hand 2.5 cm off the push line
+  pushes the cube's edge, turns it and loses it.
+- ``"palm"``: the hand turned horizontal, its approach axis pointing back along the push and tool +x up, so the
+  palm (13 cm wide, 5 cm tall) leads and pushes with its flat face while the open fingers trail. It still succeeds
+  with every target 3.5 cm off the push line, where the jaw fails every time (``bench/push_styles.py``).
+"""
 
 from __future__ import annotations
 
 import numpy as np
+from scipy.spatial.transform import Rotation
 
-from action_images.sim.tasks.base import Phase, Task, down, reached, sample_xy
+from action_images.sim.tasks.base import OPEN, Phase, Task, down, reached, sample_xy
 from action_images.sim.tasks.pick_cube import cube_xml
 
 TOL = 0.035             # success: cube centre within this xy distance of the goal
 PUSH_G = 0.35           # half-open jaw: two finger tips touch the cube face, so it does not spin
 PUSH_Z = 0.03           # TCP height while pushing (finger pads span 2-9 cm above the table)
 STANDOFF = 0.045        # TCP distance behind the cube centre before contact
+STYLES = ("jaw", "palm")
+PALM_FRONT = 0.09       # palm style: the palm's front face ahead of the TCP (palm centre 7.5 cm + half its 3 cm)
+PALM_STANDOFF = PALM_FRONT + 0.035   # TCP distance behind the cube centre before contact (a turned cube's corner)
+PALM_Z = 0.03           # TCP height while pushing with the palm: its 5 cm face spans 0.5-5.5 cm above the table
+PALM_ABOVE_Z = 0.12     # TCP height of the approach above the push line (the horizontal hand clears the cube)
+PALM_OFF_LINE = 0.05    # lateral offset (m) at which the palm's push re-approaches; the face is 13 cm wide
+
+
+def palm_quat(d: np.ndarray) -> np.ndarray:
+    """Scalar-last quaternion of the palm push: tool +z (approach) = -d in the table plane, tool +x = world up."""
+    z = np.array([-d[0], -d[1], 0.0]) / max(float(np.hypot(d[0], d[1])), 1e-9)
+    x = np.array([0.0, 0.0, 1.0])
+    return Rotation.from_matrix(np.stack([x, np.cross(z, x), z], axis=1)).as_quat(canonical=True)
 
 
 class PushCube(Task):
@@ -18,6 +42,7 @@ class PushCube(Task):
     templates = ("push the {color} cube onto the {goal} mark", "slide the {color} block to the {goal} target",
                  "move the {color} cube onto the {goal} circle by pushing it")
     max_steps = 80
+    style = "jaw"           # the expert's push (module docstring); the task itself does not depend on it
 
     def worldbody_xml(self) -> str:
         return (cube_xml("cube", half=0.025, mass=0.08) +
@@ -52,6 +77,9 @@ class PushCube(Task):
 
     def _behind(self, z: float, extra: float = 0.0):
         d = self._dir()
+        if self.style == "palm":
+            xy = self.body_pos("cube")[:2] - (PALM_STANDOFF + extra) * d
+            return np.array([xy[0], xy[1], z]), palm_quat(d), OPEN
         xy = self.body_pos("cube")[:2] - (STANDOFF + extra) * d
         # tool +x along the push so the finger axis (tool y) lies across it; the jaw is symmetric under a half
         # turn, so take the yaw within ±90° (less wrist rotation)
@@ -63,14 +91,21 @@ class PushCube(Task):
         d = self._dir()
         rel = env.arm.tcp_pos()[:2] - self.body_pos("cube")[:2]
         lateral = abs(rel[0] * d[1] - rel[1] * d[0])
+        if self.style == "palm":
+            return lateral > PALM_OFF_LINE or float(rel @ d) > -(PALM_FRONT - 0.03)
         return lateral > 0.02 or float(rel @ d) > -0.02
 
     def phases(self):
-        above = lambda env: self._behind(0.1, 0.01)                                    # noqa: E731
-        low = lambda env: self._behind(PUSH_Z, 0.01)                                   # noqa: E731
+        if self.style not in STYLES:
+            raise ValueError(f"push_cube style must be one of {STYLES}; got {self.style!r}")
+        palm = self.style == "palm"
+        z_above, z_push = (PALM_ABOVE_Z, PALM_Z) if palm else (0.1, PUSH_Z)
+        tol_above, tol_low, tol_deg = (0.015, 0.01, 8.0) if palm else (0.012, 0.008, 6.0)
+        above = lambda env: self._behind(z_above, 0.01)                                # noqa: E731
+        low = lambda env: self._behind(z_push, 0.01)                                   # noqa: E731
 
         def push(env):
-            pos, quat, g = self._behind(PUSH_Z)
+            pos, quat, g = self._behind(z_push)
             d = self._dir()
             dist = np.linalg.norm(self.goal_xy() - self.body_pos("cube")[:2])
             pos[:2] += d * min(0.03, dist + 0.005)
@@ -78,11 +113,11 @@ class PushCube(Task):
 
         def up(env):  # after an abort the jaw is beside the cube: rise first, never sweep across it
             p = env.arm.tcp_pos()
-            return np.array([p[0], p[1], 0.1]), env.arm.tcp_quat(), PUSH_G
+            return np.array([p[0], p[1], z_above]), env.arm.tcp_quat(), OPEN if palm else PUSH_G
 
         return [
-            Phase("rise", up, lambda env, n: env.arm.tcp_pos()[2] > 0.08),
-            Phase("above", above, lambda env, n: reached(env, above(env), 0.012, 6.0)),
-            Phase("descend", low, lambda env, n: reached(env, low(env), 0.008, 6.0), step_pos=0.03),
+            Phase("rise", up, lambda env, n: env.arm.tcp_pos()[2] > z_above - 0.02),
+            Phase("above", above, lambda env, n: reached(env, above(env), tol_above, tol_deg)),
+            Phase("descend", low, lambda env, n: reached(env, low(env), tol_low, tol_deg), step_pos=0.03),
             Phase("push", push, lambda env, n: False, step_pos=0.03, abort=self._off_line),
         ]
