@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from action_images.cliflags import Parser
-from action_images.runfiles import atomic_write_json
+from action_images.runfiles import atomic_write_json, probe_command
 
 
 def position_error_cm(pred: np.ndarray, valid: np.ndarray, start: np.ndarray, true: np.ndarray) -> np.ndarray:
@@ -131,7 +131,7 @@ def main(argv=None) -> int:
         print(f"episode {ep + 1}/{ds.num_episodes}", file=sys.stderr)
     summary = summarise(errors)
     by_task = summarise_by_task(errors, window_tasks)
-    out = {"command": " ".join(["bench/ensemble_openloop.py", *(argv if argv is not None else sys.argv[1:])]),
+    out = {"command": probe_command(__file__, argv),
            "checkpoint": a.checkpoint, "data": a.data, "starts": a.starts, "samples": K,
            "sampler_steps": a.sampler_steps, "seed": a.seed, "views": views, "summary": summary, "by_task": by_task,
            "wall_s": round(time.perf_counter() - t0, 1)}

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from action_images.cliflags import Parser
-from action_images.runfiles import atomic_write_json
+from action_images.runfiles import atomic_write_json, probe_command
 
 
 def main(argv=None) -> int:
@@ -60,7 +60,7 @@ def main(argv=None) -> int:
         rows[ckpt] = {"windows": len(windows), "batches": len(kp), "keypoint_sigma2_mean": round(float(np.mean(kp)), 4),
                       "loss_act_mean": round(float(np.mean(act)), 6)}
         print(ckpt, rows[ckpt], file=sys.stderr)
-    out = {"command": " ".join(["bench/keypoint_error.py", *(argv if argv is not None else sys.argv[1:])]),
+    out = {"command": probe_command(__file__, argv),
            "data": a.data, "starts": a.starts, "repeats": a.repeats, "seed": a.seed, "checkpoints": rows,
            "wall_s": round(time.perf_counter() - t0, 1)}
     atomic_write_json(a.json, out)

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from action_images.cliflags import Parser
-from action_images.runfiles import atomic_write_json
+from action_images.runfiles import atomic_write_json, probe_command
 
 STALL_STEPS = 150     # a failure whose TCP moves less than STALL_M over its last STALL_STEPS steps has stalled
 STALL_M = 0.02
@@ -207,7 +207,7 @@ def main(argv=None) -> int:
             # never as close to the object as the expert gets, plus REACH_M: the hand did not get to it
             s["failures_never_within_expert_reach"] += int(
                 c["closest_to_object_m"] > (c["expert_closest_to_object_m"] or 0.0) + REACH_M)
-    out = {"command": " ".join(["bench/metaworld_failures.py", *(argv if argv is not None else sys.argv[1:])]),
+    out = {"command": probe_command(__file__, argv),
            "checkpoint": a.checkpoint, "seed": a.seed, "sampler_steps": a.sampler_steps, "hold_steps": a.hold_steps,
            "stall": {"steps": STALL_STEPS, "metres": STALL_M}, "near_m": NEAR_M, "summary": summary,
            "episodes": rows, "wall_s": round(time.perf_counter() - t0, 1)}

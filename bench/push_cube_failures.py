@@ -43,7 +43,7 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from action_images.cliflags import Parser
-from action_images.runfiles import atomic_write_json
+from action_images.runfiles import atomic_write_json, probe_command
 
 TASK = "push_cube"
 LOW_Z = 0.06          # TCP below this: at pushing height (PUSH_Z = 0.03; cube top at 0.05)
@@ -652,7 +652,7 @@ def main(argv=None) -> int:
     from action_images.seeds import episode_seed
 
     t0 = time.perf_counter()
-    out: dict = {"command": " ".join(["bench/push_cube_failures.py", *(argv or sys.argv[1:])]),
+    out: dict = {"command": probe_command(__file__, argv),
                  "checkpoint": a.checkpoint, "seed": a.seed, "episodes": a.episodes, "sampler_steps": a.sampler_steps,
                  "rig_distribution": "train"}
     seeds = [episode_seed(a.seed, TASK, k) for k in range(a.episodes)]

@@ -26,7 +26,7 @@ import numpy as np
 from scipy.stats import fisher_exact
 
 from action_images.cliflags import Parser
-from action_images.runfiles import atomic_write_json
+from action_images.runfiles import atomic_write_json, probe_command
 
 
 def push_env(rig_distribution: str | None = None):
@@ -81,7 +81,7 @@ def main(argv=None) -> int:
         env.close()
         per_file[path] = summarise(*np.array(mine).T, band=a.band)
         rows += mine
-    out = {"command": " ".join(["bench/push_directions.py", *(argv if argv is not None else sys.argv[1:])]),
+    out = {"command": probe_command(__file__, argv),
            "band_deg": a.band, "files": per_file, "pooled": summarise(*np.array(rows).T, band=a.band)}
     print(json.dumps(out["pooled"], indent=1))
     if a.json:

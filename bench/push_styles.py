@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 from action_images.cliflags import Parser
-from action_images.runfiles import atomic_write_json
+from action_images.runfiles import atomic_write_json, probe_command
 
 
 def metres(text: str) -> list[float]:
@@ -98,7 +98,7 @@ def main(argv=None) -> int:
         rows.append(row)
         print(f"lateral {lateral * 100:+.1f} cm, along {along * 100:+.1f} cm: "
               + ", ".join(f"{s} {row[s]['success']}/{a.seeds}" for s in styles), flush=True)
-    out = {"command": " ".join(["bench/push_styles.py", *(argv if argv is not None else sys.argv[1:])]),
+    out = {"command": probe_command(__file__, argv),
            "seeds": a.seeds, "rows": rows, "wall_s": round(time.time() - t0, 1)}
     if a.json:
         atomic_write_json(a.json, out)

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from action_images.cliflags import Parser
-from action_images.runfiles import atomic_write_json
+from action_images.runfiles import atomic_write_json, probe_command
 
 TASKS = {"stack_cube": ("small", "big"), "place_in_bin": ("cube", "bin"), "pick_cube": ("cube", None)}
 LIFTED = 0.02         # small cube centre this far above its resting height: in the air
@@ -203,7 +203,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    out: dict = {"command": " ".join(["bench/stack_cube_failures.py", *(argv or sys.argv[1:])]),
+    out: dict = {"command": probe_command(__file__, argv),
                  "task": a.task, "checkpoint": a.checkpoint, "seed": a.seed, "rig_distribution": a.rig_distribution,
                  "sampler_steps": a.sampler_steps, "policy_cameras": a.policy_cameras}
     with tempfile.TemporaryDirectory() as tmp:

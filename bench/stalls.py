@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from action_images.cliflags import Parser
-from action_images.runfiles import atomic_write_json
+from action_images.runfiles import atomic_write_json, probe_command
 
 
 def still_run(path: np.ndarray, radius: float) -> tuple[int, int]:
@@ -124,7 +124,7 @@ def main(argv=None) -> int:
                                                                            for r in rows if r["success"]))}
         episodes += rows
     runner.close()
-    out = {"command": " ".join(["bench/stalls.py", *(argv if argv is not None else sys.argv[1:])]),
+    out = {"command": probe_command(__file__, argv),
            "checkpoint": a.checkpoint, "seed": a.seed, "rig_distribution": a.rig_distribution,
            "policy_cameras": a.policy_cameras, "sampler_steps": a.sampler_steps, "still_cm": a.still_cm,
            "stuck_cm": a.stuck_cm,

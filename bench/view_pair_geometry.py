@@ -28,6 +28,7 @@ import torch
 
 from action_images.cliflags import Parser
 from action_images.geometry import ray_angle_deg
+from action_images.runfiles import probe_command
 
 PER_VIEW = ("rgb", "act", "plucker", "K", "T_cam_world")          # window entries with one row per view
 BINS = ((0, 10), (10, 20), (20, 30), (30, 45), (45, 60), (60, 90), (90, 180))
@@ -128,7 +129,7 @@ def main(argv=None) -> int:
                                  else None})
         print(f"episode {ep + 1}/{ds.num_episodes}", file=sys.stderr)
     summary = summarise(rows)
-    out = {"command": " ".join(["bench/view_pair_geometry.py", *(argv if argv is not None else sys.argv[1:])]),
+    out = {"command": probe_command(__file__, argv),
            "checkpoint": a.checkpoint, "data": a.data, "starts": a.starts, "sampler_steps": a.sampler_steps,
            "seed": a.seed, "summary": summary, "rows": rows, "wall_s": round(time.perf_counter() - t0, 1)}
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)

@@ -226,3 +226,11 @@ def test_ensemble_selection_takes_the_best_mean_over_valid_keyframes_and_never_a
     assert ensemble.select_sample(scores[3:], valid[3:], lowest=True) == 0   # nothing decodes: the only sample
     valid[2] = False
     assert ensemble.select_sample(scores, valid, lowest=True) == 1
+
+
+def test_probe_command_records_the_arguments_given_or_the_processs_own(monkeypatch):
+    from action_images.runfiles import probe_command
+    monkeypatch.setattr("sys.argv", ["/somewhere/bench/stalls.py", "--seed", "7"])
+    assert probe_command("/work/bench/stalls.py", ["--episodes", "3"]) == "bench/stalls.py --episodes 3"
+    assert probe_command("/work/bench/stalls.py", []) == "bench/stalls.py"          # not the process's arguments
+    assert probe_command("/work/bench/stalls.py", None) == "bench/stalls.py --seed 7"

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,12 @@ def check_out_dir(path: str | os.PathLike, flag: str = "--out") -> None:
         raise ValueError(f"{flag}: {path} is a file, not a folder")
     if any(q.exists() and not q.is_dir() for q in p.parents):
         raise ValueError(f"{flag}: cannot create {path} (a parent is a file)")
+
+
+def probe_command(script: str | os.PathLike, argv: list[str] | None) -> str:
+    """The command line a bench probe records in its JSON: ``bench/<script name>`` and its arguments (``argv``, or
+    the process's own when ``main`` was called without them)."""
+    return " ".join([f"bench/{Path(script).name}", *(sys.argv[1:] if argv is None else argv)])
 
 
 def split_list(spec: str | None, flag: str = "") -> list[str]:
