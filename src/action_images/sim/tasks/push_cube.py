@@ -91,7 +91,7 @@ class PushCube(Task):
         d = self._dir()
         rel = env.arm.tcp_pos()[:2] - self.body_pos("cube")[:2]
         lateral = abs(rel[0] * d[1] - rel[1] * d[0])
-        if self.style == "palm":
+        if self.style == "palm":   # or the palm's face 3 cm past the cube's centre: the cube is beside it
             return lateral > PALM_OFF_LINE or float(rel @ d) > -(PALM_FRONT - 0.03)
         return lateral > 0.02 or float(rel @ d) > -0.02
 
