@@ -357,3 +357,15 @@ def test_the_4_view_stage_differs_from_the_shipped_stage_in_its_views_and_steps(
     assert (shipped["model"].pop("num_views"), wide["model"].pop("num_views")) == (None, 4)
     assert (shipped["optim"].pop("steps"), wide["optim"].pop("steps")) == (9000, 4200)
     assert shipped == wide
+
+
+def test_the_palm_stage_is_the_shipped_stage_with_push_demos_replaced():
+    """recipes/rig8-ctx-recover-noise-palm.json: the shipped second stage, with data/rig8's push_cube demos left out
+    and the palm-style push demos in their place; nothing else differs."""
+    shipped, palm = json.loads(STAGE2.read_text()), json.loads((ROOT / "recipes" /
+                                                                 "rig8-ctx-recover-noise-palm.json").read_text())
+    assert palm["data"].pop("data") == shipped["data"].pop("data") + ["data/rig8_push_palm240"]
+    assert palm["data"].pop("exclude_tasks") == {"data/rig8": ["push_cube"]}
+    assert "--push-style palm" in palm["comment"] and "--out data/rig8_push_palm240" in palm["comment"]
+    shipped.pop("comment"), palm.pop("comment")
+    assert shipped == palm
