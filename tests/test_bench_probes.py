@@ -2,7 +2,8 @@
 view-pair angles (bench/view_pair_geometry.py, bench/success_by_view_angle.py), the ensemble scores
 (bench/ensemble_openloop.py), the keypoint error of checkpoints side by side (bench/keypoint_error.py), the hand
 standing still or stuck in place at the end of an episode (bench/stalls.py), push_cube's success by the direction of
-the push (bench/push_directions.py)."""
+the push (bench/push_directions.py), the hand's place in the push line's frame (bench/push_hand_geometry.py) and the
+expert styles' tolerance to displaced targets (bench/push_styles.py)."""
 
 import importlib.util
 import json
@@ -27,6 +28,8 @@ angles = load("success_by_view_angle")
 ensemble = load("ensemble_openloop")
 stalls = load("stalls")
 pushdir = load("push_directions")
+handgeo = load("push_hand_geometry")
+styles = load("push_styles")
 
 
 def expert(n_pre=40, n_post=20):
@@ -234,3 +237,34 @@ def test_probe_command_records_the_arguments_given_or_the_processs_own(monkeypat
     assert probe_command("/work/bench/stalls.py", ["--episodes", "3"]) == "bench/stalls.py --episodes 3"
     assert probe_command("/work/bench/stalls.py", []) == "bench/stalls.py"          # not the process's arguments
     assert probe_command("/work/bench/stalls.py", None) == "bench/stalls.py --seed 7"
+
+
+def test_push_hand_geometry_measures_along_and_across_the_start_push_line():
+    cube = np.array([[0.0, 0.0], [0.02, 0.0], [0.05, 0.01]])            # the cube moves after the first step
+    tcp = np.array([[-0.055, 0.01], [0.0, -0.02], [0.15, 0.01]])
+    along, across = handgeo.push_frame(tcp, cube, np.array([0.1, 0.0]))   # the push line: +x
+    np.testing.assert_allclose(along, [-0.055, -0.02, 0.10])
+    np.testing.assert_allclose(across, [0.01, -0.02, 0.0])
+    along, across = handgeo.push_frame(tcp[:1], cube[:1], np.array([0.0, -0.1]))   # pushing toward -y
+    np.testing.assert_allclose([along[0], across[0]], [-0.01, -0.055])
+    rows = [{"success": s, "first_low_along_cm": f, "low_along_cm": 1.0, "low_across_cm": 2.0, "first_low_across_cm": 1.0,
+             "cube_moved_cm": 3.0, "cube_goal_cm": 4.0, "final_tcp_z_cm": 3.0, "horizontal_steps": 0}
+            for s, f in ((True, -5.0), (False, 8.0), (False, -1.0), (False, None))]
+    out = handgeo.summarise(rows)
+    assert out["successes"]["episodes"] == 1 and out["successes"]["first_low_on_the_goal_side"] == 0
+    assert out["failures"] == {**out["failures"], "episodes": 3, "first_low_on_the_goal_side": 1, "never_low": 1,
+                               "first_low_along_cm_median": 3.5}
+
+
+def test_push_styles_displace_every_target_and_keep_the_scene():
+    plain, moved = styles.push_env("jaw"), styles.push_env("palm", lateral=0.03, along=0.01)
+    plain.reset(seed=5), moved.reset(seed=5)
+    (p0, q0, _), (p1, q1, g1) = plain.task._behind(0.03), moved.task._behind(0.03)
+    d = plain.task._dir()
+    np.testing.assert_allclose(plain.task.goal_xy(), moved.task.goal_xy())
+    offset = (p1 - p0)[:2] + 0.08 * d                          # the palm's standoff is 8 cm longer than the jaw's
+    np.testing.assert_allclose(offset, 0.03 * np.array([-d[1], d[0]]) + 0.01 * d, atol=1e-9)
+    assert g1 == 1.0 and not np.allclose(q0, q1)
+    assert styles.run(plain, 5)[0]
+    with pytest.raises(SystemExit):
+        styles.main(["--styles", "sideways"])

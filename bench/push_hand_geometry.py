@@ -1,0 +1,128 @@
+"""Where does a push_cube policy put the hand relative to the cube? Closed-loop episodes, hand and cube logged.
+
+    OMP_NUM_THREADS=2 MUJOCO_GL=egl .venv/bin/python bench/push_hand_geometry.py \
+        --checkpoint runs/rig8-ctx-recover-noise-palm --episodes 20 \
+        --json bench/results/push_palm/hand_geometry_palm.json
+
+Runs the evaluation's push_cube episodes (the same seeds, rigs and policy settings as ``action-images eval --tasks
+push_cube --seed S --rig-distribution R --policy-cameras all --sampler-steps 3``) with the hand's pose and the cube's
+position read after every control step. For the steps with the TCP low (below ``--low-cm``, where a push happens) it
+reports the TCP's offset from the cube's centre in the frame of the episode's push line (the start cube-to-goal
+direction): *along* (negative: behind the cube, where a push starts) and *across* (absolute), their medians and
+their values at the first low step (where the hand first comes down; *on the goal side* when along > 0). The experts
+aim the TCP 5.5 cm behind the cube (jaw style) or 13.5 cm (palm style, whose palm face leads the TCP by 9 cm). Also
+per episode: how far the cube moved, how close it ended to the goal, and the steps with the hand horizontal (tool +z
+within 0.2 of level: the palm style's pose).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from action_images.cliflags import Parser
+from action_images.runfiles import atomic_write_json, probe_command
+
+
+def push_frame(tcp_xy: np.ndarray, cube_xy: np.ndarray, goal_xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(along, across) of TCP positions ``[T, 2]`` relative to cube positions ``[T, 2]``, in the frame of the line
+    from the first cube position to the goal: along > 0 toward the goal, across > 0 to its left."""
+    d = goal_xy - cube_xy[0]
+    d = d / max(float(np.linalg.norm(d)), 1e-9)
+    rel = tcp_xy - cube_xy
+    return rel @ d, rel[:, 1] * d[0] - rel[:, 0] * d[1]
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Medians over the episodes, successes and failures apart."""
+    out = {}
+    for name, sel in (("successes", [r for r in rows if r["success"]]), ("failures", [r for r in rows if not r["success"]])):
+        med = lambda k: float(np.median([r[k] for r in sel if r[k] is not None])) if any(  # noqa: E731
+            r[k] is not None for r in sel) else None
+        out[name] = {"episodes": len(sel),
+                     "first_low_on_the_goal_side": sum(r["first_low_along_cm"] is not None and r["first_low_along_cm"] > 0
+                                                       for r in sel),
+                     "never_low": sum(r["first_low_along_cm"] is None for r in sel), **{f"{k}_median": med(k) for k in
+                                               ("low_along_cm", "low_across_cm", "first_low_along_cm",
+                                                "first_low_across_cm", "cube_moved_cm", "cube_goal_cm",
+                                                "final_tcp_z_cm", "horizontal_steps")}}
+    return out
+
+
+def main(argv=None) -> int:
+    p = Parser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", default="checkpoints/rig8-ctx-recover-noise-9k")
+    p.add_argument("--episodes", type=int, default=20)
+    p.add_argument("--seed", type=int, default=31337)
+    p.add_argument("--rig-distribution", default="train", choices=("train", "heldout"))
+    p.add_argument("--sampler-steps", type=int, default=3)
+    p.add_argument("--low-cm", type=float, default=6.0, help="TCP height below which a step counts as low (default 6)")
+    p.add_argument("--json", default=None, help="write the results here")
+    a = p.parse_args(argv)
+    if a.episodes < 1:
+        p.error("--episodes must be >= 1")
+    import torch
+    from scipy.spatial.transform import Rotation
+
+    from action_images.baselines import load_model
+    from action_images.eval_settings import EvalSettings, resolve_settings
+    from action_images.policy import PolicySettings
+    from action_images.rollout import EpisodeRunner
+
+    t0 = time.time()
+    model = load_model(a.checkpoint)
+    settings = resolve_settings(EvalSettings(tasks=("push_cube",), episodes=a.episodes, seed=a.seed,
+                                             rig_distribution=a.rig_distribution, rig_views=4, videos=0,
+                                             policy=PolicySettings(camera_names="all", sampler_steps=a.sampler_steps)),
+                                model.config)
+    runner = EpisodeRunner(model, Path(a.json or ".").parent, settings)   # videos=0: writes nothing
+    runner.task, runner.env = "push_cube", runner.suite.make_env("push_cube", **runner.env_kwargs)
+    env, rows = runner.env, []
+    for k in range(a.episodes):
+        log: list[tuple[np.ndarray, float, np.ndarray]] = []
+        inner = type(env).step.__get__(env)
+
+        def step(action, _inner=inner, _log=log):
+            out = _inner(action)
+            pose = np.asarray(out[0]["ee_pose"], dtype=np.float64)
+            approach_z = float(Rotation.from_quat(pose[3:7]).as_matrix()[2, 2])
+            _log.append((pose[:3].copy(), approach_z, env.task.body_pos("cube")[:2].copy()))
+            return out
+
+        env.step = step
+        rec = runner.episode("push_cube", k)
+        env.step = inner
+        tcp = np.array([x[0] for x in log])
+        cube = np.array([x[2] for x in log])
+        goal = env.task.goal_xy()
+        along, across = push_frame(tcp[:, :2], cube, goal)
+        low = tcp[:, 2] < a.low_cm / 100
+        row = {"episode": k, "seed": rec["seed"], "success": bool(rec["success"]), "length": len(log),
+               "low_steps": int(low.sum()),
+               "low_along_cm": round(100 * float(np.median(along[low])), 2) if low.any() else None,
+               "low_across_cm": round(100 * float(np.median(np.abs(across[low]))), 2) if low.any() else None,
+               "first_low_along_cm": round(100 * float(along[low][0]), 2) if low.any() else None,
+               "first_low_across_cm": round(100 * float(abs(across[low][0])), 2) if low.any() else None,
+               "horizontal_steps": int((np.abs([x[1] for x in log]) < 0.2).sum()),
+               "cube_moved_cm": round(100 * float(np.linalg.norm(cube[-1] - cube[0])), 2),
+               "cube_goal_cm": round(100 * float(np.linalg.norm(cube[-1] - goal)), 2),
+               "final_tcp_z_cm": round(100 * float(tcp[-1, 2]), 2)}
+        rows.append(row)
+        print(f"ep {k}: {'OK ' if row['success'] else 'FAIL'} low along {row['low_along_cm']} cm, across "
+              f"{row['low_across_cm']} cm, cube moved {row['cube_moved_cm']} cm, ends {row['cube_goal_cm']} cm "
+              "from the goal", file=sys.stderr, flush=True)
+    runner.close()
+    out = {"command": probe_command(__file__, argv), "checkpoint": a.checkpoint, "seed": a.seed,
+           "rig_distribution": a.rig_distribution, "summary": summarise(rows), "episodes": rows,
+           "wall_s": round(time.time() - t0, 1)}
+    print(out["summary"])
+    if a.json:
+        atomic_write_json(a.json, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
