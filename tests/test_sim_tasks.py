@@ -154,9 +154,9 @@ def test_missed_grasps_with_action_noise_still_miss():
     assert rec.grasp_miss is not None and (np.array(opening) < 0.05).any()
 
 
-def _push_with_offset(style: str, seed: int, lateral: float) -> bool:
-    """push_cube's expert in ``style`` with every target moved ``lateral`` metres across the push line (the way a
-    policy's plan is off), run to the task's step limit."""
+def _push_with_offset(style: str, seed: int, lateral: float, along: float = 0.0) -> bool:
+    """push_cube's expert in ``style`` with every target moved ``lateral`` metres across the push line and ``along``
+    metres toward the goal (the way a policy's plan is off), run to the task's step limit."""
     env = make_env("push_cube", render=False)
     env.task.style = style
     behind = env.task._behind
@@ -164,7 +164,7 @@ def _push_with_offset(style: str, seed: int, lateral: float) -> bool:
     def off_line(z, extra=0.0):
         pos, quat, g = behind(z, extra)
         d = env.task._dir()
-        pos[:2] += lateral * np.array([-d[1], d[0]])
+        pos[:2] += lateral * np.array([-d[1], d[0]]) + along * d
         return pos, quat, g
 
     env.task._behind = off_line
@@ -182,3 +182,12 @@ def test_palm_push_forgives_a_hand_off_the_push_line():
     env.task.style = "sideways"
     with pytest.raises(ValueError, match="push_cube style must be one of"):
         env.reset(seed=0)
+
+
+def test_jaw_back_push_forgives_a_hand_that_comes_down_too_close():
+    """The jaw_back style comes down 9 cm behind the cube instead of 5.5: with every target 4 cm closer to the cube it
+    still lands behind it and pushes it home, where the jaw style lands on the cube."""
+    for seed in range(2):
+        assert _push_with_offset("jaw_back", seed, 0.0)
+        assert _push_with_offset("jaw_back", seed, 0.0, along=0.04)
+        assert not _push_with_offset("jaw", seed, 0.0, along=0.04)

@@ -5,6 +5,8 @@ The expert pushes in one of two styles (``PushCube.style``; ``collect --push-sty
 - ``"jaw"`` (the default, and every dataset collected before the option): top-down, the half-open jaw's two
   fingertips against the cube's back face. The contact is as wide as the cube, so a hand 2.5 cm off the push line
   pushes the cube's edge, turns it and loses it.
+- ``"jaw_back"``: the jaw, but the hand comes down 9 cm behind the cube's centre instead of 4.5 (+1) and slides in
+  at push height, so a hand that comes down a few centimetres too close still lands behind the cube.
 - ``"palm"``: the hand turned horizontal, its approach axis pointing back along the push and tool +x up, so the
   palm (13 cm wide, 5 cm tall) leads and pushes with its flat face while the open fingers trail. It still succeeds
   with every target 3.5 cm off the push line, where the jaw fails every time (``bench/push_styles.py``).
@@ -22,7 +24,8 @@ TOL = 0.035             # success: cube centre within this xy distance of the go
 PUSH_G = 0.35           # half-open jaw: two finger tips touch the cube face, so it does not spin
 PUSH_Z = 0.03           # TCP height while pushing (finger pads span 2-9 cm above the table)
 STANDOFF = 0.045        # TCP distance behind the cube centre before contact
-STYLES = ("jaw", "palm")
+STYLES = ("jaw", "jaw_back", "palm")
+JAW_BACK_STANDOFF = 0.09   # jaw_back style: TCP distance behind the cube centre where the hand comes down
 PALM_FRONT = 0.09       # palm style: the palm's front face ahead of the TCP (palm centre 7.5 cm + half its 3 cm)
 PALM_STANDOFF = PALM_FRONT + 0.035   # TCP distance behind the cube centre before contact (a turned cube's corner)
 PALM_Z = 0.03           # TCP height while pushing with the palm: its 5 cm face spans 0.5-5.5 cm above the table
@@ -101,8 +104,10 @@ class PushCube(Task):
         palm = self.style == "palm"
         z_above, z_push = (PALM_ABOVE_Z, PALM_Z) if palm else (0.1, PUSH_Z)
         tol_above, tol_low, tol_deg = (0.015, 0.01, 8.0) if palm else (0.012, 0.008, 6.0)
-        above = lambda env: self._behind(z_above, 0.01)                                # noqa: E731
-        low = lambda env: self._behind(z_push, 0.01)                                   # noqa: E731
+        # where the hand comes down: jaw_back lands farther behind the cube, then slides in at push height
+        back = JAW_BACK_STANDOFF - STANDOFF + 0.01 if self.style == "jaw_back" else 0.01
+        above = lambda env: self._behind(z_above, back)                                # noqa: E731
+        low = lambda env: self._behind(z_push, back)                                   # noqa: E731
 
         def push(env):
             pos, quat, g = self._behind(z_push)
