@@ -36,19 +36,21 @@ def push_frame(tcp_xy: np.ndarray, cube_xy: np.ndarray, goal_xy: np.ndarray) -> 
     return rel @ d, rel[:, 1] * d[0] - rel[:, 0] * d[1]
 
 
+MEDIANS = ("low_along_cm", "low_across_cm", "first_low_along_cm", "first_low_across_cm", "cube_moved_cm",
+           "cube_goal_cm", "final_tcp_z_cm", "horizontal_steps")
+
+
 def summarise(rows: list[dict]) -> dict:
-    """Medians over the episodes, successes and failures apart."""
+    """Medians over the episodes, successes and failures apart, and how many first came down on the goal's side."""
     out = {}
-    for name, sel in (("successes", [r for r in rows if r["success"]]), ("failures", [r for r in rows if not r["success"]])):
-        med = lambda k: float(np.median([r[k] for r in sel if r[k] is not None])) if any(  # noqa: E731
-            r[k] is not None for r in sel) else None
-        out[name] = {"episodes": len(sel),
-                     "first_low_on_the_goal_side": sum(r["first_low_along_cm"] is not None and r["first_low_along_cm"] > 0
-                                                       for r in sel),
-                     "never_low": sum(r["first_low_along_cm"] is None for r in sel), **{f"{k}_median": med(k) for k in
-                                               ("low_along_cm", "low_across_cm", "first_low_along_cm",
-                                                "first_low_across_cm", "cube_moved_cm", "cube_goal_cm",
-                                                "final_tcp_z_cm", "horizontal_steps")}}
+    for name, want in (("successes", True), ("failures", False)):
+        sel = [r for r in rows if r["success"] == want]
+        first = [r["first_low_along_cm"] for r in sel]
+        out[name] = {"episodes": len(sel), "first_low_on_the_goal_side": sum(f is not None and f > 0 for f in first),
+                     "never_low": sum(f is None for f in first)}
+        for k in MEDIANS:
+            values = [r[k] for r in sel if r[k] is not None]
+            out[name][f"{k}_median"] = float(np.median(values)) if values else None
     return out
 
 

@@ -247,8 +247,9 @@ def test_push_hand_geometry_measures_along_and_across_the_start_push_line():
     np.testing.assert_allclose(across, [0.01, -0.02, 0.0])
     along, across = handgeo.push_frame(tcp[:1], cube[:1], np.array([0.0, -0.1]))   # pushing toward -y
     np.testing.assert_allclose([along[0], across[0]], [-0.01, -0.055])
-    rows = [{"success": s, "first_low_along_cm": f, "low_along_cm": 1.0, "low_across_cm": 2.0, "first_low_across_cm": 1.0,
-             "cube_moved_cm": 3.0, "cube_goal_cm": 4.0, "final_tcp_z_cm": 3.0, "horizontal_steps": 0}
+    rows = [{"success": s, "first_low_along_cm": f, "low_along_cm": 1.0, "low_across_cm": 2.0,
+             "first_low_across_cm": 1.0, "cube_moved_cm": 3.0, "cube_goal_cm": 4.0, "final_tcp_z_cm": 3.0,
+             "horizontal_steps": 0}
             for s, f in ((True, -5.0), (False, 8.0), (False, -1.0), (False, None))]
     out = handgeo.summarise(rows)
     assert out["successes"]["episodes"] == 1 and out["successes"]["first_low_on_the_goal_side"] == 0

@@ -185,7 +185,7 @@ def test_palm_push_forgives_a_hand_off_the_push_line():
 
 
 def test_jaw_back_push_forgives_a_hand_that_comes_down_too_close():
-    """The jaw_back style comes down 9 cm behind the cube instead of 5.5: with every target 4 cm closer to the cube it
+    """The jaw_back style comes down 10 cm behind the cube instead of 5.5: with every target 4 cm closer to the cube it
     still lands behind it and pushes it home, where the jaw style lands on the cube."""
     for seed in range(2):
         assert _push_with_offset("jaw_back", seed, 0.0)

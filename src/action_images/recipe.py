@@ -201,7 +201,8 @@ class TrainRecipe:
             if root not in self.data.data:
                 raise ValueError(f"{source}: data.exclude_tasks names {root!r}, which is not in data.data")
             if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
-                raise ValueError(f"{source}: data.exclude_tasks[{root!r}]: expected a list of task names; got {names!r}")
+                raise ValueError(f"{source}: data.exclude_tasks[{root!r}]: expected a list of task names; "
+                                 f"got {names!r}")
         if self.optim.schedule == "linear" and self.optim.steps is None:
             raise ValueError(f"{source}: optim.schedule 'linear' decays to 0 at optim.steps; set --steps N")
         if self.model.crop == "workspace" and self.model.workspace is None:

@@ -108,7 +108,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "place_in_bin, stack_cube; default 0)")
     p.add_argument("--push-style", default="jaw", choices=("jaw", "jaw_back", "palm"),
                    help="how push_cube's expert pushes: jaw (top-down, the half-open jaw's fingertips on the cube; "
-                        "the default, as every dataset before this option), jaw_back (the same, coming down 9 cm "
+                        "the default, as every dataset before this option), jaw_back (the same, coming down 10 cm "
                         "behind the cube instead of 5.5 and sliding in) or palm (the hand turned horizontal, its 13 cm "
                         "palm leading: forgives a hand 3.5 cm off the push line); docs/benchmark.md")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")

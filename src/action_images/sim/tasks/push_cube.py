@@ -1,11 +1,11 @@
 """push_cube: push a cube across the table onto a flat goal marker (non-prehensile, needs closed-loop re-aiming).
 
-The expert pushes in one of two styles (``PushCube.style``; ``collect --push-style``):
+The expert pushes in one of three styles (``PushCube.style``; ``collect --push-style``):
 
 - ``"jaw"`` (the default, and every dataset collected before the option): top-down, the half-open jaw's two
   fingertips against the cube's back face. The contact is as wide as the cube, so a hand 2.5 cm off the push line
   pushes the cube's edge, turns it and loses it.
-- ``"jaw_back"``: the jaw, but the hand comes down 9 cm behind the cube's centre instead of 4.5 (+1) and slides in
+- ``"jaw_back"``: the jaw, but the hand comes down 10 cm behind the cube's centre instead of 5.5 and slides in
   at push height, so a hand that comes down a few centimetres too close still lands behind the cube.
 - ``"palm"``: the hand turned horizontal, its approach axis pointing back along the push and tool +x up, so the
   palm (13 cm wide, 5 cm tall) leads and pushes with its flat face while the open fingers trail. It still succeeds
@@ -25,7 +25,7 @@ PUSH_G = 0.35           # half-open jaw: two finger tips touch the cube face, so
 PUSH_Z = 0.03           # TCP height while pushing (finger pads span 2-9 cm above the table)
 STANDOFF = 0.045        # TCP distance behind the cube centre before contact
 STYLES = ("jaw", "jaw_back", "palm")
-JAW_BACK_STANDOFF = 0.09   # jaw_back style: TCP distance behind the cube centre where the hand comes down
+JAW_BACK_STANDOFF = 0.09   # jaw_back style: the standoff the hand comes down at (+1 cm, as the jaw's: 10 cm)
 PALM_FRONT = 0.09       # palm style: the palm's front face ahead of the TCP (palm centre 7.5 cm + half its 3 cm)
 PALM_STANDOFF = PALM_FRONT + 0.035   # TCP distance behind the cube centre before contact (a turned cube's corner)
 PALM_Z = 0.03           # TCP height while pushing with the palm: its 5 cm face spans 0.5-5.5 cm above the table
