@@ -10,9 +10,9 @@ position read after every control step. For the steps with the TCP low (below ``
 reports the TCP's offset from the cube's centre in the frame of the episode's push line (the start cube-to-goal
 direction): *along* (negative: behind the cube, where a push starts) and *across* (absolute), their medians and
 their values at the first low step (where the hand first comes down; *on the goal side* when along > 0). The experts
-aim the TCP 5.5 cm behind the cube (jaw style) or 13.5 cm (palm style, whose palm face leads the TCP by 9 cm). Also
-per episode: how far the cube moved, how close it ended to the goal, and the steps with the hand horizontal (tool +z
-within 0.2 of level: the palm style's pose).
+aim the TCP 5.5 cm behind the cube (jaw style), 10 cm (jaw_back) or 13.5 cm (palm, whose palm face leads the TCP by
+9 cm). Also per episode: how far the cube moved, how close it ended to the goal, and the steps with the hand
+horizontal (tool +z within 0.2 of level: the palm style's pose).
 """
 
 from __future__ import annotations
@@ -66,7 +66,10 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.episodes < 1:
         p.error("--episodes must be >= 1")
-    import torch
+    if a.sampler_steps < 1:
+        p.error("--sampler-steps must be >= 1")
+    if not 0 < a.low_cm < 50:
+        p.error("--low-cm must be in (0, 50)")
     from scipy.spatial.transform import Rotation
 
     from action_images.baselines import load_model

@@ -1,15 +1,16 @@
 """How much aiming error does each push_cube expert style forgive? The expert run with its targets displaced.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/push_styles.py --seeds 40 \
-        --json bench/results/push_palm/push_styles.json
+    OMP_NUM_THREADS=1 .venv/bin/python bench/push_styles.py --seeds 40 --styles jaw,jaw_back,palm \
+        --lateral=0,0.015,0.025,0.035,-0.035 --along=-0.02,0.02,0.04 --json bench/results/push_palm/push_styles.json
 
-push_cube's policy fails where its plans put the hand a few centimetres off the line behind the cube (docs/results.md).
-This probe asks what the expert itself does when every target it commands is displaced the same way (``--lateral``:
+A policy's plans put the hand a few centimetres from where the expert would (docs/results.md, palm-push). This probe
+asks what the expert itself does when every target it commands is displaced the same way (``--lateral``:
 across the push line, to the left of the push; ``--along``: along it, + toward the goal), from the task's own reset
 of seeds 0..N-1 with no rendering, to the task's 80-step limit. A persistent offset is the kind of error the
 policy's plans show: most of it is shared by every sample (the ensemble probe), not fresh noise at each step.
-The styles (``collect --push-style``): ``jaw``, the half-open jaw's fingertips on the cube's back face, and
-``palm``, the hand turned horizontal with its 13 cm palm leading.
+The styles (``collect --push-style``): ``jaw``, the half-open jaw's fingertips on the cube's back face, coming down
+5.5 cm behind the cube's centre; ``jaw_back``, the same coming down 10 cm behind it; ``palm``, the hand turned
+horizontal with its 13 cm palm leading.
 """
 
 from __future__ import annotations
@@ -39,21 +40,11 @@ def metres(text: str) -> list[float]:
 
 def push_env(style: str, lateral: float = 0.0, along: float = 0.0):
     """A push_cube env (nothing rendered) whose expert in ``style`` aims every target ``lateral`` metres to the left
-    of the push line and ``along`` metres toward the goal."""
+    of the push line and ``along`` metres toward the goal (``PushCube.aim_offset``)."""
     from action_images.sim.env import SimEnv
 
     env = SimEnv(task="push_cube", render=False)
-    task = env.task
-    task.style = style
-    behind = task._behind
-
-    def displaced(z, extra=0.0):
-        pos, quat, g = behind(z, extra)
-        d = task._dir()
-        pos[:2] += lateral * np.array([-d[1], d[0]]) + along * d
-        return pos, quat, g
-
-    task._behind = displaced
+    env.task.style, env.task.aim_offset = style, (float(lateral), float(along))
     return env
 
 
@@ -74,7 +65,7 @@ def main(argv=None) -> int:
                    help="offsets across the push line, metres (default 0,0.015,0.025,0.035)")
     p.add_argument("--along", type=metres, default=[-0.02, 0.02],
                    help="offsets along the push line, metres (default -0.02,0.02)")
-    p.add_argument("--styles", default="jaw,palm", help="expert styles (default jaw,palm)")
+    p.add_argument("--styles", default="jaw,jaw_back,palm", help="expert styles (default jaw,jaw_back,palm)")
     p.add_argument("--json", default=None, help="write the results here")
     a = p.parse_args(argv)
     if a.seeds < 1:

@@ -281,14 +281,14 @@ def test_real_sim_missed_grasps_are_stored(tmp_path, monkeypatch):
 
 
 def test_push_style_is_recorded_and_must_match_on_resume(tmp_path, capsys):
-    """--push-style: recorded in meta/collect.json (jaw by default, as datasets from before the option), a resume
-    with another style is refused, and another suite refuses it in one line."""
+    """--push-style: recorded in meta/collect.json (jaw by default), a resume with another style is refused, another
+    suite refuses it in one line, and a collection without push_cube says the flag changes nothing."""
     argv = ("--tasks", "push_fake", "--episodes", "1")
     assert collect.run(args_for(tmp_path / "a", *argv)) == 0
     assert json.loads((tmp_path / "a" / "meta/collect.json").read_text())["config"]["push_style"] == "jaw"
     assert collect.run(args_for(tmp_path / "p", *argv, "--push-style", "palm")) == 0
     assert json.loads((tmp_path / "p" / "meta/collect.json").read_text())["config"]["push_style"] == "palm"
-    capsys.readouterr()
+    assert "changes push_cube's expert only; push_cube is not among --tasks" in capsys.readouterr().err
     assert collect.run(args_for(tmp_path / "p", *argv[:2], "--episodes", "2", "--resume")) == 2
     assert "push_style: was 'palm', now 'jaw'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="--push-style is not supported with --suite"):

@@ -156,18 +156,9 @@ def test_missed_grasps_with_action_noise_still_miss():
 
 def _push_with_offset(style: str, seed: int, lateral: float, along: float = 0.0) -> bool:
     """push_cube's expert in ``style`` with every target moved ``lateral`` metres across the push line and ``along``
-    metres toward the goal (the way a policy's plan is off), run to the task's step limit."""
+    metres toward the goal (``PushCube.aim_offset``: the way a policy's plan is off), run to the task's step limit."""
     env = make_env("push_cube", render=False)
-    env.task.style = style
-    behind = env.task._behind
-
-    def off_line(z, extra=0.0):
-        pos, quat, g = behind(z, extra)
-        d = env.task._dir()
-        pos[:2] += lateral * np.array([-d[1], d[0]]) + along * d
-        return pos, quat, g
-
-    env.task._behind = off_line
+    env.task.style, env.task.aim_offset = style, (lateral, along)
     return rollout(env, seed)[0]
 
 

@@ -145,9 +145,10 @@ def test_exclude_tasks_leaves_out_one_tasks_episodes(tmp_path):
     ds = Windows(roots[:2], cfg, exclude_tasks={roots[0]: ["push"]})
     assert full.index == [(0, 0), (0, 1), (0, 2), (1, 0)] and ds.index == [(0, 1), (1, 0)]
     assert len(ds) == 12 and len(full) == 24
-    assert {ds[k]["episode"] for k in range(20)} <= {0, 1}
-    with pytest.raises(ValueError, match="has no episodes of \\['pick'\\]"):
-        Windows(roots[:2], cfg, exclude_tasks={roots[0]: ["pick"]})
+    assert {(int(ds[k]["dataset"]), int(ds[k]["episode"])) for k in range(20)} == {(0, 1), (1, 0)}
+    for names in (["pick"], ["push", "pick"]):                       # a misspelt name beside a right one too
+        with pytest.raises(ValueError, match="has no episodes of \\['pick'\\]"):
+            Windows(roots[:2], cfg, exclude_tasks={roots[0]: names})
     with pytest.raises(ValueError, match="not among the datasets"):
         Windows(roots[:1], cfg, exclude_tasks={roots[1]: ["push"]})
     with pytest.raises(ValueError, match="no extra/task_name"):

@@ -108,9 +108,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "place_in_bin, stack_cube; default 0)")
     p.add_argument("--push-style", default="jaw", choices=("jaw", "jaw_back", "palm"),
                    help="how push_cube's expert pushes: jaw (top-down, the half-open jaw's fingertips on the cube; "
-                        "the default, as every dataset before this option), jaw_back (the same, coming down 10 cm "
-                        "behind the cube instead of 5.5 and sliding in) or palm (the hand turned horizontal, its 13 cm "
-                        "palm leading: forgives a hand 3.5 cm off the push line); docs/benchmark.md")
+                        "the default; a meta/collect.json without push_style means it), jaw_back (the same, coming "
+                        "down 10 cm behind the cube instead of 5.5 and sliding in) or palm (the hand turned "
+                        "horizontal, its 13 cm palm leading: forgives a hand 3.5 cm off the push line); "
+                        "docs/benchmark.md")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
 
 
@@ -362,6 +363,9 @@ def run(args: argparse.Namespace) -> int:
         if without:
             print(f"action-images collect: --missed-grasps plants misses only where the expert grasps; "
                   f"{', '.join(without)}: none", file=sys.stderr)
+    if args.push_style != "jaw" and suite is None and "push_cube" not in tasks:
+        print(f"action-images collect: --push-style {args.push_style} changes push_cube's expert only; push_cube is "
+              "not among --tasks", file=sys.stderr)
     if args.task_deprecated is not None:
         print("action-images collect: --task is deprecated; use --tasks (same values)", file=sys.stderr)
     if args.random_rig_deprecated is not None:

@@ -185,8 +185,8 @@ class Windows(Dataset):
         for r, ds in zip(roots, self.datasets):
             if excluded.get(str(r)):
                 have = {_task_name(ds, i) for i in range(ds.num_episodes)}
-                if not excluded[str(r)] & have:
-                    raise ValueError(f"exclude_tasks: {r} has no episodes of {sorted(excluded[str(r)])} "
+                if excluded[str(r)] - have:
+                    raise ValueError(f"exclude_tasks: {r} has no episodes of {sorted(excluded[str(r)] - have)} "
                                      f"(its tasks: {sorted(have)})")
         if not self.index:
             raise ValueError(f"no episodes in {list(roots)}")

@@ -2,9 +2,9 @@
 
 The expert pushes in one of three styles (``PushCube.style``; ``collect --push-style``):
 
-- ``"jaw"`` (the default, and every dataset collected before the option): top-down, the half-open jaw's two
-  fingertips against the cube's back face. The contact is as wide as the cube, so a hand 2.5 cm off the push line
-  pushes the cube's edge, turns it and loses it.
+- ``"jaw"`` (the default; a dataset whose ``meta/collect.json`` names no ``push_style`` used it): top-down, the
+  half-open jaw's two fingertips against the cube's back face. The contact is as wide as the cube, so a hand
+  2.5 cm off the push line pushes the cube's edge, turns it and loses it.
 - ``"jaw_back"``: the jaw, but the hand comes down 10 cm behind the cube's centre instead of 5.5 and slides in
   at push height, so a hand that comes down a few centimetres too close still lands behind the cube.
 - ``"palm"``: the hand turned horizontal, its approach axis pointing back along the push and tool +x up, so the
@@ -25,7 +25,7 @@ PUSH_G = 0.35           # half-open jaw: two finger tips touch the cube face, so
 PUSH_Z = 0.03           # TCP height while pushing (finger pads span 2-9 cm above the table)
 STANDOFF = 0.045        # TCP distance behind the cube centre before contact
 STYLES = ("jaw", "jaw_back", "palm")
-JAW_BACK_STANDOFF = 0.09   # jaw_back style: the standoff the hand comes down at (+1 cm, as the jaw's: 10 cm)
+JAW_BACK_STANDOFF = 0.09   # jaw_back style: STANDOFF's counterpart where the hand comes down (plus the same 1 cm)
 PALM_FRONT = 0.09       # palm style: the palm's front face ahead of the TCP (palm centre 7.5 cm + half its 3 cm)
 PALM_STANDOFF = PALM_FRONT + 0.035   # TCP distance behind the cube centre before contact (a turned cube's corner)
 PALM_Z = 0.03           # TCP height while pushing with the palm: its 5 cm face spans 0.5-5.5 cm above the table
@@ -46,6 +46,9 @@ class PushCube(Task):
                  "move the {color} cube onto the {goal} circle by pushing it")
     max_steps = 80
     style = "jaw"           # the expert's push (module docstring); the task itself does not depend on it
+    # A planted aiming error (metres): every target the expert commands moves this far across the push line (to its
+    # left) and along it (toward the goal), the way a policy's plans are off; for probes of what a style forgives.
+    aim_offset: tuple[float, float] = (0.0, 0.0)
 
     def worldbody_xml(self) -> str:
         return (cube_xml("cube", half=0.025, mass=0.08) +
@@ -80,10 +83,12 @@ class PushCube(Task):
 
     def _behind(self, z: float, extra: float = 0.0):
         d = self._dir()
+        standoff = PALM_STANDOFF if self.style == "palm" else STANDOFF
+        xy = self.body_pos("cube")[:2] - (standoff + extra) * d
+        if self.aim_offset != (0.0, 0.0):
+            xy = xy + self.aim_offset[0] * np.array([-d[1], d[0]]) + self.aim_offset[1] * d
         if self.style == "palm":
-            xy = self.body_pos("cube")[:2] - (PALM_STANDOFF + extra) * d
             return np.array([xy[0], xy[1], z]), palm_quat(d), OPEN
-        xy = self.body_pos("cube")[:2] - (STANDOFF + extra) * d
         # tool +x along the push so the finger axis (tool y) lies across it; the jaw is symmetric under a half
         # turn, so take the yaw within ±90° (less wrist rotation)
         yaw = float((np.arctan2(d[1], d[0]) + np.pi / 2) % np.pi - np.pi / 2)
@@ -103,6 +108,7 @@ class PushCube(Task):
             raise ValueError(f"push_cube style must be one of {STYLES}; got {self.style!r}")
         palm = self.style == "palm"
         z_above, z_push = (PALM_ABOVE_Z, PALM_Z) if palm else (0.1, PUSH_Z)
+        z_risen = 0.1 if palm else 0.08             # the rise ends above this height
         tol_above, tol_low, tol_deg = (0.015, 0.01, 8.0) if palm else (0.012, 0.008, 6.0)
         # where the hand comes down: jaw_back lands farther behind the cube, then slides in at push height
         back = JAW_BACK_STANDOFF - STANDOFF + 0.01 if self.style == "jaw_back" else 0.01
@@ -121,7 +127,7 @@ class PushCube(Task):
             return np.array([p[0], p[1], z_above]), env.arm.tcp_quat(), OPEN if palm else PUSH_G
 
         return [
-            Phase("rise", up, lambda env, n: env.arm.tcp_pos()[2] > z_above - 0.02),
+            Phase("rise", up, lambda env, n: env.arm.tcp_pos()[2] > z_risen),
             Phase("above", above, lambda env, n: reached(env, above(env), tol_above, tol_deg)),
             Phase("descend", low, lambda env, n: reached(env, low(env), tol_low, tol_deg), step_pos=0.03),
             Phase("push", push, lambda env, n: False, step_pos=0.03, abort=self._off_line),
