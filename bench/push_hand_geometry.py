@@ -9,7 +9,8 @@ push_cube --seed S --rig-distribution R --policy-cameras all --sampler-steps 3``
 position read after every control step. For the steps with the TCP low (below ``--low-cm``, where a push happens) it
 reports the TCP's offset from the cube's centre in the frame of the episode's push line (the start cube-to-goal
 direction): *along* (negative: behind the cube, where a push starts) and *across* (absolute), their medians and
-their values at the first low step (where the hand first comes down; *on the goal side* when along > 0). The experts
+their values at the first low step (where the hand first comes down; *on the goal side* when along > 0; its distance
+to the goal and to the cube, *nearer the goal* when the first is smaller). The experts
 aim the TCP 5.5 cm behind the cube (jaw style), 10 cm (jaw_back) or 13.5 cm (palm, whose palm face leads the TCP by
 9 cm). Also per episode: how far the cube moved, how close it ended to the goal, and the steps with the hand
 horizontal (tool +z within 0.2 of level: the palm style's pose).
@@ -27,6 +28,11 @@ from action_images.cliflags import Parser
 from action_images.runfiles import atomic_write_json, probe_command
 
 
+def cm(metres: float) -> float:
+    """Metres as centimetres rounded to 0.01."""
+    return round(100 * float(metres), 2)
+
+
 def push_frame(tcp_xy: np.ndarray, cube_xy: np.ndarray, goal_xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(along, across) of TCP positions ``[T, 2]`` relative to cube positions ``[T, 2]``, in the frame of the line
     from the first cube position to the goal: along > 0 toward the goal, across > 0 to its left."""
@@ -36,8 +42,8 @@ def push_frame(tcp_xy: np.ndarray, cube_xy: np.ndarray, goal_xy: np.ndarray) -> 
     return rel @ d, rel[:, 1] * d[0] - rel[:, 0] * d[1]
 
 
-MEDIANS = ("low_along_cm", "low_across_cm", "first_low_along_cm", "first_low_across_cm", "cube_moved_cm",
-           "cube_goal_cm", "final_tcp_z_cm", "horizontal_steps")
+MEDIANS = ("low_along_cm", "low_across_cm", "first_low_along_cm", "first_low_across_cm", "first_low_goal_cm",
+           "first_low_cube_cm", "cube_moved_cm", "cube_goal_cm", "final_tcp_z_cm", "horizontal_steps")
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -47,7 +53,9 @@ def summarise(rows: list[dict]) -> dict:
         sel = [r for r in rows if r["success"] == want]
         first = [r["first_low_along_cm"] for r in sel]
         out[name] = {"episodes": len(sel), "first_low_on_the_goal_side": sum(f is not None and f > 0 for f in first),
-                     "never_low": sum(f is None for f in first)}
+                     "never_low": sum(f is None for f in first),
+                     "first_low_nearer_the_goal": sum(r.get("first_low_goal_cm") is not None
+                                                      and r["first_low_goal_cm"] < r["first_low_cube_cm"] for r in sel)}
         for k in MEDIANS:
             values = [r[k] for r in sel if r[k] is not None]
             out[name][f"{k}_median"] = float(np.median(values)) if values else None
@@ -111,6 +119,8 @@ def main(argv=None) -> int:
                "low_across_cm": round(100 * float(np.median(np.abs(across[low]))), 2) if low.any() else None,
                "first_low_along_cm": round(100 * float(along[low][0]), 2) if low.any() else None,
                "first_low_across_cm": round(100 * float(abs(across[low][0])), 2) if low.any() else None,
+               "first_low_goal_cm": cm(np.linalg.norm(tcp[low][0, :2] - goal)) if low.any() else None,
+               "first_low_cube_cm": cm(np.linalg.norm(tcp[low][0, :2] - cube[low][0])) if low.any() else None,
                "horizontal_steps": int((np.abs([x[1] for x in log]) < 0.2).sum()),
                "cube_moved_cm": round(100 * float(np.linalg.norm(cube[-1] - cube[0])), 2),
                "cube_goal_cm": round(100 * float(np.linalg.norm(cube[-1] - goal)), 2),
