@@ -298,7 +298,7 @@ def check_args(args: argparse.Namespace, all_tasks: tuple[str, ...],
     if suite is not None and args.missed_grasps:
         raise ValueError(f"--missed-grasps is not supported with --suite {suite.name}: it plants misses in the "
                          "built-in experts' grasps")
-    if suite is not None and getattr(args, "push_style", "jaw") != "jaw":
+    if suite is not None and args.push_style != "jaw":
         raise ValueError(f"--push-style is not supported with --suite {suite.name}: it picks the built-in "
                          "push_cube expert's style")
     if suite is not None and args.camera_rig and not suite.camera_rig_files:

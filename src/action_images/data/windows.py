@@ -180,14 +180,17 @@ class Windows(Dataset):
         unknown = sorted(set(excluded) - {str(r) for r in roots})
         if unknown:
             raise ValueError(f"exclude_tasks names {unknown}, not among the datasets {list(roots)}")
-        self.index = [(d, i) for d, (r, ds) in enumerate(zip(roots, self.datasets)) for i in range(ds.num_episodes)
-                      if not excluded.get(str(r)) or _task_name(ds, i) not in excluded[str(r)]]
-        for r, ds in zip(roots, self.datasets):
-            if excluded.get(str(r)):
-                have = {_task_name(ds, i) for i in range(ds.num_episodes)}
-                if excluded[str(r)] - have:
-                    raise ValueError(f"exclude_tasks: {r} has no episodes of {sorted(excluded[str(r)] - have)} "
-                                     f"(its tasks: {sorted(have)})")
+        self.index = []
+        for d, (r, ds) in enumerate(zip(roots, self.datasets)):
+            drop = excluded.get(str(r))
+            if not drop:
+                self.index += [(d, i) for i in range(ds.num_episodes)]
+                continue
+            names = [_task_name(ds, i) for i in range(ds.num_episodes)]
+            if drop - set(names):
+                raise ValueError(f"exclude_tasks: {r} has no episodes of {sorted(drop - set(names))} "
+                                 f"(its tasks: {sorted(set(names))})")
+            self.index += [(d, i) for i, name in enumerate(names) if name not in drop]
         if not self.index:
             raise ValueError(f"no episodes in {list(roots)}")
         for ds in self.datasets:
