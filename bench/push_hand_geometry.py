@@ -12,8 +12,10 @@ direction): *along* (negative: behind the cube, where a push starts) and *across
 their values at the first low step (where the hand first comes down; *on the goal side* when along > 0; its distance
 to the goal and to the cube, *nearer the goal* when the first is smaller). The experts
 aim the TCP 5.5 cm behind the cube (jaw style), 10 cm (jaw_back) or 13.5 cm (palm, whose palm face leads the TCP by
-9 cm). Also per episode: how far the cube moved, how close it ended to the goal, and the steps with the hand
-horizontal (tool +z within 0.2 of level: the palm style's pose).
+9 cm). Also per episode: how far the cube moved, how close it ended to the goal, the steps with the hand
+horizontal (tool +z within 0.2 of level: the palm style's pose), and how high the cube's centre rose above where it
+started, at most and at the last step (a push keeps it on the table; a grasp carries it). ``--cfg-scale 0`` runs the
+policy without its instruction.
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ def push_frame(tcp_xy: np.ndarray, cube_xy: np.ndarray, goal_xy: np.ndarray) -> 
 
 
 MEDIANS = ("low_along_cm", "low_across_cm", "first_low_along_cm", "first_low_across_cm", "first_low_goal_cm",
-           "first_low_cube_cm", "cube_moved_cm", "cube_goal_cm", "final_tcp_z_cm", "horizontal_steps")
+           "first_low_cube_cm", "cube_moved_cm", "cube_goal_cm", "final_tcp_z_cm", "horizontal_steps",
+           "cube_lift_cm", "end_cube_lift_cm")
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -69,6 +72,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=31337)
     p.add_argument("--rig-distribution", default="train", choices=("train", "heldout"))
     p.add_argument("--sampler-steps", type=int, default=3)
+    p.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale (0: no instruction)")
     p.add_argument("--low-cm", type=float, default=6.0, help="TCP height below which a step counts as low (default 6)")
     p.add_argument("--json", default=None, help="write the results here")
     a = p.parse_args(argv)
@@ -76,6 +80,8 @@ def main(argv=None) -> int:
         p.error("--episodes must be >= 1")
     if a.sampler_steps < 1:
         p.error("--sampler-steps must be >= 1")
+    if not 0 <= a.cfg_scale < 100:
+        p.error("--cfg-scale must be in [0, 100)")
     if not 0 < a.low_cm < 50:
         p.error("--low-cm must be in (0, 50)")
     from scipy.spatial.transform import Rotation
@@ -89,20 +95,22 @@ def main(argv=None) -> int:
     model = load_model(a.checkpoint)
     settings = resolve_settings(EvalSettings(tasks=("push_cube",), episodes=a.episodes, seed=a.seed,
                                              rig_distribution=a.rig_distribution, rig_views=4, videos=0,
-                                             policy=PolicySettings(camera_names="all", sampler_steps=a.sampler_steps)),
+                                             policy=PolicySettings(camera_names="all", sampler_steps=a.sampler_steps,
+                                                                   cfg_scale=a.cfg_scale)),
                                 model.config)
     runner = EpisodeRunner(model, Path(a.json or ".").parent, settings)   # videos=0: writes nothing
     runner.task, runner.env = "push_cube", runner.suite.make_env("push_cube", **runner.env_kwargs)
     env, rows = runner.env, []
     for k in range(a.episodes):
-        log: list[tuple[np.ndarray, float, np.ndarray]] = []
+        log: list[tuple[np.ndarray, float, np.ndarray, float]] = []
         inner = type(env).step.__get__(env)
 
         def step(action, _inner=inner, _log=log):
             out = _inner(action)
             pose = np.asarray(out[0]["ee_pose"], dtype=np.float64)
             approach_z = float(Rotation.from_quat(pose[3:7]).as_matrix()[2, 2])
-            _log.append((pose[:3].copy(), approach_z, env.task.body_pos("cube")[:2].copy()))
+            _log.append((pose[:3].copy(), approach_z, env.task.body_pos("cube")[:2].copy(),
+                         float(env.task.body_pos("cube")[2])))
             return out
 
         env.step = step
@@ -122,6 +130,8 @@ def main(argv=None) -> int:
                "first_low_goal_cm": cm(np.linalg.norm(tcp[low][0, :2] - goal)) if low.any() else None,
                "first_low_cube_cm": cm(np.linalg.norm(tcp[low][0, :2] - cube[low][0])) if low.any() else None,
                "horizontal_steps": int((np.abs([x[1] for x in log]) < 0.2).sum()),
+               "cube_lift_cm": cm(max(x[3] for x in log) - log[0][3]),
+               "end_cube_lift_cm": cm(log[-1][3] - log[0][3]),
                "cube_moved_cm": round(100 * float(np.linalg.norm(cube[-1] - cube[0])), 2),
                "cube_goal_cm": round(100 * float(np.linalg.norm(cube[-1] - goal)), 2),
                "final_tcp_z_cm": round(100 * float(tcp[-1, 2]), 2)}
@@ -131,7 +141,7 @@ def main(argv=None) -> int:
               "from the goal", file=sys.stderr, flush=True)
     runner.close()
     out = {"command": probe_command(__file__, argv), "checkpoint": a.checkpoint, "seed": a.seed,
-           "rig_distribution": a.rig_distribution, "summary": summarise(rows), "episodes": rows,
+           "rig_distribution": a.rig_distribution, "cfg_scale": a.cfg_scale, "summary": summarise(rows), "episodes": rows,
            "wall_s": round(time.time() - t0, 1)}
     print(out["summary"])
     if a.json:

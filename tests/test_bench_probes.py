@@ -250,12 +250,14 @@ def test_push_hand_geometry_measures_along_and_across_the_start_push_line():
     rows = [{"success": s, "first_low_along_cm": f, "low_along_cm": 1.0, "low_across_cm": 2.0,
              "first_low_across_cm": 1.0, "cube_moved_cm": 3.0, "cube_goal_cm": 4.0, "final_tcp_z_cm": 3.0,
              "horizontal_steps": 0, "first_low_goal_cm": None if f is None else 10 - f,
-             "first_low_cube_cm": None if f is None else abs(f)}
-            for s, f in ((True, -5.0), (False, 8.0), (False, -1.0), (False, None))]
+             "first_low_cube_cm": None if f is None else abs(f), "cube_lift_cm": lift, "end_cube_lift_cm": lift / 2}
+            for s, f, lift in ((True, -5.0, 9.0), (False, 8.0, 0.0), (False, -1.0, 1.0), (False, None, 2.0))]
     out = handgeo.summarise(rows)
     assert out["successes"]["episodes"] == 1 and out["successes"]["first_low_on_the_goal_side"] == 0
     assert out["failures"] == {**out["failures"], "episodes": 3, "first_low_on_the_goal_side": 1, "never_low": 1,
-                               "first_low_along_cm_median": 3.5, "first_low_nearer_the_goal": 1}
+                               "first_low_along_cm_median": 3.5, "first_low_nearer_the_goal": 1,
+                               "cube_lift_cm_median": 1.0, "end_cube_lift_cm_median": 0.5}
+    assert out["successes"]["cube_lift_cm_median"] == 9.0
 
 
 def test_push_styles_displace_every_target_and_keep_the_scene():

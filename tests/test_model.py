@@ -143,6 +143,22 @@ def test_cfg_with_empty_instruction():
     assert torch.isfinite(g1.act).all() and not torch.allclose(g1.act, g0.act, atol=1e-4)
 
 
+def test_cfg_scale_zero_samples_the_empty_instruction_in_one_pass():
+    m = randomize_output(tiny()).eval()
+    with torch.no_grad():
+        m.backbone.text_proj.weight.normal_(std=1.0)
+    b = batch(m.config, B=2)
+    widths: list[int] = []
+    hook = m.backbone.register_forward_pre_hook(lambda mod, args: widths.append(args[0].shape[0]))
+    z = m.sample(b, "policy", steps=3, cfg_scale=0.0, generator=torch.Generator().manual_seed(0))
+    hook.remove()
+    assert widths == [2, 2, 2]                               # one pass of the batch per step, not two
+    empty = m.sample(batch(m.config, B=2, instruction=""), "policy", steps=3, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(z.act, empty.act, atol=1e-6)      # uncond + 0 * (cond - uncond) is uncond
+    c = m.sample(b, "policy", steps=3, generator=torch.Generator().manual_seed(0))
+    assert not torch.allclose(z.act, c.act, atol=1e-4)
+
+
 def test_camera_conditioning_changes_prediction():
     m = randomize_output(tiny()).eval()
     b = batch(m.config)

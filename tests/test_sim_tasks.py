@@ -182,3 +182,23 @@ def test_jaw_back_push_forgives_a_hand_that_comes_down_too_close():
         assert _push_with_offset("jaw_back", seed, 0.0)
         assert _push_with_offset("jaw_back", seed, 0.0, along=0.04)
         assert not _push_with_offset("jaw", seed, 0.0, along=0.04)
+
+
+def test_push_cube_counts_a_cube_on_the_mark_not_one_carried_above_it():
+    """push_cube succeeds with the cube on the table at the mark; the same cube held 3 cm above the mark is not on it
+    (a policy that lifts the cube and carries it over the mark would otherwise end the episode in the air)."""
+    import mujoco
+
+    from action_images.sim.tasks.push_cube import REST_TOL
+
+    env = make_env("push_cube", render=False)
+    env.reset(seed=0)
+    task = env.task
+    goal = task.goal_xy()
+    for lift, on_mark in ((0.0, True), (REST_TOL - 0.005, True), (0.03, False), (0.08, False)):
+        task.set_free_body("cube", [goal[0] + 0.01, goal[1], task.half + lift])
+        mujoco.mj_forward(task.model, task.data)
+        assert task.success(env) is on_mark, lift
+    task.set_free_body("cube", [goal[0] + 0.05, goal[1], task.half])    # on the table, 5 cm from the mark
+    mujoco.mj_forward(task.model, task.data)
+    assert not task.success(env)

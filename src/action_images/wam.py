@@ -322,7 +322,9 @@ class WorldActionModel(nn.Module):
         dev = x_given.device
         B = x_given.shape[0]
         instructions = list(batch["instruction"])
-        guided = cfg_scale != 1.0
+        if cfg_scale == 0.0:                 # uncond + 0 * (cond - uncond): the empty instruction alone, one pass
+            instructions = [""] * B
+        guided = cfg_scale not in (0.0, 1.0)
         text, text_mask = self.encode_text(instructions + [""] * B if guided else instructions)
         if guided:
             plucker2, state2 = torch.cat([plucker, plucker]), torch.cat([state, state])

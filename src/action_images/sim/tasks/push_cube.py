@@ -21,6 +21,7 @@ from action_images.sim.tasks.base import OPEN, Phase, Task, down, reached, sampl
 from action_images.sim.tasks.pick_cube import cube_xml
 
 TOL = 0.035             # success: cube centre within this xy distance of the goal
+REST_TOL = 0.02         # ... and within this height of resting on the table (a cube tipped on an edge: 1 cm up)
 PUSH_G = 0.35           # half-open jaw: two finger tips touch the cube face, so it does not spin
 PUSH_Z = 0.03           # TCP height while pushing (finger pads span 2-9 cm above the table)
 STANDOFF = 0.045        # TCP distance behind the cube centre before contact
@@ -75,7 +76,10 @@ class PushCube(Task):
         return self.body_pos("goal")[:2]
 
     def success(self, env) -> bool:
-        return bool(np.linalg.norm(self.body_pos("cube")[:2] - self.goal_xy()) < TOL)
+        """The cube on the mark: its centre within ``TOL`` of the goal across the table and on the table, not
+        carried above the mark (its centre at most ``REST_TOL`` above resting height)."""
+        pos = self.body_pos("cube")
+        return bool(np.linalg.norm(pos[:2] - self.goal_xy()) < TOL and pos[2] - self.half <= REST_TOL)
 
     def _dir(self) -> np.ndarray:
         d = self.goal_xy() - self.body_pos("cube")[:2]
