@@ -118,8 +118,11 @@ def test_recipe_file_reproduces_the_shipped_config_exactly(ckpt, recipe_file, ca
     assert {k: v for k, v in built.to_dict().items() if k in shipped["config"]} == shipped["config"]
     assert built.to_dict() == WAMConfig.from_dict(shipped["config"]).to_dict()
     assert WAMConfig.from_dict(shipped["config"]).camera_names == cameras
-    saved = TrainRecipe.from_dict(json.loads((ckpt / "train_config.json").read_text()), "shipped")
-    assert saved.to_dict() == r.to_dict()
+    saved = TrainRecipe.from_dict(json.loads((ckpt / "train_config.json").read_text()), "shipped").to_dict()
+    recipe_now = r.to_dict()
+    if "out" not in saved["data"]["collect"]:      # saved before data.collect named its folder: otherwise the same
+        recipe_now["data"]["collect"].pop("out", None)
+    assert saved == recipe_now
 
 
 @pytest.mark.parametrize("ckpt, recipe_file, cameras", CHECKPOINTS, ids=IDS)
@@ -166,6 +169,19 @@ def test_workspace_crop_reaches_the_model_config(capsys):
         assert message in capsys.readouterr().err
 
 
+def test_collect_out_names_the_dataset_the_collect_section_collects():
+    one = TrainRecipe.from_dict({"data": {"data": ["a"], "collect": {"episodes": 3}}})
+    assert one.collect_out() == "a" and recipe.collect_argv(one.data.collect) == ["--episodes", "3"]
+    two = TrainRecipe.from_dict({"data": {"data": ["a", "b"], "collect": {"episodes": 3}}})
+    assert two.collect_out() is None                                  # several datasets: it does not guess
+    named = TrainRecipe.from_dict({"data": {"data": ["a", "b"], "collect": {"out": "b", "episodes": 3}}})
+    assert named.collect_out() == "b" and recipe.collect_argv(named.data.collect) == ["--episodes", "3"]
+    root = Path(__file__).resolve().parents[1] / "recipes"
+    for path in sorted(root.glob("*.json")):                          # every shipped recipe says what it collects
+        r = TrainRecipe.load(path)
+        assert not r.data.collect or r.collect_out() in r.data.data, path.name
+
+
 def test_collect_section_becomes_collect_flags(tmp_path):
     argv = recipe.collect_argv({"tasks": "all", "episodes": 3, "keep_failed": True, "perturb_cameras": False})
     assert argv == ["--tasks", "all", "--episodes", "3", "--keep-failed"]
@@ -177,7 +193,8 @@ def test_collect_section_becomes_collect_flags(tmp_path):
     for section, message in (({"episode": 3}, "data.collect.episode: not an option"),
                              ({"keep_failed": "yes"}, "expected true or false"),
                              ({"episodes": float("nan")}, "NaN is not strict JSON"),
-                             ({"out": "elsewhere"}, "data.collect.out: not an option")):
+                             ({"out": "elsewhere"}, "data.collect.out 'elsewhere' is not one of data.data"),
+                             ({"out": 3}, "data.collect.out: expected a dataset folder")):
         path = tmp_path / "r.json"
         path.write_text(json.dumps({"data": {"data": ["d"], "collect": section}}))
         with pytest.raises(ValueError, match=message):
@@ -262,7 +279,8 @@ def test_the_meta_world_stage_with_more_demos_differs_only_in_its_data():
     more = json.loads((ROOT / "recipes" / "mw11-ctx-decay-more.json").read_text())
     assert more["data"].pop("data") == long["data"].pop("data") + ["data/mw11_more"]
     a, b = long["data"].pop("collect"), more["data"].pop("collect")
-    assert (b.pop("seed"), b.pop("cameras")) == (1000, "corner,corner4") and a.pop("seed") == 0 and a == b
+    assert (b.pop("out"), b.pop("seed"), b.pop("cameras")) == ("data/mw11_more", 1000, "corner,corner4")
+    assert a.pop("seed") == 0 and a == b
     assert more["data"]["cameras"] == ["corner", "corner4"]
     long.pop("comment"), more.pop("comment")
     assert long == more
@@ -312,8 +330,9 @@ def test_the_noisy_recovery_stage_differs_from_the_recovery_stage_in_its_demos_a
     noisy = TrainRecipe.load(ROOT / "recipes" / "rig8-ctx-recover-noise.json").to_dict()
     assert noisy["data"]["data"] == ["data/rig8", "data/rig8_grasp_miss_noise"]
     a, b = recover["data"].pop("collect"), noisy["data"].pop("collect")
-    assert (b.pop("action_noise"), b.pop("action_noise_prob"), b.pop("seed")) == (0.01, 0.5, 6000)
-    assert a.pop("seed") == 5000 and a == b
+    assert (b.pop("action_noise"), b.pop("action_noise_prob"), b.pop("seed"), b.pop("out")) == (
+        0.01, 0.5, 6000, "data/rig8_grasp_miss_noise")
+    assert (a.pop("seed"), a.pop("out")) == (5000, "data/rig8_grasp_miss") and a == b
     assert noisy["optim"].pop("steps") > recover["optim"].pop("steps")
     recover["data"].pop("data"), noisy["data"].pop("data")
     assert recover == noisy

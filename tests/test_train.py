@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from action_images import checkpointing, train
+from action_images.recipe import TrainRecipe
 from action_images.wam import WorldActionModel
 
 TINY = ["--preset", "cpu-tiny", "--data", "synthetic:4", "--batch-size", "2", "--log-every", "1", "--no-progress",
@@ -169,6 +170,28 @@ def test_collect_missing_collects_the_recipe_dataset_then_trains(tmp_path):
     assert (data / "meta" / "info.json").exists() and (run / "model.safetensors").exists()
     assert WorldActionModel.from_pretrained(run).config.camera_names == ["left", "right"]
     assert train_main("--config", str(recipe), "--out", str(tmp_path / "run2")) == 0     # present: no collection
+
+
+def test_collect_missing_collects_only_the_dataset_its_section_names(tmp_path, monkeypatch):
+    """With several datasets, --collect-missing collects data.collect.out and nothing else; without out it refuses."""
+    from action_images.data import collect
+
+    made = []
+    monkeypatch.setattr(collect, "run", lambda args: made.append(args.out) or 0)
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+
+    def recipe(collect_section):
+        return TrainRecipe.from_dict({"data": {"data": [a, b], "collect": collect_section}})
+
+    with pytest.raises(ValueError, match="does not say which of data.data"):
+        train.collect_missing(recipe({"episodes": 1}))
+    with pytest.raises(ValueError, match=r"missing, and data.collect collects .*b only"):
+        train.collect_missing(recipe({"out": b, "episodes": 1}))          # a is missing too: not b's options
+    assert made == []
+    (tmp_path / "a" / "meta").mkdir(parents=True)
+    (tmp_path / "a" / "meta" / "info.json").write_text("{}")
+    train.collect_missing(recipe({"out": b, "episodes": 1}))
+    assert made == [b]
 
 
 def test_linear_schedule_warms_up_then_decays_to_zero():

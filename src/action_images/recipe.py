@@ -103,8 +103,8 @@ class DataRecipe:
     calibration: str | None = _f(None, "camera calibration file (meta/cameras.json format) for every --data "
                                        "dataset, in place of its own: for a dataset written by LeRobot itself, "
                                        "which has none (docs/robot.md)")
-    collect: dict = _f({}, "how to collect the dataset when it is missing: action-images collect options "
-                           "(recipe file only)", kind="file_only")
+    collect: dict = _f({}, "how to collect the dataset when it is missing: action-images collect options; with "
+                           "several datasets, 'out' names the one it collects (recipe file only)", kind="file_only")
     exclude_tasks: dict = _f({}, "episodes to leave out, by the task that collected them: {dataset dir: [task "
                                  "names]}, e.g. a task's demos replaced by another dataset's (recipe file only)",
                              kind="file_only")
@@ -197,6 +197,9 @@ class TrainRecipe:
             raise ValueError(f"{source}: model.baseline applies to model.method bc, dp or tokens only")
         if self.data.collect:
             collect_argv(self.data.collect, f"{source}: data.collect")
+            out = self.data.collect.get("out")
+            if out is not None and out not in self.data.data:
+                raise ValueError(f"{source}: data.collect.out {out!r} is not one of data.data {self.data.data}")
         for root, names in self.data.exclude_tasks.items():
             if root not in self.data.data:
                 raise ValueError(f"{source}: data.exclude_tasks names {root!r}, which is not in data.data")
@@ -207,6 +210,13 @@ class TrainRecipe:
             raise ValueError(f"{source}: optim.schedule 'linear' decays to 0 at optim.steps; set --steps N")
         if self.model.crop == "workspace" and self.model.workspace is None:
             raise ValueError(f"{source}: model.crop 'workspace' needs model.workspace (--workspace x0,y0,z0,x1,y1,z1)")
+
+    def collect_out(self) -> str | None:
+        """The dataset folder ``data.collect`` collects: its ``out``, else the recipe's only dataset (None: the recipe
+        lists several and does not say which)."""
+        if "out" in self.data.collect:
+            return self.data.collect["out"]
+        return self.data.data[0] if len(self.data.data) == 1 else None
 
     def defining(self) -> dict[str, Any]:
         """The settings that shape the training trajectory (compared on ``--resume``)."""
@@ -225,7 +235,8 @@ COLLECT_RENAMED = {"random_rig": "rig_distribution"}
 
 def collect_argv(options: dict[str, Any], where: str = "data.collect") -> list[str]:
     """The ``action-images collect`` arguments of a recipe's ``data.collect`` section: every key must be one of
-    collect's options (spelled out, no prefixes); true/false options become a bare flag or nothing."""
+    collect's options (spelled out, no prefixes); true/false options become a bare flag or nothing. ``out`` (the
+    dataset folder, :meth:`TrainRecipe.collect_out`) is checked to be a string and left to the caller."""
     from action_images.data import collect
 
     parser = argparse.ArgumentParser(prog="action-images collect", allow_abbrev=False)
@@ -234,10 +245,14 @@ def collect_argv(options: dict[str, Any], where: str = "data.collect") -> list[s
     argv: list[str] = []
     for key, value in options.items():
         key = COLLECT_RENAMED.get(key, key)           # recipes saved before an option was renamed still load
+        if key == "out":
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"{where}.out: expected a dataset folder; got {value!r}")
+            continue
         action = known.get(key)
-        if action is None or key in ("out", "help"):
+        if action is None or key == "help":
             raise ValueError(f"{where}.{key}: not an option of action-images collect; known "
-                             f"{sorted(k for k in known if k not in ('out', 'help'))}")
+                             f"{sorted(k for k in known if k != 'help')}")
         flag = action.option_strings[0]
         if isinstance(action, argparse._StoreTrueAction):
             if not isinstance(value, bool):

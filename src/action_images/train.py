@@ -207,14 +207,19 @@ def collect_missing(r: TrainRecipe) -> None:
         return
     if not r.data.collect:
         raise ValueError(f"--collect-missing: {todo} missing and the recipe has no data.collect section")
-    if len(todo) > 1:
-        raise ValueError(f"--collect-missing: collects one dataset; {todo} are missing")
-    argv = ["--out", todo[0], *recipes.collect_argv(r.data.collect)]
+    target = r.collect_out()
+    if target is None:
+        raise ValueError(f"--collect-missing: {todo} missing, and data.collect does not say which of data.data "
+                         f"{r.data.data} it collects: add \"out\": \"<folder>\" to it")
+    others = [d for d in todo if d != target]
+    if others:
+        raise ValueError(f"--collect-missing: {others} missing, and data.collect collects {target} only")
+    argv = ["--out", target, *recipes.collect_argv(r.data.collect)]
     print("collecting: action-images collect " + " ".join(argv), file=sys.stderr)
     parser = Parser(prog="action-images collect")
     collect.add_arguments(parser)
     if collect.run(parser.parse_args(argv)) != 0:
-        raise ValueError(f"--collect-missing: collecting {todo[0]} failed")
+        raise ValueError(f"--collect-missing: collecting {target} failed")
 
 
 class StepBatches(torch.utils.data.Sampler):
