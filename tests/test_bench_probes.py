@@ -30,6 +30,7 @@ stalls = load("stalls")
 pushdir = load("push_directions")
 handgeo = load("push_hand_geometry")
 styles = load("push_styles")
+textsep = load("text_separation")
 
 
 def expert(n_pre=40, n_post=20):
@@ -272,3 +273,15 @@ def test_push_styles_displace_every_target_and_keep_the_scene():
     assert styles.run(plain, 5)[0]
     with pytest.raises(SystemExit):
         styles.main(["--styles", "sideways"])
+
+
+def test_text_separation_fills_every_template_and_measures_task_centroids():
+    texts = textsep.instructions(("lift the {color} cube", "put {a} on {b}", "open it"), ["red", "blue", "green"])
+    assert len(texts) == 3 + 6 + 1 and "put red on blue" in texts and "put red on red" not in texts
+    pooled = {"a": np.array([[2.0, 1.2], [2.0, -1.2]]), "b": np.array([[0.0, 4.0], [0.0, 4.0]]),
+              "c": np.array([[2.0, 1.5]])}
+    out = textsep.separation(pooled, np.zeros(2))
+    a = out["tasks"]["a"]
+    assert a["instructions"] == 2 and a["spread_rms"] == pytest.approx(1.2) and a["to_empty"] == pytest.approx(2.0)
+    assert a["to_tasks"]["b"] == pytest.approx(np.hypot(2, 4)) and a["nearest_task"] == "c"
+    assert out["nearest_centroid_accuracy"] == pytest.approx(4 / 5)   # (2, 1.2) lies nearer c's centroid than a's
