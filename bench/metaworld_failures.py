@@ -64,9 +64,7 @@ def run_policy(checkpoint: str, tasks: list[str], episodes: int, seed: int, samp
     pol = runner.policy
     results = []
     for task in tasks:
-        env = runner.suite.make_env(task, **runner.env_kwargs)
-        runner.close()
-        runner.task, runner.env = task, env             # runner.episode reuses this env (its step wrapped)
+        env = runner.open(task)
         plans_at: list[int] = []
         plan_inner = pol.plan
 
@@ -77,18 +75,13 @@ def run_policy(checkpoint: str, tasks: list[str], episodes: int, seed: int, samp
         pol.plan = plan
         for k in range(episodes):
             tcp, obj = [], []
-            inner = type(env).step.__get__(env)
 
-            def step(action, _inner=inner, _env=env, _tcp=tcp, _obj=obj):
-                out = _inner(action)
-                _tcp.append(_env.ee_pose()[:3].copy())
-                _obj.append(np.asarray(_env._mw_obs[4:7], dtype=np.float64).copy())
-                return out
+            def after_step(e, out, _tcp=tcp, _obj=obj):
+                _tcp.append(e.ee_pose()[:3].copy())
+                _obj.append(np.asarray(e._mw_obs[4:7], dtype=np.float64).copy())
 
-            env.step = step
             plans_at.clear()
-            rec = runner.episode(task, k)
-            env.step = inner
+            rec = runner.logged_episode(task, k, after_step)
             # the hand's mocap at Meta-World's box limit (within 1 mm on some axis): targets beyond it do not move it
             mocap = env.mocap_pos
             at_limit = bool(np.any(np.minimum(mocap - env.mw.mocap_low, env.mw.mocap_high - mocap) < 1e-3))

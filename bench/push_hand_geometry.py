@@ -99,23 +99,17 @@ def main(argv=None) -> int:
                                                                    cfg_scale=a.cfg_scale)),
                                 model.config)
     runner = EpisodeRunner(model, Path(a.json or ".").parent, settings)   # videos=0: writes nothing
-    runner.task, runner.env = "push_cube", runner.suite.make_env("push_cube", **runner.env_kwargs)
-    env, rows = runner.env, []
+    env, rows = runner.open("push_cube"), []
     for k in range(a.episodes):
         log: list[tuple[np.ndarray, float, np.ndarray, float]] = []
-        inner = type(env).step.__get__(env)
 
-        def step(action, _inner=inner, _log=log):
-            out = _inner(action)
+        def after_step(e, out, _log=log):
             pose = np.asarray(out[0]["ee_pose"], dtype=np.float64)
             approach_z = float(Rotation.from_quat(pose[3:7]).as_matrix()[2, 2])
-            _log.append((pose[:3].copy(), approach_z, env.task.body_pos("cube")[:2].copy(),
-                         float(env.task.body_pos("cube")[2])))
-            return out
+            cube = e.task.body_pos("cube")
+            _log.append((pose[:3].copy(), approach_z, cube[:2].copy(), float(cube[2])))
 
-        env.step = step
-        rec = runner.episode("push_cube", k)
-        env.step = inner
+        rec = runner.logged_episode("push_cube", k, after_step)
         tcp = np.array([x[0] for x in log])
         cube = np.array([x[2] for x in log])
         goal = env.task.goal_xy()

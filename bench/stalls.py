@@ -83,20 +83,8 @@ def main(argv=None) -> int:
         rows = []
         for k in range(a.episodes):
             path: list[np.ndarray] = []
-            if runner.task != task:                 # open the task's env here, to wrap its step
-                runner.close()
-                runner.task, runner.env = task, runner.suite.make_env(task, **runner.env_kwargs)
-            env = runner.env
-            step_inner = type(env).step.__get__(env)
-
-            def step(action, _inner=step_inner, _path=path):
-                out = _inner(action)
-                _path.append(np.asarray(out[0]["ee_pose"][:3], dtype=np.float64).copy())
-                return out
-
-            env.step = step
-            rec = runner.episode(task, k)
-            env.step = step_inner
+            rec = runner.logged_episode(task, k, lambda env, out, _path=path: _path.append(
+                np.asarray(out[0]["ee_pose"][:3], dtype=np.float64).copy()))
             P = np.asarray(path)
             run, run_at = still_run(P, radius)
             moved = np.linalg.norm(np.diff(P, axis=0), axis=1) if len(P) > 1 else np.zeros(0)

@@ -329,3 +329,19 @@ def test_train_and_label_a_lerobot_dataset_with_calibration(tmp_path, capsys):
         assert main(argv) == 2, argv
         err = [line for line in capsys.readouterr().err.strip().splitlines() if line.strip()]
         assert len(err) == 1 and expect in err[0], (argv, err)
+
+
+def test_logged_episode_reads_every_step_and_changes_nothing(model, tmp_path):
+    """EpisodeRunner.logged_episode (the probes' way to read the scene as the policy acts) calls its hook after every
+    control step, returns the episode ``episode`` returns for the same pair, and leaves the env's own step in place."""
+    settings = resolve_settings(eval_settings(policy=SETTINGS), model.config, warn=False)
+    runner = EpisodeRunner(model, tmp_path, settings)
+    try:
+        seen: list[int] = []
+        logged = runner.logged_episode("reach_target", 1, lambda env, out: seen.append(env.step_count))
+        env = runner.env
+        assert seen == list(range(1, logged["length"] + 1)) and "step" not in vars(env)
+        assert stripped(runner.episode("reach_target", 1)) == stripped(logged)
+        assert runner.open("reach_target") is env                   # the same task: the same env, kept
+    finally:
+        runner.close()

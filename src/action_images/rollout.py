@@ -99,13 +99,16 @@ class EpisodeRunner:
         self.task: str | None = None
         self.env: Any = None
 
-    def episode(self, task: str, k: int) -> dict[str, Any]:
-        make_env = self.suite.make_env
-        s = self.settings
+    def open(self, task: str) -> Any:
+        """The task's environment, made once and kept while episodes come from the same task."""
         if task != self.task:                                      # pairs come task by task: one env at a time
             self.close()
-            self.task, self.env = task, make_env(task, **self.env_kwargs)
-        env = self.env
+            self.task, self.env = task, self.suite.make_env(task, **self.env_kwargs)
+        return self.env
+
+    def episode(self, task: str, k: int) -> dict[str, Any]:
+        s = self.settings
+        env = self.open(task)
         limit = min(env.max_steps, s.max_steps) if s.max_steps else env.max_steps
         rec = rollout(env, self.policy, episode_seed(s.seed, task, k), limit, k < s.videos, self.codec, s.video_px)
         frames = rec.pop("_frames")
@@ -116,6 +119,23 @@ class EpisodeRunner:
         chunks = self.policy.chunks
         rec.update(task=task, episode=k, views=list(chunks[0].view_names) if chunks else None)
         return rec
+
+    def logged_episode(self, task: str, k: int, after_step: Callable[[Any, tuple], None]) -> dict[str, Any]:
+        """:meth:`episode`, with ``after_step(env, out)`` called after every control step (``out``: what
+        ``env.step`` returned), for probes that read the scene while the policy acts."""
+        env = self.open(task)
+        inner = type(env).step.__get__(env)
+
+        def step(action: Any) -> tuple:
+            out = inner(action)
+            after_step(env, out)
+            return out
+
+        env.step = step
+        try:
+            return self.episode(task, k)
+        finally:
+            del env.step                                           # the class's step again
 
     def close(self) -> None:
         if self.env is not None:
