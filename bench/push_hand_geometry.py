@@ -15,7 +15,8 @@ aim the TCP 5.5 cm behind the cube (jaw style), 10 cm (jaw_back) or 13.5 cm (pal
 9 cm). Also per episode: how far the cube moved, how close it ended to the goal, the steps with the hand
 horizontal (tool +z within 0.2 of level: the palm style's pose), and how high the cube's centre rose above where it
 started, at most and at the last step (a push keeps it on the table; a grasp carries it). ``--cfg-scale 0`` runs the
-policy without its instruction.
+policy without its instruction; ``--expert`` runs the scripted expert on the same episode seeds instead (no
+model, no rendering), the reference for what a push does to the cube.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ def main(argv=None) -> int:
     p.add_argument("--rig-distribution", default="train", choices=("train", "heldout"))
     p.add_argument("--sampler-steps", type=int, default=3)
     p.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale (0: no instruction)")
+    p.add_argument("--expert", action="store_true", help="the scripted expert on the same episode seeds, no model")
     p.add_argument("--low-cm", type=float, default=6.0, help="TCP height below which a step counts as low (default 6)")
     p.add_argument("--json", default=None, help="write the results here")
     a = p.parse_args(argv)
@@ -92,14 +94,20 @@ def main(argv=None) -> int:
     from action_images.rollout import EpisodeRunner
 
     t0 = time.time()
-    model = load_model(a.checkpoint)
-    settings = resolve_settings(EvalSettings(tasks=("push_cube",), episodes=a.episodes, seed=a.seed,
-                                             rig_distribution=a.rig_distribution, rig_views=4, videos=0,
-                                             policy=PolicySettings(camera_names="all", sampler_steps=a.sampler_steps,
-                                                                   cfg_scale=a.cfg_scale)),
-                                model.config)
-    runner = EpisodeRunner(model, Path(a.json or ".").parent, settings)   # videos=0: writes nothing
-    env, rows = runner.open("push_cube"), []
+    runner = None
+    if a.expert:                                   # the same scenes (episode seeds), rendering off
+        from action_images.seeds import episode_seed
+        from action_images.sim import make_env
+        env = make_env("push_cube", render=False)
+    else:
+        model = load_model(a.checkpoint)
+        policy = PolicySettings(camera_names="all", sampler_steps=a.sampler_steps, cfg_scale=a.cfg_scale)
+        settings = resolve_settings(EvalSettings(tasks=("push_cube",), episodes=a.episodes, seed=a.seed,
+                                                 rig_distribution=a.rig_distribution, rig_views=4, videos=0,
+                                                 policy=policy), model.config)
+        runner = EpisodeRunner(model, Path(a.json or ".").parent, settings)   # videos=0: writes nothing
+        env = runner.open("push_cube")
+    rows = []
     for k in range(a.episodes):
         log: list[tuple[np.ndarray, float, np.ndarray, float]] = []
 
@@ -109,7 +117,17 @@ def main(argv=None) -> int:
             cube = e.task.body_pos("cube")
             _log.append((pose[:3].copy(), approach_z, cube[:2].copy(), float(cube[2])))
 
-        rec = runner.logged_episode("push_cube", k, after_step)
+        if runner is None:
+            seed = episode_seed(a.seed, "push_cube", k)
+            env.reset(seed=seed)
+            for _ in range(env.max_steps):
+                out = env.step(env.expert_action())
+                after_step(env, out)
+                if out[2] or out[3]:
+                    break
+            rec = {"seed": seed, "success": bool(out[4]["success"])}
+        else:
+            rec = runner.logged_episode("push_cube", k, after_step)
         tcp = np.array([x[0] for x in log])
         cube = np.array([x[2] for x in log])
         goal = env.task.goal_xy()
@@ -133,8 +151,10 @@ def main(argv=None) -> int:
         print(f"ep {k}: {'OK ' if row['success'] else 'FAIL'} low along {row['low_along_cm']} cm, across "
               f"{row['low_across_cm']} cm, cube moved {row['cube_moved_cm']} cm, ends {row['cube_goal_cm']} cm "
               "from the goal", file=sys.stderr, flush=True)
-    runner.close()
-    out = {"command": probe_command(__file__, argv), "checkpoint": a.checkpoint, "seed": a.seed,
+    if runner is not None:
+        runner.close()
+    out = {"command": probe_command(__file__, argv), "checkpoint": None if a.expert else a.checkpoint, "expert": a.expert,
+           "seed": a.seed,
            "rig_distribution": a.rig_distribution, "cfg_scale": a.cfg_scale, "summary": summarise(rows), "episodes": rows,
            "wall_s": round(time.time() - t0, 1)}
     print(out["summary"])
