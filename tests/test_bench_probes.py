@@ -31,6 +31,7 @@ pushdir = load("push_directions")
 handgeo = load("push_hand_geometry")
 styles = load("push_styles")
 textsep = load("text_separation")
+oracle = load("keyframe_oracle")
 
 
 def expert(n_pre=40, n_post=20):
@@ -285,3 +286,25 @@ def test_text_separation_fills_every_template_and_measures_task_centroids():
     assert a["instructions"] == 2 and a["spread_rms"] == pytest.approx(1.2) and a["to_empty"] == pytest.approx(2.0)
     assert a["to_tasks"]["b"] == pytest.approx(np.hypot(2, 4)) and a["nearest_task"] == "c"
     assert out["nearest_centroid_accuracy"] == pytest.approx(4 / 5)   # (2, 1.2) lies nearer c's centroid than a's
+
+
+def test_keyframe_oracle_looks_ahead_without_moving_the_scene_and_succeeds_with_the_experts_keyframes():
+    from action_images.sim import make_env
+
+    env = make_env("push_cube", render=False)
+    env.reset(seed=3)
+    before = (env.ee_pose(), env.task.body_pos("cube"), env.step_count, env.task._phase)
+    kf, phase = oracle.expert_keyframes(env, 4, 2, 4)
+    after = (env.ee_pose(), env.task.body_pos("cube"), env.step_count, env.task._phase)
+    np.testing.assert_array_equal(before[0], after[0])
+    np.testing.assert_array_equal(before[1], after[1])
+    assert before[2:] == after[2:] and kf.shape == (4, 8) and phase[0] >= before[3]
+    env.reset(seed=3)                                   # the look-ahead's keyframes are the expert's own targets
+    targets = []
+    for _ in range(8):
+        targets.append(env.expert_action())
+        env.step(targets[-1])
+    np.testing.assert_allclose(kf, np.array(targets)[[1, 3, 5, 7]])
+    assert oracle.oracle_episode(env, 3, 4, 2, 4, "linear")["success"]
+    far = oracle.oracle_episode(env, 3, 4, 2, 4, "linear", noise_m=0.5)   # half a metre of noise: no push lands
+    assert not far["success"] and far["length"] == env.max_steps
