@@ -279,7 +279,8 @@ class WorldActionModel(nn.Module):
 
         ``batch``: rgb/act [B, V, F, 3, H, W] in [-1, 1] (only the parts the task gives are read; the rest may be
         anything, e.g. zeros), plucker [B, V, 6, H, W], instruction list[str]. ``cfg_scale`` s mixes
-        ``uncond + s (cond - uncond)`` against the empty instruction (s = 1: no guidance, one pass per step).
+        ``uncond + s (cond - uncond)`` against the empty instruction (s = 1: no guidance, one pass per step; s = 0: the
+        empty instruction alone, one pass per step).
         ``shift`` > 1 spends more steps at high noise (t' = s t / (1 + (s - 1) t)). ``noise`` [B, V, F, 6, H, W]: the
         starting noise (default: drawn from ``generator``), so a caller can make each sample independent of the batch.
         """
