@@ -390,14 +390,16 @@ def test_the_palm_stage_is_the_shipped_stage_with_push_demos_replaced():
     assert shipped == palm
 
 
-def test_the_jaw_back_stage_is_the_shipped_stage_with_push_demos_collected_again():
-    """recipes/rig8-ctx-recover-noise-jaw-back.json: the shipped second stage with data/rig8's push_cube demos left
-    out and the same scenes (collect seed 2000, data/rig8's) collected again with the jaw_back expert."""
+@pytest.mark.parametrize("name, folder, flag", [("jaw-back", "data/rig8_push_jaw_back", "--push-style jaw_back"),
+                                                ("push-still", "data/rig8_push_still", "--hold-action still")])
+def test_a_push_probe_stage_is_the_shipped_stage_with_push_demos_collected_again(name, folder, flag):
+    """recipes/rig8-ctx-recover-noise-{jaw-back,push-still}.json: the shipped second stage with data/rig8's push_cube
+    demos left out and the same scenes (collect seed 2000, data/rig8's) collected again with one collect flag."""
     shipped = json.loads(STAGE2.read_text())
-    back = json.loads((ROOT / "recipes" / "rig8-ctx-recover-noise-jaw-back.json").read_text())
-    assert back["data"].pop("data") == shipped["data"].pop("data") + ["data/rig8_push_jaw_back"]
+    back = json.loads((ROOT / "recipes" / f"rig8-ctx-recover-noise-{name}.json").read_text())
+    assert back["data"].pop("data") == shipped["data"].pop("data") + [folder]
     assert back["data"].pop("exclude_tasks") == {"data/rig8": ["push_cube"]}
-    assert "--push-style jaw_back" in back["comment"] and "--seed 2000" in back["comment"]
+    assert flag in back["comment"] and "--seed 2000" in back["comment"] and f"--out {folder}" in back["comment"]
     rig8 = json.loads(RECIPE.read_text())["data"]["collect"]
     assert rig8["seed"] == 2000 and rig8["hold_steps"] == 10 and rig8["rig_views"] == 4
     shipped.pop("comment"), back.pop("comment")
