@@ -11,7 +11,7 @@ perfect model would generate, acted on exactly as ``ActionImagesPolicy`` acts (p
 gripper linear; then replan). Success on the evaluation's scenes (``--seed``, ``action-images eval``'s episode
 seeds), beside the expert acting at every step. A task the oracle fails is one no model of this action
 representation can solve by imitation alone; what remains between a trained model and the oracle is the model.
-No rendering and no model; about a second per episode.
+No rendering and no model; about 0.2 s per episode.
 """
 
 from __future__ import annotations

@@ -14,8 +14,8 @@ to the goal and to the cube, *nearer the goal* when the first is smaller). The e
 aim the TCP 5.5 cm behind the cube (jaw style), 10 cm (jaw_back) or 13.5 cm (palm, whose palm face leads the TCP by
 9 cm). Also per episode: how far the cube moved, how close it ended to the goal, the steps with the hand
 horizontal (tool +z within 0.2 of level: the palm style's pose), and how high the cube's centre rose above where it
-started, at most and at the last step (a push keeps it on the table; a grasp carries it). ``--cfg-scale 0`` runs the
-policy without its instruction; ``--expert`` runs the scripted expert on the same episode seeds instead (no
+rests on the table, at most and at the last step (a push keeps it on the table; a grasp carries it).
+``--cfg-scale 0`` runs the policy without its instruction; ``--expert`` runs the scripted expert on the same episode seeds instead (no
 model, no rendering), the reference for what a push does to the cube.
 """
 
@@ -142,8 +142,8 @@ def main(argv=None) -> int:
                "first_low_goal_cm": cm(np.linalg.norm(tcp[low][0, :2] - goal)) if low.any() else None,
                "first_low_cube_cm": cm(np.linalg.norm(tcp[low][0, :2] - cube[low][0])) if low.any() else None,
                "horizontal_steps": int((np.abs([x[1] for x in log]) < 0.2).sum()),
-               "cube_lift_cm": cm(max(x[3] for x in log) - log[0][3]),
-               "end_cube_lift_cm": cm(log[-1][3] - log[0][3]),
+               "cube_lift_cm": cm(max(x[3] for x in log) - env.task.half),
+               "end_cube_lift_cm": cm(log[-1][3] - env.task.half),
                "cube_moved_cm": round(100 * float(np.linalg.norm(cube[-1] - cube[0])), 2),
                "cube_goal_cm": round(100 * float(np.linalg.norm(cube[-1] - goal)), 2),
                "final_tcp_z_cm": round(100 * float(tcp[-1, 2]), 2)}
@@ -153,10 +153,11 @@ def main(argv=None) -> int:
               "from the goal", file=sys.stderr, flush=True)
     if runner is not None:
         runner.close()
-    out = {"command": probe_command(__file__, argv), "checkpoint": None if a.expert else a.checkpoint, "expert": a.expert,
-           "seed": a.seed,
-           "rig_distribution": a.rig_distribution, "cfg_scale": a.cfg_scale, "summary": summarise(rows), "episodes": rows,
-           "wall_s": round(time.time() - t0, 1)}
+    policy_only = {"checkpoint": a.checkpoint, "rig_distribution": a.rig_distribution, "cfg_scale": a.cfg_scale,
+                   "sampler_steps": a.sampler_steps}
+    out = {"command": probe_command(__file__, argv), "expert": a.expert, "seed": a.seed,
+           **{k: None if a.expert else v for k, v in policy_only.items()},
+           "summary": summarise(rows), "episodes": rows, "wall_s": round(time.time() - t0, 1)}
     print(out["summary"])
     if a.json:
         atomic_write_json(a.json, out)

@@ -62,6 +62,7 @@ def main(argv=None) -> int:
     from action_images.models.dit import timestep_embedding
     from action_images.sim.tasks import TASK_CLASSES
     from action_images.sim.tasks.base import COLORS
+    from action_images.text import _WORD
     from action_images.wam import WorldActionModel
 
     wam = WorldActionModel.from_pretrained(a.checkpoint).eval()
@@ -81,7 +82,7 @@ def main(argv=None) -> int:
         vectors = {k: pooled(v) for k, v in texts.items()}
         null = pooled([""])[0]
         t_norm = float(bb.t_mlp(timestep_embedding(torch.tensor([0.5]), bb.config.width)).norm())
-    words = sorted({w for v in texts.values() for s in v for w in s.lower().split()})
+    words = sorted({w for v in texts.values() for s in v for w in _WORD.findall(s.lower())})   # as tokenize splits
     buckets: dict[int, list[str]] = {}
     if text_cfg.kind == "hash":
         for w in words:

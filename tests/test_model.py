@@ -153,7 +153,8 @@ def test_cfg_scale_zero_samples_the_empty_instruction_in_one_pass():
     z = m.sample(b, "policy", steps=3, cfg_scale=0.0, generator=torch.Generator().manual_seed(0))
     hook.remove()
     assert widths == [2, 2, 2]                               # one pass of the batch per step, not two
-    empty = m.sample(batch(m.config, B=2, instruction=""), "policy", steps=3, generator=torch.Generator().manual_seed(0))
+    empty = m.sample(batch(m.config, B=2, instruction=""), "policy", steps=3,
+                     generator=torch.Generator().manual_seed(0))
     assert torch.allclose(z.act, empty.act, atol=1e-6)      # uncond + 0 * (cond - uncond) is uncond
     c = m.sample(b, "policy", steps=3, generator=torch.Generator().manual_seed(0))
     assert not torch.allclose(z.act, c.act, atol=1e-4)

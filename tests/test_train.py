@@ -187,6 +187,8 @@ def test_collect_missing_collects_only_the_dataset_its_section_names(tmp_path, m
         train.collect_missing(recipe({"episodes": 1}))
     with pytest.raises(ValueError, match=r"missing, and data.collect collects .*b only"):
         train.collect_missing(recipe({"out": b, "episodes": 1}))          # a is missing too: not b's options
+    with pytest.raises(ValueError, match=r"collects 'elsewhere', which is not one of data.data"):
+        train.collect_missing(recipe({"out": "elsewhere", "episodes": 1}))   # e.g. --data replaced the list
     assert made == []
     (tmp_path / "a" / "meta").mkdir(parents=True)
     (tmp_path / "a" / "meta" / "info.json").write_text("{}")

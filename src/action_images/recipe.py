@@ -197,9 +197,6 @@ class TrainRecipe:
             raise ValueError(f"{source}: model.baseline applies to model.method bc, dp or tokens only")
         if self.data.collect:
             collect_argv(self.data.collect, f"{source}: data.collect")
-            out = self.data.collect.get("out")
-            if out is not None and out not in self.data.data:
-                raise ValueError(f"{source}: data.collect.out {out!r} is not one of data.data {self.data.data}")
         for root, names in self.data.exclude_tasks.items():
             if root not in self.data.data:
                 raise ValueError(f"{source}: data.exclude_tasks names {root!r}, which is not in data.data")

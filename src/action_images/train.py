@@ -208,6 +208,9 @@ def collect_missing(r: TrainRecipe) -> None:
     if not r.data.collect:
         raise ValueError(f"--collect-missing: {todo} missing and the recipe has no data.collect section")
     target = r.collect_out()
+    if target is not None and target not in r.data.data:       # --data replaced the datasets the section describes
+        raise ValueError(f"--collect-missing: {todo} missing, and data.collect collects {target!r}, which is not one "
+                         f"of data.data {r.data.data}")
     if target is None:
         raise ValueError(f"--collect-missing: {todo} missing, and data.collect does not say which of data.data "
                          f"{r.data.data} it collects: add \"out\": \"<folder>\" to it")
