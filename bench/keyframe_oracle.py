@@ -85,12 +85,11 @@ def oracle_episode(env, seed: int, horizon: int, stride: int, execute_k: int, gr
 
 
 def expert_episode(env, seed: int) -> dict:
-    env.reset(seed=seed)
-    for steps in range(1, env.max_steps + 1):
-        _, _, terminated, truncated, info = env.step(env.expert_action())
-        if terminated or truncated:
-            break
-    return {"seed": seed, "success": bool(info["success"]), "length": steps}
+    """The expert acting at every step, as ``action-images collect`` runs it (no hold steps, nothing recorded)."""
+    from action_images.data.collect import run_episode
+
+    rec = run_episode(env, seed, [])
+    return {"seed": seed, "success": rec.success, "length": len(rec.actions)}
 
 
 def main(argv=None) -> int:

@@ -15,8 +15,8 @@ aim the TCP 5.5 cm behind the cube (jaw style), 10 cm (jaw_back) or 13.5 cm (pal
 9 cm). Also per episode: how far the cube moved, how close it ended to the goal, the steps with the hand
 horizontal (tool +z within 0.2 of level: the palm style's pose), and how high the cube's centre rose above where it
 rests on the table, at most and at the last step (a push keeps it on the table; a grasp carries it).
-``--cfg-scale 0`` runs the policy without its instruction; ``--expert`` runs the scripted expert on the same episode seeds instead (no
-model, no rendering), the reference for what a push does to the cube.
+``--cfg-scale 0`` runs the policy without its instruction; ``--expert`` runs the scripted expert on the same
+episode seeds instead (no model, no rendering), the reference for what a push does to the cube.
 """
 
 from __future__ import annotations
@@ -135,18 +135,18 @@ def main(argv=None) -> int:
         low = tcp[:, 2] < a.low_cm / 100
         row = {"episode": k, "seed": rec["seed"], "success": bool(rec["success"]), "length": len(log),
                "low_steps": int(low.sum()),
-               "low_along_cm": round(100 * float(np.median(along[low])), 2) if low.any() else None,
-               "low_across_cm": round(100 * float(np.median(np.abs(across[low]))), 2) if low.any() else None,
-               "first_low_along_cm": round(100 * float(along[low][0]), 2) if low.any() else None,
-               "first_low_across_cm": round(100 * float(abs(across[low][0])), 2) if low.any() else None,
+               "low_along_cm": cm(np.median(along[low])) if low.any() else None,
+               "low_across_cm": cm(np.median(np.abs(across[low]))) if low.any() else None,
+               "first_low_along_cm": cm(along[low][0]) if low.any() else None,
+               "first_low_across_cm": cm(abs(across[low][0])) if low.any() else None,
                "first_low_goal_cm": cm(np.linalg.norm(tcp[low][0, :2] - goal)) if low.any() else None,
                "first_low_cube_cm": cm(np.linalg.norm(tcp[low][0, :2] - cube[low][0])) if low.any() else None,
                "horizontal_steps": int((np.abs([x[1] for x in log]) < 0.2).sum()),
                "cube_lift_cm": cm(max(x[3] for x in log) - env.task.half),
                "end_cube_lift_cm": cm(log[-1][3] - env.task.half),
-               "cube_moved_cm": round(100 * float(np.linalg.norm(cube[-1] - cube[0])), 2),
-               "cube_goal_cm": round(100 * float(np.linalg.norm(cube[-1] - goal)), 2),
-               "final_tcp_z_cm": round(100 * float(tcp[-1, 2]), 2)}
+               "cube_moved_cm": cm(np.linalg.norm(cube[-1] - cube[0])),
+               "cube_goal_cm": cm(np.linalg.norm(cube[-1] - goal)),
+               "final_tcp_z_cm": cm(tcp[-1, 2])}
         rows.append(row)
         print(f"ep {k}: {'OK ' if row['success'] else 'FAIL'} low along {row['low_along_cm']} cm, across "
               f"{row['low_across_cm']} cm, cube moved {row['cube_moved_cm']} cm, ends {row['cube_goal_cm']} cm "

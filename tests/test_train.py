@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from action_images import checkpointing, train
+from action_images import recipe as recipes
 from action_images.recipe import TrainRecipe
 from action_images.wam import WorldActionModel
 
@@ -184,15 +185,15 @@ def test_collect_missing_collects_only_the_dataset_its_section_names(tmp_path, m
         return TrainRecipe.from_dict({"data": {"data": [a, b], "collect": collect_section}})
 
     with pytest.raises(ValueError, match="does not say which of data.data"):
-        train.collect_missing(recipe({"episodes": 1}))
+        recipes.collect_missing(recipe({"episodes": 1}))
     with pytest.raises(ValueError, match=r"missing, and data.collect collects .*b only"):
-        train.collect_missing(recipe({"out": b, "episodes": 1}))          # a is missing too: not b's options
+        recipes.collect_missing(recipe({"out": b, "episodes": 1}))          # a is missing too: not b's options
     with pytest.raises(ValueError, match=r"collects 'elsewhere', which is not one of data.data"):
-        train.collect_missing(recipe({"out": "elsewhere", "episodes": 1}))   # e.g. --data replaced the list
+        recipes.collect_missing(recipe({"out": "elsewhere", "episodes": 1}))   # e.g. --data replaced the list
     assert made == []
     (tmp_path / "a" / "meta").mkdir(parents=True)
     (tmp_path / "a" / "meta" / "info.json").write_text("{}")
-    train.collect_missing(recipe({"out": b, "episodes": 1}))
+    recipes.collect_missing(recipe({"out": b, "episodes": 1}))
     assert made == [b]
 
 

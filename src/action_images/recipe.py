@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -260,6 +261,35 @@ def collect_argv(options: dict[str, Any], where: str = "data.collect") -> list[s
             raise ValueError(f"{where}.{key}: expected a string or a number; got {value!r}")
         argv += [flag, str(value)]
     return argv
+
+
+def collect_missing(r: TrainRecipe) -> None:
+    """Run ``action-images collect`` with the recipe's ``data.collect`` options for the dataset they describe
+    (:meth:`TrainRecipe.collect_out`) when it does not exist (``train --collect-missing``)."""
+    from action_images.cliflags import Parser
+    from action_images.data import collect
+
+    todo = [d for d in r.data.data if not d.startswith("synthetic") and not (Path(d) / "meta" / "info.json").exists()]
+    if not todo:
+        return
+    if not r.data.collect:
+        raise ValueError(f"--collect-missing: {todo} missing and the recipe has no data.collect section")
+    target = r.collect_out()
+    if target is not None and target not in r.data.data:       # --data replaced the datasets the section describes
+        raise ValueError(f"--collect-missing: {todo} missing, and data.collect collects {target!r}, which is not one "
+                         f"of data.data {r.data.data}")
+    if target is None:
+        raise ValueError(f"--collect-missing: {todo} missing, and data.collect does not say which of data.data "
+                         f"{r.data.data} it collects: add \"out\": \"<folder>\" to it")
+    others = [d for d in todo if d != target]
+    if others:
+        raise ValueError(f"--collect-missing: {others} missing, and data.collect collects {target} only")
+    argv = ["--out", target, *collect_argv(r.data.collect)]
+    print("collecting: action-images collect " + " ".join(argv), file=sys.stderr)
+    parser = Parser(prog="action-images collect")
+    collect.add_arguments(parser)
+    if collect.run(parser.parse_args(argv)) != 0:
+        raise ValueError(f"--collect-missing: collecting {target} failed")
 
 
 def _is_number(x: Any) -> bool:

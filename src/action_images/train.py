@@ -198,33 +198,6 @@ def build_dataset(r: TrainRecipe, cfg: WAMConfig):
     return Windows(data, wcfg, seed=r.optim.seed, cameras=calibration, exclude_tasks=r.data.exclude_tasks)
 
 
-def collect_missing(r: TrainRecipe) -> None:
-    """Run ``action-images collect`` with the recipe's ``data.collect`` options for a dataset that does not exist."""
-    from action_images.data import collect
-
-    todo = [d for d in r.data.data if not d.startswith("synthetic") and not (Path(d) / "meta" / "info.json").exists()]
-    if not todo:
-        return
-    if not r.data.collect:
-        raise ValueError(f"--collect-missing: {todo} missing and the recipe has no data.collect section")
-    target = r.collect_out()
-    if target is not None and target not in r.data.data:       # --data replaced the datasets the section describes
-        raise ValueError(f"--collect-missing: {todo} missing, and data.collect collects {target!r}, which is not one "
-                         f"of data.data {r.data.data}")
-    if target is None:
-        raise ValueError(f"--collect-missing: {todo} missing, and data.collect does not say which of data.data "
-                         f"{r.data.data} it collects: add \"out\": \"<folder>\" to it")
-    others = [d for d in todo if d != target]
-    if others:
-        raise ValueError(f"--collect-missing: {others} missing, and data.collect collects {target} only")
-    argv = ["--out", target, *recipes.collect_argv(r.data.collect)]
-    print("collecting: action-images collect " + " ".join(argv), file=sys.stderr)
-    parser = Parser(prog="action-images collect")
-    collect.add_arguments(parser)
-    if collect.run(parser.parse_args(argv)) != 0:
-        raise ValueError(f"--collect-missing: collecting {target} failed")
-
-
 class StepBatches(torch.utils.data.Sampler):
     """Infinite batch sampler: step s, rank r -> keys [(s * world + r) * B + j for j < B]."""
 
@@ -357,7 +330,7 @@ def run(args: argparse.Namespace) -> int:
         if not recipe.data.data:
             raise ValueError("give --data DIR[,DIR] (or data.data in --config)")
         if args.collect_missing:
-            collect_missing(recipe)
+            recipes.collect_missing(recipe)
         return train(recipe, Path(args.out), resume=args.resume,
                      allow_world_size_change=getattr(args, "allow_world_size_change", False))
     except (ValueError, FileExistsError, FileNotFoundError) as e:
