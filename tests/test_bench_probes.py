@@ -2,8 +2,9 @@
 view-pair angles (bench/view_pair_geometry.py, bench/success_by_view_angle.py), the ensemble scores
 (bench/ensemble_openloop.py), the keypoint error of checkpoints side by side (bench/keypoint_error.py), the hand
 standing still or stuck in place at the end of an episode (bench/stalls.py), push_cube's success by the direction of
-the push (bench/push_directions.py), the hand's place in the push line's frame (bench/push_hand_geometry.py) and the
-expert styles' tolerance to displaced targets (bench/push_styles.py)."""
+the push (bench/push_directions.py), the hand's place in the push line's frame (bench/push_hand_geometry.py), the
+expert styles' tolerance to displaced targets (bench/push_styles.py) and the first plan's side of the cube
+(bench/push_first_plan.py)."""
 
 import importlib.util
 import json
@@ -32,6 +33,7 @@ handgeo = load("push_hand_geometry")
 styles = load("push_styles")
 textsep = load("text_separation")
 oracle = load("keyframe_oracle")
+firstplan = load("push_first_plan")
 
 
 def expert(n_pre=40, n_post=20):
@@ -308,3 +310,34 @@ def test_keyframe_oracle_looks_ahead_without_moving_the_scene_and_succeeds_with_
     assert oracle.oracle_episode(env, 3, 4, 2, 4, "linear")["success"]
     far = oracle.oracle_episode(env, 3, 4, 2, 4, "linear", noise_m=0.5)   # half a metre of noise: no push lands
     assert not far["success"] and far["length"] == env.max_steps
+
+
+def _first_plan_rows(plan_of, n=40, seed=0):
+    """Made-up first plans: cube at the origin, goal 12 cm away in a random direction, the expert's two keyframes 5.5
+    cm behind the cube; ``plan_of(expert_xy, d)`` gives the plan's keyframe."""
+    rng, rows = np.random.default_rng(seed), []
+    for _ in range(n):
+        a = rng.uniform(-np.pi, np.pi)
+        d = np.array([np.cos(a), np.sin(a)])
+        cube, goal = np.zeros(2), 0.12 * d
+        kfs = []
+        for k in (1, 2):
+            e = cube - 0.055 * d
+            p = plan_of(e, d)
+            kfs.append({"k": k, "expert": list(firstplan.line_frame(e, cube, goal)),
+                        "plan": list(firstplan.line_frame(p, cube, goal)), "expert_xy": e.tolist(), "plan_xy": p.tolist()})
+        rows.append({"cube_xy": cube.tolist(), "goal_xy": goal.tolist(), "keyframes": kfs})
+    return rows
+
+
+def test_push_first_plan_tells_a_plan_on_the_expert_side_from_one_that_ignores_the_goal():
+    behind, lateral = firstplan.line_frame(np.array([-0.05, 0.02]), np.zeros(2), np.array([0.1, 0.0]))
+    assert (behind, lateral) == pytest.approx((0.05, 0.02))          # behind: away from the goal; lateral: to the left
+    assert firstplan.angle_deg(np.array([1.0, 0.0]), np.array([0.0, 2.0])) == pytest.approx(90.0)
+    # a plan on the expert's side at 60 % of the distance: slope 0.6, angles 0, the shuffled control far worse
+    knows = firstplan.summarise(_first_plan_rows(lambda e, d: 0.6 * e))["k2"]
+    assert knows["slope_behind"] == pytest.approx(0.6) and knows["abs_angle_deg_median"] == pytest.approx(0.0)
+    assert knows["within_45deg"] == 40 and knows["control_within_45deg"] < 25
+    # a plan 4 cm from the cube in a fixed world direction, whatever the goal: no side, angles like the control's
+    blind = firstplan.summarise(_first_plan_rows(lambda e, d: np.array([0.04, 0.0])))["k2"]
+    assert abs(blind["slope_behind"]) < 0.3 and 5 < blind["within_45deg"] < 20

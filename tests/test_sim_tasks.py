@@ -184,6 +184,35 @@ def test_jaw_back_push_forgives_a_hand_that_comes_down_too_close():
         assert not _push_with_offset("jaw", seed, 0.0, along=0.04)
 
 
+def test_cage_push_comes_down_on_the_cube_slides_it_and_leaves_it():
+    """The cage style (``collect --push-style cage``): the jaw, fully open, comes down around the cube itself (not on
+    the table behind it), never closes, keeps the cube on the table, and after the mark rises and leaves it there;
+    it succeeds with every target 2 cm off across or along the push, where the jaw style loses the cube 2.5 cm
+    across it."""
+    from action_images.sim.tasks.push_cube import PUSH_Z
+
+    env = make_env("push_cube", render=False)
+    env.task.style = "cage"
+    env.reset(seed=3)
+    cube0 = env.task.body_pos("cube")
+    cube_z, low_xy, grips = [], None, []
+    for t in range(env.max_steps + 10):                 # 10 steps past success: the expert's hold frames
+        a = env.expert_action()
+        grips.append(a[7])
+        env.step(a)
+        cube_z.append(env.task.body_pos("cube")[2])
+        if low_xy is None and env.arm.tcp_pos()[2] < PUSH_Z + 0.01:
+            low_xy = env.arm.tcp_pos()[:2] - cube0[:2]  # where the hand first reaches push height
+    assert np.linalg.norm(low_xy) < 0.012               # around the cube's centre, not 5.5 cm behind it
+    assert min(grips) == 1.0                            # the jaw never closes
+    assert max(cube_z) - env.task.half < 0.01           # the cube slides, never carried
+    assert env.task.success(env) and env.task.expert_phase == "release" and env.arm.tcp_pos()[2] > 0.06
+    for seed in range(2):
+        for lateral, along in ((0.0, 0.0), (0.02, 0.0), (0.0, 0.02), (0.0, -0.02)):
+            assert _push_with_offset("cage", seed, lateral, along), (seed, lateral, along)
+        assert not _push_with_offset("jaw", seed, 0.025)
+
+
 def test_push_cube_counts_a_cube_on_the_mark_not_one_carried_above_it():
     """push_cube succeeds with the cube on the table at the mark; the same cube held 3 cm above the mark is not on it
     (a policy that lifts the cube and carries it over the mark would otherwise end the episode in the air)."""

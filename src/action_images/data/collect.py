@@ -54,6 +54,7 @@ MISS_DISTANCE = (0.035, 0.05)
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..sim.suites import DEFAULT_SUITE, SUITES
+    from ..sim.tasks.push_cube import STYLES as PUSH_STYLES
 
     p.add_argument("--suite", default=DEFAULT_SUITE, choices=SUITES,
                    help="benchmark suite: the built-in tabletop (sim, default) or Meta-World v3 (metaworld: task "
@@ -106,11 +107,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "on nothing), then sees it, opens and grasps again; the stored actions stay the undisplaced "
                         "expert's, so the demos teach reopening a jaw shut on nothing (tasks that grasp: pick_cube, "
                         "place_in_bin, stack_cube; default 0)")
-    p.add_argument("--push-style", default="jaw", choices=("jaw", "jaw_back", "palm"),
+    p.add_argument("--push-style", default="jaw", choices=PUSH_STYLES,
                    help="how push_cube's expert pushes: jaw (top-down, the half-open jaw's fingertips on the cube; "
                         "the default; a meta/collect.json without push_style means it), jaw_back (the same, coming "
-                        "down 10 cm behind the cube instead of 5.5 and sliding in) or palm (the hand turned "
-                        "horizontal, its 13 cm palm leading: forgives a hand 3.5 cm off the push line); "
+                        "down 10 cm behind the cube instead of 5.5 and sliding in), palm (the hand turned "
+                        "horizontal, its 13 cm palm leading: forgives a hand 3.5 cm off the push line) or cage (the "
+                        "jaw fully open comes down around the cube and slides it, the finger behind it pushing); "
                         "docs/benchmark.md")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
 

@@ -10,6 +10,10 @@ The expert pushes in one of three styles (``PushCube.style``; ``collect --push-s
 - ``"palm"``: the hand turned horizontal, its approach axis pointing back along the push and tool +x up, so the
   palm (13 cm wide, 5 cm tall) leads and pushes with its flat face while the open fingers trail. With every target
   3.5 cm off the push line it succeeds 39-40 times in 40, where the jaw fails every time (``bench/push_styles.py``).
+- ``"cage"``: the jaw fully open (8 cm between the fingers), its closing axis along the push, comes down around the
+  cube itself, the way a grasp does, and slides it along the table with the finger behind it; the finger ahead keeps
+  the cube from turning away. Nothing squeezes the cube: at the mark the hand rises and leaves it there. The place
+  where the hand comes down is the cube, a point the policy sees, not a point on the bare table behind it.
 """
 
 from __future__ import annotations
@@ -25,13 +29,16 @@ REST_TOL = 0.02         # ... and within this height of resting on the table (a 
 PUSH_G = 0.35           # half-open jaw: two finger tips touch the cube face, so it does not spin
 PUSH_Z = 0.03           # TCP height while pushing (finger pads span 2-9 cm above the table)
 STANDOFF = 0.045        # TCP distance behind the cube centre before contact
-STYLES = ("jaw", "jaw_back", "palm")
+STYLES = ("jaw", "jaw_back", "palm", "cage")
 JAW_BACK_STANDOFF = 0.09   # jaw_back style: STANDOFF's counterpart where the hand comes down (plus the same 1 cm)
 PALM_FRONT = 0.09       # palm style: the palm's front face ahead of the TCP (palm centre 7.5 cm + half its 3 cm)
 PALM_STANDOFF = PALM_FRONT + 0.035   # TCP distance behind the cube centre before contact (a turned cube's corner)
 PALM_Z = 0.03           # TCP height while pushing with the palm: its 5 cm face spans 0.5-5.5 cm above the table
 PALM_ABOVE_Z = 0.12     # TCP height of the approach above the push line (the horizontal hand clears the cube)
 PALM_OFF_LINE = 0.05    # lateral offset (m) at which the palm's push re-approaches; the face is 13 cm wide
+CAGE_LEAD = 0.015       # cage style: the TCP this far ahead of the cube's centre while pushing (back finger on its face)
+CAGE_DONE = 0.01        # cage style: the cube this close to the goal's centre ends the push; the hand rises
+CAGE_OFF = 0.03         # cage style: the TCP this far from the cube's centre across or along the push: re-approach
 
 
 def palm_quat(d: np.ndarray) -> np.ndarray:
@@ -98,6 +105,39 @@ class PushCube(Task):
         yaw = float((np.arctan2(d[1], d[0]) + np.pi / 2) % np.pi - np.pi / 2)
         return np.array([xy[0], xy[1], z]), down(yaw), PUSH_G
 
+    def _cage(self, z: float, lead: float = 0.0):
+        """Cage style: the open jaw centred ``lead`` metres ahead of the cube's centre along the push, its closing
+        axis (tool y) along the push (tool +x across it, the yaw taken within ±90° as the jaw's is)."""
+        d = self._dir()
+        xy = self.body_pos("cube")[:2] + lead * d
+        if self.aim_offset != (0.0, 0.0):
+            xy = xy + self.aim_offset[0] * np.array([-d[1], d[0]]) + self.aim_offset[1] * d
+        yaw = float((np.arctan2(d[1], d[0]) + np.pi) % np.pi - np.pi / 2)   # atan2(d) - 90°, wrapped to ±90°
+        return np.array([xy[0], xy[1], z]), down(yaw), OPEN
+
+    def _cage_phases(self) -> list[Phase]:
+        """Above the cube -> down around it -> slide it to the mark -> rise, leaving it there."""
+
+        def dist(env) -> float:
+            return float(np.linalg.norm(self.goal_xy() - self.body_pos("cube")[:2]))
+
+        def push(env):
+            return self._cage(PUSH_Z, min(CAGE_LEAD + 0.03, dist(env) + CAGE_LEAD))
+
+        def up(env):  # rise where the hand is, jaw open: a cube between the fingers stays on the table
+            p = env.arm.tcp_pos()
+            return np.array([p[0], p[1], 0.1]), env.arm.tcp_quat(), OPEN
+
+        above = lambda env: self._cage(0.1)                                            # noqa: E731
+        low = lambda env: self._cage(PUSH_Z)                                           # noqa: E731
+        return [
+            Phase("rise", up, lambda env, n: env.arm.tcp_pos()[2] > 0.08),
+            Phase("above", above, lambda env, n: reached(env, above(env), 0.012, 6.0)),
+            Phase("descend", low, lambda env, n: reached(env, low(env), 0.006, 6.0), step_pos=0.03),
+            Phase("push", push, lambda env, n: dist(env) < CAGE_DONE, step_pos=0.03, abort=self._off_line),
+            Phase("release", up, lambda env, n: False),
+        ]
+
     def _off_line(self, env) -> bool:
         """Hand no longer behind the cube on the push line (cube slipped sideways): re-approach."""
         d = self._dir()
@@ -105,11 +145,15 @@ class PushCube(Task):
         lateral = abs(rel[0] * d[1] - rel[1] * d[0])
         if self.style == "palm":   # or the palm's face 3 cm past the cube's centre: the cube is beside it
             return lateral > PALM_OFF_LINE or float(rel @ d) > -(PALM_FRONT - 0.03)
+        if self.style == "cage":   # the cube is no longer between the fingers
+            return lateral > CAGE_OFF or abs(float(rel @ d)) > CAGE_OFF
         return lateral > 0.02 or float(rel @ d) > -0.02
 
     def phases(self):
         if self.style not in STYLES:
             raise ValueError(f"push_cube style must be one of {STYLES}; got {self.style!r}")
+        if self.style == "cage":
+            return self._cage_phases()
         palm = self.style == "palm"
         z_above, z_push = (PALM_ABOVE_Z, PALM_Z) if palm else (0.1, PUSH_Z)
         z_risen = 0.1 if palm else 0.08             # the rise ends above this height

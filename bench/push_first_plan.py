@@ -1,0 +1,164 @@
+"""Does the policy know which way to push? Its first plan of each push_cube episode against the expert's targets.
+
+    OMP_NUM_THREADS=1 MUJOCO_GL=egl .venv/bin/python bench/push_first_plan.py \
+        --checkpoint checkpoints/rig8-ctx-recover-noise-9k --episodes 100 --seed 4242 \
+        --json bench/results/push_first_plan/first_plan_9k.json
+
+For each episode seed (the scenes ``action-images eval --tasks push_cube --rig-distribution train --seed SEED``
+builds), the scripted expert runs once with rendering off (``collect.run_episode``, the loop of ``collect``) to give
+its targets; then the policy plans once from the episode's first observation (every rig view, as the shipped
+evaluation runs it), and each valid keyframe k is compared with the expert's target at the same control step
+(``k * stride - 1``, as in training). Positions are taken relative to the cube's centre in the frame of the push
+line (``behind``: along goal -> cube, so the expert's landing point is +5.5 cm; ``lateral``: across it).
+
+What it tells apart: a model that knows the push direction puts its keyframes on the expert's side of the cube
+(small angle between cube -> plan and cube -> expert target), even if at the wrong distance; a model that averages
+over directions collapses them toward the cube (slope of plan on expert near 0, angles spread over ±180°). The
+angles are compared with a shuffled control: the same plans against another episode's expert targets.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from action_images.cliflags import Parser
+from action_images.runfiles import atomic_write_json, probe_command
+
+TASK = "push_cube"
+NEAR = 0.03          # expert targets this close to the cube's centre have no direction to compare
+
+
+def line_frame(xy: np.ndarray, cube: np.ndarray, goal: np.ndarray) -> tuple[float, float]:
+    """(behind, lateral) of ``xy`` relative to the cube centre: behind along goal -> cube, lateral to its left."""
+    d = (goal - cube) / max(float(np.linalg.norm(goal - cube)), 1e-9)
+    r = np.asarray(xy, dtype=float) - cube
+    return float(-(r @ d)), float(r[1] * d[0] - r[0] * d[1])
+
+
+def angle_deg(a: np.ndarray, b: np.ndarray) -> float:
+    """Signed angle from 2-D vector a to b, in degrees."""
+    return float(np.degrees(np.arctan2(a[0] * b[1] - a[1] * b[0], a @ b)))
+
+
+def first_plans(checkpoint: str, episodes: int, seed: int, sampler_steps: int, cfg_scale: float | None) -> list[dict]:
+    from action_images.baselines import load_model
+    from action_images.data.collect import run_episode
+    from action_images.eval_settings import EvalSettings, resolve_settings
+    from action_images.policy import PolicySettings
+    from action_images.rollout import EpisodeRunner
+    from action_images.seeds import episode_seed
+
+    model = load_model(checkpoint)
+    pol_kw = {"sampler_steps": sampler_steps, "camera_names": ("all",)}
+    if cfg_scale is not None:
+        pol_kw["cfg_scale"] = cfg_scale
+    settings = EvalSettings(tasks=(TASK,), episodes=episodes, seed=seed, rig_distribution="train", rig_views=4,
+                            image_size=64, videos=0, policy=PolicySettings(**pol_kw))
+    settings = resolve_settings(settings, model.config)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        runner = EpisodeRunner(model, Path(tmp), settings)
+        env = runner.suite.make_env(TASK, **runner.env_kwargs)
+        pol = runner.policy
+        for k in range(episodes):
+            s = episode_seed(seed, TASK, k)
+            env.observe_images = False
+            acts = run_episode(env, s, [], hold_steps=0).actions
+            env.observe_images = True
+            obs, _ = env.reset(seed=s)
+            cube, goal = env.task.body_pos("cube")[:2].copy(), env.task.goal_xy().copy()
+            pol.reset(s)
+            ch = pol.plan(obs, env.cameras)
+            kfs = []
+            for j in range(pol.horizon):
+                e = acts[min((j + 1) * pol.stride - 1, len(acts) - 1)]
+                p = ch.keyframes[j] if ch.valid[j] else None
+                kfs.append({"k": j + 1, "expert": [round(v, 4) for v in line_frame(e[:2], cube, goal)],
+                            "expert_z": round(float(e[2]), 4),
+                            "plan": None if p is None else [round(v, 4) for v in line_frame(p[:2], cube, goal)],
+                            "plan_z": None if p is None else round(float(p[2]), 4),
+                            "expert_xy": e[:2].round(4).tolist(),
+                            "plan_xy": None if p is None else p[:2].round(4).tolist()})
+            rows.append({"episode": k, "seed": s, "cube_xy": cube.round(4).tolist(), "goal_xy": goal.round(4).tolist(),
+                         "hand_xy": obs["ee_pose"][:2].round(4).tolist(), "keyframes": kfs})
+            print(f"  ep {k}: last kf plan {kfs[-1]['plan']} expert {kfs[-1]['expert']}", file=sys.stderr)
+        env.close()
+        runner.close()
+    return rows
+
+
+def summarise(rows: list[dict], rng_seed: int = 0) -> dict:
+    """Slopes of plan on expert (behind, lateral), and angles cube -> plan vs cube -> expert, with a shuffled control."""
+    out: dict = {}
+    H = max(len(r["keyframes"]) for r in rows)
+    perm = np.random.default_rng(rng_seed).permutation(len(rows))
+    for j in range(H):
+        pe, ee, ang, ang_ctrl, dist_p, dist_e = [], [], [], [], [], []
+        for i, r in enumerate(rows):
+            kf = r["keyframes"][j]
+            if kf["plan"] is None:
+                continue
+            pe.append(kf["plan"])
+            ee.append(kf["expert"])
+            e_rel = np.array(kf["expert_xy"]) - r["cube_xy"]
+            p_rel = np.array(kf["plan_xy"]) - r["cube_xy"]
+            dist_p.append(float(np.linalg.norm(p_rel)))
+            dist_e.append(float(np.linalg.norm(e_rel)))
+            if np.linalg.norm(e_rel) >= NEAR and np.linalg.norm(p_rel) > 1e-4:
+                ang.append(angle_deg(e_rel, p_rel))
+                o = rows[perm[i]]           # another episode's expert offset, in this episode's frame of the table
+                o_rel = np.array(o["keyframes"][j]["expert_xy"]) - o["cube_xy"]
+                if np.linalg.norm(o_rel) >= NEAR:
+                    ang_ctrl.append(angle_deg(o_rel, p_rel))
+        if not pe:
+            continue
+        pe, ee = np.array(pe), np.array(ee)
+        slope = lambda y, x: float((x @ y) / max(x @ x, 1e-12))      # noqa: E731  least squares through 0
+        a, c = np.abs(ang), np.abs(ang_ctrl)
+        out[f"k{j + 1}"] = {
+            "plans": len(pe),
+            "expert_behind_cm_median": round(100 * float(np.median(ee[:, 0])), 2),
+            "plan_behind_cm_median": round(100 * float(np.median(pe[:, 0])), 2),
+            "expert_abs_lateral_cm_median": round(100 * float(np.median(np.abs(ee[:, 1]))), 2),
+            "plan_abs_lateral_cm_median": round(100 * float(np.median(np.abs(pe[:, 1]))), 2),
+            "expert_to_cube_cm_median": round(100 * float(np.median(dist_e)), 2),
+            "plan_to_cube_cm_median": round(100 * float(np.median(dist_p)), 2),
+            "slope_behind": round(slope(pe[:, 0], ee[:, 0]), 3),
+            "slope_lateral": round(slope(pe[:, 1], ee[:, 1]), 3),
+            "angle_compared": len(a),
+            "abs_angle_deg_median": round(float(np.median(a)), 1) if len(a) else None,
+            "within_45deg": int((a <= 45).sum()), "beyond_90deg": int((a > 90).sum()),
+            "control_abs_angle_deg_median": round(float(np.median(c)), 1) if len(c) else None,
+            "control_within_45deg": int((c <= 45).sum()), "control_compared": len(c),
+        }
+    return out
+
+
+def main(argv=None) -> int:
+    p = Parser(description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--episodes", type=int, default=100)
+    p.add_argument("--seed", type=int, default=4242)
+    p.add_argument("--sampler-steps", type=int, default=3)
+    p.add_argument("--cfg-scale", type=float, default=None, help="guidance (default: the policy's)")
+    p.add_argument("--json", required=True)
+    a = p.parse_args(argv)
+    t0 = time.perf_counter()
+    rows = first_plans(a.checkpoint, a.episodes, a.seed, a.sampler_steps, a.cfg_scale)
+    res = {"command": probe_command(__file__, argv), "checkpoint": a.checkpoint, "seed": a.seed,
+           "episodes": a.episodes, "sampler_steps": a.sampler_steps, "cfg_scale": a.cfg_scale,
+           "summary": summarise(rows), "episodes_detail": rows, "wall_s": round(time.perf_counter() - t0, 1)}
+    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(a.json, res)
+    for k, v in res["summary"].items():
+        print(k, v)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
