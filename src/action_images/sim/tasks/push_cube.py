@@ -1,6 +1,6 @@
 """push_cube: push a cube across the table onto a flat goal marker (non-prehensile, needs closed-loop re-aiming).
 
-The expert pushes in one of three styles (``PushCube.style``; ``collect --push-style``):
+The expert pushes in one of four styles (``PushCube.style``; ``collect --push-style``):
 
 - ``"jaw"`` (the default; a dataset whose ``meta/collect.json`` names no ``push_style`` used it): top-down, the
   half-open jaw's two fingertips against the cube's back face. The contact is as wide as the cube, so a hand
