@@ -5,11 +5,12 @@
         --json bench/results/push_first_plan/first_plan_9k.json
 
 For each episode seed (the scenes ``action-images eval --tasks push_cube --rig-distribution train --seed SEED``
-builds), the scripted expert runs once with rendering off (``collect.run_episode``, the loop of ``collect``) to give
-its targets; then the policy plans once from the episode's first observation (every rig view, as the shipped
-evaluation runs it), and each valid keyframe k is compared with the expert's target at the same control step
-(``k * stride - 1``, as in training). Positions are taken relative to the cube's centre in the frame of the push
-line (``behind``: along goal -> cube, so the expert's landing point is +5.5 cm; ``lateral``: across it).
+builds), the scripted expert (in ``--push-style``, the style of the checkpoint's push demos) runs once with
+rendering off (``collect.run_episode``, the loop of ``collect``) to give its targets; then the policy plans once
+from the episode's first observation (every rig view, as the shipped evaluation runs it), and each valid keyframe
+k is compared with the expert's target at the same control step (``k * stride - 1``, as in training). Positions
+are taken relative to the cube's centre in the frame of the push line (``behind``: along goal -> cube, so the jaw
+expert's landing point is +5.5 cm, the cage's 0; ``lateral``: across it).
 
 What it tells apart: a model that knows the push direction puts its keyframes on the expert's side of the cube
 (small angle between cube -> plan and cube -> expert target), even if at the wrong distance; a model that averages
@@ -45,7 +46,8 @@ def angle_deg(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.degrees(np.arctan2(a[0] * b[1] - a[1] * b[0], a @ b)))
 
 
-def first_plans(checkpoint: str, episodes: int, seed: int, sampler_steps: int, cfg_scale: float | None) -> list[dict]:
+def first_plans(checkpoint: str, episodes: int, seed: int, sampler_steps: int, cfg_scale: float | None,
+                style: str = "jaw") -> list[dict]:
     from action_images.baselines import load_model
     from action_images.data.collect import run_episode
     from action_images.eval_settings import EvalSettings, resolve_settings
@@ -64,6 +66,7 @@ def first_plans(checkpoint: str, episodes: int, seed: int, sampler_steps: int, c
     with tempfile.TemporaryDirectory() as tmp:
         runner = EpisodeRunner(model, Path(tmp), settings)
         env = runner.suite.make_env(TASK, **runner.env_kwargs)
+        env.task.style = style                      # the expert whose targets the plans are compared with
         pol = runner.policy
         for k in range(episodes):
             s = episode_seed(seed, TASK, k)
@@ -146,12 +149,17 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=4242)
     p.add_argument("--sampler-steps", type=int, default=3)
     p.add_argument("--cfg-scale", type=float, default=None, help="guidance (default: the policy's)")
+    p.add_argument("--push-style", default="jaw", help="the expert style to compare with (the checkpoint's push demos')")
     p.add_argument("--json", required=True)
     a = p.parse_args(argv)
     t0 = time.perf_counter()
-    rows = first_plans(a.checkpoint, a.episodes, a.seed, a.sampler_steps, a.cfg_scale)
+    from action_images.sim.tasks.push_cube import STYLES
+    if a.push_style not in STYLES:
+        p.error(f"--push-style: choose from {','.join(STYLES)}")
+    rows = first_plans(a.checkpoint, a.episodes, a.seed, a.sampler_steps, a.cfg_scale, a.push_style)
     res = {"command": probe_command(__file__, argv), "checkpoint": a.checkpoint, "seed": a.seed,
            "episodes": a.episodes, "sampler_steps": a.sampler_steps, "cfg_scale": a.cfg_scale,
+           "push_style": a.push_style,
            "summary": summarise(rows), "episodes_detail": rows, "wall_s": round(time.perf_counter() - t0, 1)}
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(a.json, res)
