@@ -213,6 +213,31 @@ def test_cage_push_comes_down_on_the_cube_slides_it_and_leaves_it():
         assert not _push_with_offset("jaw", seed, 0.025)
 
 
+def test_cage_wait_holds_still_around_the_cube_before_it_pushes():
+    """The cage_wait style is the cage with the hand held still for CAGE_WAIT steps once it is down around the cube;
+    the cage itself passes through its (zero-step) wait in the same call, so its demos are unchanged."""
+    from action_images.sim.tasks.push_cube import CAGE_WAIT
+
+    def phases_and_targets(style):
+        env = make_env("push_cube", render=False)
+        env.task.style = style
+        env.reset(seed=5)
+        names, targets = [], []
+        for _ in range(env.max_steps):
+            targets.append(env.expert_action())
+            names.append(env.task.expert_phase)
+            if env.step(targets[-1])[2]:
+                break
+        return names, np.array(targets), env.task.success(env)
+
+    names, targets, ok = phases_and_targets("cage_wait")
+    assert ok and names.count("wait") == CAGE_WAIT
+    waits = targets[[i for i, n in enumerate(names) if n == "wait"]]
+    assert np.ptp(waits[:, :3], axis=0).max() < 0.005          # the hand stays where it came down
+    cage_names, _, cage_ok = phases_and_targets("cage")
+    assert cage_ok and "wait" not in cage_names and len(cage_names) < len(names)
+
+
 def test_push_cube_counts_a_cube_on_the_mark_not_one_carried_above_it():
     """push_cube succeeds with the cube on the table at the mark; the same cube held 3 cm above the mark is not on it
     (a policy that lifts the cube and carries it over the mark would otherwise end the episode in the air)."""

@@ -1,6 +1,6 @@
 """push_cube: push a cube across the table onto a flat goal marker (non-prehensile, needs closed-loop re-aiming).
 
-The expert pushes in one of four styles (``PushCube.style``; ``collect --push-style``):
+The expert pushes in one of five styles (``PushCube.style``; ``collect --push-style``):
 
 - ``"jaw"`` (the default; a dataset whose ``meta/collect.json`` names no ``push_style`` used it): top-down, the
   half-open jaw's two fingertips against the cube's back face. The contact is as wide as the cube, so a hand
@@ -14,6 +14,10 @@ The expert pushes in one of four styles (``PushCube.style``; ``collect --push-st
   cube itself, the way a grasp does, and slides it along the table with the finger behind it; the finger ahead keeps
   the cube from turning away. Nothing squeezes the cube: at the mark the hand rises and leaves it there. The place
   where the hand comes down is the cube, a point the policy sees, not a point on the bare table behind it.
+- ``"cage_wait"``: the cage, holding still for ``CAGE_WAIT`` steps once it is down around the cube before it slides
+  it. A policy's plan is blurred along the path the demos take next (``bench/push_hand_geometry.py``: cage-trained
+  plans come down about 4 cm past the cube's centre, toward the goal); with the hand still for a while after landing,
+  the keyframes around the landing all sit at the landing.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ REST_TOL = 0.02         # ... and within this height of resting on the table (a 
 PUSH_G = 0.35           # half-open jaw: two finger tips touch the cube face, so it does not spin
 PUSH_Z = 0.03           # TCP height while pushing (finger pads span 2-9 cm above the table)
 STANDOFF = 0.045        # TCP distance behind the cube centre before contact
-STYLES = ("jaw", "jaw_back", "palm", "cage")
+STYLES = ("jaw", "jaw_back", "palm", "cage", "cage_wait")
 JAW_BACK_STANDOFF = 0.09   # jaw_back style: STANDOFF's counterpart where the hand comes down (plus the same 1 cm)
 PALM_FRONT = 0.09       # palm style: the palm's front face ahead of the TCP (palm centre 7.5 cm + half its 3 cm)
 PALM_STANDOFF = PALM_FRONT + 0.035   # TCP distance behind the cube centre before contact (a turned cube's corner)
@@ -39,6 +43,7 @@ PALM_OFF_LINE = 0.05    # lateral offset (m) at which the palm's push re-approac
 CAGE_LEAD = 0.015       # cage style: the TCP this far ahead of the cube's centre while pushing (back finger on its face)
 CAGE_DONE = 0.01        # cage style: the cube this close to the goal's centre ends the push; the hand rises
 CAGE_OFF = 0.03         # cage style: the TCP this far from the cube's centre across or along the push: re-approach
+CAGE_WAIT = 4           # cage_wait style: control steps the hand holds still around the cube before it pushes
 
 
 def palm_quat(d: np.ndarray) -> np.ndarray:
@@ -130,10 +135,12 @@ class PushCube(Task):
 
         above = lambda env: self._cage(0.1)                                            # noqa: E731
         low = lambda env: self._cage(PUSH_Z)                                           # noqa: E731
+        wait = CAGE_WAIT if self.style == "cage_wait" else 0
         return [
             Phase("rise", up, lambda env, n: env.arm.tcp_pos()[2] > 0.08),
             Phase("above", above, lambda env, n: reached(env, above(env), 0.012, 6.0)),
             Phase("descend", low, lambda env, n: reached(env, low(env), 0.006, 6.0), step_pos=0.03),
+            Phase("wait", low, lambda env, n: n >= wait, step_pos=0.03),
             Phase("push", push, lambda env, n: dist(env) < CAGE_DONE, step_pos=0.03, abort=self._off_line),
             Phase("release", up, lambda env, n: False),
         ]
@@ -145,14 +152,14 @@ class PushCube(Task):
         lateral = abs(rel[0] * d[1] - rel[1] * d[0])
         if self.style == "palm":   # or the palm's face 3 cm past the cube's centre: the cube is beside it
             return lateral > PALM_OFF_LINE or float(rel @ d) > -(PALM_FRONT - 0.03)
-        if self.style == "cage":   # the cube is no longer between the fingers
+        if self.style in ("cage", "cage_wait"):   # the cube is no longer between the fingers
             return lateral > CAGE_OFF or abs(float(rel @ d)) > CAGE_OFF
         return lateral > 0.02 or float(rel @ d) > -0.02
 
     def phases(self):
         if self.style not in STYLES:
             raise ValueError(f"push_cube style must be one of {STYLES}; got {self.style!r}")
-        if self.style == "cage":
+        if self.style in ("cage", "cage_wait"):
             return self._cage_phases()
         palm = self.style == "palm"
         z_above, z_push = (PALM_ABOVE_Z, PALM_Z) if palm else (0.1, PUSH_Z)
