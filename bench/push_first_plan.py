@@ -15,7 +15,10 @@ expert's landing point is +5.5 cm, the cage's 0; ``lateral``: across it).
 What it tells apart: a model that knows the push direction puts its keyframes on the expert's side of the cube
 (small angle between cube -> plan and cube -> expert target), even if at the wrong distance; a model that averages
 over directions collapses them toward the cube (slope of plan on expert near 0, angles spread over ±180°). The
-angles are compared with a shuffled control: the same plans against another episode's expert targets.
+angles are compared with a shuffled control: the same plans against another episode's expert targets. ``ahead``:
+how far past the expert's target toward the goal the plan lies, overall and for the scenes with the goal nearer
+and farther than the median push distance (a plan drawn toward the mark lies farther ahead when the mark is
+farther away; a plan that leads the demos along their path does not).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import spearmanr
 
 from action_images.cliflags import Parser
 from action_images.runfiles import atomic_write_json, probe_command
@@ -95,6 +99,13 @@ def first_plans(checkpoint: str, episodes: int, seed: int, sampler_steps: int, c
     return rows
 
 
+def _spearman(x: np.ndarray, y: np.ndarray) -> float | None:
+    """Spearman's rank correlation, or None where it is undefined (fewer than 3 points, or a constant)."""
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return None
+    return round(float(spearmanr(x, y)[0]), 3)
+
+
 def summarise(rows: list[dict], rng_seed: int = 0) -> dict:
     """Slopes of plan on expert (behind, lateral), and angles cube -> plan vs cube -> expert, with a shuffled control."""
     out: dict = {}
@@ -121,6 +132,12 @@ def summarise(rows: list[dict], rng_seed: int = 0) -> dict:
         if not pe:
             continue
         pe, ee = np.array(pe), np.array(ee)
+        # how far past the expert's target toward the goal the plan lies, against the cube-to-goal distance: a plan
+        # drawn toward the mark would lie farther past it when the mark is farther away
+        push = np.array([np.linalg.norm(np.subtract(r["goal_xy"], r["cube_xy"])) for r in rows
+                         if r["keyframes"][j]["plan"] is not None])
+        ahead = ee[:, 0] - pe[:, 0]
+        near = push < np.median(push)
         slope = lambda y, x: float((x @ y) / max(x @ x, 1e-12))      # noqa: E731  least squares through 0
         a, c = np.abs(ang), np.abs(ang_ctrl)
         out[f"k{j + 1}"] = {
@@ -138,6 +155,10 @@ def summarise(rows: list[dict], rng_seed: int = 0) -> dict:
             "within_45deg": int((a <= 45).sum()), "beyond_90deg": int((a > 90).sum()),
             "control_abs_angle_deg_median": round(float(np.median(c)), 1) if len(c) else None,
             "control_within_45deg": int((c <= 45).sum()), "control_compared": len(c),
+            "ahead_cm_median": round(100 * float(np.median(ahead)), 2),
+            "ahead_cm_median_nearer_half": round(100 * float(np.median(ahead[near])), 2),
+            "ahead_cm_median_farther_half": round(100 * float(np.median(ahead[~near])), 2),
+            "ahead_vs_push_distance_spearman": _spearman(push, ahead),
         }
     return out
 

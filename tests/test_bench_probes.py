@@ -313,17 +313,17 @@ def test_keyframe_oracle_looks_ahead_without_moving_the_scene_and_succeeds_with_
 
 
 def _first_plan_rows(plan_of, n=40, seed=0):
-    """Made-up first plans: cube at the origin, goal 12 cm away in a random direction, the expert's two keyframes 5.5
-    cm behind the cube; ``plan_of(expert_xy, d)`` gives the plan's keyframe."""
+    """Made-up first plans: cube at the origin, goal 10-18 cm away in a random direction, the expert's two keyframes
+    5.5 cm behind the cube; ``plan_of(expert_xy, goal_xy)`` gives the plan's keyframe."""
     rng, rows = np.random.default_rng(seed), []
     for _ in range(n):
         a = rng.uniform(-np.pi, np.pi)
         d = np.array([np.cos(a), np.sin(a)])
-        cube, goal = np.zeros(2), 0.12 * d
+        cube, goal = np.zeros(2), rng.uniform(0.10, 0.18) * d
         kfs = []
         for k in (1, 2):
             e = cube - 0.055 * d
-            p = plan_of(e, d)
+            p = plan_of(e, goal)
             kfs.append({"k": k, "expert": list(firstplan.line_frame(e, cube, goal)),
                         "plan": list(firstplan.line_frame(p, cube, goal)), "expert_xy": e.tolist(), "plan_xy": p.tolist()})
         rows.append({"cube_xy": cube.tolist(), "goal_xy": goal.tolist(), "keyframes": kfs})
@@ -335,9 +335,17 @@ def test_push_first_plan_tells_a_plan_on_the_expert_side_from_one_that_ignores_t
     assert (behind, lateral) == pytest.approx((0.05, 0.02))          # behind: away from the goal; lateral: to the left
     assert firstplan.angle_deg(np.array([1.0, 0.0]), np.array([0.0, 2.0])) == pytest.approx(90.0)
     # a plan on the expert's side at 60 % of the distance: slope 0.6, angles 0, the shuffled control far worse
-    knows = firstplan.summarise(_first_plan_rows(lambda e, d: 0.6 * e))["k2"]
+    knows = firstplan.summarise(_first_plan_rows(lambda e, g: 0.6 * e))["k2"]
     assert knows["slope_behind"] == pytest.approx(0.6) and knows["abs_angle_deg_median"] == pytest.approx(0.0)
     assert knows["within_45deg"] == 40 and knows["control_within_45deg"] < 25
+    assert knows["ahead_cm_median"] == pytest.approx(2.2)                # 40 % of 5.5 cm short of the expert's target
     # a plan 4 cm from the cube in a fixed world direction, whatever the goal: no side, angles like the control's
-    blind = firstplan.summarise(_first_plan_rows(lambda e, d: np.array([0.04, 0.0])))["k2"]
+    blind = firstplan.summarise(_first_plan_rows(lambda e, g: np.array([0.04, 0.0])))["k2"]
     assert abs(blind["slope_behind"]) < 0.3 and 5 < blind["within_45deg"] < 20
+    # a plan a fixed 3 cm ahead along the push leads the same wherever the mark is; one drawn a third of the way to
+    # the mark leads farther when the mark is farther
+    lead = firstplan.summarise(_first_plan_rows(lambda e, g: e + 0.03 * g / np.linalg.norm(g)))["k2"]
+    assert lead["ahead_cm_median_nearer_half"] == pytest.approx(lead["ahead_cm_median_farther_half"]) == pytest.approx(3.0)
+    drawn = firstplan.summarise(_first_plan_rows(lambda e, g: e + g / 3))["k2"]
+    assert drawn["ahead_vs_push_distance_spearman"] > 0.9
+    assert drawn["ahead_cm_median_farther_half"] > drawn["ahead_cm_median_nearer_half"] + 1.0
