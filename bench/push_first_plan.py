@@ -18,7 +18,8 @@ over directions collapses them toward the cube (slope of plan on expert near 0, 
 angles are compared with a shuffled control: the same plans against another episode's expert targets. ``ahead``:
 how far past the expert's target toward the goal the plan lies, overall and for the scenes with the goal nearer
 and farther than the median push distance (a plan drawn toward the mark lies farther ahead when the mark is
-farther away; a plan that leads the demos along their path does not).
+farther away; a plan that leads the demos along their path does not). ``time_shift``: for each keyframe, the shift
+of the expert's path in control steps that the plans match best (positive: the plans run ahead of the demos).
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ NEAR = 0.03          # expert targets this close to the cube's centre have no di
 
 
 def line_frame(xy: np.ndarray, cube: np.ndarray, goal: np.ndarray) -> tuple[float, float]:
-    """(behind, lateral) of ``xy`` relative to the cube centre: behind along goal -> cube, lateral to its left."""
+    """(behind, lateral) of ``xy`` relative to the cube centre: behind along goal -> cube, lateral to the left of
+    cube -> goal."""
     d = (goal - cube) / max(float(np.linalg.norm(goal - cube)), 1e-9)
     r = np.asarray(xy, dtype=float) - cube
     return float(-(r @ d)), float(r[1] * d[0] - r[0] * d[1])
@@ -92,7 +94,8 @@ def first_plans(checkpoint: str, episodes: int, seed: int, sampler_steps: int, c
                             "expert_xy": e[:2].round(4).tolist(),
                             "plan_xy": None if p is None else p[:2].round(4).tolist()})
             rows.append({"episode": k, "seed": s, "cube_xy": cube.round(4).tolist(), "goal_xy": goal.round(4).tolist(),
-                         "hand_xy": obs["ee_pose"][:2].round(4).tolist(), "keyframes": kfs})
+                         "hand_xy": obs["ee_pose"][:2].round(4).tolist(), "keyframes": kfs, "stride": pol.stride,
+                         "expert_path": acts[:, :3].round(4).tolist()})
             print(f"  ep {k}: last kf plan {kfs[-1]['plan']} expert {kfs[-1]['expert']}", file=sys.stderr)
         env.close()
         runner.close()
@@ -106,11 +109,39 @@ def _spearman(x: np.ndarray, y: np.ndarray) -> float | None:
     return round(float(spearmanr(x, y)[0]), 3)
 
 
+def best_shift(rows: list[dict], shifts=range(-2, 9)) -> dict:
+    """For each keyframe k, the time shift (control steps) of the expert's path that the plans match best: the median
+    3-D distance between keyframe k and the expert's target at step ``k * stride - 1 + shift``, per shift. A plan
+    that runs ahead of the demos matches a later step (shift > 0)."""
+    out = {}
+    H = max(len(r["keyframes"]) for r in rows)
+    for j in range(H):
+        med = {}
+        for sh in shifts:
+            d = []
+            for r in rows:
+                kf = r["keyframes"][j]
+                if kf["plan"] is None or "expert_path" not in r:
+                    continue
+                path = np.asarray(r["expert_path"])
+                t = int(np.clip((j + 1) * r["stride"] - 1 + sh, 0, len(path) - 1))
+                d.append(np.linalg.norm(np.r_[kf["plan_xy"], kf["plan_z"]] - path[t]))
+            if d:
+                med[sh] = round(100 * float(np.median(d)), 2)
+        if med:
+            out[f"k{j + 1}"] = {"median_cm_by_shift": med, "best_shift": min(med, key=med.get)}
+    return out
+
+
 def summarise(rows: list[dict], rng_seed: int = 0) -> dict:
-    """Slopes of plan on expert (behind, lateral), and angles cube -> plan vs cube -> expert, with a shuffled control."""
+    """Slopes of plan on expert (behind, lateral), angles cube -> plan vs cube -> expert with a shuffled control, and
+    how far the plans lead the expert along the push line."""
     out: dict = {}
     H = max(len(r["keyframes"]) for r in rows)
-    perm = np.random.default_rng(rng_seed).permutation(len(rows))
+    # the shuffled control pairs each episode with the next one in a random cycle: never with itself
+    order = np.random.default_rng(rng_seed).permutation(len(rows))
+    perm = np.empty(len(rows), dtype=int)
+    perm[order] = np.roll(order, -1)
     for j in range(H):
         pe, ee, ang, ang_ctrl, dist_p, dist_e = [], [], [], [], [], []
         for i, r in enumerate(rows):
@@ -170,7 +201,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=4242)
     p.add_argument("--sampler-steps", type=int, default=3)
     p.add_argument("--cfg-scale", type=float, default=None, help="guidance (default: the policy's)")
-    p.add_argument("--push-style", default="jaw", help="the expert style to compare with (the checkpoint's push demos')")
+    p.add_argument("--push-style", default="jaw",
+                   help="the expert style to compare with (that of the checkpoint's push demos; default jaw)")
     p.add_argument("--json", required=True)
     a = p.parse_args(argv)
     t0 = time.perf_counter()
@@ -181,7 +213,8 @@ def main(argv=None) -> int:
     res = {"command": probe_command(__file__, argv), "checkpoint": a.checkpoint, "seed": a.seed,
            "episodes": a.episodes, "sampler_steps": a.sampler_steps, "cfg_scale": a.cfg_scale,
            "push_style": a.push_style,
-           "summary": summarise(rows), "episodes_detail": rows, "wall_s": round(time.perf_counter() - t0, 1)}
+           "summary": summarise(rows), "time_shift": best_shift(rows), "episodes_detail": rows,
+           "wall_s": round(time.perf_counter() - t0, 1)}
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(a.json, res)
     for k, v in res["summary"].items():

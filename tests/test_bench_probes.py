@@ -325,7 +325,8 @@ def _first_plan_rows(plan_of, n=40, seed=0):
             e = cube - 0.055 * d
             p = plan_of(e, goal)
             kfs.append({"k": k, "expert": list(firstplan.line_frame(e, cube, goal)),
-                        "plan": list(firstplan.line_frame(p, cube, goal)), "expert_xy": e.tolist(), "plan_xy": p.tolist()})
+                        "plan": list(firstplan.line_frame(p, cube, goal)), "expert_xy": e.tolist(),
+                        "plan_xy": p.tolist()})
         rows.append({"cube_xy": cube.tolist(), "goal_xy": goal.tolist(), "keyframes": kfs})
     return rows
 
@@ -338,14 +339,30 @@ def test_push_first_plan_tells_a_plan_on_the_expert_side_from_one_that_ignores_t
     knows = firstplan.summarise(_first_plan_rows(lambda e, g: 0.6 * e))["k2"]
     assert knows["slope_behind"] == pytest.approx(0.6) and knows["abs_angle_deg_median"] == pytest.approx(0.0)
     assert knows["within_45deg"] == 40 and knows["control_within_45deg"] < 25
-    assert knows["ahead_cm_median"] == pytest.approx(2.2)                # 40 % of 5.5 cm short of the expert's target
+    assert knows["ahead_cm_median"] == pytest.approx(2.2)     # 40 % of 5.5 cm past the expert's target, toward the goal
     # a plan 4 cm from the cube in a fixed world direction, whatever the goal: no side, angles like the control's
     blind = firstplan.summarise(_first_plan_rows(lambda e, g: np.array([0.04, 0.0])))["k2"]
     assert abs(blind["slope_behind"]) < 0.3 and 5 < blind["within_45deg"] < 20
     # a plan a fixed 3 cm ahead along the push leads the same wherever the mark is; one drawn a third of the way to
     # the mark leads farther when the mark is farther
     lead = firstplan.summarise(_first_plan_rows(lambda e, g: e + 0.03 * g / np.linalg.norm(g)))["k2"]
-    assert lead["ahead_cm_median_nearer_half"] == pytest.approx(lead["ahead_cm_median_farther_half"]) == pytest.approx(3.0)
+    assert lead["ahead_cm_median_nearer_half"] == pytest.approx(3.0)
+    assert lead["ahead_cm_median_farther_half"] == pytest.approx(3.0)
     drawn = firstplan.summarise(_first_plan_rows(lambda e, g: e + g / 3))["k2"]
     assert drawn["ahead_vs_push_distance_spearman"] > 0.9
     assert drawn["ahead_cm_median_farther_half"] > drawn["ahead_cm_median_nearer_half"] + 1.0
+
+
+def test_push_first_plan_finds_how_many_steps_the_plans_run_ahead():
+    """A plan that sits where the expert is 3 steps later matches the path best at shift +3."""
+    path = np.c_[0.01 * np.arange(30), np.zeros(30), np.full(30, 0.05)]          # 1 cm per step along x
+    rows = []
+    for _ in range(5):
+        kfs = []
+        for k in (1, 2):
+            t = k * 2 - 1 + 3
+            kfs.append({"k": k, "plan": [0.0, 0.0], "plan_xy": path[t, :2].tolist(), "plan_z": float(path[t, 2])})
+        rows.append({"keyframes": kfs, "stride": 2, "expert_path": path.tolist()})
+    shift = firstplan.best_shift(rows)
+    assert shift["k1"]["best_shift"] == 3 and shift["k2"]["best_shift"] == 3
+    assert shift["k2"]["median_cm_by_shift"][0] == pytest.approx(3.0)

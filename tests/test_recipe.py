@@ -404,7 +404,7 @@ def test_a_push_probe_stage_is_the_shipped_stage_with_push_demos_collected_again
     back = json.loads((ROOT / "recipes" / f"rig8-ctx-recover-noise-{name}.json").read_text())
     assert back["data"].pop("data") == shipped["data"].pop("data") + [folder]
     assert back["data"].pop("exclude_tasks") == {"data/rig8": ["push_cube"]}
-    assert flag in back["comment"] and "--seed 2000" in back["comment"] and f"--out {folder}" in back["comment"]
+    assert flag + " " in back["comment"] and "--seed 2000" in back["comment"] and f"--out {folder}" in back["comment"]
     rig8 = json.loads(RECIPE.read_text())["data"]["collect"]
     assert rig8["seed"] == 2000 and rig8["hold_steps"] == 10 and rig8["rig_views"] == 4
     shipped.pop("comment"), back.pop("comment")

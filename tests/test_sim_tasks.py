@@ -196,7 +196,7 @@ def test_cage_push_comes_down_on_the_cube_slides_it_and_leaves_it():
     env.reset(seed=3)
     cube0 = env.task.body_pos("cube")
     cube_z, low_xy, grips = [], None, []
-    for t in range(env.max_steps + 10):                 # 10 steps past success: the expert's hold frames
+    for t in range(env.max_steps + 10):                 # on past success (about step 11): the release and the hold
         a = env.expert_action()
         grips.append(a[7])
         env.step(a)

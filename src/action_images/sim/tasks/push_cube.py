@@ -15,9 +15,8 @@ The expert pushes in one of five styles (``PushCube.style``; ``collect --push-st
   the cube from turning away. Nothing squeezes the cube: at the mark the hand rises and leaves it there. The place
   where the hand comes down is the cube, a point the policy sees, not a point on the bare table behind it.
 - ``"cage_wait"``: the cage, holding still for ``CAGE_WAIT`` steps once it is down around the cube before it slides
-  it. A policy's plan is blurred along the path the demos take next (``bench/push_hand_geometry.py``: cage-trained
-  plans come down about 4 cm past the cube's centre, toward the goal); with the hand still for a while after landing,
-  the keyframes around the landing all sit at the landing.
+  it, so that the demos' keyframes around the landing sit at the landing: plans trained on the cage run about 4 cm
+  ahead of its demos along the push (``bench/push_first_plan.py``); trained on cage_wait, 2.5 cm.
 """
 
 from __future__ import annotations
@@ -40,7 +39,7 @@ PALM_STANDOFF = PALM_FRONT + 0.035   # TCP distance behind the cube centre befor
 PALM_Z = 0.03           # TCP height while pushing with the palm: its 5 cm face spans 0.5-5.5 cm above the table
 PALM_ABOVE_Z = 0.12     # TCP height of the approach above the push line (the horizontal hand clears the cube)
 PALM_OFF_LINE = 0.05    # lateral offset (m) at which the palm's push re-approaches; the face is 13 cm wide
-CAGE_LEAD = 0.015       # cage style: the TCP this far ahead of the cube's centre while pushing (back finger on its face)
+CAGE_LEAD = 0.015       # cage style: the TCP this far ahead of the cube's centre while pushing (back finger on it)
 CAGE_DONE = 0.01        # cage style: the cube this close to the goal's centre ends the push; the hand rises
 CAGE_OFF = 0.03         # cage style: the TCP this far from the cube's centre across or along the push: re-approach
 CAGE_WAIT = 4           # cage_wait style: control steps the hand holds still around the cube before it pushes
