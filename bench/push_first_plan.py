@@ -207,6 +207,8 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     t0 = time.perf_counter()
     from action_images.sim.tasks.push_cube import STYLES
+    if a.episodes < 2:
+        p.error(f"--episodes: at least 2 (the shuffled control pairs episodes); got {a.episodes}")
     if a.push_style not in STYLES:
         p.error(f"--push-style: choose from {','.join(STYLES)}")
     rows = first_plans(a.checkpoint, a.episodes, a.seed, a.sampler_steps, a.cfg_scale, a.push_style)

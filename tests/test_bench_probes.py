@@ -366,3 +366,11 @@ def test_push_first_plan_finds_how_many_steps_the_plans_run_ahead():
     shift = firstplan.best_shift(rows)
     assert shift["k1"]["best_shift"] == 3 and shift["k2"]["best_shift"] == 3
     assert shift["k2"]["median_cm_by_shift"][0] == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize("argv, flag", [(["--episodes", "1"], "--episodes"),
+                                        (["--push-style", "sideways"], "--push-style")])
+def test_push_first_plan_refuses_bad_flags_before_loading_anything(argv, flag, capsys):
+    with pytest.raises(SystemExit):
+        firstplan.main(["--checkpoint", "no/such/checkpoint", "--json", "unused.json", *argv])
+    assert flag in capsys.readouterr().err
