@@ -42,9 +42,11 @@ NEAR = 0.03          # expert targets this close to the cube's centre have no di
 def line_frame(xy: np.ndarray, cube: np.ndarray, goal: np.ndarray) -> tuple[float, float]:
     """(behind, lateral) of ``xy`` relative to the cube centre: behind along goal -> cube, lateral to the left of
     cube -> goal."""
-    d = (goal - cube) / max(float(np.linalg.norm(goal - cube)), 1e-9)
-    r = np.asarray(xy, dtype=float) - cube
-    return float(-(r @ d)), float(r[1] * d[0] - r[0] * d[1])
+    from action_images.sim.tasks.push_cube import push_line_frame
+
+    along, across = push_line_frame(np.asarray(xy, dtype=float) - cube,
+                                    (goal - cube) / max(float(np.linalg.norm(goal - cube)), 1e-9))
+    return -float(along), float(across)
 
 
 def angle_deg(a: np.ndarray, b: np.ndarray) -> float:
@@ -143,7 +145,7 @@ def summarise(rows: list[dict], rng_seed: int = 0) -> dict:
     perm = np.empty(len(rows), dtype=int)
     perm[order] = np.roll(order, -1)
     for j in range(H):
-        pe, ee, ang, ang_ctrl, dist_p, dist_e = [], [], [], [], [], []
+        pe, ee, ang, ang_ctrl, dist_p, dist_e, miss = [], [], [], [], [], [], []
         for i, r in enumerate(rows):
             kf = r["keyframes"][j]
             if kf["plan"] is None:
@@ -154,6 +156,7 @@ def summarise(rows: list[dict], rng_seed: int = 0) -> dict:
             p_rel = np.array(kf["plan_xy"]) - r["cube_xy"]
             dist_p.append(float(np.linalg.norm(p_rel)))
             dist_e.append(float(np.linalg.norm(e_rel)))
+            miss.append(float(np.linalg.norm(p_rel - e_rel)))
             if np.linalg.norm(e_rel) >= NEAR and np.linalg.norm(p_rel) > 1e-4:
                 ang.append(angle_deg(e_rel, p_rel))
                 o = rows[perm[i]]           # another episode's expert offset, in this episode's frame of the table
@@ -173,6 +176,7 @@ def summarise(rows: list[dict], rng_seed: int = 0) -> dict:
         a, c = np.abs(ang), np.abs(ang_ctrl)
         out[f"k{j + 1}"] = {
             "plans": len(pe),
+            "xy_miss_cm_median": round(100 * float(np.median(miss)), 2),
             "expert_behind_cm_median": round(100 * float(np.median(ee[:, 0])), 2),
             "plan_behind_cm_median": round(100 * float(np.median(pe[:, 0])), 2),
             "expert_abs_lateral_cm_median": round(100 * float(np.median(np.abs(ee[:, 1]))), 2),

@@ -40,10 +40,10 @@ def cm(metres: float) -> float:
 def push_frame(tcp_xy: np.ndarray, cube_xy: np.ndarray, goal_xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(along, across) of TCP positions ``[T, 2]`` relative to cube positions ``[T, 2]``, in the frame of the line
     from the first cube position to the goal: along > 0 toward the goal, across > 0 to its left."""
+    from action_images.sim.tasks.push_cube import push_line_frame
+
     d = goal_xy - cube_xy[0]
-    d = d / max(float(np.linalg.norm(d)), 1e-9)
-    rel = tcp_xy - cube_xy
-    return rel @ d, rel[:, 1] * d[0] - rel[:, 0] * d[1]
+    return push_line_frame(tcp_xy - cube_xy, d / max(float(np.linalg.norm(d)), 1e-9))
 
 
 MEDIANS = ("low_along_cm", "low_across_cm", "first_low_along_cm", "first_low_across_cm", "first_low_goal_cm",

@@ -338,6 +338,7 @@ def test_push_first_plan_tells_a_plan_on_the_expert_side_from_one_that_ignores_t
     # a plan on the expert's side at 60 % of the distance: slope 0.6, angles 0, the shuffled control far worse
     knows = firstplan.summarise(_first_plan_rows(lambda e, g: 0.6 * e))["k2"]
     assert knows["slope_behind"] == pytest.approx(0.6) and knows["abs_angle_deg_median"] == pytest.approx(0.0)
+    assert knows["xy_miss_cm_median"] == pytest.approx(2.2)                 # 40 % of the 5.5 cm
     assert knows["within_45deg"] == 40 and knows["control_within_45deg"] < 25
     assert knows["ahead_cm_median"] == pytest.approx(2.2)     # 40 % of 5.5 cm past the expert's target, toward the goal
     # a plan 4 cm from the cube in a fixed world direction, whatever the goal: no side, angles like the control's

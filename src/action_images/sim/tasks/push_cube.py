@@ -45,6 +45,14 @@ CAGE_OFF = 0.03         # cage style: the TCP this far from the cube's centre ac
 CAGE_WAIT = 4           # cage_wait style: control steps the hand holds still around the cube before it pushes
 
 
+def push_line_frame(rel_xy: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(along, across) of offsets ``rel_xy`` [..., 2] from the cube in the frame of the unit push direction ``d``
+    (cube -> goal): along > 0 toward the goal, across > 0 to the left of it. The expert's re-approach test and the
+    push probes (bench/push_hand_geometry.py, bench/push_first_plan.py) share it."""
+    rel = np.asarray(rel_xy, dtype=float)
+    return rel @ d, rel[..., 1] * d[0] - rel[..., 0] * d[1]
+
+
 def palm_quat(d: np.ndarray) -> np.ndarray:
     """Scalar-last quaternion of the palm push: tool +z (approach) = -d in the table plane, tool +x = world up."""
     z = np.array([-d[0], -d[1], 0.0]) / max(float(np.hypot(d[0], d[1])), 1e-9)
@@ -146,14 +154,13 @@ class PushCube(Task):
 
     def _off_line(self, env) -> bool:
         """Hand no longer behind the cube on the push line (cube slipped sideways): re-approach."""
-        d = self._dir()
-        rel = env.arm.tcp_pos()[:2] - self.body_pos("cube")[:2]
-        lateral = abs(rel[0] * d[1] - rel[1] * d[0])
+        along, across = push_line_frame(env.arm.tcp_pos()[:2] - self.body_pos("cube")[:2], self._dir())
+        along, lateral = float(along), abs(float(across))
         if self.style == "palm":   # or the palm's face 3 cm past the cube's centre: the cube is beside it
-            return lateral > PALM_OFF_LINE or float(rel @ d) > -(PALM_FRONT - 0.03)
+            return lateral > PALM_OFF_LINE or along > -(PALM_FRONT - 0.03)
         if self.style in ("cage", "cage_wait"):   # the cube is no longer between the fingers
-            return lateral > CAGE_OFF or abs(float(rel @ d)) > CAGE_OFF
-        return lateral > 0.02 or float(rel @ d) > -0.02
+            return lateral > CAGE_OFF or abs(along) > CAGE_OFF
+        return lateral > 0.02 or along > -0.02
 
     def phases(self):
         if self.style not in STYLES:
