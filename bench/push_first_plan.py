@@ -20,6 +20,15 @@ how far past the expert's target toward the goal the plan lies, overall and for 
 and farther than the median push distance (a plan drawn toward the mark lies farther ahead when the mark is
 farther away; a plan that leads the demos along their path does not). ``time_shift``: for each keyframe, the shift
 of the expert's path in control steps that the plans match best (positive: the plans run ahead of the demos).
+``fit``: the plans' offsets from the cube regressed on two unit vectors, away from the goal (where the expert comes
+down) and toward the hand's start, in centimetres for plan and expert alike.
+
+``--counterfactual`` asks the policy directly whether it looks at the mark: from each first observation it plans
+again with the mark moved to the cube's other side (reflected through the cube's centre), with the mark hidden
+under the table, and with the scene as is but another draw of the sampler noise (the floor against which the other
+two are read); the first two use the same noise as the plan they are compared with. A plan that follows the mark
+moves as the expert's targets do under the reflection (through the cube: ``reflect_gain`` 1); one that ignores it
+moves by no more than the noise floor (gain 0).
 """
 
 from __future__ import annotations
@@ -54,8 +63,14 @@ def angle_deg(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.degrees(np.arctan2(a[0] * b[1] - a[1] * b[0], a @ b)))
 
 
+def _xy(ch, j: int) -> list[float] | None:
+    return ch.keyframes[j][:2].round(4).tolist() if ch.valid[j] else None
+
+
 def first_plans(checkpoint: str, episodes: int, seed: int, sampler_steps: int, cfg_scale: float | None,
-                style: str = "jaw") -> list[dict]:
+                style: str = "jaw", counterfactual: bool = False) -> list[dict]:
+    import mujoco
+
     from action_images.baselines import load_model
     from action_images.data.collect import run_episode
     from action_images.eval_settings import EvalSettings, resolve_settings
@@ -85,6 +100,19 @@ def first_plans(checkpoint: str, episodes: int, seed: int, sampler_steps: int, c
             cube, goal = env.task.body_pos("cube")[:2].copy(), env.task.goal_xy().copy()
             pol.reset(s)
             ch = pol.plan(obs, env.cameras)
+            if counterfactual:
+                gid = env.model.body("goal").id
+                pos0 = env.model.body_pos[gid].copy()
+                variants = {}
+                for name, pos in (("reflect", np.r_[2 * cube - goal, pos0[2]]), ("hide", np.r_[goal, -0.5])):
+                    env.model.body_pos[gid] = pos
+                    mujoco.mj_forward(env.model, env.data)
+                    pol.reset(s)                        # the same sampler noise as the plan compared with
+                    variants[name] = pol.plan(env._obs(), env.cameras)
+                env.model.body_pos[gid] = pos0
+                mujoco.mj_forward(env.model, env.data)
+                pol.reset(s + 1_000_003)                # another noise draw: the floor
+                variants["noise"] = pol.plan(obs, env.cameras)
             kfs = []
             for j in range(pol.horizon):
                 e = acts[min((j + 1) * pol.stride - 1, len(acts) - 1)]
@@ -95,6 +123,8 @@ def first_plans(checkpoint: str, episodes: int, seed: int, sampler_steps: int, c
                             "plan_z": None if p is None else round(float(p[2]), 4),
                             "expert_xy": e[:2].round(4).tolist(),
                             "plan_xy": None if p is None else p[:2].round(4).tolist()})
+                if counterfactual:
+                    kfs[-1].update({f"{n}_xy": _xy(c, j) for n, c in variants.items()})
             rows.append({"episode": k, "seed": s, "cube_xy": cube.round(4).tolist(), "goal_xy": goal.round(4).tolist(),
                          "hand_xy": obs["ee_pose"][:2].round(4).tolist(), "keyframes": kfs, "stride": pol.stride,
                          "expert_path": acts[:, :3].round(4).tolist()})
@@ -174,6 +204,7 @@ def summarise(rows: list[dict], rng_seed: int = 0) -> dict:
         near = push < np.median(push)
         slope = lambda y, x: float((x @ y) / max(x @ x, 1e-12))      # noqa: E731  least squares through 0
         a, c = np.abs(ang), np.abs(ang_ctrl)
+        fit = direction_fit([r for r in rows if r["keyframes"][j]["plan"] is not None], j)
         out[f"k{j + 1}"] = {
             "plans": len(pe),
             "xy_miss_cm_median": round(100 * float(np.median(miss)), 2),
@@ -194,7 +225,67 @@ def summarise(rows: list[dict], rng_seed: int = 0) -> dict:
             "ahead_cm_median_nearer_half": round(100 * float(np.median(ahead[near])), 2),
             "ahead_cm_median_farther_half": round(100 * float(np.median(ahead[~near])), 2),
             "ahead_vs_push_distance_spearman": _spearman(push, ahead),
+            **fit,
         }
+        cf = goal_response(rows, j)
+        if cf:
+            out[f"k{j + 1}"]["goal_response"] = cf
+    return out
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / max(float(np.linalg.norm(v)), 1e-9)
+
+
+def direction_fit(rows: list[dict], j: int) -> dict:
+    """Least squares of keyframe j's offset from the cube (plan and expert) on two unit vectors per scene: ``away``
+    from the goal (goal -> cube, where the expert comes down) and ``hand`` (cube -> the hand's start); coefficients
+    in cm, and the share of the plans' offsets the two explain (R^2 about 0)."""
+    if len(rows) < 3:
+        return {}
+    X, P, E = [], [], []
+    for r in rows:
+        cube, kf = np.asarray(r["cube_xy"]), r["keyframes"][j]
+        X.append(np.stack([_unit(cube - np.asarray(r["goal_xy"])), _unit(np.asarray(r["hand_xy"]) - cube)], 1))
+        P.append(np.asarray(kf["plan_xy"]) - cube)
+        E.append(np.asarray(kf["expert_xy"]) - cube)
+    X, P, E = np.concatenate(X), np.concatenate(P), np.concatenate(E)
+    cp = np.linalg.lstsq(X, P, rcond=None)[0]
+    ce = np.linalg.lstsq(X, E, rcond=None)[0]
+    r2 = 1 - float(((P - X @ cp) ** 2).sum()) / max(float((P ** 2).sum()), 1e-12)
+    return {"fit_plan_away_cm": round(100 * float(cp[0]), 2), "fit_plan_hand_cm": round(100 * float(cp[1]), 2),
+            "fit_plan_r2": round(r2, 3),
+            "fit_expert_away_cm": round(100 * float(ce[0]), 2), "fit_expert_hand_cm": round(100 * float(ce[1]), 2)}
+
+
+def goal_response(rows: list[dict], j: int) -> dict:
+    """How keyframe j's plan moves when the mark moves (``--counterfactual``): ``reflect_gain``, the least-squares
+    slope of the plans' shifts on the expert's (its target reflected through the cube's centre, as the expert's
+    landing is when the mark is); median shifts in cm, the expert's along the push for scale; ``hide`` and ``noise``
+    shifts (mark under the table; another sampler draw on the scene as is)."""
+    pd, ed, sh = [], [], {"reflect": [], "hide": [], "noise": []}
+    along_p, along_e = [], []
+    for r in rows:
+        kf = r["keyframes"][j]
+        if kf["plan_xy"] is None or any(kf.get(f"{n}_xy") is None for n in sh):
+            continue
+        cube, p = np.asarray(r["cube_xy"]), np.asarray(kf["plan_xy"])
+        d = _unit(np.asarray(r["goal_xy"]) - cube)
+        e_shift = -2 * (np.asarray(kf["expert_xy"]) - cube)       # the expert's target reflected through the cube
+        p_shift = np.asarray(kf["reflect_xy"]) - p
+        pd.append(p_shift)
+        ed.append(e_shift)
+        along_p.append(float(p_shift @ d))
+        along_e.append(float(e_shift @ d))
+        for n in sh:
+            sh[n].append(float(np.linalg.norm(np.asarray(kf[f"{n}_xy"]) - p)))
+    if not pd:
+        return {}
+    pd, ed = np.concatenate(pd), np.concatenate(ed)
+    out = {"scenes": len(along_p), "reflect_gain": round(float(pd @ ed / max(ed @ ed, 1e-12)), 3),
+           "reflect_along_cm_median": round(100 * float(np.median(along_p)), 2),
+           "expert_reflect_along_cm_median": round(100 * float(np.median(along_e)), 2)}
+    out.update({f"{n}_shift_cm_median": round(100 * float(np.median(v)), 2) for n, v in sh.items()})
     return out
 
 
@@ -207,6 +298,8 @@ def main(argv=None) -> int:
     p.add_argument("--cfg-scale", type=float, default=None, help="guidance (default: the policy's)")
     p.add_argument("--push-style", default="jaw",
                    help="the expert style to compare with (that of the checkpoint's push demos; default jaw)")
+    p.add_argument("--counterfactual", action="store_true",
+                   help="also plan with the mark reflected through the cube, hidden, and with other noise")
     p.add_argument("--json", required=True)
     a = p.parse_args(argv)
     t0 = time.perf_counter()
@@ -215,10 +308,11 @@ def main(argv=None) -> int:
         p.error(f"--episodes: at least 2 (the shuffled control pairs episodes); got {a.episodes}")
     if a.push_style not in STYLES:
         p.error(f"--push-style: choose from {','.join(STYLES)}")
-    rows = first_plans(a.checkpoint, a.episodes, a.seed, a.sampler_steps, a.cfg_scale, a.push_style)
+    rows = first_plans(a.checkpoint, a.episodes, a.seed, a.sampler_steps, a.cfg_scale, a.push_style,
+                       a.counterfactual)
     res = {"command": probe_command(__file__, argv), "checkpoint": a.checkpoint, "seed": a.seed,
            "episodes": a.episodes, "sampler_steps": a.sampler_steps, "cfg_scale": a.cfg_scale,
-           "push_style": a.push_style,
+           "push_style": a.push_style, "counterfactual": a.counterfactual,
            "summary": summarise(rows), "time_shift": best_shift(rows), "episodes_detail": rows,
            "wall_s": round(time.perf_counter() - t0, 1)}
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
