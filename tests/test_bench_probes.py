@@ -312,22 +312,25 @@ def test_keyframe_oracle_looks_ahead_without_moving_the_scene_and_succeeds_with_
     assert not far["success"] and far["length"] == env.max_steps
 
 
-def _first_plan_rows(plan_of, n=40, seed=0):
-    """Made-up first plans: cube at the origin, goal 10-18 cm away in a random direction, the expert's two keyframes
-    5.5 cm behind the cube; ``plan_of(expert_xy, goal_xy)`` gives the plan's keyframe."""
+def _first_plan_rows(plan_of, n=40, seed=0, hand_of=None, variants=None):
+    """Made-up first plans: cube at the origin, goal 10-18 cm away in a random direction, the hand's start 20 cm away
+    in another, the expert's two keyframes 5.5 cm behind the cube; ``plan_of(expert_xy, goal_xy)`` gives the plan's
+    keyframe (``hand_of(hand_xy)`` instead, if given); ``variants`` maps a counterfactual's name to its plan from
+    the plan and the goal."""
     rng, rows = np.random.default_rng(seed), []
     for _ in range(n):
-        a = rng.uniform(-np.pi, np.pi)
+        a, b = rng.uniform(-np.pi, np.pi, 2)
         d = np.array([np.cos(a), np.sin(a)])
-        cube, goal = np.zeros(2), rng.uniform(0.10, 0.18) * d
+        cube, goal, hand = np.zeros(2), rng.uniform(0.10, 0.18) * d, 0.2 * np.array([np.cos(b), np.sin(b)])
         kfs = []
         for k in (1, 2):
             e = cube - 0.055 * d
-            p = plan_of(e, goal)
+            p = plan_of(e, goal) if hand_of is None else hand_of(hand)
             kfs.append({"k": k, "expert": list(firstplan.line_frame(e, cube, goal)),
                         "plan": list(firstplan.line_frame(p, cube, goal)), "expert_xy": e.tolist(),
                         "plan_xy": p.tolist()})
-        rows.append({"cube_xy": cube.tolist(), "goal_xy": goal.tolist(), "keyframes": kfs})
+            kfs[-1].update({f"{n}_xy": f(p, goal).tolist() for n, f in (variants or {}).items()})
+        rows.append({"cube_xy": cube.tolist(), "goal_xy": goal.tolist(), "hand_xy": hand.tolist(), "keyframes": kfs})
     return rows
 
 
@@ -352,6 +355,32 @@ def test_push_first_plan_tells_a_plan_on_the_expert_side_from_one_that_ignores_t
     drawn = firstplan.summarise(_first_plan_rows(lambda e, g: e + g / 3))["k2"]
     assert drawn["ahead_vs_push_distance_spearman"] > 0.9
     assert drawn["ahead_cm_median_farther_half"] > drawn["ahead_cm_median_nearer_half"] + 1.0
+
+
+def test_push_first_plan_fits_the_plans_on_the_goal_and_the_hand():
+    """The fit gives the plans' offset away from the goal and toward the hand, in cm: the expert's own targets are 5.5
+    cm away from the goal; a plan 3 cm toward the hand's start, whatever the goal, has no goal term."""
+    follows = firstplan.summarise(_first_plan_rows(lambda e, g: e))["k2"]
+    assert follows["fit_plan_away_cm"] == pytest.approx(5.5) and follows["fit_expert_away_cm"] == pytest.approx(5.5)
+    assert follows["fit_plan_hand_cm"] == pytest.approx(0.0, abs=1e-6) and follows["fit_plan_r2"] == pytest.approx(1.0)
+    handy = firstplan.summarise(_first_plan_rows(None, hand_of=lambda h: 0.03 * h / np.linalg.norm(h)))["k2"]
+    assert handy["fit_plan_hand_cm"] == pytest.approx(3.0) and handy["fit_plan_away_cm"] == pytest.approx(0.0, abs=1e-6)
+    assert "goal_response" not in handy                                  # no counterfactual plans, no response
+
+
+def test_push_first_plan_counterfactual_tells_a_plan_that_follows_the_mark_from_one_that_ignores_it():
+    """Reflecting the mark through the cube moves a goal-following plan (the expert's own target) 11 cm along the
+    push: gain 1; a plan that stays where it was: gain 0, shift 0; hide and noise shifts are reported as given."""
+    same = {"hide": lambda p, g: p + np.array([0.01, 0.0]), "noise": lambda p, g: p + np.array([0.0, 0.02])}
+    follows = firstplan.summarise(_first_plan_rows(lambda e, g: e, variants={"reflect": lambda p, g: -p, **same}))
+    cf = follows["k2"]["goal_response"]
+    assert cf["scenes"] == 40 and cf["reflect_gain"] == pytest.approx(1.0)
+    assert cf["reflect_along_cm_median"] == pytest.approx(11.0)
+    assert cf["expert_reflect_along_cm_median"] == pytest.approx(11.0)
+    assert cf["hide_shift_cm_median"] == pytest.approx(1.0) and cf["noise_shift_cm_median"] == pytest.approx(2.0)
+    blind = firstplan.summarise(_first_plan_rows(lambda e, g: np.array([0.04, 0.0]),
+                                                 variants={"reflect": lambda p, g: p, **same}))["k2"]["goal_response"]
+    assert blind["reflect_gain"] == pytest.approx(0.0) and blind["reflect_shift_cm_median"] == pytest.approx(0.0)
 
 
 def test_push_first_plan_finds_how_many_steps_the_plans_run_ahead():
