@@ -238,6 +238,34 @@ def test_cage_wait_holds_still_around_the_cube_before_it_pushes():
     assert cage_ok and "wait" not in cage_names and len(cage_names) < len(names)
 
 
+def test_cage_slow_pushes_with_its_targets_nearer_the_cube():
+    """The cage_slow style is the cage whose pushing targets lie CAGE_LEAD + CAGE_SLOW_ADVANCE (2.5 cm) ahead of the
+    cube's centre, where the cage's lie 4.5 cm ahead: it still pushes the cube home, and forgives a landing 2 cm
+    ahead."""
+    from action_images.sim.tasks.push_cube import CAGE_ADVANCE, CAGE_LEAD, CAGE_SLOW_ADVANCE
+
+    def push_leads(style):
+        env = make_env("push_cube", render=False)
+        env.task.style = style
+        env.reset(seed=5)
+        leads = []
+        for _ in range(env.max_steps):
+            a = env.expert_action()
+            if env.task.expert_phase == "push":
+                leads.append(float(np.linalg.norm(a[:2] - env.task.body_pos("cube")[:2])))
+            if env.step(a)[2]:
+                break
+        return np.array(leads), env.task.success(env)
+
+    slow, ok = push_leads("cage_slow")
+    fast, fast_ok = push_leads("cage")
+    assert ok and fast_ok and len(slow) > len(fast)                 # more, shorter steps
+    assert slow.max() == pytest.approx(CAGE_LEAD + CAGE_SLOW_ADVANCE, abs=0.002)   # the farthest target ahead
+    assert fast.max() == pytest.approx(CAGE_LEAD + CAGE_ADVANCE, abs=0.002)
+    for seed in range(2):
+        assert _push_with_offset("cage_slow", seed, 0.0, along=0.02), seed
+
+
 def test_push_cube_counts_a_cube_on_the_mark_not_one_carried_above_it():
     """push_cube succeeds with the cube on the table at the mark; the same cube held 3 cm above the mark is not on it
     (a policy that lifts the cube and carries it over the mark would otherwise end the episode in the air)."""

@@ -17,6 +17,11 @@ The expert pushes in one of five styles (``PushCube.style``; ``collect --push-st
 - ``"cage_wait"``: the cage, holding still for ``CAGE_WAIT`` steps once it is down around the cube before it slides
   it, so that the demos' keyframes around the landing sit at the landing: plans trained on the cage run about 4 cm
   ahead of its demos along the push (``bench/push_first_plan.py``); trained on cage_wait, 2.5 cm.
+- ``"cage_slow"``: the cage, but while it pushes each target lies only ``CAGE_SLOW_ADVANCE`` past where the back
+  finger meets the cube (the cage's lies 3 cm past it), so the cube moves about a centimetre per step. The push's
+  targets are then 2.5 cm ahead of the cube's centre, not 4.5: trained policies' first plans land near where their
+  demos' push targets lie rather than where the demos come down (``bench/push_first_plan.py``), and the cage
+  forgives a landing 2 cm ahead. It forgives less across the push than the cage (``bench/push_styles.py``).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ REST_TOL = 0.02         # ... and within this height of resting on the table (a 
 PUSH_G = 0.35           # half-open jaw: two finger tips touch the cube face, so it does not spin
 PUSH_Z = 0.03           # TCP height while pushing (finger pads span 2-9 cm above the table)
 STANDOFF = 0.045        # TCP distance behind the cube centre before contact
-STYLES = ("jaw", "jaw_back", "palm", "cage", "cage_wait")
+STYLES = ("jaw", "jaw_back", "palm", "cage", "cage_wait", "cage_slow")
 JAW_BACK_STANDOFF = 0.09   # jaw_back style: STANDOFF's counterpart where the hand comes down (plus the same 1 cm)
 PALM_FRONT = 0.09       # palm style: the palm's front face ahead of the TCP (palm centre 7.5 cm + half its 3 cm)
 PALM_STANDOFF = PALM_FRONT + 0.035   # TCP distance behind the cube centre before contact (a turned cube's corner)
@@ -43,6 +48,8 @@ CAGE_LEAD = 0.015       # cage style: the TCP this far ahead of the cube's centr
 CAGE_DONE = 0.01        # cage style: the cube this close to the goal's centre ends the push; the hand rises
 CAGE_OFF = 0.03         # cage style: the TCP this far from the cube's centre across or along the push: re-approach
 CAGE_WAIT = 4           # cage_wait style: control steps the hand holds still around the cube before it pushes
+CAGE_ADVANCE = 0.03     # cage style: push targets this far past CAGE_LEAD ahead of the cube's centre
+CAGE_SLOW_ADVANCE = 0.01   # cage_slow style: the same, so the push targets lie 2.5 cm ahead of the centre
 
 
 def push_line_frame(rel_xy: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -133,8 +140,10 @@ class PushCube(Task):
         def dist(env) -> float:
             return float(np.linalg.norm(self.goal_xy() - self.body_pos("cube")[:2]))
 
+        advance = CAGE_SLOW_ADVANCE if self.style == "cage_slow" else CAGE_ADVANCE
+
         def push(env):
-            return self._cage(PUSH_Z, min(CAGE_LEAD + 0.03, dist(env) + CAGE_LEAD))
+            return self._cage(PUSH_Z, min(CAGE_LEAD + advance, dist(env) + CAGE_LEAD))
 
         def up(env):  # rise where the hand is, jaw open: a cube between the fingers stays on the table
             p = env.arm.tcp_pos()
@@ -158,14 +167,14 @@ class PushCube(Task):
         along, lateral = float(along), abs(float(across))
         if self.style == "palm":   # or the palm's face 3 cm past the cube's centre: the cube is beside it
             return lateral > PALM_OFF_LINE or along > -(PALM_FRONT - 0.03)
-        if self.style in ("cage", "cage_wait"):   # the cube is no longer between the fingers
+        if self.style.startswith("cage"):   # the cube is no longer between the fingers
             return lateral > CAGE_OFF or abs(along) > CAGE_OFF
         return lateral > 0.02 or along > -0.02
 
     def phases(self):
         if self.style not in STYLES:
             raise ValueError(f"push_cube style must be one of {STYLES}; got {self.style!r}")
-        if self.style in ("cage", "cage_wait"):
+        if self.style.startswith("cage"):
             return self._cage_phases()
         palm = self.style == "palm"
         z_above, z_push = (PALM_ABOVE_Z, PALM_Z) if palm else (0.1, PUSH_Z)
