@@ -18,10 +18,10 @@ The expert pushes in one of five styles (``PushCube.style``; ``collect --push-st
   it, so that the demos' keyframes around the landing sit at the landing: plans trained on the cage run about 4 cm
   ahead of its demos along the push (``bench/push_first_plan.py``); trained on cage_wait, 2.5 cm.
 - ``"cage_slow"``: the cage, but while it pushes each target lies only ``CAGE_SLOW_ADVANCE`` past where the back
-  finger meets the cube (the cage's lies 3 cm past it), so the cube moves about a centimetre per step. The push's
-  targets are then 2.5 cm ahead of the cube's centre, not 4.5: trained policies' first plans land near where their
-  demos' push targets lie rather than where the demos come down (``bench/push_first_plan.py``), and the cage
-  forgives a landing 2 cm ahead. It forgives less across the push than the cage (``bench/push_styles.py``).
+  finger meets the cube (the cage's lies 3 cm past it), so the cube moves about a centimetre per step and the push's
+  targets lie 2.5 cm ahead of the cube's centre, not 4.5. It asks whether the plans' lead along the push follows the
+  pushing targets (it does not: docs/results.md, push-targets). It forgives less across the push than the cage
+  (``bench/push_styles.py``).
 """
 
 from __future__ import annotations
