@@ -29,6 +29,10 @@ under the table, and with the scene as is but another draw of the sampler noise 
 two are read); the first two use the same noise as the plan they are compared with. A plan that follows the mark
 moves as the expert's targets do under the reflection (through the cube: ``reflect_gain`` 1); one that ignores it
 moves by no more than the noise floor (gain 0).
+
+``--start-step N`` plans from the expert's own state after N of its steps instead of the first observation (the
+expert's actions replayed from the reset), and compares with the expert's targets from there on, in the frame of
+the cube where it is then: whether the plans lead the demos along the push in the middle of it too.
 """
 
 from __future__ import annotations
@@ -68,7 +72,7 @@ def _xy(ch, j: int) -> list[float] | None:
 
 
 def first_plans(checkpoint: str, episodes: int, seed: int, sampler_steps: int, cfg_scale: float | None,
-                style: str = "jaw", counterfactual: bool = False) -> list[dict]:
+                style: str = "jaw", counterfactual: bool = False, start_step: int = 0) -> list[dict]:
     import mujoco
 
     from action_images.baselines import load_model
@@ -97,6 +101,14 @@ def first_plans(checkpoint: str, episodes: int, seed: int, sampler_steps: int, c
             acts = run_episode(env, s, [], hold_steps=0).actions
             env.observe_images = True
             obs, _ = env.reset(seed=s)
+            start = min(start_step, len(acts) - 1)
+            if start:                               # the expert's own state after ``start`` of its steps
+                env.observe_images = False
+                for a in acts[:start - 1]:
+                    env.step(a)
+                env.observe_images = True
+                obs = env.step(acts[start - 1])[0]
+            acts = acts[start:]                     # the expert's targets from here on
             cube, goal = env.task.body_pos("cube")[:2].copy(), env.task.goal_xy().copy()
             pol.reset(s)
             ch = pol.plan(obs, env.cameras)
@@ -125,7 +137,7 @@ def first_plans(checkpoint: str, episodes: int, seed: int, sampler_steps: int, c
                             "plan_xy": None if p is None else p[:2].round(4).tolist()})
                 if counterfactual:
                     kfs[-1].update({f"{n}_xy": _xy(c, j) for n, c in variants.items()})
-            rows.append({"episode": k, "seed": s, "cube_xy": cube.round(4).tolist(), "goal_xy": goal.round(4).tolist(),
+            rows.append({"episode": k, "seed": s, "start_step": start, "cube_xy": cube.round(4).tolist(), "goal_xy": goal.round(4).tolist(),
                          "hand_xy": obs["ee_pose"][:2].round(4).tolist(), "keyframes": kfs, "stride": pol.stride,
                          "expert_path": acts[:, :3].round(4).tolist()})
             print(f"  ep {k}: last kf plan {kfs[-1]['plan']} expert {kfs[-1]['expert']}", file=sys.stderr)
@@ -300,6 +312,8 @@ def main(argv=None) -> int:
                    help="the expert style to compare with (that of the checkpoint's push demos; default jaw)")
     p.add_argument("--counterfactual", action="store_true",
                    help="also plan with the mark reflected through the cube, hidden, and with other noise")
+    p.add_argument("--start-step", type=int, default=0,
+                   help="plan from the expert's state after this many of its steps (default 0: the first observation)")
     p.add_argument("--json", required=True)
     a = p.parse_args(argv)
     t0 = time.perf_counter()
@@ -308,11 +322,14 @@ def main(argv=None) -> int:
         p.error(f"--episodes: at least 2 (the shuffled control pairs episodes); got {a.episodes}")
     if a.push_style not in STYLES:
         p.error(f"--push-style: choose from {','.join(STYLES)}")
+    if a.start_step < 0:
+        p.error(f"--start-step: at least 0; got {a.start_step}")
     rows = first_plans(a.checkpoint, a.episodes, a.seed, a.sampler_steps, a.cfg_scale, a.push_style,
-                       a.counterfactual)
+                       a.counterfactual, a.start_step)
     res = {"command": probe_command(__file__, argv), "checkpoint": a.checkpoint, "seed": a.seed,
            "episodes": a.episodes, "sampler_steps": a.sampler_steps, "cfg_scale": a.cfg_scale,
            "push_style": a.push_style, "counterfactual": a.counterfactual,
+           "start_step": a.start_step,
            "summary": summarise(rows), "time_shift": best_shift(rows), "episodes_detail": rows,
            "wall_s": round(time.perf_counter() - t0, 1)}
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)

@@ -399,7 +399,8 @@ def test_push_first_plan_finds_how_many_steps_the_plans_run_ahead():
 
 
 @pytest.mark.parametrize("argv, flag", [(["--episodes", "1"], "--episodes"),
-                                        (["--push-style", "sideways"], "--push-style")])
+                                        (["--push-style", "sideways"], "--push-style"),
+                                        (["--start-step", "-1"], "--start-step")])
 def test_push_first_plan_refuses_bad_flags_before_loading_anything(argv, flag, capsys):
     with pytest.raises(SystemExit):
         firstplan.main(["--checkpoint", "no/such/checkpoint", "--json", "unused.json", *argv])
