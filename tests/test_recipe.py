@@ -397,11 +397,14 @@ def test_the_palm_stage_is_the_shipped_stage_with_push_demos_replaced():
                                                 ("push-cage-wait", "data/rig8_push_cage_wait",
                                                  "--push-style cage_wait"),
                                                 ("push-cage-slow", "data/rig8_push_cage_slow",
-                                                 "--push-style cage_slow")])
+                                                 "--push-style cage_slow"),
+                                                ("push-cage-noise", "data/rig8_push_cage_noise",
+                                                 "--action-noise 0.02")])
 def test_a_push_probe_stage_is_the_shipped_stage_with_push_demos_collected_again(name, folder, flag):
-    """recipes/rig8-ctx-recover-noise-{jaw-back,push-still,push-cage,push-cage-wait,push-cage-slow}.json: the
-    shipped second stage with data/rig8's push_cube demos left out and the same scenes (collect seed 2000,
-    data/rig8's) collected again with one collect flag."""
+    """recipes/rig8-ctx-recover-noise-{jaw-back,push-still,push-cage,push-cage-wait,push-cage-slow,push-cage-noise}
+    .json: the shipped second stage with data/rig8's push_cube demos left out and the same scenes (collect seed 2000,
+    data/rig8's) collected again with one collect flag (push-cage-noise: the cage with noise on the executed
+    targets)."""
     shipped = json.loads(STAGE2.read_text())
     back = json.loads((ROOT / "recipes" / f"rig8-ctx-recover-noise-{name}.json").read_text())
     assert back["data"].pop("data") == shipped["data"].pop("data") + [folder]
