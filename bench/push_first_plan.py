@@ -127,23 +127,31 @@ def first_plans(checkpoint: str, episodes: int, seed: int, sampler_steps: int, c
                 variants["noise"] = pol.plan(obs, env.cameras)
             kfs = []
             for j in range(pol.horizon):
-                e = acts[min((j + 1) * pol.stride - 1, len(acts) - 1)]
+                t = (j + 1) * pol.stride - 1
+                e = acts[min(t, len(acts) - 1)]
                 p = ch.keyframes[j] if ch.valid[j] else None
                 kfs.append({"k": j + 1, "expert": [round(v, 4) for v in line_frame(e[:2], cube, goal)],
                             "expert_z": round(float(e[2]), 4),
                             "plan": None if p is None else [round(v, 4) for v in line_frame(p[:2], cube, goal)],
                             "plan_z": None if p is None else round(float(p[2]), 4),
                             "expert_xy": e[:2].round(4).tolist(),
-                            "plan_xy": None if p is None else p[:2].round(4).tolist()})
+                            "plan_xy": None if p is None else p[:2].round(4).tolist(),
+                            # the expert's episode ended before this step: no target to compare with
+                            "expert_done": t >= len(acts)})
                 if counterfactual:
                     kfs[-1].update({f"{n}_xy": _xy(c, j) for n, c in variants.items()})
-            rows.append({"episode": k, "seed": s, "start_step": start, "cube_xy": cube.round(4).tolist(), "goal_xy": goal.round(4).tolist(),
-                         "hand_xy": obs["ee_pose"][:2].round(4).tolist(), "keyframes": kfs, "stride": pol.stride,
-                         "expert_path": acts[:, :3].round(4).tolist()})
+            rows.append({"episode": k, "seed": s, "start_step": start, "cube_xy": cube.round(4).tolist(),
+                         "goal_xy": goal.round(4).tolist(), "hand_xy": obs["ee_pose"][:2].round(4).tolist(),
+                         "keyframes": kfs, "stride": pol.stride, "expert_path": acts[:, :3].round(4).tolist()})
             print(f"  ep {k}: last kf plan {kfs[-1]['plan']} expert {kfs[-1]['expert']}", file=sys.stderr)
         env.close()
         runner.close()
     return rows
+
+
+def _used(kf: dict) -> bool:
+    """A keyframe the summaries compare: decoded, and the expert still running at its step."""
+    return kf["plan"] is not None and not kf.get("expert_done", False)
 
 
 def _spearman(x: np.ndarray, y: np.ndarray) -> float | None:
@@ -165,7 +173,7 @@ def best_shift(rows: list[dict], shifts=range(-2, 9)) -> dict:
             d = []
             for r in rows:
                 kf = r["keyframes"][j]
-                if kf["plan"] is None or "expert_path" not in r:
+                if not _used(kf) or "expert_path" not in r:
                     continue
                 path = np.asarray(r["expert_path"])
                 t = int(np.clip((j + 1) * r["stride"] - 1 + sh, 0, len(path) - 1))
@@ -190,7 +198,7 @@ def summarise(rows: list[dict], rng_seed: int = 0) -> dict:
         pe, ee, ang, ang_ctrl, dist_p, dist_e, miss = [], [], [], [], [], [], []
         for i, r in enumerate(rows):
             kf = r["keyframes"][j]
-            if kf["plan"] is None:
+            if not _used(kf):
                 continue
             pe.append(kf["plan"])
             ee.append(kf["expert"])
@@ -211,12 +219,12 @@ def summarise(rows: list[dict], rng_seed: int = 0) -> dict:
         # how far past the expert's target toward the goal the plan lies, against the cube-to-goal distance: a plan
         # drawn toward the mark would lie farther past it when the mark is farther away
         push = np.array([np.linalg.norm(np.subtract(r["goal_xy"], r["cube_xy"])) for r in rows
-                         if r["keyframes"][j]["plan"] is not None])
+                         if _used(r["keyframes"][j])])
         ahead = ee[:, 0] - pe[:, 0]
         near = push < np.median(push)
         slope = lambda y, x: float((x @ y) / max(x @ x, 1e-12))      # noqa: E731  least squares through 0
         a, c = np.abs(ang), np.abs(ang_ctrl)
-        fit = direction_fit([r for r in rows if r["keyframes"][j]["plan"] is not None], j)
+        fit = direction_fit([r for r in rows if _used(r["keyframes"][j])], j)
         out[f"k{j + 1}"] = {
             "plans": len(pe),
             "xy_miss_cm_median": round(100 * float(np.median(miss)), 2),
@@ -252,8 +260,9 @@ def _unit(v: np.ndarray) -> np.ndarray:
 def direction_fit(rows: list[dict], j: int) -> dict:
     """Least squares of keyframe j's offset from the cube (plan and expert) on two unit vectors per scene: ``away``
     from the goal (goal -> cube, where the expert comes down) and ``hand`` (cube -> the hand's start); coefficients
-    in cm, and the share of the plans' offsets the two explain (R^2 about 0)."""
-    if len(rows) < 3:
+    in cm, and the share of the plans' offsets the two explain (R^2 about 0). Only from the first observation: later
+    the hand is behind the cube already and the two directions coincide."""
+    if len(rows) < 3 or any(r.get("start_step", 0) for r in rows):
         return {}
     X, P, E = [], [], []
     for r in rows:
@@ -273,13 +282,18 @@ def direction_fit(rows: list[dict], j: int) -> dict:
 def goal_response(rows: list[dict], j: int) -> dict:
     """How keyframe j's plan moves when the mark moves (``--counterfactual``): ``reflect_gain``, the least-squares
     slope of the plans' shifts on the expert's (its target reflected through the cube's centre, as the expert's
-    landing is when the mark is); median shifts in cm, the expert's along the push for scale; ``hide`` and ``noise``
-    shifts (mark under the table; another sampler draw on the scene as is)."""
-    pd, ed, sh = [], [], {"reflect": [], "hide": [], "noise": []}
-    along_p, along_e = [], []
+    landing is when the mark is; None where the expert's target hardly moves, median shift under 2 cm);
+    ``reflect_self_gain``, the slope on the plan's own offset reflected through the cube (1: the plan turns with the
+    mark, whatever its distance from the cube); median shifts in cm, the expert's along the push for scale, and the
+    shift along the push over the scenes whose reflected mark lies where the task places marks (``in_range``);
+    ``hide`` and ``noise`` shifts (mark under the table; another sampler draw on the scene as is)."""
+    from action_images.sim.tasks.push_cube import GOAL_HIGH, GOAL_LOW
+
+    pd, ed, od, sh = [], [], [], {"reflect": [], "hide": [], "noise": []}
+    along_p, along_e, in_range = [], [], []
     for r in rows:
         kf = r["keyframes"][j]
-        if kf["plan_xy"] is None or any(kf.get(f"{n}_xy") is None for n in sh):
+        if not _used(kf) or any(kf.get(f"{n}_xy") is None for n in sh):
             continue
         cube, p = np.asarray(r["cube_xy"]), np.asarray(kf["plan_xy"])
         d = _unit(np.asarray(r["goal_xy"]) - cube)
@@ -287,16 +301,25 @@ def goal_response(rows: list[dict], j: int) -> dict:
         p_shift = np.asarray(kf["reflect_xy"]) - p
         pd.append(p_shift)
         ed.append(e_shift)
+        od.append(-2 * (p - cube))
+        mark = 2 * cube - np.asarray(r["goal_xy"])
+        in_range.append(bool(np.all(mark >= GOAL_LOW) and np.all(mark <= GOAL_HIGH)))
         along_p.append(float(p_shift @ d))
         along_e.append(float(e_shift @ d))
         for n in sh:
             sh[n].append(float(np.linalg.norm(np.asarray(kf[f"{n}_xy"]) - p)))
     if not pd:
         return {}
-    pd, ed = np.concatenate(pd), np.concatenate(ed)
-    out = {"scenes": len(along_p), "reflect_gain": round(float(pd @ ed / max(ed @ ed, 1e-12)), 3),
+    e_moves = float(np.median(np.linalg.norm(ed, axis=1))) >= 0.02
+    pd, ed, od = np.concatenate(pd), np.concatenate(ed), np.concatenate(od)
+    inside = np.array(along_p)[np.array(in_range)]
+    out = {"scenes": len(along_p),
+           "reflect_gain": round(float(pd @ ed / max(ed @ ed, 1e-12)), 3) if e_moves else None,
+           "reflect_self_gain": round(float(pd @ od / max(od @ od, 1e-12)), 3),
            "reflect_along_cm_median": round(100 * float(np.median(along_p)), 2),
-           "expert_reflect_along_cm_median": round(100 * float(np.median(along_e)), 2)}
+           "expert_reflect_along_cm_median": round(100 * float(np.median(along_e)), 2),
+           "in_range_scenes": int(len(inside)),
+           "reflect_along_cm_median_in_range": round(100 * float(np.median(inside)), 2) if len(inside) else None}
     out.update({f"{n}_shift_cm_median": round(100 * float(np.median(v)), 2) for n, v in sh.items()})
     return out
 

@@ -13,8 +13,8 @@ their values at the first low step (where the hand first comes down; *on the goa
 to the goal and to the cube, *nearer the goal* when the first is smaller). The experts
 aim the TCP 5.5 cm behind the cube (jaw style), 10 cm (jaw_back), 13.5 cm (palm, whose palm face leads the TCP by
 9 cm) or at its centre (cage, cage_wait, cage_slow: the open jaw comes down around it). Also per episode: how far
-the cube moved, how close it ended to the goal, the steps with the hand horizontal (tool +z within 0.2 of level: the palm
-style's pose), and how high the cube's centre rose above where it rests on the table, at most and at the last step
+the cube moved, how close it ended to the goal, the steps with the hand horizontal (tool +z within 0.2 of level: the
+palm style's pose), and how high the cube's centre rose above where it rests on the table, at most and at the last step
 (a push keeps it on the table; a grasp carries it).
 ``--cfg-scale 0`` runs the policy without its instruction; ``--expert`` runs the scripted expert on the same
 episode seeds instead (no model, no rendering), the reference for what a push does to the cube.

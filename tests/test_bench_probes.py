@@ -329,7 +329,7 @@ def _first_plan_rows(plan_of, n=40, seed=0, hand_of=None, variants=None):
             kfs.append({"k": k, "expert": list(firstplan.line_frame(e, cube, goal)),
                         "plan": list(firstplan.line_frame(p, cube, goal)), "expert_xy": e.tolist(),
                         "plan_xy": p.tolist()})
-            kfs[-1].update({f"{n}_xy": f(p, goal).tolist() for n, f in (variants or {}).items()})
+            kfs[-1].update({f"{name}_xy": f(p, goal).tolist() for name, f in (variants or {}).items()})
         rows.append({"cube_xy": cube.tolist(), "goal_xy": goal.tolist(), "hand_xy": hand.tolist(), "keyframes": kfs})
     return rows
 
@@ -378,9 +378,35 @@ def test_push_first_plan_counterfactual_tells_a_plan_that_follows_the_mark_from_
     assert cf["reflect_along_cm_median"] == pytest.approx(11.0)
     assert cf["expert_reflect_along_cm_median"] == pytest.approx(11.0)
     assert cf["hide_shift_cm_median"] == pytest.approx(1.0) and cf["noise_shift_cm_median"] == pytest.approx(2.0)
+    assert cf["reflect_self_gain"] == pytest.approx(1.0)
+    assert 0 < cf["in_range_scenes"] <= 40 and cf["reflect_along_cm_median_in_range"] == pytest.approx(11.0)
     blind = firstplan.summarise(_first_plan_rows(lambda e, g: np.array([0.04, 0.0]),
                                                  variants={"reflect": lambda p, g: p, **same}))["k2"]["goal_response"]
     assert blind["reflect_gain"] == pytest.approx(0.0) and blind["reflect_shift_cm_median"] == pytest.approx(0.0)
+    assert blind["reflect_self_gain"] == pytest.approx(0.0)
+
+
+def test_push_first_plan_leaves_out_what_it_cannot_compare():
+    """Keyframes past the end of the expert's episode are not compared; an expert whose target sits on the cube gives
+    no gain on its own shift (but the plan's own reflection still does); the direction fit is for first
+    observations only."""
+    rows = _first_plan_rows(lambda e, g: e, variants={"reflect": lambda p, g: -p, "hide": lambda p, g: p,
+                                                      "noise": lambda p, g: p})
+    for r in rows[:10]:
+        r["keyframes"][1]["expert_done"] = True
+    assert firstplan.summarise(rows)["k2"]["plans"] == 30 and firstplan.summarise(rows)["k1"]["plans"] == 40
+    for r in rows:                                       # the expert on the cube's centre, the plan 4 cm toward the mark
+        for kf in r["keyframes"]:
+            g = np.asarray(r["goal_xy"])
+            kf["expert_xy"], kf["expert_done"] = [0.0, 0.0], False
+            kf["plan_xy"] = (0.04 * g / np.linalg.norm(g)).tolist()
+            kf["reflect_xy"] = (-np.asarray(kf["plan_xy"])).tolist()
+    cf = firstplan.summarise(rows)["k2"]["goal_response"]
+    assert cf["reflect_gain"] is None and cf["reflect_self_gain"] == pytest.approx(1.0)
+    assert cf["reflect_along_cm_median"] == pytest.approx(-8.0)
+    for r in rows:
+        r["start_step"] = 4
+    assert "fit_plan_away_cm" not in firstplan.summarise(rows)["k2"]
 
 
 def test_push_first_plan_finds_how_many_steps_the_plans_run_ahead():

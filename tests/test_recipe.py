@@ -402,14 +402,16 @@ def test_the_palm_stage_is_the_shipped_stage_with_push_demos_replaced():
                                                  "--action-noise 0.02")])
 def test_a_push_probe_stage_is_the_shipped_stage_with_push_demos_collected_again(name, folder, flag):
     """recipes/rig8-ctx-recover-noise-{jaw-back,push-still,push-cage,push-cage-wait,push-cage-slow,push-cage-noise}
-    .json: the shipped second stage with data/rig8's push_cube demos left out and the same scenes (collect seed 2000,
-    data/rig8's) collected again with one collect flag (push-cage-noise: the cage with noise on the executed
-    targets)."""
+    .json: the shipped second stage with data/rig8's push_cube demos left out and demos from data/rig8's collect
+    seed (2000) collected again with one collect flag (push-cage-noise: the cage with noise on the executed targets,
+    where a few scenes fail and the next attempts' take their places)."""
     shipped = json.loads(STAGE2.read_text())
     back = json.loads((ROOT / "recipes" / f"rig8-ctx-recover-noise-{name}.json").read_text())
     assert back["data"].pop("data") == shipped["data"].pop("data") + [folder]
     assert back["data"].pop("exclude_tasks") == {"data/rig8": ["push_cube"]}
     assert flag + " " in back["comment"] and "--seed 2000" in back["comment"] and f"--out {folder}" in back["comment"]
+    if name == "push-cage-noise":
+        assert "--push-style cage " in back["comment"]
     rig8 = json.loads(RECIPE.read_text())["data"]["collect"]
     assert rig8["seed"] == 2000 and rig8["hold_steps"] == 10 and rig8["rig_views"] == 4
     shipped.pop("comment"), back.pop("comment")

@@ -37,6 +37,7 @@ REST_TOL = 0.02         # ... and within this height of resting on the table (a 
 PUSH_G = 0.35           # half-open jaw: two finger tips touch the cube face, so it does not spin
 PUSH_Z = 0.03           # TCP height while pushing (finger pads span 2-9 cm above the table)
 STANDOFF = 0.045        # TCP distance behind the cube centre before contact
+GOAL_LOW, GOAL_HIGH = (-0.15, -0.22), (0.2, 0.22)   # the table region (x, y) where reset places the mark
 STYLES = ("jaw", "jaw_back", "palm", "cage", "cage_wait", "cage_slow")
 JAW_BACK_STANDOFF = 0.09   # jaw_back style: STANDOFF's counterpart where the hand comes down (plus the same 1 cm)
 PALM_FRONT = 0.09       # palm style: the palm's front face ahead of the TCP (palm centre 7.5 cm + half its 3 cm)
@@ -89,7 +90,7 @@ class PushCube(Task):
             goal = cube + dist * np.array([np.cos(ang), np.sin(ang)])
             # keep the goal on the table region the arm reaches, and the hand's approach side reachable
             behind = cube - (STANDOFF + 0.02) * (goal - cube) / dist
-            if (np.all(goal >= (-0.15, -0.22)) and np.all(goal <= (0.2, 0.22))
+            if (np.all(goal >= GOAL_LOW) and np.all(goal <= GOAL_HIGH)
                     and np.all(behind >= (-0.22, -0.3)) and np.all(behind <= (0.28, 0.3))):
                 break
         self.half = 0.025
