@@ -52,13 +52,16 @@ TASK = "push_cube"
 NEAR = 0.03          # expert targets this close to the cube's centre have no direction to compare
 
 
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / max(float(np.linalg.norm(v)), 1e-9)
+
+
 def line_frame(xy: np.ndarray, cube: np.ndarray, goal: np.ndarray) -> tuple[float, float]:
     """(behind, lateral) of ``xy`` relative to the cube centre: behind along goal -> cube, lateral to the left of
     cube -> goal."""
     from action_images.sim.tasks.push_cube import push_line_frame
 
-    along, across = push_line_frame(np.asarray(xy, dtype=float) - cube,
-                                    (goal - cube) / max(float(np.linalg.norm(goal - cube)), 1e-9))
+    along, across = push_line_frame(np.asarray(xy, dtype=float) - cube, _unit(goal - cube))
     return -float(along), float(across)
 
 
@@ -253,15 +256,11 @@ def summarise(rows: list[dict], rng_seed: int = 0) -> dict:
     return out
 
 
-def _unit(v: np.ndarray) -> np.ndarray:
-    return v / max(float(np.linalg.norm(v)), 1e-9)
-
-
 def direction_fit(rows: list[dict], j: int) -> dict:
     """Least squares of keyframe j's offset from the cube (plan and expert) on two unit vectors per scene: ``away``
     from the goal (goal -> cube, where the expert comes down) and ``hand`` (cube -> the hand's start); coefficients
-    in cm, and the share of the plans' offsets the two explain (R^2 about 0). Only from the first observation: later
-    the hand is behind the cube already and the two directions coincide."""
+    in cm, and the share of the plans' offsets the two explain (R^2; about 0 for plans that follow neither). Only
+    from the first observation: later the hand is behind the cube already and the two directions coincide."""
     if len(rows) < 3 or any(r.get("start_step", 0) for r in rows):
         return {}
     X, P, E = [], [], []
