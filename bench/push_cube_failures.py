@@ -291,7 +291,7 @@ def _plan_vs_expert(env, pol, seed: int, acts: np.ndarray, q: int, state: np.nda
     for t in range(q):
         env.step(acts[t])
     env.observe_images = True
-    obs = env._obs()
+    obs = env.observe()
     replay_err = None if state is None else float(np.abs(obs["ee_pose"][:3] - state[:3]).max())
     pol.reset(seed)
     ch = pol.plan(obs, env.cameras)

@@ -123,7 +123,7 @@ def first_plans(checkpoint: str, episodes: int, seed: int, sampler_steps: int, c
                     env.model.body_pos[gid] = pos
                     mujoco.mj_forward(env.model, env.data)
                     pol.reset(s)                        # the same sampler noise as the plan compared with
-                    variants[name] = pol.plan(env._obs(), env.cameras)
+                    variants[name] = pol.plan(env.observe(), env.cameras)
                 env.model.body_pos[gid] = pos0
                 mujoco.mj_forward(env.model, env.data)
                 pol.reset(s + 1_000_003)                # another noise draw: the floor

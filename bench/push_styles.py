@@ -74,8 +74,11 @@ def main(argv=None) -> int:
     from action_images.sim.tasks.push_cube import STYLES
     if not styles or any(s not in STYLES for s in styles):
         p.error(f"--styles: choose from {','.join(STYLES)}")
-    t0 = time.time()
     offsets = [(x, 0.0) for x in a.lateral] + [(0.0, y) for y in a.along if y != 0.0]
+    if "grip" in styles and any(o != (0.0, 0.0) for o in offsets):
+        p.error("--styles grip: the grip is a grasp, not a push, and takes no aiming offset; "
+                "give it --lateral=0 --along=0")
+    t0 = time.time()
     rows = []
     for lateral, along in offsets:
         row = {"lateral_m": lateral, "along_m": along}

@@ -276,6 +276,8 @@ def test_push_styles_displace_every_target_and_keep_the_scene():
     assert styles.run(plain, 5)[0]
     with pytest.raises(SystemExit):
         styles.main(["--styles", "sideways"])
+    with pytest.raises(SystemExit):                            # the grip takes no aiming offset
+        styles.main(["--styles", "grip", "--lateral=0.02"])
 
 
 def test_text_separation_fills_every_template_and_measures_task_centroids():

@@ -57,6 +57,24 @@ def test_step_contract(env):
     assert env.render().shape == (32, 4 * 32, 3)
 
 
+def test_observe_renders_the_current_state_again_without_a_step(env):
+    """observe() after an edit of the scene shows the edit, and changes neither the step count nor the arm."""
+    import mujoco
+
+    obs, _ = env.reset(seed=2)
+    again = env.observe()
+    for c in obs["images"]:
+        np.testing.assert_array_equal(again["images"][c], obs["images"][c])
+    cube = env.model.body("cube").id
+    qadr = env.model.jnt_qposadr[env.model.body_jntadr[cube]]
+    env.data.qpos[qadr:qadr + 2] += 0.08                       # the cube moved 8 cm across the table
+    mujoco.mj_forward(env.model, env.data)
+    moved = env.observe()
+    assert any((moved["images"][c] != obs["images"][c]).any() for c in obs["images"])
+    np.testing.assert_array_equal(moved["ee_pose"], obs["ee_pose"])
+    assert env.step_count == 0
+
+
 def test_render_false_has_no_images_but_calibration(blind):
     obs, _ = blind.reset(seed=0)
     assert "images" not in obs and obs["camera_K"].shape == (4, 3, 3)

@@ -266,6 +266,42 @@ def test_cage_slow_pushes_with_its_targets_nearer_the_cube():
         assert _push_with_offset("cage_slow", seed, 0.0, along=0.02), seed
 
 
+def test_grip_closes_on_the_cube_slides_it_on_the_table_and_lets_go_at_the_mark():
+    """The grip style (``collect --push-style grip``) is not a push: the jaw comes down on the cube's centre, closes on
+    it, slides it to the mark with the cube never more than a few millimetres off the table, opens there and rises,
+    leaving it on the mark; a cube dropped on the way sends the expert back to grasp it again."""
+    import mujoco
+
+    env = make_env("push_cube", render=False)
+    env.task.style = "grip"
+    env.reset(seed=3)
+    cube0 = env.task.body_pos("cube")
+    names, grips, cube_z, low_xy = [], [], [], None
+    for _ in range(env.max_steps + 10):                 # on past success: the release and the rise
+        a = env.expert_action()
+        names.append(env.task.expert_phase)
+        grips.append(a[7])
+        env.step(a)
+        cube_z.append(env.task.body_pos("cube")[2])
+        if low_xy is None and env.arm.tcp_pos()[2] < cube0[2] + 0.01:
+            low_xy = env.arm.tcp_pos()[:2] - cube0[:2]  # where the hand first comes down
+    assert np.linalg.norm(low_xy) < 0.01                 # on the cube, as pick_cube's grasp does
+    assert min(grips) == 0.0 and grips[-1] == 1.0        # it closes, and lets go at the end
+    assert max(cube_z) - env.task.half < 0.006           # slid just off the table, never carried
+    assert "slide" in names and names[-1] == "up" and env.arm.tcp_pos()[2] > 0.06
+    assert env.task.success(env)
+    for seed in range(4):
+        assert _push_with_offset("grip", seed, 0.0), seed
+    env.reset(seed=4)                                   # a cube lost mid-slide: back to the approach
+    while env.task.expert_phase != "slide":
+        env.step(env.expert_action())
+    goal = env.task.goal_xy()
+    env.task.set_free_body("cube", [goal[0], goal[1] - 0.08, env.task.half])
+    mujoco.mj_forward(env.task.model, env.task.data)
+    env.expert_action()
+    assert env.task.expert_phase in ("rise", "above")
+
+
 def test_push_cube_counts_a_cube_on_the_mark_not_one_carried_above_it():
     """push_cube succeeds with the cube on the table at the mark; the same cube held 3 cm above the mark is not on it
     (a policy that lifts the cube and carries it over the mark would otherwise end the episode in the air)."""

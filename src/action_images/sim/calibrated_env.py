@@ -89,6 +89,11 @@ class CalibratedEnv(gym.Env):
         cid = self._view_ids[camera] if camera in self._view_ids else self.model.camera(camera).id
         return self._renderer.segmentation(self.data, cid, self.segmentation_groups if groups is None else groups)
 
+    def observe(self) -> dict[str, Any]:
+        """The observation of the current state, rendered again without a step: for probes that edit the scene (move
+        a body in ``model.body_pos``, then ``mujoco.mj_forward``) and ask what the policy would plan from it."""
+        return self._obs()
+
     # ---- gymnasium API -----------------------------------------------------------------------------------------------
     def render(self):
         if not self._last_images:

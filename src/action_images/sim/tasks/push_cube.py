@@ -22,6 +22,11 @@ The expert pushes in one of five styles (``PushCube.style``; ``collect --push-st
   targets lie 2.5 cm ahead of the cube's centre, not 4.5. It asks whether the plans' lead along the push follows the
   pushing targets (it does not: docs/results.md, push-targets). It forgives less across the push than the cage
   (``bench/push_styles.py``).
+- ``"grip"``: not a push. The jaw comes down on the cube the way pick_cube's grasp does, closes on it, slides it
+  along the table to the mark at resting height, opens and rises. The task's success check is the same (the cube
+  on the table at the mark); the skill is prehensile. It asks whether push_cube fails for the landing point, a place
+  on the bare table set by the cube and the mark together, rather than for anything else in the task: the grip lands
+  on the cube, as pick_cube does, and then moves toward the mark, as place_in_bin does.
 """
 
 from __future__ import annotations
@@ -29,8 +34,8 @@ from __future__ import annotations
 import numpy as np
 
 from action_images.geometry import matrix_to_quat
-from action_images.sim.tasks.base import OPEN, Phase, Task, down, reached, sample_xy
-from action_images.sim.tasks.pick_cube import cube_xml
+from action_images.sim.tasks.base import CLOSED, OPEN, Phase, Task, down, reached, sample_xy
+from action_images.sim.tasks.pick_cube import cube_xml, dropped, grasp_phases
 
 TOL = 0.035             # success: cube centre within this xy distance of the goal
 REST_TOL = 0.02         # ... and within this height of resting on the table (a cube tipped on an edge: 1 cm up)
@@ -38,7 +43,7 @@ PUSH_G = 0.35           # half-open jaw: two finger tips touch the cube face, so
 PUSH_Z = 0.03           # TCP height while pushing (finger pads span 2-9 cm above the table)
 STANDOFF = 0.045        # TCP distance behind the cube centre before contact
 GOAL_LOW, GOAL_HIGH = (-0.15, -0.22), (0.2, 0.22)   # the table region (x, y) where reset places the mark
-STYLES = ("jaw", "jaw_back", "palm", "cage", "cage_wait", "cage_slow")
+STYLES = ("jaw", "jaw_back", "palm", "cage", "cage_wait", "cage_slow", "grip")
 JAW_BACK_STANDOFF = 0.09   # jaw_back style: STANDOFF's counterpart where the hand comes down (plus the same 1 cm)
 PALM_FRONT = 0.09       # palm style: the palm's front face ahead of the TCP (palm centre 7.5 cm + half its 3 cm)
 PALM_STANDOFF = PALM_FRONT + 0.035   # TCP distance behind the cube centre before contact (a turned cube's corner)
@@ -51,6 +56,7 @@ CAGE_OFF = 0.03         # cage style: the TCP this far from the cube's centre ac
 CAGE_WAIT = 4           # cage_wait style: control steps the hand holds still around the cube before it pushes
 CAGE_ADVANCE = 0.03     # cage style: push targets this far past CAGE_LEAD ahead of the cube's centre
 CAGE_SLOW_ADVANCE = 0.01   # cage_slow style: the same, so the push targets lie 2.5 cm ahead of the centre
+GRIP_LIFT = 0.002       # grip style: the held cube's bottom this far above the table while it slides (no drag)
 
 
 def push_line_frame(rel_xy: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -162,6 +168,33 @@ class PushCube(Task):
             Phase("release", up, lambda env, n: False),
         ]
 
+    def _grip_phases(self) -> list[Phase]:
+        """Above the cube -> down -> close on it (pick_cube's grasp) -> slide it to the mark -> open -> rise."""
+
+        def dist(env) -> float:
+            return float(np.linalg.norm(self.goal_xy() - self.body_pos("cube")[:2]))
+
+        def slide(env):  # move the hand by what separates the held cube from the mark, the cube just off the table
+            p = env.arm.tcp_pos()
+            xy = p[:2] + self.goal_xy() - self.body_pos("cube")[:2]
+            return np.array([xy[0], xy[1], self.half + GRIP_LIFT]), env.arm.tcp_quat(), CLOSED
+
+        def release(env):
+            return env.arm.tcp_pos(), env.arm.tcp_quat(), OPEN
+
+        def up(env):  # rise where the hand is, jaw open: a cube it let go of stays on the table
+            p = env.arm.tcp_pos()
+            return np.array([p[0], p[1], 0.12]), env.arm.tcp_quat(), OPEN
+
+        return [
+            Phase("rise", up, lambda env, n: env.arm.tcp_pos()[2] > 0.08),
+            *grasp_phases(self, "cube")[:3],   # above, descend, close
+            Phase("slide", slide, lambda env, n: dist(env) < CAGE_DONE, step_pos=0.03,
+                  abort=lambda env: dropped(self, "cube")),
+            Phase("release", release, lambda env, n: n >= 3),
+            Phase("up", up, lambda env, n: False),
+        ]
+
     def _off_line(self, env) -> bool:
         """Hand no longer behind the cube on the push line (cube slipped sideways): re-approach."""
         along, across = push_line_frame(env.arm.tcp_pos()[:2] - self.body_pos("cube")[:2], self._dir())
@@ -177,6 +210,8 @@ class PushCube(Task):
             raise ValueError(f"push_cube style must be one of {STYLES}; got {self.style!r}")
         if self.style.startswith("cage"):
             return self._cage_phases()
+        if self.style == "grip":
+            return self._grip_phases()
         palm = self.style == "palm"
         z_above, z_push = (PALM_ABOVE_Z, PALM_Z) if palm else (0.1, PUSH_Z)
         z_risen = 0.1 if palm else 0.08             # the rise ends above this height
