@@ -7,7 +7,7 @@
 What it does (one process, one thread):
 
 1. Plays ``--episodes`` closed-loop episodes per task exactly as ``action-images eval --suite metaworld --tasks ...
-   --seed SEED --sampler-steps 6`` does (:class:`EvalSettings` -> :func:`resolve_settings` -> :class:`EpisodeRunner`,
+   --seed SEED --sampler-steps 6`` does (:class:`EvalSettings` -> :meth:`EpisodeRunner.from_checkpoint`, which resolves them as eval does,
    the library's ``rollout``), with ``env.step`` wrapped to log the TCP and the object (Meta-World's observation
    ``obs[4:7]``) at every control step, and each plan's decoded keyframes.
 2. Rolls Meta-World's scripted expert out on the same episode seeds (``collect.run_episode``, the loop of
@@ -51,16 +51,13 @@ def run_policy(checkpoint: str, tasks: list[str], episodes: int, seed: int, samp
                ) -> list[dict]:
     """Closed-loop episodes as ``eval`` plays them; per episode the TCP and object path after each step, the control
     step of each plan and how far it moves the hand (its start to its last keyframe)."""
-    from action_images.baselines import load_model
-    from action_images.eval_settings import EvalSettings, resolve_settings
+    from action_images.eval_settings import EvalSettings
     from action_images.policy import PolicySettings
     from action_images.rollout import EpisodeRunner
 
-    model = load_model(checkpoint)
     settings = EvalSettings(tasks=tuple(tasks), episodes=episodes, seed=seed, suite="metaworld", image_size=64,
                             videos=0, policy=PolicySettings(sampler_steps=sampler_steps))
-    settings = resolve_settings(settings, model.config)
-    runner = EpisodeRunner(model, out, settings)
+    runner = EpisodeRunner.from_checkpoint(checkpoint, out, settings)
     pol = runner.policy
     results = []
     for task in tasks:

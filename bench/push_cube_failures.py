@@ -9,7 +9,7 @@ What it does (one process, one thread; about 1-2 minutes on the 2 shared cores):
 
 1. ``--episodes`` closed-loop push_cube episodes of the checkpoint on the training rig distribution, built exactly as
    ``action-images eval --tasks push_cube --rig-distribution train --sampler-steps 6 --seed SEED`` builds them
-   (:class:`EvalSettings` -> :func:`resolve_settings` -> :class:`EpisodeRunner`, whose ``episode`` runs the library's
+   (:class:`EvalSettings` -> :meth:`EpisodeRunner.from_checkpoint`, whose ``episode`` runs the library's
    ``rollout``); ``env.step`` is wrapped to log, per control step, the cube and goal xy, their distance, the TCP, its
    lateral offset from the push line and signed distance behind the cube (as ``PushCube._off_line``), its height, the
    gripper command, the commanded target pose, the cube's tilt, and what the scripted expert would command from the
@@ -194,19 +194,15 @@ def classify(log: list[dict], success: bool) -> dict:
 # ---- 1. the policy -------------------------------------------------------------------------------------------------
 def run_policy(checkpoint: str, episodes: int, seed: int, sampler_steps: int, out: Path,
                open_loop: bool = True) -> tuple[list[dict], dict]:
-    from action_images.baselines import load_model
-    from action_images.eval_settings import EvalSettings, resolve_settings
+    from action_images.eval_settings import EvalSettings
     from action_images.policy import PolicySettings
     from action_images.rollout import EpisodeRunner
     from action_images.seeds import episode_seed
 
-    model = load_model(checkpoint)
     settings = EvalSettings(tasks=(TASK,), episodes=episodes, seed=seed, rig_distribution="train", rig_views=4,
                             image_size=64, videos=0, policy=PolicySettings(sampler_steps=sampler_steps))
-    settings = resolve_settings(settings, model.config)
-    runner = EpisodeRunner(model, out, settings)
-    env = runner.suite.make_env(TASK, **runner.env_kwargs)
-    runner.task, runner.env = TASK, env                 # runner.episode reuses this env (its step wrapped)
+    runner = EpisodeRunner.from_checkpoint(checkpoint, out, settings)
+    env = runner.open(TASK)                             # runner.episode reuses this env (its step wrapped)
     pol = runner.policy
     print(f"policy: views {pol.camera_names}, H={pol.horizon}, stride={pol.stride}, execute_k={pol.execute_k}, "
           f"model {pol.image_size} px", file=sys.stderr)

@@ -78,24 +78,21 @@ def first_plans(checkpoint: str, episodes: int, seed: int, sampler_steps: int, c
                 style: str = "jaw", counterfactual: bool = False, start_step: int = 0) -> list[dict]:
     import mujoco
 
-    from action_images.baselines import load_model
     from action_images.data.collect import run_episode
-    from action_images.eval_settings import EvalSettings, resolve_settings
+    from action_images.eval_settings import EvalSettings
     from action_images.policy import PolicySettings
     from action_images.rollout import EpisodeRunner
     from action_images.seeds import episode_seed
 
-    model = load_model(checkpoint)
     pol_kw = {"sampler_steps": sampler_steps, "camera_names": ("all",)}
     if cfg_scale is not None:
         pol_kw["cfg_scale"] = cfg_scale
     settings = EvalSettings(tasks=(TASK,), episodes=episodes, seed=seed, rig_distribution="train", rig_views=4,
                             image_size=64, videos=0, policy=PolicySettings(**pol_kw))
-    settings = resolve_settings(settings, model.config)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        runner = EpisodeRunner(model, Path(tmp), settings)
-        env = runner.suite.make_env(TASK, **runner.env_kwargs)
+        runner = EpisodeRunner.from_checkpoint(checkpoint, Path(tmp), settings)
+        env = runner.open(TASK)
         env.task.style = style                      # the expert whose targets the plans are compared with
         pol = runner.policy
         for k in range(episodes):
@@ -147,8 +144,7 @@ def first_plans(checkpoint: str, episodes: int, seed: int, sampler_steps: int, c
                          "goal_xy": goal.round(4).tolist(), "hand_xy": obs["ee_pose"][:2].round(4).tolist(),
                          "keyframes": kfs, "stride": pol.stride, "expert_path": acts[:, :3].round(4).tolist()})
             print(f"  ep {k}: last kf plan {kfs[-1]['plan']} expert {kfs[-1]['expert']}", file=sys.stderr)
-        env.close()
-        runner.close()
+        runner.close()                          # and with it the env
     return rows
 
 

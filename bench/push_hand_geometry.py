@@ -89,8 +89,7 @@ def main(argv=None) -> int:
         p.error("--low-cm must be in (0, 50)")
     from scipy.spatial.transform import Rotation
 
-    from action_images.baselines import load_model
-    from action_images.eval_settings import EvalSettings, resolve_settings
+    from action_images.eval_settings import EvalSettings
     from action_images.policy import PolicySettings
     from action_images.rollout import EpisodeRunner
 
@@ -101,12 +100,10 @@ def main(argv=None) -> int:
         from action_images.sim import make_env
         env = make_env("push_cube", render=False)
     else:
-        model = load_model(a.checkpoint)
         policy = PolicySettings(camera_names="all", sampler_steps=a.sampler_steps, cfg_scale=a.cfg_scale)
-        settings = resolve_settings(EvalSettings(tasks=("push_cube",), episodes=a.episodes, seed=a.seed,
-                                                 rig_distribution=a.rig_distribution, rig_views=4, videos=0,
-                                                 policy=policy), model.config)
-        runner = EpisodeRunner(model, Path(a.json or ".").parent, settings)   # videos=0: writes nothing
+        settings = EvalSettings(tasks=("push_cube",), episodes=a.episodes, seed=a.seed,
+                                rig_distribution=a.rig_distribution, rig_views=4, videos=0, policy=policy)
+        runner = EpisodeRunner.from_checkpoint(a.checkpoint, Path(a.json or ".").parent, settings)   # videos=0
         env = runner.open("push_cube")
     rows = []
     for k in range(a.episodes):

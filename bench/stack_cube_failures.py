@@ -6,8 +6,8 @@ scripted expert on the same seeds.
         --json bench/results/stack_cube_failures/stack_cube_rig8_ctx_3h.json   # and --task pick_cube, place_in_bin
 
 ``--episodes`` episodes of the checkpoint, built as ``action-images eval --tasks TASK --rig-distribution RIGS
---sampler-steps N [--policy-cameras all]`` builds them (:class:`EvalSettings` -> :func:`resolve_settings` ->
-:class:`EpisodeRunner`), with ``env.step`` wrapped to log, per control step, the grasped cube, the place target (the
+--sampler-steps N [--policy-cameras all]`` builds them (:class:`EvalSettings` ->
+:meth:`EpisodeRunner.from_checkpoint`), with ``env.step`` wrapped to log, per control step, the grasped cube, the place target (the
 big cube, the bin), the TCP and the jaw. Each episode gets one class (:func:`classify`, first match):
 
 - ``success``;
@@ -139,8 +139,7 @@ def run(task: str, checkpoint: str | None, episodes: int, seed: int, rigs: str, 
                          **classify(log, bool(rec.success), task)})
         env.close()
         return rows
-    from action_images.baselines import load_model
-    from action_images.eval_settings import EvalSettings, resolve_settings
+    from action_images.eval_settings import EvalSettings
     from action_images.policy import PolicySettings
     from action_images.rollout import EpisodeRunner
 
@@ -148,10 +147,8 @@ def run(task: str, checkpoint: str | None, episodes: int, seed: int, rigs: str, 
     settings = EvalSettings(tasks=(task,), episodes=episodes, seed=seed, rig_distribution=rigs, rig_views=4,
                             image_size=64, videos=0,
                             policy=PolicySettings(sampler_steps=sampler_steps, camera_names=names))
-    model = load_model(checkpoint)
-    runner = EpisodeRunner(model, out, resolve_settings(settings, model.config))
-    env = runner.suite.make_env(task, **runner.env_kwargs)
-    runner.task, runner.env = task, env                 # runner.episode reuses this env (its step wrapped)
+    runner = EpisodeRunner.from_checkpoint(checkpoint, out, settings)
+    env = runner.open(task)                             # runner.episode reuses this env (its step wrapped)
     for k in range(episodes):
         log = []
         wrap_step(env, log)

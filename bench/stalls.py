@@ -63,22 +63,19 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     import torch
 
-    from action_images.baselines import load_model
-    from action_images.eval_settings import EvalSettings, resolve_settings
+    from action_images.eval_settings import EvalSettings
     from action_images.policy import PolicySettings
     from action_images.rollout import EpisodeRunner
 
     torch.set_num_threads(1)
     t_begin = time.perf_counter()
-    model = load_model(a.checkpoint)
     tasks = tuple(t.strip() for t in a.tasks.split(","))
     settings = EvalSettings(tasks=tasks, episodes=a.episodes, seed=a.seed, rig_distribution=a.rig_distribution,
                             rig_views=4, videos=0, policy=PolicySettings(camera_names=a.policy_cameras,
                                                                        sampler_steps=a.sampler_steps))
-    settings = resolve_settings(settings, model.config)
     radius = a.still_cm / 100.0
     per_task, episodes = {}, []
-    runner = EpisodeRunner(model, Path(a.json).parent, settings)   # videos=0: writes nothing
+    runner = EpisodeRunner.from_checkpoint(a.checkpoint, Path(a.json).parent, settings)   # videos=0: writes nothing
     for task in tasks:
         rows = []
         for k in range(a.episodes):

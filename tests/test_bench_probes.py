@@ -426,6 +426,38 @@ def test_push_first_plan_finds_how_many_steps_the_plans_run_ahead():
     assert shift["k2"]["median_cm_by_shift"][0] == pytest.approx(3.0)
 
 
+def test_push_first_plan_plans_from_the_experts_state_and_moves_only_the_mark(checkpoint, monkeypatch):
+    """first_plans with --start-step and --counterfactual on a tiny random checkpoint: the plan starts from the
+    expert's own state after that many steps, the expert's targets are those from there on, every keyframe carries
+    the reflected, hidden and other-noise plans, and the mark is back where it was for the other-noise plan."""
+    from action_images.data.collect import run_episode
+    from action_images.policy import ActionImagesPolicy
+    from action_images.rollout import EpisodeRunner
+    from action_images.sim import make_env
+
+    envs, marks = [], []                            # the env first_plans opens; the mark at each plan
+    open_env, plan = EpisodeRunner.open, ActionImagesPolicy.plan
+    monkeypatch.setattr(EpisodeRunner, "open", lambda self, task: envs.append(open_env(self, task)) or envs[-1])
+
+    def noting_plan(self, obs, cameras):
+        marks.append(envs[-1].task.body_pos("goal").copy())
+        return plan(self, obs, cameras)
+
+    monkeypatch.setattr(ActionImagesPolicy, "plan", noting_plan)
+    rows = firstplan.first_plans(str(checkpoint), 1, 4242, 1, None, "jaw", counterfactual=True, start_step=2)
+    r = rows[0]
+    rec = run_episode(make_env("push_cube", render=False), r["seed"], [], hold_steps=0)
+    np.testing.assert_allclose(r["hand_xy"], rec.states[2][:2], atol=2e-4)
+    np.testing.assert_allclose(r["expert_path"], rec.actions[2:, :3], atol=1e-4)
+    cube, goal = np.array(r["cube_xy"]), np.array(r["goal_xy"])
+    assert len(marks) == 4                          # the plan, reflected, hidden, another noise draw
+    np.testing.assert_allclose(marks[0][:2], goal, atol=1e-4)
+    np.testing.assert_allclose(marks[1][:2], 2 * cube - goal, atol=1e-4)     # reflected through the cube
+    assert marks[2][2] < -0.4                                                 # under the table
+    np.testing.assert_allclose(marks[3], marks[0])                            # back for the noise floor
+    assert all({"reflect_xy", "hide_xy", "noise_xy"} <= set(kf) for kf in r["keyframes"])
+
+
 @pytest.mark.parametrize("argv, flag", [(["--episodes", "1"], "--episodes"),
                                         (["--push-style", "sideways"], "--push-style"),
                                         (["--start-step", "-1"], "--start-step")])

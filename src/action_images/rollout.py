@@ -99,6 +99,16 @@ class EpisodeRunner:
         self.task: str | None = None
         self.env: Any = None
 
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | Path, out: Path, settings: EvalSettings) -> "EpisodeRunner":
+        """A runner around a saved checkpoint, ``settings`` resolved against its config the way ``action-images eval``
+        resolves them: for probes that play the evaluation's episodes."""
+        from action_images.baselines import load_model
+        from action_images.eval_settings import resolve_settings
+
+        model = load_model(checkpoint)
+        return cls(model, out, resolve_settings(settings, model.config))
+
     def open(self, task: str) -> Any:
         """The task's environment, made once and kept while episodes come from the same task."""
         if task != self.task:                                      # pairs come task by task: one env at a time
