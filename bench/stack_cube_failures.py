@@ -7,8 +7,8 @@ scripted expert on the same seeds.
 
 ``--episodes`` episodes of the checkpoint, built as ``action-images eval --tasks TASK --rig-distribution RIGS
 --sampler-steps N [--policy-cameras all]`` builds them (:class:`EvalSettings` ->
-:meth:`EpisodeRunner.from_checkpoint`), with ``env.step`` wrapped to log, per control step, the grasped cube, the place target (the
-big cube, the bin), the TCP and the jaw. Each episode gets one class (:func:`classify`, first match):
+:meth:`EpisodeRunner.from_checkpoint`), with ``env.step`` wrapped to log, per control step, the grasped cube, the
+place target (the big cube, the bin), the TCP and the jaw. Each episode gets one class (:func:`classify`, first match):
 
 - ``success``;
 - ``no_grasp``: the cube never rises 2 cm off the table;

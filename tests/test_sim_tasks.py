@@ -292,14 +292,20 @@ def test_grip_closes_on_the_cube_slides_it_on_the_table_and_lets_go_at_the_mark(
     assert env.task.success(env)
     for seed in range(4):
         assert _push_with_offset("grip", seed, 0.0), seed
-    env.reset(seed=4)                                   # a cube lost mid-slide: back to the approach
-    while env.task.expert_phase != "slide":
+    env.reset(seed=4)                                   # a cube lost as the slide starts: back to the approach
+    for _ in range(env.max_steps):
+        if env.task.expert_phase == "slide":
+            break
         env.step(env.expert_action())
+    assert env.task.expert_phase == "slide"
     goal = env.task.goal_xy()
     env.task.set_free_body("cube", [goal[0], goal[1] - 0.08, env.task.half])
     mujoco.mj_forward(env.task.model, env.task.data)
     env.expert_action()
     assert env.task.expert_phase in ("rise", "above")
+    env.task.aim_offset = (0.02, 0.0)                   # a grasp takes no aiming offset
+    with pytest.raises(ValueError, match="grip takes no aim_offset"):
+        env.reset(seed=0)
 
 
 def test_push_cube_counts_a_cube_on_the_mark_not_one_carried_above_it():

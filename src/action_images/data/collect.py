@@ -114,8 +114,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "horizontal, its 13 cm palm leading: forgives a hand 3.5 cm off the push line), cage (the "
                         "jaw fully open comes down around the cube and slides it, the finger behind it pushing), "
                         "cage_wait (the cage, holding still 4 steps once down around the cube) or cage_slow (the "
-                        "cage pushing with its targets 2.5 cm ahead of the cube's centre, not 4.5) or grip (not a push: "
-                        "the jaw closes on the cube and slides it along the table to the mark); docs/benchmark.md")
+                        "cage pushing with its targets 2.5 cm ahead of the cube's centre, not 4.5) or grip (not a "
+                        "push: the jaw closes on the cube and slides it along the table to the mark; its release "
+                        "comes after success, in the --hold-steps); docs/benchmark.md")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
 
 

@@ -90,8 +90,9 @@ class CalibratedEnv(gym.Env):
         return self._renderer.segmentation(self.data, cid, self.segmentation_groups if groups is None else groups)
 
     def observe(self) -> dict[str, Any]:
-        """The observation of the current state, rendered again without a step: for probes that edit the scene (move
-        a body in ``model.body_pos``, then ``mujoco.mj_forward``) and ask what the policy would plan from it."""
+        """The observation of the current state without a step, its images rendered again (none with
+        ``render=False`` or ``observe_images`` off; :meth:`render` then shows them too): for probes that edit the scene
+        (move a body in ``model.body_pos``, then ``mujoco.mj_forward``) and ask what the policy would plan from it."""
         return self._obs()
 
     # ---- gymnasium API -----------------------------------------------------------------------------------------------

@@ -42,6 +42,10 @@ class Env(Protocol):
 
     def step(self, action: np.ndarray) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]: ...
 
+    def observe(self) -> dict[str, Any]:
+        """The observation of the current state without a step (for probes that edit the scene)."""
+        ...
+
     def expert_action(self) -> np.ndarray:
         """The scripted expert's absolute 8-D target for the current state."""
         ...

@@ -88,7 +88,8 @@ class Task:
     # A planted missed grasp (``collect --missed-grasps``): the tool-x distance (metres, signed) by which the expert's
     # first grasp of the episode is displaced, so the jaw closes beside the object; None: no miss. Tasks whose
     # phases come from ``pick_cube.grasp_phases`` honour it; the miss ends when the first "lift" phase starts, where
-    # the lift's abort sees nothing held and sends the expert back to an open-jawed approach.
+    # the lift's abort sees nothing held and sends the expert back to an open-jawed approach. Experts without a
+    # "lift" (push_cube's grip) get no planted miss (:attr:`grasps` is False, and ``collect`` plants none).
     grasp_miss: float | None = None
     _label_mode: bool = False
 

@@ -18,8 +18,8 @@ def cube_xml(name: str, half: float = 0.022, mass: float = 0.05) -> str:
 
 
 def grasp_phases(task: Task, cube: str, lift_z: float = 0.15) -> list[Phase]:
-    """Above the cube (yaw-aligned) -> down -> close -> lift: shared by pick, place and stack. A planted miss
-    (``Task.grasp_miss``) displaces the approach and the close."""
+    """Above the cube (yaw-aligned) -> down -> close -> lift: shared by pick, place and stack (push_cube's grip
+    takes the first three). A planted miss (``Task.grasp_miss``) displaces the approach and the close."""
 
     def spot():
         """(cube centre, jaw yaw, grasp xy): the xy moved by the planted miss, if any."""

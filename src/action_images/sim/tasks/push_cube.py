@@ -1,6 +1,6 @@
 """push_cube: push a cube across the table onto a flat goal marker (non-prehensile, needs closed-loop re-aiming).
 
-The expert pushes in one of five styles (``PushCube.style``; ``collect --push-style``):
+The expert moves the cube in one of seven styles (``PushCube.style``; ``collect --push-style``), six of them pushes:
 
 - ``"jaw"`` (the default; a dataset whose ``meta/collect.json`` names no ``push_style`` used it): top-down, the
   half-open jaw's two fingertips against the cube's back face. The contact is as wide as the cube, so a hand
@@ -23,10 +23,12 @@ The expert pushes in one of five styles (``PushCube.style``; ``collect --push-st
   pushing targets (it does not: docs/results.md, push-targets). It forgives less across the push than the cage
   (``bench/push_styles.py``).
 - ``"grip"``: not a push. The jaw comes down on the cube the way pick_cube's grasp does, closes on it, slides it
-  along the table to the mark at resting height, opens and rises. The task's success check is the same (the cube
-  on the table at the mark); the skill is prehensile. It asks whether push_cube fails for the landing point, a place
-  on the bare table set by the cube and the mark together, rather than for anything else in the task: the grip lands
-  on the cube, as pick_cube does, and then moves toward the mark, as place_in_bin does.
+  along the table to the mark with its bottom ``GRIP_LIFT`` above the table, opens and rises. The task's success
+  check is the same (the cube on the table at the mark) and is met while the jaw still holds the cube, so the
+  release and the rise lie in a demo's hold steps (``collect --hold-steps``, 10 in the probe). It changes two things
+  at once: where the hand comes down (the cube, as pick_cube's grasp does, not a place on the bare table set by the
+  cube and the mark together) and the contact (held, so the cube cannot slip or turn away from the push line). It
+  takes no aiming offset and no planted missed grasp.
 """
 
 from __future__ import annotations
@@ -208,6 +210,8 @@ class PushCube(Task):
     def phases(self):
         if self.style not in STYLES:
             raise ValueError(f"push_cube style must be one of {STYLES}; got {self.style!r}")
+        if self.style == "grip" and self.aim_offset != (0.0, 0.0):
+            raise ValueError(f"push_cube style grip takes no aim_offset (it grasps the cube); got {self.aim_offset}")
         if self.style.startswith("cage"):
             return self._cage_phases()
         if self.style == "grip":
