@@ -8,8 +8,8 @@ What it does (one process, one thread):
 
 1. Plays ``--episodes`` closed-loop episodes per task exactly as ``action-images eval --suite metaworld --tasks ...
    --seed SEED --sampler-steps 6`` does (:class:`EvalSettings` -> :meth:`EpisodeRunner.from_checkpoint`, whose
-   ``episode`` runs the library's ``rollout``), with ``env.step`` wrapped to log the TCP and the object (Meta-World's observation
-   ``obs[4:7]``) at every control step, and each plan's decoded keyframes.
+   ``episode`` runs the library's ``rollout``), with ``env.step`` wrapped to log the TCP and the object
+   (Meta-World's observation ``obs[4:7]``) at every control step, and each plan's decoded keyframes.
 2. Rolls Meta-World's scripted expert out on the same episode seeds (``collect.run_episode``, the loop of
    ``action-images collect``, with the training data's ``--hold-steps``), keeping its TCP path, its first success step
    and the frames it records after success.

@@ -404,8 +404,8 @@ def test_the_palm_stage_is_the_shipped_stage_with_push_demos_replaced():
 def test_a_push_probe_stage_is_the_shipped_stage_with_push_demos_collected_again(name, folder, flag):
     """recipes/rig8-ctx-recover-noise-{jaw-back,push-still,push-cage,push-cage-wait,push-cage-slow,push-cage-noise,
     push-grip}.json: the shipped second stage with data/rig8's push_cube demos left out and demos from data/rig8's
-    collect seed (2000) collected again with one collect flag (push-cage-noise: the cage with noise on the executed targets,
-    where a few scenes fail and the next attempts' take their places)."""
+    collect seed (2000) collected again with one collect flag (push-cage-noise: the cage with noise on the executed
+    targets, where a few scenes fail and the next attempts' take their places)."""
     shipped = json.loads(STAGE2.read_text())
     back = json.loads((ROOT / "recipes" / f"rig8-ctx-recover-noise-{name}.json").read_text())
     assert back["data"].pop("data") == shipped["data"].pop("data") + [folder]
