@@ -33,6 +33,13 @@ moves by no more than the noise floor (gain 0).
 ``--start-step N`` plans from the expert's own state after N of its steps instead of the first observation (the
 expert's actions replayed from the reset), and compares with the expert's targets from there on, in the frame of
 the cube where it is then: whether the plans lead the demos along the push in the middle of it too.
+
+``--task place_in_bin`` or ``stack_cube`` asks the same of the grasping tasks that carry a cube somewhere: "cube" is
+the cube the hand grasps (``cube``; stack_cube's ``small``) and "goal" where it goes (the bin; the big cube), so
+``fit_plan_away_cm`` < 0 is a grasp drawn toward the place, and the counterfactual moves the bin or the big cube
+as it moves the mark. For push_cube and stack_cube the counterfactual also plans with the two objects' colours
+exchanged and nothing moved (``swap``): a policy that finds the object to grasp or push by the colour its
+instruction names goes to the other one; one that finds it by shape stays.
 """
 
 from __future__ import annotations
@@ -49,6 +56,17 @@ from action_images.cliflags import Parser
 from action_images.runfiles import atomic_write_json, probe_command
 
 TASK = "push_cube"
+OBJECTS = {"push_cube": ("cube", "goal"), "place_in_bin": ("cube", "bin"), "stack_cube": ("small", "big")}
+SWAPPABLE = ("push_cube", "stack_cube")   # one geom each, named as its body: --counterfactual swaps their colours
+
+
+def goal_region(task: str) -> tuple:
+    """(low, high) of the table region where the task's reset places the goal (the mark, the bin, the base)."""
+    from action_images.sim.tasks import place_in_bin, push_cube, stack_cube
+
+    return {"push_cube": (push_cube.GOAL_LOW, push_cube.GOAL_HIGH),
+            "place_in_bin": (place_in_bin.BIN_XY_LOW, place_in_bin.BIN_XY_HIGH),
+            "stack_cube": (stack_cube.BASE_XY_LOW, stack_cube.BASE_XY_HIGH)}[task]
 NEAR = 0.03          # expert targets this close to the cube's centre have no direction to compare
 
 
@@ -74,8 +92,27 @@ def _xy(ch, j: int) -> list[float] | None:
     return ch.keyframes[j][:2].round(4).tolist() if ch.valid[j] else None
 
 
+def move_body(env, body: str, pos: np.ndarray) -> None:
+    """Put ``body``'s origin at world ``pos`` without a step: a free body (stack_cube's big cube) through its joint,
+    a static one (the mark, the bin) through ``model.body_pos``; then ``mj_forward`` for the render."""
+    import mujoco
+
+    m = env.model
+    bid = m.body(body).id
+    jnt = m.body_jntadr[bid]
+    if m.body_jntnum[bid] and m.jnt_type[jnt] == mujoco.mjtJoint.mjJNT_FREE:
+        adr = m.jnt_qposadr[jnt]
+        env.data.qpos[adr:adr + 3] = pos
+    else:
+        m.body_pos[bid] = np.asarray(pos, dtype=float) - (env.data.xpos[bid] - m.body_pos[bid])   # parent offset
+    mujoco.mj_forward(m, env.data)
+
+
 def first_plans(checkpoint: str, episodes: int, seed: int, sampler_steps: int, cfg_scale: float | None,
-                style: str = "jaw", counterfactual: bool = False, start_step: int = 0) -> list[dict]:
+                style: str = "jaw", counterfactual: bool = False, start_step: int = 0, task: str = TASK
+                ) -> list[dict]:
+    """Per episode: the plan's keyframes beside the expert's targets, in the frame of the grasped or pushed cube and
+    the place it goes (``OBJECTS[task]``); with ``counterfactual``, also the plans with the goal moved."""
     import mujoco
 
     from action_images.data.collect import run_episode
@@ -87,16 +124,18 @@ def first_plans(checkpoint: str, episodes: int, seed: int, sampler_steps: int, c
     pol_kw = {"sampler_steps": sampler_steps, "camera_names": ("all",)}
     if cfg_scale is not None:
         pol_kw["cfg_scale"] = cfg_scale
-    settings = EvalSettings(tasks=(TASK,), episodes=episodes, seed=seed, rig_distribution="train", rig_views=4,
+    obj, target = OBJECTS[task]
+    settings = EvalSettings(tasks=(task,), episodes=episodes, seed=seed, rig_distribution="train", rig_views=4,
                             image_size=64, videos=0, policy=PolicySettings(**pol_kw))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         runner = EpisodeRunner.from_checkpoint(checkpoint, Path(tmp), settings)
-        env = runner.open(TASK)
-        env.task.style = style                      # the expert whose targets the plans are compared with
+        env = runner.open(task)
+        if task == TASK:
+            env.task.style = style                  # the expert whose targets the plans are compared with
         pol = runner.policy
         for k in range(episodes):
-            s = episode_seed(seed, TASK, k)
+            s = episode_seed(seed, task, k)
             env.observe_images = False
             acts = run_episode(env, s, [], hold_steps=0).actions
             env.observe_images = True
@@ -109,20 +148,27 @@ def first_plans(checkpoint: str, episodes: int, seed: int, sampler_steps: int, c
                 env.observe_images = True
                 obs = env.step(acts[start - 1])[0]
             acts = acts[start:]                     # the expert's targets from here on
-            cube, goal = env.task.body_pos("cube")[:2].copy(), env.task.goal_xy().copy()
+            cube, goal = env.task.body_pos(obj)[:2].copy(), env.task.body_pos(target)[:2].copy()
             pol.reset(s)
             ch = pol.plan(obs, env.cameras)
             if counterfactual:
-                gid = env.model.body("goal").id
-                pos0 = env.model.body_pos[gid].copy()
+                gid = env.model.body(target).id
+                body_pos0, qpos0 = env.model.body_pos[gid].copy(), env.data.qpos.copy()
+                z = env.task.body_pos(target)[2]
                 variants = {}
-                for name, pos in (("reflect", np.r_[2 * cube - goal, pos0[2]]), ("hide", np.r_[goal, -0.5])):
-                    env.model.body_pos[gid] = pos
-                    mujoco.mj_forward(env.model, env.data)
+                for name, pos in (("reflect", np.r_[2 * cube - goal, z]), ("hide", np.r_[goal, -0.5])):
+                    move_body(env, target, pos)
                     pol.reset(s)                        # the same sampler noise as the plan compared with
                     variants[name] = pol.plan(env.observe(), env.cameras)
-                env.model.body_pos[gid] = pos0
+                env.model.body_pos[gid], env.data.qpos[:] = body_pos0, qpos0
                 mujoco.mj_forward(env.model, env.data)
+                if task in SWAPPABLE:                   # the two objects' colours exchanged, nothing moved
+                    rgba = env.model.geom_rgba
+                    a_id, b_id = env.model.geom(obj).id, env.model.geom(target).id
+                    rgba[[a_id, b_id]] = rgba[[b_id, a_id]]
+                    pol.reset(s)
+                    variants["swap"] = pol.plan(env.observe(), env.cameras)
+                    rgba[[a_id, b_id]] = rgba[[b_id, a_id]]
                 pol.reset(s + 1_000_003)                # another noise draw: the floor
                 variants["noise"] = pol.plan(obs, env.cameras)
             kfs = []
@@ -184,9 +230,9 @@ def best_shift(rows: list[dict], shifts=range(-2, 9)) -> dict:
     return out
 
 
-def summarise(rows: list[dict], rng_seed: int = 0) -> dict:
+def summarise(rows: list[dict], rng_seed: int = 0, task: str = TASK) -> dict:
     """Slopes of plan on expert (behind, lateral), angles cube -> plan vs cube -> expert with a shuffled control, and
-    how far the plans lead the expert along the push line."""
+    how far the plans lead the expert along the push line (``task``: whose goal region the counterfactual reads)."""
     out: dict = {}
     H = max(len(r["keyframes"]) for r in rows)
     # the shuffled control pairs each episode with the next one in a random cycle: never with itself
@@ -246,7 +292,7 @@ def summarise(rows: list[dict], rng_seed: int = 0) -> dict:
             "ahead_vs_push_distance_spearman": _spearman(push, ahead),
             **fit,
         }
-        cf = goal_response(rows, j)
+        cf = goal_response(rows, j, goal_region(task))
         if cf:
             out[f"k{j + 1}"]["goal_response"] = cf
     return out
@@ -274,15 +320,16 @@ def direction_fit(rows: list[dict], j: int) -> dict:
             "fit_expert_away_cm": round(100 * float(ce[0]), 2), "fit_expert_hand_cm": round(100 * float(ce[1]), 2)}
 
 
-def goal_response(rows: list[dict], j: int) -> dict:
+def goal_response(rows: list[dict], j: int, region: tuple | None = None) -> dict:
     """How keyframe j's plan moves when the mark moves (``--counterfactual``): ``reflect_gain``, the least-squares
     slope of the plans' shifts on the expert's (its target reflected through the cube's centre, as the expert's
     landing is when the mark is; None where the expert's target hardly moves, median shift under 2 cm);
     ``reflect_self_gain``, the slope on the plan's own offset reflected through the cube (1: the plan turns with the
     mark, whatever its distance from the cube); median shifts in cm, the expert's along the push for scale, and the
     shift along the push over the scenes whose reflected mark lies where the task places marks (``in_range``);
-    ``hide`` and ``noise`` shifts (mark under the table; another sampler draw on the scene as is)."""
-    from action_images.sim.tasks.push_cube import GOAL_HIGH, GOAL_LOW
+    ``hide`` and ``noise`` shifts (mark under the table; another sampler draw on the scene as is). ``region``:
+    (low, high) of the task's goal region (default push_cube's, :func:`goal_region`)."""
+    low, high = region if region is not None else goal_region(TASK)
 
     pd, ed, od, sh = [], [], [], {"reflect": [], "hide": [], "noise": []}
     along_p, along_e, in_range = [], [], []
@@ -298,7 +345,7 @@ def goal_response(rows: list[dict], j: int) -> dict:
         ed.append(e_shift)
         od.append(-2 * (p - cube))
         mark = 2 * cube - np.asarray(r["goal_xy"])
-        in_range.append(bool(np.all(mark >= GOAL_LOW) and np.all(mark <= GOAL_HIGH)))
+        in_range.append(bool(np.all(mark >= low) and np.all(mark <= high)))
         along_p.append(float(p_shift @ d))
         along_e.append(float(e_shift @ d))
         for n in sh:
@@ -316,7 +363,30 @@ def goal_response(rows: list[dict], j: int) -> dict:
            "in_range_scenes": int(len(inside)),
            "reflect_along_cm_median_in_range": round(100 * float(np.median(inside)), 2) if len(inside) else None}
     out.update({f"{n}_shift_cm_median": round(100 * float(np.median(v)), 2) for n, v in sh.items()})
+    out.update(_swap_response(rows, j))
     return out
+
+
+def _swap_response(rows: list[dict], j: int) -> dict:
+    """Keyframe j's plan with the two objects' colours exchanged (``swap_xy``): how far it moves, and where it lies
+    along the line from the cube to the goal object, as a share of their distance (0: at the cube, 1: at the other
+    object), before and after the swap."""
+    moved, before, after = [], [], []
+    for r in rows:
+        kf = r["keyframes"][j]
+        if not _used(kf) or kf.get("swap_xy") is None:
+            continue
+        cube, goal = np.asarray(r["cube_xy"]), np.asarray(r["goal_xy"])
+        line = goal - cube
+        p, q = np.asarray(kf["plan_xy"]), np.asarray(kf["swap_xy"])
+        moved.append(float(np.linalg.norm(q - p)))
+        before.append(float((p - cube) @ line / (line @ line)))
+        after.append(float((q - cube) @ line / (line @ line)))
+    if not moved:
+        return {}
+    return {"swap_shift_cm_median": round(100 * float(np.median(moved)), 2),
+            "share_toward_goal_median": round(float(np.median(before)), 3),
+            "share_toward_goal_swapped_median": round(float(np.median(after)), 3)}
 
 
 def main(argv=None) -> int:
@@ -326,6 +396,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=4242)
     p.add_argument("--sampler-steps", type=int, default=3)
     p.add_argument("--cfg-scale", type=float, default=None, help="guidance (default: the policy's)")
+    p.add_argument("--task", default=TASK, choices=sorted(OBJECTS),
+                   help="the task whose first plans are compared (default push_cube)")
     p.add_argument("--push-style", default="jaw",
                    help="the expert style to compare with (that of the checkpoint's push demos; default jaw)")
     p.add_argument("--counterfactual", action="store_true",
@@ -343,12 +415,12 @@ def main(argv=None) -> int:
     if a.start_step < 0:
         p.error(f"--start-step: at least 0; got {a.start_step}")
     rows = first_plans(a.checkpoint, a.episodes, a.seed, a.sampler_steps, a.cfg_scale, a.push_style,
-                       a.counterfactual, a.start_step)
-    res = {"command": probe_command(__file__, argv), "checkpoint": a.checkpoint, "seed": a.seed,
+                       a.counterfactual, a.start_step, a.task)
+    res = {"command": probe_command(__file__, argv), "checkpoint": a.checkpoint, "task": a.task, "seed": a.seed,
            "episodes": a.episodes, "sampler_steps": a.sampler_steps, "cfg_scale": a.cfg_scale,
            "push_style": a.push_style, "counterfactual": a.counterfactual,
            "start_step": a.start_step,
-           "summary": summarise(rows), "time_shift": best_shift(rows), "episodes_detail": rows,
+           "summary": summarise(rows, task=a.task), "time_shift": best_shift(rows), "episodes_detail": rows,
            "wall_s": round(time.perf_counter() - t0, 1)}
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(a.json, res)

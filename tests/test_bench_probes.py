@@ -411,6 +411,20 @@ def test_push_first_plan_leaves_out_what_it_cannot_compare():
     assert "fit_plan_away_cm" not in firstplan.summarise(rows)["k2"]
 
 
+def test_push_first_plan_reads_where_the_plan_goes_when_the_colours_are_swapped():
+    """A plan a fifth of the way from the cube to the goal object that, with the colours exchanged, goes to the other
+    object: shares 0.2 and 1.0; without a swap variant nothing is reported."""
+    same = {"reflect": lambda p, g: p, "hide": lambda p, g: p, "noise": lambda p, g: p}
+    rows = _first_plan_rows(lambda e, g: g / 5, variants={**same, "swap": lambda p, g: g})
+    cf = firstplan.summarise(rows)["k2"]["goal_response"]
+    assert cf["share_toward_goal_median"] == pytest.approx(0.2)
+    assert cf["share_toward_goal_swapped_median"] == pytest.approx(1.0)
+    d = [0.8 * np.linalg.norm(r["goal_xy"]) for r in rows]
+    assert cf["swap_shift_cm_median"] == pytest.approx(100 * np.median(d), abs=0.01)
+    assert "swap_shift_cm_median" not in firstplan.summarise(_first_plan_rows(lambda e, g: g / 5,
+                                                                               variants=same))["k2"]["goal_response"]
+
+
 def test_push_first_plan_finds_how_many_steps_the_plans_run_ahead():
     """A plan that sits where the expert is 3 steps later matches the path best at shift +3."""
     path = np.c_[0.01 * np.arange(30), np.zeros(30), np.full(30, 0.05)]          # 1 cm per step along x
@@ -426,10 +440,26 @@ def test_push_first_plan_finds_how_many_steps_the_plans_run_ahead():
     assert shift["k2"]["median_cm_by_shift"][0] == pytest.approx(3.0)
 
 
+def test_push_first_plan_moves_a_static_goal_and_a_free_one_where_asked():
+    """move_body puts the mark (a static body) and stack_cube's big cube (a free body) at the asked place, each
+    by its own means, and leaves the other objects where they were."""
+    from action_images.sim import make_env
+
+    for task, body, other in (("push_cube", "goal", "cube"), ("stack_cube", "big", "small")):
+        env = make_env(task, render=False)
+        env.reset(seed=1)
+        before = env.task.body_pos(other)
+        target = np.array([0.05, -0.12, env.task.body_pos(body)[2]])
+        firstplan.move_body(env, body, target)
+        np.testing.assert_allclose(env.task.body_pos(body), target, atol=1e-9)
+        np.testing.assert_allclose(env.task.body_pos(other), before, atol=1e-12)
+        assert firstplan.OBJECTS[task] == (other, body)
+
+
 def test_push_first_plan_plans_from_the_experts_state_and_moves_only_the_mark(checkpoint, monkeypatch):
     """first_plans with --start-step and --counterfactual on a tiny random checkpoint: the plan starts from the
     expert's own state after that many steps, the expert's targets are those from there on, every keyframe carries
-    the reflected, hidden and other-noise plans, and the mark is back where it was for the other-noise plan."""
+    the reflected, hidden, other-noise and colour-swapped plans, and the mark is back for the last two."""
     from action_images.data.collect import run_episode
     from action_images.policy import ActionImagesPolicy
     from action_images.rollout import EpisodeRunner
@@ -450,11 +480,13 @@ def test_push_first_plan_plans_from_the_experts_state_and_moves_only_the_mark(ch
     np.testing.assert_allclose(r["hand_xy"], rec.states[2][:2], atol=2e-4)
     np.testing.assert_allclose(r["expert_path"], rec.actions[2:, :3], atol=1e-4)
     cube, goal = np.array(r["cube_xy"]), np.array(r["goal_xy"])
-    assert len(marks) == 4                          # the plan, reflected, hidden, another noise draw
+    assert len(marks) == 5                          # the plan, reflected, hidden, another noise draw, swapped
     np.testing.assert_allclose(marks[0][:2], goal, atol=1e-4)
     np.testing.assert_allclose(marks[1][:2], 2 * cube - goal, atol=1e-4)     # reflected through the cube
     assert marks[2][2] < -0.4                                                 # under the table
     np.testing.assert_allclose(marks[3], marks[0])                            # back for the noise floor
+    np.testing.assert_allclose(marks[4], marks[0])                            # the swap moves nothing
+    assert "swap_xy" in r["keyframes"][0]
     assert all({"reflect_xy", "hide_xy", "noise_xy"} <= set(kf) for kf in r["keyframes"])
 
 

@@ -298,6 +298,45 @@ def test_push_style_is_recorded_and_must_match_on_resume(tmp_path, capsys):
                                                     collect_cameras=("front",), camera_rig_files=False))
 
 
+def test_grasp_wait_is_checked_recorded_and_must_match_on_resume(tmp_path, capsys):
+    """--grasp-wait: in 0..20, recorded in meta/collect.json (0 by default and for datasets from before the flag), a
+    resume with another wait is refused, another suite refuses it."""
+    argv = ("--tasks", "push_fake", "--episodes", "1")
+    assert collect.run(args_for(tmp_path / "a", *argv)) == 0
+    assert json.loads((tmp_path / "a" / "meta/collect.json").read_text())["config"]["grasp_wait"] == 0
+    assert collect.run(args_for(tmp_path / "w", *argv, "--grasp-wait", "4")) == 0
+    assert json.loads((tmp_path / "w" / "meta/collect.json").read_text())["config"]["grasp_wait"] == 4
+    assert collect.run(args_for(tmp_path / "w", *argv[:2], "--episodes", "2", "--resume")) == 2
+    assert "grasp_wait: was 4, now 0" in capsys.readouterr().err
+    assert collect.run(args_for(tmp_path / "x", *argv, "--grasp-wait", "21")) == 2
+    assert "--grasp-wait must be in 0..20; got 21" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--grasp-wait is not supported with --suite"):
+        collect.check_args(args_for(tmp_path / "m", *argv, "--grasp-wait", "2"), fake.TASKS, tuple(fake.EYES),
+                           suite=argparse.Namespace(name="metaworld", hand_cameras=(), max_rig_views=4,
+                                                    parse_tasks=lambda spec, flag: [spec],
+                                                    collect_cameras=("front",), camera_rig_files=False))
+
+
+def test_real_sim_grasp_wait_holds_the_closed_jaw_on_the_cube(tmp_path, monkeypatch):
+    """collect --grasp-wait 4 reaches stack_cube's expert: its demo holds the closed jaw still at the grasp for
+    4 more steps before the lift (7 targets in a row, against 3 without), and still succeeds."""
+    def still_closed_run(out, *extra):
+        assert collect_real(monkeypatch, out, "--tasks", "stack_cube", "--episodes", "1", "--image-size", "16",
+                            *extra) == 0
+        ds = LeRobotDataset(out)
+        assert ds.episode_info(0)["extra/success"] is True
+        a = ds.episode(0).actions
+        run = best = 0
+        for t in range(1, len(a)):               # the longest run of equal closed-jaw targets
+            same = a[t, 7] < 0.5 and np.allclose(a[t, :3], a[t - 1, :3], atol=1e-4)
+            run = run + 1 if same else 0
+            best = max(best, run)
+        return best + 1
+
+    plain, wait = still_closed_run(tmp_path / "plain"), still_closed_run(tmp_path / "wait", "--grasp-wait", "4")
+    assert wait == plain + 4, (plain, wait)
+
+
 def test_real_sim_push_style_palm_reaches_the_expert(tmp_path, monkeypatch):
     """collect --push-style palm hands the style to push_cube's expert: the stored demo pushes with the hand
     horizontal (tool +z, the approach axis, level with the table) and succeeds."""

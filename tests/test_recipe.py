@@ -391,6 +391,19 @@ def test_the_palm_stage_is_the_shipped_stage_with_push_demos_replaced():
     assert shipped == palm
 
 
+def test_the_stack_wait_stage_is_the_shipped_stage_with_stack_demos_collected_again():
+    """recipes/rig8-ctx-recover-noise-stack-wait.json: the shipped second stage with data/rig8's stack_cube demos left
+    out and the same scenes (collect seed 2000) collected again with --grasp-wait 4; nothing else differs."""
+    shipped = json.loads(STAGE2.read_text())
+    wait = json.loads((ROOT / "recipes" / "rig8-ctx-recover-noise-stack-wait.json").read_text())
+    assert wait["data"].pop("data") == shipped["data"].pop("data") + ["data/rig8_stack_wait"]
+    assert wait["data"].pop("exclude_tasks") == {"data/rig8": ["stack_cube"]}
+    for part in ("--grasp-wait 4 ", "--seed 2000", "--tasks stack_cube", "--out data/rig8_stack_wait"):
+        assert part in wait["comment"], part
+    shipped.pop("comment"), wait.pop("comment")
+    assert shipped == wait
+
+
 @pytest.mark.parametrize("name, folder, flag", [("jaw-back", "data/rig8_push_jaw_back", "--push-style jaw_back"),
                                                 ("push-still", "data/rig8_push_still", "--hold-action still"),
                                                 ("push-cage", "data/rig8_push_cage", "--push-style cage"),

@@ -35,7 +35,7 @@ DEFAULT_CAMERAS = "front,left,right,top"
 # settings that must match to continue a run with --resume
 RESUME_KEYS = ("suite", "seed", "cameras", "image_size", "perturb_cameras", "keep_failed", "hold_steps",
                "hold_action", "random_rig", "rig_views", "camera_rig", "action_noise", "action_noise_prob",
-               "missed_grasps", "push_style")
+               "missed_grasps", "push_style", "grasp_wait")
 RIG_SPLITS = ("train", "heldout")
 HOLD_ACTIONS = ("expert", "still")
 
@@ -50,6 +50,8 @@ ACTION_NOISE_RANGE = (0.0, 0.05)
 # --missed-grasps: how far (metres, along tool x, either sign) a planted miss displaces the first grasp. The cubes are
 # 4-4.4 cm wide and a finger pad ~1 cm: from 3.5 cm on, the closing fingers pass in front of or behind the cube.
 MISS_DISTANCE = (0.035, 0.05)
+# --grasp-wait: extra control steps the closed jaw holds still before the lift (the close itself takes 3)
+GRASP_WAIT_RANGE = (0, 20)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -117,6 +119,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "cage pushing with its targets 2.5 cm ahead of the cube's centre, not 4.5) or grip (not a "
                         "push: the jaw closes on the cube and slides it along the table to the mark; its release "
                         "comes after success, in the --hold-steps); docs/benchmark.md")
+    p.add_argument("--grasp-wait", type=int, default=0,
+                   help=f"control steps the grasping experts (pick_cube, place_in_bin, stack_cube, push_cube's grip) "
+                        f"hold the closed jaw still on the cube before they lift or slide it, beyond the 3 the close "
+                        f"takes, in {GRASP_WAIT_RANGE[0]}..{GRASP_WAIT_RANGE[1]} (default 0); docs/dataset.md")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
 
 
@@ -303,6 +309,9 @@ def check_args(args: argparse.Namespace, all_tasks: tuple[str, ...],
     if suite is not None and args.missed_grasps:
         raise ValueError(f"--missed-grasps is not supported with --suite {suite.name}: it plants misses in the "
                          "built-in experts' grasps")
+    if suite is not None and args.grasp_wait:
+        raise ValueError(f"--grasp-wait is not supported with --suite {suite.name}: it changes the built-in "
+                         "experts' grasps")
     if suite is not None and args.push_style != "jaw":
         raise ValueError(f"--push-style is not supported with --suite {suite.name}: it picks the built-in "
                          "push_cube expert's style")
@@ -335,7 +344,7 @@ def check_args(args: argparse.Namespace, all_tasks: tuple[str, ...],
               ("--seed", args.seed, 0, None), ("--hold-steps", args.hold_steps, 0, None),
               ("--video-crf", args.video_crf, *CRF_RANGE), ("--action-noise", args.action_noise, *ACTION_NOISE_RANGE),
               ("--action-noise-prob", args.action_noise_prob, 0.0, 1.0),
-              ("--missed-grasps", args.missed_grasps, 0.0, 1.0)]
+              ("--missed-grasps", args.missed_grasps, 0.0, 1.0), ("--grasp-wait", args.grasp_wait, *GRASP_WAIT_RANGE)]
     if args.max_attempts is not None:
         checks.append(("--max-attempts", args.max_attempts, 1, None))
     for flag, value, lo, hi in checks:
@@ -389,7 +398,8 @@ def run(args: argparse.Namespace) -> int:
               "camera_rig": str(Path(args.camera_rig).resolve()) if args.camera_rig else None,
               "action_noise": float(args.action_noise),
               "action_noise_prob": float(args.action_noise_prob) if args.action_noise > 0 else None,
-              "missed_grasps": float(args.missed_grasps), "push_style": args.push_style}
+              "missed_grasps": float(args.missed_grasps), "push_style": args.push_style,
+              "grasp_wait": int(args.grasp_wait)}
     if (out / INFO_PATH).exists():
         if not args.resume:
             return _fail(f"{out} already holds a dataset; pass --resume to continue it or choose another --out")
@@ -402,7 +412,7 @@ def run(args: argparse.Namespace) -> int:
         # datasets from before these flags had none of them
         before = {"suite": "sim", "hold_steps": 0, "hold_action": "expert", "random_rig": None, "rig_views": None,
                   "camera_rig": None, "action_noise": 0.0, "action_noise_prob": None, "missed_grasps": 0.0,
-                  "push_style": "jaw", **prev.get("config", {})}
+                  "push_style": "jaw", "grasp_wait": 0, **prev.get("config", {})}
         diff = {k: (before.get(k), config[k]) for k in RESUME_KEYS if before.get(k) != config[k]}
         if diff:
             return _fail(f"--resume with different settings than {out / COLLECT_PATH}: "
@@ -443,6 +453,10 @@ def run(args: argparse.Namespace) -> int:
                                       **rig)  # rig arguments only when asked for (simulators without rigs work)
                 if task == "push_cube" and suite is None:
                     envs[task].task.style = args.push_style
+                from ..sim.tasks.base import Task
+                expert = getattr(envs[task], "task", None)
+                if suite is None and isinstance(expert, Task):     # the built-in experts (test fakes have none)
+                    expert.grasp_wait = int(args.grasp_wait)
             env = envs[task]
             k = progress.next_attempt[task]
             seed = episode_seed(args.seed, task, k)

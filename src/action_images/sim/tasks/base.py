@@ -91,6 +91,9 @@ class Task:
     # the lift's abort sees nothing held and sends the expert back to an open-jawed approach. Experts without a
     # "lift" (push_cube's grip) get no planted miss (:attr:`grasps` is False, and ``collect`` plants none).
     grasp_miss: float | None = None
+    # Control steps the closed jaw holds still on the object before the lift (``collect --grasp-wait``), beyond the
+    # 3 the close takes; read by ``pick_cube.grasp_phases``.
+    grasp_wait: int = 0
     _label_mode: bool = False
 
     def expert_reset(self) -> None:

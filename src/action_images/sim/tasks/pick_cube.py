@@ -45,7 +45,7 @@ def grasp_phases(task: Task, cube: str, lift_z: float = 0.15) -> list[Phase]:
     return [
         Phase("above", above, lambda env, n: reached(env, above(env), 0.012, 5.0)),
         Phase("descend", at, lambda env, n: reached(env, at(env), 0.006, 5.0), step_pos=0.03),
-        Phase("close", close, lambda env, n: n >= 3),
+        Phase("close", close, lambda env, n: n >= 3 + task.grasp_wait),
         Phase("lift", lift, lambda env, n: reached(env, lift(env), 0.015, 8.0), abort=lambda env: dropped(task, cube)),
     ]
 

@@ -8,6 +8,7 @@ from action_images.sim.tasks.base import CLOSED, OPEN, Phase, Task, reached, sam
 from action_images.sim.tasks.pick_cube import cube_xml, dropped, grasp_phases
 
 INNER, WALL, HEIGHT = 0.065, 0.006, 0.05   # bin inner half-width, wall half-thickness, wall height
+BIN_XY_LOW, BIN_XY_HIGH = (-0.08, -0.18), (0.16, 0.18)   # the table region (x, y) where reset places the bin
 
 
 def bin_xml() -> str:
@@ -31,7 +32,7 @@ class PlaceInBin(Task):
         return cube_xml("cube") + bin_xml()
 
     def reset(self, env, rng):
-        bin_xy = sample_xy(rng, (-0.08, -0.18), (0.16, 0.18))
+        bin_xy = sample_xy(rng, BIN_XY_LOW, BIN_XY_HIGH)
         cube = sample_xy(rng, (-0.12, -0.2), (0.18, 0.2), avoid=[bin_xy], min_dist=0.17)
         self.model.body_pos[self.model.body("bin").id, :2] = bin_xy
         self.half = float(self.model.geom_size[self.model.geom("cube").id][2])

@@ -9,6 +9,7 @@ from action_images.sim.tasks.base import CLOSED, OPEN, Phase, Task, down, reache
 from action_images.sim.tasks.pick_cube import cube_xml, dropped, grasp_phases
 
 TOP_HALF, BASE_HALF = 0.02, 0.026
+BASE_XY_LOW, BASE_XY_HIGH = (-0.1, -0.18), (0.16, 0.18)   # the table region (x, y) where reset places the base
 XY_TOL, Z_TOL = 0.02, 0.01
 
 
@@ -22,7 +23,7 @@ class StackCube(Task):
         return cube_xml("small", half=TOP_HALF, mass=0.04) + cube_xml("big", half=BASE_HALF, mass=0.2)
 
     def reset(self, env, rng):
-        base = sample_xy(rng, (-0.1, -0.18), (0.16, 0.18))
+        base = sample_xy(rng, BASE_XY_LOW, BASE_XY_HIGH)
         top = sample_xy(rng, (-0.12, -0.2), (0.18, 0.2), avoid=[base], min_dist=0.12)
         self.set_free_body("big", [base[0], base[1], BASE_HALF], rng.uniform(-np.pi / 4, np.pi / 4))
         self.set_free_body("small", [top[0], top[1], TOP_HALF], rng.uniform(-np.pi / 4, np.pi / 4))
