@@ -1,4 +1,5 @@
-"""Does the policy know which way to push? Its first plan of each push_cube episode against the expert's targets.
+"""Does the policy know where to go? Its first plan of each push_cube (stack_cube, place_in_bin) episode against the
+expert's targets.
 
     OMP_NUM_THREADS=1 MUJOCO_GL=egl .venv/bin/python bench/push_first_plan.py \
         --checkpoint checkpoints/rig8-ctx-recover-noise-9k --episodes 100 --seed 4242 \
