@@ -391,7 +391,7 @@ def _swap_response(rows: list[dict], j: int) -> dict:
 
 
 def main(argv=None) -> int:
-    p = Parser(description=__doc__.split("\n")[0])
+    p = Parser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--episodes", type=int, default=100)
     p.add_argument("--seed", type=int, default=4242)
