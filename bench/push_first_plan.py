@@ -59,6 +59,7 @@ from action_images.runfiles import atomic_write_json, probe_command
 TASK = "push_cube"
 OBJECTS = {"push_cube": ("cube", "goal"), "place_in_bin": ("cube", "bin"), "stack_cube": ("small", "big")}
 SWAPPABLE = ("push_cube", "stack_cube")   # one geom each, named as its body: --counterfactual swaps their colours
+NEAR = 0.03          # expert targets this close to the cube's centre have no direction to compare
 
 
 def goal_region(task: str) -> tuple:
@@ -68,7 +69,6 @@ def goal_region(task: str) -> tuple:
     return {"push_cube": (push_cube.GOAL_LOW, push_cube.GOAL_HIGH),
             "place_in_bin": (place_in_bin.BIN_XY_LOW, place_in_bin.BIN_XY_HIGH),
             "stack_cube": (stack_cube.BASE_XY_LOW, stack_cube.BASE_XY_HIGH)}[task]
-NEAR = 0.03          # expert targets this close to the cube's centre have no direction to compare
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -104,8 +104,10 @@ def move_body(env, body: str, pos: np.ndarray) -> None:
     if m.body_jntnum[bid] and m.jnt_type[jnt] == mujoco.mjtJoint.mjJNT_FREE:
         adr = m.jnt_qposadr[jnt]
         env.data.qpos[adr:adr + 3] = pos
-    else:
-        m.body_pos[bid] = np.asarray(pos, dtype=float) - (env.data.xpos[bid] - m.body_pos[bid])   # parent offset
+    else:                                           # body_pos is in the parent's frame: the world's, here
+        if m.body_parentid[bid] != 0:
+            raise ValueError(f"move_body: {body!r} hangs off another body; only the world's children are moved")
+        m.body_pos[bid] = pos
     mujoco.mj_forward(m, env.data)
 
 

@@ -454,40 +454,51 @@ def test_push_first_plan_moves_a_static_goal_and_a_free_one_where_asked():
         np.testing.assert_allclose(env.task.body_pos(body), target, atol=1e-9)
         np.testing.assert_allclose(env.task.body_pos(other), before, atol=1e-12)
         assert firstplan.OBJECTS[task] == (other, body)
+        env.close()
 
 
-def test_push_first_plan_plans_from_the_experts_state_and_moves_only_the_mark(checkpoint, monkeypatch):
+@pytest.mark.parametrize("task", ["push_cube", "stack_cube"])
+def test_push_first_plan_plans_from_the_experts_state_and_moves_only_the_goal(task, checkpoint, monkeypatch):
     """first_plans with --start-step and --counterfactual on a tiny random checkpoint: the plan starts from the
     expert's own state after that many steps, the expert's targets are those from there on, every keyframe carries
-    the reflected, hidden, other-noise and colour-swapped plans, and the mark is back for the last two."""
+    the reflected, hidden, colour-swapped and other-noise plans, the goal (the mark: a static body; stack_cube's big
+    cube: a free one) is back in place for the last two, and the colours are swapped for that plan only."""
     from action_images.data.collect import run_episode
     from action_images.policy import ActionImagesPolicy
     from action_images.rollout import EpisodeRunner
     from action_images.sim import make_env
 
-    envs, marks = [], []                            # the env first_plans opens; the mark at each plan
+    obj, target = firstplan.OBJECTS[task]
+    envs, seen = [], []                             # the env first_plans opens; the goal and colours at each plan
     open_env, plan = EpisodeRunner.open, ActionImagesPolicy.plan
-    monkeypatch.setattr(EpisodeRunner, "open", lambda self, task: envs.append(open_env(self, task)) or envs[-1])
+    monkeypatch.setattr(EpisodeRunner, "open", lambda self, t: envs.append(open_env(self, t)) or envs[-1])
 
     def noting_plan(self, obs, cameras):
-        marks.append(envs[-1].task.body_pos("goal").copy())
+        env = envs[-1]
+        rgba = env.model.geom_rgba
+        seen.append((env.task.body_pos(target), rgba[env.model.geom(obj).id].copy(),
+                     rgba[env.model.geom(target).id].copy()))
         return plan(self, obs, cameras)
 
     monkeypatch.setattr(ActionImagesPolicy, "plan", noting_plan)
-    rows = firstplan.first_plans(str(checkpoint), 1, 4242, 1, None, "jaw", counterfactual=True, start_step=2)
+    rows = firstplan.first_plans(str(checkpoint), 1, 4242, 1, None, "jaw", counterfactual=True, start_step=2,
+                                 task=task)
     r = rows[0]
-    rec = run_episode(make_env("push_cube", render=False), r["seed"], [], hold_steps=0)
+    rec = run_episode(make_env(task, render=False), r["seed"], [], hold_steps=0)
     np.testing.assert_allclose(r["hand_xy"], rec.states[2][:2], atol=2e-4)
     np.testing.assert_allclose(r["expert_path"], rec.actions[2:, :3], atol=1e-4)
     cube, goal = np.array(r["cube_xy"]), np.array(r["goal_xy"])
-    assert len(marks) == 5                          # the plan, reflected, hidden, another noise draw, swapped
-    np.testing.assert_allclose(marks[0][:2], goal, atol=1e-4)
-    np.testing.assert_allclose(marks[1][:2], 2 * cube - goal, atol=1e-4)     # reflected through the cube
-    assert marks[2][2] < -0.4                                                 # under the table
-    np.testing.assert_allclose(marks[3], marks[0])                            # back for the noise floor
-    np.testing.assert_allclose(marks[4], marks[0])                            # the swap moves nothing
-    assert "swap_xy" in r["keyframes"][0]
-    assert all({"reflect_xy", "hide_xy", "noise_xy"} <= set(kf) for kf in r["keyframes"])
+    assert len(seen) == 5                           # the plan, reflected, hidden, colours swapped, another noise draw
+    (g0, a0, b0), (g1, _, _), (g2, _, _), (g3, a3, b3), (g4, a4, b4) = seen
+    np.testing.assert_allclose(g0[:2], goal, atol=1e-4)
+    np.testing.assert_allclose(g1[:2], 2 * cube - goal, atol=1e-4)           # reflected through the cube
+    assert g2[2] < -0.4                                                       # under the table
+    np.testing.assert_allclose(g3, g0, atol=1e-9)                             # back for the last two
+    np.testing.assert_allclose(g4, g0, atol=1e-9)
+    assert not np.allclose(a0, b0)
+    np.testing.assert_array_equal(a3, b0), np.testing.assert_array_equal(b3, a0)   # swapped for one plan
+    np.testing.assert_array_equal(a4, a0), np.testing.assert_array_equal(b4, b0)   # and back
+    assert all({"reflect_xy", "hide_xy", "noise_xy", "swap_xy"} <= set(kf) for kf in r["keyframes"])
 
 
 @pytest.mark.parametrize("argv, flag", [(["--episodes", "1"], "--episodes"),

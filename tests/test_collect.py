@@ -300,14 +300,23 @@ def test_push_style_is_recorded_and_must_match_on_resume(tmp_path, capsys):
 
 def test_grasp_wait_is_checked_recorded_and_must_match_on_resume(tmp_path, capsys):
     """--grasp-wait: in 0..20, recorded in meta/collect.json (0 by default and for datasets from before the flag), a
-    resume with another wait is refused, another suite refuses it."""
+    resume with another wait is refused, a collection without a grasping expert says it changes nothing, another
+    suite refuses it."""
     argv = ("--tasks", "push_fake", "--episodes", "1")
     assert collect.run(args_for(tmp_path / "a", *argv)) == 0
     assert json.loads((tmp_path / "a" / "meta/collect.json").read_text())["config"]["grasp_wait"] == 0
     assert collect.run(args_for(tmp_path / "w", *argv, "--grasp-wait", "4")) == 0
     assert json.loads((tmp_path / "w" / "meta/collect.json").read_text())["config"]["grasp_wait"] == 4
+    assert "--grasp-wait holds the jaw only where the expert grasps; push_fake: none" in capsys.readouterr().err
     assert collect.run(args_for(tmp_path / "w", *argv[:2], "--episodes", "2", "--resume")) == 2
     assert "grasp_wait: was 4, now 0" in capsys.readouterr().err
+    record = tmp_path / "a" / "meta/collect.json"         # a dataset from before the flag: its wait was 0
+    old = json.loads(record.read_text())
+    del old["config"]["grasp_wait"]
+    record.write_text(json.dumps(old))
+    assert collect.run(args_for(tmp_path / "a", *argv[:2], "--episodes", "2", "--resume", "--grasp-wait", "1")) == 2
+    assert "grasp_wait: was 0, now 1" in capsys.readouterr().err
+    assert collect.run(args_for(tmp_path / "a", *argv[:2], "--episodes", "2", "--resume")) == 0
     assert collect.run(args_for(tmp_path / "x", *argv, "--grasp-wait", "21")) == 2
     assert "--grasp-wait must be in 0..20; got 21" in capsys.readouterr().err
     with pytest.raises(ValueError, match="--grasp-wait is not supported with --suite"):

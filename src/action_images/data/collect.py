@@ -354,6 +354,8 @@ def check_args(args: argparse.Namespace, all_tasks: tuple[str, ...],
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..sim.tasks.base import Task
+
     suite_name = getattr(args, "suite", "sim")
     suite = None
     try:
@@ -376,6 +378,11 @@ def run(args: argparse.Namespace) -> int:
         without = [t for t in tasks if not _grasps(t)]
         if without:
             print(f"action-images collect: --missed-grasps plants misses only where the expert grasps; "
+                  f"{', '.join(without)}: none", file=sys.stderr)
+    if args.grasp_wait and suite is None:
+        without = [t for t in tasks if not (_grasps(t) or (t == "push_cube" and args.push_style == "grip"))]
+        if without:
+            print(f"action-images collect: --grasp-wait holds the jaw only where the expert grasps; "
                   f"{', '.join(without)}: none", file=sys.stderr)
     if args.push_style != "jaw" and suite is None and "push_cube" not in tasks:
         print(f"action-images collect: --push-style {args.push_style} changes push_cube's expert only; push_cube is "
@@ -453,7 +460,6 @@ def run(args: argparse.Namespace) -> int:
                                       **rig)  # rig arguments only when asked for (simulators without rigs work)
                 if task == "push_cube" and suite is None:
                     envs[task].task.style = args.push_style
-                from ..sim.tasks.base import Task
                 expert = getattr(envs[task], "task", None)
                 if suite is None and isinstance(expert, Task):     # the built-in experts (test fakes have none)
                     expert.grasp_wait = int(args.grasp_wait)
