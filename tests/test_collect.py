@@ -280,6 +280,12 @@ def test_real_sim_missed_grasps_are_stored(tmp_path, monkeypatch):
     assert collect.MISS_DISTANCE[0] <= abs(info["extra/grasp_miss"]) <= collect.MISS_DISTANCE[1]
 
 
+# a stand-in for another suite (Meta-World) where the built-in experts' flags do not apply
+OTHER_SUITE = argparse.Namespace(name="metaworld", hand_cameras=(), max_rig_views=4,
+                                 parse_tasks=lambda spec, flag: [spec], collect_cameras=("front",),
+                                 camera_rig_files=False)
+
+
 def test_push_style_is_recorded_and_must_match_on_resume(tmp_path, capsys):
     """--push-style: recorded in meta/collect.json (jaw by default), a resume with another style is refused, another
     suite refuses it in one line, and a collection without push_cube says the flag changes nothing."""
@@ -293,9 +299,7 @@ def test_push_style_is_recorded_and_must_match_on_resume(tmp_path, capsys):
     assert "push_style: was 'palm', now 'jaw'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="--push-style is not supported with --suite"):
         collect.check_args(args_for(tmp_path / "m", *argv, "--push-style", "palm"), fake.TASKS, tuple(fake.EYES),
-                           suite=argparse.Namespace(name="metaworld", hand_cameras=(), max_rig_views=4,
-                                                    parse_tasks=lambda spec, flag: [spec],
-                                                    collect_cameras=("front",), camera_rig_files=False))
+                           suite=OTHER_SUITE)
 
 
 def test_grasp_wait_is_checked_recorded_and_must_match_on_resume(tmp_path, capsys):
@@ -321,9 +325,7 @@ def test_grasp_wait_is_checked_recorded_and_must_match_on_resume(tmp_path, capsy
     assert "--grasp-wait must be in 0..20; got 21" in capsys.readouterr().err
     with pytest.raises(ValueError, match="--grasp-wait is not supported with --suite"):
         collect.check_args(args_for(tmp_path / "m", *argv, "--grasp-wait", "2"), fake.TASKS, tuple(fake.EYES),
-                           suite=argparse.Namespace(name="metaworld", hand_cameras=(), max_rig_views=4,
-                                                    parse_tasks=lambda spec, flag: [spec],
-                                                    collect_cameras=("front",), camera_rig_files=False))
+                           suite=OTHER_SUITE)
 
 
 def test_real_sim_grasp_wait_holds_the_closed_jaw_on_the_cube(tmp_path, monkeypatch):
