@@ -60,6 +60,7 @@ TASK = "push_cube"
 OBJECTS = {"push_cube": ("cube", "goal"), "place_in_bin": ("cube", "bin"), "stack_cube": ("small", "big")}
 SWAPPABLE = ("push_cube", "stack_cube")   # one geom each, named as its body: --counterfactual swaps their colours
 NEAR = 0.03          # expert targets this close to the cube's centre have no direction to compare
+FAR = 0.06           # a counterfactual plan this far from the plan it is compared with has gone elsewhere
 
 
 def goal_region(task: str) -> tuple:
@@ -371,10 +372,11 @@ def goal_response(rows: list[dict], j: int, region: tuple | None = None) -> dict
 
 
 def _swap_response(rows: list[dict], j: int) -> dict:
-    """Keyframe j's plan with the two objects' colours exchanged (``swap_xy``): how far it moves, and where it lies
-    along the line from the cube to the goal object, as a share of their distance (0: at the cube, 1: at the other
-    object), before and after the swap."""
-    moved, before, after = [], [], []
+    """Keyframe j's plan with the two objects' colours exchanged (``swap_xy``): how far it moves (median, and in how
+    many scenes more than ``FAR`` against another noise draw), where it lies along the line from the cube to the
+    goal object as a share of their distance (0: at the cube, 1: at the other object), and how many plans lie nearer
+    the goal object than the cube, before and after the swap."""
+    moved, noise, before, after, nearer, nearer_swapped = [], [], [], [], 0, 0
     for r in rows:
         kf = r["keyframes"][j]
         if not _used(kf) or kf.get("swap_xy") is None:
@@ -383,13 +385,19 @@ def _swap_response(rows: list[dict], j: int) -> dict:
         line = goal - cube
         p, q = np.asarray(kf["plan_xy"]), np.asarray(kf["swap_xy"])
         moved.append(float(np.linalg.norm(q - p)))
+        noise.append(float(np.linalg.norm(np.asarray(kf["noise_xy"]) - p)) if kf.get("noise_xy") else 0.0)
         before.append(float((p - cube) @ line / (line @ line)))
         after.append(float((q - cube) @ line / (line @ line)))
+        nearer += int(np.linalg.norm(p - goal) < np.linalg.norm(p - cube))
+        nearer_swapped += int(np.linalg.norm(q - goal) < np.linalg.norm(q - cube))
     if not moved:
         return {}
     return {"swap_shift_cm_median": round(100 * float(np.median(moved)), 2),
+            f"swap_over_{round(100 * FAR)}cm": int(np.sum(np.array(moved) > FAR)),
+            f"noise_over_{round(100 * FAR)}cm": int(np.sum(np.array(noise) > FAR)),
             "share_toward_goal_median": round(float(np.median(before)), 3),
-            "share_toward_goal_swapped_median": round(float(np.median(after)), 3)}
+            "share_toward_goal_swapped_median": round(float(np.median(after)), 3),
+            "nearer_goal_plans": nearer, "nearer_goal_plans_swapped": nearer_swapped}
 
 
 def main(argv=None) -> int:

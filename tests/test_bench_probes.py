@@ -419,6 +419,9 @@ def test_push_first_plan_reads_where_the_plan_goes_when_the_colours_are_swapped(
     cf = firstplan.summarise(rows)["k2"]["goal_response"]
     assert cf["share_toward_goal_median"] == pytest.approx(0.2)
     assert cf["share_toward_goal_swapped_median"] == pytest.approx(1.0)
+    assert cf["nearer_goal_plans"] == 0 and cf["nearer_goal_plans_swapped"] == 40       # 40 made-up scenes
+    assert cf["swap_over_6cm"] == sum(d > 6 for d in [80 * np.linalg.norm(r["goal_xy"]) for r in rows])
+    assert cf["noise_over_6cm"] == 0
     d = [0.8 * np.linalg.norm(r["goal_xy"]) for r in rows]
     assert cf["swap_shift_cm_median"] == pytest.approx(100 * np.median(d), abs=0.01)
     assert "swap_shift_cm_median" not in firstplan.summarise(_first_plan_rows(lambda e, g: g / 5,
