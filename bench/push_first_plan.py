@@ -412,7 +412,8 @@ def main(argv=None) -> int:
     p.add_argument("--push-style", default="jaw",
                    help="the expert style to compare with (that of the checkpoint's push demos; default jaw)")
     p.add_argument("--counterfactual", action="store_true",
-                   help="also plan with the mark reflected through the cube, hidden, and with other noise")
+                   help="also plan with the goal (mark, bin, base) reflected through the cube, hidden, with the two "
+                        "objects' colours swapped (push_cube, stack_cube), and with other noise")
     p.add_argument("--start-step", type=int, default=0,
                    help="plan from the expert's state after this many of its steps (default 0: the first observation)")
     p.add_argument("--json", required=True)

@@ -69,6 +69,13 @@ def push_line_frame(rel_xy: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.n
     return rel @ d, rel[..., 1] * d[0] - rel[..., 0] * d[1]
 
 
+def rise_from_hand(env, z: float, g: float):
+    """Straight up from where the hand is to height ``z``, its orientation kept: after an abort or a release the
+    hand never sweeps across the cube."""
+    p = env.arm.tcp_pos()
+    return np.array([p[0], p[1], z]), env.arm.tcp_quat(), g
+
+
 def palm_quat(d: np.ndarray) -> np.ndarray:
     """Scalar-last quaternion of the palm push: tool +z (approach) = -d in the table plane, tool +x = world up."""
     z = np.array([-d[0], -d[1], 0.0]) / max(float(np.hypot(d[0], d[1])), 1e-9)
@@ -116,6 +123,10 @@ class PushCube(Task):
         pos = self.body_pos("cube")
         return bool(np.linalg.norm(pos[:2] - self.goal_xy()) < TOL and pos[2] - self.half <= REST_TOL)
 
+    def _goal_dist(self) -> float:
+        """The cube's centre to the mark's, across the table."""
+        return float(np.linalg.norm(self.goal_xy() - self.body_pos("cube")[:2]))
+
     def _dir(self) -> np.ndarray:
         d = self.goal_xy() - self.body_pos("cube")[:2]
         return d / max(np.linalg.norm(d), 1e-6)
@@ -146,17 +157,13 @@ class PushCube(Task):
     def _cage_phases(self) -> list[Phase]:
         """Above the cube -> down around it -> slide it to the mark -> rise, leaving it there."""
 
-        def dist(env) -> float:
-            return float(np.linalg.norm(self.goal_xy() - self.body_pos("cube")[:2]))
-
         advance = CAGE_SLOW_ADVANCE if self.style == "cage_slow" else CAGE_ADVANCE
 
         def push(env):
-            return self._cage(PUSH_Z, min(CAGE_LEAD + advance, dist(env) + CAGE_LEAD))
+            return self._cage(PUSH_Z, min(CAGE_LEAD + advance, self._goal_dist() + CAGE_LEAD))
 
-        def up(env):  # rise where the hand is, jaw open: a cube between the fingers stays on the table
-            p = env.arm.tcp_pos()
-            return np.array([p[0], p[1], 0.1]), env.arm.tcp_quat(), OPEN
+        def up(env):  # jaw open: a cube between the fingers stays on the table
+            return rise_from_hand(env, 0.1, OPEN)
 
         above = lambda env: self._cage(0.1)                                            # noqa: E731
         low = lambda env: self._cage(PUSH_Z)                                           # noqa: E731
@@ -166,15 +173,12 @@ class PushCube(Task):
             Phase("above", above, lambda env, n: reached(env, above(env), 0.012, 6.0)),
             Phase("descend", low, lambda env, n: reached(env, low(env), 0.006, 6.0), step_pos=0.03),
             Phase("wait", low, lambda env, n: n >= wait, step_pos=0.03),
-            Phase("push", push, lambda env, n: dist(env) < CAGE_DONE, step_pos=0.03, abort=self._off_line),
+            Phase("push", push, lambda env, n: self._goal_dist() < CAGE_DONE, step_pos=0.03, abort=self._off_line),
             Phase("release", up, lambda env, n: False),
         ]
 
     def _grip_phases(self) -> list[Phase]:
         """Above the cube -> down -> close on it (pick_cube's grasp) -> slide it to the mark -> open -> rise."""
-
-        def dist(env) -> float:
-            return float(np.linalg.norm(self.goal_xy() - self.body_pos("cube")[:2]))
 
         def slide(env):  # move the hand by what separates the held cube from the mark, the cube just off the table
             p = env.arm.tcp_pos()
@@ -184,14 +188,13 @@ class PushCube(Task):
         def release(env):
             return env.arm.tcp_pos(), env.arm.tcp_quat(), OPEN
 
-        def up(env):  # rise where the hand is, jaw open: a cube it let go of stays on the table
-            p = env.arm.tcp_pos()
-            return np.array([p[0], p[1], 0.12]), env.arm.tcp_quat(), OPEN
+        def up(env):  # jaw open: a cube it let go of stays on the table
+            return rise_from_hand(env, 0.12, OPEN)
 
         return [
             Phase("rise", up, lambda env, n: env.arm.tcp_pos()[2] > 0.08),
             *grasp_phases(self, "cube")[:3],   # above, descend, close
-            Phase("slide", slide, lambda env, n: dist(env) < CAGE_DONE, step_pos=0.03,
+            Phase("slide", slide, lambda env, n: self._goal_dist() < CAGE_DONE, step_pos=0.03,
                   abort=lambda env: dropped(self, "cube")),
             Phase("release", release, lambda env, n: n >= 3),
             Phase("up", up, lambda env, n: False),
@@ -227,14 +230,11 @@ class PushCube(Task):
 
         def push(env):
             pos, quat, g = self._behind(z_push)
-            d = self._dir()
-            dist = np.linalg.norm(self.goal_xy() - self.body_pos("cube")[:2])
-            pos[:2] += d * min(0.03, dist + 0.005)
+            pos[:2] += self._dir() * min(0.03, self._goal_dist() + 0.005)
             return pos, quat, g
 
-        def up(env):  # after an abort the jaw is beside the cube: rise first, never sweep across it
-            p = env.arm.tcp_pos()
-            return np.array([p[0], p[1], z_above]), env.arm.tcp_quat(), OPEN if palm else PUSH_G
+        def up(env):  # after an abort the jaw is beside the cube: rise first
+            return rise_from_hand(env, z_above, OPEN if palm else PUSH_G)
 
         return [
             Phase("rise", up, lambda env, n: env.arm.tcp_pos()[2] > z_risen),
