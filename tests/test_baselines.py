@@ -281,6 +281,8 @@ def test_baseline_policy_closed_loop_in_the_sim():
         BaselinePolicy(model, PolicySettings(zoom=1.5))
     with pytest.raises(ValueError, match="--noise"):
         BaselinePolicy(model, PolicySettings(noise="episode"))
+    with pytest.raises(ValueError, match="--position"):              # no triangulated point: BC predicts the pose
+        BaselinePolicy(model, PolicySettings(position="point"))
     env = make_env("reach_target", cameras=("front", "left", "right"), image_size=32)
     try:
         for m, k in ((model, 2), (dp(camera_names=["right", "left"]), 3)):

@@ -53,6 +53,6 @@ def test_eval_and_serve_read_the_policy_flags_alike():
                 if a.option_strings and a.option_strings[0] in FLAGS}
 
     FLAGS = ("--cfg-scale", "--horizon", "--execute-k", "--on-disagree", "--disagree-px", "--gripper",
-             "--max-resamples", "--method", "--ensemble", "--orientation", "--zoom", "--noise")
+             "--max-resamples", "--method", "--ensemble", "--orientation", "--zoom", "--noise", "--position")
     ours, theirs = policy_actions(evaluate.add_arguments), policy_actions(serve.add_arguments)
     assert set(ours) == set(FLAGS) and ours == theirs

@@ -240,6 +240,27 @@ def test_topdown_decoding_fits_a_yaw_and_ignores_tilt(rng):
         codec.decode(img, cams, orientation="tilted")
 
 
+def test_position_from_the_point_ignores_an_outer_point_that_is_off():
+    """position="point": the position point's triangulation, untouched by an "up" blob drawn 3 cm from where it
+    belongs (the three points no longer rigid); the default rigid fit moves the position toward it. Both keep the
+    same rotation; an unknown mode names the setting."""
+    cams = sim_cameras(3, 64)
+    poses = random_poses(20, seed=5)
+    moved = poses.copy()
+    moved[:, 0] += 0.03
+    img = codec.encode(poses, cams)
+    img[..., 2] = codec.encode(moved, cams)[..., 2]      # the up point (B) of a pose 3 cm along world x
+    fit, point = codec.decode(img, cams), codec.decode(img, cams, position="point")
+    ok = fit.valid & point.valid
+    assert ok.sum() >= 15
+    assert pose_errors(poses[ok], point.poses[ok])[0].max() < 0.5                          # mm
+    assert np.median(pose_errors(poses[ok], fit.poses[ok])[0]) > 5.0
+    np.testing.assert_allclose(point.poses[ok, 3:], fit.poses[ok, 3:])
+    np.testing.assert_allclose(point.poses[:, :3], point.points[:, 0])
+    with pytest.raises(ValueError, match="position"):
+        codec.decode(img, cams, position="centroid")
+
+
 def test_to_topdown_projects_rotations_and_keeps_the_rest():
     from action_images.geometry import matrix_to_pose, topdown_rotation
 

@@ -113,6 +113,23 @@ def test_cli_writes_strict_json_with_the_checkpoints_cameras(dataset, checkpoint
     assert fig.is_file()
 
 
+def test_position_flag_reaches_the_decoder(dataset, checkpoint, tmp_path, monkeypatch):
+    from action_images.codec import ActionImageCodec
+
+    seen = set()
+    decode = ActionImageCodec.decode
+
+    def spy(self, *args, **kwargs):
+        seen.add(kwargs.get("position", "fit"))
+        return decode(self, *args, **kwargs)
+
+    monkeypatch.setattr(ActionImageCodec, "decode", spy)
+    out = tmp_path / "ol.json"
+    assert _cli(["--checkpoint", str(checkpoint), "--data", str(dataset), "--episodes", "1", "--starts", "1",
+                 "--sampler-steps", "1", "--position", "point", "--json", str(out)]) == 0
+    assert seen == {"point"} and json.loads(out.read_text())["arguments"]["position"] == "point"
+
+
 def test_views_flag_overrides_the_checkpoint_and_eval_shares_the_evaluator(dataset):
     res = openloop.evaluate_open_loop(_model(["right", "front"]), str(dataset), num_episodes=2,
                                       windows_per_episode=1, steps=1, tasks=("policy",), views=["left", "right"])

@@ -375,6 +375,34 @@ def test_orientation_setting_is_checked():
     assert PolicySettings().to_dict()["orientation"] == "free"
 
 
+def test_position_setting_is_checked_and_reaches_the_decoder(monkeypatch):
+    """--position point plans from the decoder's position point; the default from the rigid fit."""
+    from action_images.codec import ActionImageCodec
+
+    seen = []
+    decode = ActionImageCodec.decode
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs.get("position", "fit"))
+        return decode(self, *args, **kwargs)
+
+    monkeypatch.setattr(ActionImageCodec, "decode", spy)
+    obs, cams = fake_obs_and_cameras()
+    model = StubModel(TARGETS, np.zeros(3))
+    fit = ActionImagesPolicy(model, PolicySettings(execute_k=6)).plan(obs, cams)
+    point = ActionImagesPolicy(model, PolicySettings(execute_k=6, position="point")).plan(obs, cams)
+    assert seen == ["fit", "point"] and fit.valid.all() and point.valid.all()
+    np.testing.assert_allclose(point.keyframes[:, :3], TARGETS[:, :3], atol=2e-3)   # clean blobs: both exact
+    np.testing.assert_allclose(point.keyframes, fit.keyframes, atol=1e-6)
+    with pytest.raises(ValueError, match="--position"):
+        PolicySettings(position="centroid")
+    with pytest.raises(ValueError, match="--position.*--decode-head"):
+        PolicySettings(position="point", decode_head="runs/head")
+    assert PolicySettings().to_dict()["position"] == "fit"
+    assert "position" not in PolicySettings().to_metadata()                  # a default the first protocol implies
+    assert PolicySettings(position="point").to_metadata()["position"] == "point"
+
+
 # ---- zoomed virtual views --------------------------------------------------------------------------------------------
 def test_zoom_box_centres_on_the_point_and_stays_inside_the_image():
     from action_images.policy import zoom_box

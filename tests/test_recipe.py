@@ -379,6 +379,15 @@ def test_the_4_view_stage_differs_from_the_shipped_stage_in_its_views_and_steps(
     assert shipped == wide
 
 
+def test_the_low_noise_stage_differs_from_the_shipped_stage_in_its_noise_levels_only():
+    """recipes/rig8-ctx-recover-noise-tmean05.json: the shipped second stage with training noise levels centred on
+    t = 0.5 instead of 1.5; nothing else differs."""
+    shipped = TrainRecipe.load(ROOT / "recipes" / "rig8-ctx-recover-noise-9k.json").to_dict()
+    low = TrainRecipe.load(ROOT / "recipes" / "rig8-ctx-recover-noise-tmean05.json").to_dict()
+    assert (shipped["model"].pop("t_mean"), low["model"].pop("t_mean")) == (1.5, 0.5)
+    assert shipped == low
+
+
 def test_the_palm_stage_is_the_shipped_stage_with_push_demos_replaced():
     """recipes/rig8-ctx-recover-noise-palm.json: the shipped second stage, with data/rig8's push_cube demos left out
     and the palm-style push demos in their place; nothing else differs."""

@@ -229,6 +229,9 @@ def test_init_from_starts_from_another_runs_export(tmp_path, capsys):
     assert train_main(*TINY, "--out", str(tmp_path / "h"), "--steps", "1", "--init-from", str(a),
                       "--act-keypoint-weight", "0.5") == 0         # another loss: the same weights, trained on
     assert WorldActionModel.from_pretrained(tmp_path / "h").config.act_keypoint_weight == 0.5
+    assert train_main(*TINY, "--out", str(tmp_path / "t"), "--steps", "1", "--init-from", str(a),
+                      "--t-mean", "0.5") == 0                      # other noise levels: the same weights, trained on
+    assert WorldActionModel.from_pretrained(tmp_path / "t").config.t_mean == 0.5
     assert train_main(*TINY, "--out", str(tmp_path / "i"), "--steps", "1", "--init-from", str(a),
                       "--image-size", "48") == 0                   # another resolution: position embeddings are computed
     assert WorldActionModel.from_pretrained(tmp_path / "i").config.image_size == 48

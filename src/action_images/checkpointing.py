@@ -158,17 +158,18 @@ def saved_recipe(ck: dict[str, Any]) -> dict[str, Any] | None:
 
 
 # config fields the weights do not depend on: a stage may train on other cameras, see more of them per window (view
-# slots have embeddings up to max_views), weigh its loss otherwise, or work at another resolution (the backbones'
-# position embeddings are computed for any grid of patches, and the context encoder is convolutional; a backbone
-# whose weights depend on the grid fails the shape check below instead)
+# slots have embeddings up to max_views), weigh its loss otherwise, draw its training noise levels from another
+# logit-normal, or work at another resolution (the backbones' position embeddings are computed for any grid of
+# patches, and the context encoder is convolutional; a backbone whose weights depend on the grid fails the shape
+# check below instead)
 WEIGHT_FREE_KEYS = frozenset({"camera_names", "action_loss_weight", "act_peak_weight", "act_keypoint_weight",
-                              "image_size", "num_views"})
+                              "t_mean", "t_std", "image_size", "num_views"})
 
 
 def init_weights(model: torch.nn.Module, run: str) -> None:
     """Load another run's exported weights (``RUN/model.safetensors``) into ``model`` (``model.init_from``); its
     ``config.json`` must describe the same model but for :data:`WEIGHT_FREE_KEYS` (cameras, views per window, loss
-    weights, image size)."""
+    weights, training noise levels, image size)."""
     folder = Path(run)
     if not (folder / WEIGHTS_NAME).is_file() or not (folder / CONFIG_NAME).is_file():
         raise FileNotFoundError(f"--init-from {run}: needs {WEIGHTS_NAME} and {CONFIG_NAME} (a run's export)")

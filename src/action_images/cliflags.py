@@ -55,9 +55,9 @@ def add_sampler_steps(p: Any, default: int | str, help: str, type: Any = whole_n
 
 
 def add_policy_arguments(g: Any) -> None:
-    """The closed-loop policy's flags from ``--cfg-scale`` to ``--noise``, shared by ``eval`` and ``serve`` so that
+    """The closed-loop policy's flags from ``--cfg-scale`` to ``--position``, shared by ``eval`` and ``serve`` so that
     both read them alike (:class:`action_images.policy.PolicySettings` checks their ranges)."""
-    from action_images.policy import DISAGREE_CHOICES, GRIPPER_MODES, METHODS, NOISE_MODES, ORIENTATIONS
+    from action_images.policy import DISAGREE_CHOICES, GRIPPER_MODES, METHODS, NOISE_MODES, ORIENTATIONS, POSITIONS
 
     g.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale, finite, >= 0")
     g.add_argument("--horizon", type=whole_number, default=None,
@@ -85,3 +85,6 @@ def add_policy_arguments(g: Any) -> None:
     g.add_argument("--noise", default="fresh", choices=NOISE_MODES,
                    help="the sampler's starting noise: fresh, a new draw at every replanning step (default); episode, "
                         "one draw per episode, so nearby observations get nearby plans")
+    g.add_argument("--position", default="fit", choices=POSITIONS,
+                   help="where a keyframe's position comes from: fit, the rigid fit of the three decoded points "
+                        "(default); point, the triangulated position point alone")

@@ -55,6 +55,7 @@ class DecodeResult:
 
 
 ORIENTATIONS = ("free", "topdown")   # decode(orientation=...): any rotation, or top-down poses (a yaw)
+POSITIONS = ("fit", "point")         # decode(position=...): the rigid fit's translation, or the triangulated R point
 
 
 class ActionImageCodec:
@@ -252,18 +253,22 @@ class ActionImageCodec:
 
     # ------------------------------------------------------------------------------------------------------------------
     def decode(self, images: np.ndarray, cameras: Sequence[Camera], method: str = "triangulate",
-               orientation: str = "free") -> DecodeResult:
+               orientation: str = "free", position: str = "fit") -> DecodeResult:
         """Action images ``[V, T, H, W, 3]`` (float in [0, 1] or uint8) -> :class:`DecodeResult`.
 
         ``method``: ``"triangulate"`` (ours, default) or ``"depth_sweep"`` (the paper's main-view depth sweep).
         ``orientation``: ``"free"`` fits any rotation to the three points (default); ``"topdown"`` fits only a yaw
         with the tool pointing straight down (tool +z = world -z), for robots whose grasps are all top-down: the
         tilt the three points would imply is noise there, and the constrained fit does not spread it into the yaw.
+        ``position``: ``"fit"`` takes the position from the rigid fit of all three points (default), ``"point"``
+        from the triangulated position point (R) alone, so errors of the two points 10 cm away do not move it.
         """
         if method not in ("triangulate", "depth_sweep"):
             raise ValueError(f"unknown decode method {method!r}; use 'triangulate' or 'depth_sweep'")
         if orientation not in ORIENTATIONS:
             raise ValueError(f"unknown orientation {orientation!r}; use one of {', '.join(ORIENTATIONS)}")
+        if position not in POSITIONS:
+            raise ValueError(f"unknown position {position!r}; use one of {', '.join(POSITIONS)}")
         if len(cameras) < 2:
             raise ValueError(f"decoding needs at least 2 views to triangulate; got {len(cameras)}")
         images = self._prepare(images, cameras)
@@ -305,6 +310,8 @@ class ActionImageCodec:
         if valid.any():
             fit = self._kabsch if orientation == "free" else self._fit_topdown
             R, t = fit(X[valid], conf[valid])
+            if position == "point":
+                t = X[valid][:, 0]
             poses[valid] = matrix_to_pose(t, R, g_view[valid].mean(-1))
         with np.errstate(invalid="ignore"):
             disagree = (rejected.any(axis=(-1, -2)) | (np.nan_to_num(rms, nan=0.0) > reject_px).any(-1)

@@ -353,7 +353,7 @@ class Evaluation:
                            "method": s.policy.method, "on_disagree": s.policy.on_disagree,
                            "gripper": s.policy.gripper, "max_resamples": s.policy.max_resamples,
                            "ensemble": s.policy.ensemble, "orientation": s.policy.orientation, "zoom": s.policy.zoom,
-                           "noise": s.policy.noise,
+                           "noise": s.policy.noise, "position": s.policy.position,
                            "disagree_px": policy.codec.reject_px, "model_image_size": cfg.image_size,
                            "model_preset": cfg.preset, "model_camera_names": getattr(cfg, "camera_names", None),
                            "model_parameters": (int(sum(p.numel() for p in model.parameters()))
@@ -417,7 +417,8 @@ def settings_from_args(args: argparse.Namespace) -> EvalSettings:
                             sampler_steps=args.sampler_steps, cfg_scale=args.cfg_scale, on_disagree=args.on_disagree,
                             disagree_px=args.disagree_px, gripper=args.gripper, max_resamples=args.max_resamples,
                             method=args.method, decode_head=args.decode_head, ensemble=args.ensemble,
-                            orientation=args.orientation, zoom=args.zoom, noise=args.noise)
+                            orientation=args.orientation, zoom=args.zoom, noise=args.noise,
+                            position=args.position)
     return EvalSettings(tasks=args.tasks, episodes=args.episodes, seed=args.seed, cameras=args.cameras,
                         image_size=args.image_size, perturb_cameras=args.perturb_cameras, max_steps=args.max_steps,
                         videos=args.videos, video_format=args.video_format, video_px=args.video_px, jobs=args.jobs,
@@ -507,7 +508,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             views=metrics["policy"]["views"], lpips_weights=args.lpips_weights, i3d_weights=args.i3d_weights,
             trust_i3d_torchscript=getattr(args, "trust_i3d_torchscript", False),
-            orientation=getattr(args, "orientation", "free"))
+            orientation=getattr(args, "orientation", "free"), position=getattr(args, "position", "fit"))
     metrics["wall_s"] = time.perf_counter() - t0
     metrics["environment"] = environment()
     report = write_outputs(out, metrics)

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from action_images.cliflags import Parser
-from action_images.codec import ORIENTATIONS
+from action_images.codec import ORIENTATIONS, POSITIONS
 from action_images.geometry import Camera
 from action_images.jobs.common import check_declared_cameras
 from action_images.metrics import (JACCARD_THRESHOLDS, jaccard, pixel_error, pose_error, psnr, ssim, to_u8,
@@ -224,7 +224,7 @@ def evaluate_open_loop(model: Any, data_root: Any, episodes: Sequence[int] | Non
                        lpips_weights: str | None = None, i3d_weights: str | None = None,
                        trust_i3d_torchscript: bool = False, thresholds: Sequence[float] = JACCARD_THRESHOLDS,
                        batch_size: int = 8, figure: str | None = None,
-                       orientation: str = "free") -> dict[str, Any]:
+                       orientation: str = "free", position: str = "fit") -> dict[str, Any]:
     """Open-loop scores of ``model`` on episodes of the dataset ``data_root`` (a path or a ``Windows``).
 
     ``episodes``: explicit episode indices; else ``num_episodes`` picked by :func:`pick_episodes`. ``views``: camera
@@ -234,7 +234,8 @@ def evaluate_open_loop(model: Any, data_root: Any, episodes: Sequence[int] | Non
     not move") against the hold-pose baseline, per keyframe, gripper accuracy and the decodable fraction.
     ``i3d_weights`` (FVD) is TorchScript and is loaded only with ``trust_i3d_torchscript`` (loading runs its code).
     ``figure``: a PNG of real vs generated streams of the first window. ``orientation``: how generated action
-    images decode, as the policy's setting of that name ("free" or "topdown").
+    images decode, as the policy's setting of that name ("free" or "topdown"); ``position`` likewise ("fit" or
+    "point").
     """
     from action_images.data.windows import collate
 
@@ -307,7 +308,7 @@ def evaluate_open_loop(model: Any, data_root: Any, episodes: Sequence[int] | Non
                     first = 1 if t == "policy" else 0                          # the policy is given the current pose
                     uv, peak = codec.peaks(act[:, first:])
                     row["action_2d"] = pixel_error(uv, true_uv[:, first:], true_vis[:, first:])
-                    dec = codec.decode(act[:, first:], cams, orientation=orientation)
+                    dec = codec.decode(act[:, first:], cams, orientation=orientation, position=position)
                     row["action_3d"] = pose_error(dec.poses, poses[first:])
                     row["disagree_fraction"] = float(dec.disagree.mean())
                     if t == "labeler":
@@ -391,6 +392,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale (default 1: none)")
     p.add_argument("--orientation", default="free", choices=ORIENTATIONS,
                    help="decode any tool rotation (free, default) or only a yaw with the tool pointing down (topdown)")
+    p.add_argument("--position", default="fit", choices=POSITIONS,
+                   help="a keyframe's position from the rigid fit of the three decoded points (fit, default) or from "
+                        "the triangulated position point alone (point)")
     p.add_argument("--seed", type=int, default=0, help="sampler noise and window seed (default 0)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--batch-size", type=int, default=8, help="windows per sampler call (default 8)")
@@ -492,7 +496,7 @@ def run(args: argparse.Namespace) -> int:
                               steps=args.sampler_steps, cfg_scale=args.cfg_scale, seed=args.seed, views=views,
                               tasks=tuple(modes), lpips_weights=args.lpips_weights, i3d_weights=args.i3d_weights,
                               trust_i3d_torchscript=args.trust_i3d_torchscript, batch_size=args.batch_size,
-                              figure=args.figure, orientation=args.orientation)
+                              figure=args.figure, orientation=args.orientation, position=args.position)
     res: dict[str, Any] = {"command": "openloop", "arguments": args_dict(args), "seed": args.seed,
                            "checkpoint": str(args.checkpoint), "data": str(args.data), "modes": modes,
                            "episodes": full["episodes"], "windows": full["windows"], "views": full["views"],

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from scipy.spatial.transform import Rotation, Slerp
 
-from action_images.codec import ORIENTATIONS, ActionImageCodec, DecodeResult
+from action_images.codec import ORIENTATIONS, POSITIONS, ActionImageCodec, DecodeResult
 from action_images.data.windows import (center_box, collate, crop_resize, finish_window, square_at,
                                          workspace_box)
 from action_images.geometry import Camera
@@ -44,13 +44,14 @@ NOISE_MODES = ("fresh", "episode")  # starting noise: a new draw at every replan
 MAX_SAMPLER_STEPS = 1000
 MAX_ENSEMBLE = 64
 # settings added after the first policy-server protocol -> their defaults (PolicySettings.to_metadata)
-LATER_SETTINGS: dict[str, Any] = {"ensemble": 1, "orientation": "free", "zoom": 1.0, "noise": "fresh"}
+LATER_SETTINGS: dict[str, Any] = {"ensemble": 1, "orientation": "free", "zoom": 1.0, "noise": "fresh",
+                                   "position": "fit"}
 # setting -> the command-line flag that sets it (errors name both, so the CLI and the library share one message)
 FLAGS = {"camera_names": "--policy-cameras", "horizon": "--horizon", "execute_k": "--execute-k",
          "sampler_steps": "--sampler-steps", "cfg_scale": "--cfg-scale", "on_disagree": "--on-disagree",
          "disagree_px": "--disagree-px", "gripper": "--gripper", "max_resamples": "--max-resamples",
          "method": "--method", "decode_head": "--decode-head", "ensemble": "--ensemble",
-         "orientation": "--orientation", "zoom": "--zoom", "noise": "--noise"}
+         "orientation": "--orientation", "zoom": "--zoom", "noise": "--noise", "position": "--position"}
 
 
 def _label(name: str, flags: dict[str, str]) -> str:
@@ -133,6 +134,8 @@ class PolicySettings:
     episode (per input shape) and starts every replanning step's first sample from it, so the plan is a fixed
     function of the observation: nearby observations get nearby plans instead of a new draw among the model's
     modes at each replan (a resample after disagreement still draws fresh noise).
+    ``position``: "fit" takes each keyframe's position from the rigid fit of the three decoded points; "point" from
+    the triangulated position point alone, so the errors of the two points 10 cm away do not move it.
     """
 
     camera_names: tuple[str, ...] | None = None
@@ -150,6 +153,7 @@ class PolicySettings:
     orientation: str = "free"
     zoom: float = 1.0
     noise: str = "fresh"
+    position: str = "fit"
 
     def __post_init__(self) -> None:
         put = object.__setattr__
@@ -170,12 +174,16 @@ class PolicySettings:
         check_choice("orientation", self.orientation, ORIENTATIONS)
         put(self, "zoom", check_float("zoom", self.zoom, 1.0))
         check_choice("noise", self.noise, NOISE_MODES)
+        check_choice("position", self.position, POSITIONS)
         if self.decode_head is not None:
             if not isinstance(self.decode_head, str) or not self.decode_head:
                 raise ValueError(f"{_label('decode_head', FLAGS)} must be a folder; got {self.decode_head!r}")
             if self.orientation != "free":
                 raise ValueError(f"{_label('orientation', FLAGS)} {self.orientation} constrains triangulation; "
                                  f"{_label('decode_head', FLAGS)} decodes without it")
+            if self.position != "fit":
+                raise ValueError(f"{_label('position', FLAGS)} {self.position} reads a triangulated point; "
+                                 f"{_label('decode_head', FLAGS)} regresses the pose without one")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -341,6 +349,7 @@ class ActionImagesPolicy(ChunkQueue):
         self.steps, self.cfg_scale, self.method = s.sampler_steps, s.cfg_scale, s.method
         self.on_disagree, self.gripper, self.max_resamples = s.on_disagree, s.gripper, s.max_resamples
         self.ensemble, self.orientation, self.zoom, self.noise = s.ensemble, s.orientation, s.zoom, s.noise
+        self.position = s.position
         if codec is None:
             sigma = ActionImageCodec().sigma(self.image_size, self.image_size)
             reject = s.disagree_px if s.disagree_px is not None else 2.0 * sigma
@@ -437,6 +446,13 @@ class ActionImagesPolicy(ChunkQueue):
             act = np.mean([act, *(_frames(out, i)[1] for i in range(1, n))], axis=0)
         return rgb, act
 
+    def _decode(self, act: np.ndarray, cams) -> DecodeResult:
+        """The generated action images decoded with the settings' orientation and position (a learned decoder takes
+        neither: the settings refuse them beside it)."""
+        if self.position == "fit":
+            return self.codec.decode(act, cams, orientation=self.orientation)
+        return self.codec.decode(act, cams, orientation=self.orientation, position=self.position)
+
     def _decide(self, dec: DecodeResult) -> tuple[str, int]:
         """(decision, steps to execute) from the decode of the keyframes that the first ``execute_k`` steps use."""
         used = min(self.horizon, -(-self.execute_k // self.stride))          # keyframes reached by step k
@@ -469,7 +485,7 @@ class ActionImagesPolicy(ChunkQueue):
             else:
                 future_rgb, future_act = self._generate(batch, fresh=attempt > 0)
             t2 = time.perf_counter()
-            dec = self.codec.decode(future_act, cams, orientation=self.orientation)
+            dec = self._decode(future_act, cams)
             t3 = time.perf_counter()
             t_gen, t_dec = t_gen + t2 - t1, t_dec + t3 - t2
             decision, n_exec = self._decide(dec)

@@ -92,8 +92,9 @@ class ModelRecipe:
     gradient_checkpointing: bool = _f(False, "wan presets: recompute each block's activations in the backward pass "
                                              "(less memory, ~30 % more compute)")
     init_from: str | None = _f(None, "start from another run's exported weights (RUN/model.safetensors; the same "
-                                     "model config, but for the cameras, views per window, loss weights and image "
-                                     "size), with a fresh optimizer and EMA: a second stage of a recipe")
+                                     "model config, but for the cameras, views per window, loss weights, training "
+                                     "noise levels and image size), with a fresh optimizer and EMA: a second stage "
+                                     "of a recipe")
 
 
 @dataclass

@@ -29,7 +29,7 @@ class BaselinePolicy(ActionImagesPolicy):
     """Closed loop around a model with ``predict(batch, generator, steps) -> poses [B, H, 8]``; ``settings`` as for
     :class:`ActionImagesPolicy` (``sampler_steps`` is the diffusion policy's step count; ``cfg_scale``, ``method``,
     ``on_disagree``, ``disagree_px`` and ``max_resamples`` do not apply; ``decode_head``, ``ensemble`` > 1,
-    ``zoom`` > 1 and ``noise`` "episode" are refused; ``orientation`` "topdown" replaces each predicted rotation by
+    ``zoom`` > 1, ``noise`` "episode" and ``position`` "point" are refused; ``orientation`` "topdown" replaces each predicted rotation by
     the nearest top-down one, as the world action model's decoding does)."""
 
     def __init__(self, model: Any, settings: Any = None, **kwargs: Any):
@@ -40,6 +40,9 @@ class BaselinePolicy(ActionImagesPolicy):
         if getattr(settings, "noise", "fresh") != "fresh":
             raise ValueError("--noise episode fixes the world action model's starting noise; this checkpoint predicts "
                              "poses")
+        if getattr(settings, "position", "fit") != "fit":
+            raise ValueError("--position point reads a triangulated point of generated action images; this "
+                             "checkpoint predicts poses")
         if getattr(settings, "zoom", 1.0) != 1.0:
             raise ValueError("--zoom adds virtual views for a model that plans on any number of views; this "
                              "checkpoint predicts poses")

@@ -80,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
                                   sampler_steps=args.sampler_steps, cfg_scale=args.cfg_scale,
                                   on_disagree=args.on_disagree, disagree_px=args.disagree_px, gripper=args.gripper,
                                   max_resamples=args.max_resamples, method=args.method, ensemble=args.ensemble,
-                                  orientation=args.orientation, zoom=args.zoom, noise=args.noise)
+                                  orientation=args.orientation, zoom=args.zoom, noise=args.noise,
+                                  position=args.position)
         if args.threads:
             torch.set_num_threads(args.threads)
         model = load_model(args.checkpoint)
