@@ -27,6 +27,7 @@ probe = load("metaworld_failures")
 pairs = load("view_pair_geometry")
 angles = load("success_by_view_angle")
 ensemble = load("ensemble_openloop")
+posdec = load("position_decode")
 stalls = load("stalls")
 pushdir = load("push_directions")
 handgeo = load("push_hand_geometry")
@@ -206,6 +207,41 @@ def test_ensemble_probe_sees_as_many_views_as_asked(tmp_path, lerobot_root):
     assert list(tasks) == ["unknown"] and tasks["unknown"] == result["summary"]
     with pytest.raises(SystemExit, match="--views"):
         ensemble.main([*args, "--views", "4"])
+
+
+def test_position_decode_measures_lead_and_distance_from_the_path():
+    """bench/position_decode.py: the lead is the error along the demo's motion (ahead positive, none where the demo
+    has not moved); the off-path distance is 0 anywhere on the polyline, early or late, and the perpendicular
+    distance off it."""
+    start = np.zeros(3)
+    true = np.array([[0.02, 0, 0], [0.04, 0, 0], [0.0, 0.001, 0]])
+    pred = np.array([[0.03, 0.01, 0], [0.035, 0, 0], [0.0, 0.0, 0]])
+    lead = posdec.lead_cm(pred, start, true)
+    np.testing.assert_allclose(lead[:2], [1.0, -0.5], atol=1e-9)
+    assert np.isnan(lead[2])                                          # the demo moved 1 mm: no direction
+    path = np.array([[0, 0, 0], [0.04, 0, 0], [0.04, 0.04, 0]])
+    on = np.array([[0.01, 0, 0], [0.04, 0.03, 0]])                    # on it, whenever
+    off = np.array([[0.02, 0.01, 0], [0.05, 0.02, 0], [0.04, 0.05, 0]])
+    np.testing.assert_allclose(posdec.path_cm(on, path), [0.0, 0.0], atol=1e-9)
+    np.testing.assert_allclose(posdec.path_cm(off, path), [1.0, 1.0, 1.0], atol=1e-9)
+
+
+def test_position_decode_runs_on_a_tiny_checkpoint(tmp_path, lerobot_root):
+    import torch
+
+    from action_images.wam import WAMConfig, WorldActionModel
+
+    torch.manual_seed(0)
+    WorldActionModel(WAMConfig.from_preset("cpu-tiny")).save_pretrained(tmp_path / "m")
+    out = tmp_path / "p.json"
+    assert posdec.main(["--checkpoint", str(tmp_path / "m"), "--data", str(lerobot_root), "--starts", "2",
+                        "--samples", "2", "--sampler-steps", "1", "--views", "2", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["summary"]["fit_cm"]["n"] == result["summary"]["point_cm"]["n"] == 4 * 2 * 2 * 2
+    group = result["by_task"]["unknown"]
+    assert len(group["point_cm_median_by_keyframe"]) == 2 and set(group["by_start"]) == {"0", "1"}
+    with pytest.raises(SystemExit, match="--samples"):
+        posdec.main(["--checkpoint", str(tmp_path / "m"), "--samples", "0"])
 
 
 def test_push_directions_bins_success_and_marks_the_band_where_the_jaw_yaw_wraps():
