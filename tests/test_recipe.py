@@ -379,13 +379,14 @@ def test_the_4_view_stage_differs_from_the_shipped_stage_in_its_views_and_steps(
     assert shipped == wide
 
 
-def test_the_low_noise_stage_differs_from_the_shipped_stage_in_its_noise_levels_only():
-    """recipes/rig8-ctx-recover-noise-tmean05.json: the shipped second stage with training noise levels centred on
-    t = 0.5 instead of 1.5; nothing else differs."""
+@pytest.mark.parametrize("name, t_mean", [("tmean05", 0.5), ("tmean25", 2.5)])
+def test_the_noise_level_stages_differ_from_the_shipped_stage_in_their_noise_levels_only(name, t_mean):
+    """recipes/rig8-ctx-recover-noise-tmean05.json and -tmean25.json: the shipped second stage with its training
+    noise levels drawn from a logit-normal of mean 0.5 or 2.5 instead of 1.5; nothing else differs."""
     shipped = TrainRecipe.load(ROOT / "recipes" / "rig8-ctx-recover-noise-9k.json").to_dict()
-    low = TrainRecipe.load(ROOT / "recipes" / "rig8-ctx-recover-noise-tmean05.json").to_dict()
-    assert (shipped["model"].pop("t_mean"), low["model"].pop("t_mean")) == (1.5, 0.5)
-    assert shipped == low
+    probe = TrainRecipe.load(ROOT / "recipes" / f"rig8-ctx-recover-noise-{name}.json").to_dict()
+    assert (shipped["model"].pop("t_mean"), probe["model"].pop("t_mean")) == (1.5, t_mean)
+    assert shipped == probe
 
 
 def test_the_palm_stage_is_the_shipped_stage_with_push_demos_replaced():
