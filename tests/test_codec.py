@@ -256,7 +256,7 @@ def test_position_from_the_point_ignores_an_outer_point_that_is_off():
     assert pose_errors(poses[ok], point.poses[ok])[0].max() < 0.5                          # mm
     assert np.median(pose_errors(poses[ok], fit.poses[ok])[0]) > 5.0
     np.testing.assert_allclose(point.poses[ok, 3:], fit.poses[ok, 3:])
-    np.testing.assert_allclose(point.poses[:, :3], point.points[:, 0])
+    np.testing.assert_allclose(point.poses[ok, :3], point.points[ok, 0])
     with pytest.raises(ValueError, match="position"):
         codec.decode(img, cams, position="centroid")
 

@@ -77,6 +77,8 @@ def test_decoder_result_save_load_and_bad_files(batch, tmp_path):
         LearnedDecoder(head).decode(images[:1], cams)
     with pytest.raises(ValueError, match="orientation"):          # no constrained fit: the policy refuses it first
         LearnedDecoder(head).decode(images, cams, orientation="topdown")
+    with pytest.raises(ValueError, match="position"):
+        LearnedDecoder(head).decode(images, cams, position="point")
 
     meta = json.loads((tmp_path / "h" / "config.json").read_text())
     for bad, match in (({**meta, "format": "action-images-wam"}, "not a decode head"),

@@ -383,7 +383,7 @@ def test_position_setting_is_checked_and_reaches_the_decoder(monkeypatch):
     decode = ActionImageCodec.decode
 
     def spy(self, *args, **kwargs):
-        seen.append(kwargs.get("position", "fit"))
+        seen.append(kwargs.get("position", "not passed"))
         return decode(self, *args, **kwargs)
 
     monkeypatch.setattr(ActionImageCodec, "decode", spy)

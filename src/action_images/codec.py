@@ -55,7 +55,7 @@ class DecodeResult:
 
 
 ORIENTATIONS = ("free", "topdown")   # decode(orientation=...): any rotation, or top-down poses (a yaw)
-POSITIONS = ("fit", "point")         # decode(position=...): the rigid fit's translation, or the triangulated R point
+POSITIONS = ("fit", "point")         # decode(position=...): the rigid fit's translation, or the position (red) point
 
 
 class ActionImageCodec:

@@ -181,9 +181,12 @@ class LearnedDecoder(ActionImageCodec):
     def from_pretrained(cls, path: str | Path, **codec_kwargs: Any) -> "LearnedDecoder":
         return cls(DecodeHead.from_pretrained(path), **codec_kwargs)
 
-    def decode(self, images: np.ndarray, cameras: Sequence[Camera], orientation: str = "free") -> DecodeResult:
+    def decode(self, images: np.ndarray, cameras: Sequence[Camera], orientation: str = "free",
+               position: str = "fit") -> DecodeResult:
         if orientation != "free":                     # the head regresses points; it has no constrained fit
             raise ValueError(f"the decode head decodes any rotation; got orientation {orientation!r}")
+        if position != "fit":                         # nor a triangulated position point to read alone
+            raise ValueError(f"the decode head regresses the whole pose; got position {position!r}")
         images = np.asarray(images, dtype=np.float32)
         V, T = images.shape[:2]
         R = self.head.config.image_size

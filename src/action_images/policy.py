@@ -447,10 +447,7 @@ class ActionImagesPolicy(ChunkQueue):
         return rgb, act
 
     def _decode(self, act: np.ndarray, cams) -> DecodeResult:
-        """The generated action images decoded with the settings' orientation and position (a learned decoder takes
-        neither: the settings refuse them beside it)."""
-        if self.position == "fit":
-            return self.codec.decode(act, cams, orientation=self.orientation)
+        """The generated action images decoded with the settings' orientation and position."""
         return self.codec.decode(act, cams, orientation=self.orientation, position=self.position)
 
     def _decide(self, dec: DecodeResult) -> tuple[str, int]:

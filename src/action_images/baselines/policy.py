@@ -29,8 +29,8 @@ class BaselinePolicy(ActionImagesPolicy):
     """Closed loop around a model with ``predict(batch, generator, steps) -> poses [B, H, 8]``; ``settings`` as for
     :class:`ActionImagesPolicy` (``sampler_steps`` is the diffusion policy's step count; ``cfg_scale``, ``method``,
     ``on_disagree``, ``disagree_px`` and ``max_resamples`` do not apply; ``decode_head``, ``ensemble`` > 1,
-    ``zoom`` > 1, ``noise`` "episode" and ``position`` "point" are refused; ``orientation`` "topdown" replaces each predicted rotation by
-    the nearest top-down one, as the world action model's decoding does)."""
+    ``zoom`` > 1, ``noise`` "episode" and ``position`` "point" are refused; ``orientation`` "topdown" replaces each
+    predicted rotation by the nearest top-down one, as the world action model's decoding does)."""
 
     def __init__(self, model: Any, settings: Any = None, **kwargs: Any):
         if getattr(settings, "decode_head", None) is not None:
