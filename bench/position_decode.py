@@ -78,22 +78,19 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     from action_images.baselines import load_model
     from action_images.data.windows import collate
-    from action_images.openloop import (held_out_windows, noise_shape, open_windows, unit_images, window_cameras,
-                                        window_seed)
+    from action_images.openloop import (first_views, held_out_windows, noise_shape, open_windows, unit_images,
+                                        window_cameras, window_seed)
 
     t0 = time.perf_counter()
     model = load_model(a.checkpoint)
     cfg, R, K = model.config, model.config.image_size, a.samples
     data = open_windows(a.data, cfg, a.seed)
     ds, codec = data.datasets[0], data.codec
-    names = list(ds.camera_names)
     try:
-        V = len(names) if a.views == "all" else int(a.views)
-    except ValueError:
-        raise SystemExit(f"--views: a number or 'all'; got {a.views!r}") from None
-    if not 2 <= V <= len(names):
-        raise SystemExit(f"--views: 2 to {len(names)} (the cameras of {a.data}); got {a.views}")
-    views = names[:V]
+        views = first_views(list(ds.camera_names), a.views, a.data)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+    V = len(views)
     keys = ["fit_cm", "point_cm", "fit_lead_cm", "fit_across_cm", "point_lead_cm", "point_off_path_cm",
             *[f"{n}_point_err_cm" for n in POINTS]]
     rows: dict[str, list[np.ndarray]] = {k: [] for k in keys}

@@ -116,6 +116,19 @@ def held_out_windows(data: Any, episodes: Sequence[int], per_episode: int, views
     return out
 
 
+def first_views(names: Sequence[str], spec: str, where: str) -> list[str]:
+    """The first N of a dataset's camera ``names`` for a probe's ``--views N`` (``spec`` "all": every one of them);
+    ValueError naming the flag for anything else than 2..len(names) or "all" (``where``: the dataset, for the
+    message)."""
+    try:
+        n = len(names) if spec == "all" else int(spec)
+    except ValueError:
+        raise ValueError(f"--views: a number or 'all'; got {spec!r}") from None
+    if not 2 <= n <= len(names):
+        raise ValueError(f"--views: 2 to {len(names)} (the cameras of {where}); got {spec}")
+    return list(names[:n])
+
+
 def noise_shape(config: Any, views: int, frames: int, height: int, width: int) -> tuple[int, ...]:
     """The shape of one window's starting noise for ``model.sample(noise=...)``: ``[V, F, 6, H, W]`` in pixel space;
     for a latent model (``config.latent``) the folded latent layout ``[V, F', 6, Z/3 * h, w]`` (F' = 1 + (F - 1) / 4
