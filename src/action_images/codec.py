@@ -261,7 +261,7 @@ class ActionImageCodec:
         with the tool pointing straight down (tool +z = world -z), for robots whose grasps are all top-down: the
         tilt the three points would imply is noise there, and the constrained fit does not spread it into the yaw.
         ``position``: ``"fit"`` takes the position from the rigid fit of all three points (default), ``"point"``
-        from the triangulated position point (R) alone, so errors of the two points 10 cm away do not move it.
+        from the triangulated position (red) point alone, so errors of the two points 10 cm away do not move it.
         """
         if method not in ("triangulate", "depth_sweep"):
             raise ValueError(f"unknown decode method {method!r}; use 'triangulate' or 'depth_sweep'")
