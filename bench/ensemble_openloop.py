@@ -75,21 +75,15 @@ def main(argv=None) -> int:
     if a.samples < 2:
         raise SystemExit(f"--samples must be >= 2; got {a.samples}")
     torch.set_num_threads(1)
-    from action_images.baselines import load_model
-    from action_images.data.windows import collate
-    from action_images.openloop import (first_views, held_out_windows, noise_shape, open_windows, unit_images,
-                                        window_cameras, window_seed)
+    from action_images.openloop import held_out_windows, open_probe, sample_window, unit_images, window_cameras
 
     t0 = time.perf_counter()
-    model = load_model(a.checkpoint)
-    cfg, R, K = model.config, model.config.image_size, a.samples
-    data = open_windows(a.data, cfg, a.seed)
-    ds, codec = data.datasets[0], data.codec
     try:
-        views = first_views(list(ds.camera_names), a.views, a.data)
+        model, data, views = open_probe(a.checkpoint, a.data, a.seed, a.views)
     except ValueError as e:
         raise SystemExit(str(e)) from None
-    V = len(views)
+    R, K = model.config.image_size, a.samples
+    ds, codec = data.datasets[0], data.codec
     ks = [k for k in (2, 4, 8, 16) if k <= K]
     errors: dict[str, list[np.ndarray]] = {"one sample": [], "best sample per keyframe (oracle)": [],
                                            f"lowest reprojection error of {K} samples": [],
@@ -103,9 +97,7 @@ def main(argv=None) -> int:
         for wi, w in enumerate(held_out_windows(data, [ep], a.starts, views, a.seed)):
             poses = w["poses"].numpy()
             cams = window_cameras(w, R)
-            gen = torch.Generator().manual_seed(window_seed(a.seed, ep * a.starts + wi))
-            noise = torch.randn((K, *noise_shape(cfg, V, poses.shape[0], R, R)), generator=gen)
-            out = model.sample(collate([w] * K), task="policy", steps=a.sampler_steps, noise=noise)
+            out = sample_window(model, w, K, a.sampler_steps, a.seed, ep * a.starts + wi)
             acts = np.stack([unit_images(out.act[i])[:, 1:] for i in range(K)])     # [K, V, H, R, R, 3]
             true, start = poses[1:, :3], poses[0, :3]
             decs = [codec.decode(x, cams) for x in acts]

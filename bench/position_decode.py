@@ -76,21 +76,15 @@ def main(argv=None) -> int:
     if a.samples < 1:
         raise SystemExit(f"--samples must be >= 1; got {a.samples}")
     torch.set_num_threads(1)
-    from action_images.baselines import load_model
-    from action_images.data.windows import collate
-    from action_images.openloop import (first_views, held_out_windows, noise_shape, open_windows, unit_images,
-                                        window_cameras, window_seed)
+    from action_images.openloop import held_out_windows, open_probe, sample_window, unit_images, window_cameras
 
     t0 = time.perf_counter()
-    model = load_model(a.checkpoint)
-    cfg, R, K = model.config, model.config.image_size, a.samples
-    data = open_windows(a.data, cfg, a.seed)
-    ds, codec = data.datasets[0], data.codec
     try:
-        views = first_views(list(ds.camera_names), a.views, a.data)
+        model, data, views = open_probe(a.checkpoint, a.data, a.seed, a.views)
     except ValueError as e:
         raise SystemExit(str(e)) from None
-    V = len(views)
+    R, K = model.config.image_size, a.samples
+    ds, codec = data.datasets[0], data.codec
     keys = ["fit_cm", "point_cm", "fit_lead_cm", "fit_across_cm", "point_lead_cm", "point_off_path_cm",
             *[f"{n}_point_err_cm" for n in POINTS]]
     rows: dict[str, list[np.ndarray]] = {k: [] for k in keys}
@@ -101,9 +95,7 @@ def main(argv=None) -> int:
         for wi, w in enumerate(held_out_windows(data, [ep], a.starts, views, a.seed)):
             poses = w["poses"].numpy()
             cams = window_cameras(w, R)
-            gen = torch.Generator().manual_seed(window_seed(a.seed, ep * a.starts + wi))
-            noise = torch.randn((K, *noise_shape(cfg, V, poses.shape[0], R, R)), generator=gen)
-            out = model.sample(collate([w] * K), task="policy", steps=a.sampler_steps, noise=noise)
+            out = sample_window(model, w, K, a.sampler_steps, a.seed, ep * a.starts + wi)
             true, start = poses[1:, :3], poses[0, :3]
             true_pts = codec.points(poses[1:])                                       # [H, 3, 3]
             r: dict[str, list[np.ndarray]] = {k: [] for k in keys}

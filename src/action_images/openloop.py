@@ -116,6 +116,29 @@ def held_out_windows(data: Any, episodes: Sequence[int], per_episode: int, views
     return out
 
 
+def open_probe(checkpoint: str, data_root: str, seed: int, views: str) -> tuple[Any, Any, list[str]]:
+    """What the open-loop probes under bench/ start from: the model of ``checkpoint``, the un-augmented windows of
+    ``data_root`` (:func:`open_windows`) and the first ``views`` of its cameras (:func:`first_views`); ValueError
+    naming the flag for a view count the dataset does not have."""
+    from action_images.baselines import load_model
+
+    model = load_model(checkpoint)
+    data = open_windows(data_root, model.config, seed)
+    return model, data, first_views(list(data.datasets[0].camera_names), views, data_root)
+
+
+def sample_window(model: Any, window: dict[str, Any], samples: int, steps: int, seed: int, index: int) -> Any:
+    """``samples`` policy samples of one ``window`` in one model call, each from its own starting noise, all drawn
+    from the window's seed (:func:`window_seed` of ``seed`` and ``index``): the same noise whatever else is sampled."""
+    from action_images.data.windows import collate
+
+    R = model.config.image_size
+    V, F = window["rgb"].shape[:2]
+    gen = torch.Generator().manual_seed(window_seed(seed, index))
+    noise = torch.randn((samples, *noise_shape(model.config, V, F, R, R)), generator=gen)
+    return model.sample(collate([window] * samples), task="policy", steps=steps, noise=noise)
+
+
 def first_views(names: Sequence[str], spec: str, where: str) -> list[str]:
     """The first N of a dataset's camera ``names`` for a probe's ``--views N`` (``spec`` "all": every one of them);
     ValueError naming the flag for anything else than 2..len(names) or "all" (``where``: the dataset, for the
