@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from action_images.cliflags import Parser
+from action_images.openloop import probe_arguments
 from action_images.runfiles import atomic_write_json, probe_command
 
 
@@ -63,14 +64,8 @@ def summarise_by_task(errors: dict[str, list[np.ndarray]], window_tasks: list[st
 
 def main(argv=None) -> int:
     p = Parser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", default="checkpoints/rig8-ctx-recover-noise-long")
-    p.add_argument("--data", default="data/rig8_val_heldout")
-    p.add_argument("--starts", type=int, default=2, help="windows per episode (as openloop --starts)")
-    p.add_argument("--samples", type=int, default=8, help="samples per window, >= 2")
-    p.add_argument("--sampler-steps", type=int, default=3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--views", default="2", help="the episode's first N views, or all (default 2)")
-    p.add_argument("--json", default="bench/results/ensemble/openloop_e8_steps3.json")
+    probe_arguments(p, checkpoint="checkpoints/rig8-ctx-recover-noise-long", samples=8, min_samples=2, views="2",
+                    json="bench/results/ensemble/openloop_e8_steps3.json")
     a = p.parse_args(argv)
     if a.samples < 2:
         raise SystemExit(f"--samples must be >= 2; got {a.samples}")

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from action_images.cliflags import Parser
+from action_images.openloop import probe_arguments
 from action_images.runfiles import atomic_write_json, probe_command
 
 POINTS = ("pos", "nrm", "up")
@@ -64,14 +65,8 @@ def summarise(rows: dict[str, list[np.ndarray]]) -> dict[str, dict[str, float]]:
 
 def main(argv=None) -> int:
     p = Parser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", default="checkpoints/rig8-ctx-recover-noise-9k")
-    p.add_argument("--data", default="data/rig8_val_heldout")
-    p.add_argument("--starts", type=int, default=2, help="windows per episode (as openloop --starts)")
-    p.add_argument("--samples", type=int, default=4, help="samples per window")
-    p.add_argument("--sampler-steps", type=int, default=3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--views", default="all", help="the episode's first N views, or all (default)")
-    p.add_argument("--json", default="bench/results/position_decode/openloop.json")
+    probe_arguments(p, checkpoint="checkpoints/rig8-ctx-recover-noise-9k", samples=4, min_samples=1, views="all",
+                    json="bench/results/position_decode/openloop.json")
     a = p.parse_args(argv)
     if a.samples < 1:
         raise SystemExit(f"--samples must be >= 1; got {a.samples}")

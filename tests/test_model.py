@@ -452,3 +452,61 @@ def test_context_encoder_needs_a_power_of_two_patch():
     from action_images.models.dit import DiT, DiTConfig
     with pytest.raises(ValueError, match="power-of-two patch"):
         DiT(DiTConfig(width=32, depth=1, heads=2, patch=6, text_dim=32, context_channels=4))
+
+
+def history_model(history: int = 1) -> WorldActionModel:
+    cfg = WAMConfig.from_preset("cpu-tiny", history=history, history_gap=3)
+    cfg.backbone = {**cfg.backbone, "context_channels": 4}
+    cfg.validate()
+    torch.manual_seed(0)
+    return randomize_output(WorldActionModel(cfg))
+
+
+def test_history_frames_reach_the_context_encoder_where_the_job_gives_frame_0(tmp_path):
+    """history = P > 0: the context encoder reads each view's P past frames beside the current one; a batch without
+    them is refused; a stream a job does not give at frame 0 is not given in the past frames either; the config
+    survives save/load and configs without past frames keep their old form."""
+    m = history_model()
+    assert m.backbone.context.net[0].weight.shape[1] == 12
+    assert "history" not in WAMConfig.from_preset("cpu-tiny").to_dict()
+    ds = SyntheticWindows(WindowConfig.from_model(m.config), seed=0, num_scenes=2)
+    b = collate([ds[0], ds[1]])
+    assert b["history"].shape == (2, 2, 1, 6, 32, 32)
+    m(b, torch.Generator().manual_seed(1))["loss"].backward()
+    assert m.backbone.context.net[0].weight.grad[:, 6:].abs().sum() > 0
+    with pytest.raises(ValueError, match="history"):
+        m({k: v for k, v in b.items() if k != "history"}, torch.Generator().manual_seed(1))
+    m.eval()
+
+    def sample(job: str, history: torch.Tensor):
+        return m.sample({**b, "history": history}, task=job, steps=2, generator=torch.Generator().manual_seed(2))
+
+    other_act = b["history"].clone()
+    other_act[:, :, :, 3:] = -b["history"][:, :, :, 3:]
+    other_rgb = b["history"].clone()
+    other_rgb[:, :, :, :3] = -b["history"][:, :, :, :3]
+    base = sample("policy", b["history"])
+    assert not torch.allclose(sample("policy", other_act).act, base.act)      # given: read
+    assert not torch.allclose(sample("policy", other_rgb).act, base.act)
+    video = sample("video", b["history"])                                      # the video job generates no action
+    torch.testing.assert_close(sample("video", other_act).rgb, video.rgb)     # its past action images are not read
+    m.save_pretrained(tmp_path / "h")
+    again = WorldActionModel.from_pretrained(tmp_path / "h")
+    assert (again.config.history, again.config.history_gap) == (1, 3)
+    for k, v in m.state_dict().items():
+        torch.testing.assert_close(again.state_dict()[k], v)
+
+
+def test_history_needs_the_context_encoder():
+    cfg = WAMConfig.from_preset("cpu-tiny", history=1)
+    with pytest.raises(ValueError, match="context encoder"):
+        cfg.validate()
+    cfg.backbone = {**cfg.backbone, "context_channels": 4}
+    cfg.validate()
+    for bad in (-1, 5, 1.5, True):
+        cfg.history = bad
+        with pytest.raises(ValueError, match="history must be"):
+            cfg.validate()
+    cfg.history, cfg.history_gap = 1, 0
+    with pytest.raises(ValueError, match="history_gap"):
+        cfg.validate()

@@ -487,3 +487,37 @@ def test_noise_mode_is_checked_and_left_out_of_old_metadata_at_its_default():
         PolicySettings(noise="frozen")
     assert PolicySettings(noise="episode").to_metadata()["noise"] == "episode"
     assert "noise" not in PolicySettings().to_metadata()
+
+
+def test_history_is_read_from_the_steps_act_recorded_gap_steps_apart():
+    """A model with past frames (config.history) gets, at each plan, the views of the observations ``history_gap``
+    steps back that :meth:`act` recorded (the episode's first before there are enough), drawn as in training: the
+    crop of now and the action image of the pose then. ``reset`` forgets them."""
+    obs0, cams = fake_obs_and_cameras()
+    model = StubModel(TARGETS, np.zeros(3))
+    model.config.history, model.config.history_gap = 2, 3
+    seen = []
+    sample = model.sample
+    model.sample = lambda batch, **kw: (seen.append(batch), sample(batch, **kw))[1]
+    pol = ActionImagesPolicy(model, PolicySettings(execute_k=2))
+
+    def obs_at(step: int) -> dict:
+        x = 0.45 + 0.01 * step
+        return {**obs0, "images": {c.name: np.full((32, 32, 3), 10 * step, np.uint8) for c in cams},
+                "ee_pose": pose(x, 0.0, 0.15)}
+
+    for step in range(7):                                  # plans at steps 0, 2, 4, 6
+        pol.act(obs_at(step), cams)
+    assert len(seen) == 4
+    codec = ActionImageCodec()
+    for plan, step in enumerate((0, 2, 4, 6)):
+        h = seen[plan]["history"]
+        assert h.shape == (1, 2, 2, 6, 32, 32)
+        for k in range(2):
+            then = max(0, step - 3 * (k + 1))
+            assert torch.allclose(h[0, :, k, :3], torch.full_like(h[0, :, k, :3], 10 * then / 127.5 - 1.0))
+            drawn = codec.encode(obs_at(then)["ee_pose"][None], [pol.last_chunk.cameras[0]])[0, 0]
+            np.testing.assert_allclose(h[0, 0, k, 3:].permute(1, 2, 0).numpy(), drawn * 2 - 1, atol=1e-6)
+    pol.reset()
+    pol.plan(obs_at(9), cams)                             # a plan alone records its observation too
+    assert torch.allclose(seen[-1]["history"][0, :, :, :3], torch.full((2, 2, 3, 32, 32), 90 / 127.5 - 1.0))

@@ -389,6 +389,19 @@ def test_the_noise_level_stages_differ_from_the_shipped_stage_in_their_noise_lev
     assert shipped == probe
 
 
+def test_the_history_stage_differs_from_the_shipped_stage_in_its_past_frame_only():
+    """recipes/rig8-ctx-recover-noise-history.json: the shipped second stage with one past frame per view, 4 control
+    steps back, read by the context encoder; nothing else differs, and its model is the shipped one's plus the past
+    frame (so it starts from the same first stage)."""
+    shipped = TrainRecipe.load(ROOT / "recipes" / "rig8-ctx-recover-noise-9k.json").to_dict()
+    probe = TrainRecipe.load(ROOT / "recipes" / "rig8-ctx-recover-noise-history.json").to_dict()
+    assert (probe["model"].pop("history"), probe["model"].pop("history_gap")) == (1, 4)
+    assert (shipped["model"].pop("history"), shipped["model"].pop("history_gap")) == (None, None)
+    assert shipped == probe
+    cfg = train.build_config(TrainRecipe.load(ROOT / "recipes" / "rig8-ctx-recover-noise-history.json"))
+    assert (cfg.history, cfg.history_gap) == (1, 4)
+
+
 def test_the_palm_stage_is_the_shipped_stage_with_push_demos_replaced():
     """recipes/rig8-ctx-recover-noise-palm.json: the shipped second stage, with data/rig8's push_cube demos left out
     and the palm-style push demos in their place; nothing else differs."""

@@ -542,3 +542,19 @@ def test_serve_takes_the_zoom_policy_flag(checkpoint, capsys):
     assert main(["serve", "--checkpoint", str(checkpoint), "--zoom", "0.5"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--zoom" in err[0], err
+
+
+def test_a_model_that_reads_past_frames_is_refused_by_the_server(tmp_path, capsys):
+    """The protocol carries the observations of replanning steps only, not the steps between them that a model with
+    past frames reads: such a checkpoint is refused with a one-line error, before any bind."""
+    from action_images.cli import main
+    from action_images.wam import WAMConfig, WorldActionModel
+
+    cfg = WAMConfig.from_preset("cpu-tiny", history=1)
+    cfg.backbone = {**cfg.backbone, "context_channels": 4}
+    WorldActionModel(cfg).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="past frames"):
+        PolicyServer(load_model(tmp_path), SETTINGS, port=0)
+    assert main(["serve", "--checkpoint", str(tmp_path), "--port", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "past frames" in err[0], err

@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from action_images import checkpointing, train
 from action_images import recipe as recipes
+from action_images.data.windows import SyntheticWindows, WindowConfig, collate
 from action_images.recipe import TrainRecipe
 from action_images.wam import WorldActionModel
 
@@ -249,6 +250,30 @@ def test_init_from_starts_from_another_runs_export(tmp_path, capsys):
     assert "does not fit" in capsys.readouterr().err
     assert train_main(*TINY, "--out", str(tmp_path / "f"), "--minutes", "1", "--schedule", "linear") == 2
     assert "schedule" in capsys.readouterr().err
+
+
+def test_init_from_adds_past_frames_starting_from_the_same_function(tmp_path, capsys):
+    """A stage may add past frames (``--history``): the context encoder's new input channels start at 0, so the new
+    model computes what the other run's did; taking past frames away is refused by name."""
+    ctx = [*TINY, "--context-channels", "4"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert train_main(*ctx, "--out", str(a), "--steps", "2", "--seed", "3") == 0
+    assert train_main(*ctx, "--out", str(b), "--steps", "1", "--init-from", str(a), "--history", "2",
+                      "--history-gap", "3", "--lr", "1e-12") == 0
+    old, new = (WorldActionModel.from_pretrained(r).eval() for r in (a, b))
+    assert (new.config.history, new.config.history_gap) == (2, 3)
+    w = new.backbone.context.net[0].weight
+    assert w.shape[1] == 18 and torch.allclose(w[:, :6], old.backbone.context.net[0].weight, atol=1e-6)
+    ds = SyntheticWindows(WindowConfig.from_model(new.config), seed=0, num_scenes=2)
+    batch = collate([ds[0], ds[1]])
+    batch["history"] = torch.rand_like(batch["history"]) * 2 - 1                # the past frames change nothing yet
+    out = [m.sample(batch, steps=2, generator=torch.Generator().manual_seed(0)).act for m in (old, new)]
+    torch.testing.assert_close(out[0], out[1], atol=1e-4, rtol=0)
+    capsys.readouterr()
+    assert train_main(*ctx, "--out", str(tmp_path / "c"), "--steps", "1", "--init-from", str(b)) == 2
+    assert "past frames" in capsys.readouterr().err
+    assert train_main(*TINY, "--out", str(tmp_path / "d"), "--steps", "1", "--history", "1") == 2
+    assert "context encoder" in capsys.readouterr().err
 
 
 def test_data_workers_do_not_change_training(tmp_path):

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from action_images.codec import ActionImageCodec
-from action_images.data.windows import SyntheticWindows, WindowConfig, Windows, collate, keyframe_times, window_poses
+from action_images.data.windows import (SyntheticWindows, WindowConfig, Windows, collate, history_times, keyframe_times,
+                                         window_poses)
 from action_images.geometry import Camera
 from action_images.wam import WAMConfig
 
@@ -44,6 +45,29 @@ def test_dataset_windows_decode_to_their_poses(lerobot_root):
             for v in range(2)]
     res = ActionImageCodec().decode(((w["act"].permute(0, 1, 3, 4, 2).numpy() + 1) / 2).astype(np.float32), cams)
     assert np.median(np.linalg.norm(res.poses[res.valid, :3] - w["poses"][res.valid, :3].numpy(), axis=-1)) < 0.01
+
+
+def test_history_frames_are_the_earlier_windows_current_frames(lerobot_root):
+    """A past frame is what the window starting ``history_gap`` steps earlier shows as its current frame, drawn in the
+    same crop: its RGB and the action image of the state then; before the first frame, the first frame."""
+    assert history_times(5, 2, 2).tolist() == [3, 1] and history_times(3, 2, 2).tolist() == [1, 0]
+    assert history_times(0, 1, 4).tolist() == [0]
+    cfg = WindowConfig(image_size=32, num_views=2, horizon=2, stride=2, history=2, history_gap=3)
+    ds = Windows([str(lerobot_root)], cfg, seed=0)
+    assert "history" not in Windows([str(lerobot_root)], WindowConfig(image_size=32), seed=0)[0]
+    views = ds.camera_names[:2]
+    rng = np.random.default_rng(0)
+    w = ds.window(0, 1, 7, rng, views=views, augment=False)
+    assert w["history"].shape == (2, 2, 6, 32, 32)
+    for k, t in enumerate((4, 1)):
+        then = ds.window(0, 1, t, rng, views=views, augment=False)
+        assert torch.equal(w["history"][:, k, :3], then["rgb"][:, 0])
+        assert torch.allclose(w["history"][:, k, 3:], then["act"][:, 0])
+    early, first = (ds.window(0, 1, t, rng, views=views, augment=False) for t in (2, 0))
+    assert torch.equal(early["history"][:, 0, :3], first["rgb"][:, 0])        # before the episode: its first frame
+    assert torch.equal(early["history"][:, 1], early["history"][:, 0])
+    syn = SyntheticWindows(cfg, seed=0, num_scenes=2)[3]                        # the synthetic windows have them too
+    assert syn["history"].shape == (2, 2, 6, 32, 32) and collate([syn, syn])["history"].shape[0] == 2
 
 
 def test_windows_keep_decoded_episodes_up_to_their_cache_size(lerobot_root, monkeypatch):

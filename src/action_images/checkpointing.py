@@ -166,10 +166,16 @@ WEIGHT_FREE_KEYS = frozenset({"camera_names", "action_loss_weight", "act_peak_we
                               "t_mean", "t_std", "image_size", "num_views"})
 
 
+# past frames (WAMConfig.history) may be added by a stage: the context encoder's first convolution gains input
+# channels for them, initialised to 0, so the stage starts from the other run's function exactly
+HISTORY_KEYS = frozenset({"history", "history_gap"})
+CONTEXT_IN = "backbone.context.net.0.weight"
+
+
 def init_weights(model: torch.nn.Module, run: str) -> None:
     """Load another run's exported weights (``RUN/model.safetensors``) into ``model`` (``model.init_from``); its
     ``config.json`` must describe the same model but for :data:`WEIGHT_FREE_KEYS` (cameras, views per window, loss
-    weights, training noise levels, image size)."""
+    weights, training noise levels, image size) and for past frames this model adds (:data:`HISTORY_KEYS`)."""
     folder = Path(run)
     if not (folder / WEIGHTS_NAME).is_file() or not (folder / CONFIG_NAME).is_file():
         raise FileNotFoundError(f"--init-from {run}: needs {WEIGHTS_NAME} and {CONFIG_NAME} (a run's export)")
@@ -181,11 +187,21 @@ def init_weights(model: torch.nn.Module, run: str) -> None:
         return {k2: v2 for k, v in d.items()
                 for k2, v2 in (flat(v, f"{pre}{k}.").items() if isinstance(v, dict) else [(pre + k, v)])}
     ours, theirs = flat(model.config.to_dict()), flat(theirs)
-    diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k) and k not in WEIGHT_FREE_KEYS)
+    diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k) and k not in WEIGHT_FREE_KEYS
+                  and k not in HISTORY_KEYS)
     if diff:
         raise ValueError(f"--init-from {run}: its model differs from this recipe's in {diff}")
+    had, has = int(theirs.get("history") or 0), int(ours.get("history") or 0)
+    if has < had:
+        raise ValueError(f"--init-from {run}: it reads {had} past frames and this recipe's model {has}: past frames "
+                         "can be added to a model, not taken away")
+    state = load_file(str(folder / WEIGHTS_NAME))
+    if has > had and CONTEXT_IN in state:           # the new frames' input channels start at 0: the same function
+        w = state[CONTEXT_IN]
+        per_frame = w.shape[1] // (1 + had)
+        state[CONTEXT_IN] = torch.cat([w, w.new_zeros(w.shape[0], per_frame * (has - had), *w.shape[2:])], dim=1)
     try:
-        missing, unexpected = model.load_state_dict(load_file(str(folder / WEIGHTS_NAME)), strict=False)
+        missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as e:  # a tensor of another shape
         raise ValueError(f"--init-from {run}: {WEIGHTS_NAME} does not fit the model "
                          f"({str(e).splitlines()[-1].strip()})") from None

@@ -99,7 +99,8 @@ def open_windows(data: Any, config: Any, seed: int = 0) -> Any:
 
     if isinstance(data, Windows):
         return data
-    wcfg = WindowConfig(image_size=config.image_size, num_views=2, horizon=config.horizon, stride=config.stride)
+    wcfg = WindowConfig(image_size=config.image_size, num_views=2, horizon=config.horizon, stride=config.stride,
+                        history=int(getattr(config, "history", 0)), history_gap=int(getattr(config, "history_gap", 4)))
     return Windows([str(data)], wcfg, seed=seed)
 
 
@@ -114,6 +115,20 @@ def held_out_windows(data: Any, episodes: Sequence[int], per_episode: int, views
         for t0 in np.unique(np.linspace(0, last, per_episode).round().astype(int)):
             out.append(data.window(0, int(i), int(t0), rng, views=list(views), augment=False))
     return out
+
+
+def probe_arguments(p: Any, *, checkpoint: str, samples: int, min_samples: int, views: str, json: str) -> None:
+    """The flags the open-loop probes under bench/ share, with each probe's defaults: the checkpoint and the
+    dataset, windows per episode, samples per window (``min_samples`` at least), sampler steps, seed, views and the
+    JSON written."""
+    p.add_argument("--checkpoint", default=checkpoint)
+    p.add_argument("--data", default="data/rig8_val_heldout")
+    p.add_argument("--starts", type=int, default=2, help="windows per episode (as openloop --starts)")
+    p.add_argument("--samples", type=int, default=samples, help=f"samples per window, >= {min_samples}")
+    p.add_argument("--sampler-steps", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--views", default=views, help=f"the episode's first N views, or all (default {views})")
+    p.add_argument("--json", default=json)
 
 
 def open_probe(checkpoint: str, data_root: str, seed: int, views: str) -> tuple[Any, Any, list[str]]:
@@ -400,7 +415,7 @@ def one_step_mse(model: WorldActionModel, data: Any, episodes: Sequence[int], st
         eps = torch.randn(z0.shape, generator=torch.Generator().manual_seed(seed))
         tt = torch.full((B,), float(t))
         x_in = WorldActionModel.noisy_input(z0, state, tt, eps)
-        x0_hat = model.predict_x0(x_in, tt, state, plucker, text, mask)
+        x0_hat = model.predict_x0(x_in, tt, state, plucker, text, mask, history=b.get("history"))
         if latent:
             x0_hat = _decode_latent(model, x0_hat, plucker.shape[-2])
         err = (x0_hat[:, :, 1:] - x0[:, :, 1:]).square()

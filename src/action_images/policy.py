@@ -33,8 +33,8 @@ import torch
 from scipy.spatial.transform import Rotation, Slerp
 
 from action_images.codec import ORIENTATIONS, POSITIONS, ActionImageCodec, DecodeResult
-from action_images.data.windows import (center_box, collate, crop_resize, finish_window, square_at,
-                                         workspace_box)
+from action_images.data.windows import (center_box, collate, crop_resize, finish_window, history_frames,
+                                         square_at, workspace_box)
 from action_images.geometry import Camera
 
 DISAGREE_CHOICES = ("replan", "hold")
@@ -350,6 +350,7 @@ class ActionImagesPolicy(ChunkQueue):
         self.on_disagree, self.gripper, self.max_resamples = s.on_disagree, s.gripper, s.max_resamples
         self.ensemble, self.orientation, self.zoom, self.noise = s.ensemble, s.orientation, s.zoom, s.noise
         self.position = s.position
+        self.history, self.history_gap = int(getattr(cfg, "history", 0)), int(getattr(cfg, "history_gap", 4))
         if codec is None:
             sigma = ActionImageCodec().sigma(self.image_size, self.image_size)
             reject = s.disagree_px if s.disagree_px is not None else 2.0 * sigma
@@ -374,6 +375,24 @@ class ActionImagesPolicy(ChunkQueue):
         self.last_chunk: Chunk | None = None
         self.chunks: list[Chunk] = []
         self.episode_noise: dict[tuple, torch.Tensor] = {}     # noise="episode": input shape -> starting noise
+        self.past: list[tuple[dict[str, np.ndarray], np.ndarray]] = []   # recent steps' (images, ee_pose)
+        self._observed: Any = None                             # the observation recorded last
+
+    def observe(self, obs: dict[str, Any]) -> None:
+        """Record ``obs`` as this control step's observation: a model that reads past frames (``config.history``)
+        takes them from the steps recorded here, ``history_gap`` steps apart; the episode's first observation stands
+        in for the steps before it, as in training. :meth:`act` records every step; :meth:`plan` and
+        :meth:`build_batch` record an observation they have not seen."""
+        if not self.history or obs is self._observed:
+            return
+        self._observed = obs
+        self.past.append(({k: np.array(v, copy=True) for k, v in obs["images"].items()},
+                          np.asarray(obs["ee_pose"], dtype=np.float64).copy()))
+        del self.past[:-(self.history * self.history_gap + 1)]
+
+    def act(self, obs: dict[str, Any], cameras: Sequence[Any]) -> np.ndarray:
+        self.observe(obs)
+        return super().act(obs, cameras)
 
     def _views(self, obs: dict[str, Any], cameras: Sequence[Camera]) -> list[int]:
         names = [c.name for c in cameras]
@@ -404,26 +423,38 @@ class ActionImagesPolicy(ChunkQueue):
                                                                                      list[str]]:
         """The model input for one observation, built by the training-window code path (batch of 1)."""
         views = self._views(obs, cameras)
+        self.observe(obs)
         pose = np.asarray(obs["ee_pose"], dtype=np.float64)
-        imgs, cams = [], []
-        names = [cameras[i].name for i in views]
+        imgs, cams, names = self._view_images(obs["images"], pose, cameras, views)
+        F_ = 1 + self.horizon
+        rgb = np.repeat(np.stack(imgs)[:, None], F_, axis=1)                  # [V, F, R, R, 3]; futures unused
+        poses = np.repeat(pose[None], F_, axis=0)                              # [F, 8]; only frame 0 is given
+        extra = {}
+        if self.history:                                   # past frames cropped as now, their poses drawn in cams
+            last = len(self.past) - 1
+            past = [self.past[max(0, last - k * self.history_gap)] for k in range(1, self.history + 1)]
+            hist = np.stack([self._view_images(images, pose, cameras, views)[0] for images, _ in past], axis=1)
+            extra["history"] = history_frames(hist, cams, np.stack([p for _, p in past]), self.codec)
+        window = finish_window(rgb, cams, poses, str(obs.get("instruction", "")), self.codec, **extra)
+        return collate([window]), cams, names
+
+    def _view_images(self, images: dict[str, np.ndarray], pose: np.ndarray, cameras: Sequence[Camera],
+                     views: Sequence[int]) -> tuple[list[np.ndarray], list[Camera], list[str]]:
+        """The model's views of one observation's ``images``: each view cropped and resized, then (``zoom`` > 1)
+        each again zoomed on ``pose``'s hand position; with their cameras and names."""
+        imgs, cams, names = [], [], [cameras[i].name for i in views]
         for i in views:
-            img, cam = prepare_view(obs["images"][cameras[i].name], cameras[i], self.image_size, self.crop,
-                                    self.workspace)
+            img, cam = prepare_view(images[cameras[i].name], cameras[i], self.image_size, self.crop, self.workspace)
             imgs.append(img)
             cams.append(cam)
         if self.zoom > 1.0:                                # each view again, zoomed on the hand
             for i in views:
                 box = zoom_box(cameras[i], pose[:3], self.zoom)
-                img, cam = crop_resize(obs["images"][cameras[i].name][None], cameras[i], box, self.image_size)
+                img, cam = crop_resize(images[cameras[i].name][None], cameras[i], box, self.image_size)
                 imgs.append(img[0].numpy())
                 cams.append(cam)
                 names.append(f"{cameras[i].name}{ZOOM_SUFFIX}")
-        F_ = 1 + self.horizon
-        rgb = np.repeat(np.stack(imgs)[:, None], F_, axis=1)                  # [V, F, R, R, 3]; futures unused
-        poses = np.repeat(pose[None], F_, axis=0)                              # [F, 8]; only frame 0 is given
-        window = finish_window(rgb, cams, poses, str(obs.get("instruction", "")), self.codec)
-        return collate([window]), cams, names
+        return imgs, cams, names
 
     def _generate(self, batch: dict[str, Any], fresh: bool = False) -> tuple[np.ndarray, np.ndarray]:
         n = self.ensemble

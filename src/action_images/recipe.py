@@ -79,6 +79,11 @@ class ModelRecipe:
     context_channels: int | None = _f(None, "DiT only: a strided CNN (this many channels in its first stage) reads "
                                             "each view's current frame and adds its features to that view's tokens "
                                             "(0 = off)", lo=0, hi=512)
+    history: int | None = _f(None, "DiT with --context-channels only: past frames per view (RGB and the action image "
+                                   "of the pose then) the context encoder reads beside the current one (default 0)",
+                             lo=0, hi=4)
+    history_gap: int | None = _f(None, "control steps between the current frame and each past one (--history; "
+                                       "default 4)", lo=1, hi=1000)
     baseline: dict = _f({}, "bc/dp/tokens only: overrides of the baseline's config, e.g. {\"plucker\": false, "
                             "\"pool\": \"avg\"} (recipe file only)", kind="file_only")
     pretrained: str | None = _f(None, "wan presets: a local diffusers pipeline folder to start from (transformer/, and "

@@ -103,6 +103,9 @@ def build_config(r: TrainRecipe, camera_names: list[str] | None = None) -> WAMCo
             if cfg.backbone_kind != "dit":
                 raise ValueError(f"--{name.replace('_', '-')} applies to DiT presets only")
             cfg.backbone = {**cfg.backbone, name: int(value)}
+    for name in ("history", "history_gap"):
+        if getattr(m, name) is not None:
+            setattr(cfg, name, int(getattr(m, name)))
     apply_scale_options(cfg, m)
     cfg.validate()
     return cfg

@@ -44,10 +44,12 @@ __all__ = ["WAMConfig", "WorldActionModel", "Sample", "CheckpointError", "read_c
            "GIVEN", "GEN", "ABSENT", "STREAMS", "TASKS", "TASK_NAMES", "task_state", "channel_state"]
 FORMAT = "action-images-wam"
 FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)                     # v1: no camera_names / crop in the config
+READABLE_VERSIONS = (1, 2)
+MAX_HISTORY = 4                                # past frames a model may read (WAMConfig.history)                     # v1: no camera_names / crop in the config
 # config keys added after format v1 shipped -> the value that reproduces the older behaviour
 ADDED_KEYS: dict[str, Any] = {"act_peak_weight": 0.0, "loss_target": "velocity", "camera_names": None,
-                              "crop": "center", "workspace": None, "latent": None, "act_keypoint_weight": 0.0}
+                              "crop": "center", "workspace": None, "latent": None, "act_keypoint_weight": 0.0,
+                              "history": 0, "history_gap": 4}
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 
@@ -77,6 +79,8 @@ class WAMConfig:
     crop: str = "center"                           # crop of each view before the resize: "center" or "workspace"
     workspace: list | None = None                  # [[x, y, z] low, [x, y, z] high] world box of crop="workspace"
     latent: dict | None = None                     # Wan VAE latent space (models/latent.py); None = pixel space
+    history: int = 0                               # past frames the context encoder reads beside the current one
+    history_gap: int = 4                           # control steps between the current frame and each past one
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "WAMConfig":
@@ -108,7 +112,10 @@ class WAMConfig:
         d = asdict(self)
         if d["latent"] is None:   # pixel-space configs read and compare as before the field existed
             d.pop("latent")
-        for key in ("stem_channels", "context_channels"):                  # likewise, for configs from before them
+        if not d["history"]:      # likewise, configs without past frames
+            d.pop("history")
+            d.pop("history_gap")
+        for key in ("stem_channels", "context_channels", "context_history"):   # likewise, for configs from before them
             if self.backbone_kind == "dit" and not d["backbone"].get(key, 1):
                 d["backbone"] = {k: v for k, v in d["backbone"].items() if k != key}
         return d
@@ -130,9 +137,16 @@ class WAMConfig:
             if not ok:
                 raise ValueError(what)
         num = (int, float)
-        for k in ("image_size", "num_views", "horizon", "stride"):
+        for k in ("image_size", "num_views", "horizon", "stride", "history_gap"):
             v = getattr(self, k)
             need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, f"{k} must be an integer >= 1; got {v!r}")
+        h = self.history
+        need(isinstance(h, int) and not isinstance(h, bool) and 0 <= h <= MAX_HISTORY,
+             f"history must be an integer in [0, {MAX_HISTORY}]; got {h!r}")
+        need(not h or (self.backbone_kind == "dit" and self.latent is None
+                       and int(self.backbone.get("context_channels", 0) or 0) > 0),
+             "history needs the DiT's context encoder (context_channels > 0, pixel space): the past frames are read "
+             "by it")
         need(8 <= self.image_size <= 4096, f"image_size must be in [8, 4096]; got {self.image_size}")
         for k in ("p_drop_text", "action_loss_weight", "t_eps", "t_mean", "t_std", "act_peak_weight",
                   "act_keypoint_weight"):
@@ -188,7 +202,10 @@ class WorldActionModel(nn.Module):
         if unknown:
             raise ValueError(f"task_mix names unknown tasks {sorted(unknown)}; known: {TASK_NAMES}")
         self.config = config
-        self.backbone = build_backbone(config.backbone_kind, config.backbone)
+        backbone = config.backbone
+        if config.history:                             # the context encoder reads the past frames (WAMConfig.history)
+            backbone = {**backbone, "context_history": int(config.history)}
+        self.backbone = build_backbone(config.backbone_kind, backbone)
         self.text_encoder = build_text_encoder(TextConfig(**config.text), text_fn)
         if config.latent is not None:
             from action_images.models.latent import FrozenVAE, check
@@ -200,13 +217,21 @@ class WorldActionModel(nn.Module):
         return self.text_encoder(list(instructions))                          # [B, L, Dt], [B, L]
 
     def predict_x0(self, x_in: torch.Tensor, t: torch.Tensor, state: torch.Tensor, plucker: torch.Tensor,
-                   text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+                   text: torch.Tensor, text_mask: torch.Tensor, history: torch.Tensor | None = None) -> torch.Tensor:
         """x_in [B,V,F,6,H,W] (given parts clean, generated parts noisy, absent 0) -> x0_hat [B,V,F,6,H,W].
-        In latent space these are folded latents (models/latent.py) and ``plucker`` is at the latent resolution."""
+        In latent space these are folded latents (models/latent.py) and ``plucker`` is at the latent resolution.
+        ``history`` [B,V,P,6,H,W] (``config.history`` = P > 0): the past frames, each stream given where the job
+        gives it at frame 0 (a job that generates the current action does not see past ones)."""
         if self.config.latent is not None:
             from action_images.models.latent import fold, unfold
             h = plucker.shape[-2]
             out = fold(self.backbone(unfold(x_in, h), t, state, plucker, text, text_mask))
+        elif self.config.history:
+            if history is None:
+                raise ValueError(f"this model reads {self.config.history} past frames per view: the batch needs "
+                                 "'history' [B, V, P, 6, H, W]")
+            history = history.to(x_in) * (channel_state(state[:, :, :1]) == GIVEN)
+            out = self.backbone(x_in, t, state, plucker, text, text_mask, history=history)
         else:
             out = self.backbone(x_in, t, state, plucker, text, text_mask)
         if self.config.predict == "x":
@@ -264,7 +289,7 @@ class WorldActionModel(nn.Module):
         instructions = drop_instructions(batch["instruction"], cfg.p_drop_text if self.training else 0.0, generator)
         x_in = noisy_input(x0, state, t, eps)
         text, text_mask = self.encode_text(instructions)
-        x0_hat = self.predict_x0(x_in, t, state, plucker, text, text_mask)
+        x0_hat = self.predict_x0(x_in, t, state, plucker, text, text_mask, history=batch.get("history"))
         return masked_loss(x0_hat, x0, x_in, eps, t, state, target=cfg.loss_target, t_eps=cfg.t_eps,
                            action_weight=cfg.action_loss_weight, peak_weight=cfg.act_peak_weight,
                            keypoint_weight=cfg.act_keypoint_weight if cfg.latent is None else None,
@@ -327,17 +352,23 @@ class WorldActionModel(nn.Module):
             instructions = [""] * B
         guided = cfg_scale not in (0.0, 1.0)
         text, text_mask = self.encode_text(instructions + [""] * B if guided else instructions)
+        history = batch.get("history") if self.config.history else None
+        if history is not None:
+            history = history.to(dev).float()
+        history2 = None
         if guided:
             plucker2, state2 = torch.cat([plucker, plucker]), torch.cat([state, state])
+            history2 = None if history is None else torch.cat([history, history])
 
         def v_at(x: torch.Tensor, t: float) -> torch.Tensor:
             tb = torch.full((B,), t, device=dev)
             if guided:
-                x0 = self.predict_x0(torch.cat([x, x]), torch.cat([tb, tb]), state2, plucker2, text, text_mask)
+                x0 = self.predict_x0(torch.cat([x, x]), torch.cat([tb, tb]), state2, plucker2, text, text_mask,
+                                     history=history2)
                 x0_c, x0_u = x0.chunk(2)
                 x0_hat = x0_u + cfg_scale * (x0_c - x0_u)
             else:
-                x0_hat = self.predict_x0(x, tb, state, plucker, text, text_mask)
+                x0_hat = self.predict_x0(x, tb, state, plucker, text, text_mask, history=history)
             return self.velocity(x0_hat, x, tb)
 
         if noise is None:

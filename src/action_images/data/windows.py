@@ -38,6 +38,8 @@ class WindowConfig:
     views: tuple[str, ...] | None = None            # restrict to these cameras (None: all)
     crop: str = "center"                            # "center" square, or "workspace": the square around the box
     workspace: tuple | None = None                  # ((x, y, z) low, (x, y, z) high) world box of crop="workspace"
+    history: int = 0                                # past frames given beside the current one (0: none)
+    history_gap: int = 4                            # control steps between the current frame and each past one
 
     @classmethod
     def from_model(cls, config: Any, views: Sequence[str] | None = None, num_views: int | None = None
@@ -48,7 +50,8 @@ class WindowConfig:
         ws = getattr(config, "workspace", None)
         return cls(image_size=config.image_size, num_views=int(num_views or config.num_views),
                    horizon=config.horizon, stride=config.stride, views=tuple(names) if names else None,
-                   crop=getattr(config, "crop", "center"), workspace=tuple(map(tuple, ws)) if ws else None)
+                   crop=getattr(config, "crop", "center"), workspace=tuple(map(tuple, ws)) if ws else None,
+                   history=int(getattr(config, "history", 0)), history_gap=int(getattr(config, "history_gap", 4)))
 
 
 CROPS = ("center", "workspace")
@@ -128,6 +131,21 @@ def crop_resize(frames: np.ndarray, cam: Camera, box: tuple[int, int, int], size
                             align_corners=False)
         img = img.round().clamp(0, 255).permute(0, 2, 3, 1).to(torch.uint8)
     return img, cam_out
+
+
+def history_times(t0: int, history: int, gap: int) -> np.ndarray:
+    """[P] past image frame indices t0 - gap, t0 - 2 gap, ... clipped to the episode's first frame (the frame an
+    episode starts with stands in for the frames before it, as a policy's first observation does)."""
+    return np.maximum(t0 - gap * np.arange(1, history + 1), 0)
+
+
+def history_frames(rgb_u8: np.ndarray | torch.Tensor, cams: Sequence[Camera], poses: np.ndarray,
+                   codec: ActionImageCodec) -> torch.Tensor:
+    """rgb uint8 [V, P, R, R, 3] and the measured poses [P, 8] of P past frames -> [V, P, 6, R, R] in [-1, 1]: each
+    past frame's RGB and its action image, drawn in the current frame's cameras."""
+    rgb = torch.as_tensor(rgb_u8).permute(0, 1, 4, 2, 3).float() / 127.5 - 1.0          # [V, P, 3, R, R]
+    act = torch.from_numpy(codec.encode(poses, cams)).permute(0, 1, 4, 2, 3) * 2.0 - 1.0  # [V, P, 3, R, R]
+    return torch.cat([rgb, act], dim=2).contiguous()
 
 
 def window_poses(states: np.ndarray, actions: np.ndarray, times: np.ndarray) -> np.ndarray:
@@ -240,16 +258,20 @@ class Windows(Dataset):
         if views is None:
             views = [names[j] for j in rng.permutation(len(names))[:cfg.num_views]]
         times = keyframe_times(t0, T, cfg.horizon, cfg.stride)
+        past = history_times(t0, cfg.history, cfg.history_gap)
         cams, frames = [], []
         for name in views:
             cam = ep.frame_cameras[name][t0] if ep.frame_cameras else ep.cameras[name]
             box = augment_camera(cam, rng, cfg)[0] if augment else view_box(cam, cfg)
-            img, cam_out = crop_resize(ep.images[name][times], cam, box, cfg.image_size)       # [F, S, S, 3] uint8
-            frames.append(img)
+            img, cam_out = crop_resize(ep.images[name][np.concatenate([times, past])], cam, box, cfg.image_size)
+            frames.append(img)                                                 # [F + P, S, S, 3] uint8
             cams.append(cam_out)
         poses = window_poses(ep.states, ep.actions, times)
-        return finish_window(torch.stack(frames), cams, poses, ep.instruction, self.codec,
-                             episode=i, dataset=d, t0=t0)
+        rgb, extra = torch.stack(frames), {}
+        if cfg.history:
+            extra["history"] = history_frames(rgb[:, len(times):], cams, ep.states[past], self.codec)
+        return finish_window(rgb[:, :len(times)], cams, poses, ep.instruction, self.codec,
+                             episode=i, dataset=d, t0=t0, **extra)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -352,7 +374,15 @@ class SyntheticWindows(Dataset):
                                         max(0.0, ep["states"][t, 2] - 0.05) if t > grasp else 0.0)
                             for t in times] for c in cams])                       # [V, F, R, R, 3]
         poses = window_poses(ep["states"], ep["actions"], times)
-        return finish_window(frames, cams, poses, ep["instruction"], self.codec, episode=scene, dataset=-1, t0=t0)
+        extra = {}
+        if cfg.history:
+            past = history_times(t0, cfg.history, cfg.history_gap)
+            hist = np.stack([[self.render(c, ep["states"][t], ep["cube"], ep["color"],
+                                          max(0.0, ep["states"][t, 2] - 0.05) if t > grasp else 0.0)
+                              for t in past] for c in cams])                   # [V, P, R, R, 3]
+            extra["history"] = history_frames(hist, cams, ep["states"][past], self.codec)
+        return finish_window(frames, cams, poses, ep["instruction"], self.codec, episode=scene, dataset=-1, t0=t0,
+                             **extra)
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:

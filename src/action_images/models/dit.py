@@ -25,6 +25,9 @@ Optional context encoder (``context_channels`` > 0): the perception of a CNN pol
 A strided CNN (GroupNorm, stride 2 per stage down to the token grid) reads each view's frame 0 (its RGB and current
 action image) and adds its features to every frame's tokens of that view at the same grid cell, the way the Plücker
 map is added. It costs two CNN passes per window (one per view), not one per frame as the full-resolution stem does.
+With ``context_history`` P > 0 it also reads P past frames of the view (RGB and the action image of the pose then),
+stacked on the channels of frame 0, so the tokens carry where the hand and the objects were a moment ago: how fast
+and which way they move, which one frame cannot tell.
 
 The interface (:class:`VideoBackbone`) is deliberately small so a pretrained video model (e.g. diffusers Wan2.2) can
 be dropped in behind it later: ``forward(x, t, state, plucker, text, text_mask) -> x_out`` with the same shapes.
@@ -60,6 +63,7 @@ class DiTConfig:
     refine_channels: int = 0    # > 0: a full-resolution conv head (see DiT) with this many feature channels
     stem_channels: int = 0      # > 0: a full-resolution conv stem (see DiT) with this many feature channels
     context_channels: int = 0   # > 0: a strided CNN on the current frame (see DiT), first stage this wide
+    context_history: int = 0    # past frames the context encoder reads beside the current one (channels stacked)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -220,7 +224,10 @@ class DiT(VideoBackbone):
                                       nn.Conv2d(Cs, Cs, 3, padding=1), nn.GELU(approximate="tanh"))
         self.context = None
         if cfg.context_channels > 0:
-            self.context = ContextEncoder(cfg.in_channels, cfg.context_channels, cfg.patch, D)
+            self.context = ContextEncoder(cfg.in_channels * (1 + cfg.context_history), cfg.context_channels,
+                                          cfg.patch, D)
+        elif cfg.context_history:
+            raise ValueError("context_history needs the context encoder (context_channels > 0)")
         self.x_in = nn.Linear((cfg.in_channels + max(0, cfg.stem_channels)) * p * p, D)
         self.plucker_in = nn.Linear(cfg.plucker_channels * p * p, D)
         self.view_emb = nn.Embedding(cfg.max_views, D)
@@ -259,11 +266,13 @@ class DiT(VideoBackbone):
             nn.init.zeros_(self.refine[-1].bias)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, state: torch.Tensor, plucker: torch.Tensor,
-                text: torch.Tensor, text_mask: torch.Tensor, extra_tokens: torch.Tensor | None = None
-                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                text: torch.Tensor, text_mask: torch.Tensor, extra_tokens: torch.Tensor | None = None,
+                history: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Shapes as in :meth:`VideoBackbone.forward`. ``extra_tokens`` [B, E, D] (already embedded, width D): more
         tokens that join the sequence after the video's and attend with it (e.g. action tokens); the output is then
-        ``(video [B,V,F,C,H,W], their final features [B, E, D])``. Without them, only the video."""
+        ``(video [B,V,F,C,H,W], their final features [B, E, D])``. Without them, only the video. ``history``
+        [B, V, P, C, H, W]: the P past frames the context encoder reads beside the current one (P =
+        ``context_history``; required when it is > 0)."""
         cfg, p = self.config, self.config.patch
         B, V, Fr, C, H, W = x.shape
         if V > cfg.max_views or Fr > cfg.max_frames:
@@ -283,7 +292,13 @@ class DiT(VideoBackbone):
         st = self.state_emb(state + stream_offset).sum(dim=-2)               # [B, V, F, D]
         tok = (tok + cam[:, :, None] + pos + (view[:, None] + frame[None] + st)[..., None, None, :])
         if self.context is not None:                                         # CNN features of the current frame
-            ctx = self.context(x[:, :, 0].reshape(B * V, C, H, W))               # [B*V, h, w, D]
+            now = x[:, :, 0]                                                     # [B, V, C, H, W]
+            if cfg.context_history:
+                if history is None or tuple(history.shape) != (B, V, cfg.context_history, C, H, W):
+                    raise ValueError(f"history must have shape {(B, V, cfg.context_history, C, H, W)}; got "
+                                     f"{None if history is None else tuple(history.shape)}")
+                now = torch.cat([now, history.to(now.dtype).reshape(B, V, -1, H, W)], dim=2)
+            ctx = self.context(now.reshape(B * V, -1, H, W))                     # [B*V, h, w, D]
             tok = tok + ctx.reshape(B, V, 1, h, w, cfg.width)
         tok = tok.reshape(B, V * Fr * h * w, cfg.width)                      # [B, N, D]
         n_video = tok.shape[1]
