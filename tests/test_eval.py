@@ -304,3 +304,11 @@ def test_rollout_renders_only_what_the_policy_or_the_video_reads(checkpoint):
     assert rendered == [0, 3, 6, 9]                                       # reset and the steps that plan (every 3)
     video, rendered_video = run(False, True)
     assert rendered_video == list(range(11)) and len(video["_frames"]) == 10
+    # a model that reads past frames records every step's observation: every step is rendered
+    cfg = WorldActionModel.from_pretrained(checkpoint).config
+    cfg.history, cfg.history_gap = 1, 2
+    cfg.backbone = {**cfg.backbone, "context_channels": 4}
+    torch.manual_seed(0)
+    model = WorldActionModel(cfg)
+    past, rendered_past = run(False, False)
+    assert rendered_past == list(range(11)) and past["length"] == 10

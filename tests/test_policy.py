@@ -519,5 +519,10 @@ def test_history_is_read_from_the_steps_act_recorded_gap_steps_apart():
             drawn = codec.encode(obs_at(then)["ee_pose"][None], [pol.last_chunk.cameras[0]])[0, 0]
             np.testing.assert_allclose(h[0, 0, k, 3:].permute(1, 2, 0).numpy(), drawn * 2 - 1, atol=1e-6)
     pol.reset()
-    pol.plan(obs_at(9), cams)                             # a plan alone records its observation too
+    ninth = obs_at(9)
+    pol.plan(ninth, cams)                                 # a plan alone records its observation too
     assert torch.allclose(seen[-1]["history"][0, :, :, :3], torch.full((2, 2, 3, 32, 32), 90 / 127.5 - 1.0))
+    pol.act(ninth, cams)
+    assert len(pol.past) == 1 and pol.needs_images and not pol.replanning   # every step is read, not only plans
+    with pytest.raises(ValueError, match="past frames"):              # a step without images cannot be recorded
+        pol.act({k: v for k, v in obs_at(10).items() if k != "images"}, cams)

@@ -323,6 +323,11 @@ class ChunkQueue:
         """Whether the next :meth:`act` call plans a new chunk."""
         return not self.queue
 
+    @property
+    def needs_images(self) -> bool:
+        """Whether the next :meth:`act` call reads the observation's images (an env may skip rendering otherwise)."""
+        return self.replanning
+
 
 class ActionImagesPolicy(ChunkQueue):
     """Closed-loop policy around a :class:`~action_images.wam.WorldActionModel`, configured by
@@ -385,6 +390,9 @@ class ActionImagesPolicy(ChunkQueue):
         :meth:`build_batch` record an observation they have not seen."""
         if not self.history or obs is self._observed:
             return
+        if "images" not in obs:
+            raise ValueError("this model reads past frames (history): every step's observation needs its images "
+                             "(render every step; see needs_images)")
         self._observed = obs
         self.past.append(({k: np.array(v, copy=True) for k, v in obs["images"].items()},
                           np.asarray(obs["ee_pose"], dtype=np.float64).copy()))
@@ -393,6 +401,11 @@ class ActionImagesPolicy(ChunkQueue):
     def act(self, obs: dict[str, Any], cameras: Sequence[Any]) -> np.ndarray:
         self.observe(obs)
         return super().act(obs, cameras)
+
+    @property
+    def needs_images(self) -> bool:
+        """Replanning steps, and every step for a model that reads past frames (they are recorded as they come)."""
+        return self.replanning or self.history > 0
 
     def _views(self, obs: dict[str, Any], cameras: Sequence[Camera]) -> list[int]:
         names = [c.name for c in cameras]

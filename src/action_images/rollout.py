@@ -54,7 +54,7 @@ def rollout(env: Env, policy: ActionImagesPolicy, seed: int, max_steps: int, rec
             done = len(ch.actions) - len(policy.queue) - 1 if ch is not None else 0
             frames.append(compose_frame(obs, env.cameras, action, ch, done, policy.stride, codec, video_px))
         # render the next observation only if the policy or the video reads it
-        env.observe_images = record or policy.replanning
+        env.observe_images = record or policy.needs_images
         obs, _, terminated, truncated, info = env.step(action)
         success = bool(info.get("success", False))
         if terminated or truncated:
