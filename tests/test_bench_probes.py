@@ -547,3 +547,23 @@ def test_push_first_plan_refuses_bad_flags_before_loading_anything(argv, flag, c
     with pytest.raises(SystemExit):
         firstplan.main(["--checkpoint", "no/such/checkpoint", "--json", "unused.json", *argv])
     assert flag in capsys.readouterr().err
+
+
+def test_paired_episodes_compares_the_tasks_asked_for(tmp_path, capsys):
+    """--tasks compares those tasks only, so an evaluation of two tasks pairs with a reference that has one of them;
+    without it every task of the second evaluation must be in the first; a task it lacks is refused by name."""
+    paired = load("paired_episodes")
+
+    def metrics(name, rows):
+        path = tmp_path / name
+        path.write_text(json.dumps({"episodes": [{"task": t, "episode": k, "seed": 100 + k, "success": s}
+                                                 for t, k, s in rows]}))
+        return str(path)
+
+    base = metrics("base.json", [("push", 0, True), ("push", 1, False), ("push", 2, False)])
+    new = metrics("new.json", [("push", 0, False), ("push", 1, True), ("push", 2, True), ("stack", 0, True)])
+    assert paired.main([base, new]) == 2 and "stack episode 0" in capsys.readouterr().err
+    assert paired.main([base, new, "--tasks", "push"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[1].split() == ["push", "3", "0", "2", "1", "1.0000"] and "stack" not in "".join(rows)
+    assert paired.main([base, new, "--tasks", "reach"]) == 2 and "--tasks" in capsys.readouterr().err
