@@ -389,17 +389,18 @@ def test_the_noise_level_stages_differ_from_the_shipped_stage_in_their_noise_lev
     assert shipped == probe
 
 
-def test_the_history_stage_differs_from_the_shipped_stage_in_its_past_frame_only():
-    """recipes/rig8-ctx-recover-noise-history.json: the shipped second stage with one past frame per view, 4 control
-    steps back, read by the context encoder; nothing else differs, and its model is the shipped one's plus the past
-    frame (so it starts from the same first stage)."""
+@pytest.mark.parametrize("name, history, gap", [("history", 1, 4), ("history-long", 2, 8)])
+def test_the_history_stages_differ_from_the_shipped_stage_in_their_past_frames_only(name, history, gap):
+    """recipes/rig8-ctx-recover-noise-history.json and -history-long.json: the shipped second stage with past frames
+    read by the context encoder (one 4 control steps back; two, 8 and 16 steps back); nothing else differs, so each
+    starts from the same first stage."""
     shipped = TrainRecipe.load(ROOT / "recipes" / "rig8-ctx-recover-noise-9k.json").to_dict()
-    probe = TrainRecipe.load(ROOT / "recipes" / "rig8-ctx-recover-noise-history.json").to_dict()
-    assert (probe["model"].pop("history"), probe["model"].pop("history_gap")) == (1, 4)
+    probe = TrainRecipe.load(ROOT / "recipes" / f"rig8-ctx-recover-noise-{name}.json").to_dict()
+    assert (probe["model"].pop("history"), probe["model"].pop("history_gap")) == (history, gap)
     assert (shipped["model"].pop("history"), shipped["model"].pop("history_gap")) == (None, None)
     assert shipped == probe
-    cfg = train.build_config(TrainRecipe.load(ROOT / "recipes" / "rig8-ctx-recover-noise-history.json"))
-    assert (cfg.history, cfg.history_gap) == (1, 4)
+    cfg = train.build_config(TrainRecipe.load(ROOT / "recipes" / f"rig8-ctx-recover-noise-{name}.json"))
+    assert (cfg.history, cfg.history_gap) == (history, gap)
 
 
 def test_the_palm_stage_is_the_shipped_stage_with_push_demos_replaced():
