@@ -202,6 +202,9 @@ def run_policy(checkpoint: str, episodes: int, seed: int, sampler_steps: int, ou
     settings = EvalSettings(tasks=(TASK,), episodes=episodes, seed=seed, rig_distribution="train", rig_views=4,
                             image_size=64, videos=0, policy=PolicySettings(sampler_steps=sampler_steps))
     runner = EpisodeRunner.from_checkpoint(checkpoint, out, settings)
+    if getattr(runner.policy.model.config, "history", 0):  # plans from replayed states, steps unrendered
+        raise SystemExit(f"--checkpoint {checkpoint} reads past frames (train --history); this probe plans "
+                         "from replayed expert states without the steps between")
     env = runner.open(TASK)                             # runner.episode reuses this env (its step wrapped)
     pol = runner.policy
     print(f"policy: views {pol.camera_names}, H={pol.horizon}, stride={pol.stride}, execute_k={pol.execute_k}, "

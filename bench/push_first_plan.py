@@ -134,6 +134,9 @@ def first_plans(checkpoint: str, episodes: int, seed: int, sampler_steps: int, c
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         runner = EpisodeRunner.from_checkpoint(checkpoint, Path(tmp), settings)
+        if getattr(runner.policy.model.config, "history", 0):  # plans from replayed states, steps unrendered
+            raise SystemExit(f"--checkpoint {checkpoint} reads past frames (train --history); this probe plans "
+                             "from replayed expert states without the steps between")
         env = runner.open(task)
         if task == TASK:
             env.task.style = style                  # the expert whose targets the plans are compared with

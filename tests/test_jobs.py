@@ -214,6 +214,21 @@ def test_label_bad_paths_exit_2(lerobot_root, checkpoint, tmp_path, capsys):
     assert (tmp_path / "full" / "x").read_text() == "keep"
 
 
+def test_a_model_that_reads_past_frames_is_refused_by_every_job(lerobot_root, tmp_path, capsys):
+    """label, imagine and generate build their windows without past frames: a checkpoint that reads them is refused
+    in one line naming --checkpoint, before anything is written."""
+    cfg = WAMConfig.from_preset("cpu-tiny", history=1)
+    cfg.backbone = {**cfg.backbone, "context_channels": 4}
+    WorldActionModel(cfg).save_pretrained(tmp_path / "ckpt")
+    for module in (label, imagine, generate):
+        out = tmp_path / f"out_{module.__name__.rsplit('.', 1)[-1]}"
+        argv = ["--checkpoint", tmp_path / "ckpt", "--data", lerobot_root, "--out", out]
+        assert _cli(module, argv + ([] if module is label else ["--episode", "0"])) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--checkpoint" in err[0] and "past frames" in err[0], err
+        assert not out.exists()
+
+
 # ---- imagine / generate ----------------------------------------------------------------------------------------------
 
 

@@ -490,6 +490,9 @@ def test_history_frames_reach_the_context_encoder_where_the_job_gives_frame_0(tm
     assert not torch.allclose(sample("policy", other_rgb).act, base.act)
     video = sample("video", b["history"])                                      # the video job generates no action
     torch.testing.assert_close(sample("video", other_act).rgb, video.rgb)     # its past action images are not read
+    labels = sample("labeler", b["history"])                                   # nor does the labeler see past ones:
+    torch.testing.assert_close(sample("labeler", other_act).act, labels.act)  # it generates the current action too
+    assert not torch.allclose(sample("labeler", other_rgb).act, labels.act)   # while the past RGB is read
     m.save_pretrained(tmp_path / "h")
     again = WorldActionModel.from_pretrained(tmp_path / "h")
     assert (again.config.history, again.config.history_gap) == (1, 3)
@@ -509,4 +512,7 @@ def test_history_needs_the_context_encoder():
             cfg.validate()
     cfg.history, cfg.history_gap = 1, 0
     with pytest.raises(ValueError, match="history_gap"):
+        cfg.validate()
+    cfg.history_gap, cfg.backbone = 4, {**cfg.backbone, "context_history": 1}   # set from history, not by hand
+    with pytest.raises(ValueError, match="context_history"):
         cfg.validate()

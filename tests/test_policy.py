@@ -526,3 +526,33 @@ def test_history_is_read_from_the_steps_act_recorded_gap_steps_apart():
     assert len(pol.past) == 1 and pol.needs_images and not pol.replanning   # every step is read, not only plans
     with pytest.raises(ValueError, match="past frames"):              # a step without images cannot be recorded
         pol.act({k: v for k, v in obs_at(10).items() if k != "images"}, cams)
+
+
+def test_the_policy_builds_the_past_frames_its_training_windows_hold(lerobot_root):
+    """Replaying a recorded episode through ``act``, every plan's past frames (and current frame) are exactly what
+    the un-augmented training window of the same start frame and views holds: same frames, crops, cameras and
+    action images, clipped at the episode's start the same way."""
+    from action_images.data import LeRobotDataset
+    from action_images.data.windows import WindowConfig, Windows
+
+    ds = LeRobotDataset(str(lerobot_root))
+    ep, names = ds.episode(1), ds.camera_names[1:3]
+    cams = [ep.cameras[n] for n in names]
+    model = StubModel(TARGETS, np.zeros(3))
+    model.config.history, model.config.history_gap = 2, 3
+    seen, now = [], [0]
+    sample = model.sample
+    model.sample = lambda batch, **kw: (seen.append((now[0], batch)), sample(batch, **kw))[1]
+    pol = ActionImagesPolicy(model, PolicySettings(execute_k=2, camera_names=tuple(names)))
+    for t in range(len(ep)):
+        now[0] = t
+        pol.act({"images": {n: ep.images[n][t] for n in ds.camera_names}, "ee_pose": ep.states[t],
+                 "instruction": ep.instruction}, cams)
+    windows = Windows([str(lerobot_root)], WindowConfig(image_size=32, num_views=2, horizon=3, stride=2, history=2,
+                                                        history_gap=3), seed=0)
+    assert len(seen) >= 4 and any(t >= 6 for t, _ in seen)
+    for t, batch in seen:
+        w = windows.window(0, 1, t, np.random.default_rng(0), views=list(names), augment=False)
+        assert torch.equal(batch["rgb"][0, :, 0], w["rgb"][:, 0])
+        assert torch.equal(batch["history"][0, :, :, :3], w["history"][:, :, :3])
+        torch.testing.assert_close(batch["history"][0, :, :, 3:], w["history"][:, :, 3:], atol=1e-6, rtol=0)

@@ -401,6 +401,9 @@ def test_the_history_stages_differ_from_the_shipped_stage_in_their_past_frames_o
     assert shipped == probe
     cfg = train.build_config(TrainRecipe.load(ROOT / "recipes" / f"rig8-ctx-recover-noise-{name}.json"))
     assert (cfg.history, cfg.history_gap) == (history, gap)
+    from action_images.recipe import ModelRecipe
+    from action_images.wam import MAX_HISTORY
+    assert next(f for f in fields(ModelRecipe) if f.name == "history").metadata["hi"] == MAX_HISTORY
 
 
 def test_the_palm_stage_is_the_shipped_stage_with_push_demos_replaced():

@@ -272,8 +272,18 @@ def test_init_from_adds_past_frames_starting_from_the_same_function(tmp_path, ca
     capsys.readouterr()
     assert train_main(*ctx, "--out", str(tmp_path / "c"), "--steps", "1", "--init-from", str(b)) == 2
     assert "past frames" in capsys.readouterr().err
+    assert train_main(*ctx, "--out", str(tmp_path / "e"), "--steps", "1", "--init-from", str(b), "--history", "3",
+                      "--history-gap", "4") == 2                    # the past frames' weights are for 3 steps apart
+    assert "--history-gap" in capsys.readouterr().err
+    c = tmp_path / "more"                                           # 2 -> 3 past frames: the third starts at 0
+    assert train_main(*ctx, "--out", str(c), "--steps", "1", "--init-from", str(b), "--history", "3",
+                      "--history-gap", "3", "--lr", "1e-12") == 0
+    w3 = WorldActionModel.from_pretrained(c).backbone.context.net[0].weight
+    assert w3.shape[1] == 24 and torch.allclose(w3[:, :18], w, atol=1e-6) and w3[:, 18:].abs().max() < 1e-6
     assert train_main(*TINY, "--out", str(tmp_path / "d"), "--steps", "1", "--history", "1") == 2
     assert "context encoder" in capsys.readouterr().err
+    assert train_main(*ctx, "--out", str(tmp_path / "g"), "--steps", "1", "--history-gap", "2") == 2
+    assert "--history" in capsys.readouterr().err and not (tmp_path / "g").exists()
 
 
 def test_data_workers_do_not_change_training(tmp_path):

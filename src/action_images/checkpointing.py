@@ -193,8 +193,12 @@ def init_weights(model: torch.nn.Module, run: str) -> None:
         raise ValueError(f"--init-from {run}: its model differs from this recipe's in {diff}")
     had, has = int(theirs.get("history") or 0), int(ours.get("history") or 0)
     if has < had:
-        raise ValueError(f"--init-from {run}: it reads {had} past frames and this recipe's model {has}: past frames "
+        raise ValueError(f"--init-from {run}: it reads {had} past frame(s) and this recipe's model {has}: past frames "
                          "can be added to a model, not taken away")
+    gaps = int(theirs.get("history_gap") or 4), int(ours.get("history_gap") or 4)
+    if had and gaps[0] != gaps[1]:                  # its past-frame weights were trained on frames that far back
+        raise ValueError(f"--init-from {run}: it reads past frames {gaps[0]} steps apart and this recipe's model "
+                         f"{gaps[1]} (--history-gap)")
     state = load_file(str(folder / WEIGHTS_NAME))
     if has > had and CONTEXT_IN in state:           # the new frames' input channels start at 0: the same function
         w = state[CONTEXT_IN]

@@ -387,7 +387,9 @@ class ActionImagesPolicy(ChunkQueue):
         """Record ``obs`` as this control step's observation: a model that reads past frames (``config.history``)
         takes them from the steps recorded here, ``history_gap`` steps apart; the episode's first observation stands
         in for the steps before it, as in training. :meth:`act` records every step; :meth:`plan` and
-        :meth:`build_batch` record an observation they have not seen."""
+        :meth:`build_batch` record an observation they have not seen. A step is told from the last by its dict's
+        identity: the envs here return a new one per step, and a robot loop must too (one dict mutated in place is
+        recorded once)."""
         if not self.history or obs is self._observed:
             return
         if "images" not in obs:

@@ -81,7 +81,7 @@ class ModelRecipe:
                                             "(0 = off)", lo=0, hi=512)
     history: int | None = _f(None, "DiT with --context-channels only: past frames per view (RGB and the action image "
                                    "of the pose then) the context encoder reads beside the current one (default 0)",
-                             lo=0, hi=4)
+                             lo=0, hi=4)                 # wam.MAX_HISTORY (this module stays free of torch)
     history_gap: int | None = _f(None, "control steps between the current frame and each past one (--history; "
                                        "default 4)", lo=1, hi=1000)
     baseline: dict = _f({}, "bc/dp/tokens only: overrides of the baseline's config, e.g. {\"plucker\": false, "

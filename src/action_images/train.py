@@ -103,6 +103,8 @@ def build_config(r: TrainRecipe, camera_names: list[str] | None = None) -> WAMCo
             if cfg.backbone_kind != "dit":
                 raise ValueError(f"--{name.replace('_', '-')} applies to DiT presets only")
             cfg.backbone = {**cfg.backbone, name: int(value)}
+    if m.history_gap is not None and not m.history:
+        raise ValueError("--history-gap sets how far apart the past frames are: give --history N too")
     for name in ("history", "history_gap"):
         if getattr(m, name) is not None:
             setattr(cfg, name, int(getattr(m, name)))

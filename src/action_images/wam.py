@@ -44,8 +44,8 @@ __all__ = ["WAMConfig", "WorldActionModel", "Sample", "CheckpointError", "read_c
            "GIVEN", "GEN", "ABSENT", "STREAMS", "TASKS", "TASK_NAMES", "task_state", "channel_state"]
 FORMAT = "action-images-wam"
 FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
-MAX_HISTORY = 4                                # past frames a model may read (WAMConfig.history)                     # v1: no camera_names / crop in the config
+READABLE_VERSIONS = (1, 2)                     # v1: no camera_names / crop in the config
+MAX_HISTORY = 4                                # past frames a model may read (WAMConfig.history)
 # config keys added after format v1 shipped -> the value that reproduces the older behaviour
 ADDED_KEYS: dict[str, Any] = {"act_peak_weight": 0.0, "loss_target": "velocity", "camera_names": None,
                               "crop": "center", "workspace": None, "latent": None, "act_keypoint_weight": 0.0,
@@ -145,8 +145,10 @@ class WAMConfig:
              f"history must be an integer in [0, {MAX_HISTORY}]; got {h!r}")
         need(not h or (self.backbone_kind == "dit" and self.latent is None
                        and int(self.backbone.get("context_channels", 0) or 0) > 0),
-             "history needs the DiT's context encoder (context_channels > 0, pixel space): the past frames are read "
-             "by it")
+             "history (--history) needs the DiT's context encoder (--context-channels > 0, pixel space): the past "
+             "frames are read by it")
+        need(not self.backbone.get("context_history"),
+             "backbone.context_history is set from history (--history); leave it out of the backbone")
         need(8 <= self.image_size <= 4096, f"image_size must be in [8, 4096]; got {self.image_size}")
         for k in ("p_drop_text", "action_loss_weight", "t_eps", "t_mean", "t_std", "act_peak_weight",
                   "act_keypoint_weight"):
@@ -228,7 +230,7 @@ class WorldActionModel(nn.Module):
             out = fold(self.backbone(unfold(x_in, h), t, state, plucker, text, text_mask))
         elif self.config.history:
             if history is None:
-                raise ValueError(f"this model reads {self.config.history} past frames per view: the batch needs "
+                raise ValueError(f"this model reads {self.config.history} past frame(s) per view: the batch needs "
                                  "'history' [B, V, P, 6, H, W]")
             history = history.to(x_in) * (channel_state(state[:, :, :1]) == GIVEN)
             out = self.backbone(x_in, t, state, plucker, text, text_mask, history=history)

@@ -102,7 +102,9 @@ def run(args: argparse.Namespace) -> int:
                     obs, _, term, trunc, _ = env.step(a)
                     if term or trunc:
                         obs, _ = env.reset(seed=args.seed + i + 1)
+                        policy.reset(args.seed + i + 1)               # a new episode: nothing carried over
                         break
+                    policy.observe(obs)                 # every step, as act() records it (for past frames)
                 env_s.append((time.perf_counter() - t0) / max(1, len(chunk.actions)))
             row = {"sampler_steps": steps, "views": list(rig.policy.camera_names), "cfg_scale": args.cfg_scale,
                    "replans": args.replans,

@@ -142,6 +142,9 @@ def load(args: argparse.Namespace) -> tuple[Any, Any, list[str], WindowConfig]:
         model = WorldActionModel.from_pretrained(args.checkpoint).eval()
     except (OSError, ValueError, KeyError) as e:
         raise ValueError(f"--checkpoint: {e}".replace("\n", " ")) from None
+    if getattr(model.config, "history", 0):
+        raise ValueError(f"--checkpoint: {args.checkpoint} reads past frames (train --history), which the label, "
+                         "imagine and generate jobs do not build")
     try:
         ds = LeRobotDataset(args.data, cameras=getattr(args, "calibration", None))   # label --calibration
     except (OSError, ValueError, KeyError) as e:

@@ -123,8 +123,9 @@ class PolicyServer:
             raise ValueError(f"max_clients must be >= 1; got {max_clients}")
         self.max_batch, self.batch_wait_ms = check_batching(max_batch, batch_wait_ms)
         if int(getattr(model.config, "history", 0) or 0):
-            raise ValueError("this checkpoint reads past frames (history), which the server protocol does not carry: "
-                             "a client sends observations at replanning steps only; evaluate it in process")
+            raise ValueError(f"{checkpoint or 'this checkpoint'} reads past frames (train --history), which the "
+                             "server protocol does not carry: a client sends observations at replanning steps only; "
+                             "evaluate it in process")
         self.model, self.settings, self.seed = model, settings, int(seed)
         self.host, self.port, self.token = host, int(port), token
         self.max_message_bytes, self.max_clients = int(max_message_bytes), int(max_clients)
