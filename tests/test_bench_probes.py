@@ -567,3 +567,27 @@ def test_paired_episodes_compares_the_tasks_asked_for(tmp_path, capsys):
     rows = capsys.readouterr().out.splitlines()
     assert rows[1].split() == ["push", "3", "0", "2", "1", "1.0000"] and "stack" not in "".join(rows)
     assert paired.main([base, new, "--tasks", "reach"]) == 2 and "--tasks" in capsys.readouterr().err
+
+
+def test_past_frames_reports_each_frames_weights_and_the_loss_gap(tmp_path, capsys):
+    """bench/past_frames.py: the context encoder's first-convolution norm per frame and stream, and the action loss
+    against a base run (last steps' means, largest gap of block means); a run without weights is refused."""
+    import torch
+    from safetensors.torch import save_file
+
+    past = load("past_frames")
+    run, base = tmp_path / "run", tmp_path / "base"
+    for folder, loss in ((run, 0.02), (base, 0.01)):
+        folder.mkdir()
+        (folder / "log.jsonl").write_text("".join(json.dumps({"step": s, "loss_act": loss * (2 if s < 300 else 1)})
+                                                  + "\n" for s in range(0, 1200, 10)))
+    w = torch.zeros(1, 12, 1, 1)
+    w[0, 0], w[0, 9] = 3.0, 4.0                          # a current RGB channel; a past action-image channel
+    save_file({"backbone.context.net.0.weight": w}, str(run / "model.safetensors"))
+    assert past.main([str(run), "--base", str(base), "--json", str(tmp_path / "out.json")]) == 0
+    out = json.loads((tmp_path / "out.json").read_text())
+    assert out["weights"] == [{"rgb": 3.0, "act": 0.0}, {"rgb": 0.0, "act": 4.0}]
+    assert out["loss"]["run_last_300"] == 0.02 and out["loss"]["base_last_300"] == 0.01
+    assert out["loss"]["max_gap_300"] == 1.0 and out["loss"]["max_gap_1000"] == 1.0
+    capsys.readouterr()
+    assert past.main([str(base)]) == 2 and "past_frames" in capsys.readouterr().err

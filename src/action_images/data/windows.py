@@ -370,17 +370,18 @@ class SyntheticWindows(Dataset):
             else:
                 cams.append(cam.resized(cfg.image_size, cfg.image_size))
         grasp = int(0.75 * self.T)
-        frames = np.stack([[self.render(c, ep["states"][t], ep["cube"], ep["color"],
-                                        max(0.0, ep["states"][t, 2] - 0.05) if t > grasp else 0.0)
-                            for t in times] for c in cams])                       # [V, F, R, R, 3]
+
+        def frames_at(ts: np.ndarray) -> np.ndarray:                            # [V, len(ts), R, R, 3]
+            return np.stack([[self.render(c, ep["states"][t], ep["cube"], ep["color"],
+                                          max(0.0, ep["states"][t, 2] - 0.05) if t > grasp else 0.0)
+                              for t in ts] for c in cams])
+
+        frames = frames_at(times)
         poses = window_poses(ep["states"], ep["actions"], times)
         extra = {}
         if cfg.history:
             past = history_times(t0, cfg.history, cfg.history_gap)
-            hist = np.stack([[self.render(c, ep["states"][t], ep["cube"], ep["color"],
-                                          max(0.0, ep["states"][t, 2] - 0.05) if t > grasp else 0.0)
-                              for t in past] for c in cams])                   # [V, P, R, R, 3]
-            extra["history"] = history_frames(hist, cams, ep["states"][past], self.codec)
+            extra["history"] = history_frames(frames_at(past), cams, ep["states"][past], self.codec)
         return finish_window(frames, cams, poses, ep["instruction"], self.codec, episode=scene, dataset=-1, t0=t0,
                              **extra)
 
