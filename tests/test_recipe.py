@@ -406,6 +406,19 @@ def test_the_history_stages_differ_from_the_shipped_stage_in_their_past_frames_o
     assert next(f for f in fields(ModelRecipe) if f.name == "history").metadata["hi"] == MAX_HISTORY
 
 
+def test_the_deep_stage_differs_from_the_shipped_stage_in_its_blocks_and_steps_only():
+    """recipes/rig8-ctx-recover-noise-deep.json: the shipped second stage with 8 DiT blocks instead of the preset's 4
+    (the four added start as the identity, so it starts from the same first stage) and 6,600 steps instead of 9,000,
+    what the same minutes hold at its step time; nothing else differs."""
+    shipped = TrainRecipe.load(ROOT / "recipes" / "rig8-ctx-recover-noise-9k.json").to_dict()
+    probe = TrainRecipe.load(ROOT / "recipes" / "rig8-ctx-recover-noise-deep.json").to_dict()
+    assert (shipped["model"].pop("depth"), probe["model"].pop("depth")) == (None, 8)
+    assert (shipped["optim"].pop("steps"), probe["optim"].pop("steps")) == (9000, 6600)
+    assert shipped == probe
+    cfg = train.build_config(TrainRecipe.load(ROOT / "recipes" / "rig8-ctx-recover-noise-deep.json"))
+    assert cfg.backbone["depth"] == 8 and cfg.preset == "cpu-small"
+
+
 def test_the_palm_stage_is_the_shipped_stage_with_push_demos_replaced():
     """recipes/rig8-ctx-recover-noise-palm.json: the shipped second stage, with data/rig8's push_cube demos left out
     and the palm-style push demos in their place; nothing else differs."""

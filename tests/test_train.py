@@ -286,6 +286,36 @@ def test_init_from_adds_past_frames_starting_from_the_same_function(tmp_path, ca
     assert "--history" in capsys.readouterr().err and not (tmp_path / "g").exists()
 
 
+def test_init_from_adds_dit_blocks_starting_from_the_same_function(tmp_path, capsys):
+    """A stage may add DiT blocks (``--depth``): they follow the other run's blocks with every adaLN gate at 0, so
+    the deeper model computes what the other run's did and then trains them; fewer blocks are refused by name."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert train_main(*TINY, "--out", str(a), "--steps", "2", "--seed", "3") == 0
+    assert train_main(*TINY, "--out", str(b), "--steps", "1", "--init-from", str(a), "--depth", "4",
+                      "--lr", "1e-12") == 0
+    old, new = (WorldActionModel.from_pretrained(r).eval() for r in (a, b))
+    assert len(old.backbone.blocks) == 2 and len(new.backbone.blocks) == 4 and new.config.backbone["depth"] == 4
+    for i in (0, 1):                                                 # its own blocks, loaded where they were
+        for (k, v), (k2, v2) in zip(old.backbone.blocks[i].state_dict().items(),
+                                    new.backbone.blocks[i].state_dict().items()):
+            assert k == k2 and torch.allclose(v, v2, atol=1e-6)
+    assert all(new.backbone.blocks[i].ada[-1].weight.abs().max() < 1e-6 for i in (2, 3))   # gates at 0
+    ds = SyntheticWindows(WindowConfig.from_model(new.config), seed=0, num_scenes=2)
+    batch = collate([ds[0], ds[1]])
+    out = [m.sample(batch, steps=2, generator=torch.Generator().manual_seed(0)).act for m in (old, new)]
+    torch.testing.assert_close(out[0], out[1], atol=1e-4, rtol=0)
+    c = tmp_path / "c"                                              # at a real learning rate the new blocks train
+    assert train_main(*TINY, "--out", str(c), "--steps", "3", "--init-from", str(a), "--depth", "3",
+                      "--lr", "1e-2", "--ema", "0") == 0
+    assert WorldActionModel.from_pretrained(c).backbone.blocks[2].ada[-1].weight.abs().max() > 1e-4
+    capsys.readouterr()
+    assert train_main(*TINY, "--out", str(tmp_path / "d"), "--steps", "1", "--init-from", str(b), "--depth", "3") == 2
+    err = capsys.readouterr().err
+    assert "--depth" in err and "not taken away" in err and not (tmp_path / "d").exists()
+    assert train_main(*TINY, "--out", str(tmp_path / "e"), "--steps", "1", "--init-from", str(b)) == 2   # preset's 2
+    assert "--depth" in capsys.readouterr().err
+
+
 def test_data_workers_do_not_change_training(tmp_path):
     """``--workers``: windows are drawn from a generator seeded by their key, so loading them in a worker process
     gives the same batches, hence the same run, as loading them in the training process."""

@@ -170,12 +170,16 @@ WEIGHT_FREE_KEYS = frozenset({"camera_names", "action_loss_weight", "act_peak_we
 # channels for them, initialised to 0, so the stage starts from the other run's function exactly
 HISTORY_KEYS = frozenset({"history", "history_gap"})
 CONTEXT_IN = "backbone.context.net.0.weight"
+# DiT blocks may be added by a stage: they follow the other run's blocks and keep their adaLN-Zero initialisation
+# (every gate 0), so each starts as the identity and the stage again starts from the other run's function
+DEPTH_KEY, BLOCKS = "backbone.depth", "backbone.blocks."
 
 
 def init_weights(model: torch.nn.Module, run: str) -> None:
     """Load another run's exported weights (``RUN/model.safetensors``) into ``model`` (``model.init_from``); its
     ``config.json`` must describe the same model but for :data:`WEIGHT_FREE_KEYS` (cameras, views per window, loss
-    weights, training noise levels, image size) and for past frames this model adds (:data:`HISTORY_KEYS`)."""
+    weights, training noise levels, image size) and for past frames (:data:`HISTORY_KEYS`) or DiT blocks
+    (:data:`DEPTH_KEY`) this model adds."""
     folder = Path(run)
     if not (folder / WEIGHTS_NAME).is_file() or not (folder / CONFIG_NAME).is_file():
         raise FileNotFoundError(f"--init-from {run}: needs {WEIGHTS_NAME} and {CONFIG_NAME} (a run's export)")
@@ -188,9 +192,16 @@ def init_weights(model: torch.nn.Module, run: str) -> None:
                 for k2, v2 in (flat(v, f"{pre}{k}.").items() if isinstance(v, dict) else [(pre + k, v)])}
     ours, theirs = flat(model.config.to_dict()), flat(theirs)
     diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k) and k not in WEIGHT_FREE_KEYS
-                  and k not in HISTORY_KEYS)
+                  and k not in HISTORY_KEYS and k != DEPTH_KEY)
     if diff:
         raise ValueError(f"--init-from {run}: its model differs from this recipe's in {diff}")
+    depths = theirs.get(DEPTH_KEY), ours.get(DEPTH_KEY)
+    if depths[0] != depths[1] and not (isinstance(depths[0], int) and isinstance(depths[1], int)
+                                       and 0 < depths[0] < depths[1]
+                                       and getattr(model.config, "backbone_kind", "") == "dit"):
+        raise ValueError(f"--init-from {run}: it has {depths[0]} DiT blocks and this recipe's model {depths[1]} "
+                         "(--depth): blocks can be added to a DiT, not taken away")
+    added = {f"{BLOCKS}{i}." for i in range(depths[0] or 0, depths[1] or 0)} if depths[0] != depths[1] else set()
     had, has = int(theirs.get("history") or 0), int(ours.get("history") or 0)
     if has < had:
         raise ValueError(f"--init-from {run}: it reads {had} past frame(s) and this recipe's model {has}: past frames "
@@ -209,6 +220,7 @@ def init_weights(model: torch.nn.Module, run: str) -> None:
     except RuntimeError as e:  # a tensor of another shape
         raise ValueError(f"--init-from {run}: {WEIGHTS_NAME} does not fit the model "
                          f"({str(e).splitlines()[-1].strip()})") from None
+    missing = [k for k in missing if not any(k.startswith(prefix) for prefix in added)]   # the added blocks
     if missing or unexpected:
         raise ValueError(f"--init-from {run}: {WEIGHTS_NAME} does not fit the model (missing {missing[:3]}, "
                          f"unexpected {unexpected[:3]})")

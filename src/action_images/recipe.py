@@ -72,6 +72,9 @@ class ModelRecipe:
                              "projected workspace box (more pixels where the robot works)",
                    choices=("center", "workspace"))
     workspace: list | None = _f(None, "world box of --crop workspace: --workspace=x0,y0,z0,x1,y1,z1 in metres", kind="box")
+    depth: int | None = _f(None, "DiT only: transformer blocks (default: the preset's); with --init-from a run of "
+                                 "fewer blocks, the blocks it lacks are appended after its own and start as the "
+                                 "identity (adaLN-Zero), so the stage starts from that run's function", lo=1, hi=64)
     refine_channels: int | None = _f(None, "DiT only: full-resolution conv refinement head with this many channels "
                                            "(0 = off)", lo=0, hi=512)
     stem_channels: int | None = _f(None, "DiT only: full-resolution conv stem with this many channels before the "
@@ -98,7 +101,7 @@ class ModelRecipe:
                                              "(less memory, ~30 % more compute)")
     init_from: str | None = _f(None, "start from another run's exported weights (RUN/model.safetensors; the same "
                                      "model config, but for the cameras, views per window, loss weights, training "
-                                     "noise levels and image size), with a fresh optimizer and EMA: a second stage "
+                                     "noise levels, image size, and past frames or DiT blocks it adds), with a fresh optimizer and EMA: a second stage "
                                      "of a recipe")
 
 

@@ -97,7 +97,7 @@ def build_config(r: TrainRecipe, camera_names: list[str] | None = None) -> WAMCo
                                 act_keypoint_weight=m.act_keypoint_weight, loss_target=m.loss_target, crop=m.crop,
                                 workspace=m.workspace)
     cfg.camera_names = list(camera_names or r.data.cameras or []) or None
-    for name in ("refine_channels", "stem_channels", "context_channels"):
+    for name in ("depth", "refine_channels", "stem_channels", "context_channels"):
         value = getattr(m, name)
         if value is not None:
             if cfg.backbone_kind != "dit":
