@@ -45,6 +45,7 @@ instruction names goes to the other one; one that finds it by shape stays.
 
 from __future__ import annotations
 
+import json
 import sys
 import tempfile
 import time
@@ -61,6 +62,7 @@ OBJECTS = {"push_cube": ("cube", "goal"), "place_in_bin": ("cube", "bin"), "stac
 SWAPPABLE = ("push_cube", "stack_cube")   # one geom each, named as its body: --counterfactual swaps their colours
 NEAR = 0.03          # expert targets this close to the cube's centre have no direction to compare
 FAR = 0.06           # a counterfactual plan this far from the plan it is compared with has gone elsewhere
+MISS = 0.02          # a plan this far from the expert's target (xy) is a miss whose direction is read
 
 
 def goal_region(task: str) -> tuple:
@@ -298,6 +300,7 @@ def summarise(rows: list[dict], rng_seed: int = 0, task: str = TASK) -> dict:
             "ahead_cm_median_farther_half": round(100 * float(np.median(ahead[~near])), 2),
             "ahead_vs_push_distance_spearman": _spearman(push, ahead),
             **fit,
+            **miss_direction(rows, j),
         }
         cf = goal_response(rows, j, goal_region(task))
         if cf:
@@ -325,6 +328,35 @@ def direction_fit(rows: list[dict], j: int) -> dict:
     return {"fit_plan_away_cm": round(100 * float(cp[0]), 2), "fit_plan_hand_cm": round(100 * float(cp[1]), 2),
             "fit_plan_r2": round(r2, 3),
             "fit_expert_away_cm": round(100 * float(ce[0]), 2), "fit_expert_hand_cm": round(100 * float(ce[1]), 2)}
+
+
+def miss_direction(rows: list[dict], j: int, over: float = MISS) -> dict:
+    """Which way keyframe j's plans miss the expert's target, over the misses longer than ``over`` (xy): how many
+    point toward the goal (along cube -> goal), and the median length of their parts along that line and across it,
+    in cm; and the median heights of plan and expert (all compared keyframes), in cm. A grasp drawn toward where the
+    cube goes next misses along the line, toward the goal, at the expert's height; one drawn early upward misses
+    in height; an imprecise one misses in every direction alike."""
+    miss, line, z_plan, z_expert = [], [], [], []
+    for r in rows:
+        kf = r["keyframes"][j]
+        if not _used(kf):
+            continue
+        miss.append(np.asarray(kf["plan_xy"]) - np.asarray(kf["expert_xy"]))
+        line.append(_unit(np.asarray(r["goal_xy"]) - np.asarray(r["cube_xy"])))
+        if kf.get("plan_z") is not None and kf.get("expert_z") is not None:
+            z_plan.append(kf["plan_z"])
+            z_expert.append(kf["expert_z"])
+    if not miss:
+        return {}
+    miss, line = np.array(miss), np.array(line)
+    along = (miss * line).sum(1)
+    across = miss[:, 0] * -line[:, 1] + miss[:, 1] * line[:, 0]
+    big = np.linalg.norm(miss, axis=1) > over
+    cm = lambda v: round(100 * float(np.median(v)), 2) if len(v) else None    # noqa: E731
+    return {f"misses_over_{round(100 * over)}cm": int(big.sum()),
+            f"misses_over_{round(100 * over)}cm_toward_goal": int((along[big] > 0).sum()),
+            "miss_along_cm_median": cm(np.abs(along[big])), "miss_across_cm_median": cm(np.abs(across[big])),
+            "plan_z_cm_median": cm(z_plan), "expert_z_cm_median": cm(z_expert)}
 
 
 def goal_response(rows: list[dict], j: int, region: tuple | None = None) -> dict:
@@ -403,9 +435,30 @@ def _swap_response(rows: list[dict], j: int) -> dict:
             "nearer_goal_plans": nearer, "nearer_goal_plans_swapped": nearer_swapped}
 
 
+def resummarise(source: str, out: str, argv) -> int:
+    """``--summarise``: the summaries of ``source``'s recorded episodes, computed again by this code."""
+    try:
+        done = json.loads(Path(source).read_text())
+        rows = done["episodes_detail"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        print(f"--summarise {source}: not a JSON of this probe ({e})", file=sys.stderr)
+        return 2
+    keep = ("checkpoint", "task", "seed", "episodes", "sampler_steps", "cfg_scale", "push_style", "counterfactual",
+            "start_step")
+    res = {"command": probe_command(__file__, argv), "summarised_from": source,
+           "source_command": done.get("command"), **{k: done.get(k) for k in keep},
+           "summary": summarise(rows, task=done.get("task", TASK)), "time_shift": best_shift(rows)}
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out, res)
+    for k, v in res["summary"].items():
+        print(k, v)
+    return 0
+
+
 def main(argv=None) -> int:
     p = Parser(description=__doc__.split("\n\n")[0].replace("\n", " "))
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", default=None, help="the model whose first plans are compared (required, but "
+                                                        "with --summarise)")
     p.add_argument("--episodes", type=int, default=100)
     p.add_argument("--seed", type=int, default=4242)
     p.add_argument("--sampler-steps", type=int, default=3)
@@ -419,9 +472,16 @@ def main(argv=None) -> int:
                         "objects' colours swapped (push_cube, stack_cube), and with other noise")
     p.add_argument("--start-step", type=int, default=0,
                    help="plan from the expert's state after this many of its steps (default 0: the first observation)")
+    p.add_argument("--summarise", default=None, metavar="JSON",
+                   help="summarise the episodes of an earlier run's JSON again (its episodes_detail; no model is "
+                        "loaded and --checkpoint is not read): the summaries added since it was written")
     p.add_argument("--json", required=True)
     a = p.parse_args(argv)
     t0 = time.perf_counter()
+    if a.summarise:
+        return resummarise(a.summarise, a.json, argv)
+    if not a.checkpoint:
+        p.error("--checkpoint: required (or --summarise JSON)")
     from action_images.sim.tasks.push_cube import STYLES
     if a.episodes < 2:
         p.error(f"--episodes: at least 2 (the shuffled control pairs episodes); got {a.episodes}")

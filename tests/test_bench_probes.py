@@ -424,6 +424,43 @@ def test_push_first_plan_counterfactual_tells_a_plan_that_follows_the_mark_from_
     assert blind["reflect_self_gain"] == pytest.approx(0.0)
 
 
+def test_push_first_plan_reads_which_way_the_plans_miss():
+    """A plan drawn 4 cm toward the goal misses along the line, toward it, and not across; one drawn 3 cm to the side
+    misses across; plans within 2 cm of the expert are no misses; heights are read where recorded."""
+    toward = firstplan.summarise(_first_plan_rows(lambda e, g: e + 0.04 * g / np.linalg.norm(g)))["k2"]
+    assert toward["misses_over_2cm"] == 40 and toward["misses_over_2cm_toward_goal"] == 40
+    assert toward["miss_along_cm_median"] == pytest.approx(4.0) and toward["miss_across_cm_median"] == pytest.approx(0)
+    assert toward["plan_z_cm_median"] is None                      # the made-up rows record no heights
+    side = firstplan.summarise(_first_plan_rows(
+        lambda e, g: e + 0.03 * np.array([-g[1], g[0]]) / np.linalg.norm(g)))["k2"]
+    assert side["misses_over_2cm"] == 40 and side["miss_across_cm_median"] == pytest.approx(3.0)
+    assert side["miss_along_cm_median"] == pytest.approx(0.0)
+    rows = _first_plan_rows(lambda e, g: e - 0.01 * g / np.linalg.norm(g))
+    for r in rows:
+        r["keyframes"][1].update(plan_z=0.036, expert_z=0.03)
+    near = firstplan.summarise(rows)["k2"]
+    assert near["misses_over_2cm"] == 0 and near["miss_along_cm_median"] is None
+    assert (near["plan_z_cm_median"], near["expert_z_cm_median"]) == (pytest.approx(3.6), pytest.approx(3.0))
+
+
+def test_push_first_plan_summarises_a_recorded_json_again(tmp_path, capsys):
+    """``--summarise``: the recorded episodes of an earlier JSON, summarised by today's code, without a model."""
+    rows = _first_plan_rows(lambda e, g: e + 0.04 * g / np.linalg.norm(g))
+    src, out = tmp_path / "old.json", tmp_path / "new.json"
+    src.write_text(json.dumps({"command": "x", "task": "stack_cube", "seed": 7, "episodes_detail": rows,
+                               "summary": {}}))
+    assert firstplan.main(["--summarise", str(src), "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["summarised_from"] == str(src) and res["source_command"] == "x" and res["task"] == "stack_cube"
+    assert res["summary"]["k2"]["misses_over_2cm_toward_goal"] == 40 and res["seed"] == 7
+    capsys.readouterr()
+    assert firstplan.main(["--summarise", str(tmp_path / "none.json"), "--json", str(out)]) == 2
+    assert "--summarise" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        firstplan.main(["--json", str(out)])                         # no checkpoint, nothing to summarise
+    assert "--checkpoint" in capsys.readouterr().err
+
+
 def test_push_first_plan_leaves_out_what_it_cannot_compare():
     """Keyframes past the end of the expert's episode are not compared; an expert whose target sits on the cube gives
     no gain on its own shift (but the plan's own reflection still does); the direction fit is for first
