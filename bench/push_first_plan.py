@@ -41,6 +41,14 @@ the cube the hand grasps (``cube``; stack_cube's ``small``) and "goal" where it 
 as it moves the mark. For push_cube and stack_cube the counterfactual also plans with the two objects' colours
 exchanged and nothing moved (``swap``): a policy that finds the object to grasp or push by the colour its
 instruction names goes to the other one; one that finds it by shape stays.
+
+Per keyframe the summary also reads which way the plans miss (``misses_over_2cm*``, ``miss_along/across``): of the
+plans more than 2 cm (xy) from the expert's target, how many point toward the goal, and how long their parts along
+the cube -> goal line and across it are; and the plans' and the expert's heights. ``--summarise JSON`` computes the
+summaries again from an earlier run's recorded episodes, without a model:
+
+    python bench/push_first_plan.py --summarise bench/results/first_plan_grasp/counterfactual_stack_cube_9k.json \
+        --json bench/results/first_plan_grasp/miss_direction_stack_cube_9k.json
 """
 
 from __future__ import annotations
@@ -437,9 +445,16 @@ def _swap_response(rows: list[dict], j: int) -> dict:
 
 def resummarise(source: str, out: str, argv) -> int:
     """``--summarise``: the summaries of ``source``'s recorded episodes, computed again by this code."""
+    if Path(source).resolve() == Path(out).resolve():
+        print(f"--summarise {source}: --json names the same file; write the new summaries elsewhere", file=sys.stderr)
+        return 2
     try:
         done = json.loads(Path(source).read_text())
+        if "summarised_from" in done:      # the episodes stay in the probe's own JSON only
+            raise ValueError(f"it holds summaries of {done['summarised_from']}, no episodes: summarise that")
         rows = done["episodes_detail"]
+        if not isinstance(rows, list) or not rows:
+            raise ValueError("no recorded episodes")
     except (OSError, ValueError, KeyError, TypeError) as e:
         print(f"--summarise {source}: not a JSON of this probe ({e})", file=sys.stderr)
         return 2
@@ -474,7 +489,8 @@ def main(argv=None) -> int:
                    help="plan from the expert's state after this many of its steps (default 0: the first observation)")
     p.add_argument("--summarise", default=None, metavar="JSON",
                    help="summarise the episodes of an earlier run's JSON again (its episodes_detail; no model is "
-                        "loaded and --checkpoint is not read): the summaries added since it was written")
+                        "loaded, and the task, seed and settings are the JSON's: the flags that set them are not "
+                        "read): the summaries added since it was written")
     p.add_argument("--json", required=True)
     a = p.parse_args(argv)
     t0 = time.perf_counter()

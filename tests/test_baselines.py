@@ -253,6 +253,10 @@ def test_train_method_checks_its_settings(tmp_path, capsys):
         cfg = train.build_config(train.recipes.from_args(argparse.Namespace(**{
             "model.method": "bc", "model.t_mean": "1", "data.data": "synthetic"})))
     assert isinstance(cfg, BCConfig) and cfg.image_size == 64 and cfg.horizon == 8
+    with pytest.warns(UserWarning, match="model.depth"):           # the DiT's blocks; BC's own depth stays
+        deep = train.build_config(train.recipes.from_args(argparse.Namespace(**{
+            "model.method": "bc", "model.depth": "8", "data.data": "synthetic"})))
+    assert deep.depth == cfg.depth
     out = str(tmp_path / "r")
     assert train_main("--config", recipe_file(tmp_path, "bc", baseline={"widht": 3}), *TINY_TRAIN, "--out", out,
                       "--steps", "1") == 2

@@ -429,7 +429,10 @@ def test_push_first_plan_reads_which_way_the_plans_miss():
     misses across; plans within 2 cm of the expert are no misses; heights are read where recorded."""
     toward = firstplan.summarise(_first_plan_rows(lambda e, g: e + 0.04 * g / np.linalg.norm(g)))["k2"]
     assert toward["misses_over_2cm"] == 40 and toward["misses_over_2cm_toward_goal"] == 40
-    assert toward["miss_along_cm_median"] == pytest.approx(4.0) and toward["miss_across_cm_median"] == pytest.approx(0)
+    assert toward["miss_along_cm_median"] == pytest.approx(4.0)
+    assert toward["miss_across_cm_median"] == pytest.approx(0)
+    away = firstplan.summarise(_first_plan_rows(lambda e, g: e - 0.04 * g / np.linalg.norm(g)))["k2"]
+    assert away["misses_over_2cm"] == 40 and away["misses_over_2cm_toward_goal"] == 0
     assert toward["plan_z_cm_median"] is None                      # the made-up rows record no heights
     side = firstplan.summarise(_first_plan_rows(
         lambda e, g: e + 0.03 * np.array([-g[1], g[0]]) / np.linalg.norm(g)))["k2"]
@@ -454,8 +457,17 @@ def test_push_first_plan_summarises_a_recorded_json_again(tmp_path, capsys):
     assert res["summarised_from"] == str(src) and res["source_command"] == "x" and res["task"] == "stack_cube"
     assert res["summary"]["k2"]["misses_over_2cm_toward_goal"] == 40 and res["seed"] == 7
     capsys.readouterr()
+    capsys.readouterr()
+    assert firstplan.main(["--summarise", str(out), "--json", str(tmp_path / "again.json")]) == 2   # no episodes
+    err = capsys.readouterr().err
+    assert "holds summaries of" in err and str(src) in err
     assert firstplan.main(["--summarise", str(tmp_path / "none.json"), "--json", str(out)]) == 2
     assert "--summarise" in capsys.readouterr().err
+    assert firstplan.main(["--summarise", str(src), "--json", str(src)]) == 2     # would overwrite its own source
+    assert "same file" in capsys.readouterr().err and json.loads(src.read_text())["episodes_detail"]
+    src.write_text(json.dumps({"episodes_detail": []}))
+    assert firstplan.main(["--summarise", str(src), "--json", str(out)]) == 2
+    assert "no recorded episodes" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         firstplan.main(["--json", str(out)])                         # no checkpoint, nothing to summarise
     assert "--checkpoint" in capsys.readouterr().err

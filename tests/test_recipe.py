@@ -409,7 +409,7 @@ def test_the_history_stages_differ_from_the_shipped_stage_in_their_past_frames_o
 def test_the_deep_stage_differs_from_the_shipped_stage_in_its_blocks_and_steps_only():
     """recipes/rig8-ctx-recover-noise-deep.json: the shipped second stage with 8 DiT blocks instead of the preset's 4
     (the four added start as the identity, so it starts from the same first stage) and 6,600 steps instead of 9,000,
-    what the same minutes hold at its step time; nothing else differs."""
+    what the budget's minutes after stage 1 hold at its step time; nothing else differs."""
     shipped = TrainRecipe.load(ROOT / "recipes" / "rig8-ctx-recover-noise-9k.json").to_dict()
     probe = TrainRecipe.load(ROOT / "recipes" / "rig8-ctx-recover-noise-deep.json").to_dict()
     assert (shipped["model"].pop("depth"), probe["model"].pop("depth")) == (None, 8)

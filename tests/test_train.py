@@ -316,6 +316,27 @@ def test_init_from_adds_dit_blocks_starting_from_the_same_function(tmp_path, cap
     assert "--depth" in capsys.readouterr().err
 
 
+def test_added_blocks_start_as_the_identity_with_text_cross_attention_too(tmp_path):
+    """Cross-attention to the instruction has no adaLN gate: an added block's starts with its output at 0, so a DiT
+    with ``text_conditioning="cross"`` also grows from the same function."""
+    from action_images.wam import WAMConfig
+    cfg = WAMConfig.from_preset("cpu-tiny")
+    cfg.backbone = {**cfg.backbone, "text_conditioning": "cross"}
+    torch.manual_seed(0)
+    old = WorldActionModel(cfg)
+    for p in old.parameters():                                      # trained-looking weights: no gate at 0
+        p.data.add_(0.05 * torch.randn_like(p))
+    old.save_pretrained(tmp_path / "a")
+    deeper = WAMConfig.from_dict({**cfg.to_dict(), "backbone": {**cfg.backbone, "depth": 3}})
+    new = WorldActionModel(deeper)
+    checkpointing.init_weights(new, str(tmp_path / "a"))
+    assert new.backbone.blocks[2].cross.proj.weight.abs().max() == 0
+    ds = SyntheticWindows(WindowConfig.from_model(cfg), seed=0, num_scenes=2)
+    batch = collate([ds[0], ds[1]])
+    out = [m.eval().sample(batch, steps=2, generator=torch.Generator().manual_seed(0)).act for m in (old, new)]
+    torch.testing.assert_close(out[0], out[1], atol=1e-4, rtol=0)
+
+
 def test_data_workers_do_not_change_training(tmp_path):
     """``--workers``: windows are drawn from a generator seeded by their key, so loading them in a worker process
     gives the same batches, hence the same run, as loading them in the training process."""

@@ -171,7 +171,8 @@ WEIGHT_FREE_KEYS = frozenset({"camera_names", "action_loss_weight", "act_peak_we
 HISTORY_KEYS = frozenset({"history", "history_gap"})
 CONTEXT_IN = "backbone.context.net.0.weight"
 # DiT blocks may be added by a stage: they follow the other run's blocks and keep their adaLN-Zero initialisation
-# (every gate 0), so each starts as the identity and the stage again starts from the other run's function
+# (every gate 0); their text cross-attention, which no gate scales, starts with its output projection at 0, so each
+# starts as the identity and the stage again starts from the other run's function
 DEPTH_KEY, BLOCKS = "backbone.depth", "backbone.blocks."
 
 
@@ -221,6 +222,11 @@ def init_weights(model: torch.nn.Module, run: str) -> None:
         raise ValueError(f"--init-from {run}: {WEIGHTS_NAME} does not fit the model "
                          f"({str(e).splitlines()[-1].strip()})") from None
     missing = [k for k in missing if not any(k.startswith(prefix) for prefix in added)]   # the added blocks
+    for i in range(depths[0] or 0, depths[1] or 0):
+        cross = getattr(model.backbone.blocks[i], "cross", None)
+        if cross is not None:
+            torch.nn.init.zeros_(cross.proj.weight)
+            torch.nn.init.zeros_(cross.proj.bias)
     if missing or unexpected:
         raise ValueError(f"--init-from {run}: {WEIGHTS_NAME} does not fit the model (missing {missing[:3]}, "
                          f"unexpected {unexpected[:3]})")
