@@ -472,8 +472,8 @@ def resummarise(source: str, out: str, argv) -> int:
 
 def main(argv=None) -> int:
     p = Parser(description=__doc__.split("\n\n")[0].replace("\n", " "))
-    p.add_argument("--checkpoint", default=None, help="the model whose first plans are compared (required, but "
-                                                        "with --summarise)")
+    p.add_argument("--checkpoint", default=None, help="the model whose first plans are compared (required unless "
+                                                        "--summarise)")
     p.add_argument("--episodes", type=int, default=100)
     p.add_argument("--seed", type=int, default=4242)
     p.add_argument("--sampler-steps", type=int, default=3)
