@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -257,6 +258,11 @@ def test_train_method_checks_its_settings(tmp_path, capsys):
         deep = train.build_config(train.recipes.from_args(argparse.Namespace(**{
             "model.method": "bc", "model.depth": "8", "data.data": "synthetic"})))
     assert deep.depth == cfg.depth
+    with warnings.catch_warnings():                                 # the tokens baseline's DiT takes it
+        warnings.simplefilter("error")
+        tokens = train.build_config(train.recipes.from_args(argparse.Namespace(**{
+            "model.method": "tokens", "model.depth": "6", "data.data": "synthetic"})))
+    assert tokens.depth == 6 and tokens.backbone_config().depth == 6
     out = str(tmp_path / "r")
     assert train_main("--config", recipe_file(tmp_path, "bc", baseline={"widht": 3}), *TINY_TRAIN, "--out", out,
                       "--steps", "1") == 2

@@ -54,7 +54,7 @@ def method_of(config: Any) -> str:
 def build_config(recipe: Any, camera_names: list[str] | None = None) -> Any:
     """The baseline config of a training recipe whose ``model.method`` is "bc", "dp" or "tokens": the recipe's data
     shape (image_size, num_views, horizon, stride, crop, workspace) and the WAM settings the config also has (its
-    ``RECIPE_FIELDS``: tokens takes t_mean, p_drop_text, action_loss_weight and context_channels) over the
+    ``RECIPE_FIELDS``: tokens takes t_mean, p_drop_text, action_loss_weight, context_channels and depth) over the
     method's defaults, then the recipe file's ``model.baseline`` object over any config field (e.g. ``{"plucker":
     false, "pool": "avg"}``). The preset and the other world action model settings are ignored, with a warning, so
     a WAM recipe file serves as is."""

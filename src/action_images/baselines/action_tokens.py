@@ -52,7 +52,7 @@ class TokensConfig(ChunkSizes):
     ``DiTConfig`` mean the same."""
 
     # recipe model settings it shares with the world action model
-    RECIPE_FIELDS = ("t_mean", "p_drop_text", "action_loss_weight", "context_channels")
+    RECIPE_FIELDS = ("t_mean", "p_drop_text", "action_loss_weight", "context_channels", "depth")
     ADDED_KEYS = {"context_channels": 0}           # keys added after configs were written -> their "off" value
     preset: str = "tokens"
     image_size: int = 48
