@@ -317,7 +317,7 @@ def test_init_from_adds_dit_blocks_starting_from_the_same_function(tmp_path, cap
 
 
 def test_added_blocks_start_as_the_identity_with_text_cross_attention_too(tmp_path):
-    """Cross-attention to the instruction has no adaLN gate: an added block's starts with its output at 0, so a DiT
+    """Cross-attention to the instruction has no adaLN gate: every block's starts with its output at 0, so a DiT
     with ``text_conditioning="cross"`` also grows from the same function."""
     from action_images.wam import WAMConfig
     cfg = WAMConfig.from_preset("cpu-tiny")

@@ -170,9 +170,9 @@ WEIGHT_FREE_KEYS = frozenset({"camera_names", "action_loss_weight", "act_peak_we
 # channels for them, initialised to 0, so the stage starts from the other run's function exactly
 HISTORY_KEYS = frozenset({"history", "history_gap"})
 CONTEXT_IN = "backbone.context.net.0.weight"
-# DiT blocks may be added by a stage: they follow the other run's blocks and keep their adaLN-Zero initialisation
-# (every gate 0); their text cross-attention, which no gate scales, starts with its output projection at 0, so each
-# starts as the identity and the stage again starts from the other run's function
+# DiT blocks may be added by a stage: they follow the other run's blocks and keep their initialisation, in which every
+# block is the identity (adaLN-Zero gates and text cross-attention outputs at 0, models/dit.py), so the stage again
+# starts from the other run's function
 DEPTH_KEY, BLOCKS = "backbone.depth", "backbone.blocks."
 
 
@@ -202,7 +202,7 @@ def init_weights(model: torch.nn.Module, run: str) -> None:
                                        and getattr(model.config, "backbone_kind", "") == "dit"):
         raise ValueError(f"--init-from {run}: it has {depths[0]} DiT blocks and this recipe's model {depths[1]} "
                          "(--depth): blocks can be added to a DiT, not taken away")
-    added = {f"{BLOCKS}{i}." for i in range(depths[0] or 0, depths[1] or 0)} if depths[0] != depths[1] else set()
+    added = tuple(f"{BLOCKS}{i}." for i in range(depths[0] or 0, depths[1] or 0))       # empty at equal depths
     had, has = int(theirs.get("history") or 0), int(ours.get("history") or 0)
     if has < had:
         raise ValueError(f"--init-from {run}: it reads {had} past frame(s) and this recipe's model {has}: past frames "
@@ -221,12 +221,7 @@ def init_weights(model: torch.nn.Module, run: str) -> None:
     except RuntimeError as e:  # a tensor of another shape
         raise ValueError(f"--init-from {run}: {WEIGHTS_NAME} does not fit the model "
                          f"({str(e).splitlines()[-1].strip()})") from None
-    missing = [k for k in missing if not any(k.startswith(prefix) for prefix in added)]   # the added blocks
-    for i in range(depths[0] or 0, depths[1] or 0):
-        cross = getattr(model.backbone.blocks[i], "cross", None)
-        if cross is not None:
-            torch.nn.init.zeros_(cross.proj.weight)
-            torch.nn.init.zeros_(cross.proj.bias)
+    missing = [k for k in missing if not k.startswith(added)]                          # the added blocks
     if missing or unexpected:
         raise ValueError(f"--init-from {run}: {WEIGHTS_NAME} does not fit the model (missing {missing[:3]}, "
                          f"unexpected {unexpected[:3]})")

@@ -257,6 +257,9 @@ class DiT(VideoBackbone):
         for blk in self.blocks:  # adaLN-Zero: every block starts as the identity
             nn.init.zeros_(blk.ada[-1].weight)
             nn.init.zeros_(blk.ada[-1].bias)
+            if blk.cross is not None:    # the text cross-attention has no gate: its output projection starts at 0
+                nn.init.zeros_(blk.cross.proj.weight)
+                nn.init.zeros_(blk.cross.proj.bias)
         nn.init.zeros_(self.ada_out[-1].weight)
         nn.init.zeros_(self.ada_out[-1].bias)
         nn.init.zeros_(self.out.weight)  # output 0 = "no change from the reference frame" at init
