@@ -1,5 +1,7 @@
 """Training windows: shapes, frame alignment, determinism, calibration kept through the crop, start frames."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -147,6 +149,24 @@ def test_workspace_crop_frames_the_box_and_keeps_calibration(lerobot_root):
         res = ActionImageCodec().decode(((w["act"].permute(0, 1, 3, 4, 2).numpy() + 1) / 2).astype(np.float32), cams)
         assert res.valid.sum() >= 2
         assert np.median(np.linalg.norm(res.poses[res.valid, :3] - w["poses"][res.valid, :3].numpy(), axis=-1)) < 0.01
+
+
+def test_open_loop_windows_are_the_models_own_crop_over_every_camera(lerobot_root):
+    """The open-loop evaluators read a model's windows as it trains and plans on them: a workspace-crop model's
+    un-augmented window is the workspace square (as the live policy's), not the centred one, over every camera."""
+    from action_images.openloop import open_windows
+    box = [[0.3, -0.3, 0.0], [0.7, 0.3, 0.4]]
+    every = Windows([str(lerobot_root)], WindowConfig(), seed=0).camera_names
+    ws = WAMConfig.from_preset("cpu-tiny", crop="workspace", workspace=box, camera_names=every[:1])
+    data = open_windows(str(lerobot_root), ws)
+    assert data.cfg.crop == "workspace" and data.cfg.num_views == 2 and data.camera_names == every
+    args, views = (0, 1, 2, np.random.default_rng(0)), every[1:]
+    w = data.window(*args, views=views, augment=False)
+    own = Windows([str(lerobot_root)], replace(WindowConfig.from_model(ws), views=None), seed=0)
+    torch.testing.assert_close(w["K"], own.window(*args, views=views, augment=False)["K"])
+    centre = open_windows(str(lerobot_root), WAMConfig.from_preset("cpu-tiny")).window(*args, views=views,
+                                                                                        augment=False)
+    assert not torch.allclose(w["K"], centre["K"])          # not the centred square's crop
 
 
 def test_exclude_tasks_leaves_out_one_tasks_episodes(tmp_path):

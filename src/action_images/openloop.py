@@ -11,7 +11,8 @@ The one open-loop evaluator: this command, ``python -m action_images.openloop`` 
   (:func:`pick_episodes`; all of them when it has fewer), so a validation set that mixes tasks and seeds is covered
   rather than only its tail. ``eval --open-loop-data`` uses the same rule with its ``--open-loop-episodes``.
 * **Start frames**: ``--starts`` evenly spaced frames of each episode before its first success; windows are the
-  training windows without augmentation (centre crop).
+  training windows without augmentation (the model's evaluation crop: the centred square, or the workspace square
+  of a model trained with ``--crop workspace``).
 * **Cameras**: ``--cameras``, else the checkpoint's ``config.camera_names`` (the cameras it was trained on), else the
   dataset's first ``max(2, num_views)`` cameras; at least 2, since decoding triangulates.
 * **Modes** (``--modes``): ``policy`` (video + actions from the current frame), ``world_model`` (actions -> video),
@@ -40,6 +41,7 @@ import argparse
 import math
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -99,8 +101,8 @@ def open_windows(data: Any, config: Any, seed: int = 0) -> Any:
 
     if isinstance(data, Windows):
         return data
-    wcfg = WindowConfig(image_size=config.image_size, num_views=2, horizon=config.horizon, stride=config.stride,
-                        history=int(getattr(config, "history", 0)), history_gap=int(getattr(config, "history_gap", 4)))
+    # the model's own windows (size, horizon, crop, past frames) over every camera of the dataset: callers pick views
+    wcfg = replace(WindowConfig.from_model(config, num_views=2), views=None)
     return Windows([str(data)], wcfg, seed=seed)
 
 
