@@ -334,7 +334,7 @@ def test_ensemble_size_is_checked(value):
 
 def test_an_ensemble_plans_alone_in_a_batched_server():
     """Requests share a model call only when each draws one sample (serve --max-batch)."""
-    from action_images.policy import _joinable, plan_batch
+    from action_images.serve.batching import _joinable, plan_batch
 
     obs, cams = fake_obs_and_cameras()
     model = SpreadModel(TARGETS, np.zeros(3))
@@ -450,7 +450,7 @@ class NoiseRecordingModel(StubModel):
 
 
 def test_episode_noise_starts_every_replan_from_one_draw_and_reset_draws_again():
-    from action_images.policy import plan_batch
+    from action_images.serve.batching import plan_batch
 
     obs, cams = fake_obs_and_cameras()
     model = NoiseRecordingModel(TARGETS, np.zeros(3))

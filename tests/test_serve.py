@@ -476,7 +476,8 @@ def test_a_batch_never_mixes_view_counts(tmp_path, sim3, monkeypatch):
 
 
 def test_plan_batch_keeps_models_and_image_sizes_apart(model, sim):
-    from action_images.policy import ActionImagesPolicy, plan_batch
+    from action_images.policy import ActionImagesPolicy
+    from action_images.serve.batching import plan_batch
     from action_images.wam import WAMConfig, WorldActionModel
 
     torch.manual_seed(0)

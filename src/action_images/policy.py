@@ -232,7 +232,7 @@ class Chunk:
     view_names: list[str]
     samples: int = 1                 # sampling attempts for this step (> 1 after immediate replans)
     timings: dict[str, float] = field(default_factory=dict)   # seconds: observe, generate, decode, chunk, total
-    batch: int = 1                   # requests whose first sample came from the same model call (plan_batch)
+    batch: int = 1                   # requests whose first sample came from one model call (serve/batching.py)
 
     @property
     def latency_s(self) -> float:
@@ -487,9 +487,9 @@ class ActionImagesPolicy(ChunkQueue):
             noise = self.episode_noise[shape]
         out = self.model.sample(batch, task="policy", steps=self.steps, cfg_scale=self.cfg_scale,
                                 generator=self.generator, method=self.method, noise=noise)
-        rgb, act = _frames(out, 0)
+        rgb, act = sample_frames(out, 0)
         if n > 1:                                      # the samples' action images, averaged before decoding
-            act = np.mean([act, *(_frames(out, i)[1] for i in range(1, n))], axis=0)
+            act = np.mean([act, *(sample_frames(out, i)[1] for i in range(1, n))], axis=0)
         return rgb, act
 
     def _decode(self, act: np.ndarray, cams) -> DecodeResult:
@@ -519,7 +519,7 @@ class ActionImagesPolicy(ChunkQueue):
     def _plan_built(self, batch: dict[str, Any], cams: list[Camera], names: list[str], current: np.ndarray,
                     t0: float, t_obs: float, first: tuple[np.ndarray, np.ndarray, float] | None = None) -> Chunk:
         """:meth:`plan` from the built model input; ``first``: the first sample's frames and seconds when a
-        batched model call (:func:`plan_batch`) drew it already."""
+        batched model call (:func:`action_images.serve.batching.plan_batch`) drew it already."""
         t_gen = t_dec = 0.0
         for attempt in range(1 + self.max_resamples):
             t1 = time.perf_counter()
@@ -558,85 +558,8 @@ class ActionImagesPolicy(ChunkQueue):
         return chunk
 
 
-def _frames(out: Any, i: int) -> tuple[np.ndarray, np.ndarray]:
+def sample_frames(out: Any, i: int) -> tuple[np.ndarray, np.ndarray]:
     """Sample ``i`` of a model sample as (future RGB uint8, action images in [0, 1]), each [V, H, R, R, 3]."""
     rgb = ((out.rgb[i, :, 1:].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)          # [V, H, 3, R, R]
     act = ((out.act[i, :, 1:].clamp(-1, 1) + 1) * 0.5).float()                             # [V, H, 3, R, R]
     return rgb.permute(0, 1, 3, 4, 2).cpu().numpy(), act.permute(0, 1, 3, 4, 2).cpu().numpy()
-
-
-def batch_key(batch: dict[str, Any]) -> tuple:
-    """What model inputs must share to be sampled in one call: every tensor's shape past the batch axis and dtype."""
-    return tuple((k, tuple(v.shape[1:]), str(v.dtype)) for k, v in batch.items() if torch.is_tensor(v))
-
-
-def _joinable(policy: Any) -> bool:
-    """Whether ``policy`` draws its first sample in a shared model call: the world action model in pixel space
-    (its starting noise is drawn per request, so the call adds no randomness) drawing one sample per step;
-    baselines, latent models, ensembles and episode noise plan alone."""
-    return (type(policy).plan is ActionImagesPolicy.plan and getattr(policy.model.config, "latent", None) is None
-            and getattr(policy, "ensemble", 1) == 1 and getattr(policy, "noise", "fresh") == "fresh")
-
-
-def plan_batch(jobs: Sequence[tuple[ActionImagesPolicy, dict[str, Any], Sequence[Camera]]],
-               max_batch: int | None = None) -> list[Chunk | Exception]:
-    """:meth:`ActionImagesPolicy.plan` for each ``(policy, obs, cameras)``, with the first samples of the requests
-    whose model inputs match (:func:`batch_key`, same model and settings) drawn in one model call of at most
-    ``max_batch`` requests. Each request keeps its own state: its starting noise comes from its own policy's
-    generator, drawn as a batch of 1 would draw it, and decoding, resamples and the chunk are its own. A request
-    that fails gets its exception in its place; when a shared call fails, its requests are planned one by one.
-    The policies must be distinct objects."""
-    out: list[Any] = [None] * len(jobs)
-    t0 = time.perf_counter()
-    groups: dict[tuple, list[tuple[int, Any]]] = {}
-    for i, (policy, obs, cameras) in enumerate(jobs):
-        if not _joinable(policy):
-            groups[("alone", i)] = [(i, None)]
-            continue
-        try:
-            built = (*policy.build_batch(obs, cameras), policy.current_pose(obs))
-        except Exception as e:                      # noqa: BLE001 -- this request's error, the others go on
-            out[i] = e
-            continue
-        key = (id(policy.model), policy.steps, policy.cfg_scale, policy.method, batch_key(built[0]))
-        groups.setdefault(key, []).append((i, built))
-    t_obs = time.perf_counter() - t0
-    for members in groups.values():
-        size = max_batch or len(members)
-        for s in range(0, len(members), size):
-            _plan_group([(i, jobs[i][0], built) for i, built in members[s:s + size]], jobs, out, t0, t_obs)
-    return out
-
-
-def _plan_group(members: list[tuple[int, Any, Any]], jobs: Sequence[Any], out: list[Any], t0: float,
-                t_obs: float) -> None:
-    """Plan ``members`` (index, policy, built input or None) with one shared model call when there are >= 2."""
-    first: Any = None
-    if len(members) > 1:
-        states = [p.generator.get_state() for _, p, _ in members]
-        try:
-            noise = []
-            for _, p, (batch, *_rest) in members:       # the noise a batch of 1 draws from this request's generator
-                rgb, act = batch["rgb"], batch["act"]
-                noise.append(torch.randn((*rgb.shape[:3], rgb.shape[3] + act.shape[3], *rgb.shape[4:]),
-                                         generator=p.generator))
-            joined = {k: torch.cat([b[k] for _, _, (b, *_r) in members]) if torch.is_tensor(v)
-                      else [x for _, _, (b, *_r) in members for x in b[k]] for k, v in members[0][2][0].items()}
-            p0 = members[0][1]
-            t1 = time.perf_counter()
-            sample = p0.model.sample(joined, task="policy", steps=p0.steps, cfg_scale=p0.cfg_scale,
-                                     method=p0.method, noise=torch.cat(noise))
-            dt = time.perf_counter() - t1
-            first = [(*_frames(sample, j), dt) for j in range(len(members))]
-        except Exception:                              # noqa: BLE001 -- plan alone: a bad request fails by itself
-            for (_, p, _), state in zip(members, states):
-                p.generator.set_state(state)
-    for j, (i, policy, built) in enumerate(members):
-        try:
-            if built is None:
-                out[i] = policy.plan(*jobs[i][1:])
-            else:
-                out[i] = policy._plan_built(*built, t0, t_obs, first=None if first is None else first[j])
-                out[i].batch = 1 if first is None else len(members)
-        except Exception as e:                          # noqa: BLE001 -- this request's error, the others go on
-            out[i] = e

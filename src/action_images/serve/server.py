@@ -101,7 +101,7 @@ class PolicyServer:
     """Serves the closed-loop policy of ``model`` over websockets: one policy object per connection (its episode
     state), all sharing the model, which answers one request at a time, or with ``max_batch`` > 1 plans the
     requests queued together (waiting at most ``batch_wait_ms`` for company) in shared model calls of at most
-    ``max_batch`` (:func:`~action_images.policy.plan_batch`).
+    ``max_batch`` (:func:`~action_images.serve.batching.plan_batch`).
 
     ``model``: what :func:`action_images.baselines.load_model` returns; ``settings``: a
     :class:`~action_images.policy.PolicySettings`; ``seed``: the sampler seed of a new connection and of a reset
@@ -190,7 +190,7 @@ class PolicyServer:
 
     def _answer_batch(self, items: list[_Queued]) -> list[Any]:
         """The replies (or exceptions) to queued observations, planned together (runs in a worker thread)."""
-        from action_images.policy import plan_batch
+        from action_images.serve.batching import plan_batch
 
         for it in items:
             if it.req.reset:
