@@ -263,6 +263,10 @@ def test_train_method_checks_its_settings(tmp_path, capsys):
         tokens = train.build_config(train.recipes.from_args(argparse.Namespace(**{
             "model.method": "tokens", "model.depth": "6", "data.data": "synthetic"})))
     assert tokens.depth == 6 and tokens.backbone_config().depth == 6
+    for method in ("bc", "tokens"):                                 # the world action model's text encoder only
+        with pytest.warns(UserWarning, match="model.text_layers"):
+            train.build_config(train.recipes.from_args(argparse.Namespace(**{
+                "model.method": method, "model.text_layers": "1", "data.data": "synthetic"})))
     out = str(tmp_path / "r")
     assert train_main("--config", recipe_file(tmp_path, "bc", baseline={"widht": 3}), *TINY_TRAIN, "--out", out,
                       "--steps", "1") == 2

@@ -143,6 +143,42 @@ def test_cfg_with_empty_instruction():
     assert torch.isfinite(g1.act).all() and not torch.allclose(g1.act, g0.act, atol=1e-4)
 
 
+def test_pooled_words_are_a_bag_unless_text_layers_mix_them():
+    """Without layers, the mean of the hashed encoder's tokens (the DiT's "adaln" conditioning) cannot tell which
+    colour is which object; one layer, trained, can. A layer starts as the identity; the count is checked, and layers
+    are refused for encoders whose features are contextual already."""
+    from action_images.text import HashTextEncoder, build_text_encoder
+
+    def pooled(enc, texts):
+        tok, mask = enc(texts)
+        m = mask.float()[..., None]
+        return (tok * m).sum(1) / m.sum(1)
+
+    texts = ["stack the red cube on the blue cube", "stack the blue cube on the red cube"]
+    torch.manual_seed(0)
+    bag = HashTextEncoder(TextConfig(dim=32))
+    torch.testing.assert_close(*pooled(bag, texts), atol=1e-6, rtol=0)
+    assert not hasattr(bag, "layers") and "layers" not in TextConfig(dim=32).to_dict()
+    torch.manual_seed(0)
+    enc = HashTextEncoder(TextConfig(dim=32, layers=1))
+    assert set(bag.state_dict()) < set(enc.state_dict())
+    torch.testing.assert_close(enc(texts)[0], bag(texts)[0], atol=0, rtol=0)           # the identity at first
+    opt = torch.optim.Adam(enc.layers.parameters(), lr=1e-2)
+    for _ in range(30):                                       # pull the two instructions' pooled vectors apart
+        a, b = pooled(enc, texts)
+        loss = -torch.nn.functional.mse_loss(a, b).clamp(max=1.0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    a, b = pooled(enc, texts)
+    assert (a - b).norm() > 0.1 * a.norm()
+    for bad in (-1, 9, 1.5, True):
+        with pytest.raises(ValueError, match="text layers"):
+            build_text_encoder(TextConfig(dim=32, layers=bad))
+    with pytest.raises(ValueError, match="hashed-word encoder only"):
+        build_text_encoder(TextConfig(kind="external", dim=32, external_dim=8, layers=1))
+
+
 def test_cfg_scale_zero_samples_the_empty_instruction_in_one_pass():
     m = randomize_output(tiny()).eval()
     with torch.no_grad():

@@ -419,6 +419,21 @@ def test_the_deep_stage_differs_from_the_shipped_stage_in_its_blocks_and_steps_o
     assert cfg.backbone["depth"] == 8 and cfg.preset == "cpu-small"
 
 
+def test_the_text_stage_differs_from_the_shipped_stage_in_its_text_layer_only():
+    """recipes/rig8-ctx-recover-noise-text.json: the shipped second stage with one transformer layer over the
+    instruction's words (it starts as the identity, so the stage starts from the same first stage); nothing else
+    differs, and the field's range is the text encoder's."""
+    shipped = TrainRecipe.load(ROOT / "recipes" / "rig8-ctx-recover-noise-9k.json").to_dict()
+    probe = TrainRecipe.load(ROOT / "recipes" / "rig8-ctx-recover-noise-text.json").to_dict()
+    assert (shipped["model"].pop("text_layers"), probe["model"].pop("text_layers")) == (None, 1)
+    assert shipped == probe
+    cfg = train.build_config(TrainRecipe.load(ROOT / "recipes" / "rig8-ctx-recover-noise-text.json"))
+    assert cfg.text["layers"] == 1 and cfg.text["kind"] == "hash"
+    from action_images.recipe import ModelRecipe
+    from action_images.text import MAX_TEXT_LAYERS
+    assert next(f for f in fields(ModelRecipe) if f.name == "text_layers").metadata["hi"] == MAX_TEXT_LAYERS
+
+
 def test_the_palm_stage_is_the_shipped_stage_with_push_demos_replaced():
     """recipes/rig8-ctx-recover-noise-palm.json: the shipped second stage, with data/rig8's push_cube demos left out
     and the palm-style push demos in their place; nothing else differs."""

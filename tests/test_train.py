@@ -337,6 +337,34 @@ def test_added_blocks_start_as_the_identity_with_text_cross_attention_too(tmp_pa
     torch.testing.assert_close(out[0], out[1], atol=1e-4, rtol=0)
 
 
+def test_init_from_adds_text_layers_starting_from_the_same_function(tmp_path, capsys):
+    """A stage may add layers to the hashed-word text encoder (``--text-layers``): each starts as the identity, so the
+    model computes what the other run's did, then they train; fewer layers are refused by name."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert train_main(*TINY, "--out", str(a), "--steps", "2", "--seed", "3") == 0
+    assert train_main(*TINY, "--out", str(b), "--steps", "1", "--init-from", str(a), "--text-layers", "2",
+                      "--lr", "1e-12") == 0
+    old, new = (WorldActionModel.from_pretrained(r).eval() for r in (a, b))
+    assert "layers" not in old.config.text and new.config.text["layers"] == 2 and len(new.text_encoder.layers) == 2
+    texts = ["stack the red cube on the blue cube", "stack the blue cube on the red cube", ""]
+    torch.testing.assert_close(old.encode_text(texts)[0], new.encode_text(texts)[0], atol=1e-6, rtol=0)
+    ds = SyntheticWindows(WindowConfig.from_model(new.config), seed=0, num_scenes=2)
+    batch = collate([ds[0], ds[1]])
+    out = [m.sample(batch, steps=2, generator=torch.Generator().manual_seed(0)).act for m in (old, new)]
+    torch.testing.assert_close(out[0], out[1], atol=1e-4, rtol=0)
+    c = tmp_path / "c"                                              # at a real learning rate the layer trains
+    assert train_main(*TINY, "--out", str(c), "--steps", "3", "--init-from", str(a), "--text-layers", "1",
+                      "--lr", "1e-2", "--ema", "0") == 0
+    assert WorldActionModel.from_pretrained(c).text_encoder.layers[0].mlp[-1].weight.abs().max() > 1e-4
+    capsys.readouterr()
+    assert train_main(*TINY, "--out", str(tmp_path / "d"), "--steps", "1", "--init-from", str(b), "--text-layers",
+                      "1") == 2
+    err = capsys.readouterr().err
+    assert "--text-layers" in err and "not taken away" in err and not (tmp_path / "d").exists()
+    assert train_main(*TINY, "--out", str(tmp_path / "e"), "--steps", "1", "--text-layers", "9") == 2
+    assert "--text-layers" in capsys.readouterr().err
+
+
 def test_data_workers_do_not_change_training(tmp_path):
     """``--workers``: windows are drawn from a generator seeded by their key, so loading them in a worker process
     gives the same batches, hence the same run, as loading them in the training process."""

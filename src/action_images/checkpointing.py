@@ -174,13 +174,15 @@ CONTEXT_IN = "backbone.context.net.0.weight"
 # block is the identity (adaLN-Zero gates and text cross-attention outputs at 0, models/dit.py), so the stage again
 # starts from the other run's function
 DEPTH_KEY, BLOCKS = "backbone.depth", "backbone.blocks."
+# the hashed-word text encoder's layers likewise (text.TextLayer starts as the identity); a config without the key has 0
+TEXT_LAYERS_KEY, TEXT_LAYERS = "text.layers", "text_encoder.layers."
 
 
 def init_weights(model: torch.nn.Module, run: str) -> None:
     """Load another run's exported weights (``RUN/model.safetensors``) into ``model`` (``model.init_from``); its
     ``config.json`` must describe the same model but for :data:`WEIGHT_FREE_KEYS` (cameras, views per window, loss
-    weights, training noise levels, image size) and for past frames (:data:`HISTORY_KEYS`) or DiT blocks
-    (:data:`DEPTH_KEY`) this model adds."""
+    weights, training noise levels, image size) and for past frames (:data:`HISTORY_KEYS`), DiT blocks
+    (:data:`DEPTH_KEY`) or text encoder layers (:data:`TEXT_LAYERS_KEY`) this model adds."""
     folder = Path(run)
     if not (folder / WEIGHTS_NAME).is_file() or not (folder / CONFIG_NAME).is_file():
         raise FileNotFoundError(f"--init-from {run}: needs {WEIGHTS_NAME} and {CONFIG_NAME} (a run's export)")
@@ -193,7 +195,7 @@ def init_weights(model: torch.nn.Module, run: str) -> None:
                 for k2, v2 in (flat(v, f"{pre}{k}.").items() if isinstance(v, dict) else [(pre + k, v)])}
     ours, theirs = flat(model.config.to_dict()), flat(theirs)
     diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k) and k not in WEIGHT_FREE_KEYS
-                  and k not in HISTORY_KEYS and k != DEPTH_KEY)
+                  and k not in HISTORY_KEYS and k not in (DEPTH_KEY, TEXT_LAYERS_KEY))
     if diff:
         raise ValueError(f"--init-from {run}: its model differs from this recipe's in {diff}")
     depths = theirs.get(DEPTH_KEY), ours.get(DEPTH_KEY)
@@ -202,7 +204,12 @@ def init_weights(model: torch.nn.Module, run: str) -> None:
                                        and getattr(model.config, "backbone_kind", "") == "dit"):
         raise ValueError(f"--init-from {run}: it has {depths[0]} DiT blocks and this recipe's model {depths[1]} "
                          "(--depth): blocks can be added to a DiT, not taken away")
-    added = tuple(f"{BLOCKS}{i}." for i in range(depths[0] or 0, depths[1] or 0))       # empty at equal depths
+    layers = theirs.get(TEXT_LAYERS_KEY, 0), ours.get(TEXT_LAYERS_KEY, 0)
+    if not (isinstance(layers[0], int) and isinstance(layers[1], int) and 0 <= layers[0] <= layers[1]):
+        raise ValueError(f"--init-from {run}: its text encoder has {layers[0]} layers and this recipe's model "
+                         f"{layers[1]} (--text-layers): layers can be added, not taken away")
+    added = (tuple(f"{BLOCKS}{i}." for i in range(depths[0] or 0, depths[1] or 0))     # empty at equal depths
+             + tuple(f"{TEXT_LAYERS}{i}." for i in range(*layers)))
     had, has = int(theirs.get("history") or 0), int(ours.get("history") or 0)
     if has < had:
         raise ValueError(f"--init-from {run}: it reads {had} past frame(s) and this recipe's model {has}: past frames "
@@ -221,7 +228,7 @@ def init_weights(model: torch.nn.Module, run: str) -> None:
     except RuntimeError as e:  # a tensor of another shape
         raise ValueError(f"--init-from {run}: {WEIGHTS_NAME} does not fit the model "
                          f"({str(e).splitlines()[-1].strip()})") from None
-    missing = [k for k in missing if not k.startswith(added)]                          # the added blocks
+    missing = [k for k in missing if not k.startswith(added)]                  # the added blocks and layers
     if missing or unexpected:
         raise ValueError(f"--init-from {run}: {WEIGHTS_NAME} does not fit the model (missing {missing[:3]}, "
                          f"unexpected {unexpected[:3]})")

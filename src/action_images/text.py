@@ -35,11 +35,14 @@ class TextConfig:
     max_tokens: int = 16
     external_dim: int = 0       # feature width of the external encoder
     path: str | None = None     # "umt5": the local folder of the encoder and its tokenizer
+    layers: int = 0             # "hash": transformer layers over the word tokens (HashTextEncoder; 0 = none)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         if d["path"] is None:   # configs without a folder read and compare as before the field existed
             d.pop("path")
+        if not d["layers"]:     # likewise, configs whose words are not contextualised
+            d.pop("layers")
         return d
 
 
@@ -62,8 +65,35 @@ def drop_instructions(texts: Sequence[str], p_drop: float, generator: torch.Gene
     return [s if k else "" for s, k in zip(texts, keep.tolist())]
 
 
+MAX_TEXT_LAYERS = 8
+
+
+class TextLayer(nn.Module):
+    """Pre-norm self-attention + MLP over the word tokens, each branch's output projection starting at 0: a layer
+    starts as the identity, so layers added to a trained encoder keep its function until they learn."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, max(1, dim // 64), batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+        for proj in (self.attn.out_proj, self.mlp[-1]):
+            nn.init.zeros_(proj.weight)
+            nn.init.zeros_(proj.bias)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = self.norm1(x)
+        x = x + self.attn(h, h, h, key_padding_mask=~mask, need_weights=False)[0]
+        return x + self.mlp(self.norm2(x))
+
+
 class HashTextEncoder(nn.Module):
-    """Offline encoder: hashed words -> learned embeddings + positions -> tokens [B, L, dim]."""
+    """Offline encoder: hashed words -> learned embeddings + positions (-> ``layers`` TextLayers) -> tokens [B, L, dim].
+
+    Without layers each token is its word's embedding plus its position's, so any mean over the tokens (the DiT's
+    "adaln" text conditioning) is a bag of words: "stack the red cube on the blue cube" and "stack the blue cube on
+    the red cube" pool to the same vector. The layers mix the words with their places, so the pooled instruction
+    says which colour is which object."""
 
     def __init__(self, cfg: TextConfig):
         super().__init__()
@@ -74,12 +104,17 @@ class HashTextEncoder(nn.Module):
         nn.init.normal_(self.pos.weight, std=0.02)
         with torch.no_grad():
             self.embed.weight[PAD].zero_()
+        if cfg.layers:      # absent at 0, so the weights of encoders without layers keep their names
+            self.layers = nn.ModuleList(TextLayer(cfg.dim) for _ in range(cfg.layers))
 
     def forward(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         ids, mask = tokenize(texts, self.config.vocab_size, self.config.max_tokens)
         ids, mask = ids.to(self.embed.weight.device), mask.to(self.embed.weight.device)
         pos = torch.arange(ids.shape[1], device=ids.device)
-        return self.embed(ids) + self.pos(pos)[None], mask                     # [B, L, dim], [B, L]
+        tok = self.embed(ids) + self.pos(pos)[None]                             # [B, L, dim]
+        for layer in getattr(self, "layers", ()):
+            tok = layer(tok, mask)
+        return tok, mask                                                        # [B, L, dim], [B, L]
 
 
 class ExternalTextEncoder(nn.Module):
@@ -112,6 +147,11 @@ class ExternalTextEncoder(nn.Module):
 
 
 def build_text_encoder(cfg: TextConfig, text_fn: Callable | None = None) -> nn.Module:
+    if not (isinstance(cfg.layers, int) and not isinstance(cfg.layers, bool) and 0 <= cfg.layers <= MAX_TEXT_LAYERS):
+        raise ValueError(f"text layers must be an integer in [0, {MAX_TEXT_LAYERS}]; got {cfg.layers!r}")
+    if cfg.layers and cfg.kind != "hash":
+        raise ValueError(f"text layers apply to the hashed-word encoder only, not {cfg.kind!r} (its features are "
+                         "contextual already)")
     if cfg.kind == "hash":
         return HashTextEncoder(cfg)
     if cfg.kind == "external":

@@ -109,6 +109,10 @@ def build_config(r: TrainRecipe, camera_names: list[str] | None = None) -> WAMCo
         if getattr(m, name) is not None:
             setattr(cfg, name, int(getattr(m, name)))
     apply_scale_options(cfg, m)
+    if m.text_layers is not None:
+        if cfg.text.get("kind", "hash") != "hash":
+            raise ValueError(f"--text-layers applies to the hashed-word instruction encoder, not {cfg.text['kind']!r}")
+        cfg.text = {**cfg.text, "layers": int(m.text_layers)}
     cfg.validate()
     return cfg
 

@@ -36,7 +36,7 @@ CONFIGS: dict[str, type] = {"bc": BCConfig, "dp": DPConfig, "tokens": TokensConf
 BATCH_SIZE = {"bc": 32, "dp": 32, "tokens": 8}
 # recipe model fields that shape only the world action model
 WAM_ONLY = ("task_mix", "p_drop_text", "t_mean", "action_loss_weight", "act_peak_weight", "loss_target", "refine_channels",
-            "stem_channels", "context_channels", "history", "history_gap", "depth")
+            "stem_channels", "context_channels", "history", "history_gap", "depth", "text_layers")
 
 __all__ = ["METHODS", "BCConfig", "BCModel", "DPConfig", "DiffusionPolicyModel", "TokensConfig", "ActionTokensModel",
            "BaselinePolicy", "make_policy",
