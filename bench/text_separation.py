@@ -9,7 +9,11 @@ its tokens: the vector the "adaln" text conditioning adds to the timestep embedd
 centroid, their RMS distance to it (the spread the colours and templates make), the centroid's distance to the empty
 instruction's vector and to every other task's centroid; overall: how often an instruction is nearest its own task's
 centroid, the timestep embedding's norm (t = 0.5, the scale the text vector is added to), and any two instruction
-words that share a hash bucket. Nothing runs in the simulator; a few seconds.
+words that share a hash bucket. For the tasks whose instructions name two colours (push_cube: the cube's and the
+mark's; place_in_bin; stack_cube: the cube to move and the one it goes on): ``swap_rms``, the RMS distance between
+each instruction's vector and that of the same instruction with its two colours exchanged, and ``swap_to_spread``,
+that over the task's spread. A bag of words (the hashed encoder without ``--text-layers``) gives exactly 0: it
+cannot say which colour is which object. Nothing runs in the simulator; a few seconds.
 """
 
 from __future__ import annotations
@@ -34,6 +38,19 @@ def instructions(templates: tuple[str, ...], colours: list[str]) -> list[str]:
         for combo in itertools.permutations(colours, len(names)):
             out.append(t.format(**dict(zip(names, combo))))
     return out
+
+
+def swapped_pairs(templates: tuple[str, ...], colours: list[str]) -> tuple[list[str], list[str]]:
+    """Every filling of each two-colour template, and the same filling with the two colours exchanged."""
+    first, second = [], []
+    for t in templates:
+        names = [f for _, f, _, _ in Formatter().parse(t) if f]
+        if len(names) != 2:
+            continue
+        for a, b in itertools.permutations(colours, 2):
+            first.append(t.format(**{names[0]: a, names[1]: b}))
+            second.append(t.format(**{names[0]: b, names[1]: a}))
+    return first, second
 
 
 def separation(pooled: dict[str, np.ndarray], null: np.ndarray) -> dict:
@@ -78,9 +95,11 @@ def main(argv=None) -> int:
         m = mask.float()[..., None]
         return ((bb.text_proj(tok) * m).sum(1) / m.sum(1).clamp_min(1.0)).numpy()
 
+    pairs = {name: swapped_pairs(cls.templates, colours) for name, cls in TASK_CLASSES.items()}
     with torch.no_grad():
         vectors = {k: pooled(v) for k, v in texts.items()}
         null = pooled([""])[0]
+        swaps = {k: float(np.sqrt(((pooled(a) - pooled(b)) ** 2).sum(1).mean())) for k, (a, b) in pairs.items() if a}
         t_norm = float(bb.t_mlp(timestep_embedding(torch.tensor([0.5]), bb.config.width)).norm())
     words = sorted({w for v in texts.values() for s in v for w in _WORD.findall(s.lower())})   # as tokenize splits
     buckets: dict[int, list[str]] = {}
@@ -90,11 +109,14 @@ def main(argv=None) -> int:
     out = {"command": probe_command(__file__, argv), "checkpoint": a.checkpoint, "text_kind": text_cfg.kind,
            "timestep_embedding_norm": t_norm, "empty_norm": float(np.linalg.norm(null)),
            "hash_collisions": [v for v in buckets.values() if len(v) > 1], **separation(vectors, null)}
+    for k, d in swaps.items():
+        out["tasks"][k].update(swap_rms=d, swap_to_spread=d / max(out["tasks"][k]["spread_rms"], 1e-12))
     print(f"{'task':14s} {'n':>4s} {'spread':>7s} {'to empty':>9s}  nearest task (distance)", file=sys.stderr)
     for k, r in out["tasks"].items():
         near = r["nearest_task"]
+        swap = f"; colours exchanged {r['swap_rms']:.2e}" if "swap_rms" in r else ""
         print(f"{k:14s} {r['instructions']:4d} {r['spread_rms']:7.2f} {r['to_empty']:9.2f}  {near} "
-              f"({r['to_tasks'][near]:.2f})", file=sys.stderr)
+              f"({r['to_tasks'][near]:.2f}){swap}", file=sys.stderr)
     print(f"nearest-centroid accuracy {out['nearest_centroid_accuracy']:.3f}; timestep embedding norm {t_norm:.1f}; "
           f"hash collisions {out['hash_collisions']}", file=sys.stderr)
     if a.json:

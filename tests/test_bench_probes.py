@@ -326,6 +326,32 @@ def test_text_separation_fills_every_template_and_measures_task_centroids():
     assert a["instructions"] == 2 and a["spread_rms"] == pytest.approx(1.2) and a["to_empty"] == pytest.approx(2.0)
     assert a["to_tasks"]["b"] == pytest.approx(np.hypot(2, 4)) and a["nearest_task"] == "c"
     assert out["nearest_centroid_accuracy"] == pytest.approx(4 / 5)   # (2, 1.2) lies nearer c's centroid than a's
+    first, second = textsep.swapped_pairs(("lift the {color} cube", "put {a} on {b}"), ["red", "blue", "green"])
+    assert len(first) == len(second) == 6 and ("put red on blue", "put blue on red") in zip(first, second)
+
+
+def test_text_separation_measures_what_exchanging_two_colours_does(tmp_path, capsys):
+    """A checkpoint whose encoder is a bag of words pools an instruction and its colour-exchanged twin to the same
+    vector; one text layer (trained-looking weights) does not."""
+    import json
+
+    import torch
+    from action_images.wam import WAMConfig, WorldActionModel
+    for layers, name in ((0, "bag"), (1, "layer")):
+        cfg = WAMConfig.from_preset("cpu-tiny")
+        cfg.text = {**cfg.text, "layers": layers}
+        torch.manual_seed(0)
+        m = WorldActionModel(cfg)
+        with torch.no_grad():
+            for p in m.text_encoder.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+        m.save_pretrained(tmp_path / name)
+        assert textsep.main(["--checkpoint", str(tmp_path / name), "--json", str(tmp_path / f"{name}.json")]) == 0
+    bag, layer = (json.loads((tmp_path / f"{n}.json").read_text())["tasks"] for n in ("bag", "layer"))
+    assert {k for k in bag if "swap_rms" in bag[k]} == {"push_cube", "place_in_bin", "stack_cube"}
+    assert all(bag[k]["swap_rms"] < 1e-5 for k in ("push_cube", "place_in_bin", "stack_cube"))
+    assert all(layer[k]["swap_rms"] > 1e-3 and layer[k]["swap_to_spread"] > 0 for k in ("push_cube", "stack_cube"))
+    assert "colours exchanged" in capsys.readouterr().err
 
 
 def test_keyframe_oracle_looks_ahead_without_moving_the_scene_and_succeeds_with_the_experts_keyframes():
