@@ -30,11 +30,16 @@ from action_images.cliflags import Parser
 from action_images.runfiles import atomic_write_json, probe_command
 
 
+def fields_of(template: str) -> list[str]:
+    """The colour fields of an instruction template, in order."""
+    return [f for _, f, _, _ in Formatter().parse(template) if f]
+
+
 def instructions(templates: tuple[str, ...], colours: list[str]) -> list[str]:
     """Every filling of each template: one palette colour per field, distinct within an instruction."""
     out = []
     for t in templates:
-        names = [f for _, f, _, _ in Formatter().parse(t) if f]
+        names = fields_of(t)
         for combo in itertools.permutations(colours, len(names)):
             out.append(t.format(**dict(zip(names, combo))))
     return out
@@ -44,7 +49,7 @@ def swapped_pairs(templates: tuple[str, ...], colours: list[str]) -> tuple[list[
     """Every filling of each two-colour template, and the same filling with the two colours exchanged."""
     first, second = [], []
     for t in templates:
-        names = [f for _, f, _, _ in Formatter().parse(t) if f]
+        names = fields_of(t)
         if len(names) != 2:
             continue
         for a, b in itertools.permutations(colours, 2):
@@ -107,6 +112,7 @@ def main(argv=None) -> int:
         for w in words:
             buckets.setdefault(2 + zlib.crc32(w.encode()) % (text_cfg.vocab_size - 2), []).append(w)
     out = {"command": probe_command(__file__, argv), "checkpoint": a.checkpoint, "text_kind": text_cfg.kind,
+           "text_layers": text_cfg.layers,
            "timestep_embedding_norm": t_norm, "empty_norm": float(np.linalg.norm(null)),
            "hash_collisions": [v for v in buckets.values() if len(v) > 1], **separation(vectors, null)}
     for k, d in swaps.items():

@@ -350,7 +350,9 @@ def test_text_separation_measures_what_exchanging_two_colours_does(tmp_path, cap
     bag, layer = (json.loads((tmp_path / f"{n}.json").read_text())["tasks"] for n in ("bag", "layer"))
     assert {k for k in bag if "swap_rms" in bag[k]} == {"push_cube", "place_in_bin", "stack_cube"}
     assert all(bag[k]["swap_rms"] < 1e-5 for k in ("push_cube", "place_in_bin", "stack_cube"))
-    assert all(layer[k]["swap_rms"] > 1e-3 and layer[k]["swap_to_spread"] > 0 for k in ("push_cube", "stack_cube"))
+    assert all(layer[k]["swap_rms"] > 1e-3 for k in ("push_cube", "place_in_bin", "stack_cube"))
+    assert all(layer[k]["swap_to_spread"] == pytest.approx(layer[k]["swap_rms"] / layer[k]["spread_rms"])
+               for k in ("push_cube", "place_in_bin", "stack_cube"))
     assert "colours exchanged" in capsys.readouterr().err
 
 

@@ -172,8 +172,11 @@ def test_pooled_words_are_a_bag_unless_text_layers_mix_them():
         opt.step()
     a, b = pooled(enc, texts)
     assert (a - b).norm() > 0.1 * a.norm()
+    from action_images.text import TextLayer
+    x = torch.randn(2, 5, 200)                                # a width with no divisor near 64 a head: 200 / 2 heads
+    assert TextLayer(200).attn.num_heads == 2 and TextLayer(200)(x, torch.ones(2, 5, dtype=torch.bool)).shape == x.shape
     for bad in (-1, 9, 1.5, True):
-        with pytest.raises(ValueError, match="text layers"):
+        with pytest.raises(ValueError, match="--text-layers"):
             build_text_encoder(TextConfig(dim=32, layers=bad))
     with pytest.raises(ValueError, match="hashed-word encoder only"):
         build_text_encoder(TextConfig(kind="external", dim=32, external_dim=8, layers=1))

@@ -361,8 +361,18 @@ def test_init_from_adds_text_layers_starting_from_the_same_function(tmp_path, ca
                       "1") == 2
     err = capsys.readouterr().err
     assert "--text-layers" in err and "not taken away" in err and not (tmp_path / "d").exists()
-    assert train_main(*TINY, "--out", str(tmp_path / "e"), "--steps", "1", "--text-layers", "9") == 2
+    assert train_main(*TINY, "--out", str(tmp_path / "e"), "--steps", "1", "--init-from", str(b)) == 2   # none
     assert "--text-layers" in capsys.readouterr().err
+    bad = json.loads((b / "config.json").read_text())
+    bad["config"]["text"]["layers"] = 1.5
+    (b / "config.json").write_text(json.dumps(bad))
+    assert train_main(*TINY, "--out", str(tmp_path / "f"), "--steps", "1", "--init-from", str(b), "--text-layers",
+                      "2") == 2
+    assert "not an integer" in capsys.readouterr().err
+    assert train_main(*TINY, "--out", str(tmp_path / "g"), "--steps", "1", "--text-layers", "9") == 2
+    assert "--text-layers" in capsys.readouterr().err
+    assert train_main(*TINY, "--out", str(tmp_path / "h"), "--steps", "1", "--text-layers", "0") == 0
+    assert "layers" not in json.loads((tmp_path / "h" / "config.json").read_text())["config"]["text"]
 
 
 def test_data_workers_do_not_change_training(tmp_path):

@@ -205,7 +205,9 @@ def init_weights(model: torch.nn.Module, run: str) -> None:
         raise ValueError(f"--init-from {run}: it has {depths[0]} DiT blocks and this recipe's model {depths[1]} "
                          "(--depth): blocks can be added to a DiT, not taken away")
     layers = theirs.get(TEXT_LAYERS_KEY, 0), ours.get(TEXT_LAYERS_KEY, 0)
-    if not (isinstance(layers[0], int) and isinstance(layers[1], int) and 0 <= layers[0] <= layers[1]):
+    if type(layers[0]) is not int or layers[0] < 0:
+        raise ValueError(f"--init-from {run}: its {CONFIG_NAME} gives text.layers {layers[0]!r}, not an integer >= 0")
+    if layers[0] > layers[1]:
         raise ValueError(f"--init-from {run}: its text encoder has {layers[0]} layers and this recipe's model "
                          f"{layers[1]} (--text-layers): layers can be added, not taken away")
     added = (tuple(f"{BLOCKS}{i}." for i in range(depths[0] or 0, depths[1] or 0))     # empty at equal depths

@@ -96,7 +96,8 @@ def resolve_cameras(config: Any, dataset_cameras: Sequence[str], cameras: Sequen
 
 
 def open_windows(data: Any, config: Any, seed: int = 0) -> Any:
-    """A ``Windows`` over one dataset at the model's size, horizon and stride (``data``: a path or a ``Windows``)."""
+    """A ``Windows`` over one dataset as the model reads it: its size, horizon, stride, crop and past frames (``data``:
+    a path or a ``Windows``)."""
     from action_images.data.windows import WindowConfig, Windows
 
     if isinstance(data, Windows):

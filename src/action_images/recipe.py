@@ -89,8 +89,9 @@ class ModelRecipe:
                                        "default 4)", lo=1, hi=1000)
     text_layers: int | None = _f(None, "hashed-word instruction encoder: transformer layers over the words before "
                                        "they are pooled (default 0: the pooled words are a bag, the same for 'the "
-                                       "red cube on the blue cube' and its reverse); with --init-from a model "
-                                       "without them they start as the identity", lo=0, hi=8)   # text.MAX_TEXT_LAYERS
+                                       "red cube on the blue cube' and its reverse); they start as the identity, "
+                                       "so --init-from a model without them starts from its function", lo=0,
+                                 hi=8)   # text.MAX_TEXT_LAYERS
     baseline: dict = _f({}, "bc/dp/tokens only: overrides of the baseline's config, e.g. {\"plucker\": false, "
                             "\"pool\": \"avg\"} (recipe file only)", kind="file_only")
     pretrained: str | None = _f(None, "wan presets: a local diffusers pipeline folder to start from (transformer/, and "

@@ -75,7 +75,10 @@ class TextLayer(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.attn = nn.MultiheadAttention(dim, max(1, dim // 64), batch_first=True)
+        heads = max(1, dim // 64)                    # about 64 channels a head, a divisor of the width
+        while dim % heads:
+            heads -= 1
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
         for proj in (self.attn.out_proj, self.mlp[-1]):
             nn.init.zeros_(proj.weight)
@@ -148,10 +151,11 @@ class ExternalTextEncoder(nn.Module):
 
 def build_text_encoder(cfg: TextConfig, text_fn: Callable | None = None) -> nn.Module:
     if not (isinstance(cfg.layers, int) and not isinstance(cfg.layers, bool) and 0 <= cfg.layers <= MAX_TEXT_LAYERS):
-        raise ValueError(f"text layers must be an integer in [0, {MAX_TEXT_LAYERS}]; got {cfg.layers!r}")
+        raise ValueError(f"text.layers (--text-layers) must be an integer in [0, {MAX_TEXT_LAYERS}]; got "
+                         f"{cfg.layers!r}")
     if cfg.layers and cfg.kind != "hash":
-        raise ValueError(f"text layers apply to the hashed-word encoder only, not {cfg.kind!r} (its features are "
-                         "contextual already)")
+        raise ValueError(f"text.layers (--text-layers) applies to the hashed-word encoder only, not {cfg.kind!r} (its "
+                         "features are contextual already)")
     if cfg.kind == "hash":
         return HashTextEncoder(cfg)
     if cfg.kind == "external":

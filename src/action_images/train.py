@@ -109,7 +109,7 @@ def build_config(r: TrainRecipe, camera_names: list[str] | None = None) -> WAMCo
         if getattr(m, name) is not None:
             setattr(cfg, name, int(getattr(m, name)))
     apply_scale_options(cfg, m)
-    if m.text_layers is not None:
+    if m.text_layers:                               # 0 leaves the config as a model without layers writes it
         if cfg.text.get("kind", "hash") != "hash":
             raise ValueError(f"--text-layers applies to the hashed-word instruction encoder, not {cfg.text['kind']!r}")
         cfg.text = {**cfg.text, "layers": int(m.text_layers)}

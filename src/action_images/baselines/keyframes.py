@@ -7,8 +7,9 @@ ablation and the pose-predicting baselines, scored on the same held-out windows 
 
 Windows. The rule of :func:`~action_images.openloop.evaluate_open_loop`: :func:`~action_images.openloop.
 pick_episodes` episodes, ``starts`` evenly spaced start frames before each one's success, the checkpoint's first two
-cameras (:func:`~action_images.openloop.resolve_cameras`), no augmentation (centre crop). Each model reads the
-windows at its own resolution; the episodes, start frames and views do not depend on the model.
+cameras (:func:`~action_images.openloop.resolve_cameras`), no augmentation (each model's evaluation crop: the
+centred square, or the workspace square of a model trained with ``--crop workspace``). Each model reads the windows
+at its own resolution; the episodes, start frames and views do not depend on the model.
 
 Prediction (:func:`predictor`). The world action model samples the policy job from the noise
 :func:`~action_images.openloop.batch_noise` draws for the window (as ``openloop``'s policy mode does) and decodes
