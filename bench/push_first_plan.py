@@ -40,7 +40,9 @@ the cube the hand grasps (``cube``; stack_cube's ``small``) and "goal" where it 
 ``fit_plan_away_cm`` < 0 is a grasp drawn toward the place, and the counterfactual moves the bin or the big cube
 as it moves the mark. For push_cube and stack_cube the counterfactual also plans with the two objects' colours
 exchanged and nothing moved (``swap``): a policy that finds the object to grasp or push by the colour its
-instruction names goes to the other one; one that finds it by shape stays.
+instruction names goes to the other one; one that finds it by shape stays. For stack_cube it also plans with the
+two cubes' sizes exchanged, each resting on the table where it was, colours kept (``sizes``): a policy that takes
+the small cube for the one to move goes to the other one.
 
 Per keyframe the summary also reads which way the plans miss (``misses_over_2cm*``, ``miss_along/across``): of the
 plans more than 2 cm (xy) from the expert's target, how many point toward the goal, and how long their parts along
@@ -102,6 +104,24 @@ def angle_deg(a: np.ndarray, b: np.ndarray) -> float:
 
 def _xy(ch, j: int) -> list[float] | None:
     return ch.keyframes[j][:2].round(4).tolist() if ch.valid[j] else None
+
+
+def plan_sizes_exchanged(env, pol, seed: int, a: str, b: str):
+    """The plan from the scene with the cubes ``a`` and ``b`` (one box geom each, named as its body) of each other's
+    size, each still resting on the table at its place (no step; the scene restored after)."""
+    import mujoco
+
+    m = env.model
+    ga, gb = m.geom(a).id, m.geom(b).id
+    size0, qpos0 = m.geom_size.copy(), env.data.qpos.copy()
+    m.geom_size[[ga, gb]] = size0[[gb, ga]]
+    for body, g in ((a, ga), (b, gb)):
+        move_body(env, body, np.r_[env.task.body_pos(body)[:2], m.geom_size[g][2]])
+    pol.reset(seed)                                 # the same sampler noise as the plan compared with
+    chunk = pol.plan(env.observe(), env.cameras)
+    m.geom_size[:], env.data.qpos[:] = size0, qpos0
+    mujoco.mj_forward(m, env.data)
+    return chunk
 
 
 def move_body(env, body: str, pos: np.ndarray) -> None:
@@ -186,6 +206,8 @@ def first_plans(checkpoint: str, episodes: int, seed: int, sampler_steps: int, c
                     pol.reset(s)
                     variants["swap"] = pol.plan(env.observe(), env.cameras)
                     rgba[[a_id, b_id]] = rgba[[b_id, a_id]]
+                if task == "stack_cube":                # the two cubes' sizes exchanged, each on the table
+                    variants["sizes"] = plan_sizes_exchanged(env, pol, s, obj, target)
                 pol.reset(s + 1_000_003)                # another noise draw: the floor
                 variants["noise"] = pol.plan(obs, env.cameras)
             kfs = []
@@ -411,22 +433,23 @@ def goal_response(rows: list[dict], j: int, region: tuple | None = None) -> dict
            "reflect_along_cm_median_in_range": round(100 * float(np.median(inside)), 2) if len(inside) else None}
     out.update({f"{n}_shift_cm_median": round(100 * float(np.median(v)), 2) for n, v in sh.items()})
     out.update(_swap_response(rows, j))
+    out.update(_swap_response(rows, j, "sizes"))
     return out
 
 
-def _swap_response(rows: list[dict], j: int) -> dict:
-    """Keyframe j's plan with the two objects' colours exchanged (``swap_xy``): how far it moves (median, and in how
-    many scenes more than ``FAR`` against another noise draw), where it lies along the line from the cube to the
-    goal object as a share of their distance (0: at the cube, 1: at the other object), and how many plans lie nearer
-    the goal object than the cube, before and after the swap."""
+def _swap_response(rows: list[dict], j: int, name: str = "swap") -> dict:
+    """Keyframe j's plan with the two objects' colours exchanged (``swap_xy``; ``name`` "sizes": stack_cube's cubes'
+    sizes, ``sizes_xy``): how far it moves (median, and in how many scenes more than ``FAR`` against another noise
+    draw), where it lies along the line from the cube to the goal object as a share of their distance (0: at the
+    cube, 1: at the other object), and how many plans lie nearer the goal object than the cube, before and after."""
     moved, noise, before, after, nearer, nearer_swapped = [], [], [], [], 0, 0
     for r in rows:
         kf = r["keyframes"][j]
-        if not _used(kf) or kf.get("swap_xy") is None:
+        if not _used(kf) or kf.get(f"{name}_xy") is None:
             continue
         cube, goal = np.asarray(r["cube_xy"]), np.asarray(r["goal_xy"])
         line = goal - cube
-        p, q = np.asarray(kf["plan_xy"]), np.asarray(kf["swap_xy"])
+        p, q = np.asarray(kf["plan_xy"]), np.asarray(kf[f"{name}_xy"])
         moved.append(float(np.linalg.norm(q - p)))
         noise.append(float(np.linalg.norm(np.asarray(kf["noise_xy"]) - p)) if kf.get("noise_xy") else 0.0)
         before.append(float((p - cube) @ line / (line @ line)))
@@ -435,12 +458,13 @@ def _swap_response(rows: list[dict], j: int) -> dict:
         nearer_swapped += int(np.linalg.norm(q - goal) < np.linalg.norm(q - cube))
     if not moved:
         return {}
-    return {"swap_shift_cm_median": round(100 * float(np.median(moved)), 2),
-            f"swap_over_{round(100 * FAR)}cm": int(np.sum(np.array(moved) > FAR)),
+    tag = "swapped" if name == "swap" else name
+    return {f"{name}_shift_cm_median": round(100 * float(np.median(moved)), 2),
+            f"{name}_over_{round(100 * FAR)}cm": int(np.sum(np.array(moved) > FAR)),
             f"noise_over_{round(100 * FAR)}cm": int(np.sum(np.array(noise) > FAR)),
             "share_toward_goal_median": round(float(np.median(before)), 3),
-            "share_toward_goal_swapped_median": round(float(np.median(after)), 3),
-            "nearer_goal_plans": nearer, "nearer_goal_plans_swapped": nearer_swapped}
+            f"share_toward_goal_{tag}_median": round(float(np.median(after)), 3),
+            "nearer_goal_plans": nearer, f"nearer_goal_plans_{tag}": nearer_swapped}
 
 
 def resummarise(source: str, out: str, argv) -> int:

@@ -539,6 +539,45 @@ def test_push_first_plan_reads_where_the_plan_goes_when_the_colours_are_swapped(
     assert cf["swap_shift_cm_median"] == pytest.approx(100 * np.median(d), abs=0.01)
     assert "swap_shift_cm_median" not in firstplan.summarise(_first_plan_rows(lambda e, g: g / 5,
                                                                                variants=same))["k2"]["goal_response"]
+    rows = _first_plan_rows(lambda e, g: g / 5, variants={**same, "sizes": lambda p, g: p})   # sizes: it stays
+    cf = firstplan.summarise(rows)["k2"]["goal_response"]
+    assert cf["sizes_shift_cm_median"] == 0 and cf["share_toward_goal_sizes_median"] == pytest.approx(0.2)
+    assert cf["nearer_goal_plans_sizes"] == 0 and "swap_shift_cm_median" not in cf
+
+
+def test_push_first_plan_exchanges_the_stack_cubes_sizes_for_one_plan_and_restores_the_scene():
+    """The sizes counterfactual renders each cube at the other's size, resting on the table at its own place, and
+    leaves the scene as it was."""
+    import mujoco
+    from action_images.sim import make_env
+
+    env = make_env("stack_cube", render=False)
+    env.reset(seed=2)
+    m = env.model
+    before = (m.geom_size.copy(), env.data.qpos.copy())
+    seen = {}
+
+    class Policy:
+        def reset(self, seed):
+            seen["seed"] = seed
+
+        def plan(self, obs, cameras):
+            seen["sizes"] = {b: float(m.geom_size[m.geom(b).id][0]) for b in ("small", "big")}
+            seen["z"] = {b: float(env.task.body_pos(b)[2]) for b in ("small", "big")}
+            seen["xy"] = {b: env.task.body_pos(b)[:2].copy() for b in ("small", "big")}
+            return "chunk"
+
+    from types import SimpleNamespace
+    view = SimpleNamespace(model=m, data=env.data, task=env.task, observe=lambda: {}, cameras=[])
+    xy0 = {b: env.task.body_pos(b)[:2].copy() for b in ("small", "big")}
+    assert firstplan.plan_sizes_exchanged(view, Policy(), 7, "small", "big") == "chunk" and seen["seed"] == 7
+    assert seen["sizes"] == pytest.approx({"small": 0.026, "big": 0.02})
+    assert seen["z"] == pytest.approx({"small": 0.026, "big": 0.02})                  # each resting on the table
+    for b in ("small", "big"):
+        np.testing.assert_allclose(seen["xy"][b], xy0[b], atol=1e-9)
+    np.testing.assert_array_equal(m.geom_size, before[0])
+    np.testing.assert_array_equal(env.data.qpos, before[1])
+    mujoco.mj_forward(m, env.data)
 
 
 def test_push_first_plan_finds_how_many_steps_the_plans_run_ahead():
@@ -604,7 +643,11 @@ def test_push_first_plan_plans_from_the_experts_state_and_moves_only_the_goal(ta
     np.testing.assert_allclose(r["hand_xy"], rec.states[2][:2], atol=2e-4)
     np.testing.assert_allclose(r["expert_path"], rec.actions[2:, :3], atol=1e-4)
     cube, goal = np.array(r["cube_xy"]), np.array(r["goal_xy"])
-    assert len(seen) == 5                           # the plan, reflected, hidden, colours swapped, another noise draw
+    # the plan, reflected, hidden, colours swapped, (stack_cube: sizes exchanged,) another noise draw
+    assert len(seen) == (6 if task == "stack_cube" else 5)
+    if task == "stack_cube":
+        np.testing.assert_allclose(seen.pop(4)[0][:2], goal, atol=1e-4)       # the sizes' plan: the base in place
+        assert all("sizes_xy" in kf for kf in r["keyframes"])
     (g0, a0, b0), (g1, _, _), (g2, _, _), (g3, a3, b3), (g4, a4, b4) = seen
     np.testing.assert_allclose(g0[:2], goal, atol=1e-4)
     np.testing.assert_allclose(g1[:2], 2 * cube - goal, atol=1e-4)           # reflected through the cube
