@@ -539,22 +539,28 @@ def test_push_first_plan_reads_where_the_plan_goes_when_the_colours_are_swapped(
     assert cf["swap_shift_cm_median"] == pytest.approx(100 * np.median(d), abs=0.01)
     assert "swap_shift_cm_median" not in firstplan.summarise(_first_plan_rows(lambda e, g: g / 5,
                                                                                variants=same))["k2"]["goal_response"]
-    rows = _first_plan_rows(lambda e, g: g / 5, variants={**same, "sizes": lambda p, g: p})   # sizes: it stays
+    # colours exchanged: the plan stays; sizes exchanged: it goes to the other object; each read on its own
+    rows = _first_plan_rows(lambda e, g: g / 5, variants={**same, "swap": lambda p, g: p, "sizes": lambda p, g: g})
     cf = firstplan.summarise(rows)["k2"]["goal_response"]
-    assert cf["sizes_shift_cm_median"] == 0 and cf["share_toward_goal_sizes_median"] == pytest.approx(0.2)
-    assert cf["nearer_goal_plans_sizes"] == 0 and "swap_shift_cm_median" not in cf
+    assert cf["swap_shift_cm_median"] == 0 and cf["share_toward_goal_swapped_median"] == pytest.approx(0.2)
+    assert cf["share_toward_goal_sizes_median"] == pytest.approx(1.0) and cf["share_toward_goal_median"] == \
+        pytest.approx(0.2)
+    assert cf["nearer_goal_plans"] == 0 and cf["nearer_goal_plans_swapped"] == 0 and cf["nearer_goal_plans_sizes"] == 40
+    assert cf["sizes_shift_cm_median"] == pytest.approx(100 * np.median(d), abs=0.01) and cf["noise_over_6cm"] == 0
+    only = firstplan.summarise(_first_plan_rows(lambda e, g: g / 5, variants={**same, "sizes": lambda p, g: g}))
+    assert "sizes_shift_cm_median" in only["k2"]["goal_response"] and "nearer_goal_plans" not in \
+        only["k2"]["goal_response"]
 
 
 def test_push_first_plan_exchanges_the_stack_cubes_sizes_for_one_plan_and_restores_the_scene():
     """The sizes counterfactual renders each cube at the other's size, resting on the table at its own place, and
     leaves the scene as it was."""
-    import mujoco
     from action_images.sim import make_env
 
     env = make_env("stack_cube", render=False)
     env.reset(seed=2)
     m = env.model
-    before = (m.geom_size.copy(), env.data.qpos.copy())
+    before = (m.geom_size.copy(), env.data.qpos.copy(), env.data.xpos.copy())
     seen = {}
 
     class Policy:
@@ -577,7 +583,7 @@ def test_push_first_plan_exchanges_the_stack_cubes_sizes_for_one_plan_and_restor
         np.testing.assert_allclose(seen["xy"][b], xy0[b], atol=1e-9)
     np.testing.assert_array_equal(m.geom_size, before[0])
     np.testing.assert_array_equal(env.data.qpos, before[1])
-    mujoco.mj_forward(m, env.data)
+    np.testing.assert_allclose(env.data.xpos, before[2], atol=1e-12)             # the scene as it was, forwarded
 
 
 def test_push_first_plan_finds_how_many_steps_the_plans_run_ahead():
@@ -643,11 +649,8 @@ def test_push_first_plan_plans_from_the_experts_state_and_moves_only_the_goal(ta
     np.testing.assert_allclose(r["hand_xy"], rec.states[2][:2], atol=2e-4)
     np.testing.assert_allclose(r["expert_path"], rec.actions[2:, :3], atol=1e-4)
     cube, goal = np.array(r["cube_xy"]), np.array(r["goal_xy"])
-    # the plan, reflected, hidden, colours swapped, (stack_cube: sizes exchanged,) another noise draw
-    assert len(seen) == (6 if task == "stack_cube" else 5)
-    if task == "stack_cube":
-        np.testing.assert_allclose(seen.pop(4)[0][:2], goal, atol=1e-4)       # the sizes' plan: the base in place
-        assert all("sizes_xy" in kf for kf in r["keyframes"])
+    assert len(seen) == 5                           # the plan, reflected, hidden, colours swapped, another noise draw
+    assert not any("sizes_xy" in kf for kf in r["keyframes"])       # sizes exchanged: from the first observation only
     (g0, a0, b0), (g1, _, _), (g2, _, _), (g3, a3, b3), (g4, a4, b4) = seen
     np.testing.assert_allclose(g0[:2], goal, atol=1e-4)
     np.testing.assert_allclose(g1[:2], 2 * cube - goal, atol=1e-4)           # reflected through the cube
@@ -658,6 +661,27 @@ def test_push_first_plan_plans_from_the_experts_state_and_moves_only_the_goal(ta
     np.testing.assert_array_equal(a3, b0), np.testing.assert_array_equal(b3, a0)   # swapped for one plan
     np.testing.assert_array_equal(a4, a0), np.testing.assert_array_equal(b4, b0)   # and back
     assert all({"reflect_xy", "hide_xy", "noise_xy", "swap_xy"} <= set(kf) for kf in r["keyframes"])
+
+
+def test_push_first_plan_exchanges_stack_cubes_sizes_from_the_first_observation(checkpoint, monkeypatch):
+    """From the first observation stack_cube's counterfactual plans once more, with the cubes' sizes exchanged (the
+    base where it was), between the colour swap and the other noise draw; every keyframe carries that plan."""
+    from action_images.policy import ActionImagesPolicy
+    from action_images.rollout import EpisodeRunner
+
+    envs, sizes = [], []
+    open_env, plan = EpisodeRunner.open, ActionImagesPolicy.plan
+    monkeypatch.setattr(EpisodeRunner, "open", lambda self, t: envs.append(open_env(self, t)) or envs[-1])
+
+    def noting_plan(self, obs, cameras):
+        m = envs[-1].model
+        sizes.append(float(m.geom_size[m.geom("small").id][0]))
+        return plan(self, obs, cameras)
+
+    monkeypatch.setattr(ActionImagesPolicy, "plan", noting_plan)
+    rows = firstplan.first_plans(str(checkpoint), 1, 4242, 1, None, "jaw", counterfactual=True, task="stack_cube")
+    assert sizes == pytest.approx([0.02, 0.02, 0.02, 0.02, 0.026, 0.02])
+    assert all("sizes_xy" in kf for kf in rows[0]["keyframes"])
 
 
 @pytest.mark.parametrize("argv, flag", [(["--episodes", "1"], "--episodes"),
