@@ -302,6 +302,35 @@ def test_push_style_is_recorded_and_must_match_on_resume(tmp_path, capsys):
                            suite=OTHER_SUITE)
 
 
+def test_stack_sizes_is_recorded_and_must_match_on_resume(tmp_path, capsys):
+    """--stack-sizes: recorded in meta/collect.json (fixed by default), a resume with other sizes is refused, another
+    suite refuses it in one line, and a collection without stack_cube says the flag changes nothing."""
+    argv = ("--tasks", "push_fake", "--episodes", "1")
+    assert collect.run(args_for(tmp_path / "a", *argv)) == 0
+    assert json.loads((tmp_path / "a" / "meta/collect.json").read_text())["config"]["stack_sizes"] == "fixed"
+    assert collect.run(args_for(tmp_path / "e", *argv, "--stack-sizes", "equal")) == 0
+    assert json.loads((tmp_path / "e" / "meta/collect.json").read_text())["config"]["stack_sizes"] == "equal"
+    assert "changes stack_cube's scenes only; stack_cube is not among --tasks" in capsys.readouterr().err
+    assert collect.run(args_for(tmp_path / "e", *argv[:2], "--episodes", "2", "--resume")) == 2
+    assert "stack_sizes: was 'equal', now 'fixed'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--stack-sizes is not supported with --suite"):
+        collect.check_args(args_for(tmp_path / "m", *argv, "--stack-sizes", "equal"), fake.TASKS, tuple(fake.EYES),
+                           suite=OTHER_SUITE)
+
+
+def test_real_sim_stack_sizes_equal_reaches_the_task(tmp_path, monkeypatch):
+    """collect --stack-sizes equal hands the sizes to stack_cube: the stored demo succeeds, and the cube it moves
+    rests at the base's height before it is lifted."""
+    from action_images.sim.tasks.stack_cube import BASE_HALF
+    out = tmp_path / "equal"
+    assert collect_real(monkeypatch, out, "--tasks", "stack_cube", "--episodes", "1", "--image-size", "16",
+                        "--stack-sizes", "equal") == 0
+    ds = LeRobotDataset(out)
+    assert ds.episode_info(0)["extra/success"] is True
+    grasp_z = ds.episode(0).actions[:, 2].min()      # the expert's target at the cube's centre while it grasps
+    assert grasp_z == pytest.approx(BASE_HALF, abs=0.004)
+
+
 def test_grasp_wait_is_checked_recorded_and_must_match_on_resume(tmp_path, capsys):
     """--grasp-wait: in 0..20, recorded in meta/collect.json (0 by default and for datasets from before the flag), a
     resume with another wait is refused, a collection without a grasping expert says it changes nothing, another

@@ -434,6 +434,19 @@ def test_the_text_stage_differs_from_the_shipped_stage_in_its_text_layer_only():
     assert next(f for f in fields(ModelRecipe) if f.name == "text_layers").metadata["hi"] == MAX_TEXT_LAYERS
 
 
+def test_the_equal_stack_stage_is_the_text_stage_with_equal_size_stack_demos_added():
+    """recipes/rig8-ctx-recover-noise-text-stack-equal.json: the text-layer stage with 120 stack_cube demos of
+    equal-size cubes added (its data.collect names them); nothing else differs."""
+    text = TrainRecipe.load(ROOT / "recipes" / "rig8-ctx-recover-noise-text.json").to_dict()
+    probe = TrainRecipe.load(ROOT / "recipes" / "rig8-ctx-recover-noise-text-stack-equal.json").to_dict()
+    assert probe["data"].pop("data") == text["data"].pop("data") + ["data/rig8_stack_equal"]
+    collect = probe["data"].pop("collect")
+    assert collect["out"] == "data/rig8_stack_equal" and collect["stack_sizes"] == "equal"
+    assert collect["tasks"] == "stack_cube" and collect["seed"] not in (2000, 6000)     # new scenes
+    text["data"].pop("collect")
+    assert text == probe
+
+
 def test_the_palm_stage_is_the_shipped_stage_with_push_demos_replaced():
     """recipes/rig8-ctx-recover-noise-palm.json: the shipped second stage, with data/rig8's push_cube demos left out
     and the palm-style push demos in their place; nothing else differs."""

@@ -326,3 +326,30 @@ def test_push_cube_counts_a_cube_on_the_mark_not_one_carried_above_it():
     task.set_free_body("cube", [goal[0] + 0.05, goal[1], task.half])    # on the table, 5 cm from the mark
     mujoco.mj_forward(task.model, task.data)
     assert not task.success(env)
+
+
+def test_stack_cube_with_equal_sizes_is_solved_and_fixed_sizes_come_back_exactly():
+    """``sizes = "equal"`` gives the cube to move the base's size (resting on the table), and the expert stacks it;
+    back at "fixed" a reset restores the compiled geometry bit for bit, so datasets and evaluations of the task as
+    it is do not change; an unknown value is refused."""
+    from action_images.sim.tasks.stack_cube import BASE_HALF
+
+    env = make_env("stack_cube", render=False)
+    m, g = env.model, env.model.geom("small").id
+    compiled = (m.geom_size[g].copy(), m.geom_rbound[g].copy(), m.geom_aabb[g].copy())
+    env.task.sizes = "equal"
+    for seed in range(4):
+        env.reset(seed=seed)
+        assert m.geom_size[g] == pytest.approx([BASE_HALF] * 3) and env.task.body_pos("small")[2] == \
+            pytest.approx(BASE_HALF, abs=1e-3)
+        for _ in range(env.task.max_steps):
+            if env.step(env.expert_action())[4]["success"]:
+                break
+        assert env.task.success(env), seed
+    env.task.sizes = "fixed"
+    env.reset(seed=0)
+    for now, then in zip((m.geom_size[g], m.geom_rbound[g], m.geom_aabb[g]), compiled):
+        np.testing.assert_array_equal(now, then)
+    env.task.sizes = "big"
+    with pytest.raises(ValueError, match="sizes"):
+        env.reset(seed=0)

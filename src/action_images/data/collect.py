@@ -35,7 +35,7 @@ DEFAULT_CAMERAS = "front,left,right,top"
 # settings that must match to continue a run with --resume
 RESUME_KEYS = ("suite", "seed", "cameras", "image_size", "perturb_cameras", "keep_failed", "hold_steps",
                "hold_action", "random_rig", "rig_views", "camera_rig", "action_noise", "action_noise_prob",
-               "missed_grasps", "push_style", "grasp_wait")
+               "missed_grasps", "push_style", "grasp_wait", "stack_sizes")
 RIG_SPLITS = ("train", "heldout")
 HOLD_ACTIONS = ("expert", "still")
 
@@ -57,6 +57,7 @@ GRASP_WAIT_RANGE = (0, 20)
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..sim.suites import DEFAULT_SUITE, SUITES
     from ..sim.tasks.push_cube import STYLES as PUSH_STYLES
+    from ..sim.tasks.stack_cube import SIZES as STACK_SIZES
 
     p.add_argument("--suite", default=DEFAULT_SUITE, choices=SUITES,
                    help="benchmark suite: the built-in tabletop (sim, default) or Meta-World v3 (metaworld: task "
@@ -119,6 +120,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "cage pushing with its targets 2.5 cm ahead of the cube's centre, not 4.5) or grip (not a "
                         "push: the jaw closes on the cube and slides it along the table to the mark; its release "
                         "comes after success, in the --hold-steps); docs/benchmark.md")
+    p.add_argument("--stack-sizes", default="fixed", choices=STACK_SIZES,
+                   help="stack_cube's cubes: fixed (the task: the cube to move is the smaller; the default; a "
+                        "meta/collect.json without stack_sizes means it) or equal (the cube to move at the base's "
+                        "size, so only the instruction's colours say which cube goes on which); docs/dataset.md")
     p.add_argument("--grasp-wait", type=int, default=0,
                    help=f"control steps the grasping experts (pick_cube, place_in_bin, stack_cube, push_cube's grip) "
                         f"hold the closed jaw still on the cube before they lift or slide it, beyond the 3 the close "
@@ -315,6 +320,9 @@ def check_args(args: argparse.Namespace, all_tasks: tuple[str, ...],
     if suite is not None and args.push_style != "jaw":
         raise ValueError(f"--push-style is not supported with --suite {suite.name}: it picks the built-in "
                          "push_cube expert's style")
+    if suite is not None and args.stack_sizes != "fixed":
+        raise ValueError(f"--stack-sizes is not supported with --suite {suite.name}: it sizes the built-in "
+                         "stack_cube's cubes")
     if suite is not None and args.camera_rig and not suite.camera_rig_files:
         raise ValueError(f"--camera-rig is not supported with --suite {suite.name}; use --rig-distribution")
     if args.random_rig_deprecated is not None:
@@ -387,6 +395,9 @@ def run(args: argparse.Namespace) -> int:
     if args.push_style != "jaw" and suite is None and "push_cube" not in tasks:
         print(f"action-images collect: --push-style {args.push_style} changes push_cube's expert only; push_cube is "
               "not among --tasks", file=sys.stderr)
+    if args.stack_sizes != "fixed" and suite is None and "stack_cube" not in tasks:
+        print(f"action-images collect: --stack-sizes {args.stack_sizes} changes stack_cube's scenes only; stack_cube "
+              "is not among --tasks", file=sys.stderr)
     if args.task_deprecated is not None:
         print("action-images collect: --task is deprecated; use --tasks (same values)", file=sys.stderr)
     if args.random_rig_deprecated is not None:
@@ -406,7 +417,7 @@ def run(args: argparse.Namespace) -> int:
               "action_noise": float(args.action_noise),
               "action_noise_prob": float(args.action_noise_prob) if args.action_noise > 0 else None,
               "missed_grasps": float(args.missed_grasps), "push_style": args.push_style,
-              "grasp_wait": int(args.grasp_wait)}
+              "grasp_wait": int(args.grasp_wait), "stack_sizes": args.stack_sizes}
     if (out / INFO_PATH).exists():
         if not args.resume:
             return _fail(f"{out} already holds a dataset; pass --resume to continue it or choose another --out")
@@ -419,7 +430,7 @@ def run(args: argparse.Namespace) -> int:
         # datasets from before these flags had none of them
         before = {"suite": "sim", "hold_steps": 0, "hold_action": "expert", "random_rig": None, "rig_views": None,
                   "camera_rig": None, "action_noise": 0.0, "action_noise_prob": None, "missed_grasps": 0.0,
-                  "push_style": "jaw", "grasp_wait": 0, **prev.get("config", {})}
+                  "push_style": "jaw", "grasp_wait": 0, "stack_sizes": "fixed", **prev.get("config", {})}
         diff = {k: (before.get(k), config[k]) for k in RESUME_KEYS if before.get(k) != config[k]}
         if diff:
             return _fail(f"--resume with different settings than {out / COLLECT_PATH}: "
@@ -460,6 +471,8 @@ def run(args: argparse.Namespace) -> int:
                                       **rig)  # rig arguments only when asked for (simulators without rigs work)
                 if task == "push_cube" and suite is None:
                     envs[task].task.style = args.push_style
+                if task == "stack_cube" and suite is None:
+                    envs[task].task.sizes = args.stack_sizes
                 expert = getattr(envs[task], "task", None)
                 if suite is None and isinstance(expert, Task):     # the built-in experts (test fakes have none)
                     expert.grasp_wait = int(args.grasp_wait)
