@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 .venv/bin/python bench/push_styles.py --seeds 40 --styles jaw,jaw_back,palm \
         --lateral=0,0.015,0.025,0.035,-0.035 --along=-0.02,0.02,0.04 --json bench/results/push_palm/push_styles.json
 
-A policy's plans put the hand a few centimetres from where the expert would (docs/results.md, palm-push). This probe
+A policy's plans put the hand a few centimetres from where the expert would (docs/probes.md, palm-push). This probe
 asks what the expert itself does when every target it commands is displaced the same way (``--lateral``:
 across the push line, to the left of the push; ``--along``: along it, + toward the goal), from the task's own reset
 of seeds 0..N-1 with no rendering, to the task's 80-step limit. A persistent offset is the kind of error the

@@ -20,7 +20,7 @@ The expert moves the cube in one of seven styles (``PushCube.style``; ``collect 
 - ``"cage_slow"``: the cage, but while it pushes each target lies only ``CAGE_SLOW_ADVANCE`` past where the back
   finger meets the cube (the cage's lies 3 cm past it), so the cube moves about a centimetre per step and the push's
   targets lie 2.5 cm ahead of the cube's centre, not 4.5. It asks whether the plans' lead along the push follows the
-  pushing targets (it does not: docs/results.md, push-targets). It forgives less across the push than the cage
+  pushing targets (it does not: docs/probes.md, push-targets). It forgives less across the push than the cage
   (``bench/push_styles.py``).
 - ``"grip"``: not a push. The jaw comes down on the cube the way pick_cube's grasp does, closes on it, slides it
   along the table to the mark with its bottom ``GRIP_LIFT`` above the table, opens and rises. The task's success
