@@ -35,6 +35,7 @@ styles = load("push_styles")
 textsep = load("text_separation")
 oracle = load("keyframe_oracle")
 firstplan = load("push_first_plan")
+handoff = load("hand_offset")
 
 
 def expert(n_pre=40, n_post=20):
@@ -735,3 +736,69 @@ def test_past_frames_reports_each_frames_weights_and_the_loss_gap(tmp_path, caps
     assert out["loss"]["max_gap_300"] == 1.0 and out["loss"]["max_gap_1000"] == 1.0
     capsys.readouterr()
     assert past.main([str(base)]) == 2 and "past_frames" in capsys.readouterr().err
+
+
+def test_hand_offset_reads_offsets_in_centimetres_and_puts_no_move_first():
+    assert handoff.parse_offsets("3,0;-3,0") == [(0.0, 0.0), (0.03, 0.0), (-0.03, 0.0)]
+    assert handoff.parse_offsets("0,0;0,2.5") == [(0.0, 0.0), (0.0, 0.025)]
+    for bad in ("3", "3,0,1", "a,b", "nan,0", "3,0;3,0"):
+        with pytest.raises(ValueError):
+            handoff.parse_offsets(bad)
+    # along the object -> goal line and to its left
+    np.testing.assert_allclose(handoff.world_offset(0.03, 0.0, [0.0, 0.0], [0.0, 0.1]), [0.0, 0.03], atol=1e-12)
+    np.testing.assert_allclose(handoff.world_offset(0.0, 0.02, [0.0, 0.0], [0.1, 0.0]), [0.0, 0.02], atol=1e-12)
+
+
+def test_hand_offset_tells_a_plan_that_keeps_to_the_hand_from_one_that_reads_the_scene():
+    """follow is 1 where the plan moves with the hand, 0 where it stays on the scene's path; miss_cm is measured
+    against the expert's targets from the same state."""
+    def row(shift_k1, shift_k2):
+        base = {"offset_cm": [0.0, 0.0], "offset_xy": [0.0, 0.0], "moved_cm": 0.0,
+                "plan_xy": [[0.1, 0.0], [0.2, 0.0]], "expert_xy": [[0.1, 0.0], [0.2, 0.0]]}
+        moved = {"offset_cm": [3.0, 0.0], "offset_xy": [0.03, 0.0], "moved_cm": 3.0,
+                 "plan_xy": [[0.1 + shift_k1, 0.0], [0.2 + shift_k2, 0.0]], "expert_xy": [[0.1, 0.0], [0.2, 0.0]]}
+        return {"offsets": [base, moved]}
+
+    s = handoff.summarise([row(0.03, 0.0), row(0.03, 0.0), row(0.03, 0.01)])
+    assert s["offset_3.0_0.0"]["k1"]["follow_median"] == pytest.approx(1.0)
+    assert s["offset_3.0_0.0"]["k2"]["follow_median"] == pytest.approx(0.0)
+    assert s["offset_3.0_0.0"]["k1"]["miss_cm_median"] == pytest.approx(3.0)
+    assert s["offset_0.0_0.0"]["k1"] == {"compared": 3, "miss_cm_median": 0.0}
+    assert s["offset_3.0_0.0"]["moved_cm_median"] == 3.0
+
+
+def test_hand_offset_moves_the_hand_and_plans_from_the_same_state_for_every_offset(checkpoint, monkeypatch):
+    """On a tiny random checkpoint: each offset starts from the expert's state after --start-step steps (the hand
+    where the expert left it for 0, 0), moves the hand by the offset along the cube -> mark line at its height, and
+    plans once with the same sampler noise; the expert's look-ahead leaves the state as it found it."""
+    from action_images.policy import ActionImagesPolicy
+    from action_images.sim import make_env
+
+    hands, resets = [], []
+    plan, reset = ActionImagesPolicy.plan, ActionImagesPolicy.reset
+    monkeypatch.setattr(ActionImagesPolicy, "plan",
+                        lambda self, obs, cams: hands.append(obs["ee_pose"][:3].copy()) or plan(self, obs, cams))
+    monkeypatch.setattr(ActionImagesPolicy, "reset", lambda self, s=None: resets.append(s) or reset(self, s))
+    rows = handoff.offset_plans(str(checkpoint), 1, 4242, 3, handoff.parse_offsets("2,0;0,-2"), 1, "push_cube")
+    r = rows[0]
+    env = make_env("push_cube", render=False)
+    env.reset(seed=r["seed"])
+    for _ in range(3):
+        env.step(env.expert_action())
+    start = env.arm.tcp_pos()
+    assert len(hands) == 3 and len(set(resets[-3:])) == 1
+    np.testing.assert_allclose(hands[0], start, atol=1e-6)
+    for (along, across), hand, o in zip([(0.02, 0.0), (0.0, -0.02)], hands[1:], r["offsets"][1:]):
+        want = handoff.world_offset(along, across, r["obj_xy"], r["goal_xy"])
+        np.testing.assert_allclose(hand[:2] - start[:2], want, atol=3e-3)
+        assert abs(hand[2] - start[2]) < 3e-3
+        assert o["moved_cm"] == pytest.approx(2.0, abs=0.3)
+        assert len(o["plan_xy"]) == len(o["expert_xy"])
+
+
+def test_hand_offset_refuses_bad_flags_before_loading_anything(capsys):
+    for argv, flag in ((["--offsets", "3"], "--offsets"), (["--offsets", "0,0"], "--offsets"),
+                       (["--start-step", "-1"], "--start-step"), (["--push-style", "x"], "--push-style")):
+        with pytest.raises(SystemExit):
+            handoff.main(["--checkpoint", "no/such/checkpoint", "--json", "unused.json", *argv])
+        assert flag in capsys.readouterr().err
