@@ -8,9 +8,10 @@ the hand moved a few centimetres, against the expert's own targets from there.
 For each episode seed (the scenes ``action-images eval --tasks TASK --rig-distribution train --seed SEED`` builds)
 the scripted expert runs ``--start-step`` steps from the reset, unrendered; there, for each offset (centimetres
 along the line from the object to its goal, and across it to the left; ``bench/push_first_plan.py``'s frame), the
-hand is moved by that much at its height and orientation (at most ``MOVE_STEPS`` control steps toward the moved
-target; ``moved_cm`` records how far it got), and the policy plans once from there (every rig view, the same
-sampler noise for every offset of an episode). The expert, which re-plans from wherever the hand is, gives its
+hand is moved by that much at its height and orientation (``MOVE_STEPS`` control steps toward the moved target, for
+the offset 0, 0 too, which holds the hand where it is, so every plan comes from the same step of the episode;
+``moved_cm`` records how far it got), and the policy plans once from there (every rig view, the same sampler noise
+for every offset of an episode, no resample when the views disagree). The expert, which re-plans from wherever the hand is, gives its
 targets at the keyframe steps of a look-ahead from the same state (``keyframe_oracle.expert_keyframes``), so each
 plan has a label from its own state.
 
@@ -35,8 +36,7 @@ import numpy as np
 from action_images.cliflags import Parser
 from action_images.runfiles import atomic_write_json, probe_command
 
-MOVE_STEPS = 4          # control steps allowed to carry the hand to its displaced place
-MOVE_TOL = 0.005        # ... and how near it must come to stop early (metres)
+MOVE_STEPS = 2          # control steps that carry the hand to its displaced place (a 3 cm move takes one)
 OFFSETS = "0,0;3,0;-3,0;0,3;0,-3"
 
 
@@ -72,14 +72,12 @@ def world_offset(along: float, across: float, obj_xy: np.ndarray, goal_xy: np.nd
 
 
 def move_hand(env, offset_xy: np.ndarray, gripper: float) -> float:
-    """Step the hand toward its place moved by ``offset_xy`` (height and orientation kept), at most ``MOVE_STEPS``
-    steps; returns how far it moved (metres)."""
+    """``MOVE_STEPS`` control steps toward the hand's place moved by ``offset_xy`` (height and orientation kept; a
+    zero offset holds it); returns how far it moved across the table (metres)."""
     start = env.arm.tcp_pos()
     target = start + np.r_[offset_xy, 0.0]
     quat = env.arm.tcp_quat()
     for _ in range(MOVE_STEPS):
-        if np.linalg.norm(env.arm.tcp_pos() - target) <= MOVE_TOL:
-            break
         env.step(np.r_[target, quat, gripper])
     return float(np.linalg.norm(env.arm.tcp_pos()[:2] - start[:2]))
 
@@ -95,10 +93,14 @@ def offset_plans(checkpoint: str, episodes: int, seed: int, start_step: int, off
     obj, goal = firstplan.OBJECTS[task]
     settings = EvalSettings(tasks=(task,), episodes=episodes, seed=seed, rig_distribution="train", rig_views=4,
                             image_size=64, videos=0,
-                            policy=PolicySettings(sampler_steps=sampler_steps, camera_names=("all",)))
+                            policy=PolicySettings(sampler_steps=sampler_steps, camera_names=("all",),
+                                                  max_resamples=0))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         runner = EpisodeRunner.from_checkpoint(checkpoint, Path(tmp), settings)
+        if getattr(runner.policy.model.config, "history", 0):
+            raise SystemExit(f"--checkpoint {checkpoint} reads past frames (train --history); this probe plans from "
+                             "states whose past frames it does not render")
         env, pol = runner.open(task), runner.policy
         if task == "push_cube":
             env.task.style = style
@@ -117,7 +119,7 @@ def offset_plans(checkpoint: str, episodes: int, seed: int, start_step: int, off
             for along, across in offsets:
                 snap.restore(env)
                 off = world_offset(along, across, obj_xy, goal_xy)
-                moved = move_hand(env, off, gripper) if (along, across) != (0.0, 0.0) else 0.0
+                moved = move_hand(env, off, gripper)
                 env.observe_images = True
                 obs = env.observe()
                 env.observe_images = False
@@ -163,7 +165,7 @@ def summarise(rows: list[dict]) -> dict:
             kf = {"compared": len(miss),
                   "miss_cm_median": round(100 * float(np.median(miss)), 2) if miss else None}
             if follow:
-                kf["follow_median"] = round(float(np.median(follow)), 3)
+                kf.update({"follow_compared": len(follow), "follow_median": round(float(np.median(follow)), 3)})
             entry[f"k{j + 1}"] = kf
         out[key] = entry
     return out

@@ -761,6 +761,7 @@ def test_hand_offset_tells_a_plan_that_keeps_to_the_hand_from_one_that_reads_the
 
     s = handoff.summarise([row(0.03, 0.0), row(0.03, 0.0), row(0.03, 0.01)])
     assert s["offset_3.0_0.0"]["k1"]["follow_median"] == pytest.approx(1.0)
+    assert s["offset_3.0_0.0"]["k1"]["follow_compared"] == 3
     assert s["offset_3.0_0.0"]["k2"]["follow_median"] == pytest.approx(0.0)
     assert s["offset_3.0_0.0"]["k1"]["miss_cm_median"] == pytest.approx(3.0)
     assert s["offset_0.0_0.0"]["k1"] == {"compared": 3, "miss_cm_median": 0.0}
@@ -768,29 +769,37 @@ def test_hand_offset_tells_a_plan_that_keeps_to_the_hand_from_one_that_reads_the
 
 
 def test_hand_offset_moves_the_hand_and_plans_from_the_same_state_for_every_offset(checkpoint, monkeypatch):
-    """On a tiny random checkpoint: each offset starts from the expert's state after --start-step steps (the hand
-    where the expert left it for 0, 0), moves the hand by the offset along the cube -> mark line at its height, and
-    plans once with the same sampler noise; the expert's look-ahead leaves the state as it found it."""
+    """On a tiny random checkpoint: each offset starts from the expert's state after --start-step steps, moves the
+    hand by the offset along the cube -> mark line at its height (0, 0 holds it) in the same number of steps, and
+    plans once with the same sampler noise and no resample; the expert's look-ahead and the restore leave every
+    offset's start as it was, so a second run plans the same keyframes."""
     from action_images.policy import ActionImagesPolicy
     from action_images.sim import make_env
 
-    hands, resets = [], []
-    plan, reset = ActionImagesPolicy.plan, ActionImagesPolicy.reset
-    monkeypatch.setattr(ActionImagesPolicy, "plan",
-                        lambda self, obs, cams: hands.append(obs["ee_pose"][:3].copy()) or plan(self, obs, cams))
-    monkeypatch.setattr(ActionImagesPolicy, "reset", lambda self, s=None: resets.append(s) or reset(self, s))
-    rows = handoff.offset_plans(str(checkpoint), 1, 4242, 3, handoff.parse_offsets("2,0;0,-2"), 1, "push_cube")
+    seen = []
+    plan = ActionImagesPolicy.plan
+
+    def noting_plan(self, obs, cams):
+        seen.append((obs["ee_pose"][:3].copy(), self.max_resamples))
+        return plan(self, obs, cams)
+
+    monkeypatch.setattr(ActionImagesPolicy, "plan", noting_plan)
+    offsets = handoff.parse_offsets("2,0;0,-2")
+    rows = handoff.offset_plans(str(checkpoint), 1, 4242, 3, offsets, 1, "push_cube")
+    again = handoff.offset_plans(str(checkpoint), 1, 4242, 3, offsets, 1, "push_cube")
     r = rows[0]
+    assert [o["plan_xy"] for o in r["offsets"]] == [o["plan_xy"] for o in again[0]["offsets"]]
     env = make_env("push_cube", render=False)
     env.reset(seed=r["seed"])
     for _ in range(3):
         env.step(env.expert_action())
     start = env.arm.tcp_pos()
-    assert len(hands) == 3 and len(set(resets[-3:])) == 1
-    np.testing.assert_allclose(hands[0], start, atol=1e-6)
+    hands = [h for h, _ in seen[:3]]
+    assert len(seen) == 6 and {m for _, m in seen} == {0}
+    np.testing.assert_allclose(hands[0], start, atol=3e-3)            # held where the expert left it
     for (along, across), hand, o in zip([(0.02, 0.0), (0.0, -0.02)], hands[1:], r["offsets"][1:]):
         want = handoff.world_offset(along, across, r["obj_xy"], r["goal_xy"])
-        np.testing.assert_allclose(hand[:2] - start[:2], want, atol=3e-3)
+        np.testing.assert_allclose(hand[:2] - hands[0][:2], want, atol=3e-3)
         assert abs(hand[2] - start[2]) < 3e-3
         assert o["moved_cm"] == pytest.approx(2.0, abs=0.3)
         assert len(o["plan_xy"]) == len(o["expert_xy"])
@@ -802,3 +811,19 @@ def test_hand_offset_refuses_bad_flags_before_loading_anything(capsys):
         with pytest.raises(SystemExit):
             handoff.main(["--checkpoint", "no/such/checkpoint", "--json", "unused.json", *argv])
         assert flag in capsys.readouterr().err
+
+
+def test_hand_offset_refuses_a_model_that_reads_past_frames(tmp_path):
+    """The probe renders only the state it plans from, so a model with past frames would plan on frames it never
+    saw: refused by name before any episode runs."""
+    import torch
+
+    from action_images.wam import WAMConfig, WorldActionModel
+
+    torch.manual_seed(0)
+    path = tmp_path / "hist"
+    cfg = WAMConfig.from_preset("cpu-tiny", camera_names=["left", "right"], history=1)
+    cfg.backbone = {**cfg.backbone, "context_channels": 4}
+    WorldActionModel(cfg).save_pretrained(path)
+    with pytest.raises(SystemExit, match="past frames"):
+        handoff.offset_plans(str(path), 1, 4242, 2, handoff.parse_offsets("2,0"), 1, "push_cube")

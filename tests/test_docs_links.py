@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")     # images' ![alt](file) too
 
 
 def slug(heading: str) -> str:
@@ -71,6 +71,10 @@ def test_slug_follows_github():
     assert slug("Language and guidance (`text.py`)") == "language-and-guidance-textpy"
     assert slug("Two commands") == "two-commands"
     assert slug("A [link](x.md) in it") == "a-link-in-it"
+    assert slug("Its recipe (≤ 60 minutes of training on 2 cores)") == "its-recipe--60-minutes-of-training-on-2-cores"
+    assert slug("The four jobs, open loop (the paper's Tables 4–6)") == "the-four-jobs-open-loop-the-papers-tables-46"
+    assert slug("Every view of the rig at test time (`--policy-cameras all`)") \
+        == "every-view-of-the-rig-at-test-time---policy-cameras-all"
 
 
 def test_repeated_headings_are_numbered(tmp_path):
@@ -83,8 +87,9 @@ def test_broken_links_are_found(tmp_path):
     (tmp_path / "other.md").write_text("## Real heading\n")
     page = tmp_path / "p.md"
     page.write_text("[ok](other.md#real-heading) [gone](missing.md) [bad](other.md#nope) [self](#top)\n# Top\n"
-                    "`[code](nowhere.md)` [web](https://example.org/x#y)\n```\n[block](nowhere.md)\n```\n")
-    assert [b.split(":")[0] for b in broken(page)] == ["missing.md", "other.md#nope"]
+                    "`[code](nowhere.md)` [web](https://example.org/x#y)\n```\n[block](nowhere.md)\n```\n"
+                    "![figure](img/missing.png)\n")
+    assert [b.split(":")[0] for b in broken(page)] == ["missing.md", "other.md#nope", "img/missing.png"]
 
 
 @pytest.mark.parametrize("path", DOCS, ids=[p.name for p in DOCS])
