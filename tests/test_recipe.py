@@ -482,13 +482,14 @@ def test_the_stack_wait_stage_is_the_shipped_stage_with_stack_demos_collected_ag
                                                 ("push-cage-noise", "data/rig8_push_cage_noise",
                                                  "--action-noise 0.02"),
                                                 ("push-grip", "data/rig8_push_grip", "--push-style grip"),
-                                                ("push-noise", "data/rig8_push_noise", "--action-noise 0.01")])
+                                                ("push-noise", "data/rig8_push_noise", "--action-noise 0.01"),
+                                                ("push-noise2", "data/rig8_push_noise2", "--action-noise 0.02")])
 def test_a_push_probe_stage_is_the_shipped_stage_with_push_demos_collected_again(name, folder, flag):
     """recipes/rig8-ctx-recover-noise-{jaw-back,push-still,push-cage,push-cage-wait,push-cage-slow,push-cage-noise,
-    push-grip,push-noise}.json: the shipped second stage with data/rig8's push_cube demos left out and demos from
-    data/rig8's collect seed (2000) collected again with one collect flag (push-cage-noise: the cage with noise on the
-    executed targets, push-noise: the jaw with the noise of the stage's grasping demos; with noise a few scenes fail
-    and the next attempts' take their places)."""
+    push-grip,push-noise,push-noise2}.json: the shipped second stage with data/rig8's push_cube demos left out and
+    demos from data/rig8's collect seed (2000) collected again with one collect flag (push-cage-noise: the cage with
+    noise on the executed targets; push-noise: the jaw with the noise of the stage's grasping demos, push-noise2 with
+    twice its size; with noise a few scenes fail and the next attempts' take their places)."""
     shipped = json.loads(STAGE2.read_text())
     back = json.loads((ROOT / "recipes" / f"rig8-ctx-recover-noise-{name}.json").read_text())
     assert back["data"].pop("data") == shipped["data"].pop("data") + [folder]
@@ -496,9 +497,10 @@ def test_a_push_probe_stage_is_the_shipped_stage_with_push_demos_collected_again
     assert flag + " " in back["comment"] and "--seed 2000" in back["comment"] and f"--out {folder}" in back["comment"]
     if name == "push-cage-noise":
         assert "--push-style cage " in back["comment"]
-    if name == "push-noise":        # the noise of the stage's own grasping demos
+    if name.startswith("push-noise"):   # the noise of the stage's own grasping demos, push-noise2 twice its size
         collect = shipped["data"]["collect"]
-        assert f"--action-noise {collect['action_noise']} " in back["comment"]
+        size = collect["action_noise"] * (2 if name == "push-noise2" else 1)
+        assert f"--action-noise {size} " in back["comment"]
         assert f"--action-noise-prob {collect['action_noise_prob']} " in back["comment"]
     rig8 = json.loads(RECIPE.read_text())["data"]["collect"]
     assert rig8["seed"] == 2000 and rig8["hold_steps"] == 10 and rig8["rig_views"] == 4
