@@ -286,35 +286,23 @@ OTHER_SUITE = argparse.Namespace(name="metaworld", hand_cameras=(), max_rig_view
                                  camera_rig_files=False)
 
 
-def test_push_style_is_recorded_and_must_match_on_resume(tmp_path, capsys):
-    """--push-style: recorded in meta/collect.json (jaw by default), a resume with another style is refused, another
-    suite refuses it in one line, and a collection without push_cube says the flag changes nothing."""
+@pytest.mark.parametrize("flag, key, default, other, task", [("--push-style", "push_style", "jaw", "palm", "push_cube"),
+                                                          ("--stack-sizes", "stack_sizes", "fixed", "equal",
+                                                           "stack_cube")])
+def test_a_task_flag_is_recorded_and_must_match_on_resume(tmp_path, capsys, flag, key, default, other, task):
+    """--push-style, --stack-sizes: recorded in meta/collect.json (the task's own by default), a resume with another
+    value is refused, another suite refuses the flag in one line, and a collection without its task says the flag
+    changes nothing."""
     argv = ("--tasks", "push_fake", "--episodes", "1")
     assert collect.run(args_for(tmp_path / "a", *argv)) == 0
-    assert json.loads((tmp_path / "a" / "meta/collect.json").read_text())["config"]["push_style"] == "jaw"
-    assert collect.run(args_for(tmp_path / "p", *argv, "--push-style", "palm")) == 0
-    assert json.loads((tmp_path / "p" / "meta/collect.json").read_text())["config"]["push_style"] == "palm"
-    assert "changes push_cube's expert only; push_cube is not among --tasks" in capsys.readouterr().err
+    assert json.loads((tmp_path / "a" / "meta/collect.json").read_text())["config"][key] == default
+    assert collect.run(args_for(tmp_path / "p", *argv, flag, other)) == 0
+    assert json.loads((tmp_path / "p" / "meta/collect.json").read_text())["config"][key] == other
+    assert f"{task} is not among --tasks" in capsys.readouterr().err
     assert collect.run(args_for(tmp_path / "p", *argv[:2], "--episodes", "2", "--resume")) == 2
-    assert "push_style: was 'palm', now 'jaw'" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="--push-style is not supported with --suite"):
-        collect.check_args(args_for(tmp_path / "m", *argv, "--push-style", "palm"), fake.TASKS, tuple(fake.EYES),
-                           suite=OTHER_SUITE)
-
-
-def test_stack_sizes_is_recorded_and_must_match_on_resume(tmp_path, capsys):
-    """--stack-sizes: recorded in meta/collect.json (fixed by default), a resume with other sizes is refused, another
-    suite refuses it in one line, and a collection without stack_cube says the flag changes nothing."""
-    argv = ("--tasks", "push_fake", "--episodes", "1")
-    assert collect.run(args_for(tmp_path / "a", *argv)) == 0
-    assert json.loads((tmp_path / "a" / "meta/collect.json").read_text())["config"]["stack_sizes"] == "fixed"
-    assert collect.run(args_for(tmp_path / "e", *argv, "--stack-sizes", "equal")) == 0
-    assert json.loads((tmp_path / "e" / "meta/collect.json").read_text())["config"]["stack_sizes"] == "equal"
-    assert "changes stack_cube's scenes only; stack_cube is not among --tasks" in capsys.readouterr().err
-    assert collect.run(args_for(tmp_path / "e", *argv[:2], "--episodes", "2", "--resume")) == 2
-    assert "stack_sizes: was 'equal', now 'fixed'" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="--stack-sizes is not supported with --suite"):
-        collect.check_args(args_for(tmp_path / "m", *argv, "--stack-sizes", "equal"), fake.TASKS, tuple(fake.EYES),
+    assert f"{key}: was '{other}', now '{default}'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=f"{flag} is not supported with --suite"):
+        collect.check_args(args_for(tmp_path / "m", *argv, flag, other), fake.TASKS, tuple(fake.EYES),
                            suite=OTHER_SUITE)
 
 
