@@ -15,6 +15,13 @@ for every offset of an episode, no resample when the views disagree). The expert
 targets at the keyframe steps of a look-ahead from the same state (``keyframe_oracle.expert_keyframes``), so each
 plan has a label from its own state.
 
+``--move-in`` says which input carries the move: ``both`` (the default: the hand is moved, so the frames show it
+there and the current action image is drawn there), ``frames`` (the frames of the moved hand, the action image drawn
+at the undisplaced hand) or ``drawing`` (the frames of the undisplaced hand, the action image drawn at the moved
+one; the expert's targets are then those from the undisplaced state, where the hand really is). Both the frames and
+the drawing are what the policy would see of a real state; the two partial moves tell which of them the plans keep
+to.
+
 ``follow``: per keyframe, the share of the hand's displacement the plans take with them (the shift of keyframe k
 between the displaced and the undisplaced plan, projected on the displacement, over its length; median over
 episodes): 1 for a policy that keeps to where the hand is, 0 for one that goes where the scene says. The expert
@@ -38,6 +45,7 @@ from action_images.runfiles import atomic_write_json, probe_command
 
 MOVE_STEPS = 2          # control steps that carry the hand to its displaced place (a 3 cm move takes one)
 OFFSETS = "0,0;3,0;-3,0;0,3;0,-3"
+MOVE_IN = ("both", "frames", "drawing")
 
 
 def _bench(name: str):
@@ -83,8 +91,11 @@ def move_hand(env, offset_xy: np.ndarray, gripper: float) -> float:
 
 
 def offset_plans(checkpoint: str, episodes: int, seed: int, start_step: int, offsets, sampler_steps: int,
-                 task: str, style: str = "jaw") -> list[dict]:
-    """Per episode and offset: the plan's keyframes and the expert's targets from the displaced state."""
+                 task: str, style: str = "jaw", move_in: str = "both") -> list[dict]:
+    """Per episode and offset: the plan's keyframes and the expert's targets from the state the hand is in
+    (``move_in``: which input shows the move, module docstring)."""
+    if move_in not in MOVE_IN:
+        raise ValueError(f"move_in must be one of {MOVE_IN}; got {move_in!r}")
     from action_images.eval_settings import EvalSettings
     from action_images.policy import PolicySettings
     from action_images.rollout import EpisodeRunner
@@ -115,14 +126,21 @@ def offset_plans(checkpoint: str, episodes: int, seed: int, start_step: int, off
             gripper = float(a[7]) if a is not None else float(env.expert_action()[7])
             snap = oracle.Snapshot(env)
             obj_xy, goal_xy = env.task.body_pos(obj)[:2].copy(), env.task.body_pos(goal)[:2].copy()
-            per = []
-            for along, across in offsets:
+            per, still = [], None
+            for along, across in offsets:              # (0, 0) first: the undisplaced state
                 snap.restore(env)
                 off = world_offset(along, across, obj_xy, goal_xy)
                 moved = move_hand(env, off, gripper)
                 env.observe_images = True
                 obs = env.observe()
                 env.observe_images = False
+                if still is None:
+                    still = (obs, oracle.Snapshot(env))
+                if move_in == "frames":                # the moved hand's frames, the still hand drawn
+                    obs = {**obs, "ee_pose": still[0]["ee_pose"]}
+                elif move_in == "drawing":             # the still hand's frames and state, the moved hand drawn
+                    obs = {**still[0], "ee_pose": obs["ee_pose"]}
+                    still[1].restore(env)
                 pol.reset(s)                            # the same sampler noise for every offset
                 ch = pol.plan(obs, env.cameras)
                 labels, _ = oracle.expert_keyframes(env, pol.horizon, pol.stride, pol.execute_k)
@@ -184,6 +202,9 @@ def main(argv=None) -> int:
                    help=f"'along,across;...' in cm, along the object -> goal line and across it (default {OFFSETS})")
     p.add_argument("--sampler-steps", type=int, default=3)
     p.add_argument("--push-style", default="jaw", help="push_cube's expert style (that of the checkpoint's demos)")
+    p.add_argument("--move-in", default="both", choices=MOVE_IN,
+                   help="the input that shows the move: both (the hand is moved), frames (the action image drawn at "
+                        "the undisplaced hand) or drawing (the frames of the undisplaced hand)")
     p.add_argument("--json", required=True)
     a = p.parse_args(argv)
     t0 = time.perf_counter()
@@ -201,10 +222,10 @@ def main(argv=None) -> int:
     if a.push_style not in STYLES:
         p.error(f"--push-style: choose from {','.join(STYLES)}")
     rows = offset_plans(a.checkpoint, a.episodes, a.seed, a.start_step, offsets, a.sampler_steps, a.task,
-                        a.push_style)
+                        a.push_style, a.move_in)
     res = {"command": probe_command(__file__, argv), "checkpoint": a.checkpoint, "task": a.task, "seed": a.seed,
            "episodes": a.episodes, "start_step": a.start_step, "sampler_steps": a.sampler_steps,
-           "push_style": a.push_style, "summary": summarise(rows), "episodes_detail": rows,
+           "push_style": a.push_style, "move_in": a.move_in, "summary": summarise(rows), "episodes_detail": rows,
            "wall_s": round(time.perf_counter() - t0, 1)}
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(a.json, res)

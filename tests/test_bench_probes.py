@@ -805,8 +805,39 @@ def test_hand_offset_moves_the_hand_and_plans_from_the_same_state_for_every_offs
         assert len(o["plan_xy"]) == len(o["expert_xy"])
 
 
+@pytest.mark.parametrize("move_in", ["frames", "drawing"])
+def test_hand_offset_moves_the_hand_in_one_input_only(checkpoint, monkeypatch, move_in):
+    """--move-in frames: every plan is drawn at the undisplaced hand while its frames show the moved one; --move-in
+    drawing: every plan sees the undisplaced hand's frames with the moved hand drawn, and the expert's targets are
+    those of the undisplaced state, where the hand is."""
+    from action_images.policy import ActionImagesPolicy
+
+    seen = []
+    plan = ActionImagesPolicy.plan
+
+    def noting_plan(self, obs, cams):
+        seen.append((obs["ee_pose"][:3].copy(), {k: v.copy() for k, v in obs["images"].items()}))
+        return plan(self, obs, cams)
+
+    monkeypatch.setattr(ActionImagesPolicy, "plan", noting_plan)
+    offsets = handoff.parse_offsets("2,0;0,-2")
+    rows = handoff.offset_plans(str(checkpoint), 1, 4242, 3, offsets, 1, "push_cube", move_in=move_in)
+    drawn = [p for p, _ in seen]
+    frames = [next(iter(im.values())) for _, im in seen]
+    if move_in == "frames":
+        assert all(np.array_equal(d, drawn[0]) for d in drawn[1:])
+        assert not any(np.array_equal(f, frames[0]) for f in frames[1:])
+    else:
+        assert all(np.array_equal(f, frames[0]) for f in frames[1:])
+        assert all(np.linalg.norm(d[:2] - drawn[0][:2]) > 0.015 for d in drawn[1:])
+        assert all(o["expert_xy"] == rows[0]["offsets"][0]["expert_xy"] for o in rows[0]["offsets"][1:])
+    with pytest.raises(ValueError, match="move_in"):
+        handoff.offset_plans(str(checkpoint), 1, 4242, 3, offsets, 1, "push_cube", move_in="hand")
+
+
 def test_hand_offset_refuses_bad_flags_before_loading_anything(capsys):
-    for argv, flag in ((["--offsets", "3"], "--offsets"), (["--offsets", "0,0"], "--offsets"),
+    for argv, flag in ((["--move-in", "hand"], "--move-in"), (["--offsets", "3"], "--offsets"),
+                       (["--offsets", "0,0"], "--offsets"),
                        (["--start-step", "-1"], "--start-step"), (["--push-style", "x"], "--push-style")):
         with pytest.raises(SystemExit):
             handoff.main(["--checkpoint", "no/such/checkpoint", "--json", "unused.json", *argv])

@@ -555,3 +555,30 @@ def test_history_needs_the_context_encoder():
     cfg.history_gap, cfg.backbone = 4, {**cfg.backbone, "context_history": 1}   # set from history, not by hand
     with pytest.raises(ValueError, match="context_history"):
         cfg.validate()
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_a_moved_current_action_image_replaces_the_given_frame_0_only(task, monkeypatch):
+    """``act_in0`` (training windows with data.current_noise) is what the network is given as frame 0's action
+    image wherever the job gives it (and the clean-clip prediction is made relative to it); where the job generates
+    frame 0's action (the labeler) or leaves it out (video), the input is as without it, and the loss target is
+    always the batch's ``act``."""
+    m = tiny()
+    b = batch(m.config)
+    moved = torch.rand(b["act"][:, :, 0].shape, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    seen = []
+    predict = WorldActionModel.predict_x0
+
+    def noting(self, x_in, *args, **kw):
+        seen.append(x_in.clone())
+        return predict(self, x_in, *args, **kw)
+
+    monkeypatch.setattr(WorldActionModel, "predict_x0", noting)
+    m(b, generator=torch.Generator().manual_seed(0), tasks=[task] * 2)
+    m({**b, "act_in0": moved}, generator=torch.Generator().manual_seed(0), tasks=[task] * 2)
+    plain, given = seen
+    assert torch.equal(plain[:, :, 1:], given[:, :, 1:]) and torch.equal(plain[:, :, 0, :3], given[:, :, 0, :3])
+    if TASKS[task]["act"][0] == GIVEN:      # the action stream's frame 0 is given
+        assert torch.equal(given[:, :, 0, 3:], moved) and torch.equal(plain[:, :, 0, 3:], b["act"][:, :, 0])
+    else:
+        assert torch.equal(given[:, :, 0, 3:], plain[:, :, 0, 3:])

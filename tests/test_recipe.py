@@ -248,6 +248,38 @@ def test_action_loss_weight_reaches_the_model_config_and_is_checked():
         recipe.from_args(parse("--action-loss-weight", "0"))
 
 
+def test_current_noise_is_checked_and_reaches_the_windows(tmp_path, monkeypatch, capsys):
+    """--current-noise σ (m) and --current-noise-prob reach the training windows (build_dataset); a negative σ or a
+    share above 1 exits 2 naming the flag; a baseline, which draws no action image, or a latent preset refuse it."""
+    r = recipe.from_args(parse("--preset", "cpu-tiny", "--data", "synthetic:2", "--current-noise", "0.02",
+                               "--current-noise-prob", "0.25"))
+    ds = train.build_dataset(r, train.build_config(r))
+    assert (ds.cfg.current_noise, ds.cfg.current_noise_prob) == (0.02, 0.25) and "act_in0" in ds[0]
+    plain = recipe.from_args(parse("--preset", "cpu-tiny", "--data", "synthetic:2"))
+    assert "act_in0" not in train.build_dataset(plain, train.build_config(plain))[0]
+    for argv, message in ((["--current-noise", "-0.01"], "--current-noise: -0.01 is outside"),
+                          (["--current-noise-prob", "1.5"], "--current-noise-prob: 1.5 is outside")):
+        args = parse("--data", "synthetic", "--steps", "1", *argv)
+        args.out = str(tmp_path / "run")
+        assert train.run(args) == 2
+        assert message in capsys.readouterr().err and not (tmp_path / "run").exists()
+    with pytest.raises(ValueError, match="data.current_noise .* 'bc' has none"):
+        recipe.from_args(parse("--method", "bc", "--data", "synthetic:2", "--current-noise", "0.02"))
+    latent = recipe.from_args(parse("--preset", "wan-tiny-latent", "--data", "synthetic:2", "--current-noise", "0.02"))
+    with pytest.raises(ValueError, match="--current-noise: .*latent"):
+        train.build_dataset(latent, train.build_config(latent))
+
+
+def test_the_current_noise_stage_differs_from_the_shipped_stage_in_its_drawn_current_pose_only():
+    """recipes/rig8-ctx-recover-noise-current-noise.json: the shipped second stage with the drawn current pose moved
+    by N(0, 2 cm) per axis in half of the training windows; nothing else differs."""
+    shipped = TrainRecipe.load(ROOT / "recipes" / "rig8-ctx-recover-noise-9k.json").to_dict()
+    probe = TrainRecipe.load(ROOT / "recipes" / "rig8-ctx-recover-noise-current-noise.json").to_dict()
+    assert (shipped["data"].pop("current_noise"), probe["data"].pop("current_noise")) == (0.0, 0.02)
+    assert (shipped["data"].pop("current_noise_prob"), probe["data"].pop("current_noise_prob")) == (0.5, 0.5)
+    assert shipped == probe
+
+
 @pytest.mark.parametrize("path", sorted((ROOT / "recipes").glob("*.json")), ids=lambda p: p.stem)
 def test_every_recipe_file_loads_and_validates(path):
     r = TrainRecipe.load(path)

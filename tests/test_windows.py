@@ -197,3 +197,33 @@ def test_exclude_tasks_leaves_out_one_tasks_episodes(tmp_path):
         Windows(roots[:1], cfg, exclude_tasks={roots[1]: ["push"]})
     with pytest.raises(ValueError, match="no extra/task_name"):
         Windows(roots, cfg, exclude_tasks={roots[2]: ["push"]})
+
+
+def test_current_noise_moves_the_drawn_current_pose_only_in_training_windows(lerobot_root):
+    """With ``current_noise`` a training window carries ``act_in0``, frame 0's action image as the model is given it:
+    drawn at the current pose moved by N(0, σ²) per axis in ``current_noise_prob`` of the windows, the targets (``act``,
+    ``poses``) unchanged; drawn from the window's key, so the same key gives the same draw; evaluation windows
+    (``augment=False``) and configs without it carry none."""
+    base = WindowConfig(image_size=32, num_views=2, horizon=2, stride=2)
+    plain = Windows([str(lerobot_root)], base, seed=0)[3]
+    assert "act_in0" not in plain
+    moved = Windows([str(lerobot_root)], replace(base, current_noise=0.03, current_noise_prob=1.0), seed=0)
+    w = moved[3]
+    assert torch.equal(w["act"], plain["act"]) and torch.equal(w["poses"], plain["poses"])   # targets untouched
+    assert w["act_in0"].shape == (2, 3, 32, 32) and not torch.equal(w["act_in0"], w["act"][:, 0])
+    assert torch.equal(moved[3]["act_in0"], w["act_in0"]) and not torch.equal(moved[4]["act_in0"], w["act_in0"])
+    cams = [Camera(K=w["K"][v].numpy(), T_cam_world=w["T_cam_world"][v].numpy(), width=32, height=32)
+            for v in range(2)]
+    codec = ActionImageCodec()
+    drawn = codec.decode(((w["act_in0"].permute(0, 2, 3, 1).numpy() + 1) / 2).astype(np.float32), cams)
+    shift = drawn.poses[0, :3] - w["poses"][0, :3].numpy()
+    assert drawn.valid[0] and 0.002 < np.linalg.norm(shift) < 0.2, shift
+    # the rotation and the gripper are drawn as they are
+    assert abs(drawn.poses[0, 7] - float(w["poses"][0, 7])) < 0.2
+    same = Windows([str(lerobot_root)], replace(base, current_noise=0.03, current_noise_prob=0.0), seed=0)[3]
+    assert torch.equal(same["act_in0"], same["act"][:, 0])
+    d, i = moved.index[0]
+    assert "act_in0" not in moved.window(d, i, 0, np.random.default_rng(0), augment=False)
+    synth = SyntheticWindows(replace(base, current_noise=0.03, current_noise_prob=1.0), seed=0, num_scenes=2)[1]
+    assert synth["act_in0"].shape == (2, 3, 32, 32) and not torch.equal(synth["act_in0"], synth["act"][:, 0])
+    assert collate([w, moved[4]])["act_in0"].shape == (2, 2, 3, 32, 32)

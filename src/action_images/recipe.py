@@ -121,6 +121,12 @@ class DataRecipe:
                                        "which has none (docs/robot.md)")
     collect: dict = _f({}, "how to collect the dataset when it is missing: action-images collect options; with "
                            "several datasets, 'out' names the one it collects (recipe file only)", kind="file_only")
+    current_noise: float = _f(0.0, "wam only: σ (m, per axis) of noise on the current pose drawn as frame 0's given "
+                                    "action image of training windows, in --current-noise-prob of them; the targets "
+                                    "stay the demos', so a plan cannot copy the drawn pose (default 0: off)",
+                              lo=0, hi=1)
+    current_noise_prob: float = _f(0.5, "share of training windows whose drawn current pose carries --current-noise",
+                                   lo=0, hi=1)
     exclude_tasks: dict = _f({}, "episodes to leave out, by the task that collected them: {dataset dir: [task "
                                  "names]}, e.g. a task's demos replaced by another dataset's (recipe file only)",
                              kind="file_only")
@@ -219,6 +225,9 @@ class TrainRecipe:
             if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
                 raise ValueError(f"{source}: data.exclude_tasks[{root!r}]: expected a list of task names; "
                                  f"got {names!r}")
+        if self.data.current_noise and self.model.method != "wam":
+            raise ValueError(f"{source}: data.current_noise draws the world action model's current action image; "
+                             f"model.method {self.model.method!r} has none")
         if self.optim.schedule == "linear" and self.optim.steps is None:
             raise ValueError(f"{source}: optim.schedule 'linear' decays to 0 at optim.steps; set --steps N")
         if self.model.crop == "workspace" and self.model.workspace is None:

@@ -44,6 +44,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -186,7 +187,10 @@ def share_instructions(encoder: Any, texts: list[str], main: bool, world: int, d
 
 
 def build_dataset(r: TrainRecipe, cfg: WAMConfig):
-    wcfg = WindowConfig.from_model(cfg, views=r.data.cameras)
+    wcfg = replace(WindowConfig.from_model(cfg, views=r.data.cameras), current_noise=float(r.data.current_noise),
+                   current_noise_prob=float(r.data.current_noise_prob))
+    if r.data.current_noise and cfg.latent is not None:
+        raise ValueError("--current-noise: draws the current pose as a pixel action image; a latent preset has none")
     data = r.data.data
     if len(data) == 1 and data[0].startswith("synthetic"):
         spec = data[0]

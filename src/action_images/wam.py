@@ -290,6 +290,12 @@ class WorldActionModel(nn.Module):
         eps = torch.randn(x0.shape, generator=generator).to(dev)
         instructions = drop_instructions(batch["instruction"], cfg.p_drop_text if self.training else 0.0, generator)
         x_in = noisy_input(x0, state, t, eps)
+        if "act_in0" in batch:       # training windows whose drawn current pose is moved (WindowConfig.current_noise)
+            if cfg.latent is not None:
+                raise ValueError("act_in0 (data.current_noise) draws pixel action images; a latent model has none")
+            given = channel_state(state[:, :, :1])[:, :, 0, 3:] == GIVEN                # [B, V, 3, 1, 1]
+            x_in = x_in.clone()
+            x_in[:, :, 0, 3:] = torch.where(given, batch["act_in0"].to(x_in), x_in[:, :, 0, 3:])
         text, text_mask = self.encode_text(instructions)
         x0_hat = self.predict_x0(x_in, t, state, plucker, text, text_mask, history=batch.get("history"))
         return masked_loss(x0_hat, x0, x_in, eps, t, state, target=cfg.loss_target, t_eps=cfg.t_eps,

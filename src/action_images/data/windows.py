@@ -40,6 +40,8 @@ class WindowConfig:
     workspace: tuple | None = None                  # ((x, y, z) low, (x, y, z) high) world box of crop="workspace"
     history: int = 0                                # past frames given beside the current one (0: none)
     history_gap: int = 4                            # control steps between the current frame and each past one
+    current_noise: float = 0.0                      # training: σ (m, per axis) on the drawn current pose (0: off)
+    current_noise_prob: float = 0.5                 # share of training windows whose drawn current pose is moved
 
     @classmethod
     def from_model(cls, config: Any, views: Sequence[str] | None = None, num_views: int | None = None
@@ -168,6 +170,20 @@ def finish_window(rgb_u8: np.ndarray | torch.Tensor, cams: Sequence[Camera], pos
             "instruction": instruction, **extra}
 
 
+def noisy_current(poses: np.ndarray, cams: Sequence[Camera], codec: ActionImageCodec, rng: np.random.Generator,
+                  cfg: WindowConfig) -> dict[str, torch.Tensor]:
+    """``{"act_in0": [V, 3, R, R]}`` in [-1, 1]: frame 0's action image as the model is *given* it in training, the
+    current pose's position moved by N(0, σ²) per axis (σ = ``cfg.current_noise``) in ``cfg.current_noise_prob`` of
+    the windows (the others: the true pose). The targets (``act``, ``poses``) keep the true pose, so a network that
+    copies the drawn pose into its plan pays for it; it has to read where the hand is and where it goes from the
+    frames."""
+    pose = np.asarray(poses[0], dtype=np.float64).copy()
+    if rng.random() < cfg.current_noise_prob:
+        pose[:3] += rng.normal(0.0, cfg.current_noise, 3)
+    act = torch.from_numpy(codec.encode(pose, cams)).permute(0, 3, 1, 2) * 2.0 - 1.0    # [V, 3, R, R]
+    return {"act_in0": act.contiguous()}
+
+
 def _task_name(ds: Any, i: int) -> str:
     """The task that collected episode ``i`` (``extra/task_name``); an error naming the dataset where it is missing."""
     name = ds.episode_info(i).get("extra/task_name")
@@ -270,6 +286,8 @@ class Windows(Dataset):
         rgb, extra = torch.stack(frames), {}
         if cfg.history:
             extra["history"] = history_frames(rgb[:, len(times):], cams, ep.states[past], self.codec)
+        if augment and cfg.current_noise > 0:
+            extra.update(noisy_current(poses, cams, self.codec, rng, cfg))
         return finish_window(rgb[:, :len(times)], cams, poses, ep.instruction, self.codec,
                              episode=i, dataset=d, t0=t0, **extra)
 
@@ -382,6 +400,8 @@ class SyntheticWindows(Dataset):
         if cfg.history:
             past = history_times(t0, cfg.history, cfg.history_gap)
             extra["history"] = history_frames(frames_at(past), cams, ep["states"][past], self.codec)
+        if augment and cfg.current_noise > 0:
+            extra.update(noisy_current(poses, cams, self.codec, rng, cfg))
         return finish_window(frames, cams, poses, ep["instruction"], self.codec, episode=scene, dataset=-1, t0=t0,
                              **extra)
 
