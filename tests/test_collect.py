@@ -221,6 +221,75 @@ def test_missed_grasps_is_checked_and_recorded(tmp_path, capsys):
     assert "missed_grasps: was 0.0, now 0.5" in capsys.readouterr().err
 
 
+class SideStepper:
+    """A driving policy for the fake env: the hand 2 cm along +y each step; counts its resets and calls."""
+
+    def __init__(self):
+        self.resets, self.calls = [], 0
+
+    def reset(self, seed):
+        self.resets.append(seed)
+
+    def act(self, obs, cameras):
+        self.calls += 1
+        assert [c.name for c in cameras] == ["front", "top"] and set(obs["images"]) == {"front", "top"}
+        return np.concatenate([obs["ee_pose"][:3] + [0.0, 0.02, 0.0], obs["ee_pose"][3:7], [1.0]])
+
+
+def test_policy_drives_the_first_steps_and_the_expert_labels_every_frame(tmp_path, capsys, monkeypatch):
+    """--policy (DAgger): the checkpoint's policy is reset with each episode's seed and its actions executed until a
+    step drawn per episode in 1..--policy-steps (recorded as extra/takeover), the expert's after; every stored action
+    is the expert's target from the state the frame shows. The draws are the episode's own, so a second run stores
+    the same dataset; a resume must match the policy settings; bad values are refused naming the flag."""
+    from action_images import baselines
+    from action_images.baselines import policy as baseline_policy
+
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "config.json").write_text("{}")
+    drivers = []
+    monkeypatch.setattr(baselines, "load_model", lambda path: ("model", path))
+
+    def make(model, settings, **kw):
+        assert model == ("model", str(tmp_path / "ckpt")) and settings.sampler_steps == 2
+        drivers.append(SideStepper())
+        return drivers[-1]
+
+    monkeypatch.setattr(baseline_policy, "make_policy", make)
+    argv = ("--tasks", "reach_fake", "--episodes", "4", "--policy", str(tmp_path / "ckpt"), "--policy-steps", "3",
+            "--policy-sampler-steps", "2")
+    assert collect.run(args_for(tmp_path / "p", *argv)) == 0
+    assert collect.run(args_for(tmp_path / "q", *argv)) == 0
+    ds = LeRobotDataset(tmp_path / "p")
+    attempts = json.loads((tmp_path / "p" / "meta/collect.json").read_text())["tasks"]["reach_fake"]["attempts"]
+    assert len(drivers[0].resets) == attempts                           # every attempt, failed ones too
+    assert {ds.episode_info(i)["extra/seed"] for i in range(ds.num_episodes)} <= set(drivers[0].resets)
+    driven = 0
+    for i in range(ds.num_episodes):
+        ep, info = ds.episode(i), ds.episode_info(i)
+        k = info["extra/takeover"]
+        assert 1 <= k <= 3
+        np.testing.assert_allclose(ep.actions[:, :3], ep.states[:, :3] + 0.01, atol=1e-6)    # the expert's labels
+        steps = np.diff(ep.states[:, :3], axis=0)
+        n = min(k, len(ep) - 1)
+        np.testing.assert_allclose(steps[:n], np.tile([0.0, 0.02, 0.0], (n, 1)), atol=1e-6)   # the policy's moves
+        np.testing.assert_allclose(steps[n:], 0.01, atol=1e-6)                                # then the expert's
+        driven += n
+        np.testing.assert_array_equal(LeRobotDataset(tmp_path / "q").episode(i).actions, ep.actions)
+    assert driven > 0 and drivers[0].calls >= driven
+    config = json.loads((tmp_path / "p" / "meta/collect.json").read_text())["config"]
+    assert (config["policy"], config["policy_steps"], config["policy_sampler_steps"]) == (
+        str((tmp_path / "ckpt").resolve()), 3, 2)
+    assert collect.run(args_for(tmp_path / "p", "--tasks", "reach_fake", "--episodes", "5", "--resume")) == 2
+    assert "policy: was" in capsys.readouterr().err
+    for flag, value in (("--policy-steps", "0"), ("--policy-sampler-steps", "0"), ("--policy-sampler-steps", "99"),
+                        ("--policy", str(tmp_path / "nothing"))):
+        extra = () if flag == "--policy" else ("--policy", str(tmp_path / "ckpt"))
+        assert collect.run(args_for(tmp_path / "bad", "--tasks", "reach_fake", *extra, flag, value)) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and flag in err[0], err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_bad_arguments(tmp_path, capsys):
     assert collect.run(args_for(tmp_path / "d", "--tasks", "nope")) == 2
     assert "choose from" in capsys.readouterr().err
@@ -268,6 +337,18 @@ def test_real_sim_smoke(tmp_path, monkeypatch):
     ep = ds.episode(0)
     assert ep.images["front"].shape == (len(ep), 32, 32, 3) and ep.actions.shape == (len(ep), 8)
     assert ds.cameras["front"].width == 32
+
+
+def test_real_sim_policy_drives_then_the_expert_finishes(tmp_path, monkeypatch, checkpoint):
+    """--policy with a real (tiny, random) checkpoint on the real simulator: it drives the first step or two, the
+    expert takes over and solves reach_target, and the episode is stored with its takeover step."""
+    out = tmp_path / "dagger"
+    assert collect_real(monkeypatch, out, "--tasks", "reach_target", "--episodes", "1", "--image-size", "32",
+                        "--max-attempts", "3", "--policy", str(checkpoint), "--policy-steps", "2",
+                        "--policy-sampler-steps", "1") == 0
+    ds = LeRobotDataset(out)
+    assert ds.num_episodes == 1 and ds.episode_info(0)["extra/takeover"] in (1, 2)
+    assert ds.episode_info(0)["extra/success"] is True
 
 
 def test_real_sim_missed_grasps_are_stored(tmp_path, monkeypatch):

@@ -303,10 +303,13 @@ def test_collect_refuses_bad_metaworld_flags(tmp_path, capsys):
     assert collect_main("--suite", "metaworld", "--tasks", "reach-v3", "--missed-grasps", "0.5",
                         "--out", str(tmp_path / "e")) == 2
     assert "--missed-grasps is not supported with --suite metaworld" in capsys.readouterr().err
+    assert collect_main("--suite", "metaworld", "--tasks", "reach-v3", "--policy", "checkpoints/any",
+                        "--out", str(tmp_path / "f")) == 2
+    assert "--policy is not supported with --suite metaworld" in capsys.readouterr().err
     assert collect_main("--suite", "metaworld", "--tasks", "reach-v3", "--cameras", "front",
                         "--out", str(tmp_path / "d")) == 2
     assert "--cameras" in capsys.readouterr().err
-    assert not any((tmp_path / d).exists() for d in "abcd")
+    assert not any((tmp_path / d).exists() for d in "abcdef")
 
 
 def test_eval_settings_for_the_suite():

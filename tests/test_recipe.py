@@ -280,6 +280,20 @@ def test_the_current_noise_stage_differs_from_the_shipped_stage_in_its_drawn_cur
     assert shipped == probe
 
 
+def test_the_dagger_stage_is_the_shipped_stage_with_policy_driven_demos_added():
+    """recipes/rig8-ctx-recover-noise-dagger.json: the shipped second stage with data/rig8_dagger added, push_cube and
+    stack_cube demos whose first steps the shipped checkpoint drives (its comment holds the collect command, new
+    scenes); nothing else differs."""
+    shipped = json.loads(STAGE2.read_text())
+    probe = json.loads((ROOT / "recipes" / "rig8-ctx-recover-noise-dagger.json").read_text())
+    assert probe["data"].pop("data") == shipped["data"].pop("data") + ["data/rig8_dagger"]
+    for part in ("--policy checkpoints/rig8-ctx-recover-noise-9k ", "--policy-steps 40", "--seed 8000",
+                 "--tasks push_cube,stack_cube", "--out data/rig8_dagger"):
+        assert part in probe["comment"], part
+    shipped.pop("comment"), probe.pop("comment")
+    assert shipped == probe
+
+
 @pytest.mark.parametrize("path", sorted((ROOT / "recipes").glob("*.json")), ids=lambda p: p.stem)
 def test_every_recipe_file_loads_and_validates(path):
     r = TrainRecipe.load(path)

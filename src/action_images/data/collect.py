@@ -35,7 +35,8 @@ DEFAULT_CAMERAS = "front,left,right,top"
 # settings that must match to continue a run with --resume
 RESUME_KEYS = ("suite", "seed", "cameras", "image_size", "perturb_cameras", "keep_failed", "hold_steps",
                "hold_action", "random_rig", "rig_views", "camera_rig", "action_noise", "action_noise_prob",
-               "missed_grasps", "push_style", "grasp_wait", "stack_sizes")
+               "missed_grasps", "push_style", "grasp_wait", "stack_sizes", "policy", "policy_steps",
+               "policy_sampler_steps")
 RIG_SPLITS = ("train", "heldout")
 HOLD_ACTIONS = ("expert", "still")
 
@@ -52,6 +53,8 @@ ACTION_NOISE_RANGE = (0.0, 0.05)
 MISS_DISTANCE = (0.035, 0.05)
 # --grasp-wait: extra control steps the closed jaw holds still before the lift (the close itself takes 3)
 GRASP_WAIT_RANGE = (0, 20)
+# --policy-sampler-steps: the driving policy's sampler steps (what evaluations use: 3 to 6)
+POLICY_SAMPLER_STEPS_RANGE = (1, 50)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -128,6 +131,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"control steps the grasping experts (pick_cube, place_in_bin, stack_cube, push_cube's grip) "
                         f"hold the closed jaw still on the cube before they lift or slide it, beyond the 3 the close "
                         f"takes, in {GRASP_WAIT_RANGE[0]}..{GRASP_WAIT_RANGE[1]} (default 0); docs/dataset.md")
+    p.add_argument("--policy", default=None,
+                   help="DAgger: a policy checkpoint (world action model or baseline) drives each episode from the reset, seeing every "
+                        "collected view, until a step drawn per episode (uniformly in 1..--policy-steps, from the "
+                        "episode seed); the expert takes over from there. Every frame stores the expert's own target "
+                        "from the state it shows, so the demos label the states the policy leads to (built-in sim "
+                        "only; default: the expert drives)")
+    p.add_argument("--policy-steps", type=int, default=40,
+                   help="--policy: the most control steps the policy drives an episode, >= 1 (default 40)")
+    p.add_argument("--policy-sampler-steps", type=int, default=3,
+                   help=f"--policy: its sampler steps, {POLICY_SAMPLER_STEPS_RANGE[0]}..{POLICY_SAMPLER_STEPS_RANGE[1]} "
+                        "(default 3)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
 
 
@@ -146,6 +160,11 @@ def _grasps(task: str) -> bool:
 def miss_rng(seed: int) -> np.random.Generator:
     """The missed-grasp stream of the episode with this seed (its own stream, like :func:`noise_rng`)."""
     return np.random.default_rng([int(seed), 0x6D697373])
+
+
+def takeover_rng(seed: int) -> np.random.Generator:
+    """The ``--policy`` takeover stream of the episode with this seed (its own stream, like :func:`noise_rng`)."""
+    return np.random.default_rng([int(seed), 0x74616B65])
 
 
 def episode_seed(base_seed: int, task: str, attempt: int) -> int:
@@ -183,7 +202,7 @@ class Recorded:
 
 def run_episode(env: Any, seed: int, camera_names: list[str], hold_steps: int = 0,
                 hold_action: str = "expert", action_noise: float = 0.0, action_noise_prob: float = 0.5,
-                missed_grasps: float = 0.0) -> Recorded:
+                missed_grasps: float = 0.0, driver: Any = None, takeover: int = 0) -> Recorded:
     """Roll the expert out from ``reset(seed)``; frame t = (images_t, ee_pose_t, calibration_t, expert action_t).
 
     The episode ends at success (or the task's step limit); with ``hold_steps`` > 0 it goes on for that many more
@@ -195,11 +214,15 @@ def run_episode(env: Any, seed: int, camera_names: list[str], hold_steps: int = 
     episodes (``miss_rng(seed)``) plants a miss in the expert's first grasp (``Task.grasp_miss``, a distance drawn
     from ``MISS_DISTANCE`` with a random sign); the frames store :meth:`Task.expert_label`, the undisplaced target,
     so the demo shows the jaw closing beside the cube, then the expert's own recovery. Tasks whose expert does not
-    grasp (``Task.grasps``) get no miss."""
+    grasp (``Task.grasps``) get no miss. With a ``driver`` (a policy: ``reset(seed)``, ``act(obs, cameras)``), its
+    actions are executed for the first ``takeover`` steps before success, the expert's after; the frames store the
+    expert's targets throughout (the expert is asked at every step, so it follows the state the driver leads to)."""
     if hold_action not in HOLD_ACTIONS:
         raise ValueError(f"hold_action must be one of {HOLD_ACTIONS}; got {hold_action!r}")
     rng = noise_rng(seed) if action_noise > 0 else None
     obs, info = env.reset(seed=seed)
+    if driver is not None:
+        driver.reset(seed)
     miss = None
     if missed_grasps > 0 and getattr(getattr(env, "task", None), "grasps", False):
         mrng = miss_rng(seed)
@@ -213,7 +236,7 @@ def run_episode(env: Any, seed: int, camera_names: list[str], hold_steps: int = 
     success = bool(info.get("success", False))
     held = 0
     still: np.ndarray | None = None
-    for _ in range(int(env.max_steps) + int(hold_steps)):
+    for step in range(int(env.max_steps) + int(hold_steps)):
         for c in camera_names:
             imgs[c].append(np.array(obs["images"][c], dtype=np.uint8, copy=True))
         for c, cam in zip(camera_names, env.cameras):
@@ -230,6 +253,8 @@ def run_episode(env: Any, seed: int, camera_names: list[str], hold_steps: int = 
         if miss is not None and not success:          # the miss is executed, the undisplaced target is stored
             a = np.asarray(env.task.expert_label(env), dtype=np.float64).copy()
         actions.append(a)
+        if driver is not None and step < takeover and not success:
+            executed = np.asarray(driver.act(obs, env.cameras), dtype=np.float64)
         if rng is not None and not success:
             kick, offset = rng.uniform() < action_noise_prob, rng.normal(0.0, action_noise, 3)
             if kick:
@@ -323,6 +348,11 @@ def check_args(args: argparse.Namespace, all_tasks: tuple[str, ...],
     if suite is not None and args.stack_sizes != "fixed":
         raise ValueError(f"--stack-sizes is not supported with --suite {suite.name}: it sizes the built-in "
                          "stack_cube's cubes")
+    if suite is not None and args.policy:
+        raise ValueError(f"--policy is not supported with --suite {suite.name}: it is asked for the built-in "
+                         "experts' labels at the states the policy leads to")
+    if args.policy and not (Path(args.policy) / "config.json").is_file():
+        raise ValueError(f"--policy: {args.policy} is not a checkpoint folder (no config.json)")
     if suite is not None and args.camera_rig and not suite.camera_rig_files:
         raise ValueError(f"--camera-rig is not supported with --suite {suite.name}; use --rig-distribution")
     if args.random_rig_deprecated is not None:
@@ -352,7 +382,9 @@ def check_args(args: argparse.Namespace, all_tasks: tuple[str, ...],
               ("--seed", args.seed, 0, None), ("--hold-steps", args.hold_steps, 0, None),
               ("--video-crf", args.video_crf, *CRF_RANGE), ("--action-noise", args.action_noise, *ACTION_NOISE_RANGE),
               ("--action-noise-prob", args.action_noise_prob, 0.0, 1.0),
-              ("--missed-grasps", args.missed_grasps, 0.0, 1.0), ("--grasp-wait", args.grasp_wait, *GRASP_WAIT_RANGE)]
+              ("--missed-grasps", args.missed_grasps, 0.0, 1.0), ("--grasp-wait", args.grasp_wait, *GRASP_WAIT_RANGE),
+              ("--policy-steps", args.policy_steps, 1, None),
+              ("--policy-sampler-steps", args.policy_sampler_steps, *POLICY_SAMPLER_STEPS_RANGE)]
     if args.max_attempts is not None:
         checks.append(("--max-attempts", args.max_attempts, 1, None))
     for flag, value, lo, hi in checks:
@@ -417,7 +449,10 @@ def run(args: argparse.Namespace) -> int:
               "action_noise": float(args.action_noise),
               "action_noise_prob": float(args.action_noise_prob) if args.action_noise > 0 else None,
               "missed_grasps": float(args.missed_grasps), "push_style": args.push_style,
-              "grasp_wait": int(args.grasp_wait), "stack_sizes": args.stack_sizes}
+              "grasp_wait": int(args.grasp_wait), "stack_sizes": args.stack_sizes,
+              "policy": str(Path(args.policy).resolve()) if args.policy else None,
+              "policy_steps": int(args.policy_steps) if args.policy else None,
+              "policy_sampler_steps": int(args.policy_sampler_steps) if args.policy else None}
     if (out / INFO_PATH).exists():
         if not args.resume:
             return _fail(f"{out} already holds a dataset; pass --resume to continue it or choose another --out")
@@ -430,7 +465,8 @@ def run(args: argparse.Namespace) -> int:
         # datasets from before these flags had none of them
         before = {"suite": "sim", "hold_steps": 0, "hold_action": "expert", "random_rig": None, "rig_views": None,
                   "camera_rig": None, "action_noise": 0.0, "action_noise_prob": None, "missed_grasps": 0.0,
-                  "push_style": "jaw", "grasp_wait": 0, "stack_sizes": "fixed", **prev.get("config", {})}
+                  "push_style": "jaw", "grasp_wait": 0, "stack_sizes": "fixed", "policy": None, "policy_steps": None,
+                  "policy_sampler_steps": None, **prev.get("config", {})}
         diff = {k: (before.get(k), config[k]) for k in RESUME_KEYS if before.get(k) != config[k]}
         if diff:
             return _fail(f"--resume with different settings than {out / COLLECT_PATH}: "
@@ -446,6 +482,17 @@ def run(args: argparse.Namespace) -> int:
     record = {"command": "collect", "args": {**cli, "tasks": ",".join(tasks)},
               "seed": int(args.seed), "config": config}
 
+    driver = None
+    if args.policy:                   # DAgger: a checkpoint drives the first steps, seeing every collected view
+        from ..baselines import load_model
+        from ..baselines.policy import make_policy
+        from ..policy import ALL_VIEWS, PolicySettings
+        try:
+            model = load_model(args.policy)
+        except (OSError, ValueError) as e:
+            return _fail(f"--policy: {e}")
+        driver = make_policy(model, PolicySettings(sampler_steps=int(args.policy_sampler_steps),
+                                                   camera_names=(ALL_VIEWS,)))
     envs: dict[str, Any] = {}
     writer: DatasetWriter | None = None
     # per-frame calibration when cameras are perturbed or move (e.g. a wrist camera); decided on the first episode
@@ -479,8 +526,9 @@ def run(args: argparse.Namespace) -> int:
             env = envs[task]
             k = progress.next_attempt[task]
             seed = episode_seed(args.seed, task, k)
+            takeover = int(takeover_rng(seed).integers(1, args.policy_steps + 1)) if driver is not None else 0
             rec = run_episode(env, seed, cameras, args.hold_steps, args.hold_action, args.action_noise,
-                              args.action_noise_prob, args.missed_grasps)
+                              args.action_noise_prob, args.missed_grasps, driver, takeover)
             progress.next_attempt[task] = k + 1
             if rec.success or args.keep_failed:
                 if writer is None:
@@ -499,7 +547,9 @@ def run(args: argparse.Namespace) -> int:
                                           "hold_steps": rec.hold_steps,
                                           # metres; 0: none planted (a miss is >= 3.5 cm). Only in datasets
                                           # collected with misses: every episode of a dataset has the same keys
-                                          **({"grasp_miss": rec.grasp_miss or 0.0} if args.missed_grasps else {})})
+                                          **({"grasp_miss": rec.grasp_miss or 0.0} if args.missed_grasps else {}),
+                                          # --policy: the control steps the policy drove before the expert took over
+                                          **({"takeover": takeover} if driver is not None else {})})
                 progress.stored[task] += 1
                 progress.failed_stored[task] += 0 if rec.success else 1
                 new_frames += len(rec.actions)
