@@ -36,6 +36,7 @@ textsep = load("text_separation")
 oracle = load("keyframe_oracle")
 firstplan = load("push_first_plan")
 handoff = load("hand_offset")
+daggerlab = load("dagger_labels")
 
 
 def expert(n_pre=40, n_post=20):
@@ -858,3 +859,30 @@ def test_hand_offset_refuses_a_model_that_reads_past_frames(tmp_path):
     WorldActionModel(cfg).save_pretrained(path)
     with pytest.raises(SystemExit, match="past frames"):
         handoff.offset_plans(str(path), 1, 4242, 2, handoff.parse_offsets("2,0"), 1, "push_cube")
+
+
+def test_dagger_labels_split_each_episode_at_its_takeover(tmp_path, lerobot_root, capsys):
+    """bench/dagger_labels.py: frames before extra/takeover are the driven part, the rest the expert's; per part the
+    median hand-to-target distance, the share of targets more than --up above the hand and of gripper flips. A
+    dataset without takeovers is refused naming --data."""
+    from action_images.data import DatasetWriter, LeRobotDataset
+
+    src = LeRobotDataset(lerobot_root)
+    root = tmp_path / "dagger"
+    with DatasetWriter(root, fps=10, cameras=list(src.cameras.values()), image_size=(40, 40)) as w:
+        ep = src.episode(0)
+        states = np.tile(ep.states[:1], (6, 1))
+        actions = states.copy()
+        actions[:2, 2] += 0.03                       # driven: two targets 3 cm up, one of them with the jaw flipped
+        actions[0, 7] = 1.0 - states[0, 7]
+        actions[2:, 0] += 0.01                       # the expert's: 1 cm along x
+        w.add_episode(instruction=ep.instruction, actions=actions, states=states,
+                      images={c: v[:6] for c, v in ep.images.items()}, extra={"task_name": "fake", "takeover": 2})
+    stats = daggerlab.label_stats(root)["fake"]
+    assert stats["driven"] == {"frames": 2, "reach_m_median": 0.03, "up_share": 1.0, "gripper_share": 0.5}
+    assert stats["expert"] == {"frames": 4, "reach_m_median": 0.01, "up_share": 0.0, "gripper_share": 0.0}
+    assert daggerlab.main(["--data", str(root), "--json", str(tmp_path / "o.json")]) == 0
+    assert json.loads((tmp_path / "o.json").read_text())["tasks"]["fake"]["driven"]["frames"] == 2
+    with pytest.raises(SystemExit):
+        daggerlab.main(["--data", str(lerobot_root), "--json", str(tmp_path / "x.json")])
+    assert "--data" in capsys.readouterr().err and not (tmp_path / "x.json").exists()
