@@ -1,5 +1,6 @@
 """What the frames of a ``collect --policy`` dataset ask for: the expert's targets in the frames the policy drove
-(before ``extra/takeover``) against those of the frames the expert drove itself.
+(before ``extra/takeover``) against those of the frames the expert drove itself before success (the frames recorded
+after it, ``extra/hold_steps``, are left out of both).
 
     python bench/dagger_labels.py --data data/rig8_dagger --json bench/results/dagger/labels.json
 
@@ -33,11 +34,13 @@ def label_stats(root: str | Path, up: float = 0.02) -> dict:
         if "extra/takeover" not in info:
             raise ValueError(f"{root}: episode {i} has no extra/takeover (not collected with --policy)")
         ep, k = ds.episode(i), int(info["extra/takeover"])
+        end = len(ep) - int(info.get("extra/hold_steps") or 0)     # the first success's frame; a hold follows
+        k = min(k, end)        # no frame after success is driven, whatever extra/takeover holds
         task = str(info.get("extra/task_name", ep.instruction))
         rows = np.column_stack([np.linalg.norm(ep.actions[:, :3] - ep.states[:, :3], axis=1),
                                 ep.actions[:, 2] - ep.states[:, 2] > up,
                                 np.abs(ep.actions[:, 7] - ep.states[:, 7]) > 0.5])
-        for part, sl in (("driven", slice(0, k)), ("expert", slice(k, None))):
+        for part, sl in (("driven", slice(0, k)), ("expert", slice(k, end))):
             parts.setdefault((task, part), []).append(rows[sl])
     out: dict = {}
     for (task, part), chunks in sorted(parts.items()):

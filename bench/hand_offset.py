@@ -96,6 +96,9 @@ def offset_plans(checkpoint: str, episodes: int, seed: int, start_step: int, off
     (``move_in``: which input shows the move, module docstring)."""
     if move_in not in MOVE_IN:
         raise ValueError(f"move_in must be one of {MOVE_IN}; got {move_in!r}")
+    if not offsets or tuple(offsets[0]) != (0.0, 0.0):
+        raise ValueError("offsets must start with (0, 0), the undisplaced plan every other is compared with "
+                         "(parse_offsets puts it first)")
     from action_images.eval_settings import EvalSettings
     from action_images.policy import PolicySettings
     from action_images.rollout import EpisodeRunner

@@ -877,10 +877,12 @@ def test_dagger_labels_split_each_episode_at_its_takeover(tmp_path, lerobot_root
         actions[0, 7] = 1.0 - states[0, 7]
         actions[2:, 0] += 0.01                       # the expert's: 1 cm along x
         w.add_episode(instruction=ep.instruction, actions=actions, states=states,
-                      images={c: v[:6] for c, v in ep.images.items()}, extra={"task_name": "fake", "takeover": 2})
+                      images={c: v[:6] for c, v in ep.images.items()},
+                      extra={"task_name": "fake", "takeover": 2, "hold_steps": 1})
     stats = daggerlab.label_stats(root)["fake"]
     assert stats["driven"] == {"frames": 2, "reach_m_median": 0.03, "up_share": 1.0, "gripper_share": 0.5}
-    assert stats["expert"] == {"frames": 4, "reach_m_median": 0.01, "up_share": 0.0, "gripper_share": 0.0}
+    # the last frame is the hold after success: in neither part
+    assert stats["expert"] == {"frames": 3, "reach_m_median": 0.01, "up_share": 0.0, "gripper_share": 0.0}
     assert daggerlab.main(["--data", str(root), "--json", str(tmp_path / "o.json")]) == 0
     assert json.loads((tmp_path / "o.json").read_text())["tasks"]["fake"]["driven"]["frames"] == 2
     with pytest.raises(SystemExit):

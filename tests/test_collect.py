@@ -266,8 +266,8 @@ def test_policy_drives_the_first_steps_and_the_expert_labels_every_frame(tmp_pat
     driven = 0
     for i in range(ds.num_episodes):
         ep, info = ds.episode(i), ds.episode_info(i)
-        k = info["extra/takeover"]
-        assert 1 <= k <= 3
+        k = info["extra/takeover"]                                  # the steps the policy drove
+        assert 1 <= k <= min(3, len(ep))
         np.testing.assert_allclose(ep.actions[:, :3], ep.states[:, :3] + 0.01, atol=1e-6)    # the expert's labels
         steps = np.diff(ep.states[:, :3], axis=0)
         n = min(k, len(ep) - 1)
@@ -281,6 +281,17 @@ def test_policy_drives_the_first_steps_and_the_expert_labels_every_frame(tmp_pat
         str((tmp_path / "ckpt").resolve()), 3, 2)
     assert collect.run(args_for(tmp_path / "p", "--tasks", "reach_fake", "--episodes", "5", "--resume")) == 2
     assert "policy: was" in capsys.readouterr().err
+    # a run stopped after 2 episodes and resumed to 4 stores what the uninterrupted run did
+    assert collect.run(args_for(tmp_path / "r", *argv[:2], "--episodes", "2", *argv[4:])) == 0
+    assert collect.run(args_for(tmp_path / "r", *argv[:2], "--episodes", "4", *argv[4:], "--resume")) == 0
+    resumed, whole = summary(tmp_path / "r"), summary(tmp_path / "p")
+    assert len(resumed) == len(whole) == 4
+    for a, b in zip(resumed, whole):
+        assert a[:2] == b[:2]
+        np.testing.assert_array_equal(a[2], b[2])
+    # the policy's settings without --policy are named as unused
+    assert collect.run(args_for(tmp_path / "w", "--tasks", "reach_fake", "--episodes", "1", "--policy-steps", "5")) == 0
+    assert "apply with --policy only" in capsys.readouterr().err
     for flag, value in (("--policy-steps", "0"), ("--policy-sampler-steps", "0"), ("--policy-sampler-steps", "99"),
                         ("--policy", str(tmp_path / "nothing"))):
         extra = () if flag == "--policy" else ("--policy", str(tmp_path / "ckpt"))

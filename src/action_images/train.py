@@ -342,6 +342,10 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("give --steps N and/or --minutes M (or set optim.steps / optim.minutes in --config)")
         if not recipe.data.data:
             raise ValueError("give --data DIR[,DIR] (or data.data in --config)")
+        if recipe.data.current_noise and recipe.model.method == "wam" and PRESETS.get(recipe.model.preset, {}).get(
+                "latent") is not None:     # refused before --collect-missing spends minutes on data
+            raise ValueError("--current-noise: draws the current pose as a pixel action image; the latent preset "
+                             f"{recipe.model.preset} has none")
         if args.collect_missing:
             recipes.collect_missing(recipe)
         return train(recipe, Path(args.out), resume=args.resume,

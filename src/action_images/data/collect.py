@@ -194,6 +194,7 @@ class Recorded:
     success: bool
     hold_steps: int = 0   # frames recorded after the first success (at the end of the episode)
     grasp_miss: float | None = None   # the planted miss of the first grasp (metres along tool x), if any
+    driven: int = 0       # control steps a --policy executed before the expert took over (or success came)
 
     def cameras_move(self) -> bool:
         return any(not (np.array_equal(c.K, seq[0].K) and np.array_equal(c.T_cam_world, seq[0].T_cam_world))
@@ -215,8 +216,9 @@ def run_episode(env: Any, seed: int, camera_names: list[str], hold_steps: int = 
     from ``MISS_DISTANCE`` with a random sign); the frames store :meth:`Task.expert_label`, the undisplaced target,
     so the demo shows the jaw closing beside the cube, then the expert's own recovery. Tasks whose expert does not
     grasp (``Task.grasps``) get no miss. With a ``driver`` (a policy: ``reset(seed)``, ``act(obs, cameras)``), its
-    actions are executed for the first ``takeover`` steps before success, the expert's after; the frames store the
-    expert's targets throughout (the expert is asked at every step, so it follows the state the driver leads to)."""
+    actions are executed for the first ``takeover`` steps before success, the expert's after (``action_noise`` moves
+    the expert's executed steps only); the frames store the expert's targets throughout (the expert is asked at every
+    step, so it follows the state the driver leads to). ``Recorded.driven``: the steps the driver executed."""
     if hold_action not in HOLD_ACTIONS:
         raise ValueError(f"hold_action must be one of {HOLD_ACTIONS}; got {hold_action!r}")
     rng = noise_rng(seed) if action_noise > 0 else None
@@ -234,7 +236,7 @@ def run_episode(env: Any, seed: int, camera_names: list[str], hold_steps: int = 
     cams: dict[str, list[Camera]] = {c: [] for c in camera_names}
     states, actions = [], []
     success = bool(info.get("success", False))
-    held = 0
+    held = driven = 0
     still: np.ndarray | None = None
     for step in range(int(env.max_steps) + int(hold_steps)):
         for c in camera_names:
@@ -253,11 +255,13 @@ def run_episode(env: Any, seed: int, camera_names: list[str], hold_steps: int = 
         if miss is not None and not success:          # the miss is executed, the undisplaced target is stored
             a = np.asarray(env.task.expert_label(env), dtype=np.float64).copy()
         actions.append(a)
-        if driver is not None and step < takeover and not success:
+        drive = driver is not None and step < takeover and not success
+        if drive:
             executed = np.asarray(driver.act(obs, env.cameras), dtype=np.float64)
+            driven += 1
         if rng is not None and not success:
             kick, offset = rng.uniform() < action_noise_prob, rng.normal(0.0, action_noise, 3)
-            if kick:
+            if kick and not drive:
                 executed = executed.copy()
                 executed[:3] += offset
         if success:
@@ -267,7 +271,7 @@ def run_episode(env: Any, seed: int, camera_names: list[str], hold_steps: int = 
         if (success and held >= hold_steps) or (truncated and not success):
             break
     return Recorded(instruction, np.stack(actions), np.stack(states), {c: np.stack(v) for c, v in imgs.items()},
-                    cams, success, held, miss)
+                    cams, success, held, miss, driven)
 
 
 @dataclass
@@ -427,6 +431,9 @@ def run(args: argparse.Namespace) -> int:
     if args.push_style != "jaw" and suite is None and "push_cube" not in tasks:
         print(f"action-images collect: --push-style {args.push_style} changes push_cube's expert only; push_cube is "
               "not among --tasks", file=sys.stderr)
+    if not args.policy and (args.policy_steps != 40 or args.policy_sampler_steps != 3):
+        print("action-images collect: --policy-steps and --policy-sampler-steps apply with --policy only; no policy "
+              "drives these episodes", file=sys.stderr)
     if args.stack_sizes != "fixed" and suite is None and "stack_cube" not in tasks:
         print(f"action-images collect: --stack-sizes {args.stack_sizes} changes stack_cube's scenes only; stack_cube "
               "is not among --tasks", file=sys.stderr)
@@ -549,7 +556,7 @@ def run(args: argparse.Namespace) -> int:
                                           # collected with misses: every episode of a dataset has the same keys
                                           **({"grasp_miss": rec.grasp_miss or 0.0} if args.missed_grasps else {}),
                                           # --policy: the control steps the policy drove before the expert took over
-                                          **({"takeover": takeover} if driver is not None else {})})
+                                          **({"takeover": rec.driven} if driver is not None else {})})
                 progress.stored[task] += 1
                 progress.failed_stored[task] += 0 if rec.success else 1
                 new_frames += len(rec.actions)
