@@ -268,6 +268,11 @@ def test_current_noise_is_checked_and_reaches_the_windows(tmp_path, monkeypatch,
     latent = recipe.from_args(parse("--preset", "wan-tiny-latent", "--data", "synthetic:2", "--current-noise", "0.02"))
     with pytest.raises(ValueError, match="--current-noise: .*latent"):
         train.build_dataset(latent, train.build_config(latent))
+    args = parse("--preset", "wan-tiny-latent", "--data", str(tmp_path / "missing"), "--steps", "1",
+                 "--current-noise", "0.02")
+    args.out, args.collect_missing = str(tmp_path / "run"), True
+    assert train.run(args) == 2                            # refused before any data would be collected
+    assert "--current-noise" in capsys.readouterr().err and not (tmp_path / "missing").exists()
 
 
 def test_the_current_noise_stage_differs_from_the_shipped_stage_in_its_drawn_current_pose_only():
