@@ -132,11 +132,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"hold the closed jaw still on the cube before they lift or slide it, beyond the 3 the close "
                         f"takes, in {GRASP_WAIT_RANGE[0]}..{GRASP_WAIT_RANGE[1]} (default 0); docs/dataset.md")
     p.add_argument("--policy", default=None,
-                   help="DAgger: a policy checkpoint (world action model or baseline) drives each episode from the reset, seeing every "
-                        "collected view, until a step drawn per episode (uniformly in 1..--policy-steps, from the "
-                        "episode seed); the expert takes over from there. Every frame stores the expert's own target "
-                        "from the state it shows, so the demos label the states the policy leads to (built-in sim "
-                        "only; default: the expert drives)")
+                   help="DAgger: a policy checkpoint (world action model or baseline) drives each episode from the "
+                        "reset, seeing every collected view, until a step drawn per episode (uniformly in "
+                        "1..--policy-steps, from the episode seed) or success; the expert takes over from there. Every "
+                        "frame stores the expert's own target from the state it shows, so the demos label the states "
+                        "the policy leads to (built-in sim only; default: the expert drives)")
     p.add_argument("--policy-steps", type=int, default=40,
                    help="--policy: the most control steps the policy drives an episode, >= 1 (default 40)")
     p.add_argument("--policy-sampler-steps", type=int, default=3,
