@@ -7,7 +7,8 @@ after it, ``extra/hold_steps``, are left out of both).
 Per task and part (``driven``, ``expert``): the frames, the median distance from the hand to the stored target
 (metres; an expert step is at most 4.5 cm), the share of targets more than ``--up`` above the hand (the experts'
 rise and re-approach), and the share whose gripper command differs from the hand's state by more than half its
-range (the jaw asked to open or close).
+range (the jaw asked to open or close); per task, ``driven_steps_median``: the steps the policy drove (median over
+episodes).
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ from action_images.runfiles import atomic_write_json, probe_command
 
 
 def label_stats(root: str | Path, up: float = 0.02) -> dict:
-    """{task: {"driven" | "expert": {"frames", "reach_m_median", "up_share", "gripper_share"}}} of a dataset whose
+    """{task: {"driven" | "expert": {"frames", "reach_m_median", "up_share", "gripper_share"},
+    "driven_steps_median"}} of a dataset whose
     episodes carry ``extra/takeover``; a ValueError naming the dataset where they do not."""
     from action_images.data import LeRobotDataset
 
     ds = LeRobotDataset(root)
     parts: dict[tuple[str, str], list[np.ndarray]] = {}
+    driven: dict[str, list[int]] = {}
     for i in range(ds.num_episodes):
         info = ds.episode_info(i)
         if "extra/takeover" not in info:
@@ -40,6 +43,7 @@ def label_stats(root: str | Path, up: float = 0.02) -> dict:
         rows = np.column_stack([np.linalg.norm(ep.actions[:, :3] - ep.states[:, :3], axis=1),
                                 ep.actions[:, 2] - ep.states[:, 2] > up,
                                 np.abs(ep.actions[:, 7] - ep.states[:, 7]) > 0.5])
+        driven.setdefault(task, []).append(k)
         for part, sl in (("driven", slice(0, k)), ("expert", slice(k, end))):
             parts.setdefault((task, part), []).append(rows[sl])
     out: dict = {}
@@ -50,6 +54,8 @@ def label_stats(root: str | Path, up: float = 0.02) -> dict:
             "reach_m_median": round(float(np.median(r[:, 0])), 4) if len(r) else None,
             "up_share": round(float(r[:, 1].mean()), 3) if len(r) else None,
             "gripper_share": round(float(r[:, 2].mean()), 3) if len(r) else None}
+    for task, ks in driven.items():
+        out[task]["driven_steps_median"] = float(np.median(ks))
     return out
 
 

@@ -883,6 +883,7 @@ def test_dagger_labels_split_each_episode_at_its_takeover(tmp_path, lerobot_root
     assert stats["driven"] == {"frames": 2, "reach_m_median": 0.03, "up_share": 1.0, "gripper_share": 0.5}
     # the last frame is the hold after success: in neither part
     assert stats["expert"] == {"frames": 3, "reach_m_median": 0.01, "up_share": 0.0, "gripper_share": 0.0}
+    assert stats["driven_steps_median"] == 2.0
     assert daggerlab.main(["--data", str(root), "--json", str(tmp_path / "o.json")]) == 0
     assert json.loads((tmp_path / "o.json").read_text())["tasks"]["fake"]["driven"]["frames"] == 2
     with pytest.raises(SystemExit):

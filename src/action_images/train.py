@@ -186,11 +186,17 @@ def share_instructions(encoder: Any, texts: list[str], main: bool, world: int, d
                 encoder.remember({s: t.cpu()})
 
 
+def check_current_noise(r: TrainRecipe) -> None:
+    """--current-noise draws the current pose as a pixel action image, which a latent preset does not have."""
+    if r.data.current_noise and r.model.method == "wam" and PRESETS.get(r.model.preset, {}).get("latent") is not None:
+        raise ValueError("--current-noise: draws the current pose as a pixel action image; the latent preset "
+                         f"{r.model.preset} has none")
+
+
 def build_dataset(r: TrainRecipe, cfg: WAMConfig):
+    check_current_noise(r)
     wcfg = replace(WindowConfig.from_model(cfg, views=r.data.cameras), current_noise=float(r.data.current_noise),
                    current_noise_prob=float(r.data.current_noise_prob))
-    if r.data.current_noise and cfg.latent is not None:
-        raise ValueError("--current-noise: draws the current pose as a pixel action image; a latent preset has none")
     data = r.data.data
     if len(data) == 1 and data[0].startswith("synthetic"):
         spec = data[0]
@@ -342,10 +348,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("give --steps N and/or --minutes M (or set optim.steps / optim.minutes in --config)")
         if not recipe.data.data:
             raise ValueError("give --data DIR[,DIR] (or data.data in --config)")
-        if recipe.data.current_noise and recipe.model.method == "wam" and PRESETS.get(recipe.model.preset, {}).get(
-                "latent") is not None:     # refused before --collect-missing spends minutes on data
-            raise ValueError("--current-noise: draws the current pose as a pixel action image; the latent preset "
-                             f"{recipe.model.preset} has none")
+        check_current_noise(recipe)                  # before --collect-missing spends minutes on data
         if args.collect_missing:
             recipes.collect_missing(recipe)
         return train(recipe, Path(args.out), resume=args.resume,

@@ -55,6 +55,7 @@ MISS_DISTANCE = (0.035, 0.05)
 GRASP_WAIT_RANGE = (0, 20)
 # --policy-sampler-steps: the driving policy's sampler steps (what evaluations use: 3 to 6)
 POLICY_SAMPLER_STEPS_RANGE = (1, 50)
+POLICY_DEFAULTS = {"policy_steps": 40, "policy_sampler_steps": 3}   # named unused when given without --policy
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -137,9 +138,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "1..--policy-steps, from the episode seed) or success; the expert takes over from there. Every "
                         "frame stores the expert's own target from the state it shows, so the demos label the states "
                         "the policy leads to (built-in sim only; default: the expert drives)")
-    p.add_argument("--policy-steps", type=int, default=40,
+    p.add_argument("--policy-steps", type=int, default=POLICY_DEFAULTS["policy_steps"],
                    help="--policy: the most control steps the policy drives an episode, >= 1 (default 40)")
-    p.add_argument("--policy-sampler-steps", type=int, default=3,
+    p.add_argument("--policy-sampler-steps", type=int, default=POLICY_DEFAULTS["policy_sampler_steps"],
                    help=f"--policy: its sampler steps, {POLICY_SAMPLER_STEPS_RANGE[0]}..{POLICY_SAMPLER_STEPS_RANGE[1]} "
                         "(default 3)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
@@ -431,7 +432,7 @@ def run(args: argparse.Namespace) -> int:
     if args.push_style != "jaw" and suite is None and "push_cube" not in tasks:
         print(f"action-images collect: --push-style {args.push_style} changes push_cube's expert only; push_cube is "
               "not among --tasks", file=sys.stderr)
-    if not args.policy and (args.policy_steps != 40 or args.policy_sampler_steps != 3):
+    if not args.policy and any(getattr(args, k) != v for k, v in POLICY_DEFAULTS.items()):
         print("action-images collect: --policy-steps and --policy-sampler-steps apply with --policy only; no policy "
               "drives these episodes", file=sys.stderr)
     if args.stack_sizes != "fixed" and suite is None and "stack_cube" not in tasks:
