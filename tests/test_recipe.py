@@ -299,6 +299,16 @@ def test_the_dagger_stage_is_the_shipped_stage_with_policy_driven_demos_added():
     assert shipped == probe
 
 
+def test_the_stride1_stage_differs_from_the_shipped_stage_in_its_keyframe_spacing_only():
+    """recipes/rig8-ctx-recover-noise-stride1.json: the shipped second stage with keyframes 1 control step apart
+    instead of the preset's 2; nothing else differs."""
+    shipped = TrainRecipe.load(ROOT / "recipes" / "rig8-ctx-recover-noise-9k.json").to_dict()
+    probe = TrainRecipe.load(ROOT / "recipes" / "rig8-ctx-recover-noise-stride1.json").to_dict()
+    assert (shipped["model"].pop("stride"), probe["model"].pop("stride")) == (None, 1)
+    shipped.pop("comment", None), probe.pop("comment", None)
+    assert shipped == probe
+
+
 @pytest.mark.parametrize("path", sorted((ROOT / "recipes").glob("*.json")), ids=lambda p: p.stem)
 def test_every_recipe_file_loads_and_validates(path):
     r = TrainRecipe.load(path)

@@ -64,6 +64,12 @@ def test_run_dir_is_protected_and_resume_checks_settings(tmp_path, capsys):
     assert train_main(*TINY, "--out", str(run), "--steps", "2", "--log-every", "5", "--resume") == 0
     saved = json.loads((run / "train_config.json").read_text())
     assert saved["optim"]["steps"] == 2 and saved["run"]["log_every"] == 5
+    # an option the checkpoint's saved recipe does not name (saved before the option existed) counts at its default
+    assert train_main(*TINY, "--out", str(run), "--steps", "2", "--current-noise", "0.02", "--resume") == 2
+    assert "data.current_noise" in capsys.readouterr().err
+    ck = {"state": {"recipe": {k: v for k, v in saved.items() if k != "data"}}}
+    ck["state"]["recipe"]["data"] = {k: v for k, v in saved["data"].items() if not k.startswith("current_noise")}
+    assert checkpointing.saved_recipe(ck)["data"]["current_noise"] == 0.0
 
 
 def test_non_finite_loss_stops_without_writing(tmp_path, monkeypatch, capsys):
@@ -239,6 +245,12 @@ def test_init_from_starts_from_another_runs_export(tmp_path, capsys):
     assert train_main(*TINY, "--out", str(tmp_path / "k"), "--steps", "1", "--init-from", str(a),
                       "--num-views", "3") == 0                     # more views per window: view slots are embedded
     assert WorldActionModel.from_pretrained(tmp_path / "k").config.num_views == 3
+    assert train_main(*TINY, "--out", str(tmp_path / "s"), "--steps", "1", "--init-from", str(a),
+                      "--stride", "1") == 0                        # keyframes spaced otherwise: no weight depends on it
+    assert WorldActionModel.from_pretrained(tmp_path / "s").config.stride == 1
+    assert train_main(*TINY, "--out", str(tmp_path / "hz"), "--steps", "1", "--init-from", str(a),
+                      "--horizon", "3") == 2                       # fewer frames: refused by name
+    assert "horizon" in capsys.readouterr().err
     bent = tmp_path / "bent"                                        # a weight of another shape: refused by name
     shutil.copytree(a, bent)
     weights = dict(wa)

@@ -159,11 +159,12 @@ def saved_recipe(ck: dict[str, Any]) -> dict[str, Any] | None:
 
 # config fields the weights do not depend on: a stage may train on other cameras, see more of them per window (view
 # slots have embeddings up to max_views), weigh its loss otherwise, draw its training noise levels from another
-# logit-normal, or work at another resolution (the backbones' position embeddings are computed for any grid of
+# logit-normal, work at another resolution (the backbones' position embeddings are computed for any grid of
 # patches, and the context encoder is convolutional; a backbone whose weights depend on the grid fails the shape
-# check below instead)
+# check below instead), or space its keyframes otherwise (the stride only says which control steps the windows'
+# frames come from; no weight depends on it)
 WEIGHT_FREE_KEYS = frozenset({"camera_names", "action_loss_weight", "act_peak_weight", "act_keypoint_weight",
-                              "t_mean", "t_std", "image_size", "num_views"})
+                              "t_mean", "t_std", "image_size", "num_views", "stride"})
 
 
 # past frames (WAMConfig.history) may be added by a stage: the context encoder's first convolution gains input
