@@ -46,22 +46,32 @@ class Snapshot:
         env.task._phase, env.task._phase_start, env.task.grasp_miss = self.task_fields
 
 
-def expert_keyframes(env, horizon: int, stride: int, execute_k: int) -> tuple[np.ndarray, tuple]:
+def expert_keyframes(env, horizon: int, stride: int, execute_k: int, blur: int = 0) -> tuple[np.ndarray, tuple]:
     """The expert's targets at steps ``k * stride - 1`` (k = 1..horizon) of a look-ahead from the current state, and
-    its phase bookkeeping after ``execute_k`` steps of it; the simulation is put back as it was."""
+    its phase bookkeeping after ``execute_k`` steps of it; the simulation is put back as it was. With ``blur`` > 0
+    each keyframe's position and gripper are the mean of the targets ``blur`` steps either side of its step (the
+    look-ahead runs ``blur`` steps further; the first step is the earliest): the plan of a model that knows the
+    expert's path but not when along it the expert will be, averaged over that uncertainty. Rotation is kept."""
     snap = Snapshot(env)
     targets, phase = [], None
-    for i in range(horizon * stride):
+    for i in range(horizon * stride + blur):
         targets.append(env.expert_action())
         env.step(targets[-1])
         if i + 1 == execute_k:
             phase = (env.task._phase, env.task._phase_start, env.task.grasp_miss)
     snap.restore(env)
-    return np.array([targets[k * stride - 1] for k in range(1, horizon + 1)]), phase
+    targets = np.array(targets)
+    kf = np.array([targets[k * stride - 1] for k in range(1, horizon + 1)])
+    if blur > 0:
+        for j, k in enumerate(range(1, horizon + 1)):
+            i = k * stride - 1
+            near = targets[max(0, i - blur):i + blur + 1]
+            kf[j, :3], kf[j, 7] = near[:, :3].mean(axis=0), near[:, 7].mean()
+    return kf, phase
 
 
 def oracle_episode(env, seed: int, horizon: int, stride: int, execute_k: int, gripper: str,
-                   noise_m: float = 0.0) -> dict:
+                   noise_m: float = 0.0, blur: int = 0) -> dict:
     """One episode of the expert's keyframes executed chunk by chunk. The expert's phase machine (which stage of the
     task it is in) moves on as it did in the look-ahead's first ``execute_k`` steps, the steps the chunk executes."""
     from action_images.policy import interpolate_chunk
@@ -70,7 +80,7 @@ def oracle_episode(env, seed: int, horizon: int, stride: int, execute_k: int, gr
     rng = np.random.default_rng(seed)
     steps, plans, success = 0, 0, False
     while steps < env.max_steps and not success:
-        kf, phase = expert_keyframes(env, horizon, stride, execute_k)
+        kf, phase = expert_keyframes(env, horizon, stride, execute_k, blur)
         kf[:, :3] += rng.normal(0.0, noise_m, (horizon, 3)) if noise_m > 0 else 0.0
         chunk = interpolate_chunk(env.ee_pose(), kf, np.ones(horizon, bool), stride, gripper)
         plans += 1
@@ -103,6 +113,9 @@ def main(argv=None) -> int:
     p.add_argument("--gripper", default="linear", choices=("linear", "step"))
     p.add_argument("--noise-cm", default="0", help="comma-separated standard deviations (cm, per axis) of noise "
                                                    "added to each keyframe's position, one run each (default 0)")
+    p.add_argument("--blur-steps", type=int, default=0,
+                   help="each keyframe's position and gripper averaged over the expert's targets this many control "
+                        "steps either side of its own (default 0: the keyframe's own target)")
     p.add_argument("--json", default=None, help="write the results here")
     a = p.parse_args(argv)
     from action_images.seeds import episode_seed
@@ -116,6 +129,8 @@ def main(argv=None) -> int:
     for flag, v in (("--episodes", a.episodes), ("--horizon", a.horizon), ("--stride", a.stride)):
         if v < 1:
             p.error(f"{flag} must be >= 1")
+    if not 0 <= a.blur_steps <= 100:
+        p.error("--blur-steps must be in 0..100")
     try:
         noises = [float(x) for x in a.noise_cm.split(",")]
     except ValueError:
@@ -127,14 +142,15 @@ def main(argv=None) -> int:
         p.error(f"--execute-k must be in 1..{a.stride * a.horizon}")
     t0 = time.time()
     out = {"command": probe_command(__file__, argv), "seed": a.seed, "horizon": a.horizon, "stride": a.stride,
-           "execute_k": k, "gripper": a.gripper, "noise_cm": noises, "tasks": {}}
+           "execute_k": k, "gripper": a.gripper, "noise_cm": noises, "blur_steps": a.blur_steps, "tasks": {}}
     for task in tasks:
         env = make_env(task, render=False)
         seeds = [episode_seed(a.seed, task, i) for i in range(a.episodes)]
         expert = [expert_episode(env, s) for s in seeds]
         row = {"episodes": a.episodes, "expert_successes": sum(r["success"] for r in expert), "oracle": {}}
         for noise in noises:
-            oracle = [oracle_episode(env, s, a.horizon, a.stride, k, a.gripper, noise / 100) for s in seeds]
+            oracle = [oracle_episode(env, s, a.horizon, a.stride, k, a.gripper, noise / 100, a.blur_steps)
+                      for s in seeds]
             row["oracle"][f"{noise:g}"] = {
                 "successes": sum(r["success"] for r in oracle),
                 "mean_length_success": float(np.mean([r["length"] for r in oracle if r["success"]] or [np.nan])),

@@ -378,6 +378,19 @@ def test_keyframe_oracle_looks_ahead_without_moving_the_scene_and_succeeds_with_
     assert oracle.oracle_episode(env, 3, 4, 2, 4, "linear")["success"]
     far = oracle.oracle_episode(env, 3, 4, 2, 4, "linear", noise_m=0.5)   # half a metre of noise: no push lands
     assert not far["success"] and far["length"] == env.max_steps
+    env.reset(seed=3)       # blurred: each keyframe's position and gripper are the mean of the targets one step
+    blurred, _ = oracle.expert_keyframes(env, 4, 2, 4, blur=1)        # either side of its own; its rotation its own
+    env.reset(seed=3)
+    longer = []
+    for _ in range(9):
+        longer.append(env.expert_action())
+        env.step(longer[-1])
+    longer = np.array(longer)
+    for j, i in enumerate((1, 3, 5, 7)):
+        np.testing.assert_allclose(blurred[j, :3], longer[i - 1:i + 2, :3].mean(axis=0))
+        np.testing.assert_allclose(blurred[j, 7], longer[i - 1:i + 2, 7].mean())
+        np.testing.assert_allclose(blurred[j, 3:7], longer[i, 3:7])
+    assert not np.allclose(blurred[:, :3], kf[:, :3])
 
 
 def _first_plan_rows(plan_of, n=40, seed=0, hand_of=None, variants=None):
