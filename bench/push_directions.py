@@ -1,4 +1,5 @@
-"""Does push_cube's success depend on the direction of the push? Success by the cube-to-goal direction.
+"""Does push_cube's success depend on the direction of the push? Success by the cube-to-goal direction, and by the
+side of the cube the hand starts on.
 
     MUJOCO_GL=egl .venv/bin/python bench/push_directions.py bench/results/recover_noise_9k/train_rigs_100.json \
         bench/results/recover_noise_9k/heldout_rigs_100.json \
@@ -13,7 +14,10 @@ symmetric under a half turn), so pushes near ±90° (along world ±y) are where 
 orientations half a turn apart for nearly the same scene: the *wrap band* (``--band`` degrees either side). It
 reports success in 45° bins, by push distance, inside and outside the band, and Fisher's exact test of the two
 (over all the files' episodes pooled; the files usually replay the same scenes, so the p-value is a pointer, not
-a proof).
+a proof). It also reports success by where the hand starts (every episode starts from the same home pose, so the
+side depends on the scene): the angle at the cube between the hand's start and the point behind it on the push
+line, 0° where the expert comes down (the hand goes straight on to its landing) and 180° on the mark's side (it
+must pass the cube), in 60° bins, and Fisher's exact test of the starts under 90° against the others.
 """
 
 from __future__ import annotations
@@ -43,25 +47,48 @@ def push_geometry(env, seed: int) -> tuple[float, float]:
     return float(np.degrees(np.arctan2(d[1], d[0]))), float(np.linalg.norm(d))
 
 
+def start_side(env, seed: int) -> float:
+    """Degrees in [0, 180] at the cube between the hand's start and the push line's back (the side away from the
+    mark, where the expert comes down) in the table plane: 0 straight behind the cube, 180 straight on the mark's
+    side."""
+    env.reset(seed=int(seed))
+    cube = env.task.body_pos("cube")[:2]
+    d = env.task.goal_xy() - cube
+    s = env.arm.tcp_pos()[:2] - cube
+    along, across = float(s @ d), float(s[1] * d[0] - s[0] * d[1])
+    return float(np.degrees(np.arctan2(abs(across), -along)))
+
+
 def in_wrap_band(direction_deg: np.ndarray, band: float) -> np.ndarray:
     """Whether each push direction lies within ``band`` degrees of ±90°, where the expert's jaw yaw wraps."""
     return np.abs(np.abs(np.asarray(direction_deg, dtype=float)) - 90.0) < band
 
 
-def summarise(direction: np.ndarray, distance: np.ndarray, success: np.ndarray, band: float) -> dict:
-    """Success rates by 45° bin of direction, by distance, and inside / outside the wrap band."""
+def summarise(direction: np.ndarray, distance: np.ndarray, success: np.ndarray, band: float,
+              side: np.ndarray | None = None) -> dict:
+    """Success rates by 45° bin of direction, by distance, inside / outside the wrap band and, given ``side``
+    (:func:`start_side` per episode), by 60° bin of the hand's start side."""
     direction, distance, success = (np.asarray(a, dtype=float) for a in (direction, distance, success))
     rate = lambda m: {"episodes": int(m.sum()), "success": float(success[m].mean()) if m.any() else None}  # noqa: E731
     edges = np.arange(-180, 181, 45)
     near = in_wrap_band(direction, band)
     table = [[int(success[near].sum()), int((1 - success[near]).sum())],
              [int(success[~near].sum()), int((1 - success[~near]).sum())]]
-    return {"by_direction_deg": {f"{lo}..{hi}": rate((direction >= lo) & ((direction < hi) | (hi == 180)))
-                                 for lo, hi in zip(edges[:-1], edges[1:])},
-            "by_distance_cm": {f"{lo}..{hi}": rate((distance * 100 >= lo) & (distance * 100 < hi))
-                               for lo, hi in ((10, 13), (13, 16), (16, 19))},
-            "wrap_band": rate(near), "outside_band": rate(~near),
-            "fisher_p": float(fisher_exact(table)[1]) if near.any() and (~near).any() else None}
+    out = {"by_direction_deg": {f"{lo}..{hi}": rate((direction >= lo) & ((direction < hi) | (hi == 180)))
+                                for lo, hi in zip(edges[:-1], edges[1:])},
+           "by_distance_cm": {f"{lo}..{hi}": rate((distance * 100 >= lo) & (distance * 100 < hi))
+                              for lo, hi in ((10, 13), (13, 16), (16, 19))},
+           "wrap_band": rate(near), "outside_band": rate(~near),
+           "fisher_p": float(fisher_exact(table)[1]) if near.any() and (~near).any() else None}
+    if side is not None:
+        side = np.asarray(side, dtype=float)
+        behind = side < 90
+        sides = [[int(success[behind].sum()), int((1 - success[behind]).sum())],
+                 [int(success[~behind].sum()), int((1 - success[~behind]).sum())]]
+        out["by_start_side_deg"] = {f"{lo}..{hi}": rate((side >= lo) & ((side < hi) | (hi == 180)))
+                                    for lo, hi in ((0, 60), (60, 120), (120, 180))}
+        out["start_side_fisher_p"] = (float(fisher_exact(sides)[1]) if behind.any() and (~behind).any() else None)
+    return out
 
 
 def main(argv=None) -> int:
@@ -77,12 +104,14 @@ def main(argv=None) -> int:
         if not eps:
             sys.exit(f"{path}: no push_cube episodes")
         env = push_env((d.get("settings") or {}).get("rig_distribution"))
-        mine = [(*push_geometry(env, e["seed"]), float(e["success"])) for e in eps]
+        mine = [(*push_geometry(env, e["seed"]), float(e["success"]), start_side(env, e["seed"])) for e in eps]
         env.close()
-        per_file[path] = summarise(*np.array(mine).T, band=a.band)
+        cols = np.array(mine).T
+        per_file[path] = summarise(*cols[:3], band=a.band, side=cols[3])
         rows += mine
+    cols = np.array(rows).T
     out = {"command": probe_command(__file__, argv),
-           "band_deg": a.band, "files": per_file, "pooled": summarise(*np.array(rows).T, band=a.band)}
+           "band_deg": a.band, "files": per_file, "pooled": summarise(*cols[:3], band=a.band, side=cols[3])}
     print(json.dumps(out["pooled"], indent=1))
     if a.json:
         atomic_write_json(a.json, out)

@@ -261,6 +261,18 @@ def test_push_directions_bins_success_and_marks_the_band_where_the_jaw_yaw_wraps
     assert -180 <= angle <= 180 and 0.1 <= dist <= 0.18
     assert pushdir.push_geometry(pushdir.push_env("train"), 3) == (angle, dist)   # the rig does not change the scene
     assert pushdir.push_geometry(env, 4) != (angle, dist) and pushdir.push_geometry(env, 3) == (angle, dist)
+    side = pushdir.start_side(env, 3)                                # the same scene: the mark's direction from the
+    env.reset(seed=3)                                                # cube against the hand's start
+    cube, hand = env.task.body_pos("cube")[:2], env.arm.tcp_pos()[:2]
+    to_mark = np.degrees(np.arctan2(*(env.task.goal_xy() - cube)[::-1]))
+    to_hand = np.degrees(np.arctan2(*(hand - cube)[::-1]))
+    assert side == pytest.approx(180 - abs((to_mark - to_hand + 180) % 360 - 180), abs=1e-6)
+    sided = pushdir.summarise([0, 0, 0, 0], [0.11] * 4, [1, 1, 0, 0], band=25, side=[10, 50, 100, 170])
+    assert sided["by_start_side_deg"] == {"0..60": {"episodes": 2, "success": 1.0},
+                                          "60..120": {"episodes": 1, "success": 0.0},
+                                          "120..180": {"episodes": 1, "success": 0.0}}
+    assert sided["start_side_fisher_p"] == pytest.approx(1 / 3)     # 2 of 2 under 90° against 0 of 2 over it
+    assert "by_start_side_deg" not in out
 
 
 def test_ensemble_selection_takes_the_best_mean_over_valid_keyframes_and_never_an_undecodable_sample():
