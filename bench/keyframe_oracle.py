@@ -50,8 +50,9 @@ def expert_keyframes(env, horizon: int, stride: int, execute_k: int, blur: int =
     """The expert's targets at steps ``k * stride - 1`` (k = 1..horizon) of a look-ahead from the current state, and
     its phase bookkeeping after ``execute_k`` steps of it; the simulation is put back as it was. With ``blur`` > 0
     each keyframe's position and gripper are the mean of the targets ``blur`` steps either side of its step (the
-    look-ahead runs ``blur`` steps further; the first step is the earliest): the plan of a model that knows the
-    expert's path but not when along it the expert will be, averaged over that uncertainty. Rotation is kept."""
+    look-ahead runs ``blur`` steps further; windows are clipped at its first step, so the first keyframes' means
+    lean forward): the plan of a model that knows the expert's path but not when along it the expert will be,
+    averaged over that uncertainty. Rotation is kept."""
     snap = Snapshot(env)
     targets, phase = [], None
     for i in range(horizon * stride + blur):
@@ -115,7 +116,8 @@ def main(argv=None) -> int:
                                                    "added to each keyframe's position, one run each (default 0)")
     p.add_argument("--blur-steps", type=int, default=0,
                    help="each keyframe's position and gripper averaged over the expert's targets this many control "
-                        "steps either side of its own (default 0: the keyframe's own target)")
+                        "steps either side of its own, clipped at the look-ahead's first step (default 0: the "
+                        "keyframe's own target)")
     p.add_argument("--json", default=None, help="write the results here")
     a = p.parse_args(argv)
     from action_images.seeds import episode_seed

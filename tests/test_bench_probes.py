@@ -403,6 +403,9 @@ def test_keyframe_oracle_looks_ahead_without_moving_the_scene_and_succeeds_with_
         np.testing.assert_allclose(blurred[j, 7], longer[i - 1:i + 2, 7].mean())
         np.testing.assert_allclose(blurred[j, 3:7], longer[i, 3:7])
     assert not np.allclose(blurred[:, :3], kf[:, :3])
+    env.reset(seed=3)                                   # two steps either side: keyframe 1 (step 1) is clipped at step 0
+    wide, _ = oracle.expert_keyframes(env, 4, 2, 4, blur=2)
+    np.testing.assert_allclose(wide[0, :3], longer[0:4, :3].mean(axis=0))
 
 
 def _first_plan_rows(plan_of, n=40, seed=0, hand_of=None, variants=None):

@@ -162,7 +162,8 @@ def saved_recipe(ck: dict[str, Any]) -> dict[str, Any] | None:
 # logit-normal, work at another resolution (the backbones' position embeddings are computed for any grid of
 # patches, and the context encoder is convolutional; a backbone whose weights depend on the grid fails the shape
 # check below instead), or space its keyframes otherwise (the stride only says which control steps the windows'
-# frames come from; no weight depends on it)
+# frames come from: no weight's shape depends on it, and the stage learns what the new spacing means, as it does for
+# another resolution)
 WEIGHT_FREE_KEYS = frozenset({"camera_names", "action_loss_weight", "act_peak_weight", "act_keypoint_weight",
                               "t_mean", "t_std", "image_size", "num_views", "stride"})
 
@@ -182,7 +183,7 @@ TEXT_LAYERS_KEY, TEXT_LAYERS = "text.layers", "text_encoder.layers."
 def init_weights(model: torch.nn.Module, run: str) -> None:
     """Load another run's exported weights (``RUN/model.safetensors``) into ``model`` (``model.init_from``); its
     ``config.json`` must describe the same model but for :data:`WEIGHT_FREE_KEYS` (cameras, views per window, loss
-    weights, training noise levels, image size) and for past frames (:data:`HISTORY_KEYS`), DiT blocks
+    weights, training noise levels, image size, keyframe stride) and for past frames (:data:`HISTORY_KEYS`), DiT blocks
     (:data:`DEPTH_KEY`) or text encoder layers (:data:`TEXT_LAYERS_KEY`) this model adds."""
     folder = Path(run)
     if not (folder / WEIGHTS_NAME).is_file() or not (folder / CONFIG_NAME).is_file():

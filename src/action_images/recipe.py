@@ -106,8 +106,8 @@ class ModelRecipe:
                                              "(less memory, ~30 % more compute)")
     init_from: str | None = _f(None, "start from another run's exported weights (RUN/model.safetensors; the same "
                                      "model config, but for the cameras, views per window, loss weights, training "
-                                     "noise levels, image size, and past frames or DiT blocks this recipe "
-                                     "adds), with a fresh optimizer and EMA: a second stage "
+                                     "noise levels, image size, keyframe stride, and past frames or DiT blocks "
+                                     "this recipe adds), with a fresh optimizer and EMA: a second stage "
                                      "of a recipe")
 
 
