@@ -534,6 +534,7 @@ def test_the_stack_wait_stage_is_the_shipped_stage_with_stack_demos_collected_ag
 
 
 @pytest.mark.parametrize("name, folder, flag", [("jaw-back", "data/rig8_push_jaw_back", "--push-style jaw_back"),
+                                                ("jaw-high", "data/rig8_push_jaw_high", "--push-style jaw_high"),
                                                 ("push-still", "data/rig8_push_still", "--hold-action still"),
                                                 ("push-cage", "data/rig8_push_cage", "--push-style cage"),
                                                 ("push-cage-wait", "data/rig8_push_cage_wait",
@@ -546,7 +547,7 @@ def test_the_stack_wait_stage_is_the_shipped_stage_with_stack_demos_collected_ag
                                                 ("push-noise", "data/rig8_push_noise", "--action-noise 0.01"),
                                                 ("push-noise2", "data/rig8_push_noise2", "--action-noise 0.02")])
 def test_a_push_probe_stage_is_the_shipped_stage_with_push_demos_collected_again(name, folder, flag):
-    """recipes/rig8-ctx-recover-noise-{jaw-back,push-still,push-cage,push-cage-wait,push-cage-slow,push-cage-noise,
+    """recipes/rig8-ctx-recover-noise-{jaw-back,jaw-high,push-still,push-cage,push-cage-wait,push-cage-slow,push-cage-noise,
     push-grip,push-noise,push-noise2}.json: the shipped second stage with data/rig8's push_cube demos left out and
     demos from data/rig8's collect seed (2000) collected again with one collect flag (push-cage-noise: the cage with
     noise on the executed targets; push-noise: the jaw with the noise of the stage's grasping demos, push-noise2 with

@@ -175,6 +175,26 @@ def test_palm_push_forgives_a_hand_off_the_push_line():
         env.reset(seed=0)
 
 
+def test_jaw_high_push_travels_high_then_comes_straight_down_at_the_jaw_landing():
+    """The jaw_high style succeeds as the jaw does; no target above the table's cube region lies under JAW_HIGH_Z
+    minus its rise margin until the hand is over its landing point, where it comes down as the jaw does."""
+    from action_images.sim.tasks.push_cube import JAW_HIGH_Z, STANDOFF
+
+    for seed in range(3):
+        env = make_env("push_cube", render=False)
+        env.task.style = "jaw_high"
+        ok, actions = rollout(env, seed)
+        assert ok
+        env.reset(seed=seed)
+        cube, goal = env.task.body_pos("cube")[:2], env.task.goal_xy()
+        d = (goal - cube) / np.linalg.norm(goal - cube)
+        landing = cube - (STANDOFF + 0.01) * d
+        travel = [a for a in actions if np.linalg.norm(a[:2] - landing) > 0.02 and a[2] > 0.08]
+        assert travel and min(a[2] for a in travel) >= JAW_HIGH_Z - 0.05
+        low = next(a for a in actions if a[2] < 0.06)             # the first low target sits at the landing point
+        assert np.linalg.norm(low[:2] - landing) < 0.015
+
+
 def test_jaw_back_push_forgives_a_hand_that_comes_down_too_close():
     """The jaw_back style comes down 10 cm behind the cube instead of 5.5: with every target 4 cm closer to the cube it
     still lands behind it and pushes it home, where the jaw style lands on the cube."""

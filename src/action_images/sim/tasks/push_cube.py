@@ -7,6 +7,10 @@ The expert moves the cube in one of seven styles (``PushCube.style``; ``collect 
   2.5 cm off the push line pushes the cube's edge, turns it and loses it.
 - ``"jaw_back"``: the jaw, but the hand comes down 10 cm behind the cube's centre instead of 5.5 and slides in
   at push height, so a hand that comes down a few centimetres too close still lands behind the cube.
+- ``"jaw_high"``: the jaw, but the hand travels to its landing 18 cm above the table instead of 10 cm (and rises
+  that high first), then comes straight down. A plan that lags the demos starts down before it is above the landing
+  point, so from a start on the mark's side its path cuts across the cube on the way down; from 18 cm that path
+  passes 8 cm higher over the cube (its top is 5 cm above the table, the jaw's travel height 10 cm).
 - ``"palm"``: the hand turned horizontal, its approach axis pointing back along the push and tool +x up, so the
   palm (13 cm wide, 5 cm tall) leads and pushes with its flat face while the open fingers trail. With every target
   3.5 cm off the push line it succeeds 39-40 times in 40, where the jaw fails every time (``bench/push_styles.py``).
@@ -45,8 +49,9 @@ PUSH_G = 0.35           # half-open jaw: two finger tips touch the cube face, so
 PUSH_Z = 0.03           # TCP height while pushing (finger pads span 2-9 cm above the table)
 STANDOFF = 0.045        # TCP distance behind the cube centre before contact
 GOAL_LOW, GOAL_HIGH = (-0.15, -0.22), (0.2, 0.22)   # the table region (x, y) where reset places the mark
-STYLES = ("jaw", "jaw_back", "palm", "cage", "cage_wait", "cage_slow", "grip")
+STYLES = ("jaw", "jaw_back", "jaw_high", "palm", "cage", "cage_wait", "cage_slow", "grip")
 JAW_BACK_STANDOFF = 0.09   # jaw_back style: STANDOFF's counterpart where the hand comes down (plus the same 1 cm)
+JAW_HIGH_Z = 0.18       # jaw_high style: TCP height of the approach above the landing point (and of the rise)
 PALM_FRONT = 0.09       # palm style: the palm's front face ahead of the TCP (palm centre 7.5 cm + half its 3 cm)
 PALM_STANDOFF = PALM_FRONT + 0.035   # TCP distance behind the cube centre before contact (a turned cube's corner)
 PALM_Z = 0.03           # TCP height while pushing with the palm: its 5 cm face spans 0.5-5.5 cm above the table
@@ -222,6 +227,8 @@ class PushCube(Task):
         palm = self.style == "palm"
         z_above, z_push = (PALM_ABOVE_Z, PALM_Z) if palm else (0.1, PUSH_Z)
         z_risen = 0.1 if palm else 0.08             # the rise ends above this height
+        if self.style == "jaw_high":                # travel, and rise before travelling, above the cube by 13 cm
+            z_above, z_risen = JAW_HIGH_Z, JAW_HIGH_Z - 0.02
         tol_above, tol_low, tol_deg = (0.015, 0.01, 8.0) if palm else (0.012, 0.008, 6.0)
         # where the hand comes down: jaw_back lands farther behind the cube, then slides in at push height
         back = JAW_BACK_STANDOFF - STANDOFF + 0.01 if self.style == "jaw_back" else 0.01
