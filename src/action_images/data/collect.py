@@ -117,9 +117,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--push-style", default="jaw", choices=PUSH_STYLES,
                    help="how push_cube's expert pushes: jaw (top-down, the half-open jaw's fingertips on the cube; "
                         "the default; a meta/collect.json without push_style means it), jaw_back (the same, coming "
-                        "down 10 cm behind the cube instead of 5.5 and sliding in), jaw_high (the same as jaw, travelling 18 cm "
-                        "above the table instead of 10), palm (the hand turned "
-                        "horizontal, its 13 cm palm leading: forgives a hand 3.5 cm off the push line), cage (the "
+                        "down 10 cm behind the cube instead of 5.5 and sliding in), jaw_high (the jaw, travelling "
+                        "18 cm above the table instead of 10), palm (the hand turned horizontal, its 13 cm palm "
+                        "leading: forgives a hand 3.5 cm off the push line), cage (the "
                         "jaw fully open comes down around the cube and slides it, the finger behind it pushing), "
                         "cage_wait (the cage, holding still 4 steps once down around the cube) or cage_slow (the "
                         "cage pushing with its targets 2.5 cm ahead of the cube's centre, not 4.5) or grip (not a "
