@@ -1,14 +1,14 @@
 """push_cube: push a cube across the table onto a flat goal marker (non-prehensile, needs closed-loop re-aiming).
 
-The expert moves the cube in one of seven styles (``PushCube.style``; ``collect --push-style``), six of them pushes:
+The expert moves the cube in one of eight styles (``PushCube.style``; ``collect --push-style``), seven of them pushes:
 
 - ``"jaw"`` (the default; a dataset whose ``meta/collect.json`` names no ``push_style`` used it): top-down, the
   half-open jaw's two fingertips against the cube's back face. The contact is as wide as the cube, so a hand
   2.5 cm off the push line pushes the cube's edge, turns it and loses it.
 - ``"jaw_back"``: the jaw, but the hand comes down 10 cm behind the cube's centre instead of 5.5 and slides in
   at push height, so a hand that comes down a few centimetres too close still lands behind the cube.
-- ``"jaw_high"``: the jaw, but the hand travels to its landing 18 cm above the table instead of 10 cm (and rises
-  that high first), then comes straight down. A plan that lags the demos starts down before it is above the landing
+- ``"jaw_high"``: the jaw, but the hand travels to its landing 18 cm above the table instead of 10 cm (after an
+  abort it first rises straight up to 18 cm), then comes straight down. A plan that lags the demos starts down before it is above the landing
   point, so from a start on the mark's side its path cuts across the cube on the way down; from 18 cm that path
   passes 8 cm higher over the cube (its top is 5 cm above the table, the jaw's travel height 10 cm).
 - ``"palm"``: the hand turned horizontal, its approach axis pointing back along the push and tool +x up, so the
@@ -227,7 +227,7 @@ class PushCube(Task):
         palm = self.style == "palm"
         z_above, z_push = (PALM_ABOVE_Z, PALM_Z) if palm else (0.1, PUSH_Z)
         z_risen = 0.1 if palm else 0.08             # the rise ends above this height
-        if self.style == "jaw_high":                # travel, and rise before travelling, above the cube by 13 cm
+        if self.style == "jaw_high":                # travel with the TCP 13 cm above the cube's top
             z_above, z_risen = JAW_HIGH_Z, JAW_HIGH_Z - 0.02
         tol_above, tol_low, tol_deg = (0.015, 0.01, 8.0) if palm else (0.012, 0.008, 6.0)
         # where the hand comes down: jaw_back lands farther behind the cube, then slides in at push height
