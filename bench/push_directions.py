@@ -47,11 +47,10 @@ def push_geometry(env, seed: int) -> tuple[float, float]:
     return float(np.degrees(np.arctan2(d[1], d[0]))), float(np.linalg.norm(d))
 
 
-def start_side(env, seed: int) -> float:
-    """Degrees in [0, 180] at the cube between the hand's start and the push line's back (the side away from the
-    mark, where the expert comes down) in the table plane: 0 straight behind the cube, 180 straight on the mark's
-    side."""
-    env.reset(seed=int(seed))
+def start_side(env) -> float:
+    """Degrees in [0, 180] at the cube between the hand and the push line's back (the side away from the mark, where
+    the expert comes down) in the table plane, in the scene ``env`` holds now (an episode's start after
+    :func:`push_geometry`'s reset): 0 straight behind the cube, 180 straight on the mark's side."""
     cube = env.task.body_pos("cube")[:2]
     d = env.task.goal_xy() - cube
     s = env.arm.tcp_pos()[:2] - cube
@@ -104,7 +103,7 @@ def main(argv=None) -> int:
         if not eps:
             sys.exit(f"{path}: no push_cube episodes")
         env = push_env((d.get("settings") or {}).get("rig_distribution"))
-        mine = [(*push_geometry(env, e["seed"]), float(e["success"]), start_side(env, e["seed"])) for e in eps]
+        mine = [(*push_geometry(env, e["seed"]), float(e["success"]), start_side(env)) for e in eps]   # one reset
         env.close()
         cols = np.array(mine).T
         per_file[path] = summarise(*cols[:3], band=a.band, side=cols[3])

@@ -261,8 +261,8 @@ def test_push_directions_bins_success_and_marks_the_band_where_the_jaw_yaw_wraps
     assert -180 <= angle <= 180 and 0.1 <= dist <= 0.18
     assert pushdir.push_geometry(pushdir.push_env("train"), 3) == (angle, dist)   # the rig does not change the scene
     assert pushdir.push_geometry(env, 4) != (angle, dist) and pushdir.push_geometry(env, 3) == (angle, dist)
-    side = pushdir.start_side(env, 3)                                # the same scene: the mark's direction from the
-    env.reset(seed=3)                                                # cube against the hand's start
+    pushdir.push_geometry(env, 3)                                    # the scene of seed 3 at its start: the mark's
+    side = pushdir.start_side(env)                                   # direction from the cube against the hand
     cube, hand = env.task.body_pos("cube")[:2], env.arm.tcp_pos()[:2]
     to_mark = np.degrees(np.arctan2(*(env.task.goal_xy() - cube)[::-1]))
     to_hand = np.degrees(np.arctan2(*(hand - cube)[::-1]))

@@ -8,9 +8,9 @@ The expert moves the cube in one of eight styles (``PushCube.style``; ``collect 
 - ``"jaw_back"``: the jaw, but the hand comes down 10 cm behind the cube's centre instead of 5.5 and slides in
   at push height, so a hand that comes down a few centimetres too close still lands behind the cube.
 - ``"jaw_high"``: the jaw, but the hand travels to its landing 18 cm above the table instead of 10 cm (after an
-  abort it first rises straight up to 18 cm), then comes straight down. A plan that lags the demos starts down before it is above the landing
-  point, so from a start on the mark's side its path cuts across the cube on the way down; from 18 cm that path
-  passes 8 cm higher over the cube (its top is 5 cm above the table, the jaw's travel height 10 cm).
+  abort it first rises straight up to 18 cm), then comes straight down. A plan that lags the demos starts down
+  before it is above the landing point, so from a start on the mark's side its path crosses the cube on the way
+  down; starting down from 18 cm, it crosses higher (the cube's top is 5 cm above the table).
 - ``"palm"``: the hand turned horizontal, its approach axis pointing back along the push and tool +x up, so the
   palm (13 cm wide, 5 cm tall) leads and pushes with its flat face while the open fingers trail. With every target
   3.5 cm off the push line it succeeds 39-40 times in 40, where the jaw fails every time (``bench/push_styles.py``).
