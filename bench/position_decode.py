@@ -63,11 +63,31 @@ def summarise(rows: dict[str, list[np.ndarray]]) -> dict[str, dict[str, float]]:
     return out
 
 
+def select_episodes(tasks: list[str], only: str, per_task: int) -> list[tuple[int, str]]:
+    """(episode index, task) of the episodes a probe reads: those of the comma-separated tasks ``only`` (every task
+    if empty), the first ``per_task`` of each (every one if 0), in the dataset's order."""
+    keep = {t.strip() for t in only.split(",") if t.strip()}
+    seen: dict[str, int] = {}
+    chosen = []
+    for ep, t in enumerate(tasks):
+        if keep and t not in keep:
+            continue
+        seen[t] = seen.get(t, 0) + 1
+        if per_task and seen[t] > per_task:
+            continue
+        chosen.append((ep, t))
+    return chosen
+
+
 def main(argv=None) -> int:
     p = Parser(description=__doc__.split("\n\n")[0])
     probe_arguments(p, checkpoint="checkpoints/rig8-ctx-recover-noise-9k", samples=4, min_samples=1, views="all",
                     json="bench/results/position_decode/openloop.json")
+    p.add_argument("--tasks", default="", help="only the episodes of these tasks (comma-separated; default: all)")
+    p.add_argument("--episodes", type=int, default=0, help="only the first N episodes of each task (0: all)")
     a = p.parse_args(argv)
+    if a.episodes < 0:
+        raise SystemExit(f"--episodes must be >= 0; got {a.episodes}")
     if a.samples < 1:
         raise SystemExit(f"--samples must be >= 1; got {a.samples}")
     torch.set_num_threads(1)
@@ -85,8 +105,11 @@ def main(argv=None) -> int:
     rows: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     tasks: list[str] = []
     starts: list[int] = []                             # each window's rank among its episode's starts (0: the first)
-    for ep in range(ds.num_episodes):
-        task = str(ds.episode_info(ep).get("extra/task_name") or "unknown")
+    chosen = select_episodes([str(ds.episode_info(ep).get("extra/task_name") or "unknown")
+                              for ep in range(ds.num_episodes)], a.tasks, a.episodes)
+    if not chosen:
+        raise SystemExit(f"--tasks {a.tasks}: {a.data} has no episodes of these tasks")
+    for done, (ep, task) in enumerate(chosen, 1):
         for wi, w in enumerate(held_out_windows(data, [ep], a.starts, views, a.seed)):
             poses = w["poses"].numpy()
             cams = window_cameras(w, R)
@@ -114,7 +137,7 @@ def main(argv=None) -> int:
                 rows[k].append(np.concatenate(r[k]))
             tasks.append(task)
             starts.append(wi)
-        print(f"episode {ep + 1}/{ds.num_episodes}", file=sys.stderr)
+        print(f"episode {done}/{len(chosen)}", file=sys.stderr)
     by_task = {t: summarise({k: [x for x, wt in zip(v, tasks) if wt == t] for k, v in rows.items()})
                for t in dict.fromkeys(tasks)}
     for t, d in by_task.items():         # the position point's error at each keyframe (1 = the nearest in time)
@@ -123,7 +146,8 @@ def main(argv=None) -> int:
         d["by_start"] = {str(i): summarise({k: [x for x, wt, st in zip(rows[k], tasks, starts) if wt == t and st == i]
                                             for k in ("point_cm", "point_off_path_cm", "point_lead_cm")})
                          for i in sorted(set(starts))}
-    out = {"command": probe_command(__file__, argv), "checkpoint": a.checkpoint, "data": a.data, "starts": a.starts,
+    out = {"command": probe_command(__file__, argv), "checkpoint": a.checkpoint, "data": a.data,
+           "episodes": [ep for ep, _ in chosen], "starts": a.starts,
            "samples": K, "sampler_steps": a.sampler_steps, "seed": a.seed, "views": views,
            "summary": summarise(rows), "by_task": by_task, "wall_s": round(time.perf_counter() - t0, 1)}
     atomic_write_json(a.json, out)

@@ -228,6 +228,14 @@ def test_position_decode_measures_lead_and_distance_from_the_path():
     np.testing.assert_allclose(posdec.path_cm(off, path), [1.0, 1.0, 1.0], atol=1e-9)
 
 
+def test_position_decode_selects_the_first_episodes_of_the_tasks_asked_for():
+    tasks = ["push", "pick", "push", "stack", "push", "pick"]
+    assert posdec.select_episodes(tasks, "", 0) == list(enumerate(tasks))
+    assert posdec.select_episodes(tasks, "push", 2) == [(0, "push"), (2, "push")]
+    assert posdec.select_episodes(tasks, "pick, stack", 1) == [(1, "pick"), (3, "stack")]
+    assert posdec.select_episodes(tasks, "open_drawer", 0) == []
+
+
 def test_position_decode_runs_on_a_tiny_checkpoint(tmp_path, lerobot_root):
     import torch
 
@@ -244,6 +252,11 @@ def test_position_decode_runs_on_a_tiny_checkpoint(tmp_path, lerobot_root):
     assert len(group["point_cm_median_by_keyframe"]) == 2 and set(group["by_start"]) == {"0", "1"}
     with pytest.raises(SystemExit, match="--samples"):
         posdec.main(["--checkpoint", str(tmp_path / "m"), "--samples", "0"])
+    with pytest.raises(SystemExit, match="--episodes"):
+        posdec.main(["--checkpoint", str(tmp_path / "m"), "--episodes", "-1"])
+    with pytest.raises(SystemExit, match="--tasks push_cube"):                # the synthetic data names no task
+        posdec.main(["--checkpoint", str(tmp_path / "m"), "--data", str(lerobot_root), "--tasks", "push_cube",
+                     "--views", "2", "--json", str(out)])
 
 
 def test_push_directions_bins_success_and_marks_the_band_where_the_jaw_yaw_wraps():

@@ -475,3 +475,33 @@ def test_cli_routes_collect(capsys):
     with pytest.raises(SystemExit) as e:
         main(["collect", "--help"])
     assert e.value.code == 0 and "--perturb-cameras" in capsys.readouterr().out
+
+
+def test_real_sim_start_jitter_is_checked_recorded_and_moves_the_first_pose(tmp_path, monkeypatch, capsys):
+    """--start-jitter: the demos start away from the home pose (the first stored pose), the value is recorded in
+    meta/collect.json (0 by default and for datasets from before the flag) and must match on resume; out of range or
+    with another suite it is refused in one line."""
+    from action_images.sim.robot import START_POS
+    out = tmp_path / "jit"
+    assert collect_real(monkeypatch, out, "--tasks", "reach_target", "--episodes", "2", "--image-size", "16",
+                        "--start-jitter", "0.1") == 0
+    ds = LeRobotDataset(out)
+    starts = [ds.episode(i).states[0, :3] for i in range(2)]
+    assert all(ds.episode_info(i)["extra/success"] for i in range(2))
+    assert min(np.linalg.norm(s - START_POS) for s in starts) > 0.005 and not np.allclose(starts[0], starts[1])
+    assert json.loads((out / "meta/collect.json").read_text())["config"]["start_jitter"] == 0.1
+    assert collect_real(monkeypatch, out, "--tasks", "reach_target", "--episodes", "3", "--image-size", "16",
+                        "--resume") == 2
+    assert "start_jitter: was 0.1, now 0.0" in capsys.readouterr().err
+    record = out / "meta/collect.json"                  # a dataset from before the flag started at the home pose
+    old = json.loads(record.read_text())
+    del old["config"]["start_jitter"]
+    record.write_text(json.dumps(old))
+    assert collect_real(monkeypatch, out, "--tasks", "reach_target", "--episodes", "3", "--image-size", "16",
+                        "--resume") == 0
+    assert collect_real(monkeypatch, tmp_path / "far", "--tasks", "reach_target", "--episodes", "1",
+                        "--start-jitter", "0.2") == 2
+    assert "--start-jitter must be in 0.0..0.12; got 0.2" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--start-jitter is not supported with --suite"):
+        collect.check_args(args_for(tmp_path / "m", "--tasks", "push_fake", "--start-jitter", "0.05"), fake.TASKS,
+                           tuple(fake.EYES), suite=OTHER_SUITE)

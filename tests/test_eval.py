@@ -312,3 +312,37 @@ def test_rollout_renders_only_what_the_policy_or_the_video_reads(checkpoint):
     model = WorldActionModel(cfg)
     past, rendered_past = run(False, False)
     assert rendered_past == list(range(11)) and past["length"] == 10
+
+
+def test_start_jitter_starts_each_episode_elsewhere_reproducibly(checkpoint, tmp_path, capsys):
+    """--start-jitter: each episode's record says where the hand started, away from the home pose and from the other
+    episode's, the same on a rerun; metrics and report name it; a resume without it is refused; out of range and
+    with Meta-World it is refused in one line naming the flag."""
+    from action_images.sim.robot import START_POS
+
+    base = ["--checkpoint", str(checkpoint), "--tasks", "reach_target", "--episodes", "2", "--image-size", "32",
+            "--sampler-steps", "1", "--max-steps", "1", "--videos", "0", "--seed", "5", "--no-progress"]
+
+    def starts(out, *extra):
+        assert evaluate.run(parse(evaluate, [*base, "--out", str(tmp_path / out), *extra])) == 0
+        m = json.loads((tmp_path / out / "metrics.json").read_text())
+        return m, [e["start_position"] for e in m["episodes"]]
+
+    _, home = starts("home")
+    m, moved = starts("a", "--start-jitter", "0.08")
+    _, again = starts("b", "--start-jitter", "0.08")
+    assert moved == again and moved[0] != moved[1]
+    for h, s in zip(home, moved):
+        assert max(abs(a - b) for a, b in zip(h, START_POS)) < 0.02
+        assert 0.005 < max(abs(a - b) for a, b in zip(s, START_POS)) <= 0.085
+    assert m["start_jitter"] == 0.08 and "hand start jittered by up to 0.08 m" in (tmp_path / "a/report.html").read_text()
+    capsys.readouterr()
+    assert evaluate.run(parse(evaluate, [*base, "--out", str(tmp_path / "a"), "--resume", "--episodes", "3"])) == 2
+    assert "start_jitter" in capsys.readouterr().err
+    for bad, why in (("0.5", "--start-jitter: start_jitter must be in [0, 0.12]"),
+                     ("-1", "--start-jitter: start_jitter must be in [0, 0.12]")):
+        assert evaluate.run(parse(evaluate, [*base, "--out", str(tmp_path / "bad"), "--start-jitter", bad])) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and why in err[0]
+    with pytest.raises(ValueError, match="--start-jitter is not supported with --suite metaworld"):
+        EvalSettings(suite="metaworld", tasks="reach-v3", start_jitter=0.05)

@@ -568,3 +568,20 @@ def test_a_push_probe_stage_is_the_shipped_stage_with_push_demos_collected_again
     assert rig8["seed"] == 2000 and rig8["hold_steps"] == 10 and rig8["rig_views"] == 4
     shipped.pop("comment"), back.pop("comment")
     assert shipped == back
+
+
+def test_the_start_jitter_stage_is_the_shipped_stage_on_demos_that_start_elsewhere():
+    """recipes/rig8-ctx-recover-noise-start-jitter.json: the shipped second stage with both its datasets collected
+    again from the same collect seeds and options, plus --start-jitter 0.1; nothing else differs."""
+    shipped = json.loads(STAGE2.read_text())
+    probe = json.loads((ROOT / "recipes" / "rig8-ctx-recover-noise-start-jitter.json").read_text())
+    assert shipped["data"].pop("data") == ["data/rig8", "data/rig8_grasp_miss_noise"]
+    assert probe["data"].pop("data") == ["data/rig8_start", "data/rig8_grasp_miss_noise_start"]
+    rig8 = json.loads(RECIPE.read_text())["data"]["collect"]
+    assert probe["data"].pop("collect") == {**rig8, "out": "data/rig8_start", "start_jitter": 0.1}
+    miss = shipped["data"].pop("collect")
+    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in miss.items() if k != "out")
+    assert f"{flags} --start-jitter 0.1 --out data/rig8_grasp_miss_noise_start" in probe["comment"]
+    assert shipped["data"] == probe["data"] == {}
+    shipped.pop("comment"), probe.pop("comment")
+    assert shipped == probe

@@ -222,3 +222,41 @@ def test_ee_pose_matches_site(blind):
     np.testing.assert_allclose(obs["ee_pose"], ref)
 
 
+
+
+def test_start_jitter_moves_the_hand_not_the_objects():
+    """start_jitter: the hand starts at a seeded offset inside the documented box, still pointing down and at rest;
+    the objects and instruction are the episode seed's as without it; the expert still succeeds from there."""
+    from action_images.sim.env import MAX_START_JITTER, start_offset
+    from action_images.sim.robot import START_POS
+
+    home, moved = make_env("push_cube", render=False), make_env("push_cube", render=False, start_jitter=0.1)
+    offsets = []
+    for seed in range(6):
+        oh, _ = home.reset(seed=seed)
+        om, _ = moved.reset(seed=seed)
+        assert om["instruction"] == oh["instruction"]
+        for name in ("cube", "goal"):                               # the push scene: the cube and its goal mark
+            np.testing.assert_allclose(moved.data.body(name).xpos[:2], home.data.body(name).xpos[:2], atol=1e-4)
+        off = om["ee_pose"][:3] - START_POS
+        assert np.all(np.abs(off) <= [0.1 + 0.005, 0.1 + 0.005, 0.05 + 0.005])
+        np.testing.assert_allclose(oh["ee_pose"][:3], START_POS, atol=0.02)
+        assert rotation_angle_deg(Rotation.from_quat(om["ee_pose"][3:7]).as_matrix(),
+                                  Rotation.from_quat(oh["ee_pose"][3:7]).as_matrix()) < 2.0
+        assert np.abs(moved.data.qvel).max() < 0.05
+        offsets.append(off)
+    assert np.ptp(np.array(offsets)[:, :2], axis=0).min() > 0.05     # the offsets vary over episodes
+    again, _ = moved.reset(seed=3)
+    np.testing.assert_allclose(again["ee_pose"][:3] - START_POS, offsets[3], atol=1e-9)
+    moved.reset(seed=11)
+    for _ in range(moved.max_steps):
+        *_, term, trunc, _ = moved.step(moved.expert_action())
+        if term or trunc:
+            break
+    assert term
+    rng = np.random.default_rng(0)
+    box = np.array([start_offset(rng, 0.08) for _ in range(2000)])
+    np.testing.assert_allclose(np.abs(box).max(0), [0.08, 0.08, 0.04], rtol=0.02)
+    for bad in (-0.01, MAX_START_JITTER + 0.01, float("nan"), "x"):
+        with pytest.raises(ValueError, match="start_jitter"):
+            make_env("push_cube", render=False, start_jitter=bad)

@@ -30,9 +30,11 @@ def test_at_least_eight_tasks():
         assert name in TASKS
 
 
+@pytest.mark.parametrize("jitter", [0.0, 0.1])
 @pytest.mark.parametrize("task", TASKS)
-def test_expert_succeeds(task):
-    env = make_env(task, render=False)
+def test_expert_succeeds(task, jitter):
+    """From the home pose and from hands started up to 10 cm away (--start-jitter 0.1)."""
+    env = make_env(task, render=False, start_jitter=jitter)
     for seed in range(3):
         ok, actions = rollout(env, seed)
         assert ok, f"{task} expert failed on seed {seed}"
@@ -84,9 +86,10 @@ def test_expert_recovers_from_a_perturbation():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("jitter", [0.0, 0.1])
 @pytest.mark.parametrize("task", TASKS)
-def test_expert_success_rate_20_seeds(task):
-    env = make_env(task, render=False)
+def test_expert_success_rate_20_seeds(task, jitter):
+    env = make_env(task, render=False, start_jitter=jitter)
     assert sum(rollout(env, 1000 + s)[0] for s in range(20)) >= 19
 
 

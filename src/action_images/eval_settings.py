@@ -19,7 +19,7 @@ EVAL_FLAGS = {"tasks": "--tasks", "episodes": "--episodes", "seed": "--seed", "c
               "image_size": "--image-size", "max_steps": "--max-steps", "videos": "--videos",
               "video_format": "--video-format", "video_px": "--video-px", "jobs": "--jobs",
               "camera_rig": "--camera-rig", "random_rig": "--random-rig", "rig_distribution": "--rig-distribution",
-              "rig_views": "--rig-views", "suite": "--suite"}
+              "rig_views": "--rig-views", "suite": "--suite", "start_jitter": "--start-jitter"}
 RIG_SPLITS = ("train", "heldout")
 
 
@@ -32,7 +32,8 @@ class EvalSettings:
     policy cameras, see :func:`resolve_settings`). ``max_steps``: cap on episode length (None: the task's).
     ``videos``: rollout videos for the first N episodes per task, each view upscaled to >= ``video_px``.
     ``jobs``: worker processes (records do not depend on it). ``suite``: the benchmark (``sim.suites``: "sim", the
-    built-in tabletop, or "metaworld"). ``policy``: the policy's settings.
+    built-in tabletop, or "metaworld"). ``start_jitter``: metres by which the hand's start position varies per
+    episode (``make_env``; 0: every episode starts at the home pose). ``policy``: the policy's settings.
     """
 
     tasks: tuple[str, ...] | str = "all"
@@ -52,6 +53,7 @@ class EvalSettings:
     rig_views: int = 4
     policy: PolicySettings = field(default_factory=PolicySettings)
     suite: str = "sim"
+    start_jitter: float = 0.0
 
     def __post_init__(self) -> None:
         from action_images.sim.suites import check_suite, get_suite
@@ -92,6 +94,16 @@ class EvalSettings:
             except ValueError as e:
                 raise ValueError(f"--camera-rig: {e}") from None
             put(self, "camera_rig", str(Path(self.camera_rig).resolve()))
+        if self.start_jitter:
+            if not suite.start_jitter:
+                raise ValueError(f"--start-jitter is not supported with --suite {self.suite}")
+            from action_images.sim.env import check_start_jitter
+            try:
+                put(self, "start_jitter", check_start_jitter(self.start_jitter))
+            except ValueError as e:
+                raise ValueError(f"--start-jitter: {e}") from None
+        else:
+            put(self, "start_jitter", 0.0)
         if not isinstance(self.policy, PolicySettings):
             raise TypeError(f"policy must be a PolicySettings; got {type(self.policy).__name__}")
 
@@ -102,9 +114,10 @@ class EvalSettings:
         return d
 
     def record_dict(self) -> dict[str, Any]:
-        """The settings an episode record depends on (``jobs`` only changes the wall time; the default suite is left
-        out, so records written before suites existed still resume)."""
-        return {k: v for k, v in self.to_dict().items() if k != "jobs" and not (k == "suite" and v == "sim")}
+        """The settings an episode record depends on (``jobs`` only changes the wall time; the default suite and a
+        start jitter of 0 are left out, so records written before they existed still resume)."""
+        return {k: v for k, v in self.to_dict().items()
+                if k != "jobs" and not (k == "suite" and v == "sim") and not (k == "start_jitter" and v == 0)}
 
 
 def resolve_settings(settings: EvalSettings, config: Any, warn: bool = True) -> EvalSettings:
@@ -150,6 +163,12 @@ def rig_camera_names(settings: EvalSettings) -> list[str] | None:
     if settings.random_rig is not None or settings.rig_distribution is not None:
         return [f"rig{i}" for i in range(settings.rig_views)]
     return None
+
+
+def start_env_kwargs(settings: EvalSettings) -> dict[str, Any]:
+    """``make_env`` arguments that vary the hand's start pose (none without ``--start-jitter``, so a suite that has no
+    such argument is never given one)."""
+    return {"start_jitter": settings.start_jitter} if settings.start_jitter else {}
 
 
 def rig_env_kwargs(settings: EvalSettings) -> dict[str, Any]:

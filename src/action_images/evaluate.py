@@ -84,6 +84,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="start over in an --out that holds finished episodes (default: refuse; see --resume)")
     p.add_argument("--perturb-cameras", action="store_true", help="viewpoint shift: jitter cameras every episode")
+    p.add_argument("--start-jitter", type=float, default=0.0, metavar="M",
+                   help="start the hand at a random offset from its home position every episode: uniform in ±M "
+                        "metres along x and y and ±M/2 along z, 0..0.12 (default 0: the home position; built-in "
+                        "sim only)")
     p.add_argument("--seed", type=whole_number, default=0, help="base seed, >= 0; episode seeds derive from it")
     p.add_argument("--open-loop-data", default=None, help="LeRobot dataset: also run open-loop metrics on it")
     p.add_argument("--open-loop-episodes", type=int, default=4,
@@ -423,7 +427,8 @@ def settings_from_args(args: argparse.Namespace) -> EvalSettings:
                         image_size=args.image_size, perturb_cameras=args.perturb_cameras, max_steps=args.max_steps,
                         videos=args.videos, video_format=args.video_format, video_px=args.video_px, jobs=args.jobs,
                         camera_rig=args.camera_rig, random_rig=args.random_rig, rig_distribution=args.rig_distribution,
-                        rig_views=args.rig_views, policy=policy, suite=getattr(args, "suite", "sim"))
+                        rig_views=args.rig_views, policy=policy, suite=getattr(args, "suite", "sim"),
+                        start_jitter=getattr(args, "start_jitter", 0.0))
 
 
 def check_files(args: argparse.Namespace) -> None:
@@ -493,7 +498,7 @@ def run(args: argparse.Namespace) -> int:
                                                                  if k != "token"},      # never the secret
                                "seed": args.seed, "checkpoint": str(args.checkpoint),
                                "model_sha256": ev.header["model_sha256"],     # the weights these numbers are of
-                               "perturb_cameras": bool(args.perturb_cameras)}
+                               "perturb_cameras": bool(args.perturb_cameras), "start_jitter": settings.start_jitter}
     try:
         metrics.update(ev.run(progress=not args.no_progress))
     except RuntimeError as e:

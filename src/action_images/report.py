@@ -96,7 +96,9 @@ def write_report(out: str | Path, metrics: dict[str, Any]) -> Path:
     ov = metrics.get("overall", {})
     pol = metrics.get("policy", {})
     parts.append(f"<p>Checkpoint <code>{html.escape(str(metrics.get('checkpoint', '')))}</code>, seed "
-                 f"{_fmt(metrics.get('seed'))}, cameras perturbed: {_fmt(bool(metrics.get('perturb_cameras')))}. "
+                 f"{_fmt(metrics.get('seed'))}, cameras perturbed: {_fmt(bool(metrics.get('perturb_cameras')))}"
+                 + (f", hand start jittered by up to {_fmt(metrics['start_jitter'])} m"
+                    if metrics.get("start_jitter") else "") + ". "
                  f"Overall success {_fmt(ov.get('successes'))}/{_fmt(ov.get('episodes'))} = "
                  f"<b>{_fmt(ov.get('success_rate'), pct=True)}</b> (95 % CI "
                  f"{_fmt((ov.get('success_ci95') or [None])[0], pct=True)} – "

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from action_images.codec import ActionImageCodec
-from action_images.eval_settings import EvalSettings, rig_env_kwargs
+from action_images.eval_settings import EvalSettings, rig_env_kwargs, start_env_kwargs
 from action_images.policy import ActionImagesPolicy
 from action_images.seeds import episode_seed
 from action_images.sim.suites import Env
@@ -44,6 +44,7 @@ def rollout(env: Env, policy: ActionImagesPolicy, seed: int, max_steps: int, rec
     policy.reset(seed)
     # where each camera stood in this episode (differs per episode under --perturb-cameras)
     positions = {c.name: [round(float(x), 6) for x in c.position] for c in env.cameras}
+    start = [round(float(x), 6) for x in obs["ee_pose"][:3]]     # where the hand starts (varies under --start-jitter)
     frames: list[np.ndarray] = []
     success, steps = False, 0
     t_begin = time.perf_counter()
@@ -72,7 +73,7 @@ def rollout(env: Env, policy: ActionImagesPolicy, seed: int, max_steps: int, rec
             "disagree_keyframes": int(sum(c.disagree.sum() for c in chunks)),
             "keyframes": int(sum(len(c.valid) for c in chunks)),
             "reproj_error_px": [u for u in (c.uncertainty()["reproj_error_px_mean"] for c in chunks) if u is not None],
-            "camera_positions": positions, "_frames": frames}
+            "camera_positions": positions, "start_position": start, "_frames": frames}
 
 
 class EpisodeRunner:
@@ -95,7 +96,7 @@ class EpisodeRunner:
         self.suite = get_suite(settings.suite)
         self.env_kwargs = dict(cameras=tuple(settings.cameras or self.suite.eval_cameras),
                                image_size=settings.image_size, perturb_cameras=settings.perturb_cameras,
-                               **rig_env_kwargs(settings))
+                               **rig_env_kwargs(settings), **start_env_kwargs(settings))
         self.task: str | None = None
         self.env: Any = None
 

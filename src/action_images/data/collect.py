@@ -36,7 +36,7 @@ DEFAULT_CAMERAS = "front,left,right,top"
 RESUME_KEYS = ("suite", "seed", "cameras", "image_size", "perturb_cameras", "keep_failed", "hold_steps",
                "hold_action", "random_rig", "rig_views", "camera_rig", "action_noise", "action_noise_prob",
                "missed_grasps", "push_style", "grasp_wait", "stack_sizes", "policy", "policy_steps",
-               "policy_sampler_steps")
+               "policy_sampler_steps", "start_jitter")
 RIG_SPLITS = ("train", "heldout")
 HOLD_ACTIONS = ("expert", "still")
 
@@ -125,6 +125,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "cage pushing with its targets 2.5 cm ahead of the cube's centre, not 4.5) or grip (not a "
                         "push: the jaw closes on the cube and slides it along the table to the mark; its release "
                         "comes after success, in the --hold-steps); docs/benchmark.md")
+    p.add_argument("--start-jitter", type=float, default=0.0, metavar="M",
+                   help="start the hand at a random offset from its home position every episode: uniform in ±M "
+                        "metres along x and y and ±M/2 along z, 0..0.12 (default 0: the home position; the objects "
+                        "are placed as without it); docs/dataset.md")
     p.add_argument("--stack-sizes", default="fixed", choices=STACK_SIZES,
                    help="stack_cube's cubes: fixed (the task: the cube to move is the smaller; the default; a "
                         "meta/collect.json without stack_sizes means it) or equal (the cube to move at the base's "
@@ -351,6 +355,9 @@ def check_args(args: argparse.Namespace, all_tasks: tuple[str, ...],
     if suite is not None and args.push_style != "jaw":
         raise ValueError(f"--push-style is not supported with --suite {suite.name}: it picks the built-in "
                          "push_cube expert's style")
+    if suite is not None and args.start_jitter:
+        raise ValueError(f"--start-jitter is not supported with --suite {suite.name}: it moves the built-in "
+                         "arm's start pose")
     if suite is not None and args.stack_sizes != "fixed":
         raise ValueError(f"--stack-sizes is not supported with --suite {suite.name}: it sizes the built-in "
                          "stack_cube's cubes")
@@ -383,6 +390,8 @@ def check_args(args: argparse.Namespace, all_tasks: tuple[str, ...],
     default = ",".join(c for c in all_cameras if c not in hand) if (args.rig_distribution or args.camera_rig) \
         else (DEFAULT_CAMERAS if suite is None else ",".join(suite.collect_cameras))
     cameras = _names(args.cameras or default, "--cameras", all_cameras, allow_all=False)
+    from ..sim.env import MAX_START_JITTER
+
     lo, hi = IMAGE_SIZE_RANGE
     checks = [("--episodes", args.episodes, 1, None), ("--image-size", args.image_size, lo, hi),
               ("--seed", args.seed, 0, None), ("--hold-steps", args.hold_steps, 0, None),
@@ -390,6 +399,7 @@ def check_args(args: argparse.Namespace, all_tasks: tuple[str, ...],
               ("--action-noise-prob", args.action_noise_prob, 0.0, 1.0),
               ("--missed-grasps", args.missed_grasps, 0.0, 1.0), ("--grasp-wait", args.grasp_wait, *GRASP_WAIT_RANGE),
               ("--policy-steps", args.policy_steps, 1, None),
+              ("--start-jitter", args.start_jitter, 0.0, MAX_START_JITTER),
               ("--policy-sampler-steps", args.policy_sampler_steps, *POLICY_SAMPLER_STEPS_RANGE)]
     if args.max_attempts is not None:
         checks.append(("--max-attempts", args.max_attempts, 1, None))
@@ -461,7 +471,8 @@ def run(args: argparse.Namespace) -> int:
               "grasp_wait": int(args.grasp_wait), "stack_sizes": args.stack_sizes,
               "policy": str(Path(args.policy).resolve()) if args.policy else None,
               "policy_steps": int(args.policy_steps) if args.policy else None,
-              "policy_sampler_steps": int(args.policy_sampler_steps) if args.policy else None}
+              "policy_sampler_steps": int(args.policy_sampler_steps) if args.policy else None,
+              "start_jitter": float(args.start_jitter)}
     if (out / INFO_PATH).exists():
         if not args.resume:
             return _fail(f"{out} already holds a dataset; pass --resume to continue it or choose another --out")
@@ -475,7 +486,7 @@ def run(args: argparse.Namespace) -> int:
         before = {"suite": "sim", "hold_steps": 0, "hold_action": "expert", "random_rig": None, "rig_views": None,
                   "camera_rig": None, "action_noise": 0.0, "action_noise_prob": None, "missed_grasps": 0.0,
                   "push_style": "jaw", "grasp_wait": 0, "stack_sizes": "fixed", "policy": None, "policy_steps": None,
-                  "policy_sampler_steps": None, **prev.get("config", {})}
+                  "policy_sampler_steps": None, "start_jitter": 0.0, **prev.get("config", {})}
         diff = {k: (before.get(k), config[k]) for k in RESUME_KEYS if before.get(k) != config[k]}
         if diff:
             return _fail(f"--resume with different settings than {out / COLLECT_PATH}: "
@@ -522,9 +533,10 @@ def run(args: argparse.Namespace) -> int:
             if task not in envs:
                 rig = ({"rig": args.camera_rig} if args.camera_rig else {}) | (
                     {"rig_distribution": args.rig_distribution, "rig_views": args.rig_views} if args.rig_distribution else {})
+                rig |= {"start_jitter": float(args.start_jitter)} if args.start_jitter else {}
                 envs[task] = make_env(task, cameras=tuple(cameras), image_size=args.image_size,
                                       perturb_cameras=args.perturb_cameras, camera_seed=None, render=True,
-                                      **rig)  # rig arguments only when asked for (simulators without rigs work)
+                                      **rig)  # rig and start arguments only when asked for (other simulators work)
                 if task == "push_cube" and suite is None:
                     envs[task].task.style = args.push_style
                 if task == "stack_cube" and suite is None:

@@ -38,7 +38,7 @@ GYM_IDS = {t: "ActionImages/" + "".join(w.capitalize() for w in t.split("_")) + 
 def make_env(task: str, cameras: Sequence[str] | None = None, image_size: int | None = None,
              perturb_cameras: bool = False, camera_seed: int | None = None, render: bool = True,
              render_mode: str | None = None, rig: "str | Path | Sequence[Camera] | None" = None,
-             rig_distribution: str | None = None, rig_views: int = 4) -> SimEnv:
+             rig_distribution: str | None = None, rig_views: int = 4, start_jitter: float = 0.0) -> SimEnv:
     """Create a task environment.
 
     ``cameras``: names from ``CAMERA_NAMES`` (static front/left/right/top, plus "wrist" on the hand; default
@@ -53,10 +53,13 @@ def make_env(task: str, cameras: Sequence[str] | None = None, image_size: int | 
     ``rig_distribution``: "train" or "heldout": every reset places ``random_rig(seed, rig_views, image_size, split)``
     with the reset's seed (without a seed, one drawn from the env's generator; ``env.rig_seed`` tells which); views are
     named "rig0".."rig{n-1}". With either, ``cameras`` may select and order the rig's views and add "wrist".
+    ``start_jitter`` (metres, at most ``sim.env.MAX_START_JITTER``): every reset starts the hand at a random offset
+    from the home position (uniform in ±start_jitter along x and y, half that along z), drawn from a child stream of
+    the episode seed, so the objects are placed as without it; 0 (default): the home position.
     """
     return SimEnv(task, cameras=cameras, image_size=image_size, perturb_cameras=perturb_cameras,
                   camera_seed=camera_seed, render=render, render_mode=render_mode, rig=rig,
-                  rig_distribution=rig_distribution, rig_views=rig_views)
+                  rig_distribution=rig_distribution, rig_views=rig_views, start_jitter=start_jitter)
 
 
 def _register() -> None:

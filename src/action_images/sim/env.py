@@ -23,6 +23,26 @@ SUBSTEPS = round(1.0 / (FPS * TIMESTEP))
 RESET_SETTLE_STEPS = 25      # physics steps after reset so objects rest on the table
 
 
+MAX_START_JITTER = 0.12     # metres: start_jitter's bound, so the hand starts inside the workspace above the table
+
+
+def check_start_jitter(value: float) -> float:
+    """``start_jitter`` as a float in [0, MAX_START_JITTER]; ValueError naming the bound otherwise."""
+    try:
+        j = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"start_jitter must be a number of metres; got {value!r}") from None
+    if not 0.0 <= j <= MAX_START_JITTER:       # also refuses NaN
+        raise ValueError(f"start_jitter must be in [0, {MAX_START_JITTER}] m; got {value!r}")
+    return j
+
+
+def start_offset(rng: np.random.Generator, jitter: float) -> np.ndarray:
+    """The hand's start offset from ``robot.START_POS`` under ``start_jitter``: uniform in ±jitter along x and y and
+    ±jitter/2 along z (the start stays 14 cm or more above the table)."""
+    return rng.uniform(-1.0, 1.0, 3) * np.array([jitter, jitter, jitter / 2])
+
+
 class SimEnv(CalibratedEnv):
     """See :func:`action_images.sim.make_env` for the arguments and docs/benchmark.md for the tasks."""
 
@@ -34,10 +54,11 @@ class SimEnv(CalibratedEnv):
                  image_size: int | None = None, perturb_cameras: bool = False, camera_seed: int | None = None,
                  render: bool = True, render_mode: str | None = None,
                  rig: str | Path | Sequence[Camera] | None = None, rig_distribution: str | None = None,
-                 rig_views: int = 4):
+                 rig_views: int = 4, start_jitter: float = 0.0):
         if task not in TASK_CLASSES:
             raise ValueError(f"unknown task {task!r}; choose from {sorted(TASK_CLASSES)}")
         check_env_arguments(image_size, render_mode, rig, rig_distribution)
+        self.start_jitter = check_start_jitter(start_jitter)
         fixed_rig: list[Camera] | None = None
         if rig is not None:
             fixed_rig = simrig.resolve_rig(rig, None if image_size is None else int(image_size))
@@ -130,7 +151,11 @@ class SimEnv(CalibratedEnv):
         if self.perturb_cameras and self.camera_seed is None:
             # a spawned child stream: the task's draws (object layout) stay the same with or without jitter
             simcam.perturb(m, self._cam_ids, self._cam_pos0, self._cam_quat0, rng.spawn(1)[0])
-        self.arm.reset()
+        if self.start_jitter > 0:
+            # a spawned child stream, as for the cameras: the object layout stays the episode seed's either way
+            self.arm.reset(start_offset=start_offset(rng.spawn(1)[0], self.start_jitter))
+        else:
+            self.arm.reset()
         self.instruction = self.task.reset(self, rng)
         mujoco.mj_forward(m, d)
         mujoco.mj_step(m, d, nstep=RESET_SETTLE_STEPS)

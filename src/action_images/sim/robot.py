@@ -18,6 +18,7 @@ MAX_STEP_POS = 0.06   # metres the mocap may lead the hand per control step
 MAX_STEP_ROT = 0.5    # radians the mocap may lead the hand per control step
 START_POS = np.array([-0.05, 0.0, 0.2])
 START_YAW = 0.0
+SETTLE_STEPS = 500    # physics steps (1 s) for the weld to pull the arm from home to another start pose
 QUAT_MIN_NORM = 1e-6  # action quaternions shorter than this keep the current tool orientation
 
 
@@ -50,16 +51,23 @@ class Arm:
         d.qpos[self.arm_qadr] = scene.HOME_QPOS
         self.set_mocap(START_POS, quat_down(START_YAW))
         d.ctrl[self.finger_act] = scene.FINGER_RANGE
-        mujoco.mj_step(m, d, nstep=500)
+        mujoco.mj_step(m, d, nstep=SETTLE_STEPS)
         return d.qpos[self.arm_qadr].copy()
 
-    def reset(self) -> None:
-        """Arm at its start pose, gripper open, zero velocities (call after mj_resetData)."""
+    def reset(self, start_offset: np.ndarray | None = None) -> None:
+        """Arm at its start pose, gripper open, zero velocities (call after mj_resetData, before the objects are
+        placed). ``start_offset``: the hand starts that far (metres, xyz) from ``START_POS`` instead, still pointing
+        down: the weld pulls the arm there from the home pose (``SETTLE_STEPS`` physics steps), then every velocity is
+        zeroed."""
         d = self.data
         d.qpos[self.arm_qadr] = self.home_qpos
         d.qpos[self.finger_qadr] = scene.FINGER_RANGE
         d.ctrl[self.finger_act] = scene.FINGER_RANGE
-        self.set_mocap(START_POS, quat_down(START_YAW))
+        start = START_POS if start_offset is None else START_POS + np.asarray(start_offset, dtype=np.float64)
+        self.set_mocap(start, quat_down(START_YAW))
+        if start_offset is not None:
+            mujoco.mj_step(self.model, d, nstep=SETTLE_STEPS)
+            d.qvel[:] = 0.0
 
     def set_mocap(self, pos: np.ndarray, quat_xyzw: np.ndarray) -> None:
         self.data.mocap_pos[0] = pos

@@ -63,7 +63,8 @@ class Suite:
     ValueError naming ``flag``); ``camera_names``: every named view; ``hand_cameras``: views that move with the hand
     (allowed beside a rig's views); ``collect_cameras`` / ``eval_cameras``: the defaults; ``max_rig_views``: how many
     rig cameras the scene can place; ``random_rig(seed, n_views, size, split)``; ``camera_rig_files``: whether
-    ``--camera-rig FILE`` works."""
+    ``--camera-rig FILE`` works; ``start_jitter``: whether ``make_env`` takes ``start_jitter`` (hand start poses
+    drawn per episode)."""
 
     name: str
     make_env: Callable[..., Env]
@@ -76,6 +77,7 @@ class Suite:
     max_rig_views: int
     random_rig: Callable[..., list]
     camera_rig_files: bool
+    start_jitter: bool = False
 
 
 def check_suite(name: Any, flag: str = "--suite") -> str:
@@ -93,7 +95,7 @@ def get_suite(name: str = DEFAULT_SUITE, flag: str = "--suite") -> Suite:
 
         return Suite("sim", sim.make_env, lambda: tuple(sim.TASKS), parse_tasks, tuple(sim.CAMERA_NAMES),
                      ("wrist",), tuple(sim.CAMERA_SETS["all_static"]), tuple(sim.CAMERA_SETS["eval"]),
-                     sim.RIG_SLOTS, sim.random_rig, True)
+                     sim.RIG_SLOTS, sim.random_rig, True, start_jitter=True)
     try:
         from action_images.sim import metaworld as mw
         import metaworld  # noqa: F401  (the package itself, so a missing install is reported here)
