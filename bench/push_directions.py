@@ -14,8 +14,8 @@ symmetric under a half turn), so pushes near ±90° (along world ±y) are where 
 orientations half a turn apart for nearly the same scene: the *wrap band* (``--band`` degrees either side). It
 reports success in 45° bins, by push distance, inside and outside the band, and Fisher's exact test of the two
 (over all the files' episodes pooled; the files usually replay the same scenes, so the p-value is a pointer, not
-a proof). It also reports success by where the hand starts (every episode starts from the same home pose, so the
-side depends on the scene): the angle at the cube between the hand's start and the point behind it on the push
+a proof). It also reports success by where the hand starts (every episode starts from the same home pose unless the
+evaluation ran with ``--start-jitter``, so the side depends on the scene): the angle at the cube between the hand's start and the point behind it on the push
 line, 0° where the expert comes down (the hand goes straight on to its landing) and 180° on the mark's side (it
 must pass the cube), in 60° bins, and Fisher's exact test of the starts under 90° against the others.
 """
@@ -33,11 +33,12 @@ from action_images.cliflags import Parser
 from action_images.runfiles import atomic_write_json, probe_command
 
 
-def push_env(rig_distribution: str | None = None):
-    """A push_cube env that renders nothing (the scenes of an evaluation are rebuilt by reset(seed) alone)."""
+def push_env(rig_distribution: str | None = None, start_jitter: float = 0.0):
+    """A push_cube env that renders nothing (the scenes of an evaluation, and where its hand starts under
+    ``--start-jitter``, are rebuilt by reset(seed) alone)."""
     from action_images.sim.env import SimEnv
 
-    return SimEnv(task="push_cube", render=False, rig_distribution=rig_distribution)
+    return SimEnv(task="push_cube", render=False, rig_distribution=rig_distribution, start_jitter=start_jitter)
 
 
 def push_geometry(env, seed: int) -> tuple[float, float]:
@@ -102,8 +103,14 @@ def main(argv=None) -> int:
         eps = [e for e in d["episodes"] if e["task"] == "push_cube"]
         if not eps:
             sys.exit(f"{path}: no push_cube episodes")
-        env = push_env((d.get("settings") or {}).get("rig_distribution"))
-        mine = [(*push_geometry(env, e["seed"]), float(e["success"]), start_side(env)) for e in eps]   # one reset
+        settings = d.get("settings") or {}
+        env = push_env(settings.get("rig_distribution"), settings.get("start_jitter") or 0.0)
+        mine = []
+        for e in eps:
+            mine.append((*push_geometry(env, e["seed"]), float(e["success"]), start_side(env)))   # one reset
+            if "start_position" in e and not np.allclose(env.arm.tcp_pos(), e["start_position"], atol=1e-4):
+                sys.exit(f"{path}: episode {e['episode']}'s hand starts at {e['start_position']}, the rebuilt scene's "
+                         f"at {env.arm.tcp_pos().round(4).tolist()}")
         env.close()
         cols = np.array(mine).T
         per_file[path] = summarise(*cols[:3], band=a.band, side=cols[3])

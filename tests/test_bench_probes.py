@@ -288,6 +288,30 @@ def test_push_directions_bins_success_and_marks_the_band_where_the_jaw_yaw_wraps
     assert "by_start_side_deg" not in out
 
 
+def test_push_directions_rebuilds_the_jittered_start_of_an_evaluation_and_refuses_one_that_differs(tmp_path):
+    """An evaluation run with --start-jitter: the scene is rebuilt with the same jitter, so the hand starts where the
+    record says; a record whose start the rebuilt scene does not give is refused, naming the episode."""
+    jittered = pushdir.push_env("train", 0.1)
+    pushdir.push_geometry(jittered, 5)
+    start = jittered.arm.tcp_pos().tolist()
+    home = pushdir.push_env("train")
+    pushdir.push_geometry(home, 5)
+    assert np.linalg.norm(np.subtract(start, home.arm.tcp_pos())) > 0.005
+
+    def write(start_position, name):
+        ev = {"settings": {"rig_distribution": "train", "start_jitter": 0.1},
+              "episodes": [{"task": "push_cube", "episode": 0, "seed": 5, "success": True,
+                            "start_position": start_position}]}
+        (tmp_path / name).write_text(json.dumps(ev))
+        return str(tmp_path / name)
+
+    assert pushdir.main([write(start, "ok.json"), "--json", str(tmp_path / "out.json")]) == 0
+    sides = json.loads((tmp_path / "out.json").read_text())["pooled"]["by_start_side_deg"]
+    assert sum(b["episodes"] for b in sides.values()) == 1
+    with pytest.raises(SystemExit, match="episode 0's hand starts at"):
+        pushdir.main([write(home.arm.tcp_pos().tolist(), "bad.json")])
+
+
 def test_ensemble_selection_takes_the_best_mean_over_valid_keyframes_and_never_an_undecodable_sample():
     scores = np.array([[1.0, 9.0], [2.0, 2.0], [0.1, np.nan], [np.nan, np.nan]])
     valid = np.array([[True, True], [True, True], [True, False], [False, False]])
