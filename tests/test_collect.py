@@ -501,7 +501,7 @@ def test_real_sim_start_jitter_is_checked_recorded_and_moves_the_first_pose(tmp_
                         "--resume") == 0
     assert collect_real(monkeypatch, tmp_path / "far", "--tasks", "reach_target", "--episodes", "1",
                         "--start-jitter", "0.2") == 2
-    assert "--start-jitter must be in 0.0..0.12; got 0.2" in capsys.readouterr().err
+    assert "--start-jitter must be in 0.0..0.12 (metres); got 0.2" in capsys.readouterr().err
     with pytest.raises(ValueError, match="--start-jitter is not supported with --suite"):
         collect.check_args(args_for(tmp_path / "m", "--tasks", "push_fake", "--start-jitter", "0.05"), fake.TASKS,
                            tuple(fake.EYES), suite=OTHER_SUITE)

@@ -339,10 +339,10 @@ def test_start_jitter_starts_each_episode_elsewhere_reproducibly(checkpoint, tmp
     capsys.readouterr()
     assert evaluate.run(parse(evaluate, [*base, "--out", str(tmp_path / "a"), "--resume", "--episodes", "3"])) == 2
     assert "start_jitter" in capsys.readouterr().err
-    for bad, why in (("0.5", "--start-jitter: start_jitter must be in [0, 0.12]"),
-                     ("-1", "--start-jitter: start_jitter must be in [0, 0.12]")):
+    for bad, why in (("0.5", "--start-jitter must be in 0.0..0.12 (metres); got 0.5"),
+                     ("-1", "--start-jitter must be in 0.0..0.12 (metres); got -1")):
         assert evaluate.run(parse(evaluate, [*base, "--out", str(tmp_path / "bad"), "--start-jitter", bad])) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and why in err[0]
-    with pytest.raises(ValueError, match="--start-jitter is not supported with --suite metaworld"):
+    with pytest.raises(ValueError, match="--start-jitter is not supported with --suite metaworld: it moves"):
         EvalSettings(suite="metaworld", tasks="reach-v3", start_jitter=0.05)

@@ -222,41 +222,51 @@ def test_ee_pose_matches_site(blind):
     np.testing.assert_allclose(obs["ee_pose"], ref)
 
 
-
-
-def test_start_jitter_moves_the_hand_not_the_objects():
-    """start_jitter: the hand starts at a seeded offset inside the documented box, still pointing down and at rest;
-    the objects and instruction are the episode seed's as without it; the expert still succeeds from there."""
-    from action_images.sim.env import MAX_START_JITTER, start_offset
+@pytest.mark.parametrize("task", TASKS)
+def test_start_jitter_moves_the_hand_and_nothing_else(task):
+    """start_jitter: the hand starts at a seeded offset inside the documented box, pointing down and at rest; every
+    other joint, the instruction and the scene are the episode seed's as without it, whatever else the reset draws."""
     from action_images.sim.robot import START_POS
 
-    home, moved = make_env("push_cube", render=False), make_env("push_cube", render=False, start_jitter=0.1)
-    offsets = []
-    for seed in range(6):
+    home, moved = make_env(task, render=False), make_env(task, render=False, start_jitter=0.1)
+    for seed in (0, 1):
         oh, _ = home.reset(seed=seed)
         om, _ = moved.reset(seed=seed)
         assert om["instruction"] == oh["instruction"]
-        for name in ("cube", "goal"):                               # the push scene: the cube and its goal mark
-            np.testing.assert_allclose(moved.data.body(name).xpos[:2], home.data.body(name).xpos[:2], atol=1e-4)
+        arm = set(moved.arm.arm_qadr) | set(moved.arm.finger_qadr)
+        rest = [i for i in range(moved.model.nq) if i not in arm]
+        np.testing.assert_allclose(moved.data.qpos[rest], home.data.qpos[rest], atol=1e-6)
+        np.testing.assert_array_equal(moved.model.body_pos, home.model.body_pos)
+        np.testing.assert_array_equal(moved.model.geom_rgba, home.model.geom_rgba)
         off = om["ee_pose"][:3] - START_POS
-        assert np.all(np.abs(off) <= [0.1 + 0.005, 0.1 + 0.005, 0.05 + 0.005])
+        assert np.all(np.abs(off) <= [0.105, 0.105, 0.055]) and np.linalg.norm(off) > 0.005
         np.testing.assert_allclose(oh["ee_pose"][:3], START_POS, atol=0.02)
         assert rotation_angle_deg(Rotation.from_quat(om["ee_pose"][3:7]).as_matrix(),
                                   Rotation.from_quat(oh["ee_pose"][3:7]).as_matrix()) < 2.0
         assert np.abs(moved.data.qvel).max() < 0.05
-        offsets.append(off)
-    assert np.ptp(np.array(offsets)[:, :2], axis=0).min() > 0.05     # the offsets vary over episodes
-    again, _ = moved.reset(seed=3)
-    np.testing.assert_allclose(again["ee_pose"][:3] - START_POS, offsets[3], atol=1e-9)
-    moved.reset(seed=11)
-    for _ in range(moved.max_steps):
-        *_, term, trunc, _ = moved.step(moved.expert_action())
-        if term or trunc:
-            break
-    assert term
+        assert om["ee_pose"][7] == pytest.approx(oh["ee_pose"][7], abs=0.02)       # the jaw open as at home
+    home.close(), moved.close()
+
+
+def test_start_jitter_is_seeded_apart_from_the_cameras_and_stays_in_its_box():
+    """The start offset of a seed is the same with perturbed cameras or without, differs between seeds, and comes
+    back on a second reset; offsets fill the box (±M along x and y, ±M/2 along z); bad values are refused."""
+    from action_images.sim.env import start_offset
+    from action_images.sim.robot import START_POS
+    from action_images.sim.scene import MAX_START_JITTER
+
+    plain = make_env("push_cube", render=False, start_jitter=0.1)
+    perturbed = make_env("push_cube", render=False, start_jitter=0.1, perturb_cameras=True)
+    offsets = []
+    for seed in range(6):
+        a = plain.reset(seed=seed)[0]["ee_pose"][:3]
+        np.testing.assert_allclose(perturbed.reset(seed=seed)[0]["ee_pose"][:3], a, atol=1e-9)
+        offsets.append(a - START_POS)
+    assert np.ptp(np.array(offsets)[:, :2], axis=0).min() > 0.05
+    np.testing.assert_allclose(plain.reset(seed=3)[0]["ee_pose"][:3] - START_POS, offsets[3], atol=1e-9)
     rng = np.random.default_rng(0)
     box = np.array([start_offset(rng, 0.08) for _ in range(2000)])
     np.testing.assert_allclose(np.abs(box).max(0), [0.08, 0.08, 0.04], rtol=0.02)
     for bad in (-0.01, MAX_START_JITTER + 0.01, float("nan"), "x"):
-        with pytest.raises(ValueError, match="start_jitter"):
+        with pytest.raises(ValueError, match=r"start_jitter must be in 0.0..0.12 \(metres\)"):
             make_env("push_cube", render=False, start_jitter=bad)

@@ -95,13 +95,10 @@ class EvalSettings:
                 raise ValueError(f"--camera-rig: {e}") from None
             put(self, "camera_rig", str(Path(self.camera_rig).resolve()))
         if self.start_jitter:
+            from action_images.sim.env import check_start_jitter, start_jitter_unsupported
             if not suite.start_jitter:
-                raise ValueError(f"--start-jitter is not supported with --suite {self.suite}")
-            from action_images.sim.env import check_start_jitter
-            try:
-                put(self, "start_jitter", check_start_jitter(self.start_jitter))
-            except ValueError as e:
-                raise ValueError(f"--start-jitter: {e}") from None
+                raise ValueError(start_jitter_unsupported(self.suite))
+            put(self, "start_jitter", check_start_jitter(self.start_jitter, f["start_jitter"]))
         else:
             put(self, "start_jitter", 0.0)
         if not isinstance(self.policy, PolicySettings):

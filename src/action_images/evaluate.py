@@ -84,10 +84,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="start over in an --out that holds finished episodes (default: refuse; see --resume)")
     p.add_argument("--perturb-cameras", action="store_true", help="viewpoint shift: jitter cameras every episode")
-    p.add_argument("--start-jitter", type=float, default=0.0, metavar="M",
-                   help="start the hand at a random offset from its home position every episode: uniform in ±M "
-                        "metres along x and y and ±M/2 along z, 0..0.12 (default 0: the home position; built-in "
-                        "sim only)")
+    from action_images.sim.env import START_JITTER_HELP
+
+    p.add_argument("--start-jitter", type=float, default=0.0, metavar="M", help=START_JITTER_HELP)
     p.add_argument("--seed", type=whole_number, default=0, help="base seed, >= 0; episode seeds derive from it")
     p.add_argument("--open-loop-data", default=None, help="LeRobot dataset: also run open-loop metrics on it")
     p.add_argument("--open-loop-episodes", type=int, default=4,

@@ -61,6 +61,7 @@ POLICY_DEFAULTS = {"policy_steps": 40, "policy_sampler_steps": 3}   # named unus
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..sim.suites import DEFAULT_SUITE, SUITES
     from ..sim.tasks.push_cube import STYLES as PUSH_STYLES
+    from ..sim.env import START_JITTER_HELP
     from ..sim.tasks.stack_cube import SIZES as STACK_SIZES
 
     p.add_argument("--suite", default=DEFAULT_SUITE, choices=SUITES,
@@ -126,9 +127,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "push: the jaw closes on the cube and slides it along the table to the mark; its release "
                         "comes after success, in the --hold-steps); docs/benchmark.md")
     p.add_argument("--start-jitter", type=float, default=0.0, metavar="M",
-                   help="start the hand at a random offset from its home position every episode: uniform in ±M "
-                        "metres along x and y and ±M/2 along z, 0..0.12 (default 0: the home position; the objects "
-                        "are placed as without it); docs/dataset.md")
+                   help=START_JITTER_HELP + "; the objects are placed as without it (docs/dataset.md)")
     p.add_argument("--stack-sizes", default="fixed", choices=STACK_SIZES,
                    help="stack_cube's cubes: fixed (the task: the cube to move is the smaller; the default; a "
                         "meta/collect.json without stack_sizes means it) or equal (the cube to move at the base's "
@@ -355,9 +354,9 @@ def check_args(args: argparse.Namespace, all_tasks: tuple[str, ...],
     if suite is not None and args.push_style != "jaw":
         raise ValueError(f"--push-style is not supported with --suite {suite.name}: it picks the built-in "
                          "push_cube expert's style")
-    if suite is not None and args.start_jitter:
-        raise ValueError(f"--start-jitter is not supported with --suite {suite.name}: it moves the built-in "
-                         "arm's start pose")
+    if suite is not None and args.start_jitter and not getattr(suite, "start_jitter", False):
+        from ..sim.env import start_jitter_unsupported
+        raise ValueError(start_jitter_unsupported(suite.name))
     if suite is not None and args.stack_sizes != "fixed":
         raise ValueError(f"--stack-sizes is not supported with --suite {suite.name}: it sizes the built-in "
                          "stack_cube's cubes")
@@ -390,8 +389,9 @@ def check_args(args: argparse.Namespace, all_tasks: tuple[str, ...],
     default = ",".join(c for c in all_cameras if c not in hand) if (args.rig_distribution or args.camera_rig) \
         else (DEFAULT_CAMERAS if suite is None else ",".join(suite.collect_cameras))
     cameras = _names(args.cameras or default, "--cameras", all_cameras, allow_all=False)
-    from ..sim.env import MAX_START_JITTER
+    from ..sim.env import check_start_jitter
 
+    check_start_jitter(args.start_jitter, "--start-jitter")
     lo, hi = IMAGE_SIZE_RANGE
     checks = [("--episodes", args.episodes, 1, None), ("--image-size", args.image_size, lo, hi),
               ("--seed", args.seed, 0, None), ("--hold-steps", args.hold_steps, 0, None),
@@ -399,7 +399,6 @@ def check_args(args: argparse.Namespace, all_tasks: tuple[str, ...],
               ("--action-noise-prob", args.action_noise_prob, 0.0, 1.0),
               ("--missed-grasps", args.missed_grasps, 0.0, 1.0), ("--grasp-wait", args.grasp_wait, *GRASP_WAIT_RANGE),
               ("--policy-steps", args.policy_steps, 1, None),
-              ("--start-jitter", args.start_jitter, 0.0, MAX_START_JITTER),
               ("--policy-sampler-steps", args.policy_sampler_steps, *POLICY_SAMPLER_STEPS_RANGE)]
     if args.max_attempts is not None:
         checks.append(("--max-attempts", args.max_attempts, 1, None))

@@ -23,24 +23,43 @@ SUBSTEPS = round(1.0 / (FPS * TIMESTEP))
 RESET_SETTLE_STEPS = 25      # physics steps after reset so objects rest on the table
 
 
-MAX_START_JITTER = 0.12     # metres: start_jitter's bound, so the hand starts inside the workspace above the table
+START_STREAM = 0x5747A27      # spawn key of the start-jitter stream under a reset's seed (spawn() never gets there)
 
 
-def check_start_jitter(value: float) -> float:
-    """``start_jitter`` as a float in [0, MAX_START_JITTER]; ValueError naming the bound otherwise."""
+# --start-jitter's help (collect and eval)
+START_JITTER_HELP = ("start the hand at a random offset from its home position every episode: uniform in ±M metres "
+                     f"along x and y and ±M/2 along z, 0..{scene.MAX_START_JITTER} (default 0: the home position; "
+                     "built-in sim only)")
+
+
+def start_jitter_unsupported(suite: str) -> str:
+    """The one-line refusal of --start-jitter with a suite whose arm does not take it (collect and eval)."""
+    return f"--start-jitter is not supported with --suite {suite}: it moves the built-in arm's start pose"
+
+
+def check_start_jitter(value: Any, flag: str = "start_jitter") -> float:
+    """``start_jitter`` as a float in [0, MAX_START_JITTER]; ValueError naming ``flag`` and the range otherwise."""
     try:
         j = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"start_jitter must be a number of metres; got {value!r}") from None
-    if not 0.0 <= j <= MAX_START_JITTER:       # also refuses NaN
-        raise ValueError(f"start_jitter must be in [0, {MAX_START_JITTER}] m; got {value!r}")
+        j = float("nan")
+    if not 0.0 <= j <= scene.MAX_START_JITTER:       # also refuses NaN
+        raise ValueError(f"{flag} must be in 0.0..{scene.MAX_START_JITTER} (metres); got {value}")
     return j
 
 
 def start_offset(rng: np.random.Generator, jitter: float) -> np.ndarray:
     """The hand's start offset from ``robot.START_POS`` under ``start_jitter``: uniform in ±jitter along x and y and
-    ±jitter/2 along z (the start stays 14 cm or more above the table)."""
+    ±jitter/2 along z."""
     return rng.uniform(-1.0, 1.0, 3) * np.array([jitter, jitter, jitter / 2])
+
+
+def start_rng(seed: int | None, rng: np.random.Generator) -> np.random.Generator:
+    """The stream a reset draws its start offset from: keyed by the reset's ``seed`` alone (the same offset whatever
+    else the reset draws, e.g. perturbed cameras), or without a seed a child spawned from ``rng``."""
+    if seed is None:
+        return rng.spawn(1)[0]
+    return np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(START_STREAM,)))
 
 
 class SimEnv(CalibratedEnv):
@@ -152,8 +171,8 @@ class SimEnv(CalibratedEnv):
             # a spawned child stream: the task's draws (object layout) stay the same with or without jitter
             simcam.perturb(m, self._cam_ids, self._cam_pos0, self._cam_quat0, rng.spawn(1)[0])
         if self.start_jitter > 0:
-            # a spawned child stream, as for the cameras: the object layout stays the episode seed's either way
-            self.arm.reset(start_offset=start_offset(rng.spawn(1)[0], self.start_jitter))
+            # a stream of its own: the object layout stays the episode seed's either way
+            self.arm.reset(start_offset=start_offset(start_rng(seed, rng), self.start_jitter))
         else:
             self.arm.reset()
         self.instruction = self.task.reset(self, rng)

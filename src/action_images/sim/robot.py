@@ -57,8 +57,8 @@ class Arm:
     def reset(self, start_offset: np.ndarray | None = None) -> None:
         """Arm at its start pose, gripper open, zero velocities (call after mj_resetData, before the objects are
         placed). ``start_offset``: the hand starts that far (metres, xyz) from ``START_POS`` instead, still pointing
-        down: the weld pulls the arm there from the home pose (``SETTLE_STEPS`` physics steps), then every velocity is
-        zeroed."""
+        down: the weld pulls the arm there from the home pose (``SETTLE_STEPS`` physics steps, contacts off), then
+        everything but the arm's joint angles is reset as by mj_resetData."""
         d = self.data
         d.qpos[self.arm_qadr] = self.home_qpos
         d.qpos[self.finger_qadr] = scene.FINGER_RANGE
@@ -66,8 +66,20 @@ class Arm:
         start = START_POS if start_offset is None else START_POS + np.asarray(start_offset, dtype=np.float64)
         self.set_mocap(start, quat_down(START_YAW))
         if start_offset is not None:
-            mujoco.mj_step(self.model, d, nstep=SETTLE_STEPS)
-            d.qvel[:] = 0.0
+            # contacts off, so nothing in the scene stops the arm or is moved by it; then every other state is reset
+            m = self.model
+            flags = m.opt.disableflags
+            m.opt.disableflags = flags | mujoco.mjtDisableBit.mjDSBL_CONTACT
+            try:
+                mujoco.mj_step(m, d, nstep=SETTLE_STEPS)
+            finally:
+                m.opt.disableflags = flags
+            arm = d.qpos[self.arm_qadr].copy()
+            mujoco.mj_resetData(m, d)
+            d.qpos[self.arm_qadr] = arm
+            d.qpos[self.finger_qadr] = scene.FINGER_RANGE
+            d.ctrl[self.finger_act] = scene.FINGER_RANGE
+            self.set_mocap(start, quat_down(START_YAW))
 
     def set_mocap(self, pos: np.ndarray, quat_xyzw: np.ndarray) -> None:
         self.data.mocap_pos[0] = pos

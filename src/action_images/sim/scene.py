@@ -15,6 +15,8 @@ from action_images.geometry import Camera
 
 BASE_POS = np.array([-0.45, 0.0, 0.0])
 # TCP workspace (metres); targets are clipped to it. z_min keeps the fingertips (1 cm below the TCP) off the table.
+# start_jitter's bound (metres): the hand starts inside the workspace, 14 cm or more above the table
+MAX_START_JITTER = 0.12
 WORKSPACE_LOW = np.array([-0.30, -0.38, 0.012])
 WORKSPACE_HIGH = np.array([0.32, 0.38, 0.45])
 FINGER_RANGE = 0.04          # per-finger travel; g = 1 opens the jaw to 2 * FINGER_RANGE = 8 cm
