@@ -15,8 +15,8 @@ orientations half a turn apart for nearly the same scene: the *wrap band* (``--b
 reports success in 45° bins, by push distance, inside and outside the band, and Fisher's exact test of the two
 (over all the files' episodes pooled; the files usually replay the same scenes, so the p-value is a pointer, not
 a proof). It also reports success by where the hand starts (from the home pose, so the side depends on the scene
-alone, unless the evaluation ran with ``--start-jitter``, whose starts are rebuilt too): the angle at the cube between the hand's start and the point behind it on the push
-line, 0° where the expert comes down (the hand goes straight on to its landing) and 180° on the mark's side (it
+alone, unless the evaluation ran with ``--start-jitter``, whose starts are rebuilt too): the angle at the cube
+between the hand's start and the point behind it on the push line, 0° where the expert comes down (the hand goes straight on to its landing) and 180° on the mark's side (it
 must pass the cube), in 60° bins, and Fisher's exact test of the starts under 90° against the others.
 """
 

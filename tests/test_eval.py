@@ -335,12 +335,13 @@ def test_start_jitter_starts_each_episode_elsewhere_reproducibly(checkpoint, tmp
     for h, s in zip(home, moved):
         assert max(abs(a - b) for a, b in zip(h, START_POS)) < 0.02
         assert 0.005 < max(abs(a - b) for a, b in zip(s, START_POS)) <= 0.085
-    assert m["start_jitter"] == 0.08 and "hand start jittered by up to 0.08 m" in (tmp_path / "a/report.html").read_text()
+    assert m["start_jitter"] == 0.08
+    assert "hand start jittered by up to 0.08 m" in (tmp_path / "a/report.html").read_text()
     capsys.readouterr()
     assert evaluate.run(parse(evaluate, [*base, "--out", str(tmp_path / "a"), "--resume", "--episodes", "3"])) == 2
     assert "start_jitter" in capsys.readouterr().err
     for bad, why in (("0.5", "--start-jitter must be in 0.0..0.12 (metres); got 0.5"),
-                     ("-1", "--start-jitter must be in 0.0..0.12 (metres); got -1")):
+                     ("-1", "--start-jitter must be in 0.0..0.12 (metres); got -1.0")):
         assert evaluate.run(parse(evaluate, [*base, "--out", str(tmp_path / "bad"), "--start-jitter", bad])) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and why in err[0]

@@ -270,3 +270,14 @@ def test_start_jitter_is_seeded_apart_from_the_cameras_and_stays_in_its_box():
     for bad in (-0.01, MAX_START_JITTER + 0.01, float("nan"), "x"):
         with pytest.raises(ValueError, match=r"start_jitter must be in 0.0..0.12 \(metres\)"):
             make_env("push_cube", render=False, start_jitter=bad)
+
+
+def test_start_jitter_without_a_seed_draws_a_new_start_in_its_box_each_reset():
+    from action_images.sim.robot import START_POS
+
+    env = make_env("reach_target", render=False, start_jitter=0.06)
+    env.reset(seed=0)
+    offsets = [env.reset()[0]["ee_pose"][:3] - START_POS for _ in range(3)]
+    for off in offsets:
+        assert np.all(np.abs(off) <= [0.065, 0.065, 0.035])
+    assert not np.allclose(offsets[0], offsets[1]) and not np.allclose(offsets[1], offsets[2])

@@ -55,7 +55,8 @@ def make_env(task: str, cameras: Sequence[str] | None = None, image_size: int | 
     named "rig0".."rig{n-1}". With either, ``cameras`` may select and order the rig's views and add "wrist".
     ``start_jitter`` (metres, at most ``scene.MAX_START_JITTER``): every reset starts the hand at a random offset
     from the home position (uniform in ±start_jitter along x and y, half that along z), drawn from a stream keyed by
-    the reset's seed alone; the rest of the scene is as without it; 0 (default): the home position.
+    the reset's seed alone (without a seed, a child of the env's generator); the rest of the scene is as without it;
+    0 (default): the home position.
     """
     return SimEnv(task, cameras=cameras, image_size=image_size, perturb_cameras=perturb_cameras,
                   camera_seed=camera_seed, render=render, render_mode=render_mode, rig=rig,

@@ -15,10 +15,10 @@ from action_images.geometry import Camera
 
 BASE_POS = np.array([-0.45, 0.0, 0.0])
 # TCP workspace (metres); targets are clipped to it. z_min keeps the fingertips (1 cm below the TCP) off the table.
-# start_jitter's bound (metres): the hand starts inside the workspace, 14 cm or more above the table
-MAX_START_JITTER = 0.12
 WORKSPACE_LOW = np.array([-0.30, -0.38, 0.012])
 WORKSPACE_HIGH = np.array([0.32, 0.38, 0.45])
+# start_jitter's bound (metres): the hand starts inside the workspace, 14 cm or more above the table
+MAX_START_JITTER = 0.12
 FINGER_RANGE = 0.04          # per-finger travel; g = 1 opens the jaw to 2 * FINGER_RANGE = 8 cm
 FINGER_TIP_BELOW_TCP = 0.01  # fingertips extend this far past the TCP along +z
 HOME_QPOS = np.radians([0.0, 11.3, 0.0, 110.9, 0.0, 57.8, 180.0])  # TCP ~(-0.05, 0, 0.22), pointing down
