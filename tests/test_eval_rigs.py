@@ -107,3 +107,13 @@ def test_bad_rig_file_names_the_camera(rig_checkpoint, tmp_path, capsys):
                      "--out", str(tmp_path / "x"), "--camera-rig", str(path)) == 2
     err = capsys.readouterr().err
     assert "rig.json" in err and "rig1" in err
+
+
+def test_optional_env_kwargs_names_only_what_was_asked_for():
+    """collect and eval hand make_env only the optional arguments asked for, so a suite without one works."""
+    from action_images.sim.suites import optional_env_kwargs
+
+    assert optional_env_kwargs() == {}
+    assert optional_env_kwargs("rig.json") == {"rig": "rig.json"}
+    assert optional_env_kwargs(None, "train", 6, 0.0) == {"rig_distribution": "train", "rig_views": 6}
+    assert optional_env_kwargs(start_jitter=0.05) == {"start_jitter": 0.05}

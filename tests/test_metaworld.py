@@ -184,7 +184,7 @@ def test_random_rig_per_episode_is_calibrated():
 
 
 def test_perturbed_cameras_and_a_fixed_heldout_rig():
-    from action_images.eval_settings import EvalSettings, resolve_settings, rig_env_kwargs
+    from action_images.eval_settings import EvalSettings, env_kwargs, resolve_settings
 
     env = make_env("reach-v3", cameras=("corner", "corner2"), image_size=16, perturb_cameras=True)
     T = [env.reset(seed=s)[0]["camera_T_cam_world"].copy() for s in (1, 2, 1)]
@@ -194,7 +194,7 @@ def test_perturbed_cameras_and_a_fixed_heldout_rig():
     cfg = argparse.Namespace(num_views=2, camera_names=None)
     s = resolve_settings(EvalSettings(suite="metaworld", tasks="reach-v3", random_rig=4, rig_views=3,
                                       image_size=16), cfg, warn=False)
-    kwargs = rig_env_kwargs(s)
+    kwargs = env_kwargs(s)
     env = make_env("reach-v3", cameras=s.cameras, image_size=16, **kwargs)
     obs, _ = env.reset(seed=0)
     assert env.camera_names == ("rig0", "rig1", "rig2")

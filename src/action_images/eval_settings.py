@@ -162,20 +162,13 @@ def rig_camera_names(settings: EvalSettings) -> list[str] | None:
     return None
 
 
-def start_env_kwargs(settings: EvalSettings) -> dict[str, Any]:
-    """``make_env`` arguments that vary the hand's start pose (none without ``--start-jitter``, so a suite that has no
-    such argument is never given one)."""
-    return {"start_jitter": settings.start_jitter} if settings.start_jitter else {}
+def env_kwargs(settings: EvalSettings) -> dict[str, Any]:
+    """The optional ``make_env`` arguments of the evaluation (``sim.suites.optional_env_kwargs``): its rig (a file,
+    one held-out draw for ``--random-rig``, or a draw per episode) and its hand start jitter."""
+    from action_images.sim.suites import get_suite, optional_env_kwargs
 
-
-def rig_env_kwargs(settings: EvalSettings) -> dict[str, Any]:
-    """``make_env`` arguments that place the evaluation's rig."""
-    if settings.camera_rig is not None:
-        return {"rig": settings.camera_rig}
+    rig = settings.camera_rig
     if settings.random_rig is not None:
-        from action_images.sim.suites import get_suite
-        random_rig = get_suite(settings.suite).random_rig
-        return {"rig": random_rig(settings.random_rig, settings.rig_views, settings.image_size, "heldout")}
-    if settings.rig_distribution is not None:
-        return {"rig_distribution": settings.rig_distribution, "rig_views": settings.rig_views}
-    return {}
+        rig = get_suite(settings.suite).random_rig(settings.random_rig, settings.rig_views, settings.image_size,
+                                                   "heldout")
+    return optional_env_kwargs(rig, settings.rig_distribution, settings.rig_views, settings.start_jitter)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from action_images.codec import ActionImageCodec
-from action_images.eval_settings import EvalSettings, rig_env_kwargs, start_env_kwargs
+from action_images.eval_settings import EvalSettings, env_kwargs
 from action_images.policy import ActionImagesPolicy
 from action_images.seeds import episode_seed
 from action_images.sim.suites import Env
@@ -96,7 +96,7 @@ class EpisodeRunner:
         self.suite = get_suite(settings.suite)
         self.env_kwargs = dict(cameras=tuple(settings.cameras or self.suite.eval_cameras),
                                image_size=settings.image_size, perturb_cameras=settings.perturb_cameras,
-                               **rig_env_kwargs(settings), **start_env_kwargs(settings))
+                               **env_kwargs(settings))
         self.task: str | None = None
         self.env: Any = None
 

@@ -530,12 +530,8 @@ def run(args: argparse.Namespace) -> int:
                 break
             task = min(pending, key=lambda t: (progress.next_attempt[t], tasks.index(t)))
             if task not in envs:
-                # rig and start arguments only when asked for (simulators without them work)
-                extra = {"rig": args.camera_rig} if args.camera_rig else {}
-                if args.rig_distribution:
-                    extra |= {"rig_distribution": args.rig_distribution, "rig_views": args.rig_views}
-                if args.start_jitter:
-                    extra |= {"start_jitter": float(args.start_jitter)}
+                from ..sim.suites import optional_env_kwargs
+                extra = optional_env_kwargs(args.camera_rig, args.rig_distribution, args.rig_views, args.start_jitter)
                 envs[task] = make_env(task, cameras=tuple(cameras), image_size=args.image_size,
                                       perturb_cameras=args.perturb_cameras, camera_seed=None, render=True, **extra)
                 if task == "push_cube" and suite is None:

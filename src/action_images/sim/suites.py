@@ -80,6 +80,21 @@ class Suite:
     start_jitter: bool = False
 
 
+def optional_env_kwargs(rig: Any = None, rig_distribution: str | None = None, rig_views: int = 4,
+                        start_jitter: float = 0.0) -> dict[str, Any]:
+    """The optional ``make_env`` arguments that were asked for, and no others, so that a suite whose ``make_env``
+    lacks one (Meta-World has no ``start_jitter``) is never given it: a fixed ``rig`` (file or cameras), a rig drawn
+    per episode from ``rig_distribution`` with ``rig_views`` views, a hand start jittered by ``start_jitter``."""
+    out: dict[str, Any] = {}
+    if rig is not None:
+        out["rig"] = rig
+    if rig_distribution is not None:
+        out |= {"rig_distribution": rig_distribution, "rig_views": int(rig_views)}
+    if start_jitter:
+        out["start_jitter"] = float(start_jitter)
+    return out
+
+
 def check_suite(name: Any, flag: str = "--suite") -> str:
     if name not in SUITES:
         raise ValueError(f"{flag} must be one of {', '.join(SUITES)}; got {name!r}")
